@@ -1,0 +1,86 @@
+//! `/api/files/*`: announces, listings, manifests and swarms.
+
+use std::sync::Arc;
+
+use p2p_proto::api::{AnnounceRequest, AnnounceResponse, FileDetails, FileList, FilePeers};
+use p2p_proto::{FileId, PeerId};
+use poem_openapi::OpenApi;
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::Json;
+
+use super::{ApiTags, Auth};
+use crate::app::AppState;
+use crate::error::ApiError;
+
+pub struct FilesApi(pub Arc<AppState>);
+
+#[OpenApi(tag = "ApiTags::Files")]
+impl FilesApi {
+    /// A peer announces a file it has, whole or in part (`have`). The manifest is checked
+    /// (chunk count, Merkle root); one that contradicts the stored manifest of the same id is
+    /// refused with 409.
+    #[oai(
+        path = "/api/files/announce",
+        method = "post",
+        operation_id = "announce_file"
+    )]
+    async fn announce(
+        &self,
+        _auth: Auth,
+        body: Json<AnnounceRequest>,
+    ) -> Result<Json<AnnounceResponse>, ApiError> {
+        Ok(Json(self.0.swarm.announce(body.0).await?))
+    }
+
+    /// Known files, newest first, with an optional case-insensitive name search.
+    #[oai(path = "/api/files", method = "get", operation_id = "list_files")]
+    async fn list(
+        &self,
+        _auth: Auth,
+        /// Substring of the file name.
+        #[oai(default)]
+        search: Query<String>,
+        #[oai(default)] offset: Query<u64>,
+        /// Page size (default 50, at most 500).
+        #[oai(default)]
+        limit: Query<u64>,
+    ) -> Result<Json<FileList>, ApiError> {
+        Ok(Json(
+            self.0
+                .swarm
+                .list_files(&search.0, offset.0, limit.0)
+                .await?,
+        ))
+    }
+
+    /// A file's manifest (chunk hashes, Merkle root) and swarm figures.
+    #[oai(path = "/api/files/:hash", method = "get", operation_id = "get_file")]
+    async fn get(&self, _auth: Auth, hash: Path<FileId>) -> Result<Json<FileDetails>, ApiError> {
+        Ok(Json(self.0.swarm.file(&hash.0).await?))
+    }
+
+    /// Online peers that have the file, whole ones first, with the chunks each has and where
+    /// to reach it.
+    #[oai(
+        path = "/api/files/:hash/peers",
+        method = "get",
+        operation_id = "file_peers"
+    )]
+    async fn peers(
+        &self,
+        _auth: Auth,
+        hash: Path<FileId>,
+        /// Leave this peer out (the asking peer itself).
+        exclude: Query<Option<PeerId>>,
+        /// Most peers to return (default 50, at most 500).
+        #[oai(default)]
+        limit: Query<u64>,
+    ) -> Result<Json<FilePeers>, ApiError> {
+        Ok(Json(
+            self.0
+                .swarm
+                .file_peers(&hash.0, exclude.0.as_ref(), limit.0)
+                .await?,
+        ))
+    }
+}

@@ -1,0 +1,73 @@
+//! `/health`, `/metrics` and `/api/stats`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use p2p_proto::api::{Health, Stats};
+use poem_openapi::payload::{Json, PlainText};
+use poem_openapi::{ApiResponse, OpenApi};
+
+use super::{ApiTags, Auth};
+use crate::app::AppState;
+use crate::error::ApiError;
+
+pub struct HealthApi(pub Arc<AppState>);
+
+#[derive(ApiResponse)]
+pub enum HealthResponse {
+    /// The tracker and its database are up.
+    #[oai(status = 200)]
+    Ok(Json<Health>),
+    /// The database cannot be reached.
+    #[oai(status = 503)]
+    Degraded(Json<Health>),
+}
+
+#[derive(ApiResponse)]
+pub enum MetricsResponse {
+    /// Metrics in the OpenMetrics text format.
+    #[oai(
+        status = 200,
+        content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    )]
+    Ok(PlainText<String>),
+}
+
+#[OpenApi(tag = "ApiTags::Health")]
+impl HealthApi {
+    /// Liveness and database reachability (no authentication).
+    #[oai(path = "/health", method = "get", operation_id = "health")]
+    async fn health(&self) -> HealthResponse {
+        let store = self.0.swarm.store();
+        let db_ok = matches!(
+            tokio::time::timeout(Duration::from_secs(2), store.ping()).await,
+            Ok(Ok(()))
+        );
+        let health = Health {
+            status: if db_ok { "ok" } else { "degraded" }.to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            database: if db_ok { "ok" } else { "unreachable" }.to_owned(),
+            backend: store.backend().as_str().to_owned(),
+        };
+        if db_ok {
+            HealthResponse::Ok(Json(health))
+        } else {
+            HealthResponse::Degraded(Json(health))
+        }
+    }
+
+    /// Prometheus metrics (no authentication).
+    #[oai(path = "/metrics", method = "get", operation_id = "metrics")]
+    async fn metrics(&self) -> MetricsResponse {
+        if let Err(e) = self.0.swarm.refresh_gauges().await {
+            tracing::warn!(error = %e, "could not refresh gauges for /metrics");
+        }
+        MetricsResponse::Ok(PlainText(self.0.metrics.encode()))
+    }
+
+    /// Counts for the dashboard overview.
+    #[oai(path = "/api/stats", method = "get", operation_id = "stats")]
+    async fn stats(&self, _auth: Auth) -> Result<Json<Stats>, ApiError> {
+        Ok(Json(self.0.swarm.stats().await?))
+    }
+}

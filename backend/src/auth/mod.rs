@@ -1,0 +1,167 @@
+//! Who may call the API: API keys (sent as `X-API-Key` or `Authorization: Bearer`), JWTs issued
+//! by `/api/auth/login`, and dashboard users with argon2 password hashes.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use p2p_proto::api::{LoginRequest, LoginResponse};
+
+use crate::store::{Store, StoreError};
+
+pub mod jwt;
+pub mod keys;
+pub mod password;
+
+pub use jwt::JwtKeys;
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// A user name, or `api-key:<id>`.
+    pub subject: String,
+    pub role: String,
+}
+
+/// Why a request is not authenticated. The text is safe to show to the client.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthError {
+    #[error("missing credentials: send an X-API-Key header or Authorization: Bearer <token>")]
+    Missing,
+    #[error("invalid API key")]
+    InvalidKey,
+    #[error("invalid token: {0}")]
+    InvalidToken(String),
+    #[error("token expired; log in again")]
+    Expired,
+    #[error("wrong username or password")]
+    BadCredentials,
+    #[error("send either api_key, or username and password")]
+    BadLoginRequest,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("internal error")]
+    Internal,
+}
+
+/// How long a database API key lookup is trusted before it is checked again (revocations
+/// take effect within this time).
+const KEY_CACHE_TTL: Duration = Duration::from_secs(30);
+const KEY_CACHE_MAX: usize = 10_000;
+
+/// Checks credentials and issues tokens.
+#[derive(Debug)]
+pub struct Authenticator {
+    store: Arc<dyn Store>,
+    /// SHA-256 of the keys given in `API_KEYS`.
+    env_keys: HashSet<[u8; 32]>,
+    jwt: JwtKeys,
+    key_cache: Mutex<HashMap<[u8; 32], (Principal, Instant)>>,
+}
+
+impl Authenticator {
+    pub fn new(store: Arc<dyn Store>, env_keys: &[String], jwt: JwtKeys) -> Self {
+        let env_keys = env_keys
+            .iter()
+            .map(|k| k.trim())
+            .filter(|k| !k.is_empty())
+            .map(keys::digest)
+            .collect();
+        Self {
+            store,
+            env_keys,
+            jwt,
+            key_cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Authenticates a bearer credential: a JWT (three dot-separated parts) or an API key.
+    pub async fn authenticate_bearer(&self, token: &str) -> Result<Principal, AuthError> {
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(AuthError::Missing);
+        }
+        if token.split('.').count() == 3 {
+            return self.jwt.verify(token);
+        }
+        self.authenticate_key(token).await
+    }
+
+    /// Authenticates an API key from `API_KEYS` or the database.
+    pub async fn authenticate_key(&self, key: &str) -> Result<Principal, AuthError> {
+        let key = key.trim();
+        if key.is_empty() {
+            return Err(AuthError::Missing);
+        }
+        let digest = keys::digest(key);
+        if self.env_keys.contains(&digest) {
+            return Ok(Principal {
+                subject: format!("api-key:env-{}", &hex::encode(digest)[..8]),
+                role: "peer".to_owned(),
+            });
+        }
+        if let Some(p) = self.cached(&digest) {
+            return Ok(p);
+        }
+        match self.store.find_api_key(&hex::encode(digest)).await? {
+            Some(record) => {
+                let principal = Principal {
+                    subject: format!("api-key:{}", record.id),
+                    role: "peer".to_owned(),
+                };
+                self.remember(digest, principal.clone());
+                Ok(principal)
+            }
+            None => Err(AuthError::InvalidKey),
+        }
+    }
+
+    fn cached(&self, digest: &[u8; 32]) -> Option<Principal> {
+        let cache = self.key_cache.lock().ok()?;
+        let (principal, at) = cache.get(digest)?;
+        (at.elapsed() < KEY_CACHE_TTL).then(|| principal.clone())
+    }
+
+    fn remember(&self, digest: [u8; 32], principal: Principal) {
+        if let Ok(mut cache) = self.key_cache.lock() {
+            if cache.len() >= KEY_CACHE_MAX {
+                cache.retain(|_, (_, at)| at.elapsed() < KEY_CACHE_TTL);
+            }
+            if cache.len() < KEY_CACHE_MAX {
+                cache.insert(digest, (principal, Instant::now()));
+            }
+        }
+    }
+
+    /// Exchanges an API key, or a username and password, for a JWT.
+    pub async fn login(&self, req: &LoginRequest) -> Result<LoginResponse, AuthError> {
+        let principal = match (&req.api_key, &req.username, &req.password) {
+            (Some(key), None, None) => self.authenticate_key(key).await?,
+            (None, Some(user), Some(pass)) => self.check_password(user, pass).await?,
+            _ => return Err(AuthError::BadLoginRequest),
+        };
+        self.jwt.issue(&principal)
+    }
+
+    async fn check_password(&self, username: &str, password: &str) -> Result<Principal, AuthError> {
+        let user = self.store.get_user(username).await?;
+        // Verify against a dummy hash when the user does not exist, so the response time does
+        // not tell which user names exist.
+        let (hash, role) = match &user {
+            Some(u) => (u.password_hash.clone(), u.role.clone()),
+            None => (password::dummy_hash().to_owned(), String::new()),
+        };
+        let password = password.to_owned();
+        let ok = tokio::task::spawn_blocking(move || password::verify(&password, &hash))
+            .await
+            .map_err(|_| AuthError::Internal)?;
+        match (ok, user) {
+            (true, Some(u)) => Ok(Principal {
+                subject: u.username,
+                role,
+            }),
+            _ => Err(AuthError::BadCredentials),
+        }
+    }
+}

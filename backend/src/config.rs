@@ -1,0 +1,242 @@
+//! The tracker's configuration: every flag has an environment variable.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// The tracker of the p2p file-sharing system.
+#[derive(Debug, Parser)]
+#[command(name = "p2p-tracker", version, about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    pub db: DbArgs,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    /// What to do; `serve` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the tracker (the default).
+    Serve,
+    /// Manage dashboard users.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Add a user, or set a new password for an existing one. The password is read from
+    /// P2P_USER_PASSWORD, else from the first line of standard input.
+    Add {
+        name: String,
+        /// Role of the user.
+        #[arg(long, default_value = "admin")]
+        role: String,
+    },
+    /// List users.
+    List,
+    /// Delete a user.
+    Delete { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Create an API key and print it once; only its hash is stored.
+    Create {
+        /// A label for the key.
+        #[arg(long, default_value = "default")]
+        name: String,
+    },
+    /// List API keys (ids and labels, never the keys).
+    List,
+    /// Revoke an API key by id.
+    Revoke { id: String },
+}
+
+/// Where the tracker keeps its data. Used by every subcommand.
+#[derive(Debug, Clone, Args)]
+pub struct DbArgs {
+    /// Directory for the embedded SQLite database and other state.
+    #[arg(
+        long,
+        env = "P2P_DATA_DIR",
+        default_value = "./tracker-data",
+        global = true
+    )]
+    pub data_dir: PathBuf,
+    /// PostgreSQL URL; when set, PostgreSQL is used instead of the embedded SQLite.
+    #[arg(long, env = "POSTGRES_URL", hide_env_values = true, global = true)]
+    pub postgres_url: Option<String>,
+    /// Alternative to --postgres-url (a postgres:// URL; a sqlite: URL selects that file).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
+    pub database_url: Option<String>,
+    /// Most database connections held open.
+    #[arg(
+        long,
+        env = "P2P_DB_MAX_CONNECTIONS",
+        default_value_t = 16,
+        global = true
+    )]
+    pub db_max_connections: u32,
+}
+
+/// The database the tracker uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    /// An SQLite file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL URL.
+    Postgres(String),
+}
+
+impl DbArgs {
+    /// `POSTGRES_URL` wins, then `DATABASE_URL`, then SQLite in the data dir.
+    pub fn database(&self) -> Database {
+        let url = self.postgres_url.as_ref().or(self.database_url.as_ref());
+        match url.map(|u| u.trim()).filter(|u| !u.is_empty()) {
+            Some(u) if u.starts_with("sqlite:") => {
+                let path = u
+                    .trim_start_matches("sqlite://")
+                    .trim_start_matches("sqlite:");
+                Database::Sqlite(PathBuf::from(path))
+            }
+            Some(u) => Database::Postgres(u.to_owned()),
+            None => Database::Sqlite(self.data_dir.join("tracker.db")),
+        }
+    }
+}
+
+/// Options of the server itself.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Listen address: `HOST:PORT`, or Go-style `:PORT` for all interfaces.
+    #[arg(long, env = "P2P_ADDR", default_value = ":8080", value_parser = parse_listen_addr)]
+    pub addr: SocketAddr,
+    /// API keys accepted besides those created with `p2p-tracker key create`, comma-separated.
+    #[arg(long, env = "API_KEYS", value_delimiter = ',', hide_env_values = true)]
+    pub api_keys: Vec<String>,
+    /// Secret for signing JWTs. When unset, one is generated once and kept in the database.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Lifetime of issued JWTs, in seconds.
+    #[arg(long, env = "P2P_JWT_TTL_SECS", default_value_t = 12 * 3600)]
+    pub jwt_ttl_secs: u64,
+    /// Requests per second allowed per client IP; 0 turns rate limiting off.
+    #[arg(long, env = "RATE_LIMIT_RPS", default_value_t = 100)]
+    pub rate_limit_rps: u32,
+    /// Burst allowance per client IP (default: twice the rate).
+    #[arg(long, env = "RATE_LIMIT_BURST")]
+    pub rate_limit_burst: Option<u32>,
+    /// Take the client IP from X-Forwarded-For / X-Real-IP (behind a trusted reverse proxy).
+    #[arg(long, env = "P2P_TRUST_PROXY", default_value_t = false)]
+    pub trust_proxy: bool,
+    /// Seconds between peer heartbeats.
+    #[arg(long, env = "P2P_HEARTBEAT_INTERVAL_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub heartbeat_interval_secs: u32,
+    /// Heartbeats a peer may miss before it is marked offline.
+    #[arg(long, env = "P2P_HEARTBEAT_MISSES", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub heartbeat_misses: u32,
+    /// Create this dashboard user at start-up if it does not exist (with --admin-password).
+    #[arg(long, env = "P2P_ADMIN_USER")]
+    pub admin_user: Option<String>,
+    /// Password for --admin-user.
+    #[arg(long, env = "P2P_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<String>,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "P2P_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+}
+
+impl ServeArgs {
+    /// Seconds after the last heartbeat at which a peer is offline.
+    pub fn peer_ttl_secs(&self) -> u32 {
+        self.heartbeat_interval_secs
+            .saturating_mul(self.heartbeat_misses)
+    }
+}
+
+/// Parses `HOST:PORT`, `:PORT` (all interfaces) or a bare `PORT`.
+pub fn parse_listen_addr(s: &str) -> Result<SocketAddr, String> {
+    let s = s.trim();
+    let port_only = s.strip_prefix(':').unwrap_or(s);
+    if let Ok(port) = port_only.parse::<u16>() {
+        return Ok(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)));
+    }
+    if let Some(port) = s.strip_prefix("localhost:") {
+        let port = port
+            .parse::<u16>()
+            .map_err(|_| format!("bad port in {s:?}"))?;
+        return Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+    }
+    s.parse()
+        .map_err(|_| format!("{s:?} is not an address: use HOST:PORT or :PORT"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses() {
+        assert_eq!(
+            parse_listen_addr(":8080").unwrap(),
+            "0.0.0.0:8080".parse().unwrap()
+        );
+        assert_eq!(
+            parse_listen_addr("8080").unwrap(),
+            "0.0.0.0:8080".parse().unwrap()
+        );
+        assert_eq!(
+            parse_listen_addr("127.0.0.1:0").unwrap(),
+            "127.0.0.1:0".parse().unwrap()
+        );
+        assert_eq!(
+            parse_listen_addr("[::1]:9").unwrap(),
+            "[::1]:9".parse().unwrap()
+        );
+        assert_eq!(
+            parse_listen_addr("localhost:7").unwrap(),
+            "127.0.0.1:7".parse().unwrap()
+        );
+        assert!(parse_listen_addr("nope").is_err());
+        assert!(parse_listen_addr(":99999").is_err());
+    }
+
+    #[test]
+    fn database_selection() {
+        let mut db = DbArgs {
+            data_dir: "/d".into(),
+            postgres_url: None,
+            database_url: None,
+            db_max_connections: 4,
+        };
+        assert_eq!(db.database(), Database::Sqlite("/d/tracker.db".into()));
+        db.database_url = Some("sqlite:///tmp/x.db".into());
+        assert_eq!(db.database(), Database::Sqlite("/tmp/x.db".into()));
+        db.database_url = Some("postgres://a/b".into());
+        assert_eq!(db.database(), Database::Postgres("postgres://a/b".into()));
+        db.postgres_url = Some("postgres://c/d".into());
+        assert_eq!(db.database(), Database::Postgres("postgres://c/d".into()));
+    }
+
+    #[test]
+    fn every_flag_has_an_env_var() {
+        use clap::CommandFactory;
+        let cmd = Cli::command();
+        for arg in cmd.get_arguments() {
+            if arg.get_id() == "help" || arg.get_id() == "version" {
+                continue;
+            }
+            assert!(arg.get_env().is_some(), "--{} has no env var", arg.get_id());
+        }
+    }
+}

@@ -1,0 +1,37 @@
+//! The tracker of the p2p file-sharing system.
+//!
+//! Modules:
+//! - [`config`]: the command line and environment (one typed config).
+//! - [`app`]: assembles the routes, state, middleware and background tasks.
+//! - [`api`]: the REST handlers, one module per resource; they parse, call [`swarm`], map.
+//! - [`swarm`]: the tracker's rules: registration, heartbeats and expiry, announces, events.
+//! - [`store`]: the storage trait with its SQLite and PostgreSQL backends; all SQL lives here.
+//! - [`auth`]: API keys, argon2 passwords, JWTs and the request authenticator.
+//! - [`ws`]: the live event feed (`/ws`).
+//! - [`ratelimit`], [`metrics`], [`clock`], [`error`]: the cross-cutting pieces.
+//! - [`cli`]: the `serve`, `user` and `key` subcommands.
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod body_limit;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod metrics;
+pub mod ratelimit;
+pub mod store;
+pub mod swarm;
+pub mod ws;
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+pub fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

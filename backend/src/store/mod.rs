@@ -1,0 +1,680 @@
+//! Storage: one trait, two backends (embedded SQLite and PostgreSQL).
+//!
+//! All SQL lives in this module. The queries are written once in [`sql`] in a dialect both
+//! databases accept (`$n` parameters, `ON CONFLICT`, `RETURNING`, `TRUE`/`FALSE`), and one
+//! implementation body ([`sql_store_impl!`]) is expanded for each backend's pool type. The
+//! backends differ in how they connect: SQLite gets a single writer connection and a pool of
+//! read-only connections over one WAL-mode file; PostgreSQL one pool.
+
+use async_trait::async_trait;
+use p2p_proto::api::{FilePeer, FileSummary, PeerInfo, Stats};
+use p2p_proto::{Bitfield, FileId, Manifest, PeerId};
+
+mod postgres;
+mod rows;
+mod sql;
+mod sqlite;
+
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+/// Which database a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Postgres => "postgres",
+        }
+    }
+}
+
+/// A storage failure. Its text is for logs only, never for clients.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database cannot be reached (connection refused, pool timed out…).
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    #[error("database error: {0}")]
+    Database(#[source] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored value does not decode (e.g. a malformed id): the database was edited by hand.
+    #[error("corrupt value in the database: {0}")]
+    Corrupt(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => Self::Unavailable(e),
+            other => Self::Database(other),
+        }
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A peer as it registers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewPeer {
+    pub id: PeerId,
+    pub addresses: Vec<String>,
+    pub port: u16,
+    pub udp_port: Option<u16>,
+    pub relay_only: bool,
+    pub observed_ip: String,
+    pub name: Option<String>,
+    pub version: Option<String>,
+}
+
+/// Whether a known peer counts as online, and when it was last heard from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Presence {
+    /// Not yet marked offline by the expiry sweep.
+    pub online: bool,
+    pub last_seen_ms: u64,
+}
+
+impl Presence {
+    /// Online and heard from at or after `cutoff_ms`.
+    pub fn is_live(&self, cutoff_ms: u64) -> bool {
+        self.online && self.last_seen_ms >= cutoff_ms
+    }
+}
+
+/// One heartbeat, applied in batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Beat {
+    pub peer_id: PeerId,
+    pub at_ms: u64,
+    pub uploaded: Option<u64>,
+    pub downloaded: Option<u64>,
+}
+
+/// What an announce did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnnounceOutcome {
+    /// The file was new; it is stored now.
+    Created,
+    /// The file was known with the same content.
+    Existing,
+    /// The announcing peer is not registered.
+    UnknownPeer,
+    /// A file with this id is stored with a different size, chunk size or Merkle root.
+    Conflict,
+}
+
+/// A stored file: its manifest and swarm figures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRecord {
+    pub manifest: Manifest,
+    pub created_at_ms: u64,
+    pub seeders: u64,
+    pub leechers: u64,
+}
+
+/// A page of results with the total count over all pages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub total: u64,
+}
+
+/// Filter and page of a file listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileQuery {
+    /// Case-insensitive substring of the name; empty matches all.
+    pub search: String,
+    pub offset: u64,
+    pub limit: u64,
+    /// Peers heard from before this are not counted as seeders or leechers.
+    pub cutoff_ms: u64,
+}
+
+/// Filter and page of a peer listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerQuery {
+    pub online_only: bool,
+    pub offset: u64,
+    pub limit: u64,
+    pub cutoff_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    pub username: String,
+    pub password_hash: String,
+    pub role: String,
+    pub created_at_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyRecord {
+    pub id: String,
+    pub name: String,
+    pub created_at_ms: u64,
+    pub revoked_at_ms: Option<u64>,
+}
+
+/// The tracker's storage. Times are Unix milliseconds; `cutoff_ms` arguments say how recent a
+/// heartbeat must be for a peer to count as online.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    fn backend(&self) -> Backend;
+
+    /// Checks that the database answers.
+    async fn ping(&self) -> StoreResult<()>;
+
+    /// Inserts or updates a peer and marks it online; returns how it stood before, if known.
+    async fn register_peer(&self, peer: &NewPeer, now_ms: u64) -> StoreResult<Option<Presence>>;
+    /// How a peer stands, or `None` when it is not registered.
+    async fn peer_presence(&self, id: &PeerId) -> StoreResult<Option<Presence>>;
+    /// Applies heartbeats: last-seen times (never moved backwards), online, traffic counters.
+    async fn record_beats(&self, beats: &[Beat]) -> StoreResult<()>;
+    /// Removes a peer and what it announced; `false` when it was not registered.
+    async fn delete_peer(&self, id: &PeerId) -> StoreResult<bool>;
+    /// Marks peers not heard from since `cutoff_ms` offline; returns the ones it changed.
+    async fn expire_peers(&self, cutoff_ms: u64) -> StoreResult<Vec<PeerId>>;
+    async fn list_peers(&self, query: &PeerQuery) -> StoreResult<Page<PeerInfo>>;
+    async fn get_peer(&self, id: &PeerId, cutoff_ms: u64) -> StoreResult<Option<PeerInfo>>;
+
+    /// Records that `peer` has `manifest` (whole when `have` is `None`). The manifest must
+    /// already be validated.
+    async fn announce(
+        &self,
+        peer: &PeerId,
+        manifest: &Manifest,
+        have: Option<&Bitfield>,
+        now_ms: u64,
+    ) -> StoreResult<AnnounceOutcome>;
+    async fn get_file(&self, id: &FileId, cutoff_ms: u64) -> StoreResult<Option<FileRecord>>;
+    async fn list_files(&self, query: &FileQuery) -> StoreResult<Page<FileSummary>>;
+    /// Online peers with the file (whole ones first), or `None` for an unknown file. The second
+    /// value is the file's chunk count.
+    async fn file_peers(
+        &self,
+        id: &FileId,
+        cutoff_ms: u64,
+        exclude: Option<&PeerId>,
+        limit: u64,
+    ) -> StoreResult<Option<(u64, Vec<FilePeer>)>>;
+    /// Counts for the overview (relay and WebSocket figures are left at zero).
+    async fn stats(&self, cutoff_ms: u64) -> StoreResult<Stats>;
+
+    /// Creates the user, or replaces its password and role.
+    async fn put_user(&self, user: &UserRecord) -> StoreResult<()>;
+    /// Creates the user unless it exists; `true` when it was created.
+    async fn create_user_if_absent(&self, user: &UserRecord) -> StoreResult<bool>;
+    async fn get_user(&self, username: &str) -> StoreResult<Option<UserRecord>>;
+    async fn list_users(&self) -> StoreResult<Vec<UserRecord>>;
+    async fn delete_user(&self, username: &str) -> StoreResult<bool>;
+
+    async fn create_api_key(&self, key: &ApiKeyRecord, key_hash: &str) -> StoreResult<()>;
+    /// The live (not revoked) key with this hash.
+    async fn find_api_key(&self, key_hash: &str) -> StoreResult<Option<ApiKeyRecord>>;
+    async fn list_api_keys(&self) -> StoreResult<Vec<ApiKeyRecord>>;
+    async fn revoke_api_key(&self, id: &str, now_ms: u64) -> StoreResult<bool>;
+
+    /// Returns the stored value of `key`, first storing `value` if there is none. Safe when
+    /// several trackers race to initialise the same key.
+    async fn setting_or_init(&self, key: &str, value: &str) -> StoreResult<String>;
+}
+
+/// Escapes `%`, `_` and `\` for a `LIKE … ESCAPE '\'` pattern and wraps it in `%…%`.
+pub(crate) fn like_pattern(search: &str) -> String {
+    let mut p = String::with_capacity(search.len() + 2);
+    p.push('%');
+    for c in search.to_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            p.push('\\');
+        }
+        p.push(c);
+    }
+    p.push('%');
+    p
+}
+
+/// Clamps an unsigned value into the signed column type.
+pub(crate) fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// The body shared by both backends. The store type must have `reader()` and `writer()`
+/// returning its pools, and `BACKEND`.
+macro_rules! sql_store_impl {
+    ($store:ty) => {
+        #[async_trait::async_trait]
+        impl $crate::store::Store for $store {
+            fn backend(&self) -> $crate::store::Backend {
+                Self::BACKEND
+            }
+
+            async fn ping(&self) -> $crate::store::StoreResult<()> {
+                sqlx::query("SELECT 1").execute(self.reader()).await?;
+                Ok(())
+            }
+
+            async fn register_peer(
+                &self,
+                peer: &$crate::store::NewPeer,
+                now_ms: u64,
+            ) -> $crate::store::StoreResult<Option<$crate::store::Presence>> {
+                use $crate::store::{rows, sql, to_i64};
+                let id = peer.id.to_string();
+                let addresses = serde_json::to_string(&peer.addresses)
+                    .map_err(|e| $crate::store::StoreError::Corrupt(e.to_string()))?;
+                let mut tx = self.writer().begin().await?;
+                let before = sqlx::query_as::<_, rows::PresenceRow>(sql::PEER_PRESENCE)
+                    .bind(&id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                sqlx::query(sql::UPSERT_PEER)
+                    .bind(&id)
+                    .bind(addresses)
+                    .bind(i64::from(peer.port))
+                    .bind(peer.udp_port.map(i64::from))
+                    .bind(peer.relay_only)
+                    .bind(&peer.observed_ip)
+                    .bind(&peer.name)
+                    .bind(&peer.version)
+                    .bind(to_i64(now_ms))
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(before.map(Into::into))
+            }
+
+            async fn peer_presence(
+                &self,
+                id: &p2p_proto::PeerId,
+            ) -> $crate::store::StoreResult<Option<$crate::store::Presence>> {
+                use $crate::store::{rows, sql};
+                let row = sqlx::query_as::<_, rows::PresenceRow>(sql::PEER_PRESENCE)
+                    .bind(id.to_string())
+                    .fetch_optional(self.reader())
+                    .await?;
+                Ok(row.map(Into::into))
+            }
+
+            async fn record_beats(
+                &self,
+                beats: &[$crate::store::Beat],
+            ) -> $crate::store::StoreResult<()> {
+                use $crate::store::{sql, to_i64};
+                if beats.is_empty() {
+                    return Ok(());
+                }
+                let mut tx = self.writer().begin().await?;
+                for beat in beats {
+                    sqlx::query(sql::TOUCH_PEER)
+                        .bind(beat.peer_id.to_string())
+                        .bind(to_i64(beat.at_ms))
+                        .bind(beat.uploaded.map(to_i64))
+                        .bind(beat.downloaded.map(to_i64))
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn delete_peer(
+                &self,
+                id: &p2p_proto::PeerId,
+            ) -> $crate::store::StoreResult<bool> {
+                let done = sqlx::query($crate::store::sql::DELETE_PEER)
+                    .bind(id.to_string())
+                    .execute(self.writer())
+                    .await?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn expire_peers(
+                &self,
+                cutoff_ms: u64,
+            ) -> $crate::store::StoreResult<Vec<p2p_proto::PeerId>> {
+                use $crate::store::{rows, sql, to_i64};
+                let ids = sqlx::query_as::<_, rows::IdRow>(sql::EXPIRE_PEERS)
+                    .bind(to_i64(cutoff_ms))
+                    .fetch_all(self.writer())
+                    .await?;
+                ids.into_iter().map(|r| rows::parse_id(&r.id)).collect()
+            }
+
+            async fn list_peers(
+                &self,
+                q: &$crate::store::PeerQuery,
+            ) -> $crate::store::StoreResult<$crate::store::Page<p2p_proto::api::PeerInfo>> {
+                use $crate::store::{rows, sql, to_i64};
+                let found = sqlx::query_as::<_, rows::PeerRow>(sql::LIST_PEERS)
+                    .bind(to_i64(q.cutoff_ms))
+                    .bind(q.online_only)
+                    .bind(to_i64(q.limit))
+                    .bind(to_i64(q.offset))
+                    .fetch_all(self.reader())
+                    .await?;
+                let total: (i64,) = sqlx::query_as(sql::COUNT_PEERS)
+                    .bind(to_i64(q.cutoff_ms))
+                    .bind(q.online_only)
+                    .fetch_one(self.reader())
+                    .await?;
+                Ok($crate::store::Page {
+                    items: found
+                        .into_iter()
+                        .map(TryInto::try_into)
+                        .collect::<Result<_, _>>()?,
+                    total: total.0.max(0) as u64,
+                })
+            }
+
+            async fn get_peer(
+                &self,
+                id: &p2p_proto::PeerId,
+                cutoff_ms: u64,
+            ) -> $crate::store::StoreResult<Option<p2p_proto::api::PeerInfo>> {
+                use $crate::store::{rows, sql, to_i64};
+                let row = sqlx::query_as::<_, rows::PeerRow>(sql::GET_PEER)
+                    .bind(to_i64(cutoff_ms))
+                    .bind(id.to_string())
+                    .fetch_optional(self.reader())
+                    .await?;
+                row.map(TryInto::try_into).transpose()
+            }
+
+            async fn announce(
+                &self,
+                peer: &p2p_proto::PeerId,
+                m: &p2p_proto::Manifest,
+                have: Option<&p2p_proto::Bitfield>,
+                now_ms: u64,
+            ) -> $crate::store::StoreResult<$crate::store::AnnounceOutcome> {
+                use $crate::store::{AnnounceOutcome, rows, sql, to_i64};
+                let file_id = m.id.to_string();
+                let peer_id = peer.to_string();
+                let mut tx = self.writer().begin().await?;
+                if sqlx::query_as::<_, rows::PresenceRow>(sql::PEER_PRESENCE)
+                    .bind(&peer_id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .is_none()
+                {
+                    return Ok(AnnounceOutcome::UnknownPeer);
+                }
+                let mut created = false;
+                loop {
+                    let stored = sqlx::query_as::<_, rows::LayoutRow>(sql::FILE_LAYOUT)
+                        .bind(&file_id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    match stored {
+                        Some(s) if !s.matches(m) => return Ok(AnnounceOutcome::Conflict),
+                        Some(_) => break,
+                        None => {
+                            let hashes: Vec<u8> = m.chunk_hashes.iter().flat_map(|h| h.0).collect();
+                            let inserted = sqlx::query(sql::INSERT_FILE)
+                                .bind(&file_id)
+                                .bind(&m.name)
+                                .bind(to_i64(m.size))
+                                .bind(i64::from(m.chunk_size))
+                                .bind(to_i64(m.chunk_count()))
+                                .bind(m.merkle_root.to_string())
+                                .bind(hashes)
+                                .bind(to_i64(now_ms))
+                                .execute(&mut *tx)
+                                .await?;
+                            // Zero rows: another tracker stored it meanwhile; compare again.
+                            created = inserted.rows_affected() > 0;
+                            if created {
+                                break;
+                            }
+                        }
+                    }
+                }
+                let (have_bytes, chunks_have) = match have {
+                    Some(b) if !b.is_complete() => (Some(b.as_bytes().to_vec()), b.count_ones()),
+                    _ => (None, m.chunk_count()),
+                };
+                sqlx::query(sql::UPSERT_FILE_PEER)
+                    .bind(&file_id)
+                    .bind(&peer_id)
+                    .bind(have_bytes)
+                    .bind(to_i64(chunks_have))
+                    .bind(to_i64(now_ms))
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(if created {
+                    AnnounceOutcome::Created
+                } else {
+                    AnnounceOutcome::Existing
+                })
+            }
+
+            async fn get_file(
+                &self,
+                id: &p2p_proto::FileId,
+                cutoff_ms: u64,
+            ) -> $crate::store::StoreResult<Option<$crate::store::FileRecord>> {
+                use $crate::store::{rows, sql, to_i64};
+                let row = sqlx::query_as::<_, rows::FileRow>(sql::GET_FILE)
+                    .bind(id.to_string())
+                    .bind(to_i64(cutoff_ms))
+                    .fetch_optional(self.reader())
+                    .await?;
+                row.map(TryInto::try_into).transpose()
+            }
+
+            async fn list_files(
+                &self,
+                q: &$crate::store::FileQuery,
+            ) -> $crate::store::StoreResult<$crate::store::Page<p2p_proto::api::FileSummary>> {
+                use $crate::store::{like_pattern, rows, sql, to_i64};
+                let pattern = like_pattern(&q.search);
+                let found = sqlx::query_as::<_, rows::FileSummaryRow>(sql::LIST_FILES)
+                    .bind(&pattern)
+                    .bind(to_i64(q.cutoff_ms))
+                    .bind(to_i64(q.limit))
+                    .bind(to_i64(q.offset))
+                    .fetch_all(self.reader())
+                    .await?;
+                let total: (i64,) = sqlx::query_as(sql::COUNT_FILES)
+                    .bind(&pattern)
+                    .fetch_one(self.reader())
+                    .await?;
+                Ok($crate::store::Page {
+                    items: found
+                        .into_iter()
+                        .map(TryInto::try_into)
+                        .collect::<Result<_, _>>()?,
+                    total: total.0.max(0) as u64,
+                })
+            }
+
+            async fn file_peers(
+                &self,
+                id: &p2p_proto::FileId,
+                cutoff_ms: u64,
+                exclude: Option<&p2p_proto::PeerId>,
+                limit: u64,
+            ) -> $crate::store::StoreResult<Option<(u64, Vec<p2p_proto::api::FilePeer>)>> {
+                use $crate::store::{rows, sql, to_i64};
+                let file_id = id.to_string();
+                let Some(count) = sqlx::query_as::<_, (i64,)>(sql::FILE_CHUNK_COUNT)
+                    .bind(&file_id)
+                    .fetch_optional(self.reader())
+                    .await?
+                else {
+                    return Ok(None);
+                };
+                let chunk_count = count.0.max(0) as u64;
+                let found = sqlx::query_as::<_, rows::FilePeerRow>(sql::FILE_PEERS)
+                    .bind(&file_id)
+                    .bind(to_i64(cutoff_ms))
+                    .bind(exclude.map(|p| p.to_string()).unwrap_or_default())
+                    .bind(to_i64(limit))
+                    .fetch_all(self.reader())
+                    .await?;
+                let peers = found
+                    .into_iter()
+                    .map(|r| r.into_api(chunk_count))
+                    .collect::<Result<_, _>>()?;
+                Ok(Some((chunk_count, peers)))
+            }
+
+            async fn stats(
+                &self,
+                cutoff_ms: u64,
+            ) -> $crate::store::StoreResult<p2p_proto::api::Stats> {
+                use $crate::store::{rows, sql, to_i64};
+                let row = sqlx::query_as::<_, rows::StatsRow>(sql::STATS)
+                    .bind(to_i64(cutoff_ms))
+                    .fetch_one(self.reader())
+                    .await?;
+                Ok(row.into())
+            }
+
+            async fn put_user(
+                &self,
+                u: &$crate::store::UserRecord,
+            ) -> $crate::store::StoreResult<()> {
+                use $crate::store::{sql, to_i64};
+                sqlx::query(sql::PUT_USER)
+                    .bind(&u.username)
+                    .bind(&u.password_hash)
+                    .bind(&u.role)
+                    .bind(to_i64(u.created_at_ms))
+                    .execute(self.writer())
+                    .await?;
+                Ok(())
+            }
+
+            async fn create_user_if_absent(
+                &self,
+                u: &$crate::store::UserRecord,
+            ) -> $crate::store::StoreResult<bool> {
+                use $crate::store::{sql, to_i64};
+                let done = sqlx::query(sql::CREATE_USER_IF_ABSENT)
+                    .bind(&u.username)
+                    .bind(&u.password_hash)
+                    .bind(&u.role)
+                    .bind(to_i64(u.created_at_ms))
+                    .execute(self.writer())
+                    .await?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn get_user(
+                &self,
+                username: &str,
+            ) -> $crate::store::StoreResult<Option<$crate::store::UserRecord>> {
+                use $crate::store::{rows, sql};
+                let row = sqlx::query_as::<_, rows::UserRow>(sql::GET_USER)
+                    .bind(username)
+                    .fetch_optional(self.reader())
+                    .await?;
+                Ok(row.map(Into::into))
+            }
+
+            async fn list_users(
+                &self,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::UserRecord>> {
+                use $crate::store::{rows, sql};
+                let found = sqlx::query_as::<_, rows::UserRow>(sql::LIST_USERS)
+                    .fetch_all(self.reader())
+                    .await?;
+                Ok(found.into_iter().map(Into::into).collect())
+            }
+
+            async fn delete_user(&self, username: &str) -> $crate::store::StoreResult<bool> {
+                let done = sqlx::query($crate::store::sql::DELETE_USER)
+                    .bind(username)
+                    .execute(self.writer())
+                    .await?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn create_api_key(
+                &self,
+                key: &$crate::store::ApiKeyRecord,
+                key_hash: &str,
+            ) -> $crate::store::StoreResult<()> {
+                use $crate::store::{sql, to_i64};
+                sqlx::query(sql::INSERT_API_KEY)
+                    .bind(&key.id)
+                    .bind(&key.name)
+                    .bind(key_hash)
+                    .bind(to_i64(key.created_at_ms))
+                    .execute(self.writer())
+                    .await?;
+                Ok(())
+            }
+
+            async fn find_api_key(
+                &self,
+                key_hash: &str,
+            ) -> $crate::store::StoreResult<Option<$crate::store::ApiKeyRecord>> {
+                use $crate::store::{rows, sql};
+                let row = sqlx::query_as::<_, rows::ApiKeyRow>(sql::FIND_API_KEY)
+                    .bind(key_hash)
+                    .fetch_optional(self.reader())
+                    .await?;
+                Ok(row.map(Into::into))
+            }
+
+            async fn list_api_keys(
+                &self,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::ApiKeyRecord>> {
+                use $crate::store::{rows, sql};
+                let found = sqlx::query_as::<_, rows::ApiKeyRow>(sql::LIST_API_KEYS)
+                    .fetch_all(self.reader())
+                    .await?;
+                Ok(found.into_iter().map(Into::into).collect())
+            }
+
+            async fn revoke_api_key(
+                &self,
+                id: &str,
+                now_ms: u64,
+            ) -> $crate::store::StoreResult<bool> {
+                use $crate::store::{sql, to_i64};
+                let done = sqlx::query(sql::REVOKE_API_KEY)
+                    .bind(id)
+                    .bind(to_i64(now_ms))
+                    .execute(self.writer())
+                    .await?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn setting_or_init(
+                &self,
+                key: &str,
+                value: &str,
+            ) -> $crate::store::StoreResult<String> {
+                use $crate::store::sql;
+                sqlx::query(sql::INIT_SETTING)
+                    .bind(key)
+                    .bind(value)
+                    .execute(self.writer())
+                    .await?;
+                let row: (String,) = sqlx::query_as(sql::GET_SETTING)
+                    .bind(key)
+                    .fetch_one(self.writer())
+                    .await?;
+                Ok(row.0)
+            }
+        }
+    };
+}
+
+pub(crate) use sql_store_impl;

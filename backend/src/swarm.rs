@@ -1,0 +1,529 @@
+//! The tracker's rules, between the HTTP handlers and the store: validation, registration,
+//! heartbeats (group-committed in batches), expiry, announces and the events they raise.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use p2p_proto::api::{
+    AnnounceRequest, AnnounceResponse, Event, FileDetails, FileList, FilePeers, HeartbeatRequest,
+    HeartbeatResponse, LeaveReason, PeerList, RegisterPeerRequest, RegisterPeerResponse, Stats,
+};
+use p2p_proto::{Bitfield, FileId, PeerId};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+use crate::events::EventBus;
+use crate::metrics::Metrics;
+use crate::store::{AnnounceOutcome, Beat, FileQuery, NewPeer, PeerQuery, Store, StoreError};
+
+/// Most addresses a peer may register.
+pub const MAX_ADDRESSES: usize = 16;
+/// Default and largest page sizes of listings.
+pub const DEFAULT_PAGE: u64 = 50;
+pub const MAX_PAGE: u64 = 500;
+/// Heartbeats written in one transaction at most.
+const MAX_BATCH: usize = 2048;
+
+/// Why a swarm operation failed. The text of the first three is shown to clients.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SwarmError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<SwarmError> for crate::error::ApiError {
+    fn from(e: SwarmError) -> Self {
+        match e {
+            SwarmError::BadRequest(m) => Self::bad_request(m),
+            SwarmError::NotFound(m) => Self::not_found(m),
+            SwarmError::Conflict(m) => Self::conflict(m),
+            SwarmError::Store(e) => e.into(),
+        }
+    }
+}
+
+type SwarmResult<T> = Result<T, SwarmError>;
+
+/// Timing of the swarm.
+#[derive(Debug, Clone, Copy)]
+pub struct SwarmConfig {
+    pub heartbeat_interval_secs: u32,
+    /// A peer silent for this long is offline.
+    pub peer_ttl_secs: u32,
+    /// How often the expiry sweep runs.
+    pub sweep_interval: Duration,
+}
+
+struct PendingBeat {
+    beat: Beat,
+    done: oneshot::Sender<Result<(), ()>>,
+}
+
+/// The swarm service shared by all handlers.
+#[derive(Debug)]
+pub struct Swarm {
+    store: Arc<dyn Store>,
+    events: EventBus,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+    config: SwarmConfig,
+    beats: mpsc::Sender<PendingBeat>,
+}
+
+impl std::fmt::Debug for PendingBeat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.beat.fmt(f)
+    }
+}
+
+impl Swarm {
+    /// Creates the service and starts its background tasks (heartbeat writer, expiry sweep),
+    /// which stop when `shutdown` is cancelled.
+    pub fn start(
+        store: Arc<dyn Store>,
+        events: EventBus,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+        config: SwarmConfig,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
+        let (tx, rx) = mpsc::channel(MAX_BATCH * 4);
+        let swarm = Arc::new(Self {
+            store,
+            events,
+            clock,
+            metrics,
+            config,
+            beats: tx,
+        });
+        tokio::spawn(write_beats(swarm.store.clone(), swarm.metrics.clone(), rx));
+        let sweeper = swarm.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(sweeper.config.sweep_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tick.tick() => {
+                        if let Err(e) = sweeper.expire_now().await {
+                            tracing::warn!(error = %e, "expiry sweep failed");
+                        }
+                    }
+                }
+            }
+        });
+        swarm
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn config(&self) -> &SwarmConfig {
+        &self.config
+    }
+
+    /// Heartbeats at or after this time count as online.
+    pub fn cutoff_ms(&self) -> u64 {
+        self.clock
+            .now_ms()
+            .saturating_sub(u64::from(self.config.peer_ttl_secs) * 1000)
+    }
+
+    pub async fn register(
+        &self,
+        req: RegisterPeerRequest,
+        observed: Option<IpAddr>,
+    ) -> SwarmResult<RegisterPeerResponse> {
+        let addresses = validate_addresses(&req.addresses)?;
+        if req.port == 0 && !req.relay_only {
+            return Err(SwarmError::BadRequest(
+                "port must be 1-65535 (or set relay_only)".into(),
+            ));
+        }
+        let name = validate_label("name", req.name)?;
+        let version = validate_label("version", req.version)?;
+        let observed_ip = observed
+            .map(|ip| ip.to_canonical().to_string())
+            .unwrap_or_default();
+        let peer = NewPeer {
+            id: req.peer_id,
+            addresses,
+            port: req.port,
+            udp_port: req.udp_port.filter(|p| *p != 0),
+            relay_only: req.relay_only,
+            observed_ip: observed_ip.clone(),
+            name,
+            version,
+        };
+        let now = self.clock.now_ms();
+        let before = self.store.register_peer(&peer, now).await?;
+        if !before.is_some_and(|p| p.is_live(self.cutoff_ms())) {
+            self.events.publish(Event::PeerJoined {
+                peer_id: peer.id,
+                addresses: peer.addresses.clone(),
+                port: peer.port,
+                relay_only: peer.relay_only,
+            });
+        }
+        Ok(RegisterPeerResponse {
+            peer_id: peer.id,
+            observed_ip,
+            heartbeat_interval_secs: self.config.heartbeat_interval_secs,
+            peer_ttl_secs: self.config.peer_ttl_secs,
+        })
+    }
+
+    /// Records a heartbeat. Returns once it is stored (beats arriving together share one
+    /// transaction). An unknown peer gets `NotFound`, its cue to register again.
+    pub async fn heartbeat(&self, req: HeartbeatRequest) -> SwarmResult<HeartbeatResponse> {
+        let presence = self
+            .store
+            .peer_presence(&req.peer_id)
+            .await?
+            .ok_or_else(|| {
+                SwarmError::NotFound(format!(
+                    "peer {} is not registered; register again",
+                    req.peer_id
+                ))
+            })?;
+        let beat = Beat {
+            peer_id: req.peer_id,
+            at_ms: self.clock.now_ms(),
+            uploaded: req.uploaded,
+            downloaded: req.downloaded,
+        };
+        let (done, wait) = oneshot::channel();
+        let queued = self.beats.send(PendingBeat { beat, done }).await.is_ok();
+        let stored = queued && matches!(wait.await, Ok(Ok(())));
+        if !stored {
+            // The writer is gone or its batch failed: write this one directly.
+            self.store.record_beats(&[beat]).await?;
+        }
+        self.metrics.heartbeats.inc();
+        if !presence.is_live(self.cutoff_ms()) {
+            self.announce_rejoin(&req.peer_id).await?;
+        }
+        Ok(HeartbeatResponse {
+            next_heartbeat_secs: self.config.heartbeat_interval_secs,
+        })
+    }
+
+    async fn announce_rejoin(&self, id: &PeerId) -> SwarmResult<()> {
+        if let Some(p) = self.store.get_peer(id, self.cutoff_ms()).await? {
+            self.events.publish(Event::PeerJoined {
+                peer_id: p.peer_id,
+                addresses: p.addresses,
+                port: p.port,
+                relay_only: p.relay_only,
+            });
+        }
+        Ok(())
+    }
+
+    pub async fn peer(&self, id: &PeerId) -> SwarmResult<p2p_proto::api::PeerInfo> {
+        self.store
+            .get_peer(id, self.cutoff_ms())
+            .await?
+            .ok_or_else(|| SwarmError::NotFound(format!("peer {id} is not registered")))
+    }
+
+    pub async fn unregister(&self, id: &PeerId) -> SwarmResult<()> {
+        if !self.store.delete_peer(id).await? {
+            return Err(SwarmError::NotFound(format!("peer {id} is not registered")));
+        }
+        self.events.publish(Event::PeerLeft {
+            peer_id: *id,
+            reason: LeaveReason::Unregistered,
+        });
+        Ok(())
+    }
+
+    /// Marks silent peers offline and tells the feed. Runs periodically; tests call it directly.
+    pub async fn expire_now(&self) -> SwarmResult<Vec<PeerId>> {
+        let expired = self.store.expire_peers(self.cutoff_ms()).await?;
+        for id in &expired {
+            self.metrics.peers_expired.inc();
+            self.events.publish(Event::PeerLeft {
+                peer_id: *id,
+                reason: LeaveReason::Expired,
+            });
+        }
+        Ok(expired)
+    }
+
+    pub async fn list_peers(
+        &self,
+        online_only: bool,
+        offset: u64,
+        limit: u64,
+    ) -> SwarmResult<PeerList> {
+        let limit = page_size(limit);
+        let page = self
+            .store
+            .list_peers(&PeerQuery {
+                online_only,
+                offset,
+                limit,
+                cutoff_ms: self.cutoff_ms(),
+            })
+            .await?;
+        Ok(PeerList {
+            peers: page.items,
+            total: page.total,
+            offset,
+            limit,
+        })
+    }
+
+    pub async fn announce(&self, req: AnnounceRequest) -> SwarmResult<AnnounceResponse> {
+        let manifest = req.file;
+        manifest
+            .validate()
+            .map_err(|e| SwarmError::BadRequest(format!("invalid manifest: {e}")))?;
+        let chunks = manifest.chunk_count();
+        let have = req
+            .have
+            .as_deref()
+            .map(|b| Bitfield::from_base64(b, chunks))
+            .transpose()
+            .map_err(|e| SwarmError::BadRequest(format!("invalid have bitfield: {e}")))?;
+        let outcome = self
+            .store
+            .announce(&req.peer_id, &manifest, have.as_ref(), self.clock.now_ms())
+            .await?;
+        let created = match outcome {
+            AnnounceOutcome::Created => true,
+            AnnounceOutcome::Existing => false,
+            AnnounceOutcome::UnknownPeer => {
+                return Err(SwarmError::NotFound(format!(
+                    "peer {} is not registered; register before announcing",
+                    req.peer_id
+                )));
+            }
+            AnnounceOutcome::Conflict => {
+                return Err(SwarmError::Conflict(format!(
+                    "file {} is already known with a different size, chunk size or Merkle root",
+                    manifest.id
+                )));
+            }
+        };
+        let chunks_have = have.as_ref().map_or(chunks, Bitfield::count_ones);
+        let complete = chunks_have == chunks;
+        self.metrics.announces.inc();
+        self.events.publish(Event::FileAnnounced {
+            file_id: manifest.id,
+            name: manifest.name.clone(),
+            size: manifest.size,
+            peer_id: req.peer_id,
+            complete,
+            created,
+        });
+        Ok(AnnounceResponse {
+            file_id: manifest.id,
+            created,
+            chunks_have,
+            complete,
+        })
+    }
+
+    pub async fn list_files(&self, search: &str, offset: u64, limit: u64) -> SwarmResult<FileList> {
+        if search.len() > 255 {
+            return Err(SwarmError::BadRequest(
+                "search is longer than 255 bytes".into(),
+            ));
+        }
+        let limit = page_size(limit);
+        let page = self
+            .store
+            .list_files(&FileQuery {
+                search: search.to_owned(),
+                offset,
+                limit,
+                cutoff_ms: self.cutoff_ms(),
+            })
+            .await?;
+        Ok(FileList {
+            files: page.items,
+            total: page.total,
+            offset,
+            limit,
+        })
+    }
+
+    pub async fn file(&self, id: &FileId) -> SwarmResult<FileDetails> {
+        let record = self
+            .store
+            .get_file(id, self.cutoff_ms())
+            .await?
+            .ok_or_else(|| unknown_file(id))?;
+        Ok(FileDetails {
+            chunk_count: record.manifest.chunk_count(),
+            manifest: record.manifest,
+            seeders: record.seeders,
+            leechers: record.leechers,
+            created_at_ms: record.created_at_ms,
+        })
+    }
+
+    pub async fn file_peers(
+        &self,
+        id: &FileId,
+        exclude: Option<&PeerId>,
+        limit: u64,
+    ) -> SwarmResult<FilePeers> {
+        let (chunk_count, peers) = self
+            .store
+            .file_peers(id, self.cutoff_ms(), exclude, page_size(limit))
+            .await?
+            .ok_or_else(|| unknown_file(id))?;
+        Ok(FilePeers {
+            file_id: *id,
+            chunk_count,
+            peers,
+        })
+    }
+
+    pub async fn stats(&self) -> SwarmResult<Stats> {
+        let mut stats = self.store.stats(self.cutoff_ms()).await?;
+        stats.relay_connections = self.metrics.relay_connections.get().max(0) as u64;
+        stats.ws_clients = self.metrics.ws_clients.get().max(0) as u64;
+        Ok(stats)
+    }
+
+    /// Refreshes the gauges that mirror stored state (called at each scrape).
+    pub async fn refresh_gauges(&self) -> SwarmResult<()> {
+        let stats = self.store.stats(self.cutoff_ms()).await?;
+        let set = |g: &prometheus_client::metrics::gauge::Gauge, v: u64| {
+            g.set(i64::try_from(v).unwrap_or(i64::MAX));
+        };
+        set(&self.metrics.peers_online, stats.peers_online);
+        set(&self.metrics.peers_total, stats.peers_total);
+        set(&self.metrics.files, stats.files);
+        set(&self.metrics.bytes_shared, stats.total_bytes);
+        Ok(())
+    }
+}
+
+fn unknown_file(id: &FileId) -> SwarmError {
+    SwarmError::NotFound(format!("file {id} is not known to this tracker"))
+}
+
+fn page_size(limit: u64) -> u64 {
+    match limit {
+        0 => DEFAULT_PAGE,
+        n => n.min(MAX_PAGE),
+    }
+}
+
+/// Accepts IP addresses and DNS names; rejects anything else (URLs, ports, spaces).
+fn validate_addresses(addresses: &[String]) -> SwarmResult<Vec<String>> {
+    if addresses.len() > MAX_ADDRESSES {
+        return Err(SwarmError::BadRequest(format!(
+            "at most {MAX_ADDRESSES} addresses may be registered"
+        )));
+    }
+    addresses
+        .iter()
+        .map(|a| {
+            let a = a.trim();
+            if let Ok(ip) = a
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<IpAddr>()
+            {
+                return Ok(ip.to_string());
+            }
+            let is_hostname = !a.is_empty()
+                && a.len() <= 253
+                && a.split('.').all(|label| {
+                    !label.is_empty()
+                        && label.len() <= 63
+                        && !label.starts_with('-')
+                        && !label.ends_with('-')
+                        && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                });
+            if is_hostname {
+                Ok(a.to_ascii_lowercase())
+            } else {
+                Err(SwarmError::BadRequest(format!(
+                    "{a:?} is not an IP address or host name"
+                )))
+            }
+        })
+        .collect()
+}
+
+fn validate_label(what: &str, value: Option<String>) -> SwarmResult<Option<String>> {
+    match value {
+        Some(v) if v.len() > 128 || v.chars().any(char::is_control) => Err(SwarmError::BadRequest(
+            format!("{what} must be at most 128 bytes without control characters"),
+        )),
+        Some(v) if v.trim().is_empty() => Ok(None),
+        other => Ok(other),
+    }
+}
+
+/// Writes queued heartbeats: whatever has queued up while the previous batch was being written
+/// goes into the next transaction (group commit), so load turns into bigger batches rather
+/// than more transactions.
+async fn write_beats(
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    mut rx: mpsc::Receiver<PendingBeat>,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let beats: Vec<Beat> = batch.iter().map(|p| p.beat).collect();
+        metrics.heartbeat_batch.observe(beats.len() as f64);
+        let result = store.record_beats(&beats).await;
+        if let Err(e) = &result {
+            metrics.db_errors.inc();
+            tracing::warn!(error = %e, count = beats.len(), "heartbeat batch failed");
+        }
+        for pending in batch.drain(..) {
+            let _ = pending
+                .done
+                .send(result.as_ref().map(|_| ()).map_err(|_| ()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_checked() {
+        let ok = validate_addresses(&["10.0.0.1".into(), "[::1]".into(), "Host-1.example".into()])
+            .unwrap();
+        assert_eq!(ok, vec!["10.0.0.1", "::1", "host-1.example"]);
+        for bad in [
+            "",
+            "http://x",
+            "a b",
+            "-x.com",
+            "1.2.3.4:80",
+            &"a".repeat(64),
+        ] {
+            assert!(validate_addresses(&[bad.to_string()]).is_err(), "{bad:?}");
+        }
+        assert!(validate_addresses(&vec!["1.1.1.1".to_string(); 17]).is_err());
+    }
+
+    #[test]
+    fn page_sizes() {
+        assert_eq!(page_size(0), DEFAULT_PAGE);
+        assert_eq!(page_size(7), 7);
+        assert_eq!(page_size(10_000), MAX_PAGE);
+    }
+}

@@ -1,0 +1,5 @@
+//! WebSocket endpoints: the live event feed (`/ws`).
+
+mod events;
+
+pub use events::EventsApi;

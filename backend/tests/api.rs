@@ -1,0 +1,800 @@
+//! The REST API over real HTTP: every endpoint, validation, auth failures and rate limiting.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use p2p_proto::Bitfield;
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn health_metrics_and_docs_need_no_auth() {
+    within(30, async {
+        let db = TestDb::sqlite();
+        let t = TestTracker::start(&db, serve_args()).await;
+
+        let resp = t.http.get(t.url("/health")).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let health: Value = resp.json().await.unwrap();
+        assert_eq!(health["status"], "ok");
+        assert_eq!(health["database"], "ok");
+        assert_eq!(health["backend"], "sqlite");
+        assert_eq!(health["version"], env!("CARGO_PKG_VERSION"));
+
+        let resp = t.http.get(t.url("/metrics")).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(
+            resp.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .contains("openmetrics")
+        );
+        let text = resp.text().await.unwrap();
+        for name in [
+            "p2p_tracker_peers_online",
+            "p2p_tracker_files",
+            "p2p_tracker_relay_connections",
+            "p2p_tracker_http_requests_total",
+            "p2p_tracker_http_request_duration_seconds_bucket",
+        ] {
+            assert!(text.contains(name), "{name} missing from /metrics:\n{text}");
+        }
+        assert!(
+            text.contains(r#"route="/health""#),
+            "requests are labelled by route"
+        );
+
+        let resp = t.http.get(t.url("/api/docs")).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(
+            resp.text()
+                .await
+                .unwrap()
+                .to_lowercase()
+                .contains("swagger")
+        );
+        t.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn openapi_spec_lists_every_route_with_security() {
+    within(30, async {
+        let db = TestDb::sqlite();
+        let t = TestTracker::start(&db, serve_args()).await;
+        let spec: Value = t
+            .http
+            .get(t.url("/api/openapi.json"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(spec["openapi"].as_str().unwrap().starts_with("3."));
+        let paths = spec["paths"].as_object().unwrap();
+        for (path, method) in [
+            ("/health", "get"),
+            ("/metrics", "get"),
+            ("/ws", "get"),
+            ("/api/auth/login", "post"),
+            ("/api/stats", "get"),
+            ("/api/peers", "get"),
+            ("/api/peers/register", "post"),
+            ("/api/peers/heartbeat", "post"),
+            ("/api/peers/{id}", "delete"),
+            ("/api/peers/{id}", "get"),
+            ("/api/files", "get"),
+            ("/api/files/announce", "post"),
+            ("/api/files/{hash}", "get"),
+            ("/api/files/{hash}/peers", "get"),
+        ] {
+            let op = &paths
+                .get(path)
+                .unwrap_or_else(|| panic!("{path} missing from the spec"))[method];
+            assert!(op.is_object(), "{method} {path} missing");
+            let secured = op.get("security").is_some();
+            let public = matches!(path, "/health" | "/metrics" | "/api/auth/login" | "/ws");
+            assert_eq!(secured, !public, "security of {method} {path}");
+        }
+        let schemes = spec["components"]["securitySchemes"].as_object().unwrap();
+        assert_eq!(schemes["ApiKey"]["name"], "X-API-Key");
+        assert_eq!(schemes["Bearer"]["scheme"], "bearer");
+        // Error responses are documented with the JSON error body.
+        let announce = &paths["/api/files/announce"]["post"]["responses"];
+        for status in ["200", "400", "401", "404", "409", "429"] {
+            assert!(
+                announce.get(status).is_some(),
+                "announce documents {status}"
+            );
+        }
+        t.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn auth_failures_are_clear_json_401s() {
+    within(30, async {
+        let db = TestDb::sqlite();
+        let t = TestTracker::start(&db, serve_args()).await;
+        let url = t.url("/api/files");
+
+        let msg = assert_error(t.http.get(&url).send().await.unwrap(), 401, "unauthorized").await;
+        assert!(msg.contains("X-API-Key"), "{msg}");
+        let msg = assert_error(
+            t.http
+                .get(&url)
+                .header("X-API-Key", "wrong")
+                .send()
+                .await
+                .unwrap(),
+            401,
+            "unauthorized",
+        )
+        .await;
+        assert_eq!(msg, "invalid API key");
+        assert_error(
+            t.http.get(&url).bearer_auth("wrong").send().await.unwrap(),
+            401,
+            "unauthorized",
+        )
+        .await;
+        assert_error(
+            t.http.get(&url).bearer_auth("a.b.c").send().await.unwrap(),
+            401,
+            "unauthorized",
+        )
+        .await;
+        assert_error(
+            t.http
+                .get(&url)
+                .header("Authorization", "Basic abc")
+                .send()
+                .await
+                .unwrap(),
+            401,
+            "unauthorized",
+        )
+        .await;
+        // The key also works as a bearer token.
+        let resp = t.http.get(&url).bearer_auth(KEY).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        t.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn login_with_key_or_password_gives_a_working_jwt() {
+    within(30, async {
+        let db = TestDb::sqlite();
+        let t = TestTracker::start(&db, serve_args()).await;
+        let login = |body: Value| t.http.post(t.url("/api/auth/login")).json(&body).send();
+
+        let resp = login(json!({"username": ADMIN, "password": ADMIN_PASSWORD}))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let token: Value = resp.json().await.unwrap();
+        assert_eq!(token["token_type"], "Bearer");
+        assert_eq!(token["subject"], ADMIN);
+        assert_eq!(token["role"], "admin");
+        let jwt = token["token"].as_str().unwrap();
+        let resp = t
+            .http
+            .get(t.url("/api/stats"))
+            .bearer_auth(jwt)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+
+        let resp = login(json!({"api_key": KEY})).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let token: Value = resp.json().await.unwrap();
+        assert!(token["subject"].as_str().unwrap().starts_with("api-key:"));
+
+        let msg = assert_error(
+            login(json!({"username": ADMIN, "password": "wrong password"}))
+                .await
+                .unwrap(),
+            401,
+            "unauthorized",
+        )
+        .await;
+        assert_eq!(msg, "wrong username or password");
+        assert_error(
+            login(json!({"username": "nobody", "password": "whatever1"}))
+                .await
+                .unwrap(),
+            401,
+            "unauthorized",
+        )
+        .await;
+        assert_error(
+            login(json!({"api_key": "nope"})).await.unwrap(),
+            401,
+            "unauthorized",
+        )
+        .await;
+        assert_error(login(json!({})).await.unwrap(), 400, "bad_request").await;
+        assert_error(
+            t.http
+                .post(t.url("/api/auth/login"))
+                .header("content-type", "application/json")
+                .body("{not json")
+                .send()
+                .await
+                .unwrap(),
+            400,
+            "bad_request",
+        )
+        .await;
+        t.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn register_heartbeat_list_and_unregister_peers() {
+    within(30, async {
+        let db = TestDb::sqlite();
+        let t = TestTracker::start(&db, serve_args()).await;
+        let peer = peer_id();
+        let reg = t.register(&peer, 6881).await;
+        assert_eq!(reg["peer_id"], json!(peer));
+        assert_eq!(reg["observed_ip"], "127.0.0.1");
+        assert_eq!(reg["heartbeat_interval_secs"], 30);
+        assert_eq!(reg["peer_ttl_secs"], 90);
+
+        t.clock.advance_ms(10_000);
+        let resp = t
+            .post(
+                "/api/peers/heartbeat",
+                &json!({"peer_id": peer, "uploaded": 5, "downloaded": 7}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(
+            resp.json::<Value>().await.unwrap()["next_heartbeat_secs"],
+            30
+        );
+
+        let info: Value = t
+            .get(&format!("/api/peers/{peer}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(info["online"], true);
+        assert_eq!(info["last_seen_ms"], T0 + 10_000);
+        assert_eq!(info["uploaded"], 5);
+        assert_eq!(info["addresses"], json!(["10.1.2.3"]));
+
+        let list: Value = t
+            .get("/api/peers?online=true")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(list["total"], 1);
+        assert_eq!(list["peers"][0]["peer_id"], json!(peer));
+
+        // Unknown peers must register again.
+        let stranger = peer_id();
+        assert_error(
+            t.post("/api/peers/heartbeat", &json!({"peer_id": stranger}))
+                .send()
+                .await
+                .unwrap(),
+            404,
+            "not_found",
+        )
+        .await;
+
+        let resp = t
+            .delete(&format!("/api/peers/{peer}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 204);
+        assert_error(
+            t.delete(&format!("/api/peers/{peer}"))
+                .send()
+                .await
+                .unwrap(),
+            404,
+            "not_found",
+        )
+        .await;
+        assert_error(
+            t.delete("/api/peers/not-hex").send().await.unwrap(),
+            400,
+            "bad_request",
+        )
+        .await;
+        t.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn malformed_registrations_are_rejected() {
+    within(30, async {
+        let db = TestDb::sqlite();
+        let t = TestTracker::start(&db, serve_args()).await;
+        let peer = peer_id();
+        for body in [
+            json!({"peer_id": "abc", "port": 1}),
+            json!({"peer_id": peer, "port": 70000}),
+            json!({"peer_id": peer, "port": 0}),
+            json!({"peer_id": peer}),
+            json!({"peer_id": peer, "port": 1, "addresses": ["http://evil"]}),
+            json!({"peer_id": peer, "port": 1, "addresses": vec!["1.1.1.1"; 17]}),
+            json!({"peer_id": peer, "port": 1, "name": "x".repeat(200)}),
+        ] {
+            let resp = t.post("/api/peers/register", &body).send().await.unwrap();
+            assert_error(resp, 400, "bad_request").await;
+        }
+        // Relay-only peers may register without a port.
+        let resp = t
+            .post(
+                "/api/peers/register",
+                &json!({"peer_id": peer, "port": 0, "relay_only": true}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        t.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn announce_list_get_and_file_peers() {
+    within(30, async {
+        let db = TestDb::sqlite();
+        let t = TestTracker::start(&db, serve_args()).await;
+        let (seeder, leecher) = (peer_id(), peer_id());
+        t.register(&seeder, 6881).await;
+        t.register(&leecher, 6882).await;
+        let data = content(3 * 256 * 1024 + 100, 1);
+        let m = manifest("movie.mkv", &data);
+        assert_eq!(m.chunk_count(), 4);
+
+        let resp = t.announce(&seeder, &m, None).await;
+        assert_eq!(resp.status(), 200);
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["created"], true);
+        assert_eq!(body["complete"], true);
+        assert_eq!(body["chunks_have"], 4);
+
+        let mut have = Bitfield::new(4);
+        have.set(1);
+        let resp = t.announce(&leecher, &m, Some(&have.to_base64())).await;
+        assert_eq!(resp.status(), 200);
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["created"], false);
+        assert_eq!(body["complete"], false);
+        assert_eq!(body["chunks_have"], 1);
+
+        // The id is what sha256sum prints.
+        let details: Value = t
+            .get(&format!("/api/files/{}", m.id))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(details["id"], m.id.to_string());
+        assert_eq!(details["name"], "movie.mkv");
+        assert_eq!(details["size"], data.len() as u64);
+        assert_eq!(details["chunk_size"], 262144);
+        assert_eq!(details["chunk_count"], 4);
+        assert_eq!(details["chunk_hashes"], json!(m.chunk_hashes));
+        assert_eq!(details["merkle_root"], m.merkle_root.to_string());
+        assert_eq!(details["seeders"], 1);
+        assert_eq!(details["leechers"], 1);
+
+        let swarm: Value = t
+            .get(&format!("/api/files/{}/peers", m.id))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(swarm["chunk_count"], 4);
+        let peers = swarm["peers"].as_array().unwrap();
+        assert_eq!(peers.len(), 2);
+        assert_eq!(peers[0]["peer_id"], json!(seeder), "whole copies first");
+        assert_eq!(peers[0]["complete"], true);
+        assert!(peers[0].get("have").is_none());
+        assert_eq!(peers[0]["port"], 6881);
+        assert_eq!(peers[0]["addresses"], json!(["10.1.2.3", "127.0.0.1"]));
+        assert_eq!(peers[1]["complete"], false);
+        assert_eq!(peers[1]["have"], have.to_base64());
+        assert_eq!(peers[1]["chunks_have"], 1);
+
+        let swarm: Value = t
+            .get(&format!("/api/files/{}/peers?exclude={leecher}", m.id))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(swarm["peers"].as_array().unwrap().len(), 1);
+
+        // Listing with search and pagination.
+        for i in 0..5 {
+            let other = manifest(&format!("doc-{i}.pdf"), &content(1000, 100 + i));
+            assert_eq!(t.announce(&seeder, &other, None).await.status(), 200);
+            t.clock.advance_ms(1);
+        }
+        let list: Value = t
+            .get("/api/files?search=DOC&limit=2&offset=1")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(list["total"], 5);
+        assert_eq!(list["limit"], 2);
+        let names: Vec<&str> = list["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["doc-3.pdf", "doc-2.pdf"], "newest first");
+        let list: Value = t
+            .get("/api/files?search=movie")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(list["total"], 1);
+        assert_eq!(list["files"][0]["seeders"], 1);
+        assert_eq!(list["files"][0]["leechers"], 1);
+        assert_eq!(list["files"][0]["chunk_count"], 4);
+        // LIKE wildcards in the search are literal.
+        let list: Value = t
+            .get("/api/files?search=%25")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(list["total"], 0);
+
+        let stats: Value = t
+            .get("/api/stats")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(stats["peers_online"], 2);
+        assert_eq!(stats["files"], 6);
+        assert_eq!(stats["total_bytes"], data.len() as u64 + 5000);
+
+        // Unregistering the seeder removes it from the swarm.
+        assert_eq!(
+            t.delete(&format!("/api/peers/{seeder}"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            204
+        );
+        let swarm: Value = t
+            .get(&format!("/api/files/{}/peers", m.id))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(swarm["peers"].as_array().unwrap().len(), 1);
+        t.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn bad_announces_are_rejected_and_nothing_is_stored() {
+    within(30, async {
+        let db = TestDb::sqlite();
+        let t = TestTracker::start(&db, serve_args()).await;
+        let peer = peer_id();
+        t.register(&peer, 6881).await;
+        let m = manifest("a.bin", &content(600_000, 2));
+
+        let mut wrong_count = m.clone();
+        wrong_count.chunk_hashes.pop();
+        let msg = assert_error(
+            t.announce(&peer, &wrong_count, None).await,
+            400,
+            "bad_request",
+        )
+        .await;
+        assert!(msg.contains("chunk hashes"), "{msg}");
+
+        let mut wrong_root = m.clone();
+        wrong_root.chunk_hashes.swap(0, 1);
+        let msg = assert_error(
+            t.announce(&peer, &wrong_root, None).await,
+            400,
+            "bad_request",
+        )
+        .await;
+        assert!(msg.contains("merkle"), "{msg}");
+
+        let mut bad_chunk_size = m.clone();
+        bad_chunk_size.chunk_size = 1000;
+        assert_error(
+            t.announce(&peer, &bad_chunk_size, None).await,
+            400,
+            "bad_request",
+        )
+        .await;
+
+        let mut bad_name = m.clone();
+        bad_name.name = "../../etc/passwd".into();
+        assert_error(t.announce(&peer, &bad_name, None).await, 400, "bad_request").await;
+
+        let msg = assert_error(
+            t.announce(&peer, &m, Some("////")).await,
+            400,
+            "bad_request",
+        )
+        .await;
+        assert!(msg.contains("bitfield"), "{msg}");
+
+        for bad_id in ["xyz", &"0".repeat(63), &"g".repeat(64)] {
+            let mut body = json!({"peer_id": peer, "file": m});
+            body["file"]["id"] = json!(bad_id);
+            assert_error(
+                t.post("/api/files/announce", &body).send().await.unwrap(),
+                400,
+                "bad_request",
+            )
+            .await;
+        }
+        let mut body = json!({"peer_id": peer, "file": m});
+        body["file"]["size"] = json!(-5);
+        assert_error(
+            t.post("/api/files/announce", &body).send().await.unwrap(),
+            400,
+            "bad_request",
+        )
+        .await;
+        body["file"]["size"] = json!("big");
+        assert_error(
+            t.post("/api/files/announce", &body).send().await.unwrap(),
+            400,
+            "bad_request",
+        )
+        .await;
+
+        let msg = assert_error(t.announce(&peer_id(), &m, None).await, 404, "not_found").await;
+        assert!(msg.contains("register"), "{msg}");
+
+        assert_error(
+            t.get(&format!("/api/files/{}", m.id)).send().await.unwrap(),
+            404,
+            "not_found",
+        )
+        .await;
+        assert_error(
+            t.get("/api/files/nothex").send().await.unwrap(),
+            400,
+            "bad_request",
+        )
+        .await;
+        assert_error(
+            t.get(&format!("/api/files/{}/peers", m.id))
+                .send()
+                .await
+                .unwrap(),
+            404,
+            "not_found",
+        )
+        .await;
+
+        // A contradicting announce of a stored file is refused, and the stored one is kept.
+        assert_eq!(t.announce(&peer, &m, None).await.status(), 200);
+        let other = manifest("a.bin", &content(700_000, 3));
+        let mut contradicting = other.clone();
+        contradicting.id = m.id;
+        let msg = assert_error(
+            t.announce(&peer, &contradicting, None).await,
+            409,
+            "conflict",
+        )
+        .await;
+        assert!(msg.contains(&m.id.to_string()), "{msg}");
+        let stored: Value = t
+            .get(&format!("/api/files/{}", m.id))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(stored["size"], 600_000);
+        assert_eq!(stored["merkle_root"], m.merkle_root.to_string());
+
+        // Unknown routes and bodies that are too big get JSON errors too.
+        assert_error(
+            t.get("/api/nothing").send().await.unwrap(),
+            404,
+            "not_found",
+        )
+        .await;
+        t.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn oversized_bodies_are_refused() {
+    within(30, async {
+        let db = TestDb::sqlite();
+        let mut args = serve_args();
+        args.max_body_bytes = 1024;
+        let t = TestTracker::start(&db, args).await;
+        let peer = peer_id();
+        t.register(&peer, 1).await;
+        let m = manifest("big.bin", &content(20 * 256 * 1024, 4));
+        let resp = t.announce(&peer, &m, None).await;
+        assert_error(resp, 413, "payload_too_large").await;
+        t.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn rate_limit_answers_429_with_retry_after() {
+    within(30, async {
+        let db = TestDb::sqlite();
+        let mut args = serve_args();
+        args.rate_limit_rps = 2;
+        args.rate_limit_burst = Some(3);
+        let t = TestTracker::start(&db, args).await;
+        let mut statuses = Vec::new();
+        let mut limited = None;
+        for _ in 0..10 {
+            let resp = t.get("/api/stats").send().await.unwrap();
+            statuses.push(resp.status().as_u16());
+            if resp.status() == 429 && limited.is_none() {
+                limited = Some(resp);
+            }
+        }
+        assert_eq!(&statuses[..3], &[200, 200, 200], "the burst passes");
+        let resp = limited.expect("some requests were limited");
+        let retry: u64 = resp.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=2).contains(&retry), "Retry-After {retry}");
+        assert_error(resp, 429, "rate_limited").await;
+        // Health checks are never limited.
+        for _ in 0..5 {
+            assert_eq!(
+                t.http.get(t.url("/health")).send().await.unwrap().status(),
+                200
+            );
+        }
+        let metrics = t
+            .http
+            .get(t.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(metrics.contains("p2p_tracker_rate_limited_total"));
+        t.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn peers_missing_heartbeats_expire_and_can_return() {
+    within(30, async {
+        let db = TestDb::sqlite();
+        let t = TestTracker::start(&db, serve_args()).await;
+        let (a, b) = (peer_id(), peer_id());
+        t.register(&a, 1).await;
+        t.register(&b, 2).await;
+        let m = manifest("x.bin", &content(1000, 5));
+        t.announce(&a, &m, None).await;
+        t.announce(&b, &m, None).await;
+
+        // b keeps beating, a falls silent for more than three intervals.
+        for _ in 0..4 {
+            t.clock.advance_ms(25_000);
+            let resp = t
+                .post("/api/peers/heartbeat", &json!({"peer_id": b}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+        }
+        let swarm: Value = t
+            .get(&format!("/api/files/{}/peers", m.id))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let ids: Vec<&Value> = swarm["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| &p["peer_id"])
+            .collect();
+        assert_eq!(ids, vec![&json!(b)], "a is no longer handed out");
+        let expired = t.tracker.state.swarm.expire_now().await.unwrap();
+        assert!(expired.contains(&a) && !expired.contains(&b), "{expired:?}");
+        let info: Value = t
+            .get(&format!("/api/peers/{a}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(info["online"], false);
+        let stats: Value = t
+            .get("/api/stats")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(stats["peers_online"], 1);
+        assert_eq!(stats["peers_total"], 2);
+
+        // A heartbeat brings it back, with what it announced before.
+        let resp = t
+            .post("/api/peers/heartbeat", &json!({"peer_id": a}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let swarm: Value = t
+            .get(&format!("/api/files/{}/peers", m.id))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(swarm["peers"].as_array().unwrap().len(), 2);
+        t.stop().await;
+    })
+    .await;
+}

@@ -1,0 +1,336 @@
+//! One storage suite, run against SQLite and PostgreSQL (`P2P_TEST_POSTGRES_URL`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use p2p_proto::{Bitfield, PeerId};
+use p2p_tracker::store::{
+    AnnounceOutcome, ApiKeyRecord, Backend, Beat, FileQuery, NewPeer, PeerQuery, Store, UserRecord,
+};
+
+fn new_peer(id: PeerId) -> NewPeer {
+    NewPeer {
+        id,
+        addresses: vec!["192.0.2.1".into(), "host.example".into()],
+        port: 6881,
+        udp_port: Some(6882),
+        relay_only: false,
+        observed_ip: "198.51.100.7".into(),
+        name: Some("laptop".into()),
+        version: None,
+    }
+}
+
+async fn peers_and_presence(s: Arc<dyn Store>) {
+    let id = peer_id();
+    assert_eq!(s.peer_presence(&id).await.unwrap(), None);
+    assert_eq!(s.register_peer(&new_peer(id), 1000).await.unwrap(), None);
+    let before = s.register_peer(&new_peer(id), 2000).await.unwrap().unwrap();
+    assert!(before.online && before.last_seen_ms == 1000);
+
+    s.record_beats(&[Beat {
+        peer_id: id,
+        at_ms: 5000,
+        uploaded: Some(10),
+        downloaded: None,
+    }])
+    .await
+    .unwrap();
+    // An older beat arriving late does not move last-seen backwards.
+    s.record_beats(&[Beat {
+        peer_id: id,
+        at_ms: 4000,
+        uploaded: None,
+        downloaded: None,
+    }])
+    .await
+    .unwrap();
+    let info = s.get_peer(&id, 0).await.unwrap().unwrap();
+    assert_eq!(info.last_seen_ms, 5000);
+    assert_eq!(info.registered_at_ms, 1000);
+    assert_eq!(info.uploaded, 10);
+    assert_eq!(info.addresses, vec!["192.0.2.1", "host.example"]);
+    assert_eq!(info.udp_port, Some(6882));
+    assert_eq!(info.name.as_deref(), Some("laptop"));
+    assert!(info.online);
+    assert!(
+        !s.get_peer(&id, 5001).await.unwrap().unwrap().online,
+        "stale at a later cutoff"
+    );
+
+    let page = s
+        .list_peers(&PeerQuery {
+            online_only: true,
+            offset: 0,
+            limit: 10,
+            cutoff_ms: 5000,
+        })
+        .await
+        .unwrap();
+    assert_eq!((page.total, page.items.len()), (1, 1));
+    let page = s
+        .list_peers(&PeerQuery {
+            online_only: true,
+            offset: 0,
+            limit: 10,
+            cutoff_ms: 6000,
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.total, 0);
+
+    assert_eq!(s.expire_peers(6000).await.unwrap(), vec![id]);
+    assert_eq!(
+        s.expire_peers(6000).await.unwrap(),
+        vec![],
+        "expired once only"
+    );
+    assert!(!s.peer_presence(&id).await.unwrap().unwrap().online);
+    assert!(s.delete_peer(&id).await.unwrap());
+    assert!(!s.delete_peer(&id).await.unwrap());
+}
+
+async fn announces_and_swarms(s: Arc<dyn Store>) {
+    let (a, b, c) = (peer_id(), peer_id(), peer_id());
+    for p in [a, b, c] {
+        s.register_peer(&new_peer(p), 1000).await.unwrap();
+    }
+    let m = manifest("data.bin", &content(700_000, 1));
+    assert_eq!(
+        s.announce(&a, &m, None, 1000).await.unwrap(),
+        AnnounceOutcome::Created
+    );
+    assert_eq!(
+        s.announce(&a, &m, None, 1001).await.unwrap(),
+        AnnounceOutcome::Existing
+    );
+    let mut have = Bitfield::new(m.chunk_count());
+    have.set(2);
+    assert_eq!(
+        s.announce(&b, &m, Some(&have), 1002).await.unwrap(),
+        AnnounceOutcome::Existing
+    );
+    // A full bitfield is stored as complete.
+    let full = Bitfield::full(m.chunk_count());
+    s.announce(&c, &m, Some(&full), 1003).await.unwrap();
+    assert_eq!(
+        s.announce(&peer_id(), &m, None, 1).await.unwrap(),
+        AnnounceOutcome::UnknownPeer
+    );
+    let mut other = manifest("data.bin", &content(800_000, 2));
+    other.id = m.id;
+    assert_eq!(
+        s.announce(&a, &other, None, 1).await.unwrap(),
+        AnnounceOutcome::Conflict
+    );
+
+    let rec = s.get_file(&m.id, 0).await.unwrap().unwrap();
+    assert_eq!(rec.manifest, m, "manifest round-trips exactly");
+    assert_eq!((rec.seeders, rec.leechers), (2, 1));
+    assert_eq!(rec.created_at_ms, 1000);
+
+    let (chunks, peers) = s.file_peers(&m.id, 0, None, 10).await.unwrap().unwrap();
+    assert_eq!(chunks, 3);
+    assert_eq!(peers.len(), 3);
+    assert!(peers[0].complete && peers[1].complete && !peers[2].complete);
+    assert_eq!(peers[2].peer_id, b);
+    assert_eq!(peers[2].have.as_deref(), Some(have.to_base64().as_str()));
+    assert_eq!(peers[2].chunks_have, 1);
+    assert_eq!(
+        peers[0].addresses.last().map(String::as_str),
+        Some("198.51.100.7")
+    );
+    let (_, peers) = s.file_peers(&m.id, 0, Some(&a), 10).await.unwrap().unwrap();
+    assert!(peers.iter().all(|p| p.peer_id != a));
+    let (_, peers) = s.file_peers(&m.id, 0, None, 1).await.unwrap().unwrap();
+    assert_eq!(peers.len(), 1);
+    assert_eq!(
+        s.file_peers(&peer_file_id(), 0, None, 10).await.unwrap(),
+        None
+    );
+
+    // Peers past the cutoff are not handed out or counted.
+    s.record_beats(&[Beat {
+        peer_id: a,
+        at_ms: 9000,
+        uploaded: None,
+        downloaded: None,
+    }])
+    .await
+    .unwrap();
+    let (_, peers) = s.file_peers(&m.id, 5000, None, 10).await.unwrap().unwrap();
+    assert_eq!(peers.iter().map(|p| p.peer_id).collect::<Vec<_>>(), vec![a]);
+    let rec = s.get_file(&m.id, 5000).await.unwrap().unwrap();
+    assert_eq!((rec.seeders, rec.leechers), (1, 0));
+
+    // Deleting a peer removes its announces, not the file.
+    s.delete_peer(&a).await.unwrap();
+    let (_, peers) = s.file_peers(&m.id, 0, None, 10).await.unwrap().unwrap();
+    assert_eq!(peers.len(), 2);
+}
+
+fn peer_file_id() -> p2p_proto::FileId {
+    p2p_proto::FileId([7; 32])
+}
+
+async fn listing_and_stats(s: Arc<dyn Store>) {
+    let p = peer_id();
+    s.register_peer(&new_peer(p), 100).await.unwrap();
+    for (i, name) in ["Alpha.txt", "beta_1.txt", "beta%2.txt", "gamma.txt"]
+        .iter()
+        .enumerate()
+    {
+        let m = manifest(name, &content(1000 * (i + 1), i as u64));
+        s.announce(&p, &m, None, 100 + i as u64).await.unwrap();
+    }
+    let q = |search: &str, offset, limit| FileQuery {
+        search: search.into(),
+        offset,
+        limit,
+        cutoff_ms: 0,
+    };
+    let page = s.list_files(&q("", 0, 10)).await.unwrap();
+    assert_eq!(page.total, 4);
+    let names: Vec<_> = page.items.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["gamma.txt", "beta%2.txt", "beta_1.txt", "Alpha.txt"]
+    );
+    assert_eq!(
+        s.list_files(&q("ALPHA", 0, 10)).await.unwrap().total,
+        1,
+        "case-insensitive"
+    );
+    let page = s.list_files(&q("beta_", 0, 10)).await.unwrap();
+    assert_eq!(
+        page.items
+            .iter()
+            .map(|f| f.name.as_str())
+            .collect::<Vec<_>>(),
+        ["beta_1.txt"]
+    );
+    assert_eq!(
+        s.list_files(&q("%", 0, 10)).await.unwrap().total,
+        1,
+        "wildcards are literal"
+    );
+    let page = s.list_files(&q("", 1, 2)).await.unwrap();
+    assert_eq!(page.total, 4);
+    assert_eq!(page.items.len(), 2);
+    assert_eq!(page.items[0].name, "beta%2.txt");
+    assert_eq!(page.items[0].seeders, 1);
+
+    let stats = s.stats(0).await.unwrap();
+    assert_eq!(
+        (stats.peers_online, stats.peers_total, stats.files),
+        (1, 1, 4)
+    );
+    assert_eq!(stats.total_bytes, 10_000);
+    assert_eq!(s.stats(1000).await.unwrap().peers_online, 0);
+}
+
+async fn users_keys_and_settings(s: Arc<dyn Store>) {
+    let u = UserRecord {
+        username: "alice".into(),
+        password_hash: "h1".into(),
+        role: "admin".into(),
+        created_at_ms: 5,
+    };
+    assert!(s.create_user_if_absent(&u).await.unwrap());
+    assert!(
+        !s.create_user_if_absent(&UserRecord {
+            password_hash: "other".into(),
+            ..u.clone()
+        })
+        .await
+        .unwrap()
+    );
+    assert_eq!(
+        s.get_user("alice").await.unwrap().unwrap().password_hash,
+        "h1"
+    );
+    s.put_user(&UserRecord {
+        password_hash: "h2".into(),
+        ..u.clone()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        s.get_user("alice").await.unwrap().unwrap().password_hash,
+        "h2"
+    );
+    assert_eq!(s.list_users().await.unwrap().len(), 1);
+    assert!(s.delete_user("alice").await.unwrap());
+    assert!(s.get_user("alice").await.unwrap().is_none());
+
+    let key = ApiKeyRecord {
+        id: "k1".into(),
+        name: "ci".into(),
+        created_at_ms: 9,
+        revoked_at_ms: None,
+    };
+    s.create_api_key(&key, "hash1").await.unwrap();
+    assert_eq!(s.find_api_key("hash1").await.unwrap(), Some(key.clone()));
+    assert!(
+        s.create_api_key(&key, "hash2").await.is_err(),
+        "ids are unique"
+    );
+    assert!(s.revoke_api_key("k1", 10).await.unwrap());
+    assert!(!s.revoke_api_key("k1", 11).await.unwrap());
+    assert_eq!(s.find_api_key("hash1").await.unwrap(), None);
+    assert_eq!(s.list_api_keys().await.unwrap()[0].revoked_at_ms, Some(10));
+
+    assert_eq!(
+        s.setting_or_init("jwt_secret", "first").await.unwrap(),
+        "first"
+    );
+    assert_eq!(
+        s.setting_or_init("jwt_secret", "second").await.unwrap(),
+        "first"
+    );
+    s.ping().await.unwrap();
+}
+
+macro_rules! suite {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let db = TestDb::sqlite();
+                    let store = db.open().await;
+                    assert_eq!(store.backend(), Backend::Sqlite);
+                    within(60, super::$case(store)).await;
+                }
+            )*
+        }
+        mod postgres {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let Some(url) = postgres_url() else {
+                        return skip(concat!("postgres store ", stringify!($case)), "P2P_TEST_POSTGRES_URL is not set");
+                    };
+                    let db = TestDb::postgres(&url);
+                    let store = db.open().await;
+                    assert_eq!(store.backend(), Backend::Postgres);
+                    within(60, super::$case(store)).await;
+                    db.cleanup().await;
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    peers_and_presence,
+    announces_and_swarms,
+    listing_and_stats,
+    users_keys_and_settings
+);

@@ -1,0 +1,374 @@
+//! Tracker REST and WebSocket types, shared by the tracker, the peer and the dashboard.
+//!
+//! Times are Unix milliseconds (`*_ms`). Bitfields travel as base64 strings (see
+//! [`crate::Bitfield`]). With the `openapi` feature these types carry poem-openapi derives.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{FileId, PeerId, Sha256Hash};
+use crate::manifest::Manifest;
+
+/// Body of every error response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
+#[cfg_attr(feature = "openapi", oai(rename_all = "snake_case"))]
+pub struct ErrorBody {
+    /// Machine-readable code, e.g. `bad_request`, `unauthorized`, `not_found`, `conflict`.
+    pub error: String,
+    /// Human-readable explanation.
+    pub message: String,
+}
+
+/// `POST /api/auth/login`: either an API key, or a username and password.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
+#[cfg_attr(feature = "openapi", oai(rename_all = "snake_case"))]
+pub struct LoginRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", oai(skip_serializing_if_is_none))]
+    pub api_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", oai(skip_serializing_if_is_none))]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", oai(skip_serializing_if_is_none))]
+    pub password: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
+#[cfg_attr(feature = "openapi", oai(rename_all = "snake_case"))]
+pub struct LoginResponse {
+    /// A JWT, accepted wherever an API key is (`Authorization: Bearer <token>`).
+    pub token: String,
+    /// Always `Bearer`.
+    pub token_type: String,
+    /// Seconds until the token expires.
+    pub expires_in: u64,
+    pub expires_at_ms: u64,
+    /// Who the token is for: a user name, or `api-key:<id>`.
+    pub subject: String,
+    pub role: String,
+}
+
+/// `POST /api/peers/register`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
+#[cfg_attr(feature = "openapi", oai(rename_all = "snake_case"))]
+pub struct RegisterPeerRequest {
+    pub peer_id: PeerId,
+    /// IP addresses or host names the peer listens on. Empty: the tracker uses the address the
+    /// request came from.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", oai(default))]
+    pub addresses: Vec<String>,
+    /// TCP port of the peer protocol.
+    pub port: u16,
+    /// UDP port for QUIC / hole punching, if the peer has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", oai(skip_serializing_if_is_none))]
+    pub udp_port: Option<u16>,
+    /// The peer cannot accept inbound connections; reach it through the relay.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", oai(default))]
+    pub relay_only: bool,
+    /// A display name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", oai(skip_serializing_if_is_none))]
+    pub name: Option<String>,
+    /// The peer software's version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", oai(skip_serializing_if_is_none))]
+    pub version: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
+#[cfg_attr(feature = "openapi", oai(rename_all = "snake_case"))]
+pub struct RegisterPeerResponse {
+    pub peer_id: PeerId,
+    /// The address the tracker saw the request come from.
+    pub observed_ip: String,
+    /// How often to send heartbeats.
+    pub heartbeat_interval_secs: u32,
+    /// A peer not heard from for this long is offline.
+    pub peer_ttl_secs: u32,
+}
+
+/// `POST /api/peers/heartbeat`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
+#[cfg_attr(feature = "openapi", oai(rename_all = "snake_case"))]
+pub struct HeartbeatRequest {
+    pub peer_id: PeerId,
+    /// Bytes uploaded since the peer started, for statistics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", oai(skip_serializing_if_is_none))]
+    pub uploaded: Option<u64>,
+    /// Bytes downloaded since the peer started, for statistics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", oai(skip_serializing_if_is_none))]
+    pub downloaded: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
+#[cfg_attr(feature = "openapi", oai(rename_all = "snake_case"))]
+pub struct HeartbeatResponse {
+    pub next_heartbeat_secs: u32,
+}
+
+/// A registered peer, as listed by `GET /api/peers`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
+#[cfg_attr(feature = "openapi", oai(rename_all = "snake_case"))]
+pub struct PeerInfo {
+    pub peer_id: PeerId,
+    pub addresses: Vec<String>,
+    pub port: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", oai(skip_serializing_if_is_none))]
+    pub udp_port: Option<u16>,
+    pub relay_only: bool,
+    pub observed_ip: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", oai(skip_serializing_if_is_none))]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", oai(skip_serializing_if_is_none))]
+    pub version: Option<String>,
+    pub online: bool,
+    pub registered_at_ms: u64,
+    pub last_seen_ms: u64,
+    /// Files this peer has announced.
+    pub files: u64,
+    pub uploaded: u64,
+    pub downloaded: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
+#[cfg_attr(feature = "openapi", oai(rename_all = "snake_case"))]
+pub struct PeerList {
+    pub peers: Vec<PeerInfo>,
+    pub total: u64,
+    pub offset: u64,
+    pub limit: u64,
+}
+
+/// `POST /api/files/announce`: the announcing peer has this file, whole or in part.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
+#[cfg_attr(feature = "openapi", oai(rename_all = "snake_case"))]
+pub struct AnnounceRequest {
+    pub peer_id: PeerId,
+    pub file: Manifest,
+    /// Base64 bitfield of the chunks the peer has (most significant bit first). Absent: all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", oai(skip_serializing_if_is_none))]
+    pub have: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
+#[cfg_attr(feature = "openapi", oai(rename_all = "snake_case"))]
+pub struct AnnounceResponse {
+    pub file_id: FileId,
+    /// Whether this announce made the file known to the tracker.
+    pub created: bool,
+    pub chunks_have: u64,
+    pub complete: bool,
+}
+
+/// One file in `GET /api/files`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
+#[cfg_attr(feature = "openapi", oai(rename_all = "snake_case"))]
+pub struct FileSummary {
+    pub id: FileId,
+    pub name: String,
+    pub size: u64,
+    pub chunk_size: u32,
+    pub chunk_count: u64,
+    pub merkle_root: Sha256Hash,
+    /// Online peers with the whole file.
+    pub seeders: u64,
+    /// Online peers with part of it.
+    pub leechers: u64,
+    pub created_at_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
+#[cfg_attr(feature = "openapi", oai(rename_all = "snake_case"))]
+pub struct FileList {
+    pub files: Vec<FileSummary>,
+    /// Files matching the search, over all pages.
+    pub total: u64,
+    pub offset: u64,
+    pub limit: u64,
+}
+
+/// `GET /api/files/{hash}`: the manifest plus swarm figures.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
+#[cfg_attr(feature = "openapi", oai(rename_all = "snake_case"))]
+pub struct FileDetails {
+    #[serde(flatten)]
+    #[cfg_attr(feature = "openapi", oai(flatten))]
+    pub manifest: Manifest,
+    pub chunk_count: u64,
+    pub seeders: u64,
+    pub leechers: u64,
+    pub created_at_ms: u64,
+}
+
+/// One online peer that has (part of) a file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
+#[cfg_attr(feature = "openapi", oai(rename_all = "snake_case"))]
+pub struct FilePeer {
+    pub peer_id: PeerId,
+    /// Where to dial the peer: its announced addresses, then the address the tracker saw.
+    pub addresses: Vec<String>,
+    pub port: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", oai(skip_serializing_if_is_none))]
+    pub udp_port: Option<u16>,
+    /// Reach this peer through the relay only.
+    pub relay_only: bool,
+    pub complete: bool,
+    /// Base64 bitfield of the chunks it has; absent when complete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", oai(skip_serializing_if_is_none))]
+    pub have: Option<String>,
+    pub chunks_have: u64,
+    pub last_seen_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
+#[cfg_attr(feature = "openapi", oai(rename_all = "snake_case"))]
+pub struct FilePeers {
+    pub file_id: FileId,
+    pub chunk_count: u64,
+    pub peers: Vec<FilePeer>,
+}
+
+/// `GET /health`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
+#[cfg_attr(feature = "openapi", oai(rename_all = "snake_case"))]
+pub struct Health {
+    /// `ok`, or `degraded` when the database cannot be reached.
+    pub status: String,
+    pub version: String,
+    /// `ok` or `unreachable`.
+    pub database: String,
+    /// `sqlite` or `postgres`.
+    pub backend: String,
+}
+
+/// `GET /api/stats`: the swarm at a glance (the dashboard's overview).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
+#[cfg_attr(feature = "openapi", oai(rename_all = "snake_case"))]
+pub struct Stats {
+    pub peers_online: u64,
+    pub peers_total: u64,
+    pub files: u64,
+    /// Sum of all files' sizes.
+    pub total_bytes: u64,
+    pub relay_connections: u64,
+    pub ws_clients: u64,
+}
+
+/// Why a peer left the swarm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaveReason {
+    /// It unregistered itself.
+    Unregistered,
+    /// It missed its heartbeats.
+    Expired,
+}
+
+/// A live event on `/ws`, sent as a JSON text message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Event {
+    /// First message after authentication.
+    Hello {
+        version: String,
+    },
+    PeerJoined {
+        peer_id: PeerId,
+        addresses: Vec<String>,
+        port: u16,
+        relay_only: bool,
+    },
+    PeerLeft {
+        peer_id: PeerId,
+        reason: LeaveReason,
+    },
+    FileAnnounced {
+        file_id: FileId,
+        name: String,
+        size: u64,
+        peer_id: PeerId,
+        complete: bool,
+        /// The file was new to the tracker.
+        created: bool,
+    },
+    RelayConnected {
+        peer_id: PeerId,
+    },
+    RelayDisconnected {
+        peer_id: PeerId,
+    },
+    /// The client read too slowly and this many events were dropped for it.
+    Lagged {
+        missed: u64,
+    },
+}
+
+/// An [`Event`] with its time: `{"ts_ms": …, "type": "peer_joined", …}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventMessage {
+    pub ts_ms: u64,
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+/// First message a `/ws` client may send instead of passing `?token=` in the URL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WsAuth {
+    /// A JWT or an API key.
+    pub token: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_json_shape() {
+        let msg = EventMessage {
+            ts_ms: 5,
+            event: Event::PeerLeft {
+                peer_id: PeerId([0xab; 32]),
+                reason: LeaveReason::Expired,
+            },
+        };
+        let json = serde_json::to_string(&msg).unwrap();
+        assert_eq!(
+            json,
+            format!(
+                r#"{{"ts_ms":5,"type":"peer_left","peer_id":"{}","reason":"expired"}}"#,
+                "ab".repeat(32)
+            )
+        );
+        assert_eq!(serde_json::from_str::<EventMessage>(&json).unwrap(), msg);
+    }
+}

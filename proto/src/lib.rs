@@ -1,0 +1,24 @@
+//! Shared protocol types for the p2p file-sharing system.
+//!
+//! This crate does no IO and does not depend on tokio, so it compiles for `wasm32-unknown-unknown`
+//! and is shared by the tracker, the peer and the dashboard.
+//!
+//! Modules:
+//! - [`ids`]: [`FileId`], [`PeerId`] and [`Sha256Hash`] newtypes, shown and parsed as lowercase hex.
+//! - [`manifest`]: chunking rules, chunk hashes, the Merkle tree over them and manifest validation.
+//! - [`bitfield`]: which chunks a peer has.
+//! - [`api`]: tracker REST and WebSocket types.
+//!
+//! Features:
+//! - `openapi`: poem-openapi derives on the REST types (the tracker uses them to generate its spec).
+
+pub mod api;
+pub mod bitfield;
+pub mod ids;
+pub mod manifest;
+#[cfg(feature = "openapi")]
+mod openapi;
+
+pub use bitfield::Bitfield;
+pub use ids::{FileId, PeerId, Sha256Hash};
+pub use manifest::{CHUNK_SIZE, Manifest, ManifestError, MerkleTree};

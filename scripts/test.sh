@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: formatting, lints, and every test of the workspace.
+#
+# Optional parts find what they need themselves and print a SKIPPED line when it is missing:
+#   PostgreSQL  P2P_TEST_POSTGRES_URL, or a server answering on 127.0.0.1:5432 (database "test").
+# With P2P_REQUIRE_ALL=1 (as in CI) a skip is a failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/p2p-target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+if [ -z "${P2P_TEST_POSTGRES_URL:-}" ] && command -v psql >/dev/null 2>&1; then
+  candidate="postgres://postgres@127.0.0.1:5432/test"
+  if timeout 5 psql "$candidate" -qAtc 'SELECT 1' >/dev/null 2>&1; then
+    export P2P_TEST_POSTGRES_URL="$candidate"
+    echo "test.sh: using PostgreSQL at $candidate"
+  fi
+fi
+[ -n "${P2P_TEST_POSTGRES_URL:-}" ] || echo "test.sh: no PostgreSQL found; its tests will print SKIPPED"
+
+echo "== cargo fmt"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  # Show the output of passing tests too, so SKIPPED lines are visible.
+  cargo nextest run --workspace --locked --no-fail-fast --success-output immediate \
+    --status-level fail --final-status-level slow
+else
+  cargo test --workspace --locked --no-fail-fast -- --nocapture
+fi
