@@ -268,6 +268,7 @@ pub async fn start(
             heartbeat_interval_secs: serve.heartbeat_interval_secs,
             peer_ttl_secs: serve.peer_ttl_secs(),
             sweep_interval: opts.sweep_interval,
+            swarm_cache_ttl: Duration::from_millis(serve.swarm_cache_ms),
         },
         shutdown.clone(),
     );

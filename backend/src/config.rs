@@ -151,6 +151,10 @@ pub struct ServeArgs {
     /// Password for --admin-user.
     #[arg(long, env = "P2P_ADMIN_PASSWORD", hide_env_values = true)]
     pub admin_password: Option<String>,
+    /// How long, in milliseconds, a file's swarm is answered from memory before the database
+    /// is asked again (0: always ask). Local changes take effect at once regardless.
+    #[arg(long, env = "P2P_SWARM_CACHE_MS", default_value_t = 1000)]
+    pub swarm_cache_ms: u64,
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "P2P_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_body_bytes: usize,

@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod ratelimit;
 pub mod store;
 pub mod swarm;
+pub mod swarm_cache;
 pub mod ws;
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).

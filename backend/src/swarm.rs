@@ -16,7 +16,10 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::Clock;
 use crate::events::EventBus;
 use crate::metrics::Metrics;
-use crate::store::{AnnounceOutcome, Beat, FileQuery, NewPeer, PeerQuery, Store, StoreError};
+use crate::store::{
+    AnnounceOutcome, Beat, FileQuery, NewPeer, PeerQuery, Presence, Store, StoreError,
+};
+use crate::swarm_cache::SwarmCache;
 
 /// Most addresses a peer may register.
 pub const MAX_ADDRESSES: usize = 16;
@@ -61,11 +64,14 @@ pub struct SwarmConfig {
     pub peer_ttl_secs: u32,
     /// How often the expiry sweep runs.
     pub sweep_interval: Duration,
+    /// How long a file's swarm is served from memory (zero: always ask the database).
+    pub swarm_cache_ttl: Duration,
 }
 
+/// A heartbeat waiting for its batch; answered with the peer's prior presence.
 struct PendingBeat {
     beat: Beat,
-    done: oneshot::Sender<Result<(), ()>>,
+    done: oneshot::Sender<Result<Option<Presence>, Arc<StoreError>>>,
 }
 
 /// The swarm service shared by all handlers.
@@ -77,6 +83,7 @@ pub struct Swarm {
     metrics: Arc<Metrics>,
     config: SwarmConfig,
     beats: mpsc::Sender<PendingBeat>,
+    swarm_cache: SwarmCache,
 }
 
 impl std::fmt::Debug for PendingBeat {
@@ -104,6 +111,7 @@ impl Swarm {
             metrics,
             config,
             beats: tx,
+            swarm_cache: SwarmCache::new(config.swarm_cache_ttl),
         });
         tokio::spawn(write_beats(swarm.store.clone(), swarm.metrics.clone(), rx));
         let sweeper = swarm.clone();
@@ -167,6 +175,8 @@ impl Swarm {
         };
         let now = self.clock.now_ms();
         let before = self.store.register_peer(&peer, now).await?;
+        // Its addresses or liveness may have changed in any swarm it is in.
+        self.swarm_cache.clear();
         if !before.is_some_and(|p| p.is_live(self.cutoff_ms())) {
             self.events.publish(Event::PeerJoined {
                 peer_id: peer.id,
@@ -186,16 +196,6 @@ impl Swarm {
     /// Records a heartbeat. Returns once it is stored (beats arriving together share one
     /// transaction). An unknown peer gets `NotFound`, its cue to register again.
     pub async fn heartbeat(&self, req: HeartbeatRequest) -> SwarmResult<HeartbeatResponse> {
-        let presence = self
-            .store
-            .peer_presence(&req.peer_id)
-            .await?
-            .ok_or_else(|| {
-                SwarmError::NotFound(format!(
-                    "peer {} is not registered; register again",
-                    req.peer_id
-                ))
-            })?;
         let beat = Beat {
             peer_id: req.peer_id,
             at_ms: self.clock.now_ms(),
@@ -203,14 +203,24 @@ impl Swarm {
             downloaded: req.downloaded,
         };
         let (done, wait) = oneshot::channel();
-        let queued = self.beats.send(PendingBeat { beat, done }).await.is_ok();
-        let stored = queued && matches!(wait.await, Ok(Ok(())));
-        if !stored {
-            // The writer is gone or its batch failed: write this one directly.
-            self.store.record_beats(&[beat]).await?;
-        }
+        let before = match self.beats.send(PendingBeat { beat, done }).await {
+            Ok(()) => match wait.await {
+                Ok(Ok(before)) => before,
+                // The batch failed: retry alone, so the caller gets this beat's own error.
+                Ok(Err(_)) | Err(_) => self.store.record_beats(&[beat]).await?.pop().flatten(),
+            },
+            // The writer is gone (shutting down): write this one directly.
+            Err(_) => self.store.record_beats(&[beat]).await?.pop().flatten(),
+        };
+        let Some(before) = before else {
+            return Err(SwarmError::NotFound(format!(
+                "peer {} is not registered; register again",
+                req.peer_id
+            )));
+        };
         self.metrics.heartbeats.inc();
-        if !presence.is_live(self.cutoff_ms()) {
+        if !before.is_live(self.cutoff_ms()) {
+            self.swarm_cache.clear();
             self.announce_rejoin(&req.peer_id).await?;
         }
         Ok(HeartbeatResponse {
@@ -241,6 +251,7 @@ impl Swarm {
         if !self.store.delete_peer(id).await? {
             return Err(SwarmError::NotFound(format!("peer {id} is not registered")));
         }
+        self.swarm_cache.clear();
         self.events.publish(Event::PeerLeft {
             peer_id: *id,
             reason: LeaveReason::Unregistered,
@@ -251,6 +262,9 @@ impl Swarm {
     /// Marks silent peers offline and tells the feed. Runs periodically; tests call it directly.
     pub async fn expire_now(&self) -> SwarmResult<Vec<PeerId>> {
         let expired = self.store.expire_peers(self.cutoff_ms()).await?;
+        if !expired.is_empty() {
+            self.swarm_cache.clear();
+        }
         for id in &expired {
             self.metrics.peers_expired.inc();
             self.events.publish(Event::PeerLeft {
@@ -317,6 +331,7 @@ impl Swarm {
                 )));
             }
         };
+        self.swarm_cache.invalidate(&manifest.id);
         let chunks_have = have.as_ref().map_or(chunks, Bitfield::count_ones);
         let complete = chunks_have == chunks;
         self.metrics.announces.inc();
@@ -375,17 +390,33 @@ impl Swarm {
         })
     }
 
+    /// Online peers with the file, whole copies first, from the swarm cache when fresh.
     pub async fn file_peers(
         &self,
         id: &FileId,
         exclude: Option<&PeerId>,
         limit: u64,
     ) -> SwarmResult<FilePeers> {
-        let (chunk_count, peers) = self
-            .store
-            .file_peers(id, self.cutoff_ms(), exclude, page_size(limit))
-            .await?
-            .ok_or_else(|| unknown_file(id))?;
+        let cutoff = self.cutoff_ms();
+        let (chunk_count, all) = match self.swarm_cache.get(id) {
+            Some(swarm) => swarm,
+            None => {
+                let (chunks, peers) = self
+                    .store
+                    .file_peers(id, cutoff, None, MAX_PAGE)
+                    .await?
+                    .ok_or_else(|| unknown_file(id))?;
+                let swarm = (chunks, Arc::new(peers));
+                self.swarm_cache.put(*id, swarm.clone());
+                swarm
+            }
+        };
+        let peers = all
+            .iter()
+            .filter(|p| p.last_seen_ms >= cutoff && Some(&p.peer_id) != exclude)
+            .take(usize::try_from(page_size(limit)).unwrap_or(usize::MAX))
+            .cloned()
+            .collect();
         Ok(FilePeers {
             file_id: *id,
             chunk_count,
@@ -474,8 +505,8 @@ fn validate_label(what: &str, value: Option<String>) -> SwarmResult<Option<Strin
 }
 
 /// Writes queued heartbeats: whatever has queued up while the previous batch was being written
-/// goes into the next transaction (group commit), so load turns into bigger batches rather
-/// than more transactions.
+/// goes into the next one (group commit), so load turns into bigger batches rather than more
+/// transactions.
 async fn write_beats(
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
@@ -485,15 +516,20 @@ async fn write_beats(
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let beats: Vec<Beat> = batch.iter().map(|p| p.beat).collect();
         metrics.heartbeat_batch.observe(beats.len() as f64);
-        let result = store.record_beats(&beats).await;
-        if let Err(e) = &result {
-            metrics.db_errors.inc();
-            tracing::warn!(error = %e, count = beats.len(), "heartbeat batch failed");
-        }
-        for pending in batch.drain(..) {
-            let _ = pending
-                .done
-                .send(result.as_ref().map(|_| ()).map_err(|_| ()));
+        match store.record_beats(&beats).await {
+            Ok(before) => {
+                for (pending, before) in batch.drain(..).zip(before) {
+                    let _ = pending.done.send(Ok(before));
+                }
+            }
+            Err(e) => {
+                metrics.db_errors.inc();
+                tracing::warn!(error = %e, count = beats.len(), "heartbeat batch failed");
+                let shared = Arc::new(e);
+                for pending in batch.drain(..) {
+                    let _ = pending.done.send(Err(shared.clone()));
+                }
+            }
         }
     }
 }

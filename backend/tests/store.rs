@@ -9,7 +9,8 @@ use std::sync::Arc;
 use common::*;
 use p2p_proto::{Bitfield, PeerId};
 use p2p_tracker::store::{
-    AnnounceOutcome, ApiKeyRecord, Backend, Beat, FileQuery, NewPeer, PeerQuery, Store, UserRecord,
+    AnnounceOutcome, ApiKeyRecord, Backend, Beat, FileQuery, NewPeer, PeerQuery, Presence, Store,
+    UserRecord,
 };
 
 fn new_peer(id: PeerId) -> NewPeer {
@@ -92,6 +93,58 @@ async fn peers_and_presence(s: Arc<dyn Store>) {
     assert!(!s.peer_presence(&id).await.unwrap().unwrap().online);
     assert!(s.delete_peer(&id).await.unwrap());
     assert!(!s.delete_peer(&id).await.unwrap());
+}
+
+async fn heartbeat_batches(s: Arc<dyn Store>) {
+    let (a, b, unknown) = (peer_id(), peer_id(), peer_id());
+    s.register_peer(&new_peer(a), 1000).await.unwrap();
+    s.register_peer(&new_peer(b), 1000).await.unwrap();
+    s.expire_peers(1001).await.unwrap();
+    let beat = |peer_id, at_ms, uploaded| Beat {
+        peer_id,
+        at_ms,
+        uploaded,
+        downloaded: None,
+    };
+    let before = s
+        .record_beats(&[
+            beat(a, 5000, Some(1)),
+            beat(unknown, 5000, None),
+            beat(a, 6000, Some(2)),
+            beat(b, 900, None),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(before.len(), 4, "one answer per beat, in order");
+    assert_eq!(
+        before[0],
+        Some(Presence {
+            online: false,
+            last_seen_ms: 1000
+        })
+    );
+    assert_eq!(before[1], None, "unknown peers are reported");
+    assert_eq!(
+        before[2], before[0],
+        "both beats of a saw the state before the batch"
+    );
+    assert!(before[3].is_some());
+    let info = s.get_peer(&a, 0).await.unwrap().unwrap();
+    assert_eq!(
+        (info.last_seen_ms, info.uploaded, info.online),
+        (6000, 2, true),
+        "latest beat wins"
+    );
+    let info = s.get_peer(&b, 0).await.unwrap().unwrap();
+    assert_eq!(
+        info.last_seen_ms, 1000,
+        "an older beat never moves last-seen back"
+    );
+    assert!(
+        s.peer_presence(&unknown).await.unwrap().is_none(),
+        "beats create no peers"
+    );
+    assert_eq!(s.record_beats(&[]).await.unwrap(), vec![]);
 }
 
 async fn announces_and_swarms(s: Arc<dyn Store>) {
@@ -330,6 +383,7 @@ macro_rules! suite {
 
 suite!(
     peers_and_presence,
+    heartbeat_batches,
     announces_and_swarms,
     listing_and_stats,
     users_keys_and_settings

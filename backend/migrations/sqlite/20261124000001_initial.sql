@@ -14,7 +14,7 @@ CREATE TABLE peers (
     uploaded      INTEGER NOT NULL DEFAULT 0,
     downloaded    INTEGER NOT NULL DEFAULT 0
 );
-CREATE INDEX peers_online_last_seen ON peers (online, last_seen);
+CREATE INDEX peers_last_seen ON peers (last_seen);
 
 CREATE TABLE files (
     id           TEXT PRIMARY KEY,         -- hex SHA-256 of the content

@@ -181,7 +181,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// How a peer stands, or `None` when it is not registered.
     async fn peer_presence(&self, id: &PeerId) -> StoreResult<Option<Presence>>;
     /// Applies heartbeats: last-seen times (never moved backwards), online, traffic counters.
-    async fn record_beats(&self, beats: &[Beat]) -> StoreResult<()>;
+    /// Returns, for each beat, how its peer stood before, or `None` for an unknown peer.
+    async fn record_beats(&self, beats: &[Beat]) -> StoreResult<Vec<Option<Presence>>>;
     /// Removes a peer and what it announced; `false` when it was not registered.
     async fn delete_peer(&self, id: &PeerId) -> StoreResult<bool>;
     /// Marks peers not heard from since `cutoff_ms` offline; returns the ones it changed.
@@ -251,7 +252,8 @@ pub(crate) fn to_i64(v: u64) -> i64 {
 }
 
 /// The body shared by both backends. The store type must have `reader()` and `writer()`
-/// returning its pools, and `BACKEND`.
+/// returning its pools, `BACKEND`, and `write_beats` (the one backend-specific query: batched
+/// heartbeats).
 macro_rules! sql_store_impl {
     ($store:ty) => {
         #[async_trait::async_trait]
@@ -310,23 +312,11 @@ macro_rules! sql_store_impl {
             async fn record_beats(
                 &self,
                 beats: &[$crate::store::Beat],
-            ) -> $crate::store::StoreResult<()> {
-                use $crate::store::{sql, to_i64};
+            ) -> $crate::store::StoreResult<Vec<Option<$crate::store::Presence>>> {
                 if beats.is_empty() {
-                    return Ok(());
+                    return Ok(Vec::new());
                 }
-                let mut tx = self.writer().begin().await?;
-                for beat in beats {
-                    sqlx::query(sql::TOUCH_PEER)
-                        .bind(beat.peer_id.to_string())
-                        .bind(to_i64(beat.at_ms))
-                        .bind(beat.uploaded.map(to_i64))
-                        .bind(beat.downloaded.map(to_i64))
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                tx.commit().await?;
-                Ok(())
+                self.write_beats(beats).await
             }
 
             async fn delete_peer(

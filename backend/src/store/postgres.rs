@@ -6,7 +6,26 @@ use std::time::Duration;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-use super::{Backend, StoreResult};
+use std::collections::HashMap;
+
+use super::{Backend, Beat, Presence, StoreResult, rows, to_i64};
+
+/// Batched heartbeats. All parts of one statement see the same snapshot, so `before` holds the
+/// state prior to the update. With the same peer twice in a batch, the latest beat wins.
+const PG_TOUCH_PEERS: &str = "\
+WITH b AS (
+    SELECT DISTINCT ON (id) id, at, up, down
+    FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bigint[]) AS u(id, at, up, down)
+    ORDER BY id, at DESC
+), before AS (
+    SELECT p.id, p.online, p.last_seen FROM peers p JOIN b ON p.id = b.id
+), touched AS (
+    UPDATE peers p SET last_seen = b.at, online = TRUE,
+        uploaded = COALESCE(b.up, p.uploaded), downloaded = COALESCE(b.down, p.downloaded)
+    FROM b WHERE p.id = b.id AND p.last_seen <= b.at
+    RETURNING p.id
+)
+SELECT id, online, last_seen FROM before";
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -62,6 +81,34 @@ impl PgStore {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    /// The whole batch in one statement: the prior state is read from the statement's snapshot
+    /// and the update joins against the unnested arrays, so a batch costs one round trip.
+    async fn write_beats(&self, beats: &[Beat]) -> StoreResult<Vec<Option<Presence>>> {
+        let ids: Vec<String> = beats.iter().map(|b| b.peer_id.to_string()).collect();
+        let at: Vec<i64> = beats.iter().map(|b| to_i64(b.at_ms)).collect();
+        let up: Vec<Option<i64>> = beats.iter().map(|b| b.uploaded.map(to_i64)).collect();
+        let down: Vec<Option<i64>> = beats.iter().map(|b| b.downloaded.map(to_i64)).collect();
+        let mut tx = self.pool.begin().await?;
+        // Heartbeats are soft state: losing the last moments of them in a database crash only
+        // makes peers look a little older, so their commits need not wait for the WAL flush.
+        sqlx::query("SET LOCAL synchronous_commit TO OFF")
+            .execute(&mut *tx)
+            .await?;
+        let found = sqlx::query_as::<_, rows::IdPresenceRow>(PG_TOUCH_PEERS)
+            .bind(&ids)
+            .bind(&at)
+            .bind(&up)
+            .bind(&down)
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let before: HashMap<String, Presence> = found
+            .into_iter()
+            .map(|r| (r.id.clone(), r.into()))
+            .collect();
+        Ok(ids.iter().map(|id| before.get(id).copied()).collect())
     }
 
     fn reader(&self) -> &PgPool {

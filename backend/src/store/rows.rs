@@ -49,6 +49,22 @@ impl From<PresenceRow> for Presence {
 }
 
 #[derive(sqlx::FromRow)]
+pub(super) struct IdPresenceRow {
+    pub id: String,
+    online: bool,
+    last_seen: i64,
+}
+
+impl From<IdPresenceRow> for Presence {
+    fn from(r: IdPresenceRow) -> Self {
+        Presence {
+            online: r.online,
+            last_seen_ms: to_u64(r.last_seen),
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
 pub(super) struct PeerRow {
     id: String,
     addresses: String,

@@ -26,11 +26,6 @@ ON CONFLICT (id) DO UPDATE SET
     relay_only = excluded.relay_only, observed_ip = excluded.observed_ip, name = excluded.name,
     version = excluded.version, last_seen = excluded.last_seen, online = TRUE";
 
-pub(super) const TOUCH_PEER: &str = "\
-UPDATE peers SET last_seen = $2, online = TRUE,
-    uploaded = COALESCE($3, uploaded), downloaded = COALESCE($4, downloaded)
-WHERE id = $1 AND last_seen <= $2";
-
 pub(super) const DELETE_PEER: &str = "DELETE FROM peers WHERE id = $1";
 
 pub(super) const EXPIRE_PEERS: &str =

@@ -101,6 +101,7 @@ pub fn serve_args() -> ServeArgs {
         heartbeat_misses: 3,
         admin_user: Some(ADMIN.to_owned()),
         admin_password: Some(ADMIN_PASSWORD.to_owned()),
+        swarm_cache_ms: 1000,
         max_body_bytes: 8 * 1024 * 1024,
     }
 }

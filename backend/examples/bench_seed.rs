@@ -1,0 +1,108 @@
+//! Fills a running tracker for `bench/tracker`: registers N peers and announces M files, each
+//! held by a few peers, over the real HTTP API. Prints one file id and one peer id to load.
+//!
+//! Usage: bench_seed BASE_URL API_KEY PEERS FILES PEERS_PER_FILE
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use p2p_proto::manifest::{hash_chunk, merkle_root};
+use p2p_proto::{FileId, Manifest, PeerId};
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+
+fn peer(i: usize) -> PeerId {
+    PeerId(Sha256::digest(format!("bench-peer-{i}")).into())
+}
+
+/// A small synthetic manifest: 4 chunk hashes derived from `i` (the tracker cannot check
+/// content it never sees, only the manifest's consistency).
+fn manifest(i: usize) -> Manifest {
+    let chunk_hashes: Vec<_> = (0..4)
+        .map(|c| hash_chunk(format!("{i}-{c}").as_bytes()))
+        .collect();
+    Manifest {
+        id: FileId(Sha256::digest(format!("bench-file-{i}")).into()),
+        name: format!("file-{i:05}.bin"),
+        size: 4 * 256 * 1024 - 17,
+        chunk_size: 256 * 1024,
+        merkle_root: merkle_root(&chunk_hashes),
+        chunk_hashes,
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() != 6 {
+        bail!("usage: bench_seed BASE_URL API_KEY PEERS FILES PEERS_PER_FILE");
+    }
+    let base = args[1].clone();
+    let key = args[2].clone();
+    let peers: usize = args[3].parse()?;
+    let files: usize = args[4].parse()?;
+    let per_file: usize = args[5].parse()?;
+    let http = reqwest::Client::new();
+    let gate = Arc::new(Semaphore::new(32));
+    let started = std::time::Instant::now();
+
+    let mut tasks = Vec::new();
+    for i in 0..peers {
+        let (http, base, key, gate) = (http.clone(), base.clone(), key.clone(), gate.clone());
+        tasks.push(tokio::spawn(async move {
+            let _permit = gate.acquire().await?;
+            let body = serde_json::json!({
+                "peer_id": peer(i),
+                "addresses": [format!("10.{}.{}.{}", i >> 16 & 255, i >> 8 & 255, i & 255)],
+                "port": 6881 + (i % 1000) as u16,
+            });
+            let resp = http
+                .post(format!("{base}/api/peers/register"))
+                .header("X-API-Key", key)
+                .json(&body)
+                .send()
+                .await?;
+            if !resp.status().is_success() {
+                bail!("register {i}: {}", resp.status());
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks.drain(..) {
+        t.await??;
+    }
+    let registered = started.elapsed();
+
+    for f in 0..files {
+        for k in 0..per_file {
+            let p = (f * 7 + k * 1009) % peers;
+            let (http, base, key, gate) = (http.clone(), base.clone(), key.clone(), gate.clone());
+            tasks.push(tokio::spawn(async move {
+                let _permit = gate.acquire().await?;
+                let body = serde_json::json!({"peer_id": peer(p), "file": manifest(f)});
+                let resp = http
+                    .post(format!("{base}/api/files/announce"))
+                    .header("X-API-Key", key)
+                    .json(&body)
+                    .send()
+                    .await?;
+                if !resp.status().is_success() {
+                    bail!("announce {f}: {}", resp.status());
+                }
+                anyhow::Ok(())
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.context("announce task")??;
+    }
+    eprintln!(
+        "seeded {peers} peers in {:.1} s and {} announces in {:.1} s",
+        registered.as_secs_f64(),
+        files * per_file,
+        (started.elapsed() - registered).as_secs_f64()
+    );
+    println!("{} {}", manifest(files / 2).id, peer(peers / 3));
+    Ok(())
+}

@@ -1,0 +1,98 @@
+//! A short-lived in-memory copy of each file's swarm, so `GET /api/files/{hash}/peers` (the
+//! hottest read, asked by every downloader) is answered without a database query.
+//!
+//! Entries live for a configured time (1 s by default) and are dropped at once when this
+//! tracker sees a change: an announce of the file drops its entry; peers registering, leaving,
+//! expiring or coming back drop them all. Liveness is re-checked against each peer's last
+//! heartbeat when an entry is served. With several trackers on one database, a change made
+//! through another tracker shows here within the time-to-live.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use p2p_proto::FileId;
+use p2p_proto::api::FilePeer;
+
+/// Most files kept; past this the cache starts over (it refills from the database).
+const MAX_ENTRIES: usize = 100_000;
+
+/// A file's chunk count and its peers (live at the time of the query), whole copies first.
+pub type Swarm = (u64, Arc<Vec<FilePeer>>);
+
+#[derive(Debug)]
+pub struct SwarmCache {
+    ttl: Duration,
+    entries: Mutex<HashMap<FileId, (Instant, Swarm)>>,
+}
+
+impl SwarmCache {
+    /// A zero `ttl` turns the cache off.
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn get(&self, id: &FileId) -> Option<Swarm> {
+        if self.ttl.is_zero() {
+            return None;
+        }
+        let entries = self.entries.lock().ok()?;
+        let (at, swarm) = entries.get(id)?;
+        (at.elapsed() < self.ttl).then(|| swarm.clone())
+    }
+
+    pub fn put(&self, id: FileId, swarm: Swarm) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        if let Ok(mut entries) = self.entries.lock() {
+            if entries.len() >= MAX_ENTRIES {
+                entries.clear();
+            }
+            entries.insert(id, (Instant::now(), swarm));
+        }
+    }
+
+    pub fn invalidate(&self, id: &FileId) {
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.remove(id);
+        }
+    }
+
+    pub fn clear(&self) {
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expires_and_invalidates() {
+        let cache = SwarmCache::new(Duration::from_secs(60));
+        let id = FileId([1; 32]);
+        assert!(cache.get(&id).is_none());
+        cache.put(id, (3, Arc::new(Vec::new())));
+        assert_eq!(cache.get(&id).map(|s| s.0), Some(3));
+        cache.invalidate(&id);
+        assert!(cache.get(&id).is_none());
+        cache.put(id, (3, Arc::new(Vec::new())));
+        cache.clear();
+        assert!(cache.get(&id).is_none());
+
+        let off = SwarmCache::new(Duration::ZERO);
+        off.put(id, (3, Arc::new(Vec::new())));
+        assert!(off.get(&id).is_none());
+
+        let short = SwarmCache::new(Duration::from_nanos(1));
+        short.put(id, (3, Arc::new(Vec::new())));
+        std::thread::sleep(Duration::from_millis(1));
+        assert!(short.get(&id).is_none());
+    }
+}
