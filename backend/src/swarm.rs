@@ -26,8 +26,10 @@ pub const MAX_ADDRESSES: usize = 16;
 /// Default and largest page sizes of listings.
 pub const DEFAULT_PAGE: u64 = 50;
 pub const MAX_PAGE: u64 = 500;
-/// Heartbeats written in one transaction at most.
+/// Heartbeats written in one batch at most.
 const MAX_BATCH: usize = 2048;
+/// Heartbeat batches being written at once.
+const BATCHES_IN_FLIGHT: usize = 2;
 
 /// Why a swarm operation failed. The text of the first three is shown to clients.
 #[derive(Debug, thiserror::Error)]
@@ -504,33 +506,45 @@ fn validate_label(what: &str, value: Option<String>) -> SwarmResult<Option<Strin
     }
 }
 
-/// Writes queued heartbeats: whatever has queued up while the previous batch was being written
+/// Writes queued heartbeats: whatever has queued up while earlier batches were being written
 /// goes into the next one (group commit), so load turns into bigger batches rather than more
-/// transactions.
+/// transactions. Two batches may be in flight, so one batch's round trip does not idle the
+/// database (the store keeps last-seen times from moving backwards if they finish out of order).
 async fn write_beats(
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
     mut rx: mpsc::Receiver<PendingBeat>,
 ) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let beats: Vec<Beat> = batch.iter().map(|p| p.beat).collect();
-        metrics.heartbeat_batch.observe(beats.len() as f64);
-        match store.record_beats(&beats).await {
-            Ok(before) => {
-                for (pending, before) in batch.drain(..).zip(before) {
-                    let _ = pending.done.send(Ok(before));
-                }
-            }
-            Err(e) => {
-                metrics.db_errors.inc();
-                tracing::warn!(error = %e, count = beats.len(), "heartbeat batch failed");
-                let shared = Arc::new(e);
-                for pending in batch.drain(..) {
-                    let _ = pending.done.send(Err(shared.clone()));
-                }
-            }
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
+    loop {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
+            return;
         }
+        let (store, metrics) = (store.clone(), metrics.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let beats: Vec<Beat> = batch.iter().map(|p| p.beat).collect();
+            metrics.heartbeat_batch.observe(beats.len() as f64);
+            match store.record_beats(&beats).await {
+                Ok(before) => {
+                    for (pending, before) in batch.into_iter().zip(before) {
+                        let _ = pending.done.send(Ok(before));
+                    }
+                }
+                Err(e) => {
+                    metrics.db_errors.inc();
+                    tracing::warn!(error = %e, count = beats.len(), "heartbeat batch failed");
+                    let shared = Arc::new(e);
+                    for pending in batch {
+                        let _ = pending.done.send(Err(shared.clone()));
+                    }
+                }
+            }
+        });
     }
 }
 

@@ -265,27 +265,13 @@ async fn register_heartbeat_list_and_unregister_peers() {
             30
         );
 
-        let info: Value = t
-            .get(&format!("/api/peers/{peer}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let info = t.get_json(&format!("/api/peers/{peer}")).await;
         assert_eq!(info["online"], true);
         assert_eq!(info["last_seen_ms"], T0 + 10_000);
         assert_eq!(info["uploaded"], 5);
         assert_eq!(info["addresses"], json!(["10.1.2.3"]));
 
-        let list: Value = t
-            .get("/api/peers?online=true")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let list = t.get_json("/api/peers?online=true").await;
         assert_eq!(list["total"], 1);
         assert_eq!(list["peers"][0]["peer_id"], json!(peer));
 
@@ -389,14 +375,7 @@ async fn announce_list_get_and_file_peers() {
         assert_eq!(body["chunks_have"], 1);
 
         // The id is what sha256sum prints.
-        let details: Value = t
-            .get(&format!("/api/files/{}", m.id))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let details = t.get_json(&format!("/api/files/{}", m.id)).await;
         assert_eq!(details["id"], m.id.to_string());
         assert_eq!(details["name"], "movie.mkv");
         assert_eq!(details["size"], data.len() as u64);
@@ -407,14 +386,7 @@ async fn announce_list_get_and_file_peers() {
         assert_eq!(details["seeders"], 1);
         assert_eq!(details["leechers"], 1);
 
-        let swarm: Value = t
-            .get(&format!("/api/files/{}/peers", m.id))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let swarm = t.get_json(&format!("/api/files/{}/peers", m.id)).await;
         assert_eq!(swarm["chunk_count"], 4);
         let peers = swarm["peers"].as_array().unwrap();
         assert_eq!(peers.len(), 2);
@@ -427,14 +399,9 @@ async fn announce_list_get_and_file_peers() {
         assert_eq!(peers[1]["have"], have.to_base64());
         assert_eq!(peers[1]["chunks_have"], 1);
 
-        let swarm: Value = t
-            .get(&format!("/api/files/{}/peers?exclude={leecher}", m.id))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let swarm = t
+            .get_json(&format!("/api/files/{}/peers?exclude={leecher}", m.id))
+            .await;
         assert_eq!(swarm["peers"].as_array().unwrap().len(), 1);
 
         // Listing with search and pagination.
@@ -443,14 +410,7 @@ async fn announce_list_get_and_file_peers() {
             assert_eq!(t.announce(&seeder, &other, None).await.status(), 200);
             t.clock.advance_ms(1);
         }
-        let list: Value = t
-            .get("/api/files?search=DOC&limit=2&offset=1")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let list = t.get_json("/api/files?search=DOC&limit=2&offset=1").await;
         assert_eq!(list["total"], 5);
         assert_eq!(list["limit"], 2);
         let names: Vec<&str> = list["files"]
@@ -460,37 +420,16 @@ async fn announce_list_get_and_file_peers() {
             .map(|f| f["name"].as_str().unwrap())
             .collect();
         assert_eq!(names, ["doc-3.pdf", "doc-2.pdf"], "newest first");
-        let list: Value = t
-            .get("/api/files?search=movie")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let list = t.get_json("/api/files?search=movie").await;
         assert_eq!(list["total"], 1);
         assert_eq!(list["files"][0]["seeders"], 1);
         assert_eq!(list["files"][0]["leechers"], 1);
         assert_eq!(list["files"][0]["chunk_count"], 4);
         // LIKE wildcards in the search are literal.
-        let list: Value = t
-            .get("/api/files?search=%25")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let list = t.get_json("/api/files?search=%25").await;
         assert_eq!(list["total"], 0);
 
-        let stats: Value = t
-            .get("/api/stats")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let stats = t.get_json("/api/stats").await;
         assert_eq!(stats["peers_online"], 2);
         assert_eq!(stats["files"], 6);
         assert_eq!(stats["total_bytes"], data.len() as u64 + 5000);
@@ -504,14 +443,7 @@ async fn announce_list_get_and_file_peers() {
                 .status(),
             204
         );
-        let swarm: Value = t
-            .get(&format!("/api/files/{}/peers", m.id))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let swarm = t.get_json(&format!("/api/files/{}/peers", m.id)).await;
         assert_eq!(swarm["peers"].as_array().unwrap().len(), 1);
         t.stop().await;
     })
@@ -631,14 +563,7 @@ async fn bad_announces_are_rejected_and_nothing_is_stored() {
         )
         .await;
         assert!(msg.contains(&m.id.to_string()), "{msg}");
-        let stored: Value = t
-            .get(&format!("/api/files/{}", m.id))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let stored = t.get_json(&format!("/api/files/{}", m.id)).await;
         assert_eq!(stored["size"], 600_000);
         assert_eq!(stored["merkle_root"], m.merkle_root.to_string());
 
@@ -741,14 +666,7 @@ async fn peers_missing_heartbeats_expire_and_can_return() {
                 .unwrap();
             assert_eq!(resp.status(), 200);
         }
-        let swarm: Value = t
-            .get(&format!("/api/files/{}/peers", m.id))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let swarm = t.get_json(&format!("/api/files/{}/peers", m.id)).await;
         let ids: Vec<&Value> = swarm["peers"]
             .as_array()
             .unwrap()
@@ -758,23 +676,9 @@ async fn peers_missing_heartbeats_expire_and_can_return() {
         assert_eq!(ids, vec![&json!(b)], "a is no longer handed out");
         let expired = t.tracker.state.swarm.expire_now().await.unwrap();
         assert!(expired.contains(&a) && !expired.contains(&b), "{expired:?}");
-        let info: Value = t
-            .get(&format!("/api/peers/{a}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let info = t.get_json(&format!("/api/peers/{a}")).await;
         assert_eq!(info["online"], false);
-        let stats: Value = t
-            .get("/api/stats")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let stats = t.get_json("/api/stats").await;
         assert_eq!(stats["peers_online"], 1);
         assert_eq!(stats["peers_total"], 2);
 
@@ -785,14 +689,7 @@ async fn peers_missing_heartbeats_expire_and_can_return() {
             .await
             .unwrap();
         assert_eq!(resp.status(), 200);
-        let swarm: Value = t
-            .get(&format!("/api/files/{}/peers", m.id))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let swarm = t.get_json(&format!("/api/files/{}/peers", m.id)).await;
         assert_eq!(swarm["peers"].as_array().unwrap().len(), 2);
         t.stop().await;
     })

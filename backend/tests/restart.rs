@@ -49,24 +49,10 @@ async fn survives_restart(db: TestDb) {
         200,
         "JWTs from before the restart stay valid"
     );
-    let details: Value = t
-        .get(&format!("/api/files/{}", m.id))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let details = t.get_json(&format!("/api/files/{}", m.id)).await;
     assert_eq!(details["chunk_hashes"], json!(m.chunk_hashes));
     assert_eq!(details["merkle_root"], m.merkle_root.to_string());
-    let swarm: Value = t
-        .get(&format!("/api/files/{}/peers", m.id))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let swarm = t.get_json(&format!("/api/files/{}/peers", m.id)).await;
     assert_eq!(swarm["peers"][0]["peer_id"], json!(peer));
     assert_eq!(swarm["peers"][0]["port"], 7000);
     let resp = t

@@ -6,8 +6,6 @@ use std::time::Duration;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-use std::collections::HashMap;
-
 use super::{Backend, Beat, Presence, StoreResult, rows, to_i64};
 
 /// Batched heartbeats. All parts of one statement see the same snapshot, so `before` holds the
@@ -33,6 +31,10 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// Connections for heartbeat batches only, with `synchronous_commit` off: heartbeats are
+    /// soft state, and losing the last moments of them in a database crash only makes peers
+    /// look a little older. Everything else commits synchronously.
+    beats: PgPool,
 }
 
 impl PgStore {
@@ -68,10 +70,15 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(2))
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
         MIGRATOR.run(&pool).await?;
-        Ok(Self { pool })
+        let beats = PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options.options([("synchronous_commit", "off")]))
+            .await?;
+        Ok(Self { pool, beats })
     }
 
     /// Drops a schema made by [`PgStore::connect_in_schema`] (tests clean up with it).
@@ -90,25 +97,14 @@ impl PgStore {
         let at: Vec<i64> = beats.iter().map(|b| to_i64(b.at_ms)).collect();
         let up: Vec<Option<i64>> = beats.iter().map(|b| b.uploaded.map(to_i64)).collect();
         let down: Vec<Option<i64>> = beats.iter().map(|b| b.downloaded.map(to_i64)).collect();
-        let mut tx = self.pool.begin().await?;
-        // Heartbeats are soft state: losing the last moments of them in a database crash only
-        // makes peers look a little older, so their commits need not wait for the WAL flush.
-        sqlx::query("SET LOCAL synchronous_commit TO OFF")
-            .execute(&mut *tx)
-            .await?;
         let found = sqlx::query_as::<_, rows::IdPresenceRow>(PG_TOUCH_PEERS)
             .bind(&ids)
             .bind(&at)
             .bind(&up)
             .bind(&down)
-            .fetch_all(&mut *tx)
+            .fetch_all(&self.beats)
             .await?;
-        tx.commit().await?;
-        let before: HashMap<String, Presence> = found
-            .into_iter()
-            .map(|r| (r.id.clone(), r.into()))
-            .collect();
-        Ok(ids.iter().map(|id| before.get(id).copied()).collect())
+        Ok(rows::presence_per_beat(&ids, found))
     }
 
     fn reader(&self) -> &PgPool {

@@ -64,6 +64,18 @@ impl From<IdPresenceRow> for Presence {
     }
 }
 
+/// Lines up the prior states a heartbeat batch read with the batch's beats (`None`: unknown).
+pub(super) fn presence_per_beat(
+    ids: &[String],
+    found: Vec<IdPresenceRow>,
+) -> Vec<Option<Presence>> {
+    let before: std::collections::HashMap<String, Presence> = found
+        .into_iter()
+        .map(|r| (r.id.clone(), r.into()))
+        .collect();
+    ids.iter().map(|id| before.get(id).copied()).collect()
+}
+
 #[derive(sqlx::FromRow)]
 pub(super) struct PeerRow {
     id: String,

@@ -8,8 +8,6 @@ use std::time::Duration;
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
-use std::collections::HashMap;
-
 use super::{Backend, Beat, Presence, StoreError, StoreResult, rows, to_i64};
 
 /// The state of a heartbeat batch's peers before it is applied. `$1` is a JSON array of
@@ -93,11 +91,7 @@ impl SqliteStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        let before: HashMap<String, Presence> = found
-            .into_iter()
-            .map(|r| (r.id.clone(), r.into()))
-            .collect();
-        Ok(ids.iter().map(|id| before.get(id).copied()).collect())
+        Ok(rows::presence_per_beat(&ids, found))
     }
 
     fn reader(&self) -> &SqlitePool {

@@ -151,6 +151,13 @@ impl TestTracker {
         self.http.get(self.url(path)).header("X-API-Key", KEY)
     }
 
+    /// GET with the API key, expecting 200 and JSON.
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        let resp = self.get(path).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "GET {path}");
+        resp.json().await.unwrap()
+    }
+
     pub fn post(&self, path: &str, body: &serde_json::Value) -> reqwest::RequestBuilder {
         self.http
             .post(self.url(path))
