@@ -28,8 +28,6 @@ pub const DEFAULT_PAGE: u64 = 50;
 pub const MAX_PAGE: u64 = 500;
 /// Heartbeats written in one batch at most.
 const MAX_BATCH: usize = 2048;
-/// Heartbeat batches being written at once.
-const BATCHES_IN_FLIGHT: usize = 2;
 
 /// Why a swarm operation failed. The text of the first three is shown to clients.
 #[derive(Debug, thiserror::Error)]
@@ -508,14 +506,16 @@ fn validate_label(what: &str, value: Option<String>) -> SwarmResult<Option<Strin
 
 /// Writes queued heartbeats: whatever has queued up while earlier batches were being written
 /// goes into the next one (group commit), so load turns into bigger batches rather than more
-/// transactions. Two batches may be in flight, so one batch's round trip does not idle the
-/// database (the store keeps last-seen times from moving backwards if they finish out of order).
+/// transactions. Where the store says so, two batches may be in flight, so one batch's round
+/// trip does not idle the database (the store keeps last-seen times from moving backwards if they finish out of order).
 async fn write_beats(
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
     mut rx: mpsc::Receiver<PendingBeat>,
 ) {
-    let in_flight = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(
+        store.beat_batches_in_flight().max(1),
+    ));
     loop {
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;

@@ -173,6 +173,10 @@ pub struct ApiKeyRecord {
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn backend(&self) -> Backend;
 
+    /// How many heartbeat batches are worth writing at once: more than one only helps where
+    /// a batch's round trip would otherwise leave the database idle.
+    fn beat_batches_in_flight(&self) -> usize;
+
     /// Checks that the database answers.
     async fn ping(&self) -> StoreResult<()>;
 
@@ -252,7 +256,7 @@ pub(crate) fn to_i64(v: u64) -> i64 {
 }
 
 /// The body shared by both backends. The store type must have `reader()` and `writer()`
-/// returning its pools, `BACKEND`, and `write_beats` (the one backend-specific query: batched
+/// returning its pools, `BACKEND`, `BEAT_BATCHES_IN_FLIGHT`, and `write_beats` (the one backend-specific query: batched
 /// heartbeats).
 macro_rules! sql_store_impl {
     ($store:ty) => {
@@ -260,6 +264,10 @@ macro_rules! sql_store_impl {
         impl $crate::store::Store for $store {
             fn backend(&self) -> $crate::store::Backend {
                 Self::BACKEND
+            }
+
+            fn beat_batches_in_flight(&self) -> usize {
+                Self::BEAT_BATCHES_IN_FLIGHT
             }
 
             async fn ping(&self) -> $crate::store::StoreResult<()> {

@@ -39,6 +39,8 @@ pub struct PgStore {
 
 impl PgStore {
     const BACKEND: Backend = Backend::Postgres;
+    /// Matches the two heartbeat connections: one batch travels while the other executes.
+    const BEAT_BATCHES_IN_FLIGHT: usize = 2;
 
     /// Connects and runs the migrations (under PostgreSQL's migration lock, so several trackers
     /// may start at once).

@@ -36,6 +36,8 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     const BACKEND: Backend = Backend::Sqlite;
+    /// One writer connection: a second batch would only queue for it.
+    const BEAT_BATCHES_IN_FLIGHT: usize = 1;
 
     /// Opens (creating if needed) the database file and runs the migrations.
     pub async fn open(path: &Path, max_readers: u32) -> StoreResult<Self> {
