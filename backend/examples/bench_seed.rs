@@ -32,6 +32,27 @@ fn manifest(i: usize) -> Manifest {
     }
 }
 
+/// POSTs `body` to `path` with the API key, limited by `gate`; any non-2xx status is an error.
+async fn post(
+    http: reqwest::Client,
+    url: String,
+    key: String,
+    gate: Arc<Semaphore>,
+    body: serde_json::Value,
+) -> anyhow::Result<()> {
+    let _permit = gate.acquire().await?;
+    let resp = http
+        .post(&url)
+        .header("X-API-Key", key)
+        .json(&body)
+        .send()
+        .await?;
+    if !resp.status().is_success() {
+        bail!("POST {url}: {}", resp.status());
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -49,49 +70,37 @@ async fn main() -> anyhow::Result<()> {
 
     let mut tasks = Vec::new();
     for i in 0..peers {
-        let (http, base, key, gate) = (http.clone(), base.clone(), key.clone(), gate.clone());
-        tasks.push(tokio::spawn(async move {
-            let _permit = gate.acquire().await?;
-            let body = serde_json::json!({
-                "peer_id": peer(i),
-                "addresses": [format!("10.{}.{}.{}", i >> 16 & 255, i >> 8 & 255, i & 255)],
-                "port": 6881 + (i % 1000) as u16,
-            });
-            let resp = http
-                .post(format!("{base}/api/peers/register"))
-                .header("X-API-Key", key)
-                .json(&body)
-                .send()
-                .await?;
-            if !resp.status().is_success() {
-                bail!("register {i}: {}", resp.status());
-            }
-            anyhow::Ok(())
-        }));
+        let body = serde_json::json!({
+            "peer_id": peer(i),
+            "addresses": [format!("10.{}.{}.{}", i >> 16 & 255, i >> 8 & 255, i & 255)],
+            "port": 6881 + (i % 1000) as u16,
+        });
+        let url = format!("{base}/api/peers/register");
+        tasks.push(tokio::spawn(post(
+            http.clone(),
+            url,
+            key.clone(),
+            gate.clone(),
+            body,
+        )));
     }
     for t in tasks.drain(..) {
-        t.await??;
+        t.await.context("register task")??;
     }
     let registered = started.elapsed();
 
     for f in 0..files {
         for k in 0..per_file {
             let p = (f * 7 + k * 1009) % peers;
-            let (http, base, key, gate) = (http.clone(), base.clone(), key.clone(), gate.clone());
-            tasks.push(tokio::spawn(async move {
-                let _permit = gate.acquire().await?;
-                let body = serde_json::json!({"peer_id": peer(p), "file": manifest(f)});
-                let resp = http
-                    .post(format!("{base}/api/files/announce"))
-                    .header("X-API-Key", key)
-                    .json(&body)
-                    .send()
-                    .await?;
-                if !resp.status().is_success() {
-                    bail!("announce {f}: {}", resp.status());
-                }
-                anyhow::Ok(())
-            }));
+            let body = serde_json::json!({"peer_id": peer(p), "file": manifest(f)});
+            let url = format!("{base}/api/files/announce");
+            tasks.push(tokio::spawn(post(
+                http.clone(),
+                url,
+                key.clone(),
+                gate.clone(),
+                body,
+            )));
         }
     }
     for t in tasks {
