@@ -3,6 +3,8 @@
 #
 # Optional parts find what they need themselves and print a SKIPPED line when it is missing:
 #   PostgreSQL  P2P_TEST_POSTGRES_URL, or a server answering on 127.0.0.1:5432 (database "test").
+#   Browser     the dashboard (built here by scripts/build-web.sh), Chromium (/usr/bin/chromium
+#               or CHROMIUM), and playwright-core (installed here into web/e2e with npm).
 # With P2P_REQUIRE_ALL=1 (as in CI) a skip is a failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +19,16 @@ if [ -z "${P2P_TEST_POSTGRES_URL:-}" ] && command -v psql >/dev/null 2>&1; then
   fi
 fi
 [ -n "${P2P_TEST_POSTGRES_URL:-}" ] || echo "test.sh: no PostgreSQL found; its tests will print SKIPPED"
+
+echo "== dashboard assets"
+if ! ./scripts/build-web.sh; then
+  echo "SKIPPED: dashboard build (scripts/build-web.sh failed); the browser test will skip too"
+  [ "${P2P_REQUIRE_ALL:-}" != 1 ] || exit 1
+fi
+if [ ! -d web/e2e/node_modules/playwright-core ] && command -v npm >/dev/null 2>&1; then
+  npm ci --prefix web/e2e --silent --no-audit --no-fund ||
+    echo "test.sh: npm ci in web/e2e failed; the browser test will print SKIPPED"
+fi
 
 echo "== cargo fmt"
 cargo fmt --all -- --check

@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use poem::endpoint::BoxEndpoint;
 use poem::listener::{Acceptor, Listener, TcpListener};
-use poem::web::Redirect;
 use poem::{Endpoint, EndpointExt, IntoResponse, Route, Server};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -155,14 +154,21 @@ pub fn routes(state: Arc<AppState>, serve: &ServeArgs) -> BoxEndpoint<'static> {
             }
         });
     }
+    let assets = crate::dashboard::Assets::locate(serve.dashboard_dir.clone());
+    match &assets {
+        crate::dashboard::Assets::Missing { .. } => tracing::warn!("{}", assets.describe()),
+        _ => tracing::info!("{}", assets.describe()),
+    }
+    let dashboard = crate::dashboard::DashboardEndpoint { assets };
+    // The API is nested at the root (its paths are absolute); the routes added after it take
+    // precedence for their own paths.
     Route::new()
-        .at(
-            "/",
-            poem::endpoint::make_sync(|_| Redirect::see_other("/api/docs")),
-        )
+        .nest("/", api)
+        .at("/dashboard", dashboard.clone())
+        .at("/dashboard/", dashboard.clone())
+        .at("/dashboard/*path", dashboard)
         .at("/api/openapi.json", spec)
         .nest("/api/docs", docs)
-        .nest("/", api)
         .with_if(limiter.is_some(), limiter.unwrap_or_else(unlimited))
         .with(crate::body_limit::BodyLimit {
             max: serve.max_body_bytes,

@@ -155,6 +155,10 @@ pub struct ServeArgs {
     /// is asked again (0: always ask). Local changes take effect at once regardless.
     #[arg(long, env = "P2P_SWARM_CACHE_MS", default_value_t = 1000)]
     pub swarm_cache_ms: u64,
+    /// Serve the dashboard from this folder (the output of scripts/build-web.sh) instead of the
+    /// files embedded at build time.
+    #[arg(long, env = "P2P_DASHBOARD_DIR")]
+    pub dashboard_dir: Option<PathBuf>,
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "P2P_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_body_bytes: usize,

@@ -8,6 +8,7 @@
 //! - [`store`]: the storage trait with its SQLite and PostgreSQL backends; all SQL lives here.
 //! - [`auth`]: API keys, argon2 passwords, JWTs and the request authenticator.
 //! - [`ws`]: the live event feed (`/ws`).
+//! - [`dashboard`]: serves the WASM dashboard at `/dashboard/` (embedded or from a folder).
 //! - [`ratelimit`], [`metrics`], [`clock`], [`error`]: the cross-cutting pieces.
 //! - [`cli`]: the `serve`, `user` and `key` subcommands.
 
@@ -18,6 +19,7 @@ pub mod body_limit;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod dashboard;
 pub mod error;
 pub mod events;
 pub mod metrics;

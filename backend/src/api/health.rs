@@ -33,8 +33,21 @@ pub enum MetricsResponse {
     Ok(PlainText<String>),
 }
 
+#[derive(ApiResponse)]
+pub enum RootRedirect {
+    /// The dashboard.
+    #[oai(status = 303)]
+    SeeOther(#[oai(header = "Location")] String),
+}
+
 #[OpenApi(tag = "ApiTags::Health")]
 impl HealthApi {
+    /// `/` leads to the dashboard.
+    #[oai(path = "/", method = "get", hidden)]
+    async fn root(&self) -> RootRedirect {
+        RootRedirect::SeeOther("/dashboard/".to_owned())
+    }
+
     /// Liveness and database reachability (no authentication).
     #[oai(path = "/health", method = "get", operation_id = "health")]
     async fn health(&self) -> HealthResponse {

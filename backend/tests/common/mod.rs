@@ -102,6 +102,7 @@ pub fn serve_args() -> ServeArgs {
         admin_user: Some(ADMIN.to_owned()),
         admin_password: Some(ADMIN_PASSWORD.to_owned()),
         swarm_cache_ms: 1000,
+        dashboard_dir: None,
         max_body_bytes: 8 * 1024 * 1024,
     }
 }

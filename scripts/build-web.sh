@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Builds the dashboard into web/dist (index.html, style.css, pkg/*.js, pkg/*.wasm), from a fresh
+# machine: adds the wasm32 target, installs wasm-bindgen-cli (the version in Cargo.lock) and
+# wasm-opt (npm binaryen@132) into $HOME/.cache/p2p-tools, then compiles, binds and optimises.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/p2p-target}"
+TOOLS="${P2P_TOOLS_DIR:-$HOME/.cache/p2p-tools}"
+OUT=web/dist
+
+rustup target add wasm32-unknown-unknown >/dev/null 2>&1 || {
+  rustup target list --installed 2>/dev/null | grep -q wasm32-unknown-unknown ||
+    { echo "build-web: cannot add the wasm32-unknown-unknown target (see shared/wasm-toolchain.md)"; exit 1; }
+}
+
+WBV=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/version = |"/, ""); print; exit }' Cargo.lock)
+if ! "$TOOLS/bin/wasm-bindgen" --version 2>/dev/null | grep -q " $WBV\$"; then
+  echo "build-web: installing wasm-bindgen-cli $WBV (a few minutes, once)"
+  cargo install -q wasm-bindgen-cli --version "$WBV" --root "$TOOLS"
+fi
+WASM_OPT="$TOOLS/npm/node_modules/binaryen/bin/wasm-opt"
+if [ ! -x "$WASM_OPT" ]; then
+  echo "build-web: installing wasm-opt (npm binaryen@132)"
+  mkdir -p "$TOOLS/npm"
+  npm install --prefix "$TOOLS/npm" --silent --no-audit --no-fund binaryen@132.0.0
+fi
+
+cargo build --locked --profile wasm-release -p p2p-web --target wasm32-unknown-unknown
+rm -rf "$OUT" && mkdir -p "$OUT/pkg"
+"$TOOLS/bin/wasm-bindgen" --target web --no-typescript --out-dir "$OUT/pkg" --out-name p2p_web \
+  "$CARGO_TARGET_DIR/wasm32-unknown-unknown/wasm-release/p2p_web.wasm"
+"$WASM_OPT" -Oz --enable-bulk-memory --enable-nontrapping-float-to-int --enable-reference-types \
+  -o "$OUT/pkg/p2p_web_bg.wasm" "$OUT/pkg/p2p_web_bg.wasm"
+cp web/index.html web/style.css "$OUT/"
+echo "build-web: $(du -sh "$OUT" | cut -f1) in $OUT ($(stat -c %s "$OUT/pkg/p2p_web_bg.wasm") bytes of wasm)"

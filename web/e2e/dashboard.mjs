@@ -1,0 +1,124 @@
+// Drives the dashboard in headless Chromium against a running tracker.
+// Env: BASE_URL, API_KEY, ADMIN_USER, ADMIN_PASSWORD, SCREENSHOT_DIR, CHROMIUM.
+import { createHash } from 'node:crypto';
+import { mkdirSync } from 'node:fs';
+import { chromium } from 'playwright-core';
+
+const { BASE_URL, API_KEY, ADMIN_USER, ADMIN_PASSWORD } = process.env;
+const SHOTS = process.env.SCREENSHOT_DIR ?? 'screenshots';
+mkdirSync(SHOTS, { recursive: true });
+
+const sha = (...parts) => { const h = createHash('sha256'); for (const p of parts) h.update(p); return h.digest(); };
+
+async function api(path, body) {
+  const resp = await fetch(BASE_URL + path, {
+    method: 'POST',
+    headers: { 'X-API-Key': API_KEY, 'content-type': 'application/json' },
+    body: JSON.stringify(body),
+  });
+  if (!resp.ok) throw new Error(`${path}: ${resp.status} ${await resp.text()}`);
+  return resp.json();
+}
+
+function peerId(n) { return sha(`e2e-peer-${n}`).toString('hex'); }
+
+/** Registers peer n and announces a one-chunk file named `name`. */
+async function share(n, name) {
+  await api('/api/peers/register', { peer_id: peerId(n), addresses: [`192.0.2.${n}`], port: 6880 + n });
+  const data = Buffer.from(`content of ${name} `.repeat(1000));
+  const chunk = sha(data);
+  const root = sha(Buffer.from([0]), chunk);
+  await api('/api/files/announce', {
+    peer_id: peerId(n),
+    file: {
+      id: sha(data).toString('hex'), name, size: data.length, chunk_size: 262144,
+      chunk_hashes: [chunk.toString('hex')], merkle_root: root.toString('hex'),
+    },
+  });
+}
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+});
+const problems = [];
+try {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 860 } });
+  page.on('console', (m) => { if (m.type() === 'error') problems.push(`console: ${m.text()}`); });
+  page.on('pageerror', (e) => problems.push(`page error: ${e}`));
+
+  await share(1, 'first-file.iso');
+
+  // Nothing but the login page without a session.
+  await page.goto(BASE_URL + '/dashboard/');
+  await page.getByLabel('Username').waitFor({ timeout: 15000 });
+  if (await page.getByTestId('peers-online').count() !== 0) throw new Error('overview visible before login');
+
+  // A wrong password is refused.
+  await page.getByLabel('Username').fill(ADMIN_USER);
+  await page.getByLabel('Password').fill('not the password');
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.getByRole('alert').filter({ hasText: 'wrong username or password' }).waitFor({ timeout: 10000 });
+  await page.screenshot({ path: `${SHOTS}/1-login-failed.png` });
+  console.log('ok: wrong password refused');
+
+  // The right one opens the overview with the right counts.
+  await page.getByLabel('Password').fill(ADMIN_PASSWORD);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  const expectText = async (testId, text, timeout) => {
+    await page.waitForFunction(
+      ([id, want]) => document.querySelector(`[data-testid="${id}"]`)?.textContent?.trim() === want,
+      [testId, text], { timeout });
+  };
+  await expectText('peers-online', '1', 10000);
+  await expectText('files-shared', '1', 10000);
+  await page.waitForFunction(() => document.querySelector('[data-testid="live-status"]')?.textContent?.includes('live'), null, { timeout: 10000 });
+  await page.screenshot({ path: `${SHOTS}/2-overview.png` });
+  console.log('ok: logged in, counts 1 peer / 1 file, live feed connected');
+
+  // A new peer and file appear within 2 s, without a reload.
+  const started = Date.now();
+  await share(2, 'second-file.mkv');
+  await expectText('peers-online', '2', 2000);
+  await expectText('files-shared', '2', 2000);
+  await page.getByTestId('event-log').filter({ hasText: 'shared new file second-file.mkv' }).waitFor({ timeout: 2000 });
+  const took = Date.now() - started;
+  await page.screenshot({ path: `${SHOTS}/3-live-update.png` });
+  console.log(`ok: new peer and file shown after ${took} ms without reload`);
+
+  await page.getByRole('button', { name: 'Peers' }).click();
+  await page.getByTestId('peers-table').getByText('192.0.2.2:6882').waitFor({ timeout: 5000 });
+  await page.screenshot({ path: `${SHOTS}/4-peers.png` });
+  await page.getByRole('button', { name: 'Files', exact: true }).click();
+  await page.getByLabel('Search files').fill('second');
+  await page.getByTestId('files-table').getByText('second-file.mkv').waitFor({ timeout: 5000 });
+  if (await page.getByTestId('files-table').getByText('first-file.iso').count() !== 0) throw new Error('search did not filter');
+  await page.screenshot({ path: `${SHOTS}/5-files.png` });
+  await page.getByRole('button', { name: 'second-file.mkv', exact: true }).click();
+  await page.getByText('Peers with this file').waitFor({ timeout: 5000 });
+  await page.getByText('192.0.2.2:6882').waitFor({ timeout: 5000 });
+  await page.screenshot({ path: `${SHOTS}/6-file-detail.png` });
+  console.log('ok: peers table, file search and file detail');
+
+  await page.setViewportSize({ width: 390, height: 844 });
+  await page.getByRole('button', { name: '← All files' }).click();
+  await page.getByRole('button', { name: 'Overview' }).click();
+  await page.screenshot({ path: `${SHOTS}/7-phone.png`, fullPage: true });
+
+  // Logout returns to the login page, and a reload stays there.
+  await page.getByRole('button', { name: 'Log out' }).click();
+  await page.getByLabel('Username').waitFor({ timeout: 5000 });
+  await page.reload();
+  await page.getByLabel('Username').waitFor({ timeout: 15000 });
+  if (await page.getByTestId('peers-online').count() !== 0) throw new Error('still logged in after logout');
+  await page.screenshot({ path: `${SHOTS}/8-logged-out.png` });
+  console.log('ok: logout');
+
+  // The only console errors allowed are the browser's own report of the refused login (401).
+  const unexpected = problems.filter((p) => !p.includes('401'));
+  if (unexpected.length) throw new Error('console errors:\n' + unexpected.join('\n'));
+  console.log('ok: no console errors');
+} finally {
+  await browser.close();
+}

@@ -1,0 +1,92 @@
+//! Calls to the tracker's REST API from the browser.
+
+use gloo_net::http::{Request, Response};
+use p2p_proto::api::{
+    ErrorBody, FileDetails, FileList, FilePeers, LoginRequest, LoginResponse, PeerList, Stats,
+};
+use serde::de::DeserializeOwned;
+
+/// Why a call failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiError {
+    /// The session is no longer accepted: back to the login page.
+    Unauthorized(String),
+    /// Anything else, with a message to show.
+    Other(String),
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unauthorized(m) | Self::Other(m) => f.write_str(m),
+        }
+    }
+}
+
+async fn decode<T: DeserializeOwned>(resp: Response) -> Result<T, ApiError> {
+    let status = resp.status();
+    if (200..300).contains(&status) {
+        return resp
+            .json::<T>()
+            .await
+            .map_err(|e| ApiError::Other(format!("unexpected answer from the tracker: {e}")));
+    }
+    let message = match resp.json::<ErrorBody>().await {
+        Ok(body) => body.message,
+        Err(_) => format!("the tracker answered {status}"),
+    };
+    if status == 401 {
+        Err(ApiError::Unauthorized(message))
+    } else {
+        Err(ApiError::Other(message))
+    }
+}
+
+fn network(e: gloo_net::Error) -> ApiError {
+    ApiError::Other(format!("cannot reach the tracker: {e}"))
+}
+
+/// Logs in with a username and password.
+pub async fn login(username: &str, password: &str) -> Result<LoginResponse, ApiError> {
+    let body = LoginRequest {
+        api_key: None,
+        username: Some(username.to_owned()),
+        password: Some(password.to_owned()),
+    };
+    let resp = Request::post("/api/auth/login")
+        .json(&body)
+        .map_err(network)?
+        .send()
+        .await
+        .map_err(network)?;
+    decode(resp).await
+}
+
+async fn get<T: DeserializeOwned>(token: &str, path: &str) -> Result<T, ApiError> {
+    let resp = Request::get(path)
+        .header("Authorization", &format!("Bearer {token}"))
+        .send()
+        .await
+        .map_err(network)?;
+    decode(resp).await
+}
+
+pub async fn stats(token: &str) -> Result<Stats, ApiError> {
+    get(token, "/api/stats").await
+}
+
+pub async fn peers(token: &str) -> Result<PeerList, ApiError> {
+    get(token, "/api/peers?limit=500").await
+}
+
+pub async fn files(token: &str) -> Result<FileList, ApiError> {
+    get(token, "/api/files?limit=500").await
+}
+
+pub async fn file(token: &str, id: &str) -> Result<FileDetails, ApiError> {
+    get(token, &format!("/api/files/{id}")).await
+}
+
+pub async fn file_peers(token: &str, id: &str) -> Result<FilePeers, ApiError> {
+    get(token, &format!("/api/files/{id}/peers?limit=500")).await
+}

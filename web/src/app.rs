@@ -1,0 +1,667 @@
+//! The dashboard's components.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use gloo_net::websocket::Message;
+use gloo_net::websocket::futures::WebSocket;
+use leptos::prelude::*;
+use leptos::task::spawn_local;
+use p2p_proto::api::{EventMessage, FileDetails, FilePeer, FileSummary, PeerInfo, Stats};
+
+use crate::api::{self, ApiError};
+use crate::logic::{
+    EventLog, FileSort, Series, Session, filter_and_sort, format_ago, format_bytes, short_id,
+    ws_url,
+};
+
+const SESSION_KEY: &str = "p2p-session";
+/// How often the data is fetched again while the live feed is down.
+const FALLBACK_REFRESH_MS: u64 = 5_000;
+/// How often the chart takes a sample.
+const SAMPLE_MS: u64 = 5_000;
+
+fn now_ms() -> u64 {
+    js_sys::Date::now() as u64
+}
+
+fn storage() -> Option<web_sys::Storage> {
+    web_sys::window()?.session_storage().ok()?
+}
+
+fn load_session() -> Option<Session> {
+    let raw = storage()?.get_item(SESSION_KEY).ok()??;
+    let session: Session = serde_json::from_str(&raw).ok()?;
+    (!session.is_expired(now_ms())).then_some(session)
+}
+
+fn save_session(session: Option<&Session>) {
+    let Some(store) = storage() else { return };
+    let _ = match session.and_then(|s| serde_json::to_string(s).ok()) {
+        Some(json) => store.set_item(SESSION_KEY, &json),
+        None => store.remove_item(SESSION_KEY),
+    };
+}
+
+fn origin() -> String {
+    web_sys::window()
+        .and_then(|w| w.location().origin().ok())
+        .unwrap_or_default()
+}
+
+/// Logged in or not; `notice` explains why the login page is shown again.
+#[derive(Clone, Copy)]
+struct Auth {
+    session: RwSignal<Option<Session>>,
+    notice: RwSignal<Option<String>>,
+}
+
+impl Auth {
+    fn logout(&self, notice: Option<String>) {
+        save_session(None);
+        self.notice.set(notice);
+        self.session.set(None);
+    }
+
+    fn token(&self) -> Option<String> {
+        self.session
+            .with_untracked(|s| s.as_ref().map(|s| s.token.clone()))
+    }
+}
+
+#[component]
+pub fn App() -> impl IntoView {
+    let auth = Auth {
+        session: RwSignal::new(load_session()),
+        notice: RwSignal::new(None),
+    };
+    view! {
+        <Show
+            when=move || auth.session.with(Option::is_some)
+            fallback=move || view! { <Login auth=auth /> }
+        >
+            <Dashboard auth=auth />
+        </Show>
+    }
+}
+
+#[component]
+fn Login(auth: Auth) -> impl IntoView {
+    let username = RwSignal::new(String::new());
+    let password = RwSignal::new(String::new());
+    let busy = RwSignal::new(false);
+    let error = RwSignal::new(None::<String>);
+    let submit = move |ev: leptos::ev::SubmitEvent| {
+        ev.prevent_default();
+        let (user, pass) = (username.get_untracked(), password.get_untracked());
+        busy.set(true);
+        error.set(None);
+        spawn_local(async move {
+            match api::login(&user, &pass).await {
+                Ok(resp) => {
+                    let session = Session::from_login(&resp);
+                    save_session(Some(&session));
+                    auth.notice.set(None);
+                    auth.session.set(Some(session));
+                }
+                Err(e) => {
+                    let _ = error.try_set(Some(e.to_string()));
+                    let _ = busy.try_set(false);
+                }
+            }
+        });
+    };
+    view! {
+        <main class="login">
+            <form class="card login-card" on:submit=submit aria-labelledby="login-title">
+                <h1 id="login-title">"p2p tracker"</h1>
+                <p class="muted">"Sign in to watch the swarm."</p>
+                {move || auth.notice.get().map(|n| view! { <p class="notice" role="status">{n}</p> })}
+                <label for="username">"Username"</label>
+                <input
+                    id="username"
+                    name="username"
+                    autocomplete="username"
+                    required
+                    prop:value=move || username.get()
+                    on:input=move |ev| username.set(event_target_value(&ev))
+                />
+                <label for="password">"Password"</label>
+                <input
+                    id="password"
+                    name="password"
+                    type="password"
+                    autocomplete="current-password"
+                    required
+                    prop:value=move || password.get()
+                    on:input=move |ev| password.set(event_target_value(&ev))
+                />
+                {move || error.get().map(|e| view! { <p class="error" role="alert">{e}</p> })}
+                <button type="submit" disabled=move || busy.get()>
+                    {move || if busy.get() { "Signing in…" } else { "Sign in" }}
+                </button>
+            </form>
+        </main>
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tab {
+    Overview,
+    Peers,
+    Files,
+    Events,
+}
+
+/// Everything the dashboard shows, shared by its pages.
+#[derive(Clone, Copy)]
+struct Data {
+    stats: RwSignal<Option<Stats>>,
+    peers: RwSignal<Vec<PeerInfo>>,
+    files: RwSignal<Vec<FileSummary>>,
+    log: RwSignal<EventLog>,
+    series: RwSignal<Series>,
+    live: RwSignal<bool>,
+    error: RwSignal<Option<String>>,
+    updated_ms: RwSignal<u64>,
+}
+
+/// Fetches stats, peers and files; a refused session sends the user back to login.
+async fn refresh(auth: Auth, data: Data) {
+    let Some(token) = auth.token() else { return };
+    let result = async {
+        let stats = api::stats(&token).await?;
+        let peers = api::peers(&token).await?;
+        let files = api::files(&token).await?;
+        Ok::<_, ApiError>((stats, peers, files))
+    }
+    .await;
+    match result {
+        Ok((stats, peers, files)) => {
+            let _ = data.stats.try_set(Some(stats));
+            let _ = data.peers.try_set(peers.peers);
+            let _ = data.files.try_set(files.files);
+            let _ = data.error.try_set(None);
+            let _ = data.updated_ms.try_set(now_ms());
+        }
+        Err(ApiError::Unauthorized(_)) => auth.logout(Some(
+            "Your session has expired. Please sign in again.".into(),
+        )),
+        Err(ApiError::Other(m)) => {
+            let _ = data.error.try_set(Some(m));
+        }
+    }
+}
+
+#[component]
+fn Dashboard(auth: Auth) -> impl IntoView {
+    let data = Data {
+        stats: RwSignal::new(None),
+        peers: RwSignal::new(Vec::new()),
+        files: RwSignal::new(Vec::new()),
+        log: RwSignal::new(EventLog::new(200)),
+        series: RwSignal::new(Series::new(15 * 60 * 1000)),
+        live: RwSignal::new(false),
+        error: RwSignal::new(None),
+        updated_ms: RwSignal::new(0),
+    };
+    let tab = RwSignal::new(Tab::Overview);
+    let selected = RwSignal::new(None::<String>);
+    let alive = Arc::new(AtomicBool::new(true));
+    let dirty = Arc::new(AtomicBool::new(true));
+    let events_since_sample = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    {
+        let alive = alive.clone();
+        on_cleanup(move || alive.store(false, Ordering::Relaxed));
+    }
+
+    // The live feed: every event is logged and marks the data stale. Reconnects by itself.
+    {
+        let (alive, dirty, events) = (alive.clone(), dirty.clone(), events_since_sample.clone());
+        spawn_local(async move {
+            let mut backoff_ms = 500;
+            while alive.load(Ordering::Relaxed) {
+                let Some(token) = auth.token() else { break };
+                if let Ok(ws) = WebSocket::open(&ws_url(&origin(), &token)) {
+                    let (_sink, mut stream) = ws.split();
+                    while let Some(Ok(msg)) = stream.next().await {
+                        if !alive.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        backoff_ms = 500;
+                        let _ = data.live.try_set(true);
+                        let text = match msg {
+                            Message::Text(t) => t,
+                            Message::Bytes(_) => continue,
+                        };
+                        if let Ok(event) = serde_json::from_str::<EventMessage>(&text) {
+                            let _ = data.log.try_update(|log| log.push(&event));
+                            events.fetch_add(1, Ordering::Relaxed);
+                            dirty.store(true, Ordering::Relaxed);
+                        }
+                    }
+                }
+                let _ = data.live.try_set(false);
+                if !alive.load(Ordering::Relaxed) {
+                    break;
+                }
+                gloo_timers::future::sleep(Duration::from_millis(backoff_ms)).await;
+                backoff_ms = (backoff_ms * 2).min(10_000);
+            }
+        });
+    }
+
+    // The refresher: after events (batched every 250 ms), every 5 s while the feed is down,
+    // and every 30 s regardless; samples the chart and watches the session's expiry.
+    {
+        let alive = alive.clone();
+        spawn_local(async move {
+            let (mut last_refresh, mut last_sample) = (0u64, 0u64);
+            while alive.load(Ordering::Relaxed) {
+                let now = now_ms();
+                if auth
+                    .session
+                    .with_untracked(|s| s.as_ref().is_none_or(|s| s.is_expired(now)))
+                {
+                    auth.logout(Some(
+                        "Your session has expired. Please sign in again.".into(),
+                    ));
+                    break;
+                }
+                let live = data.live.try_get_untracked().unwrap_or(false);
+                let stale = if live { 30_000 } else { FALLBACK_REFRESH_MS };
+                if dirty.swap(false, Ordering::Relaxed) || now.saturating_sub(last_refresh) >= stale
+                {
+                    refresh(auth, data).await;
+                    last_refresh = now;
+                }
+                let have_stats = data
+                    .stats
+                    .try_with_untracked(Option::is_some)
+                    .unwrap_or(false);
+                if have_stats && now.saturating_sub(last_sample) >= SAMPLE_MS {
+                    let online = data
+                        .stats
+                        .try_with_untracked(|s| s.as_ref().map_or(0, |s| s.peers_online))
+                        .unwrap_or(0);
+                    let events = events_since_sample.swap(0, Ordering::Relaxed);
+                    let _ = data.series.try_update(|s| s.sample(now, online, events));
+                    last_sample = now;
+                }
+                gloo_timers::future::sleep(Duration::from_millis(250)).await;
+            }
+        });
+    }
+
+    let user = move || {
+        auth.session
+            .with(|s| s.as_ref().map(|s| s.subject.clone()).unwrap_or_default())
+    };
+    let tab_button = move |t: Tab, label: &'static str| {
+        view! {
+            <button
+                class="tab"
+                class:active=move || tab.get() == t
+                aria-current=move || if tab.get() == t { "page" } else { "false" }
+                on:click=move |_| {
+                    tab.set(t);
+                    selected.set(None);
+                }
+            >
+                {label}
+            </button>
+        }
+    };
+    view! {
+        <header class="topbar">
+            <div class="brand">
+                <span class="logo" aria-hidden="true">"◆"</span>
+                " p2p tracker"
+            </div>
+            <div class="status" role="status" data-testid="live-status">
+                {move || if data.live.get() {
+                    view! { <span class="dot live"></span>" live" }.into_any()
+                } else {
+                    view! { <span class="dot"></span>" reconnecting, refreshing every 5 s" }.into_any()
+                }}
+            </div>
+            <div class="user">
+                <span class="muted">{user}</span>
+                <button class="secondary" on:click=move |_| auth.logout(None)>"Log out"</button>
+            </div>
+        </header>
+        <nav class="tabs" aria-label="Sections">
+            {tab_button(Tab::Overview, "Overview")}
+            {tab_button(Tab::Peers, "Peers")}
+            {tab_button(Tab::Files, "Files")}
+            {tab_button(Tab::Events, "Events")}
+        </nav>
+        {move || data.error.get().map(|e| view! { <p class="error banner" role="alert">{e}</p> })}
+        <main class="content">
+            {move || match (tab.get(), selected.get()) {
+                (_, Some(id)) => view! { <FileDetail auth=auth id=id selected=selected /> }.into_any(),
+                (Tab::Overview, None) => view! { <Overview data=data /> }.into_any(),
+                (Tab::Peers, None) => view! { <PeersTable data=data /> }.into_any(),
+                (Tab::Files, None) => view! { <FilesTable data=data selected=selected /> }.into_any(),
+                (Tab::Events, None) => view! { <EventList data=data limit=200 /> }.into_any(),
+            }}
+        </main>
+    }
+}
+
+#[component]
+fn StatCard(label: &'static str, test_id: &'static str, value: Signal<String>) -> impl IntoView {
+    view! {
+        <section class="card stat" aria-label=label>
+            <div class="stat-label">{label}</div>
+            <div class="stat-value" data-testid=test_id>{move || value.get()}</div>
+        </section>
+    }
+}
+
+#[component]
+fn Overview(data: Data) -> impl IntoView {
+    let stat = move |f: fn(&Stats) -> String| {
+        Signal::derive(move || {
+            data.stats
+                .with(|s| s.as_ref().map(f).unwrap_or_else(|| "…".into()))
+        })
+    };
+    let transferred = Signal::derive(move || {
+        data.peers.with(|peers| {
+            let up: u64 = peers.iter().map(|p| p.uploaded).sum();
+            let down: u64 = peers.iter().map(|p| p.downloaded).sum();
+            format!("↑ {} ↓ {}", format_bytes(up), format_bytes(down))
+        })
+    });
+    view! {
+        <div class="grid">
+            <StatCard label="Peers online" test_id="peers-online" value=stat(|s| s.peers_online.to_string()) />
+            <StatCard label="Files shared" test_id="files-shared" value=stat(|s| s.files.to_string()) />
+            <StatCard label="Total size" test_id="total-size" value=stat(|s| format_bytes(s.total_bytes)) />
+            <StatCard label="Relay connections" test_id="relay-connections" value=stat(|s| s.relay_connections.to_string()) />
+            <StatCard label="Transferred by peers" test_id="transferred" value=transferred />
+        </div>
+        <section class="card chart" aria-label="Peers online and events over the last 15 minutes">
+            <h2>"Last 15 minutes"</h2>
+            <svg viewBox="0 0 600 120" preserveAspectRatio="none" role="img" aria-label="Chart of peers online and events">
+                <g transform="translate(0 5)">
+                    <polyline class="line-peers" points=move || data.series.with(|s| s.peers_polyline(600.0, 110.0)) />
+                    <polyline class="line-events" points=move || data.series.with(|s| s.events_polyline(600.0, 110.0)) />
+                </g>
+            </svg>
+            <div class="legend">
+                <span><span class="key peers"></span>
+                    {move || format!(" peers online (peak {})", data.series.with(Series::peak_peers))}</span>
+                <span><span class="key events"></span>" events"</span>
+            </div>
+        </section>
+        <section class="card">
+            <h2>"Recent events"</h2>
+            <EventList data=data limit=8 />
+        </section>
+    }
+}
+
+#[component]
+fn EventList(data: Data, limit: usize) -> impl IntoView {
+    view! {
+        <ol class="events" aria-label="Live events, newest first" data-testid="event-log">
+            {move || {
+                let now = now_ms();
+                data.log.with(|log| {
+                    if log.is_empty() {
+                        return view! { <li class="muted">"No events yet."</li> }.into_any();
+                    }
+                    log.lines()
+                        .take(limit)
+                        .map(|l| {
+                            let kind = l.kind;
+                            view! {
+                                <li class=format!("event {kind}")>
+                                    <span class="badge">{kind}</span>
+                                    <span class="text">{l.text.clone()}</span>
+                                    <time class="muted">{format_ago(now, l.ts_ms)}</time>
+                                </li>
+                            }
+                        })
+                        .collect_view()
+                        .into_any()
+                })
+            }}
+        </ol>
+    }
+}
+
+#[component]
+fn PeersTable(data: Data) -> impl IntoView {
+    view! {
+        <section class="card">
+            <h2>{move || format!("Peers ({})", data.peers.with(Vec::len))}</h2>
+            <div class="table-wrap">
+                <table data-testid="peers-table">
+                    <thead>
+                        <tr>
+                            <th scope="col">"Peer"</th>
+                            <th scope="col">"Addresses"</th>
+                            <th scope="col">"Status"</th>
+                            <th scope="col">"Last heartbeat"</th>
+                            <th scope="col">"Files"</th>
+                            <th scope="col">"Connection"</th>
+                        </tr>
+                    </thead>
+                    <tbody>
+                        <For
+                            each=move || data.peers.get()
+                            key=|p| (p.peer_id, p.last_seen_ms, p.online, p.files)
+                            children=move |p: PeerInfo| {
+                                let now = now_ms();
+                                let id = p.peer_id.to_string();
+                                let mut addrs: Vec<String> =
+                                    p.addresses.iter().map(|a| format!("{a}:{}", p.port)).collect();
+                                if !p.observed_ip.is_empty() && !p.addresses.contains(&p.observed_ip) {
+                                    addrs.push(format!("{} (seen)", p.observed_ip));
+                                }
+                                view! {
+                                    <tr>
+                                        <td class="mono" title=id.clone()>{short_id(&id)}{p.name.map(|n| format!(" · {n}"))}</td>
+                                        <td class="mono">{addrs.join(", ")}</td>
+                                        <td>
+                                            <span class=if p.online { "pill ok" } else { "pill off" }>
+                                                {if p.online { "online" } else { "offline" }}
+                                            </span>
+                                        </td>
+                                        <td>{format_ago(now, p.last_seen_ms)}</td>
+                                        <td>{p.files}</td>
+                                        <td>{if p.relay_only { "relayed" } else { "direct" }}</td>
+                                    </tr>
+                                }
+                            }
+                        />
+                    </tbody>
+                </table>
+            </div>
+        </section>
+    }
+}
+
+fn copy_to_clipboard(text: &str) {
+    if let Some(w) = web_sys::window() {
+        let _ = w.navigator().clipboard().write_text(text);
+    }
+}
+
+#[component]
+fn FilesTable(data: Data, selected: RwSignal<Option<String>>) -> impl IntoView {
+    let query = RwSignal::new(String::new());
+    let sort = RwSignal::new((FileSort::Newest, true));
+    let rows = move || {
+        data.files.with(|f| {
+            let (by, desc) = sort.get();
+            filter_and_sort(f, &query.get(), by, desc)
+        })
+    };
+    let header = move |label: &'static str, by: FileSort| {
+        view! {
+            <th scope="col">
+                <button
+                    class="sort"
+                    on:click=move |_| sort.update(|s| *s = if s.0 == by { (by, !s.1) } else { (by, by != FileSort::Name) })
+                    aria-label=format!("Sort by {label}")
+                >
+                    {label}
+                    {move || {
+                        let (b, d) = sort.get();
+                        if b == by { if d { " ▼" } else { " ▲" } } else { "" }
+                    }}
+                </button>
+            </th>
+        }
+    };
+    view! {
+        <section class="card">
+            <div class="toolbar">
+                <h2>
+                    {move || {
+                        let total = data.files.with(Vec::len);
+                        let shown = rows().len();
+                        if shown == total { format!("Files ({total})") } else { format!("Files ({shown} of {total})") }
+                    }}
+                </h2>
+                <label class="visually-hidden" for="file-search">"Search files"</label>
+                <input
+                    id="file-search"
+                    type="search"
+                    placeholder="Search by name"
+                    prop:value=move || query.get()
+                    on:input=move |ev| query.set(event_target_value(&ev))
+                />
+            </div>
+            <div class="table-wrap">
+                <table data-testid="files-table">
+                    <thead>
+                        <tr>
+                            {header("Name", FileSort::Name)}
+                            {header("Size", FileSort::Size)}
+                            <th scope="col">"Id"</th>
+                            {header("Seeders", FileSort::Seeders)}
+                            {header("Chunks", FileSort::Chunks)}
+                        </tr>
+                    </thead>
+                    <tbody>
+                        <For
+                            each=rows
+                            key=|f| (f.id, f.seeders, f.leechers)
+                            children=move |f: FileSummary| {
+                                let id = f.id.to_string();
+                                let (open_id, copy_id) = (id.clone(), id.clone());
+                                view! {
+                                    <tr>
+                                        <td>
+                                            <button class="link" on:click=move |_| selected.set(Some(open_id.clone()))>
+                                                {f.name.clone()}
+                                            </button>
+                                        </td>
+                                        <td>{format_bytes(f.size)}</td>
+                                        <td class="mono">
+                                            <span title=id.clone()>{short_id(&id)}</span>
+                                            " "
+                                            <button
+                                                class="copy"
+                                                aria-label=format!("Copy id of {}", f.name)
+                                                on:click=move |_| copy_to_clipboard(&copy_id)
+                                            >
+                                                "copy"
+                                            </button>
+                                        </td>
+                                        <td>{f.seeders}{(f.leechers > 0).then(|| format!(" (+{} partial)", f.leechers))}</td>
+                                        <td>{f.chunk_count}</td>
+                                    </tr>
+                                }
+                            }
+                        />
+                    </tbody>
+                </table>
+            </div>
+        </section>
+    }
+}
+
+#[component]
+fn FileDetail(auth: Auth, id: String, selected: RwSignal<Option<String>>) -> impl IntoView {
+    let details = RwSignal::new(None::<Result<(FileDetails, Vec<FilePeer>), String>>);
+    {
+        let id = id.clone();
+        spawn_local(async move {
+            let Some(token) = auth.token() else { return };
+            let result = async {
+                let file = api::file(&token, &id).await?;
+                let peers = api::file_peers(&token, &id).await?;
+                Ok::<_, ApiError>((file, peers.peers))
+            }
+            .await;
+            match result {
+                Err(ApiError::Unauthorized(_)) => auth.logout(Some(
+                    "Your session has expired. Please sign in again.".into(),
+                )),
+                other => {
+                    let _ = details.try_set(Some(other.map_err(|e| e.to_string())));
+                }
+            }
+        });
+    }
+    view! {
+        <section class="card">
+            <button class="secondary back" on:click=move |_| selected.set(None)>"← All files"</button>
+            {move || match details.get() {
+                None => view! { <p class="muted">"Loading…"</p> }.into_any(),
+                Some(Err(e)) => view! { <p class="error" role="alert">{e}</p> }.into_any(),
+                Some(Ok((file, peers))) => {
+                    let now = now_ms();
+                    view! {
+                        <h2>{file.manifest.name.clone()}</h2>
+                        <dl class="facts">
+                            <dt>"Id"</dt><dd class="mono">{file.manifest.id.to_string()}</dd>
+                            <dt>"Size"</dt><dd>{format_bytes(file.manifest.size)}</dd>
+                            <dt>"Chunks"</dt><dd>{format!("{} × {}", file.chunk_count, format_bytes(u64::from(file.manifest.chunk_size)))}</dd>
+                            <dt>"Merkle root"</dt><dd class="mono">{file.manifest.merkle_root.to_string()}</dd>
+                            <dt>"Swarm"</dt><dd>{format!("{} seeders, {} leechers", file.seeders, file.leechers)}</dd>
+                        </dl>
+                        <h3>"Peers with this file"</h3>
+                        <div class="table-wrap">
+                            <table>
+                                <thead>
+                                    <tr>
+                                        <th scope="col">"Peer"</th>
+                                        <th scope="col">"Reach at"</th>
+                                        <th scope="col">"Has"</th>
+                                        <th scope="col">"Last heartbeat"</th>
+                                    </tr>
+                                </thead>
+                                <tbody>
+                                    {peers.into_iter().map(|p| {
+                                        let has = if p.complete {
+                                            "complete".to_owned()
+                                        } else {
+                                            format!("{} / {} chunks", p.chunks_have, file.chunk_count)
+                                        };
+                                        view! {
+                                            <tr>
+                                                <td class="mono">{short_id(&p.peer_id.to_string())}</td>
+                                                <td class="mono">{p.addresses.iter().map(|a| format!("{a}:{}", p.port)).collect::<Vec<_>>().join(", ")}</td>
+                                                <td>{has}</td>
+                                                <td>{format_ago(now, p.last_seen_ms)}</td>
+                                            </tr>
+                                        }
+                                    }).collect_view()}
+                                </tbody>
+                            </table>
+                        </div>
+                    }.into_any()
+                }
+            }}
+        </section>
+    }
+}
