@@ -115,6 +115,19 @@ try {
   await page.screenshot({ path: `${SHOTS}/8-logged-out.png` });
   console.log('ok: logout');
 
+  // A stored session past its expiry is not used; one the tracker refuses ends with a notice.
+  await page.evaluate(() => sessionStorage.setItem('p2p-session', JSON.stringify(
+    { token: 'expired', subject: 'admin', expires_at_ms: Date.now() - 1000 })));
+  await page.reload();
+  await page.getByLabel('Username').waitFor({ timeout: 15000 });
+  await page.evaluate(() => sessionStorage.setItem('p2p-session', JSON.stringify(
+    { token: 'not.a.token', subject: 'admin', expires_at_ms: Date.now() + 3600000 })));
+  await page.reload();
+  await page.getByRole('status').filter({ hasText: 'session has expired' }).waitFor({ timeout: 15000 });
+  await page.getByLabel('Username').waitFor({ timeout: 5000 });
+  await page.screenshot({ path: `${SHOTS}/9-session-expired.png` });
+  console.log('ok: expired and refused sessions return to the login page');
+
   // The only console errors allowed are the browser's own report of the refused login (401).
   const unexpected = problems.filter((p) => !p.includes('401'));
   if (unexpected.length) throw new Error('console errors:\n' + unexpected.join('\n'));
