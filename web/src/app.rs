@@ -221,6 +221,11 @@ fn Dashboard(auth: Auth) -> impl IntoView {
     {
         let (alive, dirty, events) = (alive.clone(), dirty.clone(), events_since_sample.clone());
         spawn_local(async move {
+            // Open the feed only once the REST API has accepted the token, so a stale session
+            // goes back to login without a refused WebSocket handshake first.
+            while alive.load(Ordering::Relaxed) && data.updated_ms.try_get_untracked() == Some(0) {
+                gloo_timers::future::sleep(Duration::from_millis(100)).await;
+            }
             let mut backoff_ms = 500;
             while alive.load(Ordering::Relaxed) {
                 let Some(token) = auth.token() else { break };
