@@ -34,6 +34,8 @@ echo "== cargo fmt"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== fuzz targets build"
+cargo check --quiet --locked --manifest-path fuzz/Cargo.toml
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
   # Show the output of passing tests too, so SKIPPED lines are visible.

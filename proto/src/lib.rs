@@ -8,6 +8,7 @@
 //! - [`manifest`]: chunking rules, chunk hashes, the Merkle tree over them and manifest validation.
 //! - [`bitfield`]: which chunks a peer has.
 //! - [`api`]: tracker REST and WebSocket types.
+//! - [`wire`]: peer-to-peer frames (manifest, bitfield, have, request, chunk, reject…).
 //!
 //! Features:
 //! - `openapi`: poem-openapi derives on the REST types (the tracker uses them to generate its spec).
@@ -18,6 +19,7 @@ pub mod ids;
 pub mod manifest;
 #[cfg(feature = "openapi")]
 mod openapi;
+pub mod wire;
 
 pub use bitfield::Bitfield;
 pub use ids::{FileId, PeerId, Sha256Hash};

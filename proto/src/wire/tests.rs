@@ -1,0 +1,226 @@
+use proptest::prelude::*;
+
+use super::*;
+
+fn id(b: u8) -> FileId {
+    FileId([b; 32])
+}
+
+#[test]
+fn golden_request_and_chunk() {
+    let req = Frame::Request {
+        request_id: 7,
+        file_id: id(0xab),
+        index: 2,
+    };
+    let mut want = vec![0, 0, 0, 41, 0x06, 0, 0, 0, 7];
+    want.extend([0xab; 32]);
+    want.extend([0, 0, 0, 2]);
+    assert_eq!(req.to_bytes().as_ref(), want.as_slice());
+
+    let chunk = Frame::Chunk {
+        request_id: 1,
+        file_id: id(1),
+        index: 0,
+        data: Bytes::from_static(b"xyz"),
+    };
+    let bytes = chunk.to_bytes();
+    assert_eq!(&bytes[..5], &[0, 0, 0, 44, 0x07]);
+    assert_eq!(&bytes[bytes.len() - 3..], b"xyz");
+}
+
+#[test]
+fn golden_hello_and_keepalive() {
+    let hello = Frame::Hello {
+        version: 1,
+        min_version: 1,
+        agent: "p2p/0.1".into(),
+    };
+    assert_eq!(
+        hello.to_bytes().as_ref(),
+        &[
+            0, 0, 0, 14, 0x01, 0, 1, 0, 1, 0, 7, b'p', b'2', b'p', b'/', b'0', b'.', b'1'
+        ]
+    );
+    assert_eq!(Frame::KeepAlive.to_bytes().as_ref(), &[0, 0, 0, 1, 0]);
+}
+
+#[test]
+fn partial_input_waits_and_consumes_nothing() {
+    let bytes = Frame::Have {
+        file_id: id(3),
+        index: 9,
+    }
+    .to_bytes();
+    for cut in 0..bytes.len() {
+        let mut buf = BytesMut::from(&bytes[..cut]);
+        assert_eq!(Frame::decode(&mut buf), Ok(None), "cut at {cut}");
+        assert_eq!(buf.len(), cut);
+    }
+}
+
+#[test]
+fn bad_frames_are_errors() {
+    let mut over = BytesMut::from(&(MAX_FRAME_LEN + 1).to_be_bytes()[..]);
+    assert_eq!(
+        Frame::decode(&mut over),
+        Err(WireError::TooLarge(MAX_FRAME_LEN + 1))
+    );
+    let mut empty = BytesMut::from(&[0u8, 0, 0, 0][..]);
+    assert_eq!(Frame::decode(&mut empty), Err(WireError::Empty));
+    let mut unknown = BytesMut::from(&[0u8, 0, 0, 1, 0x7f][..]);
+    assert_eq!(
+        Frame::decode(&mut unknown),
+        Err(WireError::UnknownType(0x7f))
+    );
+    let mut short = BytesMut::from(&[0u8, 0, 0, 3, 0x09, 0, 0][..]);
+    assert_eq!(
+        Frame::decode(&mut short),
+        Err(WireError::Truncated("cancel"))
+    );
+    let mut long = BytesMut::from(&[0u8, 0, 0, 6, 0x09, 0, 0, 0, 1, 9][..]);
+    assert_eq!(
+        Frame::decode(&mut long),
+        Err(WireError::Trailing("cancel", 1))
+    );
+    // A manifest claiming a million hashes with none present fails before allocating them.
+    let mut m = BytesMut::new();
+    m.put_u32(1 + 32 + 8 + 4 + 32 + 2 + 4);
+    m.put_u8(0x03);
+    m.put_slice(&[0; 32 + 8 + 4 + 32]);
+    m.put_u16(0);
+    m.put_u32(1 << 20);
+    assert_eq!(Frame::decode(&mut m), Err(WireError::Truncated("manifest")));
+}
+
+#[test]
+fn long_strings_are_cut_on_a_character_boundary() {
+    let message = "é".repeat(MAX_MESSAGE_LEN);
+    let frame = Frame::Error { code: 1, message };
+    let mut buf = BytesMut::from(frame.to_bytes().as_ref());
+    let Some(Frame::Error { message, .. }) = Frame::decode(&mut buf).unwrap() else {
+        panic!("not an error frame")
+    };
+    assert_eq!(message, "é".repeat(MAX_MESSAGE_LEN / 2));
+}
+
+#[test]
+fn two_frames_in_one_buffer() {
+    let mut buf = BytesMut::new();
+    Frame::Cancel { request_id: 1 }.encode(&mut buf);
+    Frame::KeepAlive.encode(&mut buf);
+    assert_eq!(
+        Frame::decode(&mut buf),
+        Ok(Some(Frame::Cancel { request_id: 1 }))
+    );
+    assert_eq!(Frame::decode(&mut buf), Ok(Some(Frame::KeepAlive)));
+    assert_eq!(Frame::decode(&mut buf), Ok(None));
+}
+
+fn arb_file_id() -> impl Strategy<Value = FileId> {
+    any::<[u8; 32]>().prop_map(FileId)
+}
+
+fn arb_frame() -> impl Strategy<Value = Frame> {
+    prop_oneof![
+        Just(Frame::KeepAlive),
+        (any::<u16>(), any::<u16>(), "[a-z0-9/. ]{0,40}").prop_map(
+            |(version, min_version, agent)| Frame::Hello {
+                version,
+                min_version,
+                agent
+            }
+        ),
+        arb_file_id().prop_map(|file_id| Frame::ManifestRequest { file_id }),
+        (
+            arb_file_id(),
+            any::<u64>(),
+            any::<u32>(),
+            "[^/]{1,40}",
+            prop::collection::vec(any::<[u8; 32]>(), 0..50),
+            any::<[u8; 32]>()
+        )
+            .prop_map(
+                |(id, size, chunk_size, name, hashes, root)| Frame::Manifest(Manifest {
+                    id,
+                    name,
+                    size,
+                    chunk_size,
+                    chunk_hashes: hashes.into_iter().map(Sha256Hash).collect(),
+                    merkle_root: Sha256Hash(root),
+                })
+            ),
+        (arb_file_id(), 0u32..5000).prop_flat_map(|(file_id, n)| {
+            prop::collection::vec(any::<u8>(), (n as usize).div_ceil(8)).prop_map(move |bits| {
+                Frame::Bitfield {
+                    file_id,
+                    chunk_count: n,
+                    bits: Bytes::from(bits),
+                }
+            })
+        }),
+        (arb_file_id(), any::<u32>()).prop_map(|(file_id, index)| Frame::Have { file_id, index }),
+        (any::<u32>(), arb_file_id(), any::<u32>()).prop_map(|(request_id, file_id, index)| {
+            Frame::Request {
+                request_id,
+                file_id,
+                index,
+            }
+        }),
+        (
+            any::<u32>(),
+            arb_file_id(),
+            any::<u32>(),
+            prop::collection::vec(any::<u8>(), 0..3000)
+        )
+            .prop_map(|(request_id, file_id, index, data)| Frame::Chunk {
+                request_id,
+                file_id,
+                index,
+                data: Bytes::from(data)
+            }),
+        (
+            any::<u32>(),
+            prop::sample::select(vec![1u8, 2, 3, 4, 255]),
+            ".{0,60}"
+        )
+            .prop_map(|(request_id, code, message)| {
+                Frame::Reject {
+                    request_id,
+                    code: RejectCode::from_u8(code),
+                    message,
+                }
+            }),
+        any::<u32>().prop_map(|request_id| Frame::Cancel { request_id }),
+        (any::<u8>(), ".{0,60}").prop_map(|(code, message)| Frame::Error { code, message }),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn roundtrip(frames in prop::collection::vec(arb_frame(), 1..5), split in any::<prop::sample::Index>()) {
+        let mut stream = BytesMut::new();
+        for f in &frames {
+            f.encode(&mut stream);
+        }
+        // Deliver the bytes in two parts, as a network would.
+        let at = split.index(stream.len() + 1);
+        let mut buf = BytesMut::from(&stream[..at]);
+        let mut out = Vec::new();
+        while let Some(f) = Frame::decode(&mut buf).unwrap() {
+            out.push(f);
+        }
+        buf.extend_from_slice(&stream[at..]);
+        while let Some(f) = Frame::decode(&mut buf).unwrap() {
+            out.push(f);
+        }
+        prop_assert_eq!(out, frames);
+        prop_assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
+        let mut buf = BytesMut::from(bytes.as_slice());
+        while let Ok(Some(_)) = Frame::decode(&mut buf) {}
+    }
+}
