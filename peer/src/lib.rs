@@ -2,10 +2,13 @@
 //!
 //! Modules:
 //! - [`identity`]: the peer's persistent X25519 static key; its public half is the peer id.
+//! - [`storage`]: hashing files into manifests, the library of shared files, partial
+//!   downloads with resume state and atomic completion.
 //! - [`net`]: transports; [`net::secure`] is the Noise-encrypted frame stream every connection
 //!   (TCP, hole-punched QUIC, relay tunnel) runs.
 
 pub mod identity;
 pub mod net;
+pub mod storage;
 
 pub use identity::Identity;

@@ -43,28 +43,37 @@ pub enum WireError {
 
 /// Why a chunk request is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
 pub enum RejectCode {
     /// This peer does not know the file.
-    UnknownFile = 1,
+    UnknownFile,
     /// This peer does not have the chunk (yet).
-    NotAvailable = 2,
+    NotAvailable,
     /// Too many requests in flight or over the upload limit; retry later or elsewhere.
-    Busy = 3,
+    Busy,
     /// The request makes no sense (index out of range…).
-    BadRequest = 4,
-    /// Something else; see the message.
-    Other = 255,
+    BadRequest,
+    /// Any other code, kept as sent.
+    Other(u8),
 }
 
 impl RejectCode {
-    fn from_u8(v: u8) -> Self {
+    pub fn from_u8(v: u8) -> Self {
         match v {
             1 => Self::UnknownFile,
             2 => Self::NotAvailable,
             3 => Self::Busy,
             4 => Self::BadRequest,
-            _ => Self::Other,
+            other => Self::Other(other),
+        }
+    }
+
+    pub fn as_u8(self) -> u8 {
+        match self {
+            Self::UnknownFile => 1,
+            Self::NotAvailable => 2,
+            Self::Busy => 3,
+            Self::BadRequest => 4,
+            Self::Other(v) => v,
         }
     }
 }
@@ -256,7 +265,7 @@ impl Frame {
                 message,
             } => {
                 dst.put_u32(*request_id);
-                dst.put_u8(*code as u8);
+                dst.put_u8(code.as_u8());
                 put_str(dst, message, MAX_MESSAGE_LEN);
             }
             Self::Cancel { request_id } => dst.put_u32(*request_id),
