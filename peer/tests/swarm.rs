@@ -1,0 +1,319 @@
+//! Downloads over real TCP on loopback between in-process peers: several seeders at once, a
+//! seeder that corrupts chunks, one that vanishes mid-transfer, and resuming partial data.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use p2p_peer::Identity;
+use p2p_peer::download::{DownloadOptions, Source, download};
+use p2p_peer::net::secure::{self, Role};
+use p2p_peer::storage::{Library, PartialDownload, manifest_for_file};
+use p2p_peer::upload::serve;
+use p2p_proto::wire::Frame;
+use p2p_proto::{Bitfield, Manifest};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+fn content(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// A peer sharing `path`, listening on 127.0.0.1:0.
+async fn seeder(path: &Path, stop: &CancellationToken) -> Source {
+    let identity = Identity::generate().unwrap();
+    let library = Arc::new(Library::new());
+    library.share(path).await.unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(serve(listener, identity.clone(), library, stop.clone()));
+    Source {
+        peer_id: identity.peer_id(),
+        addrs: vec![addr],
+    }
+}
+
+/// A peer that claims every chunk of `m`, answers `honest` requests correctly... no: answers
+/// with garbage (`Bad`) or serves `limit` chunks and then drops the connection (`Vanish`).
+#[derive(Clone, Copy)]
+enum Misbehaviour {
+    Bad,
+    Vanish { after: usize },
+}
+
+async fn rogue(
+    m: Manifest,
+    data: Arc<Vec<u8>>,
+    how: Misbehaviour,
+    stop: CancellationToken,
+) -> Source {
+    let identity = Identity::generate().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    let id = identity.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = tokio::select! {
+                _ = stop.cancelled() => return,
+                a = listener.accept() => a.unwrap(),
+            };
+            let (id, m, data) = (id.clone(), m.clone(), data.clone());
+            tokio::spawn(async move {
+                let (mut rx, mut tx, _) =
+                    secure::handshake(stream, &id, Role::Responder, None).await?;
+                let mut served = 0;
+                while let Some(frame) = rx.recv().await? {
+                    match frame {
+                        Frame::ManifestRequest { file_id } => {
+                            let all = Bitfield::full(m.chunk_count());
+                            tx.feed(&Frame::Manifest(m.clone()));
+                            tx.feed(&Frame::Bitfield {
+                                file_id,
+                                chunk_count: all.len() as u32,
+                                bits: all.into_bytes().into(),
+                            });
+                            tx.flush().await?;
+                        }
+                        Frame::Request {
+                            request_id,
+                            file_id,
+                            index,
+                        } => {
+                            let start = index as usize * m.chunk_size as usize;
+                            let len = m.chunk_len(u64::from(index)) as usize;
+                            let payload = match how {
+                                Misbehaviour::Bad => Bytes::from(vec![0xee; len]),
+                                Misbehaviour::Vanish { after } => {
+                                    if served == after {
+                                        return Ok::<_, secure::SecureError>(());
+                                    }
+                                    Bytes::copy_from_slice(&data[start..start + len])
+                                }
+                            };
+                            served += 1;
+                            tx.send(&Frame::Chunk {
+                                request_id,
+                                file_id,
+                                index,
+                                data: payload,
+                            })
+                            .await?;
+                        }
+                        _ => {}
+                    }
+                }
+                Ok(())
+            });
+        }
+    });
+    Source {
+        peer_id: identity.peer_id(),
+        addrs: vec![addr],
+    }
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    data: Arc<Vec<u8>>,
+    manifest: Manifest,
+    stop: CancellationToken,
+}
+
+fn fixture(len: usize) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let data = content(len, 42);
+    let path = dir.path().join("video.bin");
+    std::fs::write(&path, &data).unwrap();
+    let manifest = manifest_for_file(&path, "video.bin").unwrap();
+    Fixture {
+        dir,
+        data: Arc::new(data),
+        manifest,
+        stop: CancellationToken::new(),
+    }
+}
+
+async fn leech(
+    f: &Fixture,
+    sources: &[Source],
+    opts: DownloadOptions,
+) -> (p2p_peer::download::DownloadReport, tempfile::TempDir) {
+    let out = tempfile::tempdir().unwrap();
+    let me = Identity::generate().unwrap();
+    let report = tokio::time::timeout(
+        Duration::from_secs(60),
+        download(
+            &me,
+            &f.manifest,
+            sources,
+            out.path(),
+            Arc::new(Library::new()),
+            opts,
+        ),
+    )
+    .await
+    .expect("download finished in time")
+    .expect("download succeeded");
+    assert_eq!(
+        std::fs::read(&report.path).unwrap(),
+        *f.data,
+        "content matches"
+    );
+    (report, out)
+}
+
+#[tokio::test]
+async fn three_seeders_all_contribute_and_a_corrupting_one_is_banned() {
+    let f = fixture(8 * 1024 * 1024 + 1234);
+    let path = f.dir.path().join("video.bin");
+    let mut sources = Vec::new();
+    for _ in 0..3 {
+        sources.push(seeder(&path, &f.stop).await);
+    }
+    let bad = rogue(
+        f.manifest.clone(),
+        f.data.clone(),
+        Misbehaviour::Bad,
+        f.stop.clone(),
+    )
+    .await;
+    sources.push(bad.clone());
+    let opts = DownloadOptions {
+        pipeline: 2,
+        max_strikes: 3,
+        ..DownloadOptions::default()
+    };
+    let (report, _out) = leech(&f, &sources, opts).await;
+    assert_eq!(report.fetched_chunks, f.manifest.chunk_count());
+    for honest in &sources[..3] {
+        let r = report
+            .peers
+            .iter()
+            .find(|r| r.peer_id == honest.peer_id)
+            .unwrap();
+        assert!(
+            r.bytes > 0,
+            "every honest seeder contributed: {:?}",
+            report.peers
+        );
+        assert_eq!(r.bad_chunks, 0);
+    }
+    let r = report
+        .peers
+        .iter()
+        .find(|r| r.peer_id == bad.peer_id)
+        .unwrap();
+    assert_eq!(r.bytes, 0);
+    assert!(r.banned && r.bad_chunks == 3, "{r:?}");
+    f.stop.cancel();
+}
+
+#[tokio::test]
+async fn a_peer_vanishing_mid_transfer_costs_only_its_chunks() {
+    let f = fixture(4 * 1024 * 1024);
+    let path = f.dir.path().join("video.bin");
+    let flaky = rogue(
+        f.manifest.clone(),
+        f.data.clone(),
+        Misbehaviour::Vanish { after: 2 },
+        f.stop.clone(),
+    )
+    .await;
+    let good = seeder(&path, &f.stop).await;
+    let opts = DownloadOptions {
+        pipeline: 4,
+        ..DownloadOptions::default()
+    };
+    let (report, _out) = leech(&f, &[flaky.clone(), good], opts).await;
+    let r = report
+        .peers
+        .iter()
+        .find(|r| r.peer_id == flaky.peer_id)
+        .unwrap();
+    assert!(r.error.is_some(), "{r:?}");
+    f.stop.cancel();
+}
+
+#[tokio::test]
+async fn resumes_with_only_the_missing_chunks() {
+    let f = fixture(3 * 1024 * 1024);
+    let path = f.dir.path().join("video.bin");
+    let out = tempfile::tempdir().unwrap();
+    // An earlier run got the even chunks, then died.
+    {
+        let mut p = PartialDownload::open(out.path(), &f.manifest).unwrap();
+        for i in (0..f.manifest.chunk_count()).step_by(2) {
+            let start = (i * 262_144) as usize;
+            let end = start + f.manifest.chunk_len(i) as usize;
+            assert!(p.write_chunk(i, &f.data[start..end]).unwrap());
+        }
+        p.save_state().unwrap();
+    }
+    let source = seeder(&path, &f.stop).await;
+    let me = Identity::generate().unwrap();
+    let report = download(
+        &me,
+        &f.manifest,
+        &[source],
+        out.path(),
+        Arc::new(Library::new()),
+        DownloadOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        report.fetched_chunks,
+        f.manifest.chunk_count() / 2,
+        "only the odd chunks were fetched"
+    );
+    assert_eq!(std::fs::read(&report.path).unwrap(), *f.data);
+    f.stop.cancel();
+}
+
+#[tokio::test]
+async fn a_download_without_good_sources_fails_cleanly_and_keeps_progress() {
+    let f = fixture(1024 * 1024);
+    let bad = rogue(
+        f.manifest.clone(),
+        f.data.clone(),
+        Misbehaviour::Bad,
+        f.stop.clone(),
+    )
+    .await;
+    let nobody = Source {
+        peer_id: Identity::generate().unwrap().peer_id(),
+        addrs: vec!["127.0.0.1:1".parse().unwrap()],
+    };
+    let out = tempfile::tempdir().unwrap();
+    let me = Identity::generate().unwrap();
+    let err = download(
+        &me,
+        &f.manifest,
+        &[bad, nobody],
+        out.path(),
+        Arc::new(Library::new()),
+        DownloadOptions::default(),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("no peer could provide"), "{err}");
+    assert!(
+        out.path()
+            .join(".partial")
+            .join(format!("{}.state", f.manifest.id))
+            .exists()
+    );
+    f.stop.cancel();
+}
