@@ -345,12 +345,28 @@ async fn fetch_from(
         }
     }
 
+    // Frames are read on their own task (a frame read is not cancel-safe); verifying and
+    // writing chunks runs beside receiving, a few at a time.
+    let (frames_tx, mut frames) = tokio::sync::mpsc::channel(64);
+    let reader = tokio::spawn(async move {
+        loop {
+            let next = rx.recv().await;
+            let last = !matches!(next, Ok(Some(_)));
+            if frames_tx.send(next).await.is_err() || last {
+                return;
+            }
+        }
+    });
+    let mut stores: tokio::task::JoinSet<(u64, u64, Result<bool, WorkerError>)> =
+        tokio::task::JoinSet::new();
     let mut outstanding: HashMap<u32, u64> = HashMap::new();
     let mut asked: HashMap<u64, ()> = HashMap::new();
     let mut next_id: u32 = 1;
     let result = loop {
-        // Keep the pipeline full.
-        let want = opts.pipeline.saturating_sub(outstanding.len());
+        // Keep the pipeline full (chunks being stored still count against it).
+        let want = opts
+            .pipeline
+            .saturating_sub(outstanding.len() + stores.len());
         if want > 0 {
             let picked = match shared.sched.lock() {
                 Ok(mut s) if !s.complete() => s.pick(&peer_has, want, &asked),
@@ -368,64 +384,78 @@ async fn fetch_from(
             }
             tx.flush().await?;
         }
-        if outstanding.is_empty() {
+        if outstanding.is_empty() && stores.is_empty() {
             break Ok(());
         }
-        let next = tokio::select! {
+        tokio::select! {
             _ = shared.stop.cancelled() => break Ok(()),
-            next = tokio::time::timeout(opts.request_timeout, rx.recv()) => next,
-        };
-        let frame = match next {
-            Err(_) => break Err(WorkerError::Timeout),
-            Ok(Err(e)) => break Err(e.into()),
-            Ok(Ok(None)) => break Err(WorkerError::Closed),
-            Ok(Ok(Some(f))) => f,
-        };
-        match frame {
-            Frame::Chunk {
-                request_id,
-                index,
-                data,
-                ..
-            } => {
-                let Some(wanted) = outstanding.remove(&request_id) else {
-                    continue;
+            Some(stored) = stores.join_next(), if !stores.is_empty() => {
+                let Ok((index, len, outcome)) = stored else {
+                    break Err(WorkerError::Disk("writer task failed".into()));
                 };
-                let index = u64::from(index);
-                if index != wanted {
-                    report.bad_chunks += 1;
-                } else {
-                    match store_chunk(shared, index, data.to_vec()).await {
-                        Ok(true) => report.bytes += data.len() as u64,
-                        Ok(false) => report.bad_chunks += 1,
-                        Err(e) => break Err(e),
+                match outcome {
+                    Ok(true) => {
+                        report.bytes += len;
+                        stored_ok(shared, index);
                     }
+                    Ok(false) => report.bad_chunks += 1,
+                    Err(e) => break Err(e),
                 }
-                release(shared, wanted);
+                release(shared, index);
                 if report.bad_chunks >= opts.max_strikes {
                     report.banned = true;
                     break Err(WorkerError::Banned(report.bad_chunks));
                 }
             }
-            Frame::Reject { request_id, .. } => {
-                if let Some(index) = outstanding.remove(&request_id) {
-                    release(shared, index);
-                    peer_has = without(peer_has, index);
-                }
-            }
-            Frame::Have { index, .. } => {
-                let index = u64::from(index);
-                if index < peer_has.len() && !peer_has.get(index) {
-                    peer_has.set(index);
-                    if let Ok(mut s) = shared.sched.lock() {
-                        s.availability[index as usize] += 1;
+            next = tokio::time::timeout(opts.request_timeout, frames.recv()), if !outstanding.is_empty() => {
+                let frame = match next {
+                    Err(_) => break Err(WorkerError::Timeout),
+                    Ok(None) | Ok(Some(Ok(None))) => break Err(WorkerError::Closed),
+                    Ok(Some(Err(e))) => break Err(e.into()),
+                    Ok(Some(Ok(Some(f)))) => f,
+                };
+                match frame {
+                    Frame::Chunk { request_id, index, data, .. } => {
+                        let Some(wanted) = outstanding.remove(&request_id) else { continue };
+                        if u64::from(index) != wanted {
+                            report.bad_chunks += 1;
+                            release(shared, wanted);
+                        } else {
+                            let len = data.len() as u64;
+                            let job = store_chunk(shared.partial.clone(), wanted, data);
+                            stores.spawn(async move { (wanted, len, job.await) });
+                        }
                     }
+                    Frame::Reject { request_id, .. } => {
+                        if let Some(index) = outstanding.remove(&request_id) {
+                            release(shared, index);
+                            peer_has = without(peer_has, index);
+                        }
+                    }
+                    Frame::Have { index, .. } => {
+                        let index = u64::from(index);
+                        if index < peer_has.len() && !peer_has.get(index) {
+                            peer_has.set(index);
+                            if let Ok(mut s) = shared.sched.lock() {
+                                s.availability[index as usize] += 1;
+                            }
+                        }
+                    }
+                    Frame::Error { message, .. } => break Err(WorkerError::Connect(message)),
+                    _ => {}
                 }
             }
-            Frame::Error { message, .. } => break Err(WorkerError::Connect(message)),
-            _ => {}
         }
     };
+    reader.abort();
+    // Chunks already received are still written before the worker reports.
+    while let Some(Ok((index, len, outcome))) = stores.join_next().await {
+        if let Ok(true) = outcome {
+            report.bytes += len;
+            stored_ok(shared, index);
+        }
+        release(shared, index);
+    }
     // Whatever was still asked of this peer goes back to the pool.
     for (_, index) in outstanding {
         release(shared, index);
@@ -442,6 +472,24 @@ fn without(mut have: Bitfield, index: u64) -> Bitfield {
     have
 }
 
+/// Records a verified, written chunk.
+fn stored_ok(shared: &Shared, index: u64) {
+    let fresh = match shared.sched.lock() {
+        Ok(mut s) => {
+            let fresh = !s.have.get(index);
+            s.have.set(index);
+            fresh
+        }
+        Err(_) => false,
+    };
+    if fresh {
+        shared.library.mark_have(&shared.manifest.id, index);
+        if let Ok(mut f) = shared.fetched.lock() {
+            *f += 1;
+        }
+    }
+}
+
 fn release(shared: &Shared, index: u64) {
     if let Ok(mut s) = shared.sched.lock() {
         s.release(index);
@@ -449,25 +497,23 @@ fn release(shared: &Shared, index: u64) {
     shared.done.notify_one();
 }
 
-/// Verifies and writes a chunk; `Ok(false)` for a bad one. Saves the resume state every 64
-/// chunks.
-async fn store_chunk(shared: &Shared, index: u64, data: Vec<u8>) -> Result<bool, WorkerError> {
-    if shared
-        .sched
-        .lock()
-        .map(|s| s.have.get(index))
-        .unwrap_or(false)
-    {
-        return Ok(true); // an endgame duplicate: already written
-    }
-    let partial = shared.partial.clone();
-    let written = tokio::task::spawn_blocking(move || {
+/// Verifies and writes a chunk off the reactor; `Ok(false)` for a bad one. Saves the resume
+/// state every 64 chunks.
+async fn store_chunk(
+    partial: Arc<Mutex<Option<PartialDownload>>>,
+    index: u64,
+    data: bytes::Bytes,
+) -> Result<bool, WorkerError> {
+    tokio::task::spawn_blocking(move || {
         let mut guard = partial
             .lock()
             .map_err(|_| WorkerError::Disk("lock poisoned".into()))?;
         let Some(p) = guard.as_mut() else {
             return Ok(false);
         };
+        if p.have().get(index) {
+            return Ok(true); // an endgame duplicate: already written
+        }
         let ok = p
             .write_chunk(index, &data)
             .map_err(|e| WorkerError::Disk(e.to_string()))?;
@@ -478,15 +524,5 @@ async fn store_chunk(shared: &Shared, index: u64, data: Vec<u8>) -> Result<bool,
         Ok::<_, WorkerError>(ok)
     })
     .await
-    .map_err(|_| WorkerError::Disk("writer task failed".into()))??;
-    if written {
-        if let Ok(mut s) = shared.sched.lock() {
-            s.have.set(index);
-        }
-        shared.library.mark_have(&shared.manifest.id, index);
-        if let Ok(mut f) = shared.fetched.lock() {
-            *f += 1;
-        }
-    }
-    Ok(written)
+    .map_err(|_| WorkerError::Disk("writer task failed".into()))?
 }

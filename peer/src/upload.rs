@@ -3,6 +3,9 @@
 
 use std::sync::Arc;
 
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
+
 use p2p_proto::wire::{Frame, PROTOCOL_VERSION, RejectCode};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -52,14 +55,19 @@ pub async fn serve(
     }
 }
 
-/// Answers one peer until it disconnects.
+/// Chunk reads (and their hash checks) in flight per connection, so disk and hashing overlap
+/// with encryption and sending.
+const READ_AHEAD: usize = 4;
+
+/// Answers one peer until it disconnects. Frames are read on their own task (a frame read is
+/// not cancel-safe), chunk reads run ahead of sending, and answers go out in request order.
 pub async fn serve_connection<R, W>(
-    mut rx: SecureReader<R>,
+    rx: SecureReader<R>,
     mut tx: SecureWriter<W>,
     library: &Library,
 ) -> Result<(), SecureError>
 where
-    R: AsyncRead + Unpin,
+    R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin,
 {
     tx.send(&Frame::Hello {
@@ -68,80 +76,126 @@ where
         agent: AGENT.into(),
     })
     .await?;
-    while let Some(frame) = rx.recv().await? {
-        match frame {
-            Frame::Hello {
-                version,
-                min_version,
-                ..
-            } if version < PROTOCOL_VERSION || min_version > PROTOCOL_VERSION => {
-                tx.send(&Frame::Error {
-                    code: 1,
-                    message: format!("protocol version {PROTOCOL_VERSION} only"),
-                })
-                .await?;
-                return Ok(());
-            }
-            Frame::ManifestRequest { file_id } => match library.get(&file_id) {
-                Some(entry) => {
-                    let have = entry.have();
-                    tx.feed(&Frame::Manifest(entry.manifest.clone()));
-                    tx.feed(&Frame::Bitfield {
-                        file_id,
-                        chunk_count: have.len() as u32,
-                        bits: have.into_bytes().into(),
-                    });
-                    tx.flush().await?;
-                }
-                None => {
-                    tx.send(&Frame::Reject {
-                        request_id: 0,
-                        code: RejectCode::UnknownFile,
-                        message: format!("file {file_id} is not shared here"),
-                    })
-                    .await?
-                }
-            },
-            Frame::Request {
-                request_id,
-                file_id,
-                index,
-            } => {
-                let reply = match library.read_chunk(&file_id, u64::from(index)).await {
-                    Ok(data) => Frame::Chunk {
-                        request_id,
-                        file_id,
-                        index,
-                        data,
-                    },
-                    Err(e) => {
-                        let code = match e {
-                            LibraryError::UnknownFile(_) => RejectCode::UnknownFile,
-                            LibraryError::NotAvailable { .. } | LibraryError::Changed { .. } => {
-                                RejectCode::NotAvailable
-                            }
-                            _ => RejectCode::Other(255),
-                        };
-                        if matches!(e, LibraryError::Changed { .. } | LibraryError::Io { .. }) {
-                            tracing::warn!(error = %e, "cannot serve a chunk");
-                        }
-                        Frame::Reject {
-                            request_id,
-                            code,
-                            message: e.to_string(),
-                        }
-                    }
+    let (frames_tx, mut frames) = tokio::sync::mpsc::channel(64);
+    let reader = tokio::spawn(read_frames(rx, frames_tx));
+    let mut reads = FuturesOrdered::new();
+    let result = loop {
+        tokio::select! {
+            incoming = frames.recv(), if reads.len() < READ_AHEAD => {
+                let frame = match incoming {
+                    Some(Ok(frame)) => frame,
+                    Some(Err(e)) => break Err(e),
+                    None => break Ok(()),
                 };
+                match frame {
+                    Frame::Hello {
+                        version,
+                        min_version,
+                        ..
+                    } if version < PROTOCOL_VERSION || min_version > PROTOCOL_VERSION => {
+                        tx.send(&Frame::Error {
+                            code: 1,
+                            message: format!("protocol version {PROTOCOL_VERSION} only"),
+                        })
+                        .await?;
+                        break Ok(());
+                    }
+                    Frame::ManifestRequest { file_id } => {
+                        let reply = manifest_reply(library, file_id);
+                        for frame in &reply {
+                            tx.feed(frame);
+                        }
+                        tx.flush().await?;
+                    }
+                    Frame::Request { request_id, file_id, index } => {
+                        reads.push_back(answer(library, request_id, file_id, index));
+                    }
+                    Frame::Error { message, .. } => {
+                        tracing::debug!(%message, "peer reported an error");
+                        break Ok(());
+                    }
+                    // Cancelled requests are cheap to answer anyway; the other frames carry
+                    // nothing an uploader needs.
+                    _ => {}
+                }
+            }
+            Some(reply) = reads.next(), if !reads.is_empty() => {
                 tx.send(&reply).await?;
             }
-            Frame::Error { message, .. } => {
-                tracing::debug!(%message, "peer reported an error");
-                return Ok(());
-            }
-            // Requests are answered in order, so there is nothing queued to cancel; the other
-            // frames carry nothing an uploader needs.
-            _ => {}
+        }
+    };
+    reader.abort();
+    result
+}
+
+async fn read_frames<R: AsyncRead + Unpin>(
+    mut rx: SecureReader<R>,
+    out: tokio::sync::mpsc::Sender<Result<Frame, SecureError>>,
+) {
+    loop {
+        let next = rx.recv().await;
+        let stop = !matches!(next, Ok(Some(_)));
+        let item = match next {
+            Ok(Some(frame)) => Ok(frame),
+            Ok(None) => return,
+            Err(e) => Err(e),
+        };
+        if out.send(item).await.is_err() || stop {
+            return;
         }
     }
-    Ok(())
+}
+
+fn manifest_reply(library: &Library, file_id: p2p_proto::FileId) -> Vec<Frame> {
+    match library.get(&file_id) {
+        Some(entry) => {
+            let have = entry.have();
+            vec![
+                Frame::Manifest(entry.manifest.clone()),
+                Frame::Bitfield {
+                    file_id,
+                    chunk_count: have.len() as u32,
+                    bits: have.into_bytes().into(),
+                },
+            ]
+        }
+        None => vec![Frame::Reject {
+            request_id: 0,
+            code: RejectCode::UnknownFile,
+            message: format!("file {file_id} is not shared here"),
+        }],
+    }
+}
+
+async fn answer(
+    library: &Library,
+    request_id: u32,
+    file_id: p2p_proto::FileId,
+    index: u32,
+) -> Frame {
+    match library.read_chunk(&file_id, u64::from(index)).await {
+        Ok(data) => Frame::Chunk {
+            request_id,
+            file_id,
+            index,
+            data,
+        },
+        Err(e) => {
+            let code = match e {
+                LibraryError::UnknownFile(_) => RejectCode::UnknownFile,
+                LibraryError::NotAvailable { .. } | LibraryError::Changed { .. } => {
+                    RejectCode::NotAvailable
+                }
+                _ => RejectCode::Other(255),
+            };
+            if matches!(e, LibraryError::Changed { .. } | LibraryError::Io { .. }) {
+                tracing::warn!(error = %e, "cannot serve a chunk");
+            }
+            Frame::Reject {
+                request_id,
+                code,
+                message: e.to_string(),
+            }
+        }
+    }
 }
