@@ -4,14 +4,18 @@
 //! - [`identity`]: the peer's persistent X25519 static key; its public half is the peer id.
 //! - [`storage`]: hashing files into manifests, the library of shared files, partial
 //!   downloads with resume state and atomic completion.
+//! - [`config`]: the command line (flags of the original design, env on each).
+//! - [`shell`]: the interactive shell's commands.
 //! - [`upload`]: the listener answering manifest and chunk requests.
 //! - [`download`]: parallel downloads from several peers with verification and bans.
 //! - [`net`]: transports; [`net::secure`] is the Noise-encrypted frame stream every connection
 //!   (TCP, hole-punched QUIC, relay tunnel) runs.
 
+pub mod config;
 pub mod download;
 pub mod identity;
 pub mod net;
+pub mod shell;
 pub mod storage;
 pub mod upload;
 

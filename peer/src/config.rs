@@ -1,0 +1,153 @@
+//! The peer's command line: the original design's flags, each with an environment variable.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use p2p_proto::FileId;
+
+/// A peer of the p2p file-sharing system: shares files and downloads them from other peers.
+#[derive(Debug, Parser)]
+#[command(name = "p2p-peer", version, about, long_about = None)]
+pub struct PeerCli {
+    #[command(flatten)]
+    pub node: NodeArgs,
+    /// Run without the interactive shell, sharing everything in the data directory.
+    #[arg(long, env = "P2P_DAEMON", default_value_t = false)]
+    pub daemon: bool,
+    #[command(subcommand)]
+    pub command: Option<PeerCommand>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PeerCommand {
+    /// Download one file by its id and exit (0 only when it is complete and verified).
+    Download { hash: FileId },
+}
+
+/// `p2p-download <hash>`: the same node options, one download.
+#[derive(Debug, Parser)]
+#[command(
+    name = "p2p-download",
+    version,
+    about = "Download one file from the p2p swarm by its id"
+)]
+pub struct DownloadCli {
+    #[command(flatten)]
+    pub node: NodeArgs,
+    /// The file's id: the SHA-256 of its content, 64 hex characters.
+    pub hash: FileId,
+}
+
+/// Options every peer binary shares.
+#[derive(Debug, Clone, Args)]
+pub struct NodeArgs {
+    /// Tracker URL.
+    #[arg(long, env = "P2P_TRACKER", default_value = "http://localhost:8080")]
+    pub tracker: String,
+    /// TCP port for the peer protocol (0: any free port).
+    #[arg(long, env = "P2P_PORT", default_value_t = 6881)]
+    pub port: u16,
+    /// Data directory: shared files, downloads, partial data and the peer's key.
+    #[arg(long, env = "P2P_DATA", default_value = "./data")]
+    pub data: PathBuf,
+    /// API key for the tracker.
+    #[arg(long, env = "P2P_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Address to listen on.
+    #[arg(long, env = "P2P_LISTEN", default_value = "0.0.0.0")]
+    pub listen: IpAddr,
+    /// Addresses to tell the tracker (default: the address the tracker sees).
+    #[arg(
+        long = "announce-addr",
+        env = "P2P_ANNOUNCE_ADDRS",
+        value_delimiter = ','
+    )]
+    pub announce_addrs: Vec<String>,
+    /// Upload limit, e.g. `10M` (bytes per second; K, M, G suffixes); unlimited by default.
+    #[arg(long, env = "P2P_UPLOAD_LIMIT", value_parser = parse_rate)]
+    pub upload_limit: Option<u64>,
+    /// Download limit, e.g. `50M`; unlimited by default.
+    #[arg(long, env = "P2P_DOWNLOAD_LIMIT", value_parser = parse_rate)]
+    pub download_limit: Option<u64>,
+    /// Chunk requests kept in flight per peer.
+    #[arg(long, env = "P2P_PIPELINE", default_value_t = 16)]
+    pub pipeline: usize,
+}
+
+/// Parses `1048576`, `512K`, `10M`, `1G` (powers of 1024) into bytes per second.
+pub fn parse_rate(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (digits, mult) = match s.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&s[..i], 1u64 << 10),
+        Some((i, 'm' | 'M')) => (&s[..i], 1 << 20),
+        Some((i, 'g' | 'G')) => (&s[..i], 1 << 30),
+        _ => (s, 1),
+    };
+    let n: u64 = digits
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a rate: use e.g. 500K, 10M or 1G"))?;
+    if n == 0 {
+        return Err("a limit must be above zero (leave it out for no limit)".into());
+    }
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("1024"), Ok(1024));
+        assert_eq!(parse_rate("512K"), Ok(512 * 1024));
+        assert_eq!(parse_rate("10m"), Ok(10 << 20));
+        assert_eq!(parse_rate("1G"), Ok(1 << 30));
+        assert!(parse_rate("0").is_err());
+        assert!(parse_rate("fast").is_err());
+        assert!(parse_rate("99999999999999G").is_err());
+    }
+
+    #[test]
+    fn every_flag_has_an_env_var() {
+        use clap::CommandFactory;
+        for cmd in [PeerCli::command(), DownloadCli::command()] {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version" | "hash") {
+                    continue;
+                }
+                assert!(arg.get_env().is_some(), "--{id} has no env var");
+            }
+        }
+    }
+
+    #[test]
+    fn original_flags_and_defaults() {
+        let cli = PeerCli::try_parse_from(["p2p-peer"]).unwrap();
+        assert_eq!(cli.node.tracker, "http://localhost:8080");
+        assert_eq!(cli.node.port, 6881);
+        assert_eq!(cli.node.data, PathBuf::from("./data"));
+        assert!(!cli.daemon);
+        let cli = PeerCli::try_parse_from([
+            "p2p-peer",
+            "--tracker",
+            "http://t:1",
+            "--port",
+            "7000",
+            "--data",
+            "/d",
+            "--api-key",
+            "k",
+            "--daemon",
+        ])
+        .unwrap();
+        assert_eq!((cli.node.port, cli.daemon), (7000, true));
+        let hash = "ab".repeat(32);
+        let d = DownloadCli::try_parse_from(["p2p-download", &hash]).unwrap();
+        assert_eq!(d.hash.to_string(), hash);
+        assert!(DownloadCli::try_parse_from(["p2p-download", "nothex"]).is_err());
+    }
+}
