@@ -8,6 +8,7 @@ use std::time::Instant;
 use p2p_peer::Identity;
 use p2p_peer::download::{DownloadOptions, Source, download};
 use p2p_peer::storage::Library;
+use p2p_peer::throttle::Throttle;
 use p2p_peer::upload::serve;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -26,7 +27,13 @@ async fn main() -> anyhow::Result<()> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let stop = CancellationToken::new();
-    tokio::spawn(serve(listener, identity.clone(), seed_lib, stop.clone()));
+    tokio::spawn(serve(
+        listener,
+        identity.clone(),
+        seed_lib,
+        Arc::new(Throttle::new(None)),
+        stop.clone(),
+    ));
     let out = tempfile::tempdir()?;
     let me = Identity::generate()?;
     let source = Source {

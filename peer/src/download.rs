@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 use crate::identity::Identity;
 use crate::net::secure::{self, Role, SecureError};
 use crate::storage::{Library, PartialDownload, PartialError};
+use crate::throttle::Throttle;
 use crate::upload::AGENT;
 
 /// Where a file can be fetched from.
@@ -27,7 +28,7 @@ pub struct Source {
 }
 
 /// Tuning of a download.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct DownloadOptions {
     /// Requests kept in flight per peer.
     pub pipeline: usize,
@@ -37,6 +38,8 @@ pub struct DownloadOptions {
     pub connect_timeout: Duration,
     /// How long a peer may stay silent with requests outstanding.
     pub request_timeout: Duration,
+    /// The download bandwidth limit shared by all downloads.
+    pub throttle: Arc<Throttle>,
 }
 
 impl Default for DownloadOptions {
@@ -46,6 +49,7 @@ impl Default for DownloadOptions {
             max_strikes: 3,
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
+            throttle: Arc::new(Throttle::new(None)),
         }
     }
 }
@@ -183,6 +187,7 @@ pub async fn download(
     if !already {
         for source in sources.iter().filter(|s| s.peer_id != identity.peer_id()) {
             let (shared, identity, source) = (shared.clone(), identity.clone(), source.clone());
+            let opts = opts.clone();
             workers.push(tokio::spawn(async move {
                 let mut report = PeerReport {
                     peer_id: source.peer_id,
@@ -193,7 +198,7 @@ pub async fn download(
                 };
                 let result = tokio::select! {
                     _ = shared.stop.cancelled() => Ok(()),
-                    r = fetch_from(&shared, &identity, &source, opts, &mut report) => r,
+                    r = fetch_from(&shared, &identity, &source, &opts, &mut report) => r,
                 };
                 if let Err(e) = result {
                     report.error = Some(e.to_string());
@@ -296,7 +301,7 @@ async fn fetch_from(
     shared: &Shared,
     identity: &Identity,
     source: &Source,
-    opts: DownloadOptions,
+    opts: &DownloadOptions,
     report: &mut PeerReport,
 ) -> Result<(), WorkerError> {
     let stream = connect(source, opts.connect_timeout).await?;
@@ -421,6 +426,7 @@ async fn fetch_from(
                             report.bad_chunks += 1;
                             release(shared, wanted);
                         } else {
+                            opts.throttle.consume(data.len()).await;
                             let len = data.len() as u64;
                             let job = store_chunk(shared.partial.clone(), wanted, data);
                             stores.spawn(async move { (wanted, len, job.await) });

@@ -6,6 +6,7 @@
 //!   downloads with resume state and atomic completion.
 //! - [`config`]: the command line (flags of the original design, env on each).
 //! - [`shell`]: the interactive shell's commands.
+//! - [`throttle`]: upload and download bandwidth limits, changeable at run time.
 //! - [`upload`]: the listener answering manifest and chunk requests.
 //! - [`download`]: parallel downloads from several peers with verification and bans.
 //! - [`net`]: transports; [`net::secure`] is the Noise-encrypted frame stream every connection
@@ -17,6 +18,7 @@ pub mod identity;
 pub mod net;
 pub mod shell;
 pub mod storage;
+pub mod throttle;
 pub mod upload;
 
 pub use identity::Identity;

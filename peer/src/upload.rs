@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::identity::Identity;
 use crate::net::secure::{self, Role, SecureError, SecureReader, SecureWriter};
 use crate::storage::{Library, LibraryError};
+use crate::throttle::Throttle;
 
 /// The name peers announce in `Hello`.
 pub const AGENT: &str = concat!("p2p-peer/", env!("CARGO_PKG_VERSION"));
@@ -23,6 +24,7 @@ pub async fn serve(
     listener: TcpListener,
     identity: Identity,
     library: Arc<Library>,
+    throttle: Arc<Throttle>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -38,12 +40,13 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let (identity, library, shutdown) = (identity.clone(), library.clone(), shutdown.clone());
+        let throttle = throttle.clone();
         tokio::spawn(async move {
             let served = async {
                 let (rx, tx, remote) =
                     secure::handshake(stream, &identity, Role::Responder, None).await?;
                 tracing::debug!(%addr, peer = %remote, "peer connected");
-                serve_connection(rx, tx, &library).await
+                serve_connection(rx, tx, &library, &throttle).await
             };
             tokio::select! {
                 _ = shutdown.cancelled() => {}
@@ -65,6 +68,7 @@ pub async fn serve_connection<R, W>(
     rx: SecureReader<R>,
     mut tx: SecureWriter<W>,
     library: &Library,
+    throttle: &Throttle,
 ) -> Result<(), SecureError>
 where
     R: AsyncRead + Unpin + Send + 'static,
@@ -120,6 +124,9 @@ where
                 }
             }
             Some(reply) = reads.next(), if !reads.is_empty() => {
+                if let Frame::Chunk { data, .. } = &reply {
+                    throttle.consume(data.len()).await;
+                }
                 tx.send(&reply).await?;
             }
         }

@@ -13,6 +13,7 @@ use p2p_peer::Identity;
 use p2p_peer::download::{DownloadOptions, Source, download};
 use p2p_peer::net::secure::{self, Role};
 use p2p_peer::storage::{Library, PartialDownload, manifest_for_file};
+use p2p_peer::throttle::Throttle;
 use p2p_peer::upload::serve;
 use p2p_proto::wire::Frame;
 use p2p_proto::{Bitfield, Manifest};
@@ -38,7 +39,13 @@ async fn seeder(path: &Path, stop: &CancellationToken) -> Source {
     library.share(path).await.unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(serve(listener, identity.clone(), library, stop.clone()));
+    tokio::spawn(serve(
+        listener,
+        identity.clone(),
+        library,
+        Arc::new(Throttle::new(None)),
+        stop.clone(),
+    ));
     Source {
         peer_id: identity.peer_id(),
         addrs: vec![addr],
