@@ -9,6 +9,7 @@
 //! - [`throttle`]: upload and download bandwidth limits, changeable at run time.
 //! - [`upload`]: the listener answering manifest and chunk requests.
 //! - [`download`]: parallel downloads from several peers with verification and bans.
+//! - [`node`]: a running peer assembled from the command line.
 //! - [`net`]: transports; [`net::secure`] is the Noise-encrypted frame stream every connection
 //!   (TCP, hole-punched QUIC, relay tunnel) runs.
 
@@ -16,6 +17,7 @@ pub mod config;
 pub mod download;
 pub mod identity;
 pub mod net;
+pub mod node;
 pub mod shell;
 pub mod storage;
 pub mod throttle;

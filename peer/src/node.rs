@@ -1,0 +1,169 @@
+//! A running peer: identity, library, listener and limits, assembled from the command line.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use p2p_proto::Manifest;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::NodeArgs;
+use crate::identity::{Identity, IdentityError, KEY_FILE};
+use crate::storage::{Library, LibraryError};
+use crate::throttle::Throttle;
+use crate::upload;
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot use the data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A started peer. Dropping it does not stop it; call [`Node::shutdown`].
+#[derive(Debug)]
+pub struct Node {
+    pub identity: Identity,
+    pub library: Arc<Library>,
+    pub data_dir: PathBuf,
+    /// Where the peer protocol listens (the real port when 0 was asked for).
+    pub addr: SocketAddr,
+    pub upload: Arc<Throttle>,
+    pub download: Arc<Throttle>,
+    pub shutdown: CancellationToken,
+}
+
+impl Node {
+    /// Loads (or creates) the identity, opens the data dir and starts serving chunks.
+    pub async fn start(args: &NodeArgs) -> Result<Self, NodeError> {
+        std::fs::create_dir_all(&args.data).map_err(|source| NodeError::DataDir {
+            path: args.data.clone(),
+            source,
+        })?;
+        let identity = Identity::load_or_create(&args.data)?;
+        let library = Arc::new(Library::new());
+        let bind = SocketAddr::new(args.listen, args.port);
+        let listener = TcpListener::bind(bind)
+            .await
+            .map_err(|source| NodeError::Listen { addr: bind, source })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| NodeError::Listen { addr: bind, source })?;
+        let upload = Arc::new(Throttle::new(args.upload_limit));
+        let download = Arc::new(Throttle::new(args.download_limit));
+        let shutdown = CancellationToken::new();
+        tokio::spawn(upload::serve(
+            listener,
+            identity.clone(),
+            library.clone(),
+            upload.clone(),
+            shutdown.clone(),
+        ));
+        tracing::info!(peer_id = %identity.peer_id(), %addr, "peer listening");
+        Ok(Self {
+            identity,
+            library,
+            data_dir: args.data.clone(),
+            addr,
+            upload,
+            download,
+            shutdown,
+        })
+    }
+
+    /// Shares every regular file directly in the data dir (not hidden files, the key or
+    /// partial downloads). Returns what was shared and what failed.
+    pub async fn share_data_dir(&self) -> Vec<(PathBuf, Result<Manifest, LibraryError>)> {
+        let mut out = Vec::new();
+        for path in shareable_files(&self.data_dir) {
+            let result = self.library.share(&path).await;
+            out.push((path, result));
+        }
+        out
+    }
+
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Whether a file in the data dir is one to share.
+pub fn is_shareable(path: &Path) -> bool {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    !name.starts_with('.') && name != KEY_FILE && !name.ends_with(".tmp") && path.is_file()
+}
+
+/// The shareable files directly in `dir`, sorted by name.
+pub fn shareable_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| is_shareable(p))
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn starts_and_shares_the_data_dir_but_not_its_own_state() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.txt"), b"hello").unwrap();
+        std::fs::write(dir.path().join(".hidden"), b"no").unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        let args = NodeArgs {
+            tracker: "http://127.0.0.1:1".into(),
+            port: 0,
+            data: dir.path().to_owned(),
+            api_key: None,
+            listen: "127.0.0.1".parse().unwrap(),
+            announce_addrs: vec![],
+            upload_limit: None,
+            download_limit: Some(1 << 20),
+            pipeline: 16,
+        };
+        let node = Node::start(&args).await.unwrap();
+        assert_ne!(node.addr.port(), 0);
+        assert!(dir.path().join(KEY_FILE).exists());
+        let shared = node.share_data_dir().await;
+        let names: Vec<_> = shared
+            .iter()
+            .map(|(p, r)| {
+                (
+                    p.file_name().unwrap().to_str().unwrap().to_owned(),
+                    r.is_ok(),
+                )
+            })
+            .collect();
+        assert_eq!(names, vec![("a.txt".to_owned(), true)]);
+        assert_eq!(node.download.rate(), Some(1 << 20));
+        // The same key after a restart.
+        node.shutdown();
+        let again = Node::start(&args).await.unwrap();
+        assert_eq!(again.identity.peer_id(), node.identity.peer_id());
+        again.shutdown();
+    }
+}
