@@ -10,6 +10,7 @@
 //! - [`upload`]: the listener answering manifest and chunk requests.
 //! - [`download`]: parallel downloads from several peers with verification and bans.
 //! - [`node`]: a running peer assembled from the command line.
+//! - [`watch`]: daemon mode's watch of the data dir.
 //! - [`net`]: transports; [`net::secure`] is the Noise-encrypted frame stream every connection
 //!   (TCP, hole-punched QUIC, relay tunnel) runs.
 
@@ -22,5 +23,6 @@ pub mod shell;
 pub mod storage;
 pub mod throttle;
 pub mod upload;
+pub mod watch;
 
 pub use identity::Identity;
