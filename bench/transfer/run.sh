@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Transfer benchmark: 1 GiB from one seeder to one leecher over loopback, for this project and,
+# in the same run, for rqbit (shared/baselines/rqbit-1to1.sh) and aria2 (BitTorrent, private
+# torrent, the peer given directly). Prints MB/s, wall time and ratios.
+#
+# Needs: rqbit (`cargo install rqbit --locked`, or RQBIT=path), Debian `aria2` and `mktorrent`.
+# SIZE_MIB (default 1024), PIPELINE (default 32).
+#
+# Status: the one-seeder-to-eight-leechers run waits for the p2p-peer binaries; this script
+# measures the one-to-one transfer with peer/examples/transfer_bench.rs (seeder and leecher in
+# one process, real TCP on loopback, Noise encryption, every chunk verified, whole-file SHA-256
+# checked at the end).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/p2p-target}"
+SIZE_MIB=${SIZE_MIB:-1024}; PIPELINE=${PIPELINE:-32}
+RQBIT=${RQBIT:-$(command -v rqbit || echo "$HOME/.cache/p2p-tools/bin/rqbit")}
+cargo build --release --locked -p p2p-peer --example transfer_bench >/dev/null
+WORK=$(mktemp -d); trap 'rm -rf "$WORK"; kill $ARIA_SEED 2>/dev/null || true' EXIT
+ARIA_SEED=""
+head -c $((SIZE_MIB * 1024 * 1024)) /dev/urandom > "$WORK/file.bin"
+
+echo "transfer benchmark: $SIZE_MIB MiB, one seeder to one leecher, loopback, $(nproc) cores"
+OURS=$("$CARGO_TARGET_DIR/release/examples/transfer_bench" "$WORK/file.bin" "$PIPELINE")
+echo "$OURS"
+OURS_MBS=$(echo "$OURS" | awk '{print $3}')
+
+RQ_MBS=""
+if [ -x "$RQBIT" ]; then
+  RQ=$(RQBIT="$RQBIT" SIZE_MIB="$SIZE_MIB" bash ../shared/baselines/rqbit-1to1.sh 2>&1 | tail -1)
+  echo "$RQ"
+  RQ_MIBS=$(echo "$RQ" | sed -n 's/.* \([0-9.]*\) MiB\/s.*/\1/p')
+  [ -n "$RQ_MIBS" ] && RQ_MBS=$(python3 -c "print(round($RQ_MIBS * 1.048576))")
+else
+  echo "SKIPPED: rqbit baseline (cargo install rqbit --locked)"
+fi
+
+ARIA_MBS=""
+if command -v aria2c >/dev/null && command -v mktorrent >/dev/null && command -v opentracker >/dev/null; then
+  # aria2 finds peers only through a tracker (or DHT): a local opentracker, whitelisting this
+  # torrent's info-hash, introduces the seeder to the leecher.
+  mkdir -p "$WORK/seed" "$WORK/leech" "$WORK/ot"
+  ln "$WORK/file.bin" "$WORK/seed/file.bin"
+  TP=$((30000 + RANDOM % 10000))
+  mktorrent -p -l 18 -a "http://127.0.0.1:$TP/announce" -o "$WORK/f.torrent" "$WORK/seed/file.bin" >/dev/null
+  python3 - "$WORK/f.torrent" > "$WORK/ot/whitelist" <<'PY'
+import hashlib, sys
+data = open(sys.argv[1], 'rb').read()
+def end(i):  # index just past the bencoded value starting at i
+    c = data[i:i+1]
+    if c == b'i': return data.index(b'e', i) + 1
+    if c in (b'l', b'd'):
+        i += 1
+        while data[i:i+1] != b'e': i = end(i)
+        return i + 1
+    colon = data.index(b':', i)
+    return colon + 1 + int(data[i:colon])
+start = data.index(b'4:info') + 6
+print(hashlib.sha1(data[start:end(start)]).hexdigest())
+PY
+  (cd "$WORK/ot" && exec opentracker -i 127.0.0.1 -p $TP -P $TP -d "$WORK/ot" -w whitelist >/dev/null 2>&1) & OT_PID=$!
+  sleep 0.5
+  A=(--enable-dht=false --bt-enable-lpd=false --enable-peer-exchange=false --file-allocation=none
+     --bt-max-peers=0 --max-overall-upload-limit=0 --max-overall-download-limit=0 -q)
+  aria2c "${A[@]}" --dir="$WORK/seed" --listen-port=$((TP + 1)) --check-integrity=true \
+    --seed-ratio=0 --seed-time=10 "$WORK/f.torrent" >/dev/null 2>&1 & ARIA_SEED=$!
+  sleep 2
+  S=$(date +%s.%N)
+  timeout 600 aria2c "${A[@]}" --dir="$WORK/leech" --listen-port=$((TP + 2)) --seed-time=0 \
+    "$WORK/f.torrent" >/dev/null 2>&1 || true
+  E=$(date +%s.%N)
+  kill $ARIA_SEED $OT_PID 2>/dev/null || true
+  if cmp -s "$WORK/file.bin" "$WORK/leech/file.bin"; then
+    ARIA_MBS=$(python3 -c "print(round($SIZE_MIB * 1.048576 / ($E - $S)))")
+    echo "aria2 1->1: $ARIA_MBS MB/s ($(python3 -c "print(round($E - $S, 2))") s)"
+  else
+    echo "aria2 1->1: did not complete"
+  fi
+else
+  echo "SKIPPED: aria2 baseline (apt-get install aria2 mktorrent opentracker)"
+fi
+
+ratio() { [ -n "$2" ] && python3 -c "print(f'{$1/$2:.2f}x')" || echo "-"; }
+echo
+echo "p2p one-to-one: $OURS_MBS MB/s; vs rqbit: $(ratio "$OURS_MBS" "$RQ_MBS"); vs aria2: $(ratio "$OURS_MBS" "$ARIA_MBS")"
+echo "goal: >= 800 MB/s and >= 5x rqbit"
