@@ -4,9 +4,11 @@
 //! - [`identity`]: the peer's persistent X25519 static key; its public half is the peer id.
 //! - [`storage`]: hashing files into manifests, the library of shared files, partial
 //!   downloads with resume state and atomic completion.
+//! - [`cli`]: the `p2p-peer` shell and daemon and `p2p-download`.
 //! - [`config`]: the command line (flags of the original design, env on each).
 //! - [`shell`]: the interactive shell's commands.
 //! - [`throttle`]: upload and download bandwidth limits, changeable at run time.
+//! - [`tracker_client`]: the tracker's REST API and the registration session.
 //! - [`upload`]: the listener answering manifest and chunk requests.
 //! - [`download`]: parallel downloads from several peers with verification and bans.
 //! - [`node`]: a running peer assembled from the command line.
@@ -14,6 +16,7 @@
 //! - [`net`]: transports; [`net::secure`] is the Noise-encrypted frame stream every connection
 //!   (TCP, hole-punched QUIC, relay tunnel) runs.
 
+pub mod cli;
 pub mod config;
 pub mod download;
 pub mod identity;
@@ -22,7 +25,18 @@ pub mod node;
 pub mod shell;
 pub mod storage;
 pub mod throttle;
+pub mod tracker_client;
 pub mod upload;
 pub mod watch;
 
 pub use identity::Identity;
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+pub fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

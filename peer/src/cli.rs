@@ -1,0 +1,370 @@
+//! The `p2p-peer` shell and daemon, and `p2p-download`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use p2p_proto::api::{AnnounceRequest, RegisterPeerRequest};
+use p2p_proto::{FileId, Manifest};
+use tokio::io::AsyncBufReadExt;
+
+use crate::config::{DownloadCli, NodeArgs, PeerCli, PeerCommand};
+use crate::download::{DownloadOptions, DownloadReport, Source, download};
+use crate::node::Node;
+use crate::shell::{self, ShellCommand};
+use crate::storage::safe_file_name;
+use crate::tracker_client::{
+    Announcements, SessionHandle, SessionTiming, TrackerClient, spawn_session,
+};
+use crate::watch;
+
+/// A started node with its tracker session.
+struct Peer {
+    node: Node,
+    tracker: TrackerClient,
+    session: SessionHandle,
+    pipeline: usize,
+}
+
+async fn start(args: &NodeArgs, fallback_to_any_port: bool) -> anyhow::Result<Peer> {
+    let node = match Node::start(args).await {
+        Ok(node) => node,
+        Err(e) if fallback_to_any_port && args.port != 0 => {
+            tracing::info!(error = %e, "port busy; using any free port");
+            let mut any = args.clone();
+            any.port = 0;
+            Node::start(&any).await?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let tracker = TrackerClient::new(&args.tracker, args.api_key.clone())?;
+    let library = node.library.clone();
+    let announcements: Announcements = {
+        let peer_id = node.identity.peer_id();
+        Arc::new(move || {
+            library
+                .list()
+                .into_iter()
+                .map(|(manifest, have)| AnnounceRequest {
+                    peer_id,
+                    have: (!have.is_complete()).then(|| have.to_base64()),
+                    file: manifest,
+                })
+                .collect()
+        })
+    };
+    let register = RegisterPeerRequest {
+        peer_id: node.identity.peer_id(),
+        addresses: args.announce_addrs.clone(),
+        port: node.addr.port(),
+        udp_port: None,
+        relay_only: false,
+        name: None,
+        version: Some(env!("CARGO_PKG_VERSION").to_owned()),
+    };
+    let session = spawn_session(
+        tracker.clone(),
+        register,
+        announcements,
+        SessionTiming::default(),
+        node.shutdown.clone(),
+    );
+    Ok(Peer {
+        node,
+        tracker,
+        session,
+        pipeline: args.pipeline,
+    })
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// `p2p-peer`: the shell, the daemon, or one download.
+pub async fn run_peer(cli: PeerCli) -> anyhow::Result<()> {
+    if let Some(PeerCommand::Download { hash }) = cli.command {
+        return run_download(DownloadCli {
+            node: cli.node,
+            hash,
+        })
+        .await;
+    }
+    let peer = start(&cli.node, false).await?;
+    for (path, result) in peer.node.share_data_dir().await {
+        match result {
+            Ok(m) => tracing::info!(file = %path.display(), id = %m.id, "sharing"),
+            Err(e) => tracing::warn!(file = %path.display(), error = %e, "cannot share"),
+        }
+    }
+    peer.session.announce_now();
+    if cli.daemon {
+        let mut changes = watch::watch(&peer.node.data_dir, peer.node.shutdown.clone())?;
+        tracing::info!(dir = %peer.node.data_dir.display(), "daemon: sharing the data dir");
+        loop {
+            tokio::select! {
+                _ = shutdown_signal() => break,
+                Some(path) = changes.recv() => match peer.node.library.share(&path).await {
+                    Ok(m) => {
+                        tracing::info!(file = %path.display(), id = %m.id, "sharing new file");
+                        peer.session.announce_now();
+                    }
+                    Err(e) => tracing::warn!(file = %path.display(), error = %e, "cannot share"),
+                },
+            }
+        }
+    } else {
+        shell_loop(&peer).await?;
+    }
+    peer.node.shutdown();
+    // Give the session a moment to unregister.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    Ok(())
+}
+
+async fn shell_loop(peer: &Peer) -> anyhow::Result<()> {
+    println!(
+        "p2p peer {} listening on {}",
+        peer.node.identity.peer_id(),
+        peer.node.addr
+    );
+    println!("type help for commands");
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    loop {
+        eprint!("p2p> ");
+        let line = tokio::select! {
+            _ = shutdown_signal() => break,
+            line = lines.next_line() => match line? {
+                Some(l) => l,
+                None => break,
+            },
+        };
+        let command = match shell::parse(&line) {
+            Ok(c) => c,
+            Err(msg) => {
+                println!("{msg}");
+                continue;
+            }
+        };
+        let result = match command {
+            ShellCommand::Nothing => Ok(()),
+            ShellCommand::Help => {
+                println!("{}", shell::HELP);
+                Ok(())
+            }
+            ShellCommand::Quit => break,
+            ShellCommand::Share(path) => match peer.node.library.share(&path).await {
+                Ok(m) => {
+                    peer.session.announce_now();
+                    println!("sharing {} ({} bytes)\n  id {}", m.name, m.size, m.id);
+                    Ok(())
+                }
+                Err(e) => Err(anyhow::anyhow!(e)),
+            },
+            ShellCommand::List => list(peer).await,
+            ShellCommand::Download(id) => fetch(peer, &id).await.map(|r| print_report(&r)),
+            ShellCommand::Status => {
+                status(peer);
+                Ok(())
+            }
+            ShellCommand::Peers => peers(peer).await,
+        };
+        if let Err(e) = result {
+            println!("error: {e:#}");
+        }
+    }
+    Ok(())
+}
+
+async fn list(peer: &Peer) -> anyhow::Result<()> {
+    let files = peer.tracker.list_files("", 0, 100).await?;
+    if files.files.is_empty() {
+        println!("no files known to the tracker");
+    }
+    for f in files.files {
+        println!(
+            "{}  {:>12}  {:>3} seeders  {}",
+            f.id, f.size, f.seeders, f.name
+        );
+    }
+    Ok(())
+}
+
+fn status(peer: &Peer) {
+    let files = peer.node.library.list();
+    let complete = files.iter().filter(|(_, h)| h.is_complete()).count();
+    println!("peer id    {}", peer.node.identity.peer_id());
+    println!("listening  {}", peer.node.addr);
+    println!(
+        "tracker    {}",
+        if peer.session.is_registered() {
+            "registered"
+        } else {
+            "not reachable (retrying)"
+        }
+    );
+    println!(
+        "files      {complete} complete, {} partial",
+        files.len() - complete
+    );
+    let limit =
+        |r: Option<u64>| r.map_or("unlimited".to_owned(), |r| format!("{} KiB/s", r / 1024));
+    println!(
+        "limits     up {}, down {}",
+        limit(peer.node.upload.rate()),
+        limit(peer.node.download.rate())
+    );
+}
+
+async fn peers(peer: &Peer) -> anyhow::Result<()> {
+    let list = peer.tracker.peers(true).await?;
+    for p in list.peers {
+        let me = if p.peer_id == peer.node.identity.peer_id() {
+            " (this peer)"
+        } else {
+            ""
+        };
+        let how = if p.relay_only { "relayed" } else { "direct" };
+        println!(
+            "{}  {}:{}  {how}  {} files{me}",
+            p.peer_id, p.observed_ip, p.port, p.files
+        );
+    }
+    Ok(())
+}
+
+/// Where a peer from the tracker can be dialled.
+async fn addresses(addresses: &[String], port: u16) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    for a in addresses {
+        match a.parse::<IpAddr>() {
+            Ok(ip) => out.push(SocketAddr::new(ip, port)),
+            Err(_) => {
+                if let Ok(found) = tokio::net::lookup_host((a.as_str(), port)).await {
+                    out.extend(found);
+                }
+            }
+        }
+    }
+    out
+}
+
+async fn fetch(peer: &Peer, id: &FileId) -> anyhow::Result<DownloadReport> {
+    let details = peer
+        .tracker
+        .file(id)
+        .await
+        .context("asking the tracker for the file")?;
+    let manifest: Manifest = details.manifest;
+    if manifest.id != *id {
+        bail!("the tracker answered with another file");
+    }
+    manifest
+        .validate()
+        .context("the tracker's manifest is inconsistent")?;
+    let swarm = peer
+        .tracker
+        .file_peers(id, Some(&peer.node.identity.peer_id()), 50)
+        .await
+        .context("asking the tracker for peers")?;
+    let mut sources = Vec::new();
+    for p in swarm.peers {
+        let addrs = addresses(&p.addresses, p.port).await;
+        if !addrs.is_empty() {
+            sources.push(Source {
+                peer_id: p.peer_id,
+                addrs,
+            });
+        }
+    }
+    if sources.is_empty() {
+        bail!("no online peer has {}", manifest.name);
+    }
+    let bar = ProgressBar::new(manifest.size);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_message(safe_file_name(&manifest.name, &manifest.id.to_string()));
+    let progress = {
+        let (bar, library, id, m) = (
+            bar.clone(),
+            peer.node.library.clone(),
+            *id,
+            manifest.clone(),
+        );
+        tokio::spawn(async move {
+            loop {
+                if let Some(entry) = library.get(&id) {
+                    let have = entry.have();
+                    let bytes: u64 = (0..have.len())
+                        .filter(|&i| have.get(i))
+                        .map(|i| u64::from(m.chunk_len(i)))
+                        .sum();
+                    bar.set_position(bytes);
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let opts = DownloadOptions {
+        pipeline: peer.pipeline,
+        throttle: peer.node.download.clone(),
+        ..DownloadOptions::default()
+    };
+    let result = download(
+        &peer.node.identity,
+        &manifest,
+        &sources,
+        &peer.node.data_dir,
+        peer.node.library.clone(),
+        opts,
+    )
+    .await;
+    progress.abort();
+    match &result {
+        Ok(_) => bar.finish(),
+        Err(_) => bar.abandon(),
+    }
+    peer.session.announce_now();
+    Ok(result?)
+}
+
+fn print_report(r: &DownloadReport) {
+    println!(
+        "saved {} ({:.1} s)",
+        r.path.display(),
+        r.elapsed.as_secs_f64()
+    );
+    for p in &r.peers {
+        let note = if p.banned { " banned (bad chunks)" } else { "" };
+        println!("  {}  {} bytes{note}", p.peer_id, p.bytes);
+    }
+}
+
+/// `p2p-download <hash>`: exits 0 only when the file is complete and its SHA-256 verified.
+pub async fn run_download(cli: DownloadCli) -> anyhow::Result<()> {
+    let peer = start(&cli.node, true).await?;
+    let result = fetch(&peer, &cli.hash).await;
+    peer.node.shutdown();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let report = result?;
+    print_report(&report);
+    Ok(())
+}

@@ -1,0 +1,161 @@
+//! The binaries end to end: a tracker (in process, port 0), a `p2p-peer --daemon` seeder and
+//! `p2p-download` as real processes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use p2p_tracker::app::{self, RunningTracker, RuntimeOptions};
+use p2p_tracker::config::ServeArgs;
+use p2p_tracker::store::SqliteStore;
+use sha2::{Digest, Sha256};
+
+const KEY: &str = "cli-test-key";
+
+async fn tracker(dir: &Path) -> RunningTracker {
+    let store = Arc::new(SqliteStore::open(&dir.join("tracker.db"), 4).await.unwrap());
+    let args = ServeArgs {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        api_keys: vec![KEY.into()],
+        jwt_secret: None,
+        jwt_ttl_secs: 3600,
+        rate_limit_rps: 0,
+        rate_limit_burst: None,
+        trust_proxy: false,
+        heartbeat_interval_secs: 30,
+        heartbeat_misses: 3,
+        admin_user: None,
+        admin_password: None,
+        swarm_cache_ms: 0,
+        dashboard_dir: None,
+        max_body_bytes: 1 << 26,
+    };
+    app::start(store, &args, RuntimeOptions::default())
+        .await
+        .unwrap()
+}
+
+fn peer_cmd(bin: &str, url: &str, data: &Path) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.args([
+        "--tracker",
+        url,
+        "--api-key",
+        KEY,
+        "--port",
+        "0",
+        "--listen",
+        "127.0.0.1",
+    ])
+    .arg("--data")
+    .arg(data)
+    .env("RUST_LOG", "info")
+    .env_remove("P2P_TRACKER")
+    .env_remove("P2P_PORT");
+    cmd
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+// Multi-threaded: the test blocks on child processes while the tracker serves them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_seeds_and_p2p_download_fetches_and_verifies() {
+    let work = tempfile::tempdir().unwrap();
+    let t = tracker(work.path()).await;
+    let url = t.base_url();
+    let seed_dir = work.path().join("seed");
+    std::fs::create_dir_all(&seed_dir).unwrap();
+    let data: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(seed_dir.join("report.pdf"), &data).unwrap();
+    let id = hex::encode(Sha256::digest(&data));
+
+    let seeder = Killed(
+        peer_cmd(env!("CARGO_BIN_EXE_p2p-peer"), &url, &seed_dir)
+            .arg("--daemon")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // Ready when the tracker has the file with a seeder (bounded readiness poll).
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let resp = http
+            .get(format!("{url}/api/files/{id}/peers"))
+            .header("X-API-Key", KEY)
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == 200 {
+            let body: serde_json::Value = resp.json().await.unwrap();
+            if !body["peers"].as_array().unwrap().is_empty() {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the seeder never announced the file"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let leech_dir = work.path().join("leech");
+    let out = peer_cmd(env!("CARGO_BIN_EXE_p2p-download"), &url, &leech_dir)
+        .arg(&id)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "p2p-download failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(leech_dir.join("report.pdf")).unwrap(), data);
+
+    // An unknown file is a clear failure with a non-zero exit.
+    let missing = "00".repeat(32);
+    let out = peer_cmd(
+        env!("CARGO_BIN_EXE_p2p-download"),
+        &url,
+        &work.path().join("other"),
+    )
+    .arg(&missing)
+    .output()
+    .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not known"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The daemon stops cleanly on SIGTERM.
+    let mut seeder = seeder;
+    let status = Command::new("kill")
+        .args(["-TERM", &seeder.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = seeder.0.try_wait().unwrap() {
+            assert!(status.success(), "{status}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "daemon did not stop on SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    t.stop().await.unwrap();
+}
