@@ -504,7 +504,7 @@ fn release(shared: &Shared, index: u64) {
 }
 
 /// Verifies and writes a chunk off the reactor; `Ok(false)` for a bad one. Saves the resume
-/// state every 64 chunks.
+/// state every 16 chunks.
 async fn store_chunk(
     partial: Arc<Mutex<Option<PartialDownload>>>,
     index: u64,
@@ -523,7 +523,7 @@ async fn store_chunk(
         let ok = p
             .write_chunk(index, &data)
             .map_err(|e| WorkerError::Disk(e.to_string()))?;
-        if ok && p.have().count_ones() % 64 == 0 {
+        if ok && p.have().count_ones() % 16 == 0 {
             p.save_state()
                 .map_err(|e| WorkerError::Disk(e.to_string()))?;
         }

@@ -159,3 +159,140 @@ async fn daemon_seeds_and_p2p_download_fetches_and_verifies() {
     }
     t.stop().await.unwrap();
 }
+
+/// Runs `p2p-download` until `dir/.partial/<id>.state` shows up, then kills it with SIGKILL.
+fn kill_mid_download(url: &str, dir: &Path, id: &str) {
+    let mut child = Killed(
+        peer_cmd(env!("CARGO_BIN_EXE_p2p-download"), url, dir)
+            .arg(id)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let state = dir.join(".partial").join(format!("{id}.state"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !state.exists() {
+        assert!(
+            child.0.try_wait().unwrap().is_none(),
+            "download ended before it could be killed"
+        );
+        assert!(Instant::now() < deadline, "no progress was saved");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = Command::new("kill")
+        .args(["-KILL", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let _ = child.0.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_download_resumes_and_survives_a_tracker_restart() {
+    let work = tempfile::tempdir().unwrap();
+    let t = tracker(work.path()).await;
+    let url = t.base_url();
+    let seed_dir = work.path().join("seed");
+    std::fs::create_dir_all(&seed_dir).unwrap();
+    let data: Vec<u8> = (0..24_000_000u32)
+        .map(|i| (i.wrapping_mul(40_503) >> 7) as u8)
+        .collect();
+    std::fs::write(seed_dir.join("big.iso"), &data).unwrap();
+    let id = hex::encode(Sha256::digest(&data));
+    // A slow seeder (4 MiB/s), so the download can be killed half-way.
+    let _seeder = Killed(
+        peer_cmd(env!("CARGO_BIN_EXE_p2p-peer"), &url, &seed_dir)
+            .args(["--daemon", "--upload-limit", "4M"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let resp = http
+            .get(format!("{url}/api/files/{id}/peers"))
+            .header("X-API-Key", KEY)
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == 200
+            && !resp.json::<serde_json::Value>().await.unwrap()["peers"]
+                .as_array()
+                .unwrap()
+                .is_empty()
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the seeder never announced the file"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let leech_dir = work.path().join("leech");
+    kill_mid_download(&url, &leech_dir, &id);
+    let state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(leech_dir.join(".partial").join(format!("{id}.state"))).unwrap(),
+    )
+    .unwrap();
+    assert!(state["have"].is_string());
+
+    // The tracker restarts on the same data; the seeder re-registers by itself.
+    let addr = t.addr;
+    t.stop().await.unwrap();
+    let store = Arc::new(
+        SqliteStore::open(&work.path().join("tracker.db"), 4)
+            .await
+            .unwrap(),
+    );
+    let mut args = ServeArgs {
+        addr,
+        api_keys: vec![KEY.into()],
+        jwt_secret: None,
+        jwt_ttl_secs: 3600,
+        rate_limit_rps: 0,
+        rate_limit_burst: None,
+        trust_proxy: false,
+        heartbeat_interval_secs: 30,
+        heartbeat_misses: 3,
+        admin_user: None,
+        admin_password: None,
+        swarm_cache_ms: 0,
+        dashboard_dir: None,
+        max_body_bytes: 1 << 26,
+    };
+    args.addr = addr;
+    let t = app::start(store, &args, RuntimeOptions::default())
+        .await
+        .unwrap();
+
+    let out = peer_cmd(env!("CARGO_BIN_EXE_p2p-download"), &url, &leech_dir)
+        .arg(&id)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "resume failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(leech_dir.join("big.iso")).unwrap(), data);
+    // Only the missing chunks crossed the network the second time.
+    let fetched: u64 = stdout
+        .lines()
+        .filter_map(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .and_then(|b| b.parse::<u64>().ok())
+        })
+        .sum();
+    assert!(
+        fetched > 0 && fetched < data.len() as u64,
+        "second run fetched {fetched} bytes:\n{stdout}"
+    );
+    t.stop().await.unwrap();
+}
