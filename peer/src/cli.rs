@@ -181,6 +181,16 @@ async fn shell_loop(peer: &Peer) -> anyhow::Result<()> {
                 Ok(())
             }
             ShellCommand::Peers => peers(peer).await,
+            ShellCommand::Limit { upload, rate } => {
+                let throttle = if upload {
+                    &peer.node.upload
+                } else {
+                    &peer.node.download
+                };
+                throttle.set_rate(rate);
+                status(peer);
+                Ok(())
+            }
         };
         if let Err(e) = result {
             println!("error: {e:#}");

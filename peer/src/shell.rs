@@ -12,6 +12,11 @@ pub enum ShellCommand {
     Download(FileId),
     Status,
     Peers,
+    /// Sets the upload (`up`) or download (`down`) limit in bytes/s; `None` lifts it.
+    Limit {
+        upload: bool,
+        rate: Option<u64>,
+    },
     Help,
     Quit,
     /// An empty line.
@@ -25,7 +30,9 @@ commands:
   list               files known to the tracker
   download <hash>    download a file by its id (64 hex characters)
   status             this peer: id, port, shared files, transfers
-  peers              peers this node is connected to
+  peers              peers online in the swarm
+  limit up|down <rate|off>
+                     set a bandwidth limit now, e.g. limit up 5M
   help               this text
   quit               leave (also Ctrl-D)";
 
@@ -48,6 +55,20 @@ pub fn parse(line: &str) -> Result<ShellCommand, String> {
             .map_err(|e| format!("not a file id ({e}); ids are 64 hex characters")),
         ("status", "") => Ok(ShellCommand::Status),
         ("peers", "") => Ok(ShellCommand::Peers),
+        ("limit", args) => {
+            let usage = || "usage: limit up|down <rate|off>, e.g. limit down 10M".to_owned();
+            let (dir, rate) = args.split_once(char::is_whitespace).ok_or_else(usage)?;
+            let upload = match dir {
+                "up" | "upload" => true,
+                "down" | "download" => false,
+                _ => return Err(usage()),
+            };
+            let rate = match rate.trim() {
+                "off" | "none" | "0" => None,
+                r => Some(crate::config::parse_rate(r)?),
+            };
+            Ok(ShellCommand::Limit { upload, rate })
+        }
         ("help" | "?", _) => Ok(ShellCommand::Help),
         ("quit" | "exit", "") => Ok(ShellCommand::Quit),
         (w, _) => Err(format!("unknown command {w:?}; type help")),
@@ -74,6 +95,21 @@ mod tests {
         );
         assert!(parse("download xyz").unwrap_err().contains("64 hex"));
         assert!(parse("share").is_err());
+        assert_eq!(
+            parse("limit up 5M"),
+            Ok(ShellCommand::Limit {
+                upload: true,
+                rate: Some(5 << 20)
+            })
+        );
+        assert_eq!(
+            parse("limit down off"),
+            Ok(ShellCommand::Limit {
+                upload: false,
+                rate: None
+            })
+        );
+        assert!(parse("limit sideways 1M").is_err());
         assert!(parse("frobnicate").unwrap_err().contains("help"));
     }
 }
