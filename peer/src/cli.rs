@@ -319,8 +319,13 @@ async fn fetch(peer: &Peer, id: &FileId) -> anyhow::Result<DownloadReport> {
             *id,
             manifest.clone(),
         );
+        let session = peer.session.clone();
         tokio::spawn(async move {
-            loop {
+            for tick in 1u64.. {
+                // Announce partial progress every 5 s so other leechers can use our chunks.
+                if tick % 25 == 0 {
+                    session.announce_now();
+                }
                 if let Some(entry) = library.get(&id) {
                     let have = entry.have();
                     let bytes: u64 = (0..have.len())
