@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 
 use crate::identity::Identity;
 use crate::net::secure::{self, Role, SecureError};
-use crate::storage::{Library, PartialDownload, PartialError};
+use crate::storage::{Library, PartialDownload, PartialError, PrefixHash, chunk_matches};
 use crate::throttle::Throttle;
 use crate::upload::AGENT;
 
@@ -140,6 +140,8 @@ struct Shared {
     sched: Mutex<Scheduler>,
     /// Taken out when the download finishes.
     partial: Arc<Mutex<Option<PartialDownload>>>,
+    /// The whole-file hash, computed as chunks arrive.
+    prefix: Arc<Mutex<PrefixHash>>,
     library: Arc<Library>,
     done: Notify,
     /// Cancelled when the download is complete: workers stop and report.
@@ -177,6 +179,7 @@ pub async fn download(
             availability: vec![0; chunk_count as usize],
         }),
         partial: Arc::new(Mutex::new(Some(partial))),
+        prefix: Arc::new(Mutex::new(PrefixHash::default())),
         library: library.clone(),
         done: Notify::new(),
         stop: tokio_util::sync::CancellationToken::new(),
@@ -242,13 +245,16 @@ pub async fn download(
         });
     }
     let dest_dir = data_dir.to_owned();
+    let prefix = shared.prefix.clone();
     let path = tokio::task::spawn_blocking(move || {
         let p = partial
             .lock()
             .map_err(|_| DownloadError::Task)?
             .take()
             .ok_or(DownloadError::Task)?;
-        p.finish(&dest_dir).map_err(DownloadError::from)
+        let prefix = std::mem::take(&mut *prefix.lock().map_err(|_| DownloadError::Task)?);
+        p.finish_with(&dest_dir, prefix)
+            .map_err(DownloadError::from)
     })
     .await
     .map_err(|_| DownloadError::Task)??;
@@ -428,7 +434,13 @@ async fn fetch_from(
                         } else {
                             opts.throttle.consume(data.len()).await;
                             let len = data.len() as u64;
-                            let job = store_chunk(shared.partial.clone(), wanted, data);
+                            let job = store_chunk(
+                                shared.partial.clone(),
+                                shared.prefix.clone(),
+                                shared.manifest.clone(),
+                                wanted,
+                                data,
+                            );
                             stores.spawn(async move { (wanted, len, job.await) });
                         }
                     }
@@ -503,31 +515,40 @@ fn release(shared: &Shared, index: u64) {
     shared.done.notify_one();
 }
 
-/// Verifies and writes a chunk off the reactor; `Ok(false)` for a bad one. Saves the resume
-/// state every 16 chunks.
+/// Verifies and writes a chunk off the reactor; `Ok(false)` for a bad one. The hash is checked
+/// before the download's lock is taken; the chunk then feeds the running whole-file hash. Saves
+/// the resume state every 16 chunks.
 async fn store_chunk(
     partial: Arc<Mutex<Option<PartialDownload>>>,
+    prefix: Arc<Mutex<PrefixHash>>,
+    manifest: Manifest,
     index: u64,
     data: bytes::Bytes,
 ) -> Result<bool, WorkerError> {
     tokio::task::spawn_blocking(move || {
-        let mut guard = partial
-            .lock()
-            .map_err(|_| WorkerError::Disk("lock poisoned".into()))?;
-        let Some(p) = guard.as_mut() else {
+        let disk = |e: PartialError| WorkerError::Disk(e.to_string());
+        if !chunk_matches(&manifest, index, &data).map_err(disk)? {
             return Ok(false);
-        };
-        if p.have().get(index) {
-            return Ok(true); // an endgame duplicate: already written
         }
-        let ok = p
-            .write_chunk(index, &data)
-            .map_err(|e| WorkerError::Disk(e.to_string()))?;
-        if ok && p.have().count_ones() % 16 == 0 {
-            p.save_state()
-                .map_err(|e| WorkerError::Disk(e.to_string()))?;
+        {
+            let mut guard = partial
+                .lock()
+                .map_err(|_| WorkerError::Disk("lock poisoned".into()))?;
+            let Some(p) = guard.as_mut() else {
+                return Ok(false);
+            };
+            if p.have().get(index) {
+                return Ok(true); // an endgame duplicate: already written
+            }
+            p.write_verified(index, &data).map_err(disk)?;
+            if p.have().count_ones() % 16 == 0 {
+                p.save_state().map_err(disk)?;
+            }
         }
-        Ok::<_, WorkerError>(ok)
+        if let Ok(mut prefix) = prefix.lock() {
+            prefix.feed(index, data);
+        }
+        Ok::<_, WorkerError>(true)
     })
     .await
     .map_err(|_| WorkerError::Disk("writer task failed".into()))?

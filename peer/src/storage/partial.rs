@@ -102,18 +102,23 @@ impl PartialDownload {
     /// Writes chunk `index` if `data` hashes to its manifest entry; `Ok(false)` when it does
     /// not (nothing is written).
     pub fn write_chunk(&mut self, index: u64, data: &[u8]) -> Result<bool, PartialError> {
+        if !chunk_matches(&self.manifest, index, data)? {
+            return Ok(false);
+        }
+        self.write_verified(index, data)?;
+        Ok(true)
+    }
+
+    /// Writes a chunk already checked with [`chunk_matches`] (so the hash can be computed
+    /// without holding whatever guards this download).
+    pub fn write_verified(&mut self, index: u64, data: &[u8]) -> Result<(), PartialError> {
         if index >= self.manifest.chunk_count() {
             return Err(PartialError::OutOfRange(index));
-        }
-        if data.len() != self.manifest.chunk_len(index) as usize
-            || hash_chunk(data) != self.manifest.chunk_hashes[index as usize]
-        {
-            return Ok(false);
         }
         let offset = index * u64::from(self.manifest.chunk_size);
         write_at(&self.file, offset, data).map_err(io_at(&self.part_path))?;
         self.have.set(index);
-        Ok(true)
+        Ok(())
     }
 
     /// Makes the written chunks durable, then records them in the state file (in that order,
@@ -136,13 +141,21 @@ impl PartialDownload {
     /// Checks the whole file against its id and moves it to `dest_dir` under a safe, unused
     /// name. Returns where it went.
     pub fn finish(self, dest_dir: &Path) -> Result<PathBuf, PartialError> {
+        self.finish_with(dest_dir, PrefixHash::default())
+    }
+
+    /// Like [`PartialDownload::finish`], continuing the whole-file hash from `prefix` (the
+    /// chunks hashed in order while they arrived) instead of reading those bytes again.
+    pub fn finish_with(self, dest_dir: &Path, prefix: PrefixHash) -> Result<PathBuf, PartialError> {
         let missing = self.have.len() - self.have.count_ones();
         if missing > 0 {
             return Err(PartialError::Incomplete(missing));
         }
         self.file.sync_all().map_err(io_at(&self.part_path))?;
-        let mut hasher = Sha256::new();
+        let (mut hasher, done) = (prefix.hasher, prefix.bytes);
         let mut reader = std::fs::File::open(&self.part_path).map_err(io_at(&self.part_path))?;
+        std::io::Seek::seek(&mut reader, std::io::SeekFrom::Start(done))
+            .map_err(io_at(&self.part_path))?;
         let mut buf = vec![0u8; 1 << 20];
         loop {
             let n = reader.read(&mut buf).map_err(io_at(&self.part_path))?;
@@ -164,6 +177,55 @@ impl PartialDownload {
         let _ = std::fs::remove_file(&self.part_path);
         let _ = std::fs::remove_file(&self.state_path);
         Ok(dest)
+    }
+}
+
+/// Whether `data` is chunk `index` of `manifest` (right length and SHA-256).
+pub fn chunk_matches(manifest: &Manifest, index: u64, data: &[u8]) -> Result<bool, PartialError> {
+    if index >= manifest.chunk_count() {
+        return Err(PartialError::OutOfRange(index));
+    }
+    Ok(data.len() == manifest.chunk_len(index) as usize
+        && hash_chunk(data) == manifest.chunk_hashes[index as usize])
+}
+
+/// Most out-of-order chunks kept in memory for the running whole-file hash; past this it gives
+/// up and the rest is hashed from disk at the end.
+const PREFIX_WINDOW: usize = 64;
+
+/// The whole-file SHA-256 computed while chunks arrive: chunks are fed in any order and hashed
+/// in file order, so finishing only reads what was not hashed yet.
+#[derive(Debug, Clone, Default)]
+pub struct PrefixHash {
+    hasher: Sha256,
+    /// Bytes hashed so far (the file's prefix).
+    bytes: u64,
+    next: u64,
+    pending: std::collections::BTreeMap<u64, bytes::Bytes>,
+    gave_up: bool,
+}
+
+impl PrefixHash {
+    /// Feeds a verified chunk.
+    pub fn feed(&mut self, index: u64, data: bytes::Bytes) {
+        if self.gave_up || index < self.next {
+            return;
+        }
+        self.pending.insert(index, data);
+        while let Some(data) = self.pending.remove(&self.next) {
+            self.hasher.update(&data);
+            self.bytes += data.len() as u64;
+            self.next += 1;
+        }
+        if self.pending.len() > PREFIX_WINDOW {
+            self.gave_up = true;
+            self.pending.clear();
+        }
+    }
+
+    /// Bytes of the file already hashed.
+    pub fn hashed(&self) -> u64 {
+        self.bytes
     }
 }
 
@@ -230,6 +292,24 @@ fn unused_path(dir: &Path, name: &str) -> PathBuf {
 mod tests {
     use super::*;
     use crate::storage::manifest_for_file;
+
+    #[test]
+    fn prefix_hash_in_any_order_matches() {
+        let chunks: Vec<bytes::Bytes> =
+            (0..5u8).map(|i| bytes::Bytes::from(vec![i; 100])).collect();
+        let mut p = PrefixHash::default();
+        for i in [1usize, 0, 3, 2] {
+            p.feed(i as u64, chunks[i].clone());
+        }
+        assert_eq!(p.hashed(), 400);
+        p.feed(0, chunks[0].clone()); // a duplicate is ignored
+        p.feed(4, chunks[4].clone());
+        let mut whole = Sha256::new();
+        for c in &chunks {
+            whole.update(c);
+        }
+        assert_eq!(p.hasher.finalize(), whole.finalize());
+    }
 
     #[test]
     fn names_are_made_safe() {
