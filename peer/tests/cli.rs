@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -15,10 +16,9 @@ use sha2::{Digest, Sha256};
 
 const KEY: &str = "cli-test-key";
 
-async fn tracker(dir: &Path) -> RunningTracker {
-    let store = Arc::new(SqliteStore::open(&dir.join("tracker.db"), 4).await.unwrap());
-    let args = ServeArgs {
-        addr: "127.0.0.1:0".parse().unwrap(),
+fn serve_args(addr: SocketAddr) -> ServeArgs {
+    ServeArgs {
+        addr,
         api_keys: vec![KEY.into()],
         jwt_secret: None,
         jwt_ttl_secs: 3600,
@@ -32,10 +32,53 @@ async fn tracker(dir: &Path) -> RunningTracker {
         swarm_cache_ms: 0,
         dashboard_dir: None,
         max_body_bytes: 1 << 26,
-    };
-    app::start(store, &args, RuntimeOptions::default())
+    }
+}
+
+/// A tracker on `addr` (port 0 for any) keeping its database in `dir`.
+async fn tracker_at(dir: &Path, addr: SocketAddr) -> RunningTracker {
+    let store = Arc::new(SqliteStore::open(&dir.join("tracker.db"), 4).await.unwrap());
+    app::start(store, &serve_args(addr), RuntimeOptions::default())
         .await
         .unwrap()
+}
+
+async fn tracker(dir: &Path) -> RunningTracker {
+    tracker_at(dir, "127.0.0.1:0".parse().unwrap()).await
+}
+
+/// Starts `p2p-peer --daemon` sharing `dir`, and waits until the tracker lists it for `id`.
+async fn seeder(url: &str, dir: &Path, id: &str, extra: &[&str]) -> Killed {
+    let child = Killed(
+        peer_cmd(env!("CARGO_BIN_EXE_p2p-peer"), url, dir)
+            .arg("--daemon")
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let resp = http
+            .get(format!("{url}/api/files/{id}/peers"))
+            .header("X-API-Key", KEY)
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == 200 {
+            let body: serde_json::Value = resp.json().await.unwrap();
+            if !body["peers"].as_array().unwrap().is_empty() {
+                return child;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the seeder never announced the file"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn peer_cmd(bin: &str, url: &str, data: &Path) -> Command {
@@ -81,36 +124,7 @@ async fn daemon_seeds_and_p2p_download_fetches_and_verifies() {
     std::fs::write(seed_dir.join("report.pdf"), &data).unwrap();
     let id = hex::encode(Sha256::digest(&data));
 
-    let seeder = Killed(
-        peer_cmd(env!("CARGO_BIN_EXE_p2p-peer"), &url, &seed_dir)
-            .arg("--daemon")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    // Ready when the tracker has the file with a seeder (bounded readiness poll).
-    let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let resp = http
-            .get(format!("{url}/api/files/{id}/peers"))
-            .header("X-API-Key", KEY)
-            .send()
-            .await
-            .unwrap();
-        if resp.status() == 200 {
-            let body: serde_json::Value = resp.json().await.unwrap();
-            if !body["peers"].as_array().unwrap().is_empty() {
-                break;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the seeder never announced the file"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let seeder = seeder(&url, &seed_dir, &id, &[]).await;
 
     let leech_dir = work.path().join("leech");
     let out = peer_cmd(env!("CARGO_BIN_EXE_p2p-download"), &url, &leech_dir)
@@ -201,37 +215,7 @@ async fn killed_download_resumes_and_survives_a_tracker_restart() {
     std::fs::write(seed_dir.join("big.iso"), &data).unwrap();
     let id = hex::encode(Sha256::digest(&data));
     // A slow seeder (4 MiB/s), so the download can be killed half-way.
-    let _seeder = Killed(
-        peer_cmd(env!("CARGO_BIN_EXE_p2p-peer"), &url, &seed_dir)
-            .args(["--daemon", "--upload-limit", "4M"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let resp = http
-            .get(format!("{url}/api/files/{id}/peers"))
-            .header("X-API-Key", KEY)
-            .send()
-            .await
-            .unwrap();
-        if resp.status() == 200
-            && !resp.json::<serde_json::Value>().await.unwrap()["peers"]
-                .as_array()
-                .unwrap()
-                .is_empty()
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the seeder never announced the file"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let _seeder = seeder(&url, &seed_dir, &id, &["--upload-limit", "4M"]).await;
 
     let leech_dir = work.path().join("leech");
     kill_mid_download(&url, &leech_dir, &id);
@@ -244,31 +228,7 @@ async fn killed_download_resumes_and_survives_a_tracker_restart() {
     // The tracker restarts on the same data; the seeder re-registers by itself.
     let addr = t.addr;
     t.stop().await.unwrap();
-    let store = Arc::new(
-        SqliteStore::open(&work.path().join("tracker.db"), 4)
-            .await
-            .unwrap(),
-    );
-    let mut args = ServeArgs {
-        addr,
-        api_keys: vec![KEY.into()],
-        jwt_secret: None,
-        jwt_ttl_secs: 3600,
-        rate_limit_rps: 0,
-        rate_limit_burst: None,
-        trust_proxy: false,
-        heartbeat_interval_secs: 30,
-        heartbeat_misses: 3,
-        admin_user: None,
-        admin_password: None,
-        swarm_cache_ms: 0,
-        dashboard_dir: None,
-        max_body_bytes: 1 << 26,
-    };
-    args.addr = addr;
-    let t = app::start(store, &args, RuntimeOptions::default())
-        .await
-        .unwrap();
+    let t = tracker_at(work.path(), addr).await;
 
     let out = peer_cmd(env!("CARGO_BIN_EXE_p2p-download"), &url, &leech_dir)
         .arg(&id)
