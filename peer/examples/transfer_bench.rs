@@ -1,5 +1,7 @@
-//! One seeder to one leecher over loopback TCP, in one process: prints MB/s. Used by
-//! `bench/transfer`. Usage: transfer_bench FILE [PIPELINE]
+//! One seeder to N leechers over loopback TCP, in one process: prints MB/s. Leechers serve
+//! each other the chunks they already have, as in a real swarm. Used by `bench/transfer`.
+//!
+//! Usage: transfer_bench FILE [PIPELINE] [LEECHERS]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 use std::sync::Arc;
@@ -13,55 +15,94 @@ use p2p_peer::upload::serve;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let path =
-        std::path::PathBuf::from(args.get(1).expect("usage: transfer_bench FILE [PIPELINE]"));
-    let pipeline = args.get(2).map(|p| p.parse()).transpose()?.unwrap_or(16);
-    let seed_lib = Arc::new(Library::new());
-    let t = Instant::now();
-    let manifest = seed_lib.share(&path).await?;
-    let hashed = t.elapsed();
+/// A listening peer with its own library.
+async fn peer(stop: &CancellationToken) -> anyhow::Result<(Identity, Arc<Library>, Source)> {
     let identity = Identity::generate()?;
+    let library = Arc::new(Library::new());
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let stop = CancellationToken::new();
+    let throttle = Arc::new(Throttle::new(None));
     tokio::spawn(serve(
         listener,
         identity.clone(),
-        seed_lib,
-        Arc::new(Throttle::new(None)),
+        library.clone(),
+        throttle,
         stop.clone(),
     ));
-    let out = tempfile::tempdir()?;
-    let me = Identity::generate()?;
     let source = Source {
         peer_id: identity.peer_id(),
         addrs: vec![addr],
     };
-    let opts = DownloadOptions {
-        pipeline,
-        ..DownloadOptions::default()
-    };
-    let report = download(
-        &me,
-        &manifest,
-        &[source],
-        out.path(),
-        Arc::new(Library::new()),
-        opts,
-    )
-    .await?;
-    let secs = report.elapsed.as_secs_f64();
-    let mb = manifest.size as f64 / 1e6;
-    println!(
-        "p2p 1->1: {:.0} MB/s ({:.2} s for {:.0} MB; hashing the seed took {:.2} s)",
-        mb / secs,
-        secs,
-        mb,
-        hashed.as_secs_f64()
+    Ok((identity, library, source))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let path = std::path::PathBuf::from(
+        args.get(1)
+            .expect("usage: transfer_bench FILE [PIPELINE] [LEECHERS]"),
     );
+    let pipeline = args.get(2).map(|p| p.parse()).transpose()?.unwrap_or(16);
+    let leechers: usize = args.get(3).map(|p| p.parse()).transpose()?.unwrap_or(1);
+    let stop = CancellationToken::new();
+    let (_seed_id, seed_lib, seed_source) = peer(&stop).await?;
+    let t = Instant::now();
+    let manifest = seed_lib.share(&path).await?;
+    let hashed = t.elapsed();
+
+    let mut peers = Vec::new();
+    for _ in 0..leechers {
+        peers.push(peer(&stop).await?);
+    }
+    let out = tempfile::tempdir()?;
+    let started = Instant::now();
+    let mut jobs = Vec::new();
+    for (i, (identity, library, _)) in peers.iter().enumerate() {
+        let mut sources = vec![seed_source.clone()];
+        sources.extend(
+            peers
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, p)| p.2.clone()),
+        );
+        let dir = out.path().join(format!("leecher-{i}"));
+        let (identity, library, manifest) = (identity.clone(), library.clone(), manifest.clone());
+        let opts = DownloadOptions {
+            pipeline,
+            ..DownloadOptions::default()
+        };
+        jobs.push(tokio::spawn(async move {
+            download(&identity, &manifest, &sources, &dir, library, opts).await
+        }));
+    }
+    let mut from_seeder = 0u64;
+    for job in jobs {
+        let report = job.await??;
+        from_seeder += report
+            .peers
+            .iter()
+            .filter(|p| p.peer_id == seed_source.peer_id)
+            .map(|p| p.bytes)
+            .sum::<u64>();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let mb = manifest.size as f64 / 1e6;
+    if leechers == 1 {
+        println!(
+            "p2p 1->1: {:.0} MB/s ({secs:.2} s for {mb:.0} MB; hashing the seed took {:.2} s)",
+            mb / secs,
+            hashed.as_secs_f64()
+        );
+    } else {
+        println!(
+            "p2p 1->{leechers}: {secs:.2} s until all {leechers} leechers had {mb:.0} MB \
+             ({:.0} MB/s delivered in total; {:.0}% of it from the seeder, the rest leecher to leecher)",
+            mb * leechers as f64 / secs,
+            from_seeder as f64 / (manifest.size as f64 * leechers as f64) * 100.0
+        );
+    }
     stop.cancel();
     Ok(())
 }

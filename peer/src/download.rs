@@ -97,15 +97,19 @@ struct Scheduler {
 }
 
 impl Scheduler {
-    /// Up to `n` chunks `peer_has` for this peer: unrequested ones rarest first; when none are
-    /// left, ones already in flight elsewhere (the endgame), least duplicated first.
+    /// Up to `n` chunks `peer_has` for this peer: unrequested ones rarest first; once every
+    /// missing chunk is requested somewhere, ones in flight elsewhere (the endgame), least
+    /// duplicated first.
     fn pick(&mut self, peer_has: &Bitfield, n: usize, skip: &HashMap<u64, ()>) -> Vec<u64> {
         let mut fresh: Vec<u64> = (0..self.have.len())
             .filter(|&i| !self.have.get(i) && peer_has.get(i) && !self.in_flight.contains_key(&i))
             .collect();
         fresh.sort_by_key(|&i| self.availability[i as usize]);
         let mut picked: Vec<u64> = fresh.into_iter().take(n).collect();
-        if picked.is_empty() {
+        // The endgame: only once every missing chunk is already being fetched somewhere.
+        let all_requested =
+            (0..self.have.len()).all(|i| self.have.get(i) || self.in_flight.contains_key(&i));
+        if picked.is_empty() && all_requested {
             let mut dup: Vec<(u32, u64)> = self
                 .in_flight
                 .iter()
@@ -395,9 +399,14 @@ async fn fetch_from(
             }
             tx.flush().await?;
         }
-        if outstanding.is_empty() && stores.is_empty() {
+        let idle = outstanding.is_empty() && stores.is_empty();
+        if idle
+            && (peer_has.is_complete() || shared.sched.lock().map(|s| s.complete()).unwrap_or(true))
+        {
             break Ok(());
         }
+        // With nothing asked of a partial peer, wait for it to announce new chunks (`Have`);
+        // the download's completion stops this wait.
         tokio::select! {
             _ = shared.stop.cancelled() => break Ok(()),
             Some(stored) = stores.join_next(), if !stores.is_empty() => {
@@ -418,7 +427,13 @@ async fn fetch_from(
                     break Err(WorkerError::Banned(report.bad_chunks));
                 }
             }
-            next = tokio::time::timeout(opts.request_timeout, frames.recv()), if !outstanding.is_empty() => {
+            next = async {
+                if outstanding.is_empty() {
+                    Ok(frames.recv().await)
+                } else {
+                    tokio::time::timeout(opts.request_timeout, frames.recv()).await
+                }
+            }, if stores.is_empty() || !outstanding.is_empty() => {
                 let frame = match next {
                     Err(_) => break Err(WorkerError::Timeout),
                     Ok(None) | Ok(Some(Ok(None))) => break Err(WorkerError::Closed),
@@ -457,6 +472,18 @@ async fn fetch_from(
                             if let Ok(mut s) = shared.sched.lock() {
                                 s.availability[index as usize] += 1;
                             }
+                        }
+                    }
+                    Frame::Bitfield { chunk_count, bits, .. } => {
+                        if let Ok(fresh) = Bitfield::from_bytes(bits.to_vec(), u64::from(chunk_count))
+                            && fresh.len() == peer_has.len()
+                        {
+                            if let Ok(mut s) = shared.sched.lock() {
+                                for i in (0..fresh.len()).filter(|&i| fresh.get(i) && !peer_has.get(i)) {
+                                    s.availability[i as usize] += 1;
+                                }
+                            }
+                            peer_has = fresh;
                         }
                     }
                     Frame::Error { message, .. } => break Err(WorkerError::Connect(message)),

@@ -83,6 +83,9 @@ where
     let (frames_tx, mut frames) = tokio::sync::mpsc::channel(64);
     let reader = tokio::spawn(read_frames(rx, frames_tx));
     let mut reads = FuturesOrdered::new();
+    // Files this peer asked about: it hears of our new chunks of them as they arrive.
+    let mut interested = std::collections::HashSet::new();
+    let mut haves = library.subscribe();
     let result = loop {
         tokio::select! {
             incoming = frames.recv(), if reads.len() < READ_AHEAD => {
@@ -105,6 +108,7 @@ where
                         break Ok(());
                     }
                     Frame::ManifestRequest { file_id } => {
+                        interested.insert(file_id);
                         let reply = manifest_reply(library, file_id);
                         for frame in &reply {
                             tx.feed(frame);
@@ -123,6 +127,35 @@ where
                     _ => {}
                 }
             }
+            have = haves.recv(), if !interested.is_empty() => match have {
+                Ok(first) => {
+                    // Coalesce whatever else is already queued into one write.
+                    let mut next = Some(first);
+                    let mut queued = 0;
+                    while let Some((file_id, index)) = next.take() {
+                        if interested.contains(&file_id) {
+                            tx.feed(&Frame::Have { file_id, index: index as u32 });
+                            queued += 1;
+                        }
+                        if queued < 1024 {
+                            next = haves.try_recv().ok();
+                        }
+                    }
+                    if queued > 0 {
+                        tx.flush().await?;
+                    }
+                }
+                // Too many to tell one by one: send the whole picture again.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    for file_id in &interested {
+                        for frame in manifest_reply(library, *file_id).into_iter().skip(1) {
+                            tx.feed(&frame);
+                        }
+                    }
+                    tx.flush().await?;
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => interested.clear(),
+            },
             Some(reply) = reads.next(), if !reads.is_empty() => {
                 if let Frame::Chunk { data, .. } = &reply {
                     throttle.consume(data.len()).await;

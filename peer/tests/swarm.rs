@@ -324,3 +324,56 @@ async fn a_download_without_good_sources_fails_cleanly_and_keeps_progress() {
     );
     f.stop.cancel();
 }
+
+/// A peer offering only some chunks of the file (a partial download).
+async fn partial_peer(f: &Fixture, keep: impl Fn(u64) -> bool, stop: &CancellationToken) -> Source {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let mut p = PartialDownload::open(&dir, &f.manifest).unwrap();
+    for i in (0..f.manifest.chunk_count()).filter(|i| keep(*i)) {
+        let start = (i * 262_144) as usize;
+        let end = start + f.manifest.chunk_len(i) as usize;
+        assert!(p.write_chunk(i, &f.data[start..end]).unwrap());
+    }
+    let library = Arc::new(Library::new());
+    library.insert(
+        f.manifest.clone(),
+        p.part_path().to_owned(),
+        p.have().clone(),
+    );
+    let identity = Identity::generate().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(serve(
+        listener,
+        identity.clone(),
+        library,
+        Arc::new(Throttle::new(None)),
+        stop.clone(),
+    ));
+    Source {
+        peer_id: identity.peer_id(),
+        addrs: vec![addr],
+    }
+}
+
+#[tokio::test]
+async fn partial_peers_serve_the_chunks_they_have() {
+    let f = fixture(4 * 1024 * 1024 + 77);
+    let evens = partial_peer(&f, |i| i % 2 == 0, &f.stop).await;
+    let odds = partial_peer(&f, |i| i % 2 == 1, &f.stop).await;
+    let (report, _out) = leech(
+        &f,
+        &[evens.clone(), odds.clone()],
+        DownloadOptions::default(),
+    )
+    .await;
+    for p in [&evens, &odds] {
+        let r = report
+            .peers
+            .iter()
+            .find(|r| r.peer_id == p.peer_id)
+            .unwrap();
+        assert!(r.bytes > 0 && r.error.is_none(), "{r:?}");
+    }
+    f.stop.cancel();
+}

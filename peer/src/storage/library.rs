@@ -51,14 +51,30 @@ impl SharedFile {
 }
 
 /// All files on offer.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Library {
     files: RwLock<HashMap<FileId, Arc<SharedFile>>>,
+    /// Chunks that became available, for telling connected peers (`Have`).
+    haves: tokio::sync::broadcast::Sender<(FileId, u64)>,
+}
+
+impl Default for Library {
+    fn default() -> Self {
+        Self {
+            files: RwLock::default(),
+            haves: tokio::sync::broadcast::channel(4096).0,
+        }
+    }
 }
 
 impl Library {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Newly available chunks of partial files, as they are verified.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<(FileId, u64)> {
+        self.haves.subscribe()
     }
 
     /// Hashes the file at `path` (off the reactor) and offers it whole.
@@ -115,6 +131,7 @@ impl Library {
             && let Ok(mut have) = entry.have.write()
         {
             have.set(index);
+            let _ = self.haves.send((*id, index));
         }
     }
 
