@@ -130,8 +130,8 @@ pub async fn run_peer(cli: PeerCli) -> anyhow::Result<()> {
         shell_loop(&peer).await?;
     }
     peer.node.shutdown();
-    // Give the session a moment to unregister.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The session unregisters from the tracker (bounded: a dead tracker does not hold us up).
+    let _ = tokio::time::timeout(Duration::from_secs(3), peer.session.stopped()).await;
     Ok(())
 }
 
@@ -378,7 +378,7 @@ pub async fn run_download(cli: DownloadCli) -> anyhow::Result<()> {
     let peer = start(&cli.node, true).await?;
     let result = fetch(&peer, &cli.hash).await;
     peer.node.shutdown();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = tokio::time::timeout(Duration::from_secs(3), peer.session.stopped()).await;
     let report = result?;
     print_report(&report);
     Ok(())

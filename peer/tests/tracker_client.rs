@@ -1,0 +1,479 @@
+//! The tracker client and session against a real tracker in process (port 0, SQLite in a
+//! temp dir). Waits are on the tracker's event feed or the session's status, each bounded.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use p2p_peer::tracker_client::{
+    Announcements, SessionStatus, SessionTiming, TrackerClient, TrackerError, spawn_session,
+};
+use p2p_proto::api::{AnnounceRequest, Event, EventMessage, HeartbeatRequest, RegisterPeerRequest};
+use p2p_proto::manifest::{hash_chunk, merkle_root};
+use p2p_proto::{Bitfield, CHUNK_SIZE, FileId, Manifest, PeerId};
+use p2p_tracker::app::{self, RunningTracker, RuntimeOptions};
+use p2p_tracker::config::ServeArgs;
+use p2p_tracker::store::SqliteStore;
+use sha2::{Digest, Sha256};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+const KEY: &str = "tracker-client-test-key";
+
+fn serve_args(addr: SocketAddr) -> ServeArgs {
+    ServeArgs {
+        addr,
+        api_keys: vec![KEY.into()],
+        jwt_secret: None,
+        jwt_ttl_secs: 3600,
+        rate_limit_rps: 0,
+        rate_limit_burst: None,
+        trust_proxy: false,
+        heartbeat_interval_secs: 30,
+        heartbeat_misses: 3,
+        admin_user: None,
+        admin_password: None,
+        swarm_cache_ms: 0,
+        dashboard_dir: None,
+        max_body_bytes: 1 << 26,
+    }
+}
+
+/// A tracker on `addr` (port 0 for any) keeping its database in `dir`.
+async fn tracker_at(dir: &Path, addr: SocketAddr) -> RunningTracker {
+    let store = Arc::new(SqliteStore::open(&dir.join("tracker.db"), 4).await.unwrap());
+    app::start(store, &serve_args(addr), RuntimeOptions::default())
+        .await
+        .unwrap()
+}
+
+async fn tracker(dir: &Path) -> RunningTracker {
+    tracker_at(dir, "127.0.0.1:0".parse().unwrap()).await
+}
+
+fn client(t: &RunningTracker) -> TrackerClient {
+    TrackerClient::new(&t.base_url(), Some(KEY.into())).unwrap()
+}
+
+/// Runs `f` with an overall timeout so no test hangs.
+async fn within<F: Future>(secs: u64, f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(secs), f)
+        .await
+        .expect("test timed out")
+}
+
+fn peer_id(n: u8) -> PeerId {
+    PeerId(Sha256::digest([b'p', n, std::process::id() as u8]).into())
+}
+
+fn register_request(peer: PeerId) -> RegisterPeerRequest {
+    RegisterPeerRequest {
+        peer_id: peer,
+        addresses: vec!["127.0.0.1".into()],
+        port: 7000,
+        udp_port: None,
+        relay_only: false,
+        name: Some("test peer".into()),
+        version: None,
+    }
+}
+
+/// The manifest of `len` bytes of deterministic content.
+fn manifest(name: &str, len: usize, seed: u8) -> Manifest {
+    let data: Vec<u8> = (0..len)
+        .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+        .collect();
+    let chunk_hashes: Vec<_> = data.chunks(CHUNK_SIZE as usize).map(hash_chunk).collect();
+    Manifest {
+        id: FileId(Sha256::digest(&data).into()),
+        name: name.to_owned(),
+        size: data.len() as u64,
+        chunk_size: CHUNK_SIZE,
+        merkle_root: merkle_root(&chunk_hashes),
+        chunk_hashes,
+    }
+}
+
+fn heartbeat(peer: PeerId) -> HeartbeatRequest {
+    HeartbeatRequest {
+        peer_id: peer,
+        uploaded: Some(1),
+        downloaded: None,
+    }
+}
+
+/// A port nothing listens on.
+fn closed_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// The tracker's events: those it already keeps (all of them, on a fresh tracker), then live.
+struct Feed {
+    backlog: std::collections::VecDeque<Arc<str>>,
+    live: broadcast::Receiver<Arc<str>>,
+}
+
+fn events(t: &RunningTracker) -> Feed {
+    let (backlog, live) = t.state.events.subscribe();
+    Feed {
+        backlog: backlog.into(),
+        live,
+    }
+}
+
+impl Feed {
+    /// Waits for the next event matching `want`.
+    async fn next(&mut self, want: impl Fn(&Event) -> bool) {
+        loop {
+            let json = match self.backlog.pop_front() {
+                Some(json) => json,
+                None => self.live.recv().await.expect("event feed open"),
+            };
+            let msg: EventMessage = serde_json::from_str(&json).unwrap();
+            if want(&msg.event) {
+                return;
+            }
+        }
+    }
+}
+
+fn announced_by(event: &Event, peer: PeerId, file: FileId) -> bool {
+    matches!(event, Event::FileAnnounced { peer_id, file_id, .. } if *peer_id == peer && *file_id == file)
+}
+
+#[tokio::test]
+async fn register_heartbeat_announce_and_swarm_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = tracker(dir.path()).await;
+    let c = client(&t);
+    within(20, async {
+        let (seeder, leecher) = (peer_id(1), peer_id(2));
+        let reg = c.register(&register_request(seeder)).await.unwrap();
+        assert_eq!(reg.peer_id, seeder);
+        assert_eq!(reg.heartbeat_interval_secs, 30);
+        assert_eq!(reg.observed_ip, "127.0.0.1");
+        c.register(&register_request(leecher)).await.unwrap();
+        let beat = c.heartbeat(&heartbeat(seeder)).await.unwrap();
+        assert_eq!(beat.next_heartbeat_secs, 30);
+
+        // Three chunks: the seeder has all, the leecher only the first.
+        let m = manifest("round trip.bin", 2 * CHUNK_SIZE as usize + 100, 1);
+        let a = c
+            .announce(&AnnounceRequest {
+                peer_id: seeder,
+                file: m.clone(),
+                have: None,
+            })
+            .await
+            .unwrap();
+        assert!(a.created && a.complete);
+        assert_eq!((a.file_id, a.chunks_have), (m.id, 3));
+        let mut have = Bitfield::new(3);
+        have.set(0);
+        let a = c
+            .announce(&AnnounceRequest {
+                peer_id: leecher,
+                file: m.clone(),
+                have: Some(have.to_base64()),
+            })
+            .await
+            .unwrap();
+        assert!(!a.created && !a.complete);
+        assert_eq!(a.chunks_have, 1);
+
+        let details = c.file(&m.id).await.unwrap();
+        assert_eq!(details.manifest, m);
+        assert_eq!(
+            (details.chunk_count, details.seeders, details.leechers),
+            (3, 1, 1)
+        );
+
+        let swarm = c.file_peers(&m.id, Some(&seeder), 10).await.unwrap();
+        assert_eq!((swarm.file_id, swarm.chunk_count), (m.id, 3));
+        assert_eq!(swarm.peers.len(), 1);
+        let p = &swarm.peers[0];
+        assert_eq!(p.peer_id, leecher);
+        assert_eq!((p.port, p.complete, p.chunks_have), (7000, false, 1));
+        assert_eq!(p.have.as_deref(), Some(have.to_base64().as_str()));
+        let swarm = c.file_peers(&m.id, None, 10).await.unwrap();
+        assert_eq!(swarm.peers.len(), 2);
+        assert_eq!(swarm.peers[0].peer_id, seeder, "whole copies first");
+
+        let list = c.list_files("ROUND", 0, 10).await.unwrap();
+        assert_eq!(list.total, 1);
+        assert_eq!(list.files[0].id, m.id);
+        assert_eq!(c.list_files("absent", 0, 10).await.unwrap().total, 0);
+
+        assert_eq!(c.peer(&seeder).await.unwrap().files, 1);
+        assert!(matches!(
+            c.file(&manifest("other", 10, 9).id).await,
+            Err(TrackerError::NotFound(_))
+        ));
+
+        c.unregister(&seeder).await.unwrap();
+        assert!(matches!(
+            c.peer(&seeder).await,
+            Err(TrackerError::NotFound(_))
+        ));
+        // Unregistering twice is fine.
+        c.unregister(&seeder).await.unwrap();
+    })
+    .await;
+    t.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn unknown_peer_bad_manifest_and_conflict_are_told_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = tracker(dir.path()).await;
+    let c = client(&t);
+    within(20, async {
+        let stranger = peer_id(3);
+        let err = c.heartbeat(&heartbeat(stranger)).await.unwrap_err();
+        let TrackerError::UnknownPeer(message) = &err else {
+            panic!("{err:?}")
+        };
+        assert!(
+            message.contains("not registered"),
+            "the tracker's message: {message}"
+        );
+        assert!(!err.is_unreachable());
+
+        let m = manifest("a.bin", 1000, 2);
+        let announce = |peer, file: &Manifest| AnnounceRequest {
+            peer_id: peer,
+            file: file.clone(),
+            have: None,
+        };
+        assert!(matches!(
+            c.announce(&announce(stranger, &m)).await,
+            Err(TrackerError::UnknownPeer(_))
+        ));
+
+        let peer = peer_id(4);
+        c.register(&register_request(peer)).await.unwrap();
+        c.announce(&announce(peer, &m)).await.unwrap();
+        // Same id, other content.
+        let mut other = manifest("a.bin", 2000, 3);
+        other.id = m.id;
+        assert!(matches!(
+            c.announce(&announce(peer, &other)).await,
+            Err(TrackerError::Conflict(_))
+        ));
+        // A Merkle root that does not match the chunk hashes.
+        let mut bad = manifest("b.bin", 1000, 4);
+        bad.merkle_root = m.merkle_root;
+        assert!(matches!(
+            c.announce(&announce(peer, &bad)).await,
+            Err(TrackerError::BadRequest(_))
+        ));
+        let mut bad_have = announce(peer, &manifest("c.bin", 1000, 5));
+        bad_have.have = Some("not base64!".into());
+        assert!(matches!(
+            c.announce(&bad_have).await,
+            Err(TrackerError::BadRequest(_))
+        ));
+    })
+    .await;
+    t.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn wrong_or_missing_api_key_is_unauthorized() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = tracker(dir.path()).await;
+    within(20, async {
+        for key in [Some("wrong-key".to_owned()), None] {
+            let c = TrackerClient::new(&t.base_url(), key).unwrap();
+            let err = c.register(&register_request(peer_id(5))).await.unwrap_err();
+            assert!(matches!(err, TrackerError::Unauthorized(_)), "{err:?}");
+            assert!(matches!(
+                c.list_files("", 0, 10).await,
+                Err(TrackerError::Unauthorized(_))
+            ));
+        }
+    })
+    .await;
+    t.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_closed_port_is_unreachable() {
+    let c = TrackerClient::new(&format!("http://{}", closed_port()), Some(KEY.into())).unwrap();
+    within(20, async {
+        let err = c.register(&register_request(peer_id(6))).await.unwrap_err();
+        assert!(err.is_unreachable(), "{err:?}");
+        assert!(
+            c.heartbeat(&heartbeat(peer_id(6)))
+                .await
+                .unwrap_err()
+                .is_unreachable()
+        );
+        assert!(
+            c.unregister(&peer_id(6))
+                .await
+                .unwrap_err()
+                .is_unreachable()
+        );
+    })
+    .await;
+}
+
+/// A library the test changes while the session runs.
+#[derive(Clone, Default)]
+struct Files(Arc<Mutex<Vec<AnnounceRequest>>>);
+
+impl Files {
+    fn add(&self, peer: PeerId, file: &Manifest) {
+        self.0.lock().unwrap().push(AnnounceRequest {
+            peer_id: peer,
+            file: file.clone(),
+            have: None,
+        });
+    }
+
+    fn source(&self) -> Announcements {
+        let files = self.0.clone();
+        Arc::new(move || files.lock().unwrap().clone())
+    }
+}
+
+fn fast() -> SessionTiming {
+    SessionTiming {
+        heartbeat: Some(Duration::from_millis(200)),
+        min_backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(200),
+    }
+}
+
+#[tokio::test]
+async fn session_announces_reregisters_when_forgotten_and_unregisters_on_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = tracker(dir.path()).await;
+    let c = client(&t);
+    let peer = peer_id(7);
+    let (first, second) = (manifest("first", 5000, 7), manifest("second", 6000, 8));
+    let files = Files::default();
+    files.add(peer, &first);
+    let shutdown = CancellationToken::new();
+    within(20, async {
+        let mut feed = events(&t);
+        let session = spawn_session(
+            c.clone(),
+            register_request(peer),
+            files.source(),
+            fast(),
+            shutdown.clone(),
+        );
+        feed.next(|e| announced_by(e, peer, first.id)).await;
+        session
+            .subscribe()
+            .wait_for(|s| *s == SessionStatus::Registered)
+            .await
+            .unwrap();
+        assert!(session.is_registered());
+
+        // A new share is announced at once, not at the next heartbeat.
+        files.add(peer, &second);
+        session.announce_now();
+        feed.next(|e| announced_by(e, peer, second.id)).await;
+
+        // The tracker forgets the peer and its announces (as after an expiry or a restart on
+        // fresh data): the next heartbeat gets 404, the session registers and announces again.
+        c.unregister(&peer).await.unwrap();
+        feed.next(|e| matches!(e, Event::PeerLeft { peer_id, .. } if *peer_id == peer))
+            .await;
+        feed.next(|e| matches!(e, Event::PeerJoined { peer_id, .. } if *peer_id == peer))
+            .await;
+        feed.next(|e| announced_by(e, peer, first.id)).await;
+        feed.next(|e| announced_by(e, peer, second.id)).await;
+        for id in [first.id, second.id] {
+            let swarm = c.file_peers(&id, None, 10).await.unwrap();
+            assert_eq!(swarm.peers.len(), 1);
+            assert_eq!(swarm.peers[0].peer_id, peer);
+        }
+
+        shutdown.cancel();
+        session.stopped().await;
+        assert_eq!(session.status(), SessionStatus::Stopped);
+        assert!(matches!(
+            c.peer(&peer).await,
+            Err(TrackerError::NotFound(_))
+        ));
+    })
+    .await;
+    t.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn session_retries_until_the_tracker_comes_up() {
+    let dir = tempfile::tempdir().unwrap();
+    // Hold the port with a listener that accepts and hangs up: the session's first attempt
+    // fails, and we know it tried.
+    let stand_in = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = stand_in.local_addr().unwrap();
+    let c = TrackerClient::new(&format!("http://{addr}"), Some(KEY.into())).unwrap();
+    let peer = peer_id(8);
+    let file = manifest("late", 3000, 9);
+    let files = Files::default();
+    files.add(peer, &file);
+    let shutdown = CancellationToken::new();
+    within(20, async {
+        let session = spawn_session(
+            c.clone(),
+            register_request(peer),
+            files.source(),
+            fast(),
+            shutdown.clone(),
+        );
+        let (conn, _) = stand_in.accept().await.unwrap();
+        drop(conn);
+        drop(stand_in);
+        assert_eq!(session.status(), SessionStatus::Registering);
+
+        let t = tracker_at(dir.path(), addr).await;
+        let mut feed = events(&t);
+        session
+            .subscribe()
+            .wait_for(|s| *s == SessionStatus::Registered)
+            .await
+            .unwrap();
+        // The announce may already be done by now; then the tracker has it.
+        if c.file_peers(&file.id, None, 10)
+            .await
+            .map_or(true, |s| s.peers.is_empty())
+        {
+            feed.next(|e| announced_by(e, peer, file.id)).await;
+        }
+        assert_eq!(
+            c.file_peers(&file.id, None, 10).await.unwrap().peers[0].peer_id,
+            peer
+        );
+
+        shutdown.cancel();
+        session.stopped().await;
+        t.stop().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn session_stops_while_the_tracker_is_unreachable() {
+    let c = TrackerClient::new(&format!("http://{}", closed_port()), Some(KEY.into())).unwrap();
+    let shutdown = CancellationToken::new();
+    let session = spawn_session(
+        c,
+        register_request(peer_id(9)),
+        Files::default().source(),
+        SessionTiming::default(),
+        shutdown.clone(),
+    );
+    shutdown.cancel();
+    within(5, session.stopped()).await;
+    assert_eq!(session.status(), SessionStatus::Stopped);
+}
