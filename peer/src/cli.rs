@@ -312,7 +312,10 @@ async fn fetch(peer: &Peer, id: &FileId) -> anyhow::Result<DownloadReport> {
         .progress_chars("=> "),
     );
     bar.set_message(safe_file_name(&manifest.name, &manifest.id.to_string()));
+    let contributions = Arc::new(crate::download::Contributions::default());
     let progress = {
+        let contributions = contributions.clone();
+        let name = safe_file_name(&manifest.name, &manifest.id.to_string());
         let (bar, library, id, m) = (
             bar.clone(),
             peer.node.library.clone(),
@@ -334,6 +337,24 @@ async fn fetch(peer: &Peer, id: &FileId) -> anyhow::Result<DownloadReport> {
                         .sum();
                     bar.set_position(bytes);
                 }
+                // Per-peer contribution: "name · 3 peers: 5e1c…a0 61%, 9f00…12 39%".
+                let peers = contributions.snapshot();
+                let total: u64 = peers.iter().map(|(_, b)| b).sum();
+                if total > 0 {
+                    let shares: Vec<String> = peers
+                        .iter()
+                        .take(3)
+                        .map(|(p, b)| {
+                            let id = p.to_string();
+                            format!("{}…{} {}%", &id[..4], &id[60..], b * 100 / total)
+                        })
+                        .collect();
+                    bar.set_message(format!(
+                        "{name} · {} peers: {}",
+                        peers.len(),
+                        shares.join(", ")
+                    ));
+                }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         })
@@ -341,6 +362,7 @@ async fn fetch(peer: &Peer, id: &FileId) -> anyhow::Result<DownloadReport> {
     let opts = DownloadOptions {
         pipeline: peer.pipeline,
         throttle: peer.node.download.clone(),
+        contributions,
         ..DownloadOptions::default()
     };
     let result = download(

@@ -40,6 +40,31 @@ pub struct DownloadOptions {
     pub request_timeout: Duration,
     /// The download bandwidth limit shared by all downloads.
     pub throttle: Arc<Throttle>,
+    /// Verified bytes per peer so far, for live progress displays.
+    pub contributions: Arc<Contributions>,
+}
+
+/// Verified bytes received from each peer during a download, readable while it runs.
+#[derive(Debug, Default)]
+pub struct Contributions(Mutex<HashMap<PeerId, u64>>);
+
+impl Contributions {
+    fn add(&self, peer: PeerId, bytes: u64) {
+        if let Ok(mut m) = self.0.lock() {
+            *m.entry(peer).or_insert(0) += bytes;
+        }
+    }
+
+    /// Peers and their verified bytes, largest first.
+    pub fn snapshot(&self) -> Vec<(PeerId, u64)> {
+        let mut v: Vec<(PeerId, u64)> = self
+            .0
+            .lock()
+            .map(|m| m.iter().map(|(p, b)| (*p, *b)).collect())
+            .unwrap_or_default();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        v
+    }
 }
 
 impl Default for DownloadOptions {
@@ -50,6 +75,7 @@ impl Default for DownloadOptions {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
             throttle: Arc::new(Throttle::new(None)),
+            contributions: Arc::new(Contributions::default()),
         }
     }
 }
@@ -416,6 +442,7 @@ async fn fetch_from(
                 match outcome {
                     Ok(true) => {
                         report.bytes += len;
+                        opts.contributions.add(source.peer_id, len);
                         stored_ok(shared, index);
                     }
                     Ok(false) => report.bad_chunks += 1,
@@ -497,6 +524,7 @@ async fn fetch_from(
     while let Some(Ok((index, len, outcome))) = stores.join_next().await {
         if let Ok(true) = outcome {
             report.bytes += len;
+            opts.contributions.add(source.peer_id, len);
             stored_ok(shared, index);
         }
         release(shared, index);

@@ -202,7 +202,13 @@ async fn three_seeders_all_contribute_and_a_corrupting_one_is_banned() {
         max_strikes: 3,
         ..DownloadOptions::default()
     };
+    let live = opts.contributions.clone();
     let (report, _out) = leech(&f, &sources, opts).await;
+    // The live per-peer figures agree with the final report.
+    let live_total: u64 = live.snapshot().iter().map(|(_, b)| b).sum();
+    let report_total: u64 = report.peers.iter().map(|p| p.bytes).sum();
+    assert_eq!(live_total, report_total);
+    assert!(live.snapshot().iter().all(|(p, _)| *p != bad.peer_id));
     assert_eq!(report.fetched_chunks, f.manifest.chunk_count());
     for honest in &sources[..3] {
         let r = report
