@@ -34,9 +34,14 @@ fn content(len: usize, seed: u64) -> Vec<u8> {
 
 /// A peer sharing `path`, listening on 127.0.0.1:0.
 async fn seeder(path: &Path, stop: &CancellationToken) -> Source {
-    let identity = Identity::generate().unwrap();
     let library = Arc::new(Library::new());
     library.share(path).await.unwrap();
+    serving(library, stop).await
+}
+
+/// A new peer serving `library` on 127.0.0.1:0.
+async fn serving(library: Arc<Library>, stop: &CancellationToken) -> Source {
+    let identity = Identity::generate().unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(serve(
@@ -52,8 +57,8 @@ async fn seeder(path: &Path, stop: &CancellationToken) -> Source {
     }
 }
 
-/// A peer that claims every chunk of `m`, answers `honest` requests correctly... no: answers
-/// with garbage (`Bad`) or serves `limit` chunks and then drops the connection (`Vanish`).
+/// A peer that claims every chunk of `m`, then answers requests with garbage (`Bad`), or serves
+/// `after` chunks correctly and drops the connection (`Vanish`).
 #[derive(Clone, Copy)]
 enum Misbehaviour {
     Bad,
@@ -346,20 +351,7 @@ async fn partial_peer(f: &Fixture, keep: impl Fn(u64) -> bool, stop: &Cancellati
         p.part_path().to_owned(),
         p.have().clone(),
     );
-    let identity = Identity::generate().unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(serve(
-        listener,
-        identity.clone(),
-        library,
-        Arc::new(Throttle::new(None)),
-        stop.clone(),
-    ));
-    Source {
-        peer_id: identity.peer_id(),
-        addrs: vec![addr],
-    }
+    serving(library, stop).await
 }
 
 #[tokio::test]

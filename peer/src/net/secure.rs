@@ -75,6 +75,13 @@ async fn read_message<R: AsyncRead + Unpin>(io: &mut R, buf: &mut Vec<u8>) -> st
     Ok(())
 }
 
+/// A secured connection: its receiving half, its sending half and the remote's peer id.
+pub type Secured<S> = (
+    SecureReader<ReadHalf<S>>,
+    SecureWriter<WriteHalf<S>>,
+    PeerId,
+);
+
 /// Runs the handshake and splits the stream. With `expected`, a remote with another static key
 /// is refused. Returns the reader, the writer and the remote's peer id.
 pub async fn handshake<S>(
@@ -82,14 +89,7 @@ pub async fn handshake<S>(
     identity: &Identity,
     role: Role,
     expected: Option<PeerId>,
-) -> Result<
-    (
-        SecureReader<ReadHalf<S>>,
-        SecureWriter<WriteHalf<S>>,
-        PeerId,
-    ),
-    SecureError,
->
+) -> Result<Secured<S>, SecureError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -106,14 +106,7 @@ async fn run_handshake<S>(
     identity: &Identity,
     role: Role,
     expected: Option<PeerId>,
-) -> Result<
-    (
-        SecureReader<ReadHalf<S>>,
-        SecureWriter<WriteHalf<S>>,
-        PeerId,
-    ),
-    SecureError,
->
+) -> Result<Secured<S>, SecureError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
