@@ -294,28 +294,9 @@ mod tests {
 
     use super::*;
 
-    async fn pair(
-        expected: Option<PeerId>,
-    ) -> (
-        Result<
-            (
-                SecureReader<ReadHalf<tokio::io::DuplexStream>>,
-                SecureWriter<WriteHalf<tokio::io::DuplexStream>>,
-                PeerId,
-            ),
-            SecureError,
-        >,
-        Result<
-            (
-                SecureReader<ReadHalf<tokio::io::DuplexStream>>,
-                SecureWriter<WriteHalf<tokio::io::DuplexStream>>,
-                PeerId,
-            ),
-            SecureError,
-        >,
-        Identity,
-        Identity,
-    ) {
+    type Side = Result<Secured<tokio::io::DuplexStream>, SecureError>;
+
+    async fn pair(expected: Option<PeerId>) -> (Side, Side, Identity, Identity) {
         let (a, b) = tokio::io::duplex(1 << 20);
         let (ia, ib) = (Identity::generate().unwrap(), Identity::generate().unwrap());
         let (ra, rb) = tokio::join!(
@@ -381,15 +362,6 @@ mod tests {
         let (ra, _rb, _, _) = pair(Some(someone_else)).await;
         assert!(matches!(ra, Err(SecureError::WrongPeer { .. })));
     }
-
-    type Side = Result<
-        (
-            SecureReader<ReadHalf<tokio::io::DuplexStream>>,
-            SecureWriter<WriteHalf<tokio::io::DuplexStream>>,
-            PeerId,
-        ),
-        SecureError,
-    >;
 
     /// Handshakes through a forwarder that flips one bit of the initiator's `flip_at`-th
     /// message (1 and 2 are its handshake messages, 3 on are transport messages).
