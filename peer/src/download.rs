@@ -3,7 +3,7 @@
 //! Every chunk is verified before it is written; a peer that sends bad chunks is banned after
 //! [`DownloadOptions::max_strikes`]; a peer that vanishes costs only its in-flight chunks.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -16,9 +16,13 @@ use tokio::sync::Notify;
 
 use crate::identity::Identity;
 use crate::net::secure::{self, Role, SecureError};
-use crate::storage::{Library, PartialDownload, PartialError, PrefixHash, chunk_matches};
+use crate::storage::{Library, PartialDownload, PartialError, WholeFileHasher};
+use p2p_proto::manifest::hash_chunk;
+
+mod score;
 use crate::throttle::Throttle;
 use crate::upload::AGENT;
+pub use score::{PeerScore, Scoreboard};
 
 /// Where a file can be fetched from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,7 +97,7 @@ pub enum DownloadError {
 }
 
 /// What each peer did for a download.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PeerReport {
     pub peer_id: PeerId,
     /// Verified bytes received from it.
@@ -102,6 +106,8 @@ pub struct PeerReport {
     pub banned: bool,
     /// Why its worker stopped early, if it did.
     pub error: Option<String>,
+    /// Its throughput, latency and failures as measured.
+    pub score: PeerScore,
 }
 
 /// A finished download.
@@ -118,24 +124,50 @@ pub struct DownloadReport {
 #[derive(Debug)]
 struct Scheduler {
     have: Bitfield,
+    /// Requests in flight per chunk.
     in_flight: HashMap<u64, u32>,
     availability: Vec<u32>,
+    /// Wanted chunks nobody is fetching, rarest first, then in file order (which keeps the
+    /// running whole-file hash moving). Picking is a walk from the front, not a sort.
+    queue: BTreeSet<(u32, u64)>,
 }
 
 impl Scheduler {
-    /// Up to `n` chunks `peer_has` for this peer: unrequested ones rarest first; once every
-    /// missing chunk is requested somewhere, ones in flight elsewhere (the endgame), least
-    /// duplicated first.
-    fn pick(&mut self, peer_has: &Bitfield, n: usize, skip: &HashMap<u64, ()>) -> Vec<u64> {
-        let mut fresh: Vec<u64> = (0..self.have.len())
-            .filter(|&i| !self.have.get(i) && peer_has.get(i) && !self.in_flight.contains_key(&i))
+    fn new(have: Bitfield) -> Self {
+        let queue = (0..have.len())
+            .filter(|&i| !have.get(i))
+            .map(|i| (0, i))
             .collect();
-        fresh.sort_by_key(|&i| self.availability[i as usize]);
-        let mut picked: Vec<u64> = fresh.into_iter().take(n).collect();
+        Self {
+            availability: vec![0; have.len() as usize],
+            have,
+            in_flight: HashMap::new(),
+            queue,
+        }
+    }
+
+    /// Up to `n` chunks `peer_has` for this peer: unrequested ones rarest first; once every
+    /// missing chunk is requested somewhere, and if `endgame` allows this peer to, ones in
+    /// flight elsewhere, least duplicated first.
+    fn pick(
+        &mut self,
+        peer_has: &Bitfield,
+        n: usize,
+        skip: &HashMap<u64, ()>,
+        endgame: bool,
+    ) -> Vec<u64> {
+        let mut picked: Vec<u64> = self
+            .queue
+            .iter()
+            .filter(|(_, i)| peer_has.get(*i))
+            .take(n)
+            .map(|(_, i)| *i)
+            .collect();
+        for i in &picked {
+            self.queue.remove(&(self.availability[*i as usize], *i));
+        }
         // The endgame: only once every missing chunk is already being fetched somewhere.
-        let all_requested =
-            (0..self.have.len()).all(|i| self.have.get(i) || self.in_flight.contains_key(&i));
-        if picked.is_empty() && all_requested {
+        if picked.is_empty() && self.queue.is_empty() && endgame {
             let mut dup: Vec<(u32, u64)> = self
                 .in_flight
                 .iter()
@@ -151,13 +183,36 @@ impl Scheduler {
         picked
     }
 
+    /// One request for `index` ended (answered, failed or abandoned).
     fn release(&mut self, index: u64) {
         if let Some(c) = self.in_flight.get_mut(&index) {
             *c -= 1;
             if *c == 0 {
                 self.in_flight.remove(&index);
+                if !self.have.get(index) {
+                    self.queue
+                        .insert((self.availability[index as usize], index));
+                }
             }
         }
+    }
+
+    /// One more connected peer has chunk `index`.
+    fn add_source(&mut self, index: u64) {
+        let a = &mut self.availability[index as usize];
+        if self.queue.remove(&(*a, index)) {
+            self.queue.insert((*a + 1, index));
+        }
+        *a += 1;
+    }
+
+    /// Records a verified chunk; whether it was new.
+    fn got(&mut self, index: u64) -> bool {
+        let fresh = !self.have.get(index);
+        self.have.set(index);
+        self.queue
+            .remove(&(self.availability[index as usize], index));
+        fresh
     }
 
     fn complete(&self) -> bool {
@@ -166,18 +221,23 @@ impl Scheduler {
 }
 
 struct Shared {
-    manifest: Manifest,
+    manifest: Arc<Manifest>,
     sched: Mutex<Scheduler>,
     /// Taken out when the download finishes.
     partial: Arc<Mutex<Option<PartialDownload>>>,
-    /// The whole-file hash, computed as chunks arrive.
-    prefix: Arc<Mutex<PrefixHash>>,
+    /// The whole-file hash, computed on its own thread as chunks arrive; taken at the end.
+    hasher: Arc<Mutex<Option<WholeFileHasher>>>,
+    scores: Scoreboard,
     library: Arc<Library>,
     done: Notify,
     /// Cancelled when the download is complete: workers stop and report.
     stop: tokio_util::sync::CancellationToken,
     fetched: Mutex<u64>,
 }
+
+/// How often the resume state is saved while a download runs: at most this much work is
+/// fetched again after a crash.
+const SAVE_EVERY: Duration = Duration::from_secs(1);
 
 /// Downloads `manifest` from `sources` into `data_dir` (partial data in `data_dir/.partial`,
 /// offered to other peers while it grows). Resumes from earlier partial data.
@@ -191,9 +251,13 @@ pub async fn download(
 ) -> Result<DownloadReport, DownloadError> {
     let started = Instant::now();
     let (m, dir) = (manifest.clone(), data_dir.to_owned());
-    let partial = tokio::task::spawn_blocking(move || PartialDownload::open(&dir, &m))
-        .await
-        .map_err(|_| DownloadError::Task)??;
+    let (partial, hasher) = tokio::task::spawn_blocking(move || {
+        let partial = PartialDownload::open(&dir, &m)?;
+        let hasher = WholeFileHasher::spawn(&partial)?;
+        Ok::<_, PartialError>((partial, hasher))
+    })
+    .await
+    .map_err(|_| DownloadError::Task)??;
     let have = partial.have().clone();
     library.insert(
         manifest.clone(),
@@ -202,14 +266,11 @@ pub async fn download(
     );
     let chunk_count = manifest.chunk_count();
     let shared = Arc::new(Shared {
-        manifest: manifest.clone(),
-        sched: Mutex::new(Scheduler {
-            have,
-            in_flight: HashMap::new(),
-            availability: vec![0; chunk_count as usize],
-        }),
+        manifest: Arc::new(manifest.clone()),
+        sched: Mutex::new(Scheduler::new(have)),
         partial: Arc::new(Mutex::new(Some(partial))),
-        prefix: Arc::new(Mutex::new(PrefixHash::default())),
+        hasher: Arc::new(Mutex::new(Some(hasher))),
+        scores: Scoreboard::default(),
         library: library.clone(),
         done: Notify::new(),
         stop: tokio_util::sync::CancellationToken::new(),
@@ -228,6 +289,7 @@ pub async fn download(
                     bad_chunks: 0,
                     banned: false,
                     error: None,
+                    score: PeerScore::default(),
                 };
                 let result = tokio::select! {
                     _ = shared.stop.cancelled() => Ok(()),
@@ -236,11 +298,17 @@ pub async fn download(
                 if let Err(e) = result {
                     report.error = Some(e.to_string());
                 }
+                report.score = shared.scores.get(&source.peer_id);
                 shared.done.notify_one();
                 report
             }));
         }
     }
+    // The resume state is saved in the background, flushing outside the download's lock.
+    let saver = tokio::spawn(save_periodically(
+        shared.partial.clone(),
+        shared.stop.clone(),
+    ));
     // Wait until complete or every worker has given up.
     let mut reports = Vec::new();
     loop {
@@ -256,16 +324,24 @@ pub async fn download(
             reports.push(r);
         }
     }
+    let _ = saver.await;
     let partial = shared.partial.clone();
+    let hasher = shared.hasher.lock().ok().and_then(|mut h| h.take());
     let (complete, missing) = {
         let s = shared.sched.lock().map_err(|_| DownloadError::Task)?;
         (s.complete(), s.have.len() - s.have.count_ones())
     };
     if !complete {
         let p = partial.clone();
-        tokio::task::spawn_blocking(move || match p.lock().as_deref() {
-            Ok(Some(p)) => p.save_state().map_err(DownloadError::from),
-            _ => Err(DownloadError::Task),
+        tokio::task::spawn_blocking(move || {
+            // Stop the hash thread; the next run hashes from the resumed data again.
+            if let Some(h) = hasher {
+                h.finish();
+            }
+            match p.lock().as_deref() {
+                Ok(Some(p)) => p.save_state().map_err(DownloadError::from),
+                _ => Err(DownloadError::Task),
+            }
         })
         .await
         .map_err(|_| DownloadError::Task)??;
@@ -275,14 +351,13 @@ pub async fn download(
         });
     }
     let dest_dir = data_dir.to_owned();
-    let prefix = shared.prefix.clone();
     let path = tokio::task::spawn_blocking(move || {
+        let prefix = hasher.map(WholeFileHasher::finish).unwrap_or_default();
         let p = partial
             .lock()
             .map_err(|_| DownloadError::Task)?
             .take()
             .ok_or(DownloadError::Task)?;
-        let prefix = std::mem::take(&mut *prefix.lock().map_err(|_| DownloadError::Task)?);
         p.finish_with(&dest_dir, prefix)
             .map_err(DownloadError::from)
     })
@@ -296,6 +371,33 @@ pub async fn download(
         peers: reports,
         elapsed: started.elapsed(),
     })
+}
+
+/// Saves the resume state every [`SAVE_EVERY`] until `stop` (the final save is the caller's).
+async fn save_periodically(
+    partial: Arc<Mutex<Option<PartialDownload>>>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(SAVE_EVERY);
+    tick.tick().await;
+    let mut saved = None;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let snapshot = match partial.lock().as_deref() {
+            Ok(Some(p)) if saved != Some(p.have().count_ones()) => {
+                saved = Some(p.have().count_ones());
+                p.snapshot()
+            }
+            _ => continue,
+        };
+        let result = tokio::task::spawn_blocking(move || snapshot?.save()).await;
+        if let Ok(Err(e)) = result {
+            tracing::warn!(error = %e, "cannot save the resume state");
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -379,12 +481,12 @@ async fn fetch_from(
     }
     let mut peer_has = peer_has.unwrap_or_default();
     if let Ok(mut s) = shared.sched.lock() {
-        for i in 0..peer_has.len() {
-            if peer_has.get(i) {
-                s.availability[i as usize] += 1;
-            }
+        for i in (0..peer_has.len()).filter(|&i| peer_has.get(i)) {
+            s.add_source(i);
         }
     }
+    let peer = source.peer_id;
+    let chunk_size = shared.manifest.chunk_size;
 
     // Frames are read on their own task (a frame read is not cancel-safe); verifying and
     // writing chunks runs beside receiving, a few at a time.
@@ -400,21 +502,24 @@ async fn fetch_from(
     });
     let mut stores: tokio::task::JoinSet<(u64, u64, Result<bool, WorkerError>)> =
         tokio::task::JoinSet::new();
-    let mut outstanding: HashMap<u32, u64> = HashMap::new();
+    // Request id → chunk index and when it was asked for.
+    let mut outstanding: HashMap<u32, (u64, Instant)> = HashMap::new();
     let mut asked: HashMap<u64, ()> = HashMap::new();
     let mut next_id: u32 = 1;
     let result = loop {
-        // Keep the pipeline full (chunks being stored still count against it).
-        let want = opts
-            .pipeline
-            .saturating_sub(outstanding.len() + stores.len());
+        // Keep this peer's share of the pipeline full (chunks being stored count against it):
+        // its score decides how big that share is.
+        let depth = shared.scores.pipeline(&peer, chunk_size, opts.pipeline);
+        let want = depth.saturating_sub(outstanding.len() + stores.len());
         if want > 0 {
+            let endgame = shared.scores.may_endgame(&peer);
             let picked = match shared.sched.lock() {
-                Ok(mut s) if !s.complete() => s.pick(&peer_has, want, &asked),
+                Ok(mut s) if !s.complete() => s.pick(&peer_has, want, &asked, endgame),
                 _ => Vec::new(),
             };
+            let now = Instant::now();
             for index in picked {
-                outstanding.insert(next_id, index);
+                outstanding.insert(next_id, (index, now));
                 asked.insert(index, ());
                 tx.feed(&Frame::Request {
                     request_id: next_id,
@@ -442,10 +547,13 @@ async fn fetch_from(
                 match outcome {
                     Ok(true) => {
                         report.bytes += len;
-                        opts.contributions.add(source.peer_id, len);
+                        opts.contributions.add(peer, len);
                         stored_ok(shared, index);
                     }
-                    Ok(false) => report.bad_chunks += 1,
+                    Ok(false) => {
+                        report.bad_chunks += 1;
+                        shared.scores.record_failure(peer);
+                    }
                     Err(e) => break Err(e),
                 }
                 release(shared, index);
@@ -462,32 +570,34 @@ async fn fetch_from(
                 }
             }, if stores.is_empty() || !outstanding.is_empty() => {
                 let frame = match next {
-                    Err(_) => break Err(WorkerError::Timeout),
+                    Err(_) => {
+                        shared.scores.record_failure(peer);
+                        break Err(WorkerError::Timeout);
+                    }
                     Ok(None) | Ok(Some(Ok(None))) => break Err(WorkerError::Closed),
                     Ok(Some(Err(e))) => break Err(e.into()),
                     Ok(Some(Ok(Some(f)))) => f,
                 };
                 match frame {
                     Frame::Chunk { request_id, index, data, .. } => {
-                        let Some(wanted) = outstanding.remove(&request_id) else { continue };
+                        let Some((wanted, asked_at)) = outstanding.remove(&request_id) else {
+                            continue;
+                        };
                         if u64::from(index) != wanted {
                             report.bad_chunks += 1;
+                            shared.scores.record_failure(peer);
                             release(shared, wanted);
                         } else {
                             opts.throttle.consume(data.len()).await;
                             let len = data.len() as u64;
-                            let job = store_chunk(
-                                shared.partial.clone(),
-                                shared.prefix.clone(),
-                                shared.manifest.clone(),
-                                wanted,
-                                data,
-                            );
+                            shared.scores.record_chunk(peer, len, asked_at.elapsed());
+                            let job = store_chunk(shared, wanted, data);
                             stores.spawn(async move { (wanted, len, job.await) });
                         }
                     }
                     Frame::Reject { request_id, .. } => {
-                        if let Some(index) = outstanding.remove(&request_id) {
+                        if let Some((index, _)) = outstanding.remove(&request_id) {
+                            shared.scores.record_failure(peer);
                             release(shared, index);
                             peer_has = without(peer_has, index);
                         }
@@ -497,7 +607,7 @@ async fn fetch_from(
                         if index < peer_has.len() && !peer_has.get(index) {
                             peer_has.set(index);
                             if let Ok(mut s) = shared.sched.lock() {
-                                s.availability[index as usize] += 1;
+                                s.add_source(index);
                             }
                         }
                     }
@@ -507,7 +617,7 @@ async fn fetch_from(
                         {
                             if let Ok(mut s) = shared.sched.lock() {
                                 for i in (0..fresh.len()).filter(|&i| fresh.get(i) && !peer_has.get(i)) {
-                                    s.availability[i as usize] += 1;
+                                    s.add_source(i);
                                 }
                             }
                             peer_has = fresh;
@@ -524,13 +634,13 @@ async fn fetch_from(
     while let Some(Ok((index, len, outcome))) = stores.join_next().await {
         if let Ok(true) = outcome {
             report.bytes += len;
-            opts.contributions.add(source.peer_id, len);
+            opts.contributions.add(peer, len);
             stored_ok(shared, index);
         }
         release(shared, index);
     }
     // Whatever was still asked of this peer goes back to the pool.
-    for (_, index) in outstanding {
+    for (_, (index, _)) in outstanding {
         release(shared, index);
     }
     result
@@ -547,14 +657,7 @@ fn without(mut have: Bitfield, index: u64) -> Bitfield {
 
 /// Records a verified, written chunk.
 fn stored_ok(shared: &Shared, index: u64) {
-    let fresh = match shared.sched.lock() {
-        Ok(mut s) => {
-            let fresh = !s.have.get(index);
-            s.have.set(index);
-            fresh
-        }
-        Err(_) => false,
-    };
+    let fresh = shared.sched.lock().is_ok_and(|mut s| s.got(index));
     if fresh {
         shared.library.mark_have(&shared.manifest.id, index);
         if let Ok(mut f) = shared.fetched.lock() {
@@ -571,40 +674,102 @@ fn release(shared: &Shared, index: u64) {
 }
 
 /// Verifies and writes a chunk off the reactor; `Ok(false)` for a bad one. The hash is checked
-/// before the download's lock is taken; the chunk then feeds the running whole-file hash. Saves
-/// the resume state every 16 chunks.
-async fn store_chunk(
-    partial: Arc<Mutex<Option<PartialDownload>>>,
-    prefix: Arc<Mutex<PrefixHash>>,
-    manifest: Manifest,
+/// before the download's lock is taken; the written chunk then goes to the whole-file hash.
+fn store_chunk(
+    shared: &Shared,
     index: u64,
     data: bytes::Bytes,
-) -> Result<bool, WorkerError> {
-    tokio::task::spawn_blocking(move || {
-        let disk = |e: PartialError| WorkerError::Disk(e.to_string());
-        if !chunk_matches(&manifest, index, &data).map_err(disk)? {
-            return Ok(false);
-        }
-        {
-            let mut guard = partial
-                .lock()
-                .map_err(|_| WorkerError::Disk("lock poisoned".into()))?;
-            let Some(p) = guard.as_mut() else {
+) -> impl Future<Output = Result<bool, WorkerError>> + use<> {
+    let (partial, hasher) = (shared.partial.clone(), shared.hasher.clone());
+    let expected = shared.manifest.chunk_hashes.get(index as usize).copied();
+    let expected_len = shared.manifest.chunk_len(index) as usize;
+    async move {
+        tokio::task::spawn_blocking(move || {
+            let disk = |e: PartialError| WorkerError::Disk(e.to_string());
+            if expected.is_none_or(|h| data.len() != expected_len || hash_chunk(&data) != h) {
                 return Ok(false);
-            };
-            if p.have().get(index) {
-                return Ok(true); // an endgame duplicate: already written
             }
-            p.write_verified(index, &data).map_err(disk)?;
-            if p.have().count_ones() % 16 == 0 {
-                p.save_state().map_err(disk)?;
+            {
+                let mut guard = partial
+                    .lock()
+                    .map_err(|_| WorkerError::Disk("lock poisoned".into()))?;
+                let Some(p) = guard.as_mut() else {
+                    return Ok(false);
+                };
+                if p.have().get(index) {
+                    return Ok(true); // an endgame duplicate: already written
+                }
+                p.write_verified(index, &data).map_err(disk)?;
             }
+            if let Ok(h) = hasher.lock()
+                && let Some(h) = h.as_ref()
+            {
+                h.written(index, data);
+            }
+            Ok::<_, WorkerError>(true)
+        })
+        .await
+        .map_err(|_| WorkerError::Disk("writer task failed".into()))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bits(len: u64, set: &[u64]) -> Bitfield {
+        let mut b = Bitfield::new(len);
+        for &i in set {
+            b.set(i);
         }
-        if let Ok(mut prefix) = prefix.lock() {
-            prefix.feed(index, data);
+        b
+    }
+
+    #[test]
+    fn rarest_chunks_first_then_file_order() {
+        let mut s = Scheduler::new(bits(6, &[0]));
+        let everything = Bitfield::full(6);
+        for i in 1..6 {
+            s.add_source(i); // the seeder
         }
-        Ok::<_, WorkerError>(true)
-    })
-    .await
-    .map_err(|_| WorkerError::Disk("writer task failed".into()))?
+        for i in [1, 2, 4] {
+            s.add_source(i); // a partial peer
+        }
+        let none = HashMap::new();
+        assert_eq!(s.pick(&everything, 2, &none, true), vec![3, 5]);
+        assert_eq!(s.pick(&bits(6, &[1, 2, 4]), 5, &none, true), vec![1, 2, 4]);
+        assert!(
+            s.pick(&everything, 5, &none, false).is_empty(),
+            "no endgame"
+        );
+    }
+
+    #[test]
+    fn released_chunks_return_and_the_endgame_duplicates_least_requested() {
+        let mut s = Scheduler::new(Bitfield::new(3));
+        let all = Bitfield::full(3);
+        for i in 0..3 {
+            s.add_source(i);
+        }
+        let none = HashMap::new();
+        assert_eq!(s.pick(&all, 3, &none, true), vec![0, 1, 2]);
+        s.release(1); // its peer vanished
+        assert_eq!(s.pick(&all, 3, &none, true), vec![1]);
+        assert!(s.got(0));
+        s.release(0);
+        assert!(!s.got(0), "already had it");
+        // Every missing chunk is in flight: the endgame hands out duplicates, but not chunks
+        // this peer was already asked for, and only to peers allowed to play it.
+        let mut asked = HashMap::new();
+        asked.insert(2, ());
+        assert!(s.pick(&all, 3, &asked, false).is_empty());
+        assert_eq!(s.pick(&all, 3, &asked, true), vec![1]);
+        assert_eq!(s.in_flight.get(&1), Some(&2));
+        s.release(1);
+        s.release(1);
+        assert!(s.got(1) && s.got(2));
+        s.release(2);
+        assert!(s.complete());
+        assert!(s.queue.is_empty());
+    }
 }

@@ -1,8 +1,19 @@
 //! The files this peer offers: complete shared files and partial downloads, by id.
+//!
+//! Every chunk is checked against its hash before it is served, once per version of the file on
+//! disk: a shared file's chunks were all hashed when it was shared, and stay trusted while its
+//! size, inode and change time (`ctime`, which no user can set back) stay the same; any change
+//! makes each chunk be hashed again on its next read. Timestamps are coarse (a clock tick, or
+//! two seconds on some filesystems), so trust only starts [`SETTLE`] after the file's last
+//! change: a file changed just before it was hashed is hashed on every read until then. A
+//! partial download's chunks are verified before they are written, into a file only this peer
+//! writes.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use p2p_proto::manifest::hash_chunk;
@@ -38,6 +49,69 @@ pub struct SharedFile {
     pub manifest: Manifest,
     path: RwLock<PathBuf>,
     have: RwLock<Bitfield>,
+    verified: Mutex<Verified>,
+    settle: Duration,
+}
+
+/// How long after a file's last change a version stamp is trusted to show the next change.
+pub const SETTLE: Duration = Duration::from_secs(2);
+
+/// Which chunks were checked against their hashes, and for which version of the file.
+#[derive(Debug)]
+struct Verified {
+    /// The file's version when the bits were set; `None` for a partial download of our own,
+    /// whose chunks are checked before they are written.
+    stamp: Option<FileStamp>,
+    /// When the checks of this version began.
+    since: SystemTime,
+    bits: Bitfield,
+}
+
+impl Verified {
+    fn own(bits: Bitfield) -> Self {
+        Self {
+            stamp: None,
+            since: SystemTime::UNIX_EPOCH,
+            bits,
+        }
+    }
+}
+
+/// What identifies one version of a file's content on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    len: u64,
+    modified: Option<SystemTime>,
+    #[cfg(unix)]
+    inode: (u64, u64),
+    /// Change time: set by the kernel on every write, rename or `touch`.
+    changed: Option<SystemTime>,
+}
+
+impl FileStamp {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        #[cfg(unix)]
+        use std::os::unix::fs::MetadataExt;
+        Self {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+            #[cfg(unix)]
+            inode: (meta.dev(), meta.ino()),
+            #[cfg(unix)]
+            changed: u64::try_from(meta.ctime()).ok().map(|secs| {
+                SystemTime::UNIX_EPOCH
+                    + Duration::new(secs, meta.ctime_nsec().clamp(0, 999_999_999) as u32)
+            }),
+            #[cfg(not(unix))]
+            changed: meta.modified().ok(),
+        }
+    }
+
+    /// Whether a change after `t` would show in the stamp (the last change was long enough
+    /// before `t` for a later one to get a later timestamp).
+    fn settled_before(&self, t: SystemTime, settle: Duration) -> bool {
+        self.changed.is_some_and(|c| c + settle < t)
+    }
 }
 
 impl SharedFile {
@@ -48,6 +122,36 @@ impl SharedFile {
     pub fn path(&self) -> PathBuf {
         self.path.read().map(|p| p.clone()).unwrap_or_default()
     }
+
+    /// Whether chunk `index`, read from the file as it is now (`stamp`), needs no hash check.
+    fn trusted(&self, index: u64, stamp: FileStamp) -> bool {
+        self.verified.lock().is_ok_and(|v| {
+            let same = match v.stamp {
+                None => true,
+                Some(s) => s == stamp && s.settled_before(v.since, self.settle),
+            };
+            same && index < v.bits.len() && v.bits.get(index)
+        })
+    }
+
+    /// Records that chunk `index`, read at `read_at` from the file as it is then (`stamp`),
+    /// matched its hash.
+    fn mark_verified(&self, index: u64, stamp: FileStamp, read_at: SystemTime) {
+        if let Ok(mut v) = self.verified.lock() {
+            if let Some(s) = v.stamp
+                && (s != stamp || !s.settled_before(v.since, self.settle))
+            {
+                // Another version: nothing checked before counts any more.
+                v.stamp = Some(stamp);
+                v.since = read_at;
+                v.bits = Bitfield::new(self.manifest.chunk_count());
+            }
+            let counts = v.stamp.is_none() || stamp.settled_before(v.since, self.settle);
+            if counts && index < v.bits.len() {
+                v.bits.set(index);
+            }
+        }
+    }
 }
 
 /// All files on offer.
@@ -56,20 +160,36 @@ pub struct Library {
     files: RwLock<HashMap<FileId, Arc<SharedFile>>>,
     /// Chunks that became available, for telling connected peers (`Have`).
     haves: tokio::sync::broadcast::Sender<(FileId, u64)>,
+    settle: Duration,
+    /// Chunks hashed again before they were served (the file changed, or was too fresh).
+    rehashed: AtomicU64,
 }
 
 impl Default for Library {
     fn default() -> Self {
-        Self {
-            files: RwLock::default(),
-            haves: tokio::sync::broadcast::channel(4096).0,
-        }
+        Self::with_settle(SETTLE)
     }
 }
 
 impl Library {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A library trusting a file's version stamp `settle` after its last change (see the
+    /// module docs; [`SETTLE`] by default).
+    pub fn with_settle(settle: Duration) -> Self {
+        Self {
+            files: RwLock::default(),
+            haves: tokio::sync::broadcast::channel(4096).0,
+            settle,
+            rehashed: AtomicU64::new(0),
+        }
+    }
+
+    /// How many served chunks had to be hashed again.
+    pub fn rehashed_chunks(&self) -> u64 {
+        self.rehashed.load(Ordering::Relaxed)
     }
 
     /// Newly available chunks of partial files, as they are verified.
@@ -85,27 +205,51 @@ impl Library {
             .ok_or_else(|| LibraryError::NoName(path.to_owned()))?
             .to_owned();
         let owned = path.to_owned();
-        let manifest = tokio::task::spawn_blocking(move || manifest_for_file(&owned, &name))
-            .await
-            .map_err(|_| LibraryError::Task)?
-            .map_err(|source| LibraryError::Io {
-                path: path.to_owned(),
-                source,
-            })?;
-        self.insert(
+        let (manifest, stamp, since) = tokio::task::spawn_blocking(move || {
+            // The version stamp is taken before hashing: a change while hashing shows later.
+            let since = SystemTime::now();
+            let stamp = FileStamp::of(&std::fs::metadata(&owned)?);
+            Ok((manifest_for_file(&owned, &name)?, stamp, since))
+        })
+        .await
+        .map_err(|_| LibraryError::Task)?
+        .map_err(|source| LibraryError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let full = Bitfield::full(manifest.chunk_count());
+        self.add(
             manifest.clone(),
             path.to_owned(),
-            Bitfield::full(manifest.chunk_count()),
+            full.clone(),
+            Verified {
+                stamp: Some(stamp),
+                since,
+                bits: full,
+            },
         );
         Ok(manifest)
     }
 
-    /// Offers a file (whole or partial) whose manifest is already known.
+    /// Offers a partial download of our own whose chunks in `have` are verified.
     pub fn insert(&self, manifest: Manifest, path: PathBuf, have: Bitfield) -> Arc<SharedFile> {
+        let verified = Verified::own(have.clone());
+        self.add(manifest, path, have, verified)
+    }
+
+    fn add(
+        &self,
+        manifest: Manifest,
+        path: PathBuf,
+        have: Bitfield,
+        verified: Verified,
+    ) -> Arc<SharedFile> {
         let entry = Arc::new(SharedFile {
             manifest,
             path: RwLock::new(path),
             have: RwLock::new(have),
+            verified: Mutex::new(verified),
+            settle: self.settle,
         });
         if let Ok(mut files) = self.files.write() {
             files.insert(entry.manifest.id, entry.clone());
@@ -125,29 +269,47 @@ impl Library {
             .unwrap_or_default()
     }
 
-    /// Records a newly verified chunk of a partial download.
+    /// Records a newly verified and written chunk of a partial download.
     pub fn mark_have(&self, id: &FileId, index: u64) {
         if let Some(entry) = self.get(id)
             && let Ok(mut have) = entry.have.write()
         {
+            if let Ok(mut v) = entry.verified.lock()
+                && v.stamp.is_none()
+            {
+                v.bits.set(index);
+            }
             have.set(index);
             let _ = self.haves.send((*id, index));
         }
     }
 
-    /// A finished download now lives at `path`.
+    /// A finished download (its whole-file hash checked) now lives at `path`.
     pub fn completed(&self, id: &FileId, path: PathBuf) {
         if let Some(entry) = self.get(id) {
+            let full = Bitfield::full(entry.manifest.chunk_count());
+            if let Ok(mut v) = entry.verified.lock() {
+                // The content was checked whole just now.
+                *v = match std::fs::metadata(&path) {
+                    Ok(meta) => Verified {
+                        stamp: Some(FileStamp::of(&meta)),
+                        since: SystemTime::now(),
+                        bits: full.clone(),
+                    },
+                    Err(_) => Verified::own(Bitfield::new(entry.manifest.chunk_count())),
+                };
+            }
             if let Ok(mut p) = entry.path.write() {
                 *p = path;
             }
             if let Ok(mut have) = entry.have.write() {
-                *have = Bitfield::full(entry.manifest.chunk_count());
+                *have = full;
             }
         }
     }
 
-    /// Reads chunk `index` and checks it against the manifest before it is served.
+    /// Reads chunk `index`, checked against the manifest unless this version of the file
+    /// was checked already (see the module docs).
     pub async fn read_chunk(&self, id: &FileId, index: u64) -> Result<Bytes, LibraryError> {
         let entry = self.get(id).ok_or(LibraryError::UnknownFile(*id))?;
         if !entry.have().get(index) {
@@ -158,27 +320,39 @@ impl Library {
         let (offset, len) = (index * u64::from(m.chunk_size), m.chunk_len(index) as usize);
         let expected = m.chunk_hashes[index as usize];
         let file = *id;
-        tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0u8; len];
-            read_at(&path, offset, &mut buf).map_err(|source| LibraryError::Io {
+        let rehashed = &self.rehashed;
+        let checked = tokio::task::spawn_blocking(move || {
+            let io = |source| LibraryError::Io {
                 path: path.clone(),
                 source,
-            })?;
-            if hash_chunk(&buf) != expected {
-                return Err(LibraryError::Changed { file, index });
+            };
+            let read_start = SystemTime::now();
+            let f = std::fs::File::open(&path).map_err(io)?;
+            let stamp = FileStamp::of(&f.metadata().map_err(io)?);
+            let mut buf = vec![0u8; len];
+            read_at(&f, offset, &mut buf).map_err(io)?;
+            let trusted = entry.trusted(index, stamp);
+            if !trusted {
+                if hash_chunk(&buf) != expected {
+                    return Err(LibraryError::Changed { file, index });
+                }
+                entry.mark_verified(index, stamp, read_start);
             }
-            Ok(Bytes::from(buf))
+            Ok((Bytes::from(buf), !trusted))
         })
         .await
-        .map_err(|_| LibraryError::Task)?
+        .map_err(|_| LibraryError::Task)??;
+        if checked.1 {
+            rehashed.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(checked.0)
     }
 }
 
-fn read_at(path: &Path, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-    let file = std::fs::File::open(path)?;
+fn read_at(file: &std::fs::File, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
     #[cfg(unix)]
     {
-        std::os::unix::fs::FileExt::read_exact_at(&file, buf, offset)
+        std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
     }
     #[cfg(not(unix))]
     {
@@ -217,5 +391,62 @@ mod tests {
             Err(LibraryError::Changed { .. })
         ));
         assert!(lib.read_chunk(&m.id, 1).await.is_ok());
+        // Chunks 2 and 1 were hashed (a fresh file is hashed on every read); chunk 0 failed.
+        assert_eq!(lib.rehashed_chunks(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_settled_file_is_served_without_hashing_again_until_it_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.bin");
+        let data: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let lib = Library::with_settle(Duration::ZERO);
+        let m = lib.share(&path).await.unwrap();
+        for i in 0..3 {
+            lib.read_chunk(&m.id, i).await.unwrap();
+        }
+        assert_eq!(
+            lib.rehashed_chunks(),
+            0,
+            "hashed when shared, trusted since"
+        );
+        // Another file put in its place (new inode): every chunk is checked again.
+        let other = dir.path().join("b.bin");
+        let mut changed = data.clone();
+        changed[300_000] ^= 1;
+        std::fs::write(&other, &changed).unwrap();
+        std::fs::rename(&other, &path).unwrap();
+        assert!(lib.read_chunk(&m.id, 0).await.is_ok());
+        assert!(matches!(
+            lib.read_chunk(&m.id, 1).await,
+            Err(LibraryError::Changed { index: 1, .. })
+        ));
+        assert_eq!(
+            lib.rehashed_chunks(),
+            1,
+            "the bad chunk counts as an error, not a read"
+        );
+    }
+
+    #[tokio::test]
+    async fn partial_downloads_serve_the_chunks_verified_into_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.bin");
+        let data: Vec<u8> = (0..600_000u32).map(|i| (i % 241) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let m = manifest_for_file(&path, "a.bin").unwrap();
+        let lib = Library::new();
+        lib.insert(m.clone(), path.clone(), Bitfield::new(m.chunk_count()));
+        assert!(matches!(
+            lib.read_chunk(&m.id, 1).await,
+            Err(LibraryError::NotAvailable { .. })
+        ));
+        lib.mark_have(&m.id, 1);
+        assert_eq!(
+            &lib.read_chunk(&m.id, 1).await.unwrap()[..],
+            &data[262_144..524_288]
+        );
+        assert_eq!(lib.rehashed_chunks(), 0);
     }
 }

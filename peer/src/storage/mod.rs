@@ -7,4 +7,7 @@ mod partial;
 
 pub use hashing::{hash_file, manifest_for_file};
 pub use library::{Library, LibraryError};
-pub use partial::{PartialDownload, PartialError, PrefixHash, chunk_matches, safe_file_name};
+pub use partial::{
+    PartialDownload, PartialError, PrefixHash, ResumeSnapshot, WholeFileHasher, chunk_matches,
+    safe_file_name,
+};

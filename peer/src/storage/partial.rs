@@ -29,7 +29,7 @@ pub enum PartialError {
     WrongHash,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct State {
     manifest: Manifest,
     have: String,
@@ -124,18 +124,21 @@ impl PartialDownload {
     /// Makes the written chunks durable, then records them in the state file (in that order,
     /// so the state never claims data that a crash lost).
     pub fn save_state(&self) -> Result<(), PartialError> {
-        self.file.sync_data().map_err(io_at(&self.part_path))?;
-        let state = State {
-            manifest: self.manifest.clone(),
-            have: self.have.to_base64(),
-        };
-        let tmp = self.state_path.with_extension("state.tmp");
-        let json = serde_json::to_vec(&state).map_err(|e| PartialError::Io {
-            path: tmp.clone(),
-            source: e.into(),
-        })?;
-        std::fs::write(&tmp, json).map_err(io_at(&tmp))?;
-        std::fs::rename(&tmp, &self.state_path).map_err(io_at(&self.state_path))
+        self.snapshot()?.save()
+    }
+
+    /// What [`ResumeSnapshot::save`] needs, taken quickly (under whatever guards this download)
+    /// so the slow part, flushing to disk, runs without holding it.
+    pub fn snapshot(&self) -> Result<ResumeSnapshot, PartialError> {
+        Ok(ResumeSnapshot {
+            file: self.file.try_clone().map_err(io_at(&self.part_path))?,
+            part_path: self.part_path.clone(),
+            state_path: self.state_path.clone(),
+            state: State {
+                manifest: self.manifest.clone(),
+                have: self.have.to_base64(),
+            },
+        })
     }
 
     /// Checks the whole file against its id and moves it to `dest_dir` under a safe, unused
@@ -180,6 +183,29 @@ impl PartialDownload {
     }
 }
 
+/// The resume state at one moment: which chunks were written by then.
+#[derive(Debug)]
+pub struct ResumeSnapshot {
+    file: std::fs::File,
+    part_path: PathBuf,
+    state_path: PathBuf,
+    state: State,
+}
+
+impl ResumeSnapshot {
+    /// Flushes the partial file, then writes the state file atomically. Blocking.
+    pub fn save(&self) -> Result<(), PartialError> {
+        self.file.sync_data().map_err(io_at(&self.part_path))?;
+        let tmp = self.state_path.with_extension("state.tmp");
+        let json = serde_json::to_vec(&self.state).map_err(|e| PartialError::Io {
+            path: tmp.clone(),
+            source: e.into(),
+        })?;
+        std::fs::write(&tmp, json).map_err(io_at(&tmp))?;
+        std::fs::rename(&tmp, &self.state_path).map_err(io_at(&self.state_path))
+    }
+}
+
 /// Whether `data` is chunk `index` of `manifest` (right length and SHA-256).
 pub fn chunk_matches(manifest: &Manifest, index: u64, data: &[u8]) -> Result<bool, PartialError> {
     if index >= manifest.chunk_count() {
@@ -189,43 +215,139 @@ pub fn chunk_matches(manifest: &Manifest, index: u64, data: &[u8]) -> Result<boo
         && hash_chunk(data) == manifest.chunk_hashes[index as usize])
 }
 
-/// Most out-of-order chunks kept in memory for the running whole-file hash; past this it gives
-/// up and the rest is hashed from disk at the end.
-const PREFIX_WINDOW: usize = 64;
+/// Chunks kept in memory for the whole-file hash while earlier ones are still missing; chunks
+/// beyond that are read back from the partial file when their turn comes.
+const HASH_WINDOW: usize = 64;
 
-/// The whole-file SHA-256 computed while chunks arrive: chunks are fed in any order and hashed
-/// in file order, so finishing only reads what was not hashed yet.
+/// The whole-file SHA-256 of a download as far as it got: the file's first `bytes` bytes.
 #[derive(Debug, Clone, Default)]
 pub struct PrefixHash {
     hasher: Sha256,
-    /// Bytes hashed so far (the file's prefix).
     bytes: u64,
-    next: u64,
-    pending: std::collections::BTreeMap<u64, bytes::Bytes>,
-    gave_up: bool,
 }
 
 impl PrefixHash {
-    /// Feeds a verified chunk.
-    pub fn feed(&mut self, index: u64, data: bytes::Bytes) {
-        if self.gave_up || index < self.next {
-            return;
-        }
-        self.pending.insert(index, data);
-        while let Some(data) = self.pending.remove(&self.next) {
-            self.hasher.update(&data);
-            self.bytes += data.len() as u64;
-            self.next += 1;
-        }
-        if self.pending.len() > PREFIX_WINDOW {
-            self.gave_up = true;
-            self.pending.clear();
-        }
-    }
-
     /// Bytes of the file already hashed.
     pub fn hashed(&self) -> u64 {
         self.bytes
+    }
+}
+
+/// Computes a download's whole-file SHA-256 on its own thread while chunks arrive in any
+/// order: each written chunk is announced with [`WholeFileHasher::written`]; the thread hashes
+/// the file's prefix as it grows, from memory while the gap is small, else from the partial
+/// file. Finishing then hashes nothing, or only what the thread could not read.
+#[derive(Debug)]
+pub struct WholeFileHasher {
+    tx: Option<std::sync::mpsc::SyncSender<(u64, bytes::Bytes)>>,
+    thread: Option<std::thread::JoinHandle<PrefixHash>>,
+}
+
+impl WholeFileHasher {
+    /// Starts hashing `download`, beginning with the chunks it already has.
+    pub fn spawn(download: &PartialDownload) -> Result<Self, PartialError> {
+        let file = std::fs::File::open(&download.part_path).map_err(io_at(&download.part_path))?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(HASH_WINDOW * 2);
+        let mut state = HashThread {
+            prefix: PrefixHash::default(),
+            next: 0,
+            written: download.have.clone(),
+            window: std::collections::BTreeMap::new(),
+            file,
+            chunk_size: download.manifest.chunk_size,
+            size: download.manifest.size,
+            failed: false,
+        };
+        let thread = std::thread::Builder::new()
+            .name("whole-file-hash".into())
+            .spawn(move || {
+                state.advance();
+                while let Ok((index, data)) = rx.recv() {
+                    state.add(index, data);
+                }
+                state.prefix
+            })
+            .map_err(io_at(&download.part_path))?;
+        Ok(Self {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Tells the thread chunk `index` (`data`) is verified and written. Blocks while the
+    /// thread is far behind, so hashing paces the download instead of piling up memory.
+    pub fn written(&self, index: u64, data: bytes::Bytes) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send((index, data));
+        }
+    }
+
+    /// Waits for the thread and returns what it hashed (blocking).
+    pub fn finish(mut self) -> PrefixHash {
+        self.tx = None;
+        self.thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+struct HashThread {
+    prefix: PrefixHash,
+    /// The first chunk not hashed yet.
+    next: u64,
+    written: Bitfield,
+    window: std::collections::BTreeMap<u64, bytes::Bytes>,
+    file: std::fs::File,
+    chunk_size: u32,
+    size: u64,
+    /// A read failed: stop here and let finishing read (and report) the rest.
+    failed: bool,
+}
+
+impl HashThread {
+    fn add(&mut self, index: u64, data: bytes::Bytes) {
+        if index >= self.written.len() || index < self.next {
+            return;
+        }
+        self.written.set(index);
+        if self.window.len() < HASH_WINDOW {
+            self.window.insert(index, data);
+        }
+        self.advance();
+    }
+
+    fn advance(&mut self) {
+        while !self.failed && self.next < self.written.len() && self.written.get(self.next) {
+            let index = self.next;
+            let data = match self.window.remove(&index) {
+                Some(data) => data,
+                None => {
+                    let offset = index * u64::from(self.chunk_size);
+                    let len = (self.size - offset).min(u64::from(self.chunk_size)) as usize;
+                    let mut buf = vec![0u8; len];
+                    #[cfg(unix)]
+                    let read =
+                        std::os::unix::fs::FileExt::read_exact_at(&self.file, &mut buf, offset);
+                    #[cfg(not(unix))]
+                    let read = {
+                        use std::io::{Read, Seek, SeekFrom};
+                        (&self.file)
+                            .seek(SeekFrom::Start(offset))
+                            .and_then(|_| (&self.file).read_exact(&mut buf))
+                    };
+                    if read.is_err() {
+                        self.failed = true;
+                        self.window.clear();
+                        return;
+                    }
+                    bytes::Bytes::from(buf)
+                }
+            };
+            self.prefix.hasher.update(&data);
+            self.prefix.bytes += data.len() as u64;
+            self.next += 1;
+        }
     }
 }
 
@@ -294,21 +416,38 @@ mod tests {
     use crate::storage::manifest_for_file;
 
     #[test]
-    fn prefix_hash_in_any_order_matches() {
-        let chunks: Vec<bytes::Bytes> =
-            (0..5u8).map(|i| bytes::Bytes::from(vec![i; 100])).collect();
-        let mut p = PrefixHash::default();
-        for i in [1usize, 0, 3, 2] {
-            p.feed(i as u64, chunks[i].clone());
+    fn the_whole_file_hash_follows_chunks_in_any_order() {
+        let src = tempfile::tempdir().unwrap();
+        let chunk = 262_144usize;
+        let data: Vec<u8> = (0..(chunk * 70 + 1000))
+            .map(|i| (i * 13 % 251) as u8)
+            .collect();
+        let path = src.path().join("f.bin");
+        std::fs::write(&path, &data).unwrap();
+        let m = manifest_for_file(&path, "f.bin").unwrap();
+        let piece = |i: u64| {
+            let s = i as usize * chunk;
+            bytes::Bytes::copy_from_slice(&data[s..(s + m.chunk_len(i) as usize)])
+        };
+        let work = tempfile::tempdir().unwrap();
+        let mut p = PartialDownload::open(work.path(), &m).unwrap();
+        // Resumed with chunk 0; then the rest arrives back to front, more than the in-memory
+        // window, so the thread reads some chunks back from the partial file.
+        assert!(p.write_chunk(0, &piece(0)).unwrap());
+        let hasher = WholeFileHasher::spawn(&p).unwrap();
+        for i in (1..m.chunk_count()).rev() {
+            assert!(p.write_chunk(i, &piece(i)).unwrap());
+            hasher.written(i, piece(i));
         }
-        assert_eq!(p.hashed(), 400);
-        p.feed(0, chunks[0].clone()); // a duplicate is ignored
-        p.feed(4, chunks[4].clone());
-        let mut whole = Sha256::new();
-        for c in &chunks {
-            whole.update(c);
-        }
-        assert_eq!(p.hasher.finalize(), whole.finalize());
+        let prefix = hasher.finish();
+        assert_eq!(
+            prefix.hashed(),
+            data.len() as u64,
+            "all of it hashed while arriving"
+        );
+        assert_eq!(<[u8; 32]>::from(prefix.hasher.clone().finalize()), m.id.0);
+        let dest = p.finish_with(work.path(), prefix).unwrap();
+        assert_eq!(std::fs::read(dest).unwrap(), data);
     }
 
     #[test]
