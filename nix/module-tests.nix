@@ -92,7 +92,7 @@ let
     testLauncherExportsCredentials = {
       expr =
         let
-          text = (import ../nixos-modules/credentials.nix { inherit lib pkgs; }).mkCredentials {
+          text = (import ../nixos-modules/service.nix { inherit lib pkgs; }).mkCredentials {
             service = "s";
             executable = "/bin/x";
             secrets = [{ name = "api-keys"; file = "/run/k"; env = "API_KEYS"; option = "o"; }];

@@ -4,21 +4,24 @@
 let
   cfg = config.services.p2p-peer;
   inherit (lib) mkOption mkEnableOption types;
-  shared = import ./credentials.nix { inherit lib pkgs; };
   rate = types.strMatching "[1-9][0-9]*[KkMmGg]?";
-  credentials = shared.mkCredentials {
-    service = "p2p-peer";
-    executable = lib.getExe' cfg.package "p2p-peer";
-    secrets = [
-      { name = "api-key"; file = cfg.apiKeyFile; env = "P2P_API_KEY"; option = "services.p2p-peer.apiKeyFile"; }
-    ];
-  };
   args = [ "--daemon" "--tracker" cfg.tracker "--listen" cfg.listenAddress "--port" (toString cfg.port) "--data" cfg.dataDir ]
     ++ lib.optionals (cfg.uploadLimit != null) [ "--upload-limit" cfg.uploadLimit ]
     ++ lib.optionals (cfg.downloadLimit != null) [ "--download-limit" cfg.downloadLimit ]
     ++ lib.optionals (cfg.announceAddresses != [ ]) [ "--announce-addr" (lib.concatStringsSep "," cfg.announceAddresses) ]
     ++ lib.optional cfg.relayOnly "--relay-only"
     ++ cfg.extraArgs;
+  service = (import ./service.nix { inherit lib pkgs; }).mkService {
+    name = "p2p-peer";
+    description = "p2p peer";
+    executable = lib.getExe' cfg.package "p2p-peer";
+    inherit args;
+    stateDirectory = lib.removePrefix "/var/lib/" cfg.dataDir;
+    inherit (cfg) port;
+    secrets = [
+      { name = "api-key"; file = cfg.apiKeyFile; env = "P2P_API_KEY"; option = "services.p2p-peer.apiKeyFile"; }
+    ];
+  };
 in
 {
   options.services.p2p-peer = {
@@ -94,29 +97,10 @@ in
   };
 
   config = lib.mkIf cfg.enable {
-    assertions = credentials.assertions;
+    inherit (service) assertions;
 
     networking.firewall.allowedTCPPorts = lib.mkIf cfg.openFirewall [ cfg.port ];
 
-    systemd.services.p2p-peer = {
-      description = "p2p peer";
-      wantedBy = [ "multi-user.target" ];
-      wants = [ "network-online.target" ];
-      after = [ "network-online.target" ];
-      environment.RUST_LOG = lib.mkDefault "info";
-      serviceConfig = shared.hardening // {
-        ExecStart = "${credentials.launcher} ${lib.escapeShellArgs args}";
-        User = "p2p-peer";
-        Group = "p2p-peer";
-        StateDirectory = lib.removePrefix "/var/lib/" cfg.dataDir;
-        StateDirectoryMode = "0700";
-        WorkingDirectory = cfg.dataDir;
-        LoadCredential = credentials.loadCredential;
-      } // lib.optionalAttrs (cfg.port < 1024) {
-        AmbientCapabilities = [ "CAP_NET_BIND_SERVICE" ];
-        CapabilityBoundingSet = [ "CAP_NET_BIND_SERVICE" ];
-        PrivateUsers = false;
-      };
-    };
+    systemd.services.p2p-peer = service.unit;
   };
 }

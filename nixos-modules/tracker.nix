@@ -4,26 +4,31 @@
 let
   cfg = config.services.p2p-tracker;
   inherit (lib) mkOption mkEnableOption types;
-  shared = import ./credentials.nix { inherit lib pkgs; };
   stateDir = "/var/lib/p2p-tracker";
-  privilegedPort = cfg.port < 1024;
   hostPort = host: port: if lib.hasInfix ":" host then "[${host}]:${toString port}" else "${host}:${toString port}";
   localDatabaseUrl = "postgresql:///p2p-tracker?host=/run/postgresql&user=p2p-tracker";
   databaseUrl = if cfg.database.createLocally then localDatabaseUrl else cfg.database.url;
-  credentials = shared.mkCredentials {
-    service = "p2p-tracker";
-    executable = lib.getExe cfg.package;
-    secrets = [
-      { name = "api-keys"; file = cfg.apiKeysFile; env = "API_KEYS"; option = "services.p2p-tracker.apiKeysFile"; }
-      { name = "jwt-secret"; file = cfg.jwtSecretFile; env = "JWT_SECRET"; option = "services.p2p-tracker.jwtSecretFile"; }
-      { name = "database-url"; file = cfg.database.urlFile; env = "POSTGRES_URL"; option = "services.p2p-tracker.database.urlFile"; }
-    ];
-  };
   args = [ "--addr" (hostPort cfg.listenAddress cfg.port) "--data-dir" stateDir "--rate-limit-rps" (toString cfg.rateLimit.rps) ]
     ++ lib.optionals (cfg.rateLimit.burst != null) [ "--rate-limit-burst" (toString cfg.rateLimit.burst) ]
     ++ lib.optional cfg.trustProxy "--trust-proxy"
     ++ lib.optionals (databaseUrl != null) [ "--postgres-url" databaseUrl ]
     ++ cfg.extraArgs;
+  service = (import ./service.nix { inherit lib pkgs; }).mkService {
+    name = "p2p-tracker";
+    description = "p2p tracker";
+    executable = lib.getExe cfg.package;
+    inherit args;
+    stateDirectory = "p2p-tracker";
+    inherit (cfg) port;
+    secrets = [
+      { name = "api-keys"; file = cfg.apiKeysFile; env = "API_KEYS"; option = "services.p2p-tracker.apiKeysFile"; }
+      { name = "jwt-secret"; file = cfg.jwtSecretFile; env = "JWT_SECRET"; option = "services.p2p-tracker.jwtSecretFile"; }
+      { name = "database-url"; file = cfg.database.urlFile; env = "POSTGRES_URL"; option = "services.p2p-tracker.database.urlFile"; }
+    ];
+    # postgresql.target is reached once the ensure* setup is done (nixpkgs 25.11 and later).
+    after = lib.optionals cfg.database.createLocally [ "postgresql.service" "postgresql.target" ];
+    requires = lib.optional cfg.database.createLocally "postgresql.service";
+  };
 in
 {
   options.services.p2p-tracker = {
@@ -112,7 +117,7 @@ in
   };
 
   config = lib.mkIf cfg.enable {
-    assertions = credentials.assertions ++ [
+    assertions = service.assertions ++ [
       {
         assertion = lib.length (lib.filter (x: x) [ (cfg.database.url != null) (cfg.database.urlFile != null) cfg.database.createLocally ]) <= 1;
         message = "services.p2p-tracker.database: set at most one of url, urlFile and createLocally.";
@@ -127,27 +132,6 @@ in
 
     networking.firewall.allowedTCPPorts = lib.mkIf cfg.openFirewall [ cfg.port ];
 
-    systemd.services.p2p-tracker = {
-      description = "p2p tracker";
-      wantedBy = [ "multi-user.target" ];
-      wants = [ "network-online.target" ];
-      # postgresql.target is reached once the ensure* setup is done (nixpkgs 25.11 and later).
-      after = [ "network-online.target" ] ++ lib.optionals cfg.database.createLocally [ "postgresql.service" "postgresql.target" ];
-      requires = lib.optional cfg.database.createLocally "postgresql.service";
-      environment.RUST_LOG = lib.mkDefault "info";
-      serviceConfig = shared.hardening // {
-        ExecStart = "${credentials.launcher} ${lib.escapeShellArgs args}";
-        User = "p2p-tracker";
-        Group = "p2p-tracker";
-        StateDirectory = "p2p-tracker";
-        StateDirectoryMode = "0700";
-        WorkingDirectory = stateDir;
-        LoadCredential = credentials.loadCredential;
-      } // lib.optionalAttrs privilegedPort {
-        AmbientCapabilities = [ "CAP_NET_BIND_SERVICE" ];
-        CapabilityBoundingSet = [ "CAP_NET_BIND_SERVICE" ];
-        PrivateUsers = false;
-      };
-    };
+    systemd.services.p2p-tracker = service.unit;
   };
 }

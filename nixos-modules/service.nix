@@ -1,8 +1,9 @@
-# Secrets for the p2p services: each file is handed over by systemd's LoadCredential (readable by
-# the service's dynamic user only, never copied into the Nix store), and a small launcher exports
-# it into the environment variable the binary reads, then execs the binary.
+# What the tracker and peer services share: the systemd unit, its sandbox, and secrets. Each
+# secret file is handed over by systemd's LoadCredential (readable by the service's dynamic user
+# only, never copied into the Nix store), and a small launcher exports it into the environment
+# variable the binary reads, then execs the binary.
 { lib, pkgs }:
-{
+rec {
   # secrets: list of { name, file (null = unset), env, option }, where `option` is the option's
   # name for messages. Returns what a systemd service and `assertions` need.
   mkCredentials = { service, secrets, executable }:
@@ -32,6 +33,36 @@
           message = "${s.option} points into the Nix store (${toString s.file}), where every user can read it; give a path outside it.";
         })
         given;
+    };
+
+  # A unit running `executable args` as a dynamic user with its state in
+  # /var/lib/<stateDirectory>. Returns the unit and the assertions on its secrets.
+  mkService = { name, description, executable, args, secrets, stateDirectory, port, after ? [ ], requires ? [ ] }:
+    let
+      credentials = mkCredentials { service = name; inherit executable secrets; };
+    in
+    {
+      inherit (credentials) assertions;
+      unit = {
+        inherit description requires;
+        wantedBy = [ "multi-user.target" ];
+        wants = [ "network-online.target" ];
+        after = [ "network-online.target" ] ++ after;
+        environment.RUST_LOG = lib.mkDefault "info";
+        serviceConfig = hardening // {
+          ExecStart = "${credentials.launcher} ${lib.escapeShellArgs args}";
+          User = name;
+          Group = name;
+          StateDirectory = stateDirectory;
+          StateDirectoryMode = "0700";
+          WorkingDirectory = "/var/lib/${stateDirectory}";
+          LoadCredential = credentials.loadCredential;
+        } // lib.optionalAttrs (port < 1024) {
+          AmbientCapabilities = [ "CAP_NET_BIND_SERVICE" ];
+          CapabilityBoundingSet = [ "CAP_NET_BIND_SERVICE" ];
+          PrivateUsers = false;
+        };
+      };
     };
 
   # The systemd sandbox both services share (as in attic's atticd module).
