@@ -5,7 +5,10 @@
 #   PostgreSQL  P2P_TEST_POSTGRES_URL, or a server answering on 127.0.0.1:5432 (database "test").
 #   Browser     the dashboard (built here by scripts/build-web.sh), Chromium (/usr/bin/chromium
 #               or CHROMIUM), and playwright-core (installed here into web/e2e with npm).
-# With P2P_REQUIRE_ALL=1 (as in CI) a skip is a failure.
+#   Deployment  scripts/check-deploy.sh: Nix and Kubernetes checks (nix-bin, nixpkgs-fmt, deadnix,
+#               kubectl, kubernetes-validate, yamllint); the NixOS module tests need NIXPKGS_LIB.
+# With P2P_REQUIRE_ALL=1 (as in CI) a skip is a failure, except the NixOS module tests without
+# NIXPKGS_LIB (nixpkgs' lib is on no registry, so CI cannot have it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/p2p-target}"
@@ -29,6 +32,9 @@ if [ ! -d web/e2e/node_modules/playwright-core ] && command -v npm >/dev/null 2>
   npm ci --prefix web/e2e --silent --no-audit --no-fund ||
     echo "test.sh: npm ci in web/e2e failed; the browser test will print SKIPPED"
 fi
+
+echo "== deployment files (Nix, Kubernetes)"
+./scripts/check-deploy.sh
 
 echo "== cargo fmt"
 cargo fmt --all -- --check

@@ -264,7 +264,11 @@ pub async fn start(
     ensure_admin(store.as_ref(), serve, clock.now_ms()).await?;
     let secret = jwt_secret(store.as_ref(), serve.jwt_secret.as_deref()).await?;
     let metrics = Arc::new(Metrics::new());
-    let events = EventBus::new(clock.clone());
+    let mut events = EventBus::new(clock.clone());
+    if let Some(fanout) = store.event_fanout() {
+        // Trackers sharing the database share their events too (PostgreSQL LISTEN/NOTIFY).
+        events = events.with_fanout(fanout, shutdown.clone()).await?;
+    }
     let swarm = Swarm::start(
         store.clone(),
         events.clone(),

@@ -148,3 +148,60 @@ async fn the_feed_needs_credentials() {
     })
     .await;
 }
+
+/// Trackers sharing one PostgreSQL database share their events (LISTEN/NOTIFY): an event on
+/// either reaches the `/ws` clients of both, once each and in the same order.
+#[tokio::test]
+async fn events_reach_the_clients_of_every_tracker_on_one_database() {
+    let Some(url) = postgres_url() else {
+        skip(
+            "/ws events across trackers on one database",
+            "no PostgreSQL (set P2P_TEST_POSTGRES_URL)",
+        );
+        return;
+    };
+    within(30, async {
+        let db = TestDb::postgres(&url);
+        let a = TestTracker::start(&db, serve_args()).await;
+        let b = TestTracker::start(&db, serve_args()).await;
+        let mut feeds = Vec::new();
+        for t in [&a, &b] {
+            let (mut ws, _) = connect_async(ws_url(t, &format!("?token={KEY}")))
+                .await
+                .unwrap();
+            assert_eq!(next_event(&mut ws).await["type"], "hello");
+            feeds.push(ws);
+        }
+
+        let (first, second, third) = (peer_id(), peer_id(), peer_id());
+        a.register(&first, 6881).await;
+        b.register(&second, 6882).await;
+        let mut orders = Vec::new();
+        for ws in &mut feeds {
+            let mut joined = Vec::new();
+            for _ in 0..2 {
+                joined.push(next_of_type(ws, "peer_joined").await["peer_id"].clone());
+            }
+            orders.push(joined);
+        }
+        assert_eq!(orders[0], orders[1], "both trackers see one order");
+        let mut seen = orders[0].clone();
+        seen.sort_by_key(|v| v.to_string());
+        let mut expected = vec![json!(first), json!(second)];
+        expected.sort_by_key(|v| v.to_string());
+        assert_eq!(seen, expected);
+
+        // No copies: the next join on each feed is a new peer's.
+        a.register(&third, 6883).await;
+        for ws in &mut feeds {
+            assert_eq!(
+                next_of_type(ws, "peer_joined").await["peer_id"],
+                json!(third)
+            );
+        }
+        a.stop().await;
+        b.stop().await;
+        db.cleanup().await;
+    })
+    .await;
+}

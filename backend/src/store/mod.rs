@@ -6,7 +6,10 @@
 //! backends differ in how they connect: SQLite gets a single writer connection and a pool of
 //! read-only connections over one WAL-mode file; PostgreSQL one pool.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
+use futures_util::stream::BoxStream;
 use p2p_proto::api::{FilePeer, FileSummary, PeerInfo, Stats};
 use p2p_proto::{Bitfield, FileId, Manifest, PeerId};
 
@@ -167,6 +170,18 @@ pub struct ApiKeyRecord {
     pub revoked_at_ms: Option<u64>,
 }
 
+/// Events shared by every tracker on one database (PostgreSQL LISTEN/NOTIFY), so that each
+/// tracker's `/ws` clients see the events of all of them.
+#[async_trait]
+pub trait EventFanout: Send + Sync + std::fmt::Debug {
+    /// Sends serialised events, in order, to every subscribed tracker, this one included.
+    async fn send(&self, payloads: &[Arc<str>]) -> StoreResult<()>;
+    /// Subscribes: the stream yields every event sent from then on, by any tracker, in the
+    /// order the database committed them. It ends after an error (a lost connection that
+    /// could not be re-established); subscribe again then.
+    async fn subscribe(&self) -> StoreResult<BoxStream<'static, StoreResult<String>>>;
+}
+
 /// The tracker's storage. Times are Unix milliseconds; `cutoff_ms` arguments say how recent a
 /// heartbeat must be for a peer to count as online.
 #[async_trait]
@@ -179,6 +194,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Checks that the database answers.
     async fn ping(&self) -> StoreResult<()>;
+
+    /// How events reach the other trackers on this database; `None` where no other tracker
+    /// can share it (SQLite).
+    fn event_fanout(&self) -> Option<Arc<dyn EventFanout>>;
 
     /// Inserts or updates a peer and marks it online; returns how it stood before, if known.
     async fn register_peer(&self, peer: &NewPeer, now_ms: u64) -> StoreResult<Option<Presence>>;
@@ -268,6 +287,10 @@ macro_rules! sql_store_impl {
 
             fn beat_batches_in_flight(&self) -> usize {
                 Self::BEAT_BATCHES_IN_FLIGHT
+            }
+
+            fn event_fanout(&self) -> Option<std::sync::Arc<dyn $crate::store::EventFanout>> {
+                self.fanout()
             }
 
             async fn ping(&self) -> $crate::store::StoreResult<()> {

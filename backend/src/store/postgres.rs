@@ -1,12 +1,16 @@
 //! The PostgreSQL backend, for production and for several trackers sharing one database.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
 use sqlx::PgPool;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 
-use super::{Backend, Beat, Presence, StoreResult, rows, to_i64};
+use super::{Backend, Beat, EventFanout, Presence, StoreResult, rows, to_i64};
 
 /// Batched heartbeats. All parts of one statement see the same snapshot, so `before` holds the
 /// state prior to the update. With the same peer twice in a batch, the latest beat wins.
@@ -35,6 +39,9 @@ pub struct PgStore {
     /// soft state, and losing the last moments of them in a database crash only makes peers
     /// look a little older. Everything else commits synchronously.
     beats: PgPool,
+    /// The NOTIFY channel of this database's trackers (one per schema, so tests sharing a
+    /// database stay apart).
+    events_channel: String,
 }
 
 impl PgStore {
@@ -80,7 +87,15 @@ impl PgStore {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options.options([("synchronous_commit", "off")]))
             .await?;
-        Ok(Self { pool, beats })
+        let events_channel = match schema {
+            Some(schema) => format!("p2p_events_{schema}"),
+            None => "p2p_events".to_owned(),
+        };
+        Ok(Self {
+            pool,
+            beats,
+            events_channel,
+        })
     }
 
     /// Drops a schema made by [`PgStore::connect_in_schema`] (tests clean up with it).
@@ -115,6 +130,50 @@ impl PgStore {
 
     fn writer(&self) -> &PgPool {
         &self.pool
+    }
+
+    fn fanout(&self) -> Option<Arc<dyn EventFanout>> {
+        Some(Arc::new(PgEvents {
+            pool: self.pool.clone(),
+            channel: self.events_channel.clone(),
+        }))
+    }
+}
+
+/// Events through PostgreSQL's LISTEN/NOTIFY: every tracker on the database listens on one
+/// channel, and NOTIFY delivers each event to all of them, in commit order.
+#[derive(Debug)]
+struct PgEvents {
+    pool: PgPool,
+    channel: String,
+}
+
+#[async_trait]
+impl EventFanout for PgEvents {
+    /// One statement, so one transaction, for the whole batch: listeners get the events in
+    /// array order. Fails for a payload of 8000 bytes or more (NOTIFY's limit), like for a
+    /// lost connection. (Within one transaction NOTIFY drops exact duplicates; two events
+    /// with the same content and timestamp are one event.)
+    async fn send(&self, payloads: &[Arc<str>]) -> StoreResult<()> {
+        let payloads: Vec<String> = payloads.iter().map(|p| p.to_string()).collect();
+        sqlx::query(
+            "SELECT pg_notify($1, payload) \
+             FROM UNNEST($2::text[]) WITH ORDINALITY AS u(payload, n) ORDER BY n",
+        )
+        .bind(&self.channel)
+        .bind(payloads)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn subscribe(&self) -> StoreResult<BoxStream<'static, StoreResult<String>>> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen(&self.channel).await?;
+        Ok(listener
+            .into_stream()
+            .map(|n| Ok(n?.payload().to_owned()))
+            .boxed())
     }
 }
 

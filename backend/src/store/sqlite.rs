@@ -8,7 +8,7 @@ use std::time::Duration;
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
-use super::{Backend, Beat, Presence, StoreError, StoreResult, rows, to_i64};
+use super::{Backend, Beat, EventFanout, Presence, StoreError, StoreResult, rows, to_i64};
 
 /// The state of a heartbeat batch's peers before it is applied. `$1` is a JSON array of
 /// `[peer_id, at_ms, uploaded, downloaded]`.
@@ -102,6 +102,11 @@ impl SqliteStore {
 
     fn writer(&self) -> &SqlitePool {
         &self.writer
+    }
+
+    /// An SQLite file belongs to one tracker: its events stay in the process.
+    fn fanout(&self) -> Option<std::sync::Arc<dyn EventFanout>> {
+        None
     }
 }
 

@@ -1,0 +1,58 @@
+# OCI images (docker-archive tarballs): `docker load < result` or
+# `skopeo copy docker-archive:result docker://REGISTRY/p2p-tracker:TAG`.
+# No shell and no package manager inside: the binary, CA certificates, an /etc/passwd entry for
+# the unprivileged user, a writable state directory and /tmp.
+{ pkgs, tracker, peer }:
+let
+  inherit (pkgs) lib;
+  uid = "65532"; # the conventional "nonroot" id, also set as runAsUser in k8s/
+  image = { name, package, stateDir, port, env, cmd ? [ ] }: pkgs.dockerTools.buildLayeredImage {
+    inherit name;
+    tag = package.version;
+    contents = [
+      package
+      pkgs.dockerTools.caCertificates
+      (pkgs.writeTextDir "etc/passwd" "nonroot:x:${uid}:${uid}::${stateDir}:/noshell\n")
+      (pkgs.writeTextDir "etc/group" "nonroot:x:${uid}:\n")
+    ];
+    fakeRootCommands = ''
+      mkdir -p .${stateDir} tmp
+      chown ${uid}:${uid} .${stateDir}
+      chmod 0700 .${stateDir}
+      chmod 1777 tmp
+    '';
+    enableFakechroot = false;
+    config = {
+      Entrypoint = [ (lib.getExe package) ];
+      Cmd = cmd;
+      User = "${uid}:${uid}";
+      WorkingDir = stateDir;
+      Env = env ++ [ "SSL_CERT_FILE=/etc/ssl/certs/ca-bundle.crt" ];
+      ExposedPorts."${toString port}/tcp" = { };
+      Volumes.${stateDir} = { };
+      Labels = {
+        "org.opencontainers.image.title" = name;
+        "org.opencontainers.image.version" = package.version;
+        "org.opencontainers.image.licenses" = "MIT";
+      };
+    };
+  };
+in
+{
+  tracker = image {
+    name = "p2p-tracker";
+    package = tracker;
+    stateDir = "/var/lib/p2p-tracker";
+    port = 8080;
+    env = [ "P2P_ADDR=:8080" "P2P_DATA_DIR=/var/lib/p2p-tracker" ];
+  };
+  # p2p-download is in the image too: `--entrypoint p2p-download`.
+  peer = image {
+    name = "p2p-peer";
+    package = peer;
+    stateDir = "/var/lib/p2p-peer";
+    port = 6881;
+    env = [ "P2P_DATA=/var/lib/p2p-peer" "P2P_PORT=6881" ];
+    cmd = [ "--daemon" ];
+  };
+}

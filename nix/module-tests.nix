@@ -1,0 +1,195 @@
+# Tests of the NixOS modules that need nothing but nixpkgs' lib: each evaluates the modules with
+# lib.evalModules next to a stub of the few NixOS options they set and a fake `pkgs`, then
+# checks the generated unit, or that a bad value is rejected.
+#   nix-instantiate --eval --strict --json -E \
+#     'import ./nix/module-tests.nix { lib = import <nixpkgs-lib>/lib; }'
+# `failures = [ ]` means every test passed.
+{ lib }:
+let
+  fakePackage = name: program: {
+    type = "derivation";
+    inherit name;
+    outPath = "/nix/store/00000000000000000000000000000000-${name}";
+    meta.mainProgram = program;
+  };
+  pkgs = {
+    p2p-tracker = fakePackage "p2p-tracker-0.1.0" "p2p-tracker";
+    p2p-peer = fakePackage "p2p-peer-0.1.0" "p2p-peer";
+    writeShellScript = name: text: fakePackage name name // { inherit text; };
+  };
+  tracker = pkgs.p2p-tracker.outPath;
+  peer = pkgs.p2p-peer.outPath;
+
+  # The NixOS options the modules set, loosely typed.
+  nixosStub = {
+    options = {
+      assertions = lib.mkOption { type = lib.types.listOf lib.types.anything; default = [ ]; };
+      systemd.services = lib.mkOption { type = lib.types.attrsOf lib.types.anything; default = { }; };
+      networking.firewall.allowedTCPPorts = lib.mkOption { type = lib.types.listOf lib.types.port; default = [ ]; };
+      services.postgresql = lib.mkOption { type = lib.types.attrsOf lib.types.anything; default = { }; };
+    };
+  };
+  eval = module: (lib.evalModules {
+    modules = [ nixosStub ../nixos-modules module ];
+    specialArgs = { inherit pkgs; };
+  }).config;
+  unit = name: module: (eval module).systemd.services.${name};
+  serviceConfig = name: module: (unit name module).serviceConfig;
+  trackerUnit = settings: serviceConfig "p2p-tracker" { services.p2p-tracker = { enable = true; } // settings; };
+  peerUnit = settings: serviceConfig "p2p-peer" { services.p2p-peer = { enable = true; tracker = "http://tracker:8080"; } // settings; };
+  failedAssertions = module: map (a: a.message) (lib.filter (a: !a.assertion) (eval module).assertions);
+  rejected = module: !(builtins.tryEval (builtins.deepSeq (eval module).systemd.services true)).success;
+
+  hardening = {
+    DynamicUser = true;
+    ProtectSystem = "strict";
+    NoNewPrivileges = true;
+    PrivateTmp = true;
+    RestrictAddressFamilies = [ "AF_INET" "AF_INET6" "AF_UNIX" ];
+    SystemCallFilter = [ "@system-service" "~@privileged" "~@resources" ];
+    CapabilityBoundingSet = "";
+  };
+  hardeningOf = cfg: lib.getAttrs (lib.attrNames hardening) cfg;
+
+  tests = {
+    testTrackerDefaults = {
+      expr = lib.getAttrs [ "ExecStart" "StateDirectory" "WorkingDirectory" "LoadCredential" ] (trackerUnit { });
+      expected = {
+        ExecStart = "${tracker}/bin/p2p-tracker --addr 0.0.0.0:8080 --data-dir /var/lib/p2p-tracker --rate-limit-rps 100";
+        StateDirectory = "p2p-tracker";
+        WorkingDirectory = "/var/lib/p2p-tracker";
+        LoadCredential = [ ];
+      };
+    };
+    testTrackerHardening = { expr = hardeningOf (trackerUnit { }); expected = hardening; };
+    testPeerHardening = { expr = hardeningOf (peerUnit { }); expected = hardening; };
+
+    testTrackerOptions = {
+      expr = (trackerUnit {
+        listenAddress = "::";
+        port = 9000;
+        rateLimit = { rps = 0; burst = 50; };
+        trustProxy = true;
+        database.url = "postgresql://db.internal/p2p";
+        extraArgs = [ "--heartbeat-interval-secs" "15" ];
+      }).ExecStart;
+      expected = "${tracker}/bin/p2p-tracker --addr '[::]:9000' --data-dir /var/lib/p2p-tracker --rate-limit-rps 0"
+        + " --rate-limit-burst 50 --trust-proxy --postgres-url postgresql://db.internal/p2p --heartbeat-interval-secs 15";
+    };
+
+    testTrackerSecretsByCredential =
+      let cfg = trackerUnit { apiKeysFile = "/run/secrets/keys"; jwtSecretFile = "/run/secrets/jwt"; database.urlFile = "/run/secrets/db"; };
+      in {
+        expr = {
+          inherit (cfg) LoadCredential;
+          launcher = lib.hasPrefix "/nix/store/00000000000000000000000000000000-p2p-tracker-launcher " cfg.ExecStart;
+        };
+        expected = {
+          LoadCredential = [ "api-keys:/run/secrets/keys" "jwt-secret:/run/secrets/jwt" "database-url:/run/secrets/db" ];
+          launcher = true;
+        };
+      };
+    testLauncherExportsCredentials = {
+      expr =
+        let
+          text = (import ../nixos-modules/service.nix { inherit lib pkgs; }).mkCredentials {
+            service = "s";
+            executable = "/bin/x";
+            secrets = [{ name = "api-keys"; file = "/run/k"; env = "API_KEYS"; option = "o"; }];
+          };
+        in
+        map (needle: lib.hasInfix needle text.launcher.text) [
+          ''value=$(< "$CREDENTIALS_DIRECTORY/api-keys")''
+          ''export API_KEYS="''${value//$'\n'/,}"''
+          ''exec /bin/x "$@"''
+        ];
+      expected = [ true true true ];
+    };
+    testSecretInStoreIsRefused = {
+      expr = failedAssertions { services.p2p-tracker = { enable = true; jwtSecretFile = "/nix/store/aaaa-jwt"; }; };
+      expected = [ "services.p2p-tracker.jwtSecretFile points into the Nix store (/nix/store/aaaa-jwt), where every user can read it; give a path outside it." ];
+    };
+    testPeerSecretInStoreIsRefused = {
+      expr = lib.length (failedAssertions { services.p2p-peer = { enable = true; tracker = "http://t"; apiKeyFile = "/nix/store/aaaa-key"; }; });
+      expected = 1;
+    };
+
+    testLocalPostgres =
+      let config = eval { services.p2p-tracker = { enable = true; database.createLocally = true; }; };
+      in {
+        expr = {
+          inherit (config.services.postgresql) enable ensureDatabases;
+          inherit (config.systemd.services.p2p-tracker) requires;
+          url = lib.hasSuffix "--postgres-url 'postgresql:///p2p-tracker?host=/run/postgresql&user=p2p-tracker'"
+            config.systemd.services.p2p-tracker.serviceConfig.ExecStart;
+        };
+        expected = { enable = true; ensureDatabases = [ "p2p-tracker" ]; requires = [ "postgresql.service" ]; url = true; };
+      };
+    testOneDatabaseSource = {
+      expr = failedAssertions { services.p2p-tracker = { enable = true; database = { createLocally = true; url = "postgresql://x/y"; }; }; };
+      expected = [ "services.p2p-tracker.database: set at most one of url, urlFile and createLocally." ];
+    };
+
+    testPeerOptions = {
+      expr = (peerUnit {
+        port = 7000;
+        dataDir = "/var/lib/p2p/peer";
+        apiKeyFile = "/run/secrets/key";
+        uploadLimit = "10M";
+        downloadLimit = "512K";
+        relayOnly = true;
+        announceAddresses = [ "203.0.113.7" "2001:db8::7" ];
+      }) // { ExecStart = null; };
+      expected = (peerUnit { }) // {
+        ExecStart = null;
+        StateDirectory = "p2p/peer";
+        WorkingDirectory = "/var/lib/p2p/peer";
+        LoadCredential = [ "api-key:/run/secrets/key" ];
+      };
+    };
+    testPeerExecStart = {
+      expr = (peerUnit { port = 7000; uploadLimit = "10M"; relayOnly = true; announceAddresses = [ "203.0.113.7" "2001:db8::7" ]; }).ExecStart;
+      expected = "${peer}/bin/p2p-peer --daemon --tracker http://tracker:8080 --listen 0.0.0.0 --port 7000 --data /var/lib/p2p-peer"
+        + " --upload-limit 10M --announce-addr 203.0.113.7,2001:db8::7 --relay-only";
+    };
+    testFirewall = {
+      expr = map (m: (eval m).networking.firewall.allowedTCPPorts) [
+        { services.p2p-peer = { enable = true; tracker = "http://t"; openFirewall = true; }; }
+        { services.p2p-tracker = { enable = true; openFirewall = true; port = 8443; }; }
+        { services.p2p-tracker.enable = true; }
+      ];
+      expected = [ [ 6881 ] [ 8443 ] [ ] ];
+    };
+    testPrivilegedPort = {
+      expr = lib.getAttrs [ "AmbientCapabilities" "PrivateUsers" ] (trackerUnit { port = 80; });
+      expected = { AmbientCapabilities = [ "CAP_NET_BIND_SERVICE" ]; PrivateUsers = false; };
+    };
+    testDisabledMeansNoUnit = {
+      expr = (eval { }).systemd.services;
+      expected = { };
+    };
+
+    testRejectsBadValues = {
+      expr = map rejected [
+        { services.p2p-tracker = { enable = true; port = "abc"; }; }
+        { services.p2p-tracker = { enable = true; port = 70000; }; }
+        { services.p2p-tracker = { enable = true; rateLimit.rps = -1; }; }
+        { services.p2p-tracker = { enable = true; rateLimit.burst = 0; }; }
+        { services.p2p-tracker = { enable = true; databse.url = "postgresql://x/y"; }; }
+        { services.p2p-peer = { enable = true; tracker = "tracker:8080"; }; }
+        { services.p2p-peer = { enable = true; tracker = "http://t"; uploadLimit = "fast"; }; }
+        { services.p2p-peer = { enable = true; tracker = "http://t"; dataDir = "/srv/p2p"; }; }
+        { services.p2p-peer.enable = true; } # no tracker given
+      ];
+      expected = lib.genList (_: true) 9;
+    };
+    testAcceptsGoodValues = {
+      expr = rejected { services.p2p-peer = { enable = true; tracker = "https://t.example"; uploadLimit = "1G"; }; };
+      expected = false;
+    };
+  };
+in
+{
+  failures = lib.runTests tests;
+  count = lib.length (lib.attrNames tests);
+}

@@ -1,0 +1,106 @@
+# services.p2p-peer: a peer daemon that shares every file placed directly in its data directory
+# (watching it for new ones) and serves chunks to other peers.
+{ config, lib, pkgs, ... }:
+let
+  cfg = config.services.p2p-peer;
+  inherit (lib) mkOption mkEnableOption types;
+  rate = types.strMatching "[1-9][0-9]*[KkMmGg]?";
+  args = [ "--daemon" "--tracker" cfg.tracker "--listen" cfg.listenAddress "--port" (toString cfg.port) "--data" cfg.dataDir ]
+    ++ lib.optionals (cfg.uploadLimit != null) [ "--upload-limit" cfg.uploadLimit ]
+    ++ lib.optionals (cfg.downloadLimit != null) [ "--download-limit" cfg.downloadLimit ]
+    ++ lib.optionals (cfg.announceAddresses != [ ]) [ "--announce-addr" (lib.concatStringsSep "," cfg.announceAddresses) ]
+    ++ lib.optional cfg.relayOnly "--relay-only"
+    ++ cfg.extraArgs;
+  service = (import ./service.nix { inherit lib pkgs; }).mkService {
+    name = "p2p-peer";
+    description = "p2p peer";
+    executable = lib.getExe' cfg.package "p2p-peer";
+    inherit args;
+    stateDirectory = lib.removePrefix "/var/lib/" cfg.dataDir;
+    inherit (cfg) port;
+    secrets = [
+      { name = "api-key"; file = cfg.apiKeyFile; env = "P2P_API_KEY"; option = "services.p2p-peer.apiKeyFile"; }
+    ];
+  };
+in
+{
+  options.services.p2p-peer = {
+    enable = mkEnableOption "a p2p peer daemon";
+    package = lib.mkPackageOption pkgs "p2p-peer" { };
+
+    tracker = mkOption {
+      type = types.strMatching "https?://.+";
+      example = "https://tracker.example.org";
+      description = "URL of the tracker.";
+    };
+    listenAddress = mkOption {
+      type = types.str;
+      default = "0.0.0.0";
+      description = "Address the peer protocol listens on.";
+    };
+    port = mkOption {
+      type = types.port;
+      default = 6881;
+      description = "TCP port of the peer protocol.";
+    };
+    announceAddresses = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "203.0.113.7" ];
+      description = "Addresses to register at the tracker (default: the address the tracker sees).";
+    };
+    openFirewall = mkOption {
+      type = types.bool;
+      default = false;
+      description = "Open {option}`port` in the firewall so other peers can fetch chunks.";
+    };
+
+    dataDir = mkOption {
+      type = types.strMatching "/var/lib/[^/].*";
+      default = "/var/lib/p2p-peer";
+      description = ''
+        The peer's data: its identity key, partial and finished downloads, and the files it shares.
+        The daemon shares every file placed directly in it and watches it for new ones. It is the
+        service's systemd StateDirectory (owned by its dynamic user), hence below /var/lib.
+      '';
+    };
+
+    apiKeyFile = mkOption {
+      type = types.nullOr types.path;
+      default = null;
+      example = "/run/secrets/p2p-api-key";
+      description = "File with the API key for the tracker; outside the Nix store.";
+    };
+    uploadLimit = mkOption {
+      type = types.nullOr rate;
+      default = null;
+      example = "10M";
+      description = "Upload limit in bytes per second (K, M, G suffixes: powers of 1024); unlimited when null.";
+    };
+    downloadLimit = mkOption {
+      type = types.nullOr rate;
+      default = null;
+      example = "50M";
+      description = "Download limit in bytes per second; unlimited when null.";
+    };
+    relayOnly = mkOption {
+      type = types.bool;
+      default = false;
+      description = "Reach and be reached by other peers only through the tracker's relay (`/relay`), e.g. behind a strict NAT.";
+    };
+    extraArgs = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "--pipeline" "32" ];
+      description = "More arguments for p2p-peer (see `p2p-peer --help`).";
+    };
+  };
+
+  config = lib.mkIf cfg.enable {
+    inherit (service) assertions;
+
+    networking.firewall.allowedTCPPorts = lib.mkIf cfg.openFirewall [ cfg.port ];
+
+    systemd.services.p2p-peer = service.unit;
+  };
+}
