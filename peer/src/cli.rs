@@ -11,6 +11,7 @@ use p2p_proto::{FileId, Manifest};
 use tokio::io::AsyncBufReadExt;
 
 use crate::config::{DownloadCli, NodeArgs, PeerCli, PeerCommand};
+use crate::discovery::{self, DhtFind, merge_sources};
 use crate::download::{DownloadOptions, DownloadReport, Source, download};
 use crate::node::Node;
 use crate::shell::{self, ShellCommand};
@@ -26,6 +27,14 @@ struct Peer {
     tracker: TrackerClient,
     session: SessionHandle,
     pipeline: usize,
+}
+
+impl Peer {
+    /// Tells the tracker and the DHT about new files and progress, without waiting.
+    fn announce_now(&self) {
+        self.session.announce_now();
+        self.node.announce_now();
+    }
 }
 
 async fn start(args: &NodeArgs, fallback_to_any_port: bool) -> anyhow::Result<Peer> {
@@ -110,7 +119,7 @@ pub async fn run_peer(cli: PeerCli) -> anyhow::Result<()> {
             Err(e) => tracing::warn!(file = %path.display(), error = %e, "cannot share"),
         }
     }
-    peer.session.announce_now();
+    peer.announce_now();
     if cli.daemon {
         let mut changes = watch::watch(&peer.node.data_dir, peer.node.shutdown.clone())?;
         tracing::info!(dir = %peer.node.data_dir.display(), "daemon: sharing the data dir");
@@ -120,7 +129,7 @@ pub async fn run_peer(cli: PeerCli) -> anyhow::Result<()> {
                 Some(path) = changes.recv() => match peer.node.library.share(&path).await {
                     Ok(m) => {
                         tracing::info!(file = %path.display(), id = %m.id, "sharing new file");
-                        peer.session.announce_now();
+                        peer.announce_now();
                     }
                     Err(e) => tracing::warn!(file = %path.display(), error = %e, "cannot share"),
                 },
@@ -168,7 +177,7 @@ async fn shell_loop(peer: &Peer) -> anyhow::Result<()> {
             ShellCommand::Quit => break,
             ShellCommand::Share(path) => match peer.node.library.share(&path).await {
                 Ok(m) => {
-                    peer.session.announce_now();
+                    peer.announce_now();
                     println!("sharing {} ({} bytes)\n  id {}", m.name, m.size, m.id);
                     Ok(())
                 }
@@ -226,6 +235,10 @@ fn status(peer: &Peer) {
             "not reachable (retrying)"
         }
     );
+    match &peer.node.dht {
+        Some(dht) => println!("dht        udp {}", dht.local_addr()),
+        None => println!("dht        off"),
+    }
     println!(
         "files      {complete} complete, {} partial",
         files.len() - complete
@@ -272,7 +285,8 @@ async fn addresses(addresses: &[String], port: u16) -> Vec<SocketAddr> {
     out
 }
 
-async fn fetch(peer: &Peer, id: &FileId) -> anyhow::Result<DownloadReport> {
+/// Peers from the tracker, as download sources.
+async fn tracker_sources(peer: &Peer, id: &FileId) -> anyhow::Result<(Manifest, Vec<Source>)> {
     let details = peer
         .tracker
         .file(id)
@@ -300,6 +314,58 @@ async fn fetch(peer: &Peer, id: &FileId) -> anyhow::Result<DownloadReport> {
             });
         }
     }
+    Ok((manifest, sources))
+}
+
+/// How long a DHT lookup may add to a download the tracker already found peers for.
+const DHT_GRACE: Duration = Duration::from_secs(3);
+
+/// The manifest and the peers to fetch `id` from: the tracker's and the DHT's together (one
+/// entry per peer). Either alone is enough; with no tracker the manifest comes from a peer.
+async fn find_sources(peer: &Peer, id: &FileId) -> anyhow::Result<(Manifest, Vec<Source>)> {
+    let lookup = peer.node.dht.clone().map(|dht| {
+        let (identity, own, id) = (peer.node.identity.clone(), peer.node.addr, *id);
+        tokio::spawn(async move { discovery::dht_sources(&dht, &identity, &id, own).await })
+    });
+    let from_tracker = tracker_sources(peer, id).await;
+    let Some(lookup) = lookup else {
+        return from_tracker;
+    };
+    let found = match &from_tracker {
+        // The tracker has peers: the DHT only adds to them, and may not hold the download up.
+        Ok((_, sources)) if !sources.is_empty() => {
+            match tokio::time::timeout(DHT_GRACE, lookup).await {
+                Ok(found) => found.unwrap_or_default(),
+                Err(_) => DhtFind::default(),
+            }
+        }
+        _ => lookup.await.unwrap_or_default(),
+    };
+    tracing::info!(
+        addresses = found.addresses,
+        usable = found.sources.len(),
+        "DHT lookup"
+    );
+    let (manifest, mut sources) = match from_tracker {
+        Ok(known) => known,
+        Err(e) => match found.manifest.clone() {
+            Some(m) => (m, Vec::new()),
+            None => return Err(e.context("no peer offered the file through the DHT either")),
+        },
+    };
+    // Peers offering other content under this id would be refused by the download anyway.
+    if found
+        .manifest
+        .as_ref()
+        .is_some_and(|m| m.same_content(&manifest))
+    {
+        merge_sources(&mut sources, found.sources);
+    }
+    Ok((manifest, sources))
+}
+
+async fn fetch(peer: &Peer, id: &FileId) -> anyhow::Result<DownloadReport> {
+    let (manifest, sources) = find_sources(peer, id).await?;
     if sources.is_empty() {
         bail!("no online peer has {}", manifest.name);
     }
@@ -323,11 +389,16 @@ async fn fetch(peer: &Peer, id: &FileId) -> anyhow::Result<DownloadReport> {
             manifest.clone(),
         );
         let session = peer.session.clone();
+        let dht_announcer = peer.node.dht_announcer.clone();
         tokio::spawn(async move {
             for tick in 1u64.. {
-                // Announce partial progress every 5 s so other leechers can use our chunks.
+                // Announce partial progress every 5 s so other leechers can use our chunks (the
+                // DHT announces the file once; it carries no progress).
                 if tick % 25 == 0 {
                     session.announce_now();
+                    if let Some(a) = &dht_announcer {
+                        a.announce_now();
+                    }
                 }
                 if let Some(entry) = library.get(&id) {
                     let have = entry.have();
@@ -379,7 +450,7 @@ async fn fetch(peer: &Peer, id: &FileId) -> anyhow::Result<DownloadReport> {
         Ok(_) => bar.finish(),
         Err(_) => bar.abandon(),
     }
-    peer.session.announce_now();
+    peer.announce_now();
     Ok(result?)
 }
 

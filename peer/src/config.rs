@@ -3,7 +3,8 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Args, Parser, Subcommand};
 use p2p_proto::FileId;
 
 /// A peer of the p2p file-sharing system: shares files and downloads them from other peers.
@@ -73,6 +74,23 @@ pub struct NodeArgs {
     /// Chunk requests kept in flight per peer.
     #[arg(long, env = "P2P_PIPELINE", default_value_t = 16)]
     pub pipeline: usize,
+    /// Announce and find files on the BitTorrent Mainline DHT too (`--dht off` to disable).
+    #[arg(
+        long,
+        env = "P2P_DHT",
+        default_value = "on",
+        value_name = "on|off",
+        action = ArgAction::Set,
+        value_parser = BoolishValueParser::new(),
+    )]
+    pub dht: bool,
+    /// UDP port of the DHT node (0: any free port; a busy port falls back to any).
+    #[arg(long, env = "P2P_DHT_PORT", default_value_t = 6881)]
+    pub dht_port: u16,
+    /// DHT nodes to join through, `host:port`, comma-separated (default: the public routers
+    /// of the Mainline DHT).
+    #[arg(long, env = "P2P_DHT_BOOTSTRAP", value_delimiter = ',')]
+    pub dht_bootstrap: Vec<String>,
 }
 
 /// Parses `1048576`, `512K`, `10M`, `1G` (powers of 1024) into bytes per second.
@@ -131,6 +149,9 @@ mod tests {
         assert_eq!(cli.node.port, 6881);
         assert_eq!(cli.node.data, PathBuf::from("./data"));
         assert!(!cli.daemon);
+        assert!(cli.node.dht);
+        assert_eq!(cli.node.dht_port, 6881);
+        assert!(cli.node.dht_bootstrap.is_empty());
         let cli = PeerCli::try_parse_from([
             "p2p-peer",
             "--tracker",
@@ -145,6 +166,19 @@ mod tests {
         ])
         .unwrap();
         assert_eq!((cli.node.port, cli.daemon), (7000, true));
+        let cli = PeerCli::try_parse_from([
+            "p2p-peer",
+            "--dht",
+            "off",
+            "--dht-bootstrap",
+            "127.0.0.1:6881,node.example:7000",
+        ])
+        .unwrap();
+        assert!(!cli.node.dht);
+        assert_eq!(
+            cli.node.dht_bootstrap,
+            vec!["127.0.0.1:6881", "node.example:7000"]
+        );
         let hash = "ab".repeat(32);
         let d = DownloadCli::try_parse_from(["p2p-download", &hash]).unwrap();
         assert_eq!(d.hash.to_string(), hash);

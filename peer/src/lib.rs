@@ -11,6 +11,9 @@
 //! - [`tracker_client`]: the tracker's REST API and the registration session.
 //! - [`upload`]: the listener answering manifest and chunk requests.
 //! - [`download`]: parallel downloads from several peers with verification and bans.
+//! - [`dht`]: a Mainline DHT node: announcing the library and looking files up without the
+//!   tracker.
+//! - [`discovery`]: turning DHT addresses into download sources (peer id and manifest).
 //! - [`node`]: a running peer assembled from the command line.
 //! - [`watch`]: daemon mode's watch of the data dir.
 //! - [`net`]: transports; [`net::secure`] is the Noise-encrypted frame stream every connection
@@ -18,6 +21,8 @@
 
 pub mod cli;
 pub mod config;
+pub mod dht;
+pub mod discovery;
 pub mod download;
 pub mod identity;
 pub mod net;

@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::NodeArgs;
+use crate::dht::{self, AnnouncerHandle, Dht, DhtConfig};
 use crate::identity::{Identity, IdentityError, KEY_FILE};
 use crate::storage::{Library, LibraryError};
 use crate::throttle::Throttle;
@@ -44,6 +45,10 @@ pub struct Node {
     pub addr: SocketAddr,
     pub upload: Arc<Throttle>,
     pub download: Arc<Throttle>,
+    /// The DHT node, unless disabled or it could not start.
+    pub dht: Option<Dht>,
+    /// Announces the library on the DHT (with `dht`).
+    pub dht_announcer: Option<AnnouncerHandle>,
     pub shutdown: CancellationToken,
 }
 
@@ -74,6 +79,29 @@ impl Node {
             shutdown.clone(),
         ));
         tracing::info!(peer_id = %identity.peer_id(), %addr, "peer listening");
+        // The DHT is a second way to be found: without it the peer still works with the tracker.
+        let dht = if args.dht {
+            let config = DhtConfig {
+                bind: args.listen,
+                port: args.dht_port,
+                bootstrap: args.dht_bootstrap.clone(),
+            };
+            Dht::start(&config)
+                .await
+                .inspect_err(|e| tracing::warn!(error = %e, "DHT disabled"))
+                .ok()
+        } else {
+            None
+        };
+        let dht_announcer = dht.clone().map(|dht| {
+            dht::spawn_announcer(
+                dht,
+                library.clone(),
+                addr.port(),
+                dht::REANNOUNCE_INTERVAL,
+                shutdown.clone(),
+            )
+        });
         Ok(Self {
             identity,
             library,
@@ -81,8 +109,18 @@ impl Node {
             addr,
             upload,
             download,
+            dht,
+            dht_announcer,
             shutdown,
         })
+    }
+
+    /// Announces files new to the library on the DHT, without waiting (the tracker session has
+    /// its own [`crate::tracker_client::SessionHandle::announce_now`]).
+    pub fn announce_now(&self) {
+        if let Some(announcer) = &self.dht_announcer {
+            announcer.announce_now();
+        }
     }
 
     /// Shares every regular file directly in the data dir (not hidden files, the key or
@@ -144,6 +182,9 @@ mod tests {
             upload_limit: None,
             download_limit: Some(1 << 20),
             pipeline: 16,
+            dht: false,
+            dht_port: 0,
+            dht_bootstrap: vec![],
         };
         let node = Node::start(&args).await.unwrap();
         assert_ne!(node.addr.port(), 0);
