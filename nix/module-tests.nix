@@ -152,6 +152,13 @@ let
       expected = "${peer}/bin/p2p-peer --daemon --tracker http://tracker:8080 --listen 0.0.0.0 --port 7000 --data /var/lib/p2p-peer"
         + " --upload-limit 10M --announce-addr 203.0.113.7,2001:db8::7 --relay-only";
     };
+    testPeerShareDir = {
+      expr = lib.getAttrs [ "ExecStart" "BindReadOnlyPaths" ] (peerUnit { shareDir = "/srv/public"; });
+      expected = {
+        ExecStart = "${peer}/bin/p2p-peer --daemon --tracker http://tracker:8080 --listen 0.0.0.0 --port 6881 --data /var/lib/p2p-peer --share-dir /srv/public";
+        BindReadOnlyPaths = [ "/srv/public" ];
+      };
+    };
     testFirewall = {
       expr = map (m: (eval m).networking.firewall.allowedTCPPorts) [
         { services.p2p-peer = { enable = true; tracker = "http://t"; openFirewall = true; }; }

@@ -1,11 +1,13 @@
-# services.p2p-peer: a peer daemon that shares every file placed directly in its data directory
-# (watching it for new ones) and serves chunks to other peers.
+# services.p2p-peer: a peer daemon that shares every file placed directly in its share directory
+# (its data directory unless shareDir is set), watching it for new ones, and serves chunks to
+# other peers.
 { config, lib, pkgs, ... }:
 let
   cfg = config.services.p2p-peer;
   inherit (lib) mkOption mkEnableOption types;
   rate = types.strMatching "[1-9][0-9]*[KkMmGg]?";
   args = [ "--daemon" "--tracker" cfg.tracker "--listen" cfg.listenAddress "--port" (toString cfg.port) "--data" cfg.dataDir ]
+    ++ lib.optionals (cfg.shareDir != null) [ "--share-dir" cfg.shareDir ]
     ++ lib.optionals (cfg.uploadLimit != null) [ "--upload-limit" cfg.uploadLimit ]
     ++ lib.optionals (cfg.downloadLimit != null) [ "--download-limit" cfg.downloadLimit ]
     ++ lib.optionals (cfg.announceAddresses != [ ]) [ "--announce-addr" (lib.concatStringsSep "," cfg.announceAddresses) ]
@@ -65,6 +67,18 @@ in
       '';
     };
 
+    shareDir = mkOption {
+      type = types.nullOr (types.strMatching "/.+");
+      default = null;
+      example = "/srv/media/public";
+      description = ''
+        A folder whose files the daemon shares (and watches for new ones) instead of
+        {option}`dataDir`; downloads still go to {option}`dataDir`. It is bind-mounted read-only
+        into the service's sandbox, so its files must be readable by every user (the service runs
+        as a dynamic user).
+      '';
+    };
+
     apiKeyFile = mkOption {
       type = types.nullOr types.path;
       default = null;
@@ -101,6 +115,9 @@ in
 
     networking.firewall.allowedTCPPorts = lib.mkIf cfg.openFirewall [ cfg.port ];
 
-    systemd.services.p2p-peer = service.unit;
+    systemd.services.p2p-peer = lib.mkMerge [
+      service.unit
+      (lib.mkIf (cfg.shareDir != null) { serviceConfig.BindReadOnlyPaths = [ cfg.shareDir ]; })
+    ];
   };
 }

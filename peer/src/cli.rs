@@ -121,8 +121,8 @@ pub async fn run_peer(cli: PeerCli) -> anyhow::Result<()> {
     }
     peer.announce_now();
     if cli.daemon {
-        let mut changes = watch::watch(&peer.node.data_dir, peer.node.shutdown.clone())?;
-        tracing::info!(dir = %peer.node.data_dir.display(), "daemon: sharing the data dir");
+        let mut changes = watch::watch(&peer.node.share_dir, peer.node.shutdown.clone())?;
+        tracing::info!(dir = %peer.node.share_dir.display(), "daemon: sharing the folder");
         loop {
             tokio::select! {
                 _ = shutdown_signal() => break,

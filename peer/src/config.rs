@@ -52,6 +52,10 @@ pub struct NodeArgs {
     /// Data directory: shared files, downloads, partial data and the peer's key.
     #[arg(long, env = "P2P_DATA", default_value = "./data")]
     pub data: PathBuf,
+    /// Folder whose files are shared at start (and watched by `--daemon`); the data dir when
+    /// not given. Downloads still go to the data dir.
+    #[arg(long, env = "P2P_SHARE_DIR")]
+    pub share_dir: Option<PathBuf>,
     /// API key for the tracker.
     #[arg(long, env = "P2P_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,

@@ -41,6 +41,8 @@ pub struct Node {
     pub identity: Identity,
     pub library: Arc<Library>,
     pub data_dir: PathBuf,
+    /// The folder shared at start and watched in daemon mode (the data dir by default).
+    pub share_dir: PathBuf,
     /// Where the peer protocol listens (the real port when 0 was asked for).
     pub addr: SocketAddr,
     pub upload: Arc<Throttle>,
@@ -55,10 +57,12 @@ pub struct Node {
 impl Node {
     /// Loads (or creates) the identity, opens the data dir and starts serving chunks.
     pub async fn start(args: &NodeArgs) -> Result<Self, NodeError> {
-        std::fs::create_dir_all(&args.data).map_err(|source| NodeError::DataDir {
-            path: args.data.clone(),
-            source,
-        })?;
+        for dir in std::iter::once(&args.data).chain(&args.share_dir) {
+            std::fs::create_dir_all(dir).map_err(|source| NodeError::DataDir {
+                path: dir.clone(),
+                source,
+            })?;
+        }
         let identity = Identity::load_or_create(&args.data)?;
         let library = Arc::new(Library::new());
         let bind = SocketAddr::new(args.listen, args.port);
@@ -106,6 +110,7 @@ impl Node {
             identity,
             library,
             data_dir: args.data.clone(),
+            share_dir: args.share_dir.clone().unwrap_or_else(|| args.data.clone()),
             addr,
             upload,
             download,
@@ -123,11 +128,11 @@ impl Node {
         }
     }
 
-    /// Shares every regular file directly in the data dir (not hidden files, the key or
-    /// partial downloads). Returns what was shared and what failed.
+    /// Shares every regular file directly in the share dir (the data dir unless `--share-dir`;
+    /// not hidden files, the key or partial downloads). Returns what was shared and what failed.
     pub async fn share_data_dir(&self) -> Vec<(PathBuf, Result<Manifest, LibraryError>)> {
         let mut out = Vec::new();
-        for path in shareable_files(&self.data_dir) {
+        for path in shareable_files(&self.share_dir) {
             let result = self.library.share(&path).await;
             out.push((path, result));
         }
@@ -176,6 +181,7 @@ mod tests {
             tracker: "http://127.0.0.1:1".into(),
             port: 0,
             data: dir.path().to_owned(),
+            share_dir: None,
             api_key: None,
             listen: "127.0.0.1".parse().unwrap(),
             announce_addrs: vec![],
@@ -206,5 +212,19 @@ mod tests {
         let again = Node::start(&args).await.unwrap();
         assert_eq!(again.identity.peer_id(), node.identity.peer_id());
         again.shutdown();
+
+        // With a share dir, that folder is shared (created if missing), not the data dir.
+        let share = dir.path().join("public");
+        let args = NodeArgs {
+            share_dir: Some(share.clone()),
+            ..args
+        };
+        let node = Node::start(&args).await.unwrap();
+        assert!(node.share_data_dir().await.is_empty());
+        std::fs::write(share.join("b.txt"), b"shared").unwrap();
+        let shared = node.share_data_dir().await;
+        assert_eq!(shared.len(), 1);
+        assert!(shared[0].0.ends_with("public/b.txt") && shared[0].1.is_ok());
+        node.shutdown();
     }
 }

@@ -43,6 +43,7 @@ fn node_args(data: &Path, bootstrap: &[String]) -> NodeArgs {
         tracker: NO_TRACKER.into(),
         port: 0,
         data: data.to_owned(),
+        share_dir: None,
         api_key: None,
         listen: "127.0.0.1".parse().unwrap(),
         announce_addrs: vec![],
