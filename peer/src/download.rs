@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use p2p_proto::wire::{Frame, PROTOCOL_VERSION};
 use p2p_proto::{Bitfield, Manifest, PeerId};
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use crate::identity::Identity;
+use crate::net::connector::{ConnectionPath, Connector};
 use crate::net::secure::{self, Role, SecureError};
 use crate::storage::{Library, PartialDownload, PartialError, PrefixHash, chunk_matches};
 use crate::throttle::Throttle;
@@ -42,6 +42,8 @@ pub struct DownloadOptions {
     pub throttle: Arc<Throttle>,
     /// Verified bytes per peer so far, for live progress displays.
     pub contributions: Arc<Contributions>,
+    /// How peers are reached (direct TCP, then the relay when one is configured).
+    pub connector: Arc<Connector>,
 }
 
 /// Verified bytes received from each peer during a download, readable while it runs.
@@ -76,6 +78,7 @@ impl Default for DownloadOptions {
             request_timeout: Duration::from_secs(30),
             throttle: Arc::new(Throttle::new(None)),
             contributions: Arc::new(Contributions::default()),
+            connector: Arc::new(Connector::direct()),
         }
     }
 }
@@ -102,6 +105,8 @@ pub struct PeerReport {
     pub banned: bool,
     /// Why its worker stopped early, if it did.
     pub error: Option<String>,
+    /// How it was reached, once connected.
+    pub path: Option<ConnectionPath>,
 }
 
 /// A finished download.
@@ -228,6 +233,7 @@ pub async fn download(
                     bad_chunks: 0,
                     banned: false,
                     error: None,
+                    path: None,
                 };
                 let result = tokio::select! {
                     _ = shared.stop.cancelled() => Ok(()),
@@ -318,21 +324,6 @@ enum WorkerError {
     Disk(String),
 }
 
-async fn connect(source: &Source, timeout: Duration) -> Result<TcpStream, WorkerError> {
-    let mut last = String::from("no address");
-    for addr in &source.addrs {
-        match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-            Ok(Ok(s)) => {
-                let _ = s.set_nodelay(true);
-                return Ok(s);
-            }
-            Ok(Err(e)) => last = format!("{addr}: {e}"),
-            Err(_) => last = format!("{addr}: timed out"),
-        }
-    }
-    Err(WorkerError::Connect(last))
-}
-
 async fn fetch_from(
     shared: &Shared,
     identity: &Identity,
@@ -340,7 +331,12 @@ async fn fetch_from(
     opts: &DownloadOptions,
     report: &mut PeerReport,
 ) -> Result<(), WorkerError> {
-    let stream = connect(source, opts.connect_timeout).await?;
+    let (stream, path) = opts
+        .connector
+        .connect(source, opts.connect_timeout)
+        .await
+        .map_err(|e| WorkerError::Connect(e.to_string()))?;
+    report.path = Some(path);
     let (mut rx, mut tx, _) =
         secure::handshake(stream, identity, Role::Initiator, Some(source.peer_id)).await?;
     let file_id = shared.manifest.id;

@@ -10,6 +10,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::NodeArgs;
 use crate::identity::{Identity, IdentityError, KEY_FILE};
+use crate::net::connector::Connector;
+use crate::net::relay::{self, RelayClient, RelayConfig, RelayError};
 use crate::storage::{Library, LibraryError};
 use crate::throttle::Throttle;
 use crate::upload;
@@ -26,6 +28,8 @@ pub enum NodeError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Relay(#[from] RelayError),
     #[error("cannot use the data directory {path}: {source}")]
     DataDir {
         path: PathBuf,
@@ -44,6 +48,10 @@ pub struct Node {
     pub addr: SocketAddr,
     pub upload: Arc<Throttle>,
     pub download: Arc<Throttle>,
+    /// The relay connection, unless `--no-relay`.
+    pub relay: Option<RelayClient>,
+    /// How downloads reach peers.
+    pub connector: Arc<Connector>,
     pub shutdown: CancellationToken,
 }
 
@@ -73,6 +81,24 @@ impl Node {
             upload.clone(),
             shutdown.clone(),
         ));
+        let relay = if args.no_relay {
+            None
+        } else {
+            let config = RelayConfig {
+                url: relay::relay_url(&args.tracker)?,
+                token: args.api_key.clone(),
+            };
+            let (client, incoming) = relay::spawn(identity.clone(), config, shutdown.clone());
+            tokio::spawn(upload::serve_relayed(
+                incoming,
+                identity.clone(),
+                library.clone(),
+                upload.clone(),
+                shutdown.clone(),
+            ));
+            Some(client)
+        };
+        let connector = Arc::new(Connector::new(relay.clone(), args.relay_only));
         tracing::info!(peer_id = %identity.peer_id(), %addr, "peer listening");
         Ok(Self {
             identity,
@@ -81,6 +107,8 @@ impl Node {
             addr,
             upload,
             download,
+            relay,
+            connector,
             shutdown,
         })
     }
@@ -144,6 +172,8 @@ mod tests {
             upload_limit: None,
             download_limit: Some(1 << 20),
             pipeline: 16,
+            relay_only: false,
+            no_relay: true,
         };
         let node = Node::start(&args).await.unwrap();
         assert_ne!(node.addr.port(), 0);
