@@ -25,6 +25,7 @@ const KEY: &str = "relay-bench-key";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    p2p_peer::init_tracing();
     let args: Vec<String> = std::env::args().collect();
     let path = std::path::PathBuf::from(args.get(1).expect("usage: relay_bench FILE [PIPELINE]"));
     let pipeline = args.get(2).map(|p| p.parse()).transpose()?.unwrap_or(16);

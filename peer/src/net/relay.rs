@@ -422,10 +422,11 @@ async fn run_session(
             command = commands.recv() => match command {
                 Some(Command::Open { stream, to, entry, far }) => {
                     streams.insert(stream, entry);
-                    spawn_bridge(stream, far, out.clone());
+                    // `Open` is queued before the bridge can queue any `Data` for the stream.
                     if send(&out.frames, &RelayFrame::Open { stream, to }).await.is_err() {
                         break "connection lost".to_owned();
                     }
+                    spawn_bridge(stream, far, out.clone());
                 }
                 Some(Command::Close(stream)) => {
                     if let Some(entry) = streams.remove(&stream) {
