@@ -18,6 +18,7 @@ use crate::metrics::Metrics;
 use crate::ratelimit::RateLimit;
 use crate::store::{PgStore, SqliteStore, Store, StoreError, UserRecord};
 use crate::swarm::{Swarm, SwarmConfig};
+use crate::ws::{RelayHub, RelayLimits};
 
 /// Why the tracker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +39,8 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     pub metrics: Arc<Metrics>,
     pub events: EventBus,
+    /// The relay hub behind `/relay`.
+    pub relay: Arc<RelayHub>,
     pub trust_proxy: bool,
     /// Cancelled when the tracker shuts down; long-lived connections watch it.
     pub shutdown: CancellationToken,
@@ -287,11 +290,18 @@ pub async fn start(
         &serve.api_keys,
         JwtKeys::new(&secret, serve.jwt_ttl_secs),
     ));
+    let relay = Arc::new(RelayHub::new(
+        RelayLimits::from(&serve.relay),
+        metrics.clone(),
+        events.clone(),
+        shutdown.clone(),
+    ));
     let state = Arc::new(AppState {
         swarm,
         auth,
         metrics,
         events,
+        relay,
         trust_proxy: serve.trust_proxy,
         shutdown: shutdown.clone(),
     });

@@ -162,9 +162,43 @@ pub struct ServeArgs {
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "P2P_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_body_bytes: usize,
+    #[command(flatten)]
+    pub relay: RelayArgs,
+}
+
+/// Limits of the relay hub (`/relay`).
+#[derive(Debug, Clone, Args)]
+pub struct RelayArgs {
+    /// Bytes one relay tunnel may carry (both directions) before it is closed; 0: no limit.
+    #[arg(long, env = "P2P_RELAY_MAX_TUNNEL_BYTES", default_value_t = 16 << 30)]
+    pub relay_max_tunnel_bytes: u64,
+    /// Bytes the relay carries in total before it refuses more; 0: no limit.
+    #[arg(long, env = "P2P_RELAY_MAX_TOTAL_BYTES", default_value_t = 0)]
+    pub relay_max_total_bytes: u64,
+    /// Seconds a tunnel may carry nothing before it is closed.
+    #[arg(long, env = "P2P_RELAY_IDLE_SECS", default_value_t = 120,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub relay_idle_secs: u64,
+}
+
+impl Default for RelayArgs {
+    fn default() -> Self {
+        Self {
+            relay_max_tunnel_bytes: 16 << 30,
+            relay_max_total_bytes: 0,
+            relay_idle_secs: 120,
+        }
+    }
 }
 
 impl ServeArgs {
+    /// The serve options the command line gives for these flags (the defaults for the rest);
+    /// for tests and benchmarks that start a tracker in process.
+    pub fn from_flags(flags: &[&str]) -> Result<Self, clap::Error> {
+        let argv = std::iter::once("p2p-tracker").chain(flags.iter().copied());
+        Ok(Cli::try_parse_from(argv)?.serve)
+    }
+
     /// Seconds after the last heartbeat at which a peer is offline.
     pub fn peer_ttl_secs(&self) -> u32 {
         self.heartbeat_interval_secs

@@ -37,6 +37,9 @@ pub struct Metrics {
     pub files: Gauge,
     pub bytes_shared: Gauge,
     pub relay_connections: Gauge,
+    pub relay_tunnels: Gauge,
+    pub relay_bytes: Counter,
+    pub relay_queued_bytes: Gauge,
     pub ws_clients: Gauge,
     pub heartbeats: Counter,
     pub announces: Counter,
@@ -63,6 +66,9 @@ impl Metrics {
             files: Gauge::default(),
             bytes_shared: Gauge::default(),
             relay_connections: Gauge::default(),
+            relay_tunnels: Gauge::default(),
+            relay_bytes: Counter::default(),
+            relay_queued_bytes: Gauge::default(),
             ws_clients: Gauge::default(),
             heartbeats: Counter::default(),
             announces: Counter::default(),
@@ -98,6 +104,21 @@ impl Metrics {
             "relay_connections",
             "Peers attached to the relay hub",
             m.relay_connections.clone(),
+        );
+        registry.register(
+            "relay_tunnels_open",
+            "Relay tunnels open now",
+            m.relay_tunnels.clone(),
+        );
+        registry.register(
+            "relay_bytes",
+            "Tunnel bytes forwarded by the relay",
+            m.relay_bytes.clone(),
+        );
+        registry.register(
+            "relay_queued_bytes",
+            "Tunnel bytes queued in the relay for slow receivers",
+            m.relay_queued_bytes.clone(),
         );
         registry.register(
             "ws_clients",

@@ -13,6 +13,7 @@ use tokio::io::AsyncBufReadExt;
 use crate::config::{DownloadCli, NodeArgs, PeerCli, PeerCommand};
 use crate::discovery::{self, DhtFind, merge_sources};
 use crate::download::{DownloadOptions, DownloadReport, Source, download};
+use crate::net::relay::RelayStatus;
 use crate::node::Node;
 use crate::shell::{self, ShellCommand};
 use crate::storage::safe_file_name;
@@ -69,7 +70,7 @@ async fn start(args: &NodeArgs, fallback_to_any_port: bool) -> anyhow::Result<Pe
         addresses: args.announce_addrs.clone(),
         port: node.addr.port(),
         udp_port: None,
-        relay_only: false,
+        relay_only: args.relay_only,
         name: None,
         version: Some(env!("CARGO_PKG_VERSION").to_owned()),
     };
@@ -239,6 +240,33 @@ fn status(peer: &Peer) {
         Some(dht) => println!("dht        udp {}", dht.local_addr()),
         None => println!("dht        off"),
     }
+    let relay = match &peer.node.relay {
+        None => "off".to_owned(),
+        Some(r) => match r.status() {
+            RelayStatus::Attached => "attached".to_owned(),
+            RelayStatus::Connecting => "connecting".to_owned(),
+            RelayStatus::Disconnected(why) => format!("disconnected ({why})"),
+        },
+    };
+    let mode = if peer.node.connector.relay_only() {
+        ", relay-only"
+    } else {
+        ""
+    };
+    println!("relay      {relay}{mode}");
+    let paths = peer.node.connector.paths();
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for path in paths.values() {
+        let name = path.to_string();
+        match counts.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, c)) => *c += 1,
+            None => counts.push((name, 1)),
+        }
+    }
+    if !counts.is_empty() {
+        let text: Vec<String> = counts.iter().map(|(n, c)| format!("{c} {n}")).collect();
+        println!("peers      {}", text.join(", "));
+    }
     println!(
         "files      {complete} complete, {} partial",
         files.len() - complete
@@ -254,13 +282,22 @@ fn status(peer: &Peer) {
 
 async fn peers(peer: &Peer) -> anyhow::Result<()> {
     let list = peer.tracker.peers(true).await?;
+    let paths = peer.node.connector.paths();
     for p in list.peers {
         let me = if p.peer_id == peer.node.identity.peer_id() {
             " (this peer)"
         } else {
             ""
         };
-        let how = if p.relay_only { "relayed" } else { "direct" };
+        let reach = if p.relay_only {
+            "relay-only"
+        } else {
+            "reachable"
+        };
+        let how = match paths.get(&p.peer_id) {
+            Some(path) => format!("{reach}, last connection {path}"),
+            None => reach.to_owned(),
+        };
         println!(
             "{}  {}:{}  {how}  {} files{me}",
             p.peer_id, p.observed_ip, p.port, p.files
@@ -305,9 +342,16 @@ async fn tracker_sources(peer: &Peer, id: &FileId) -> anyhow::Result<(Manifest, 
         .await
         .context("asking the tracker for peers")?;
     let mut sources = Vec::new();
+    let relayed = peer.node.relay.is_some();
     for p in swarm.peers {
-        let addrs = addresses(&p.addresses, p.port).await;
-        if !addrs.is_empty() {
+        // A relay-only peer has no address worth dialling; without our own relay, a peer
+        // without addresses cannot be reached at all.
+        let addrs = if p.relay_only {
+            Vec::new()
+        } else {
+            addresses(&p.addresses, p.port).await
+        };
+        if !addrs.is_empty() || relayed {
             sources.push(Source {
                 peer_id: p.peer_id,
                 addrs,
@@ -434,6 +478,7 @@ async fn fetch(peer: &Peer, id: &FileId) -> anyhow::Result<DownloadReport> {
         pipeline: peer.pipeline,
         throttle: peer.node.download.clone(),
         contributions,
+        connector: peer.node.connector.clone(),
         ..DownloadOptions::default()
     };
     let result = download(
@@ -462,7 +507,8 @@ fn print_report(r: &DownloadReport) {
     );
     for p in &r.peers {
         let note = if p.banned { " banned (bad chunks)" } else { "" };
-        println!("  {}  {} bytes{note}", p.peer_id, p.bytes);
+        let path = p.path.map(|p| format!(" ({p})")).unwrap_or_default();
+        println!("  {}  {} bytes{path}{note}", p.peer_id, p.bytes);
     }
 }
 

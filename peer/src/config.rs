@@ -95,6 +95,18 @@ pub struct NodeArgs {
     /// of the Mainline DHT).
     #[arg(long, env = "P2P_DHT_BOOTSTRAP", value_delimiter = ',')]
     pub dht_bootstrap: Vec<String>,
+    /// This peer cannot be reached directly: register as relay-only and reach every peer
+    /// through the tracker's relay.
+    #[arg(
+        long,
+        env = "P2P_RELAY_ONLY",
+        default_value_t = false,
+        conflicts_with = "no_relay"
+    )]
+    pub relay_only: bool,
+    /// Do not attach to the tracker's relay (direct connections only).
+    #[arg(long, env = "P2P_NO_RELAY", default_value_t = false)]
+    pub no_relay: bool,
 }
 
 /// Parses `1048576`, `512K`, `10M`, `1G` (powers of 1024) into bytes per second.

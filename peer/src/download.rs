@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use p2p_proto::wire::{Frame, PROTOCOL_VERSION};
 use p2p_proto::{Bitfield, Manifest, PeerId};
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use crate::identity::Identity;
+use crate::net::connector::{ConnectionPath, Connector};
 use crate::net::secure::{self, Role, SecureError};
 use crate::storage::{Library, PartialDownload, PartialError, WholeFileHasher};
 use p2p_proto::manifest::hash_chunk;
@@ -46,6 +46,8 @@ pub struct DownloadOptions {
     pub throttle: Arc<Throttle>,
     /// Verified bytes per peer so far, for live progress displays.
     pub contributions: Arc<Contributions>,
+    /// How peers are reached (direct TCP, then the relay when one is configured).
+    pub connector: Arc<Connector>,
 }
 
 /// Verified bytes received from each peer during a download, readable while it runs.
@@ -80,6 +82,7 @@ impl Default for DownloadOptions {
             request_timeout: Duration::from_secs(30),
             throttle: Arc::new(Throttle::new(None)),
             contributions: Arc::new(Contributions::default()),
+            connector: Arc::new(Connector::direct()),
         }
     }
 }
@@ -108,6 +111,8 @@ pub struct PeerReport {
     pub error: Option<String>,
     /// Its throughput, latency and failures as measured.
     pub score: PeerScore,
+    /// How it was reached, once connected.
+    pub path: Option<ConnectionPath>,
 }
 
 /// A finished download.
@@ -290,6 +295,7 @@ pub async fn download(
                     banned: false,
                     error: None,
                     score: PeerScore::default(),
+                    path: None,
                 };
                 let result = tokio::select! {
                     _ = shared.stop.cancelled() => Ok(()),
@@ -420,21 +426,6 @@ enum WorkerError {
     Disk(String),
 }
 
-async fn connect(source: &Source, timeout: Duration) -> Result<TcpStream, WorkerError> {
-    let mut last = String::from("no address");
-    for addr in &source.addrs {
-        match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-            Ok(Ok(s)) => {
-                let _ = s.set_nodelay(true);
-                return Ok(s);
-            }
-            Ok(Err(e)) => last = format!("{addr}: {e}"),
-            Err(_) => last = format!("{addr}: timed out"),
-        }
-    }
-    Err(WorkerError::Connect(last))
-}
-
 async fn fetch_from(
     shared: &Shared,
     identity: &Identity,
@@ -442,7 +433,12 @@ async fn fetch_from(
     opts: &DownloadOptions,
     report: &mut PeerReport,
 ) -> Result<(), WorkerError> {
-    let stream = connect(source, opts.connect_timeout).await?;
+    let (stream, path) = opts
+        .connector
+        .connect(source, opts.connect_timeout)
+        .await
+        .map_err(|e| WorkerError::Connect(e.to_string()))?;
+    report.path = Some(path);
     let (mut rx, mut tx, _) =
         secure::handshake(stream, identity, Role::Initiator, Some(source.peer_id)).await?;
     let file_id = shared.manifest.id;

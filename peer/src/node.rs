@@ -11,6 +11,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::NodeArgs;
 use crate::dht::{self, AnnouncerHandle, Dht, DhtConfig};
 use crate::identity::{Identity, IdentityError, KEY_FILE};
+use crate::net::connector::Connector;
+use crate::net::relay::{self, RelayClient, RelayConfig, RelayError};
 use crate::storage::{Library, LibraryError};
 use crate::throttle::Throttle;
 use crate::upload;
@@ -27,6 +29,8 @@ pub enum NodeError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Relay(#[from] RelayError),
     #[error("cannot use the data directory {path}: {source}")]
     DataDir {
         path: PathBuf,
@@ -51,6 +55,10 @@ pub struct Node {
     pub dht: Option<Dht>,
     /// Announces the library on the DHT (with `dht`).
     pub dht_announcer: Option<AnnouncerHandle>,
+    /// The relay connection, unless `--no-relay`.
+    pub relay: Option<RelayClient>,
+    /// How downloads reach peers.
+    pub connector: Arc<Connector>,
     pub shutdown: CancellationToken,
 }
 
@@ -82,6 +90,24 @@ impl Node {
             upload.clone(),
             shutdown.clone(),
         ));
+        let relay = if args.no_relay {
+            None
+        } else {
+            let config = RelayConfig {
+                url: relay::relay_url(&args.tracker)?,
+                token: args.api_key.clone(),
+            };
+            let (client, incoming) = relay::spawn(identity.clone(), config, shutdown.clone());
+            tokio::spawn(upload::serve_relayed(
+                incoming,
+                identity.clone(),
+                library.clone(),
+                upload.clone(),
+                shutdown.clone(),
+            ));
+            Some(client)
+        };
+        let connector = Arc::new(Connector::new(relay.clone(), args.relay_only));
         tracing::info!(peer_id = %identity.peer_id(), %addr, "peer listening");
         // The DHT is a second way to be found: without it the peer still works with the tracker.
         let dht = if args.dht {
@@ -116,6 +142,8 @@ impl Node {
             download,
             dht,
             dht_announcer,
+            relay,
+            connector,
             shutdown,
         })
     }
@@ -191,6 +219,8 @@ mod tests {
             dht: false,
             dht_port: 0,
             dht_bootstrap: vec![],
+            relay_only: false,
+            no_relay: true,
         };
         let node = Node::start(&args).await.unwrap();
         assert_ne!(node.addr.port(), 0);

@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::identity::Identity;
+use crate::net::relay::Incoming;
 use crate::net::secure::{self, Role, SecureError, SecureReader, SecureWriter};
 use crate::storage::{Library, LibraryError};
 use crate::throttle::Throttle;
@@ -39,22 +40,65 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let (identity, library, shutdown) = (identity.clone(), library.clone(), shutdown.clone());
-        let throttle = throttle.clone();
-        tokio::spawn(async move {
-            let served = async {
-                let (rx, tx, remote) =
-                    secure::handshake(stream, &identity, Role::Responder, None).await?;
-                tracing::debug!(%addr, peer = %remote, "peer connected");
-                serve_connection(rx, tx, &library, &throttle).await
-            };
-            tokio::select! {
-                _ = shutdown.cancelled() => {}
-                result = served => if let Err(e) = result {
-                    tracing::debug!(%addr, error = %e, "connection ended");
-                }
-            }
-        });
+        tokio::spawn(serve_stream(
+            stream,
+            addr.to_string(),
+            identity.clone(),
+            library.clone(),
+            throttle.clone(),
+            shutdown.clone(),
+        ));
+    }
+}
+
+/// Serves streams other peers open to us through the relay, until `shutdown`.
+pub async fn serve_relayed(
+    mut incoming: tokio::sync::mpsc::Receiver<Incoming>,
+    identity: Identity,
+    library: Arc<Library>,
+    throttle: Arc<Throttle>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            next = incoming.recv() => next,
+        };
+        let Some(Incoming { from, stream }) = next else {
+            return;
+        };
+        tokio::spawn(serve_stream(
+            stream,
+            format!("relay:{from}"),
+            identity.clone(),
+            library.clone(),
+            throttle.clone(),
+            shutdown.clone(),
+        ));
+    }
+}
+
+/// Runs the handshake on a stream from any path, then answers the peer until it leaves.
+pub async fn serve_stream<S>(
+    stream: S,
+    from: String,
+    identity: Identity,
+    library: Arc<Library>,
+    throttle: Arc<Throttle>,
+    shutdown: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let served = async {
+        let (rx, tx, remote) = secure::handshake(stream, &identity, Role::Responder, None).await?;
+        tracing::debug!(%from, peer = %remote, "peer connected");
+        serve_connection(rx, tx, &library, &throttle).await
+    };
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        result = served => if let Err(e) = result {
+            tracing::debug!(%from, error = %e, "connection ended");
+        }
     }
 }
 

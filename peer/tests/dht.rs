@@ -53,6 +53,8 @@ fn node_args(data: &Path, bootstrap: &[String]) -> NodeArgs {
         dht: true,
         dht_port: 0,
         dht_bootstrap: bootstrap.to_vec(),
+        relay_only: false,
+        no_relay: true,
     }
 }
 

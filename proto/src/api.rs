@@ -327,6 +327,18 @@ pub enum Event {
     RelayDisconnected {
         peer_id: PeerId,
     },
+    /// A relay tunnel from `from` to `to` was opened.
+    TunnelOpened {
+        from: PeerId,
+        to: PeerId,
+    },
+    /// A relay tunnel closed after carrying `bytes` (both directions).
+    TunnelClosed {
+        from: PeerId,
+        to: PeerId,
+        bytes: u64,
+        reason: String,
+    },
     /// The client read too slowly and this many events were dropped for it.
     Lagged {
         missed: u64,

@@ -9,6 +9,7 @@
 //! - [`bitfield`]: which chunks a peer has.
 //! - [`api`]: tracker REST and WebSocket types.
 //! - [`wire`]: peer-to-peer frames (manifest, bitfield, have, request, chunk, reject…).
+//! - [`relay`]: relay hub frames (attach proof, streams, flow-control windows).
 //!
 //! Features:
 //! - `openapi`: poem-openapi derives on the REST types (the tracker uses them to generate its spec).
@@ -19,6 +20,7 @@ pub mod ids;
 pub mod manifest;
 #[cfg(feature = "openapi")]
 mod openapi;
+pub mod relay;
 pub mod wire;
 
 pub use bitfield::Bitfield;

@@ -165,6 +165,28 @@ pub fn describe(event: &Event) -> Option<(&'static str, String)> {
             "relay",
             format!("peer {} left the relay", short_id(&peer_id.to_string())),
         ),
+        Event::TunnelOpened { from, to } => (
+            "relay",
+            format!(
+                "relay tunnel {} → {} opened",
+                short_id(&from.to_string()),
+                short_id(&to.to_string())
+            ),
+        ),
+        Event::TunnelClosed {
+            from,
+            to,
+            bytes,
+            reason,
+        } => (
+            "relay",
+            format!(
+                "relay tunnel {} → {} closed after {} ({reason})",
+                short_id(&from.to_string()),
+                short_id(&to.to_string()),
+                format_bytes(*bytes)
+            ),
+        ),
         Event::Lagged { missed } => ("warn", format!("{missed} events were missed")),
         _ => return None,
     })

@@ -130,6 +130,7 @@ pub type Apis = (
     peers::PeersApi,
     files::FilesApi,
     crate::ws::EventsApi,
+    crate::ws::RelayApi,
 );
 
 /// Builds the OpenAPI service with every operation.
@@ -140,7 +141,8 @@ pub fn service(state: Arc<AppState>) -> OpenApiService<Apis, ()> {
             auth::AuthApi(state.clone()),
             peers::PeersApi(state.clone()),
             files::FilesApi(state.clone()),
-            crate::ws::EventsApi(state),
+            crate::ws::EventsApi(state.clone()),
+            crate::ws::RelayApi(state),
         ),
         "p2p tracker",
         env!("CARGO_PKG_VERSION"),

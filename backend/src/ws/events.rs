@@ -16,7 +16,7 @@ use poem_openapi::OpenApi;
 use poem_openapi::param::Query;
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::api::{ApiTags, authenticate};
+use crate::api::ApiTags;
 use crate::app::AppState;
 use crate::auth::Principal;
 use crate::error::ApiError;
@@ -43,20 +43,7 @@ impl EventsApi {
         token: Query<Option<String>>,
     ) -> Result<WebSocketUpgraded<WsCallback>, ApiError> {
         let state = self.0.clone();
-        let principal = match token.0 {
-            Some(t) => Some(state.auth.authenticate_bearer(&t).await?),
-            None if req.header("x-api-key").is_some() || req.header("authorization").is_some() => {
-                Some(
-                    authenticate(
-                        &state.auth,
-                        req.header("x-api-key"),
-                        req.header("authorization"),
-                    )
-                    .await?,
-                )
-            }
-            None => None,
-        };
+        let principal = super::credentials(&state, req, token.0).await?;
         let callback: WsCallback =
             Box::new(move |stream| Box::pin(serve(state, stream, principal)));
         Ok(ws.on_upgrade(callback))

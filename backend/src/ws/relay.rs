@@ -1,0 +1,618 @@
+//! `/relay?peer_id=…`: the relay hub. Peers that cannot reach each other directly attach here
+//! over one WebSocket each and open tunnels (streams) to other attached peers; the hub forwards
+//! the tunnel bytes, which are the peers' own Noise ciphertext.
+//!
+//! Attaching needs the tracker's usual credentials (`?token=`, `X-API-Key` or `Authorization`)
+//! and a proof of the peer id's private key: the hub sends a fresh X25519 key and a nonce, the
+//! peer answers with [`proof_mac`] keyed by the Diffie-Hellman of its static key and that fresh
+//! key, which the hub recomputes from its side. A second attach of the same id replaces the first.
+//!
+//! Flow control is per stream and enforced here: a side may send [`INITIAL_WINDOW`] bytes plus
+//! what the receiver granted with `Window`; more is a protocol violation that closes the tunnel.
+//! So the hub queues at most one window per stream direction, and a receiver that stops reading
+//! stops its sender. Per-tunnel and total byte limits and an idle timeout close tunnels.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use curve25519_dalek::montgomery::MontgomeryPoint;
+use futures_util::future::BoxFuture;
+use futures_util::{SinkExt, StreamExt};
+use p2p_proto::PeerId;
+use p2p_proto::api::Event;
+use p2p_proto::relay::{
+    CloseCode, INCOMING_STREAM_BIT, INITIAL_WINDOW, RelayFrame, error_code, macs_equal, proof_mac,
+};
+use poem::Request;
+use poem::web::websocket::WebSocketUpgraded;
+use poem::web::websocket::{CloseCode as WsCloseCode, Message, WebSocket, WebSocketStream};
+use poem_openapi::OpenApi;
+use poem_openapi::param::Query;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::ApiTags;
+use crate::app::AppState;
+use crate::config::RelayArgs;
+use crate::error::ApiError;
+use crate::events::EventBus;
+use crate::metrics::Metrics;
+
+/// How long a peer has to answer the challenge.
+pub const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Frames queued towards one attached peer before senders to it wait.
+const OUTBOUND_QUEUE: usize = 256;
+/// Largest grant a receiver may accumulate for one stream.
+const MAX_ALLOWANCE: i64 = 64 * INITIAL_WINDOW as i64;
+
+type WsCallback = Box<dyn FnOnce(WebSocketStream) -> BoxFuture<'static, ()> + Send + Sync>;
+
+pub struct RelayApi(pub Arc<AppState>);
+
+#[OpenApi(tag = "ApiTags::Events")]
+impl RelayApi {
+    /// The relay hub: binary WebSocket messages, one relay frame each (docs/protocol.md §5).
+    /// Needs credentials and then a proof of the peer id's key (the challenge the hub sends).
+    #[oai(path = "/relay", method = "get", operation_id = "relay")]
+    async fn relay(
+        &self,
+        req: &Request,
+        ws: WebSocket,
+        /// The peer id to attach as (hex); the proof must be for this id.
+        peer_id: Query<PeerId>,
+        /// A JWT or API key (or send X-API-Key / Authorization headers).
+        token: Query<Option<String>>,
+    ) -> Result<WebSocketUpgraded<WsCallback>, ApiError> {
+        let state = self.0.clone();
+        let principal = super::credentials(&state, req, token.0)
+            .await?
+            .ok_or_else(|| ApiError::from(crate::auth::AuthError::Missing))?;
+        tracing::debug!(subject = %principal.subject, peer = %peer_id.0, "relay attach");
+        let claimed = peer_id.0;
+        let callback: WsCallback = Box::new(move |stream| {
+            Box::pin(async move { state.relay.clone().serve(stream, claimed).await })
+        });
+        Ok(ws.on_upgrade(callback))
+    }
+}
+
+/// The relay's limits.
+#[derive(Debug, Clone)]
+pub struct RelayLimits {
+    pub max_tunnel_bytes: u64,
+    pub max_total_bytes: u64,
+    pub idle: Duration,
+}
+
+impl From<&RelayArgs> for RelayLimits {
+    fn from(a: &RelayArgs) -> Self {
+        Self {
+            max_tunnel_bytes: a.relay_max_tunnel_bytes,
+            max_total_bytes: a.relay_max_total_bytes,
+            idle: Duration::from_secs(a.relay_idle_secs),
+        }
+    }
+}
+
+/// The attached peers and their tunnels.
+#[derive(Debug)]
+pub struct RelayHub {
+    limits: RelayLimits,
+    peers: Mutex<HashMap<PeerId, Arc<Conn>>>,
+    next_conn: AtomicU64,
+    relayed: AtomicU64,
+    metrics: Arc<Metrics>,
+    events: EventBus,
+    shutdown: CancellationToken,
+    started: Instant,
+}
+
+/// One attached peer.
+#[derive(Debug)]
+struct Conn {
+    id: u64,
+    peer_id: PeerId,
+    /// Encoded frames and the tunnel bytes in each (for the queued-bytes gauge).
+    out: mpsc::Sender<(Vec<u8>, i64)>,
+    routes: Mutex<HashMap<u32, Route>>,
+    next_incoming: AtomicU32,
+    /// Fired when another attach replaces this one.
+    replaced: CancellationToken,
+}
+
+/// Where one stream id of a connection leads.
+#[derive(Clone)]
+struct Route {
+    peer: Arc<Conn>,
+    /// The stream's id on the other connection.
+    stream: u32,
+    tunnel: Arc<Tunnel>,
+    /// Bytes this side may still send.
+    send_allowance: Arc<AtomicI64>,
+    /// Bytes the other side may still send (what our `Window` frames add to).
+    grant: Arc<AtomicI64>,
+}
+
+impl std::fmt::Debug for Route {
+    // Not derived: a route points at a connection whose routes point back.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Route")
+            .field("peer", &self.peer.peer_id)
+            .field("stream", &self.stream)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug)]
+struct Tunnel {
+    opener: PeerId,
+    target: PeerId,
+    bytes: AtomicU64,
+    /// Milliseconds since the hub started at the last data.
+    last_active_ms: AtomicU64,
+    closed: AtomicBool,
+}
+
+/// Why a stream frame ends its tunnel.
+enum Verdict {
+    Forward,
+    Close(CloseCode),
+}
+
+impl Conn {
+    /// Queues a frame for this peer, waiting while its queue is full.
+    async fn send(&self, frame: &RelayFrame, metrics: &Metrics) {
+        let queued = match frame {
+            RelayFrame::Data { data, .. } => data.len() as i64,
+            _ => 0,
+        };
+        metrics.relay_queued_bytes.inc_by(queued);
+        if self.out.send((frame.to_vec(), queued)).await.is_err() {
+            metrics.relay_queued_bytes.dec_by(queued);
+        }
+    }
+
+    fn route(&self, stream: u32) -> Option<Route> {
+        self.routes.lock().ok()?.get(&stream).cloned()
+    }
+
+    fn take_route(&self, stream: u32) -> Option<Route> {
+        self.routes.lock().ok()?.remove(&stream)
+    }
+}
+
+impl RelayHub {
+    pub fn new(
+        limits: RelayLimits,
+        metrics: Arc<Metrics>,
+        events: EventBus,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            limits,
+            peers: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(1),
+            relayed: AtomicU64::new(0),
+            metrics,
+            events,
+            shutdown,
+            started: Instant::now(),
+        }
+    }
+
+    /// Whether `peer` is attached now.
+    pub fn is_attached(&self, peer: &PeerId) -> bool {
+        self.peers.lock().is_ok_and(|p| p.contains_key(peer))
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Runs one WebSocket: the attach proof, then frames until it closes.
+    pub async fn serve(self: Arc<Self>, stream: WebSocketStream, claimed: PeerId) {
+        let (mut sink, mut source) = stream.split();
+        let peer_id = match attach(&mut sink, &mut source, claimed).await {
+            Ok(id) => id,
+            Err(reason) => {
+                let refusal = RelayFrame::Error {
+                    code: error_code::BAD_PROOF,
+                    message: reason.clone(),
+                };
+                let _ = sink.send(Message::Binary(refusal.to_vec())).await;
+                let _ = sink
+                    .send(Message::Close(Some((WsCloseCode::Policy, reason))))
+                    .await;
+                return;
+            }
+        };
+        let (out, mut outbound) = mpsc::channel::<(Vec<u8>, i64)>(OUTBOUND_QUEUE);
+        let conn = Arc::new(Conn {
+            id: self.next_conn.fetch_add(1, Ordering::Relaxed),
+            peer_id,
+            out,
+            routes: Mutex::new(HashMap::new()),
+            next_incoming: AtomicU32::new(0),
+            replaced: CancellationToken::new(),
+        });
+        let previous = self
+            .peers
+            .lock()
+            .ok()
+            .and_then(|mut p| p.insert(peer_id, conn.clone()));
+        if let Some(old) = previous {
+            old.replaced.cancel();
+        } else {
+            self.metrics.relay_connections.inc();
+        }
+        self.events.publish(Event::RelayConnected { peer_id });
+        tracing::info!(peer = %peer_id, "peer attached to the relay");
+
+        // The writer: drains the queue into the WebSocket.
+        let metrics = self.metrics.clone();
+        let writer = tokio::spawn(async move {
+            let first = RelayFrame::Attached.to_vec();
+            if sink.send(Message::Binary(first)).await.is_err() {
+                return sink;
+            }
+            while let Some((bytes, queued)) = outbound.recv().await {
+                let sent = sink.send(Message::Binary(bytes)).await;
+                metrics.relay_queued_bytes.dec_by(queued);
+                if sent.is_err() {
+                    break;
+                }
+            }
+            sink
+        });
+
+        let sweep_every = (self.limits.idle / 4).max(Duration::from_millis(250));
+        let mut sweep = tokio::time::interval(sweep_every);
+        sweep.tick().await;
+        let replaced = conn.replaced.clone();
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                _ = replaced.cancelled() => {
+                    conn.send(&RelayFrame::Error {
+                        code: error_code::REPLACED,
+                        message: "this peer id attached again elsewhere".into(),
+                    }, &self.metrics).await;
+                    break;
+                }
+                _ = sweep.tick() => self.close_idle(&conn).await,
+                incoming = source.next() => match incoming {
+                    Some(Ok(Message::Binary(bytes))) => {
+                        match RelayFrame::decode(Bytes::from(bytes)) {
+                            Ok(frame) => self.handle(&conn, frame).await,
+                            Err(e) => {
+                                conn.send(&RelayFrame::Error {
+                                    code: error_code::PROTOCOL,
+                                    message: e.to_string(),
+                                }, &self.metrics).await;
+                                break;
+                            }
+                        }
+                    }
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                    Some(Ok(_)) => {}
+                },
+            }
+        }
+
+        // Detach: end every tunnel of this connection, then stop writing.
+        let routes: Vec<u32> = conn
+            .routes
+            .lock()
+            .map(|r| r.keys().copied().collect())
+            .unwrap_or_default();
+        for stream in routes {
+            self.close_tunnel(&conn, stream, None, CloseCode::Gone)
+                .await;
+        }
+        let still_us = self
+            .peers
+            .lock()
+            .map(|mut p| {
+                if p.get(&peer_id).is_some_and(|c| c.id == conn.id) {
+                    p.remove(&peer_id);
+                    true
+                } else {
+                    false
+                }
+            })
+            .unwrap_or(false);
+        if still_us {
+            self.metrics.relay_connections.dec();
+            self.events.publish(Event::RelayDisconnected { peer_id });
+        }
+        tracing::info!(peer = %peer_id, "peer detached from the relay");
+        // Dropping the last sender ends the writer once it has flushed the queue; a route
+        // another connection added in the meantime may still hold one, hence the bound.
+        drop(conn);
+        if let Ok(Ok(mut sink)) = tokio::time::timeout(Duration::from_secs(5), writer).await {
+            let _ = sink.close().await;
+        }
+    }
+
+    async fn handle(&self, conn: &Arc<Conn>, frame: RelayFrame) {
+        match frame {
+            RelayFrame::Open { stream, to } => self.open(conn, stream, to).await,
+            RelayFrame::Data { stream, data } => {
+                let Some(route) = conn.route(stream) else {
+                    // Late data for a stream the hub already closed: dropped.
+                    return;
+                };
+                match self.account(&route, data.len()) {
+                    Verdict::Forward => {
+                        route
+                            .peer
+                            .send(
+                                &RelayFrame::Data {
+                                    stream: route.stream,
+                                    data,
+                                },
+                                &self.metrics,
+                            )
+                            .await;
+                    }
+                    Verdict::Close(code) => {
+                        self.close_tunnel(conn, stream, Some(code), code).await;
+                    }
+                }
+            }
+            RelayFrame::Window { stream, credit } => {
+                let Some(route) = conn.route(stream) else {
+                    return;
+                };
+                let after =
+                    route.grant.fetch_add(i64::from(credit), Ordering::AcqRel) + i64::from(credit);
+                if after > MAX_ALLOWANCE {
+                    self.close_tunnel(
+                        conn,
+                        stream,
+                        Some(CloseCode::ProtocolViolation),
+                        CloseCode::ProtocolViolation,
+                    )
+                    .await;
+                    return;
+                }
+                route
+                    .peer
+                    .send(
+                        &RelayFrame::Window {
+                            stream: route.stream,
+                            credit,
+                        },
+                        &self.metrics,
+                    )
+                    .await;
+            }
+            RelayFrame::Close { stream, code } => {
+                self.close_tunnel(conn, stream, None, code).await;
+            }
+            other => {
+                conn.send(
+                    &RelayFrame::Error {
+                        code: error_code::PROTOCOL,
+                        message: format!("unexpected frame {other:?} after attaching"),
+                    },
+                    &self.metrics,
+                )
+                .await;
+            }
+        }
+    }
+
+    async fn open(&self, conn: &Arc<Conn>, stream: u32, to: PeerId) {
+        if stream & INCOMING_STREAM_BIT != 0 || conn.route(stream).is_some() {
+            conn.send(
+                &RelayFrame::Close {
+                    stream,
+                    code: CloseCode::ProtocolViolation,
+                },
+                &self.metrics,
+            )
+            .await;
+            return;
+        }
+        let target = self
+            .peers
+            .lock()
+            .ok()
+            .and_then(|p| p.get(&to).cloned())
+            .filter(|t| t.peer_id != conn.peer_id);
+        let over_budget = self.limits.max_total_bytes > 0
+            && self.relayed.load(Ordering::Relaxed) >= self.limits.max_total_bytes;
+        let target = match target {
+            Some(t) if !over_budget => t,
+            _ => {
+                let code = if over_budget {
+                    CloseCode::LimitExceeded
+                } else {
+                    CloseCode::UnknownPeer
+                };
+                conn.send(&RelayFrame::Close { stream, code }, &self.metrics)
+                    .await;
+                return;
+            }
+        };
+        let far = INCOMING_STREAM_BIT
+            | (target.next_incoming.fetch_add(1, Ordering::Relaxed) & !INCOMING_STREAM_BIT);
+        let tunnel = Arc::new(Tunnel {
+            opener: conn.peer_id,
+            target: to,
+            bytes: AtomicU64::new(0),
+            last_active_ms: AtomicU64::new(self.now_ms()),
+            closed: AtomicBool::new(false),
+        });
+        let near_allowance = Arc::new(AtomicI64::new(i64::from(INITIAL_WINDOW)));
+        let far_allowance = Arc::new(AtomicI64::new(i64::from(INITIAL_WINDOW)));
+        if let Ok(mut r) = conn.routes.lock() {
+            r.insert(
+                stream,
+                Route {
+                    peer: target.clone(),
+                    stream: far,
+                    tunnel: tunnel.clone(),
+                    send_allowance: near_allowance.clone(),
+                    grant: far_allowance.clone(),
+                },
+            );
+        }
+        if let Ok(mut r) = target.routes.lock() {
+            r.insert(
+                far,
+                Route {
+                    peer: conn.clone(),
+                    stream,
+                    tunnel,
+                    send_allowance: far_allowance,
+                    grant: near_allowance,
+                },
+            );
+        }
+        self.metrics.relay_tunnels.inc();
+        self.events.publish(Event::TunnelOpened {
+            from: conn.peer_id,
+            to,
+        });
+        target
+            .send(
+                &RelayFrame::Incoming {
+                    stream: far,
+                    from: conn.peer_id,
+                },
+                &self.metrics,
+            )
+            .await;
+    }
+
+    /// Charges `len` bytes to the route's window and the limits.
+    fn account(&self, route: &Route, len: usize) -> Verdict {
+        let len = len as i64;
+        if route.send_allowance.fetch_sub(len, Ordering::AcqRel) < len {
+            return Verdict::Close(CloseCode::ProtocolViolation);
+        }
+        let carried = route.tunnel.bytes.fetch_add(len as u64, Ordering::Relaxed) + len as u64;
+        let total = self.relayed.fetch_add(len as u64, Ordering::Relaxed) + len as u64;
+        self.metrics.relay_bytes.inc_by(len as u64);
+        route
+            .tunnel
+            .last_active_ms
+            .store(self.now_ms(), Ordering::Relaxed);
+        if (self.limits.max_tunnel_bytes > 0 && carried > self.limits.max_tunnel_bytes)
+            || (self.limits.max_total_bytes > 0 && total > self.limits.max_total_bytes)
+        {
+            return Verdict::Close(CloseCode::LimitExceeded);
+        }
+        Verdict::Forward
+    }
+
+    /// Ends the tunnel behind `conn`'s `stream`: tells the other side `far_code`, and this side
+    /// `near_code` when the hub (not this side) ended it.
+    async fn close_tunnel(
+        &self,
+        conn: &Arc<Conn>,
+        stream: u32,
+        near_code: Option<CloseCode>,
+        far_code: CloseCode,
+    ) {
+        let Some(route) = conn.take_route(stream) else {
+            return;
+        };
+        route.peer.take_route(route.stream);
+        if let Some(code) = near_code {
+            conn.send(&RelayFrame::Close { stream, code }, &self.metrics)
+                .await;
+        }
+        route
+            .peer
+            .send(
+                &RelayFrame::Close {
+                    stream: route.stream,
+                    code: far_code,
+                },
+                &self.metrics,
+            )
+            .await;
+        if !route.tunnel.closed.swap(true, Ordering::AcqRel) {
+            self.metrics.relay_tunnels.dec();
+            let reason = near_code.unwrap_or(far_code).to_string();
+            self.events.publish(Event::TunnelClosed {
+                from: route.tunnel.opener,
+                to: route.tunnel.target,
+                bytes: route.tunnel.bytes.load(Ordering::Relaxed),
+                reason,
+            });
+        }
+    }
+
+    async fn close_idle(&self, conn: &Arc<Conn>) {
+        let now = self.now_ms();
+        let idle_ms = self.limits.idle.as_millis() as u64;
+        let idle: Vec<u32> = conn
+            .routes
+            .lock()
+            .map(|r| {
+                r.iter()
+                    .filter(|(_, route)| {
+                        now.saturating_sub(route.tunnel.last_active_ms.load(Ordering::Relaxed))
+                            >= idle_ms
+                    })
+                    .map(|(s, _)| *s)
+                    .collect()
+            })
+            .unwrap_or_default();
+        for stream in idle {
+            self.close_tunnel(conn, stream, Some(CloseCode::Idle), CloseCode::Idle)
+                .await;
+        }
+    }
+}
+
+type Sink = futures_util::stream::SplitSink<WebSocketStream, Message>;
+type Source = futures_util::stream::SplitStream<WebSocketStream>;
+
+/// Challenges the peer and checks its proof; the error is the reason shown to it.
+async fn attach(sink: &mut Sink, source: &mut Source, claimed: PeerId) -> Result<PeerId, String> {
+    let mut secret = [0u8; 32];
+    let mut nonce = [0u8; 32];
+    getrandom::fill(&mut secret)
+        .and_then(|()| getrandom::fill(&mut nonce))
+        .map_err(|_| "no randomness".to_owned())?;
+    let server_key = MontgomeryPoint::mul_base_clamped(secret).to_bytes();
+    let challenge = RelayFrame::Challenge { server_key, nonce };
+    sink.send(Message::Binary(challenge.to_vec()))
+        .await
+        .map_err(|e| e.to_string())?;
+    let answer = tokio::time::timeout(ATTACH_TIMEOUT, async {
+        loop {
+            match source.next().await {
+                Some(Ok(Message::Binary(b))) => return Some(b),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .map_err(|_| "no proof sent in time".to_owned())?
+    .ok_or_else(|| "expected a binary proof frame".to_owned())?;
+    let Ok(RelayFrame::Proof { peer_id, mac }) = RelayFrame::decode(Bytes::from(answer)) else {
+        return Err("expected a proof frame".into());
+    };
+    if peer_id != claimed {
+        return Err("the proof is for another peer id than ?peer_id".into());
+    }
+    let shared = MontgomeryPoint(peer_id.0).mul_clamped(secret).to_bytes();
+    // A low-order "public key" gives an all-zero secret anyone can compute.
+    if shared == [0u8; 32] {
+        return Err("invalid peer id".into());
+    }
+    if !macs_equal(&mac, &proof_mac(&shared, &server_key, &nonce, &peer_id)) {
+        return Err("the proof does not match the peer id".into());
+    }
+    Ok(peer_id)
+}

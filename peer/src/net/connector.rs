@@ -1,0 +1,149 @@
+//! The connection strategy: how this peer reaches another one.
+//!
+//! Direct TCP to each of the peer's addresses first (each with the caller's timeout), then a
+//! tunnel through the tracker's relay. In relay-only mode (a peer that knows it cannot make
+//! outbound connections either) the direct attempt is skipped. A UDP hole-punched path goes
+//! between the two (see [`ConnectionPath::HolePunched`]); it is not built yet.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use p2p_proto::PeerId;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+use crate::download::Source;
+use crate::net::relay::RelayClient;
+
+/// How a connection reaches the other peer.
+///
+/// Not called `Path` to keep clear of `std::path::Path`, which the download code uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ConnectionPath {
+    /// TCP straight to the peer.
+    Direct,
+    /// QUIC over a UDP hole punched through both NATs (reserved; not built yet).
+    HolePunched,
+    /// A tunnel through the tracker's WebSocket relay.
+    Relayed,
+}
+
+impl std::fmt::Display for ConnectionPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Direct => "direct",
+            Self::HolePunched => "hole-punched",
+            Self::Relayed => "relayed",
+        })
+    }
+}
+
+/// Any byte stream a connection can run over.
+pub trait Transport: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Transport for T {}
+
+/// A connected byte stream, before the Noise handshake.
+pub type BoxedTransport = Box<dyn Transport>;
+
+/// Why no path to a peer worked; says what each path answered.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConnectError(String);
+
+/// Chooses and opens a path to a peer.
+#[derive(Debug, Default)]
+pub struct Connector {
+    relay: Option<RelayClient>,
+    relay_only: bool,
+    /// The path of the latest connection to each peer, for `peers` and `status`.
+    last_paths: Mutex<HashMap<PeerId, ConnectionPath>>,
+}
+
+impl Connector {
+    /// Direct TCP only (no relay configured).
+    pub fn direct() -> Self {
+        Self::default()
+    }
+
+    /// Direct first (unless `relay_only`), then `relay`.
+    pub fn new(relay: Option<RelayClient>, relay_only: bool) -> Self {
+        Self {
+            relay,
+            relay_only,
+            last_paths: Mutex::default(),
+        }
+    }
+
+    /// The relay client, when one is configured.
+    pub fn relay(&self) -> Option<&RelayClient> {
+        self.relay.as_ref()
+    }
+
+    /// Whether direct connections are skipped.
+    pub fn relay_only(&self) -> bool {
+        self.relay_only
+    }
+
+    /// The path of the latest connection to each peer.
+    pub fn paths(&self) -> HashMap<PeerId, ConnectionPath> {
+        self.last_paths
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
+    }
+
+    fn remember(&self, peer: PeerId, path: ConnectionPath) {
+        if let Ok(mut m) = self.last_paths.lock() {
+            m.insert(peer, path);
+        }
+    }
+
+    /// Opens a stream to `source`, trying each path in turn.
+    pub async fn connect(
+        &self,
+        source: &Source,
+        direct_timeout: Duration,
+    ) -> Result<(BoxedTransport, ConnectionPath), ConnectError> {
+        let mut failures = Vec::new();
+        if !self.relay_only || self.relay.is_none() {
+            match connect_direct(source, direct_timeout).await {
+                Ok(s) => {
+                    self.remember(source.peer_id, ConnectionPath::Direct);
+                    let stream: BoxedTransport = Box::new(s);
+                    return Ok((stream, ConnectionPath::Direct));
+                }
+                Err(e) => failures.push(format!("direct: {e}")),
+            }
+        }
+        // The hole-punched path will go here, between direct and relayed.
+        if let Some(relay) = &self.relay {
+            match relay.open(source.peer_id).await {
+                Ok(s) => {
+                    self.remember(source.peer_id, ConnectionPath::Relayed);
+                    let stream: BoxedTransport = Box::new(s);
+                    return Ok((stream, ConnectionPath::Relayed));
+                }
+                Err(e) => failures.push(format!("relay: {e}")),
+            }
+        }
+        Err(ConnectError(failures.join("; ")))
+    }
+}
+
+/// TCP to the first of the peer's addresses that answers within `timeout`.
+async fn connect_direct(source: &Source, timeout: Duration) -> Result<TcpStream, String> {
+    let mut last = String::from("no address");
+    for addr in &source.addrs {
+        match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => {
+                let _ = s.set_nodelay(true);
+                return Ok(s);
+            }
+            Ok(Err(e)) => last = format!("{addr}: {e}"),
+            Err(_) => last = format!("{addr}: timed out"),
+        }
+    }
+    Err(last)
+}

@@ -1,0 +1,582 @@
+//! The relay client: one WebSocket to the tracker's `/relay`, many streams over it.
+//!
+//! [`spawn`] attaches (answering the hub's challenge with a proof of this peer's static key) and
+//! keeps attaching again with backoff when the WebSocket drops. [`RelayClient::open`] opens a
+//! stream to another attached peer; streams other peers open arrive on the [`Incoming`]
+//! receiver. A [`RelayStream`] is an `AsyncRead + AsyncWrite`, so the Noise handshake of
+//! [`super::secure`] runs through it end to end and the hub sees only ciphertext.
+//!
+//! Flow control: each direction of a stream may have [`INITIAL_WINDOW`] bytes in flight; the
+//! receiving side grants more with `Window` frames as the application reads, so a slow reader
+//! stops its sender and nothing here or at the hub grows without bound. Each stream is a
+//! `tokio::io::duplex` pipe whose far end two small tasks bridge to the WebSocket.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use curve25519_dalek::montgomery::MontgomeryPoint;
+use futures_util::{SinkExt, StreamExt};
+use p2p_proto::PeerId;
+use p2p_proto::relay::{
+    CloseCode, INCOMING_STREAM_BIT, INITIAL_WINDOW, MAX_DATA_LEN, RelayFrame, error_code, proof_mac,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_util::sync::CancellationToken;
+
+use crate::identity::Identity;
+
+/// How long attaching (connect, challenge, proof) may take.
+pub const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes buffered between the application and a stream's bridge tasks.
+const PIPE_BUFFER: usize = 256 * 1024;
+/// Frames waiting for the WebSocket.
+const OUTBOUND_QUEUE: usize = 256;
+/// Incoming streams not yet picked up.
+const INCOMING_QUEUE: usize = 64;
+/// Grant credit back once this much was read.
+const GRANT_STEP: u32 = INITIAL_WINDOW / 4;
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Why the relay could not be used.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum RelayError {
+    #[error("relay URL {0:?}: expected http(s)://host:port or ws(s)://host:port")]
+    Url(String),
+    #[error("cannot reach the relay: {0}")]
+    Connect(String),
+    #[error("the relay refused us: {0}")]
+    Refused(String),
+    #[error("relay protocol: {0}")]
+    Protocol(String),
+    #[error("not attached to the relay")]
+    NotAttached,
+}
+
+/// Where the client is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayStatus {
+    Connecting,
+    Attached,
+    /// The last attempt failed; retrying after a backoff.
+    Disconnected(String),
+}
+
+/// How to reach the hub.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// `ws://host:port/relay` (see [`relay_url`]).
+    pub url: String,
+    /// The tracker API key or JWT.
+    pub token: Option<String>,
+}
+
+/// The hub's URL for a tracker base URL: `http://t:8080` → `ws://t:8080/relay`.
+pub fn relay_url(tracker: &str) -> Result<String, RelayError> {
+    let t = tracker.trim().trim_end_matches('/');
+    let rest = |p: &str| t.strip_prefix(p).map(str::to_owned);
+    let url = if let Some(r) = rest("http://") {
+        format!("ws://{r}/relay")
+    } else if let Some(r) = rest("https://") {
+        format!("wss://{r}/relay")
+    } else if t.starts_with("ws://") || t.starts_with("wss://") {
+        format!("{t}/relay")
+    } else if !t.is_empty() && !t.contains("://") {
+        format!("ws://{t}/relay")
+    } else {
+        return Err(RelayError::Url(tracker.to_owned()));
+    };
+    Ok(url)
+}
+
+/// A stream another peer opened to us.
+#[derive(Debug)]
+pub struct Incoming {
+    pub from: PeerId,
+    pub stream: RelayStream,
+}
+
+/// A handle on the relay connection; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct RelayClient {
+    commands: watch::Receiver<Option<mpsc::Sender<Command>>>,
+    status: watch::Receiver<RelayStatus>,
+    next_stream: Arc<AtomicU32>,
+}
+
+#[derive(Debug)]
+enum Command {
+    Open {
+        stream: u32,
+        to: PeerId,
+        entry: StreamEntry,
+        far: Far,
+    },
+    Close(u32),
+}
+
+/// The driver's view of one stream.
+#[derive(Debug)]
+struct StreamEntry {
+    inbound: mpsc::UnboundedSender<Bytes>,
+    credit: Arc<Semaphore>,
+    closed: Arc<OnceLock<CloseCode>>,
+}
+
+impl StreamEntry {
+    fn end(self, code: CloseCode) {
+        let _ = self.closed.set(code);
+        self.credit.close();
+    }
+}
+
+/// One stream through the relay. Reads fail with the hub's reason when it closed the stream
+/// abnormally (the peer is not attached, a limit was reached…).
+#[derive(Debug)]
+pub struct RelayStream {
+    io: DuplexStream,
+    peer: PeerId,
+    closed: Arc<OnceLock<CloseCode>>,
+}
+
+impl RelayStream {
+    /// The peer at the other end (as the hub vouches; the Noise handshake proves it).
+    pub fn peer(&self) -> PeerId {
+        self.peer
+    }
+}
+
+impl AsyncRead for RelayStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        match Pin::new(&mut this.io).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) if buf.filled().len() == before && buf.remaining() > 0 => {
+                match this.closed.get() {
+                    Some(code) if *code != CloseCode::Normal => Poll::Ready(Err(
+                        std::io::Error::new(std::io::ErrorKind::ConnectionReset, code.to_string()),
+                    )),
+                    _ => Poll::Ready(Ok(())),
+                }
+            }
+            other => other,
+        }
+    }
+}
+
+impl AsyncWrite for RelayStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+impl RelayClient {
+    /// The current status.
+    pub fn status(&self) -> RelayStatus {
+        self.status.borrow().clone()
+    }
+
+    /// Waits until attached (or `timeout`).
+    pub async fn wait_attached(&self, timeout: Duration) -> Result<(), RelayError> {
+        let mut status = self.status.clone();
+        tokio::time::timeout(timeout, status.wait_for(|s| *s == RelayStatus::Attached))
+            .await
+            .map_err(|_| RelayError::NotAttached)?
+            .map_err(|_| RelayError::NotAttached)?;
+        Ok(())
+    }
+
+    /// Opens a stream to `to`. Fails at once when not attached; when `to` is not attached the
+    /// stream's first read fails with the hub's reason.
+    pub async fn open(&self, to: PeerId) -> Result<RelayStream, RelayError> {
+        let commands = self
+            .commands
+            .borrow()
+            .clone()
+            .ok_or(RelayError::NotAttached)?;
+        let stream = self.next_stream.fetch_add(1, Ordering::Relaxed) & !INCOMING_STREAM_BIT;
+        let (app, entry, far) = new_stream(to);
+        commands
+            .send(Command::Open {
+                stream,
+                to,
+                entry,
+                far,
+            })
+            .await
+            .map_err(|_| RelayError::NotAttached)?;
+        Ok(app)
+    }
+}
+
+/// A stream's application end, the driver's entry, and the bridge's end.
+fn new_stream(peer: PeerId) -> (RelayStream, StreamEntry, Far) {
+    let (app_io, far_io) = tokio::io::duplex(PIPE_BUFFER);
+    let (inbound, inbound_rx) = mpsc::unbounded_channel();
+    let credit = Arc::new(Semaphore::new(INITIAL_WINDOW as usize));
+    let closed = Arc::new(OnceLock::new());
+    (
+        RelayStream {
+            io: app_io,
+            peer,
+            closed: closed.clone(),
+        },
+        StreamEntry {
+            inbound,
+            credit: credit.clone(),
+            closed,
+        },
+        Far {
+            io: far_io,
+            inbound: inbound_rx,
+            credit,
+        },
+    )
+}
+
+/// The far end of a stream's pipe, for its bridge tasks.
+#[derive(Debug)]
+struct Far {
+    io: DuplexStream,
+    inbound: mpsc::UnboundedReceiver<Bytes>,
+    credit: Arc<Semaphore>,
+}
+
+/// Session-wide senders the bridge tasks use.
+#[derive(Clone)]
+struct Outbound {
+    frames: mpsc::Sender<Message>,
+    commands: mpsc::Sender<Command>,
+}
+
+/// Starts the client: attaches, serves streams, and attaches again when the connection drops,
+/// until `shutdown`. Returns the handle and the receiver of incoming streams.
+pub fn spawn(
+    identity: Identity,
+    config: RelayConfig,
+    shutdown: CancellationToken,
+) -> (RelayClient, mpsc::Receiver<Incoming>) {
+    let (commands_tx, commands_rx) = watch::channel(None);
+    let (status_tx, status_rx) = watch::channel(RelayStatus::Connecting);
+    let (incoming_tx, incoming_rx) = mpsc::channel(INCOMING_QUEUE);
+    tokio::spawn(async move {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let _ = status_tx.send(RelayStatus::Connecting);
+            let attempt = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = tokio::time::timeout(ATTACH_TIMEOUT, attach(&identity, &config)) => {
+                    r.unwrap_or_else(|_| Err(RelayError::Connect("timed out".into())))
+                }
+            };
+            let why = match attempt {
+                Ok(ws) => {
+                    backoff = BACKOFF_MIN;
+                    let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+                    let _ = commands_tx.send(Some(tx.clone()));
+                    let _ = status_tx.send(RelayStatus::Attached);
+                    tracing::info!(url = %config.url, "attached to the relay");
+                    let why = run_session(ws, tx, rx, &incoming_tx, &shutdown).await;
+                    let _ = commands_tx.send(None);
+                    why
+                }
+                Err(e) => e.to_string(),
+            };
+            if shutdown.is_cancelled() {
+                return;
+            }
+            tracing::debug!(reason = %why, "relay connection ended; retrying");
+            let _ = status_tx.send(RelayStatus::Disconnected(why));
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    });
+    (
+        RelayClient {
+            commands: commands_rx,
+            status: status_rx,
+            next_stream: Arc::new(AtomicU32::new(1)),
+        },
+        incoming_rx,
+    )
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Connects and proves our peer id.
+async fn attach(identity: &Identity, config: &RelayConfig) -> Result<Ws, RelayError> {
+    let url = format!("{}?peer_id={}", config.url, identity.peer_id());
+    let mut request = url
+        .into_client_request()
+        .map_err(|e| RelayError::Url(e.to_string()))?;
+    if let Some(token) = &config.token {
+        let value = HeaderValue::from_str(token)
+            .map_err(|_| RelayError::Url("the API key is not a valid header".into()))?;
+        request.headers_mut().insert("x-api-key", value);
+    }
+    let (mut ws, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .map_err(|e| RelayError::Connect(e.to_string()))?;
+    let Some(RelayFrame::Challenge { server_key, nonce }) = next_frame(&mut ws).await? else {
+        return Err(RelayError::Protocol("expected a challenge".into()));
+    };
+    let shared = MontgomeryPoint(server_key)
+        .mul_clamped(*identity.secret())
+        .to_bytes();
+    let peer_id = identity.peer_id();
+    let proof = RelayFrame::Proof {
+        peer_id,
+        mac: proof_mac(&shared, &server_key, &nonce, &peer_id),
+    };
+    ws.send(Message::Binary(proof.to_vec().into()))
+        .await
+        .map_err(|e| RelayError::Connect(e.to_string()))?;
+    match next_frame(&mut ws).await? {
+        Some(RelayFrame::Attached) => Ok(ws),
+        Some(RelayFrame::Error { message, .. }) => Err(RelayError::Refused(message)),
+        other => Err(RelayError::Protocol(format!(
+            "expected attached, got {other:?}"
+        ))),
+    }
+}
+
+async fn next_frame(ws: &mut Ws) -> Result<Option<RelayFrame>, RelayError> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Binary(b))) => {
+                return RelayFrame::decode(b)
+                    .map(Some)
+                    .map_err(|e| RelayError::Protocol(e.to_string()));
+            }
+            Some(Ok(Message::Close(_))) | None => return Ok(None),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(RelayError::Connect(e.to_string())),
+        }
+    }
+}
+
+/// Serves one attached WebSocket until it ends; returns why.
+async fn run_session(
+    ws: Ws,
+    commands_tx: mpsc::Sender<Command>,
+    mut commands: mpsc::Receiver<Command>,
+    incoming: &mpsc::Sender<Incoming>,
+    shutdown: &CancellationToken,
+) -> String {
+    let (mut sink, mut source) = ws.split();
+    let (frames, mut to_send) = mpsc::channel::<Message>(OUTBOUND_QUEUE);
+    let writer = tokio::spawn(async move {
+        while let Some(first) = to_send.recv().await {
+            // Batch whatever else is queued into one flush.
+            let mut next = Some(first);
+            while let Some(msg) = next.take() {
+                if sink.feed(msg).await.is_err() {
+                    return;
+                }
+                next = to_send.try_recv().ok();
+            }
+            if sink.flush().await.is_err() {
+                return;
+            }
+        }
+        let _ = sink.close().await;
+    });
+    let out = Outbound {
+        frames,
+        commands: commands_tx,
+    };
+    let mut streams: HashMap<u32, StreamEntry> = HashMap::new();
+    let why = loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break "shutting down".to_owned(),
+            command = commands.recv() => match command {
+                Some(Command::Open { stream, to, entry, far }) => {
+                    streams.insert(stream, entry);
+                    // `Open` is queued before the bridge can queue any `Data` for the stream.
+                    if send(&out.frames, &RelayFrame::Open { stream, to }).await.is_err() {
+                        break "connection lost".to_owned();
+                    }
+                    spawn_bridge(stream, far, out.clone());
+                }
+                Some(Command::Close(stream)) => {
+                    if let Some(entry) = streams.remove(&stream) {
+                        entry.end(CloseCode::Normal);
+                        let _ = send(&out.frames, &RelayFrame::Close { stream, code: CloseCode::Normal }).await;
+                    }
+                }
+                None => break "client dropped".to_owned(),
+            },
+            msg = source.next() => {
+                let frame = match msg {
+                    Some(Ok(Message::Binary(b))) => match RelayFrame::decode(b) {
+                        Ok(f) => f,
+                        Err(e) => break format!("bad frame from the relay: {e}"),
+                    },
+                    Some(Ok(Message::Close(_))) | None => break "the relay closed".to_owned(),
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => break e.to_string(),
+                };
+                match frame {
+                    RelayFrame::Data { stream, data } => {
+                        if let Some(entry) = streams.get(&stream) {
+                            let _ = entry.inbound.send(data);
+                        }
+                    }
+                    RelayFrame::Window { stream, credit } => {
+                        if let Some(entry) = streams.get(&stream) {
+                            entry.credit.add_permits(credit as usize);
+                        }
+                    }
+                    RelayFrame::Close { stream, code } => {
+                        if let Some(entry) = streams.remove(&stream) {
+                            entry.end(code);
+                        }
+                    }
+                    RelayFrame::Incoming { stream, from } => {
+                        let (app, entry, far) = new_stream(from);
+                        match incoming.try_send(Incoming { from, stream: app }) {
+                            Ok(()) => {
+                                streams.insert(stream, entry);
+                                spawn_bridge(stream, far, out.clone());
+                            }
+                            Err(_) => {
+                                let _ = send(&out.frames, &RelayFrame::Close { stream, code: CloseCode::Other(16) }).await;
+                            }
+                        }
+                    }
+                    RelayFrame::Error { code, message } => {
+                        tracing::warn!(code, %message, "relay error");
+                        if code == error_code::REPLACED {
+                            break message;
+                        }
+                    }
+                    other => tracing::debug!(?other, "unexpected relay frame"),
+                }
+            }
+        }
+    };
+    for (_, entry) in streams.drain() {
+        entry.end(CloseCode::Gone);
+    }
+    drop(out);
+    writer.abort();
+    why
+}
+
+async fn send(frames: &mpsc::Sender<Message>, frame: &RelayFrame) -> Result<(), ()> {
+    frames
+        .send(Message::Binary(frame.to_vec().into()))
+        .await
+        .map_err(|_| ())
+}
+
+/// Moves a stream's bytes: pipe → `Data` frames as credit allows, and `Data` frames → pipe with
+/// credit granted back as the application takes them.
+fn spawn_bridge(stream: u32, far: Far, out: Outbound) {
+    let Far {
+        io,
+        mut inbound,
+        credit,
+    } = far;
+    let (mut read, mut write) = tokio::io::split(io);
+    let up = out.clone();
+    tokio::spawn(async move {
+        let mut buf = BytesMut::with_capacity(MAX_DATA_LEN);
+        loop {
+            buf.reserve(MAX_DATA_LEN);
+            let want = MAX_DATA_LEN.min(buf.capacity());
+            let n = match (&mut read).take(want as u64).read_buf(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            match credit.acquire_many(n as u32).await {
+                Ok(permits) => permits.forget(),
+                Err(_) => return,
+            }
+            let data = buf.split().freeze();
+            if send(&up.frames, &RelayFrame::Data { stream, data })
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        let _ = up.commands.send(Command::Close(stream)).await;
+    });
+    tokio::spawn(async move {
+        let mut consumed = 0u32;
+        while let Some(data) = inbound.recv().await {
+            if write.write_all(&data).await.is_err() {
+                break;
+            }
+            consumed += data.len() as u32;
+            if consumed >= GRANT_STEP {
+                let grant = RelayFrame::Window {
+                    stream,
+                    credit: consumed,
+                };
+                consumed = 0;
+                if send(&out.frames, &grant).await.is_err() {
+                    break;
+                }
+            }
+        }
+        let _ = write.shutdown().await;
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_urls_follow_the_tracker_url() {
+        assert_eq!(relay_url("http://t:8080").unwrap(), "ws://t:8080/relay");
+        assert_eq!(relay_url("https://t/").unwrap(), "wss://t/relay");
+        assert_eq!(relay_url("t:9").unwrap(), "ws://t:9/relay");
+        assert_eq!(relay_url("ws://t:1").unwrap(), "ws://t:1/relay");
+        assert!(relay_url("ftp://t").is_err());
+        assert!(relay_url("").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_stream_closed_abnormally_reads_as_an_error_and_a_normal_close_as_eof() {
+        for (code, fails) in [(CloseCode::UnknownPeer, true), (CloseCode::Normal, false)] {
+            let (mut app, entry, far) = new_stream(PeerId([1; 32]));
+            entry.end(code);
+            drop(far);
+            let result = app.read(&mut [0u8; 8]).await;
+            assert_eq!(result.is_err(), fails, "{code:?}: {result:?}");
+        }
+    }
+}

@@ -1,0 +1,508 @@
+//! The relay hub and client against a real tracker in process (port 0): attach proofs,
+//! impersonation, unknown peers, backpressure, byte limits, and downloads through the relay
+//! alone and through a relayed and a direct seeder at once. Every wait is on a readiness signal
+//! (attach status, a read) with an overall timeout.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use curve25519_dalek::montgomery::MontgomeryPoint;
+use futures_util::{SinkExt, StreamExt};
+use p2p_peer::Identity;
+use p2p_peer::download::{DownloadOptions, Source, download};
+use p2p_peer::net::connector::{ConnectionPath, Connector};
+use p2p_peer::net::relay::{self, RelayClient, RelayConfig};
+use p2p_peer::storage::{Library, manifest_for_file};
+use p2p_peer::throttle::Throttle;
+use p2p_proto::relay::{CloseCode, INITIAL_WINDOW, RelayFrame, error_code, proof_mac};
+use p2p_tracker::app::{self, RunningTracker, RuntimeOptions};
+use p2p_tracker::config::{RelayArgs, ServeArgs};
+use p2p_tracker::store::SqliteStore;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_util::sync::CancellationToken;
+
+const KEY: &str = "relay-test-key";
+
+async fn within<F: Future>(secs: u64, f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(secs), f)
+        .await
+        .expect("test timed out")
+}
+
+async fn tracker(dir: &Path, relay: RelayArgs) -> RunningTracker {
+    let store = Arc::new(SqliteStore::open(&dir.join("tracker.db"), 4).await.unwrap());
+    let mut args = ServeArgs::from_flags(&[
+        "--addr",
+        "127.0.0.1:0",
+        "--api-keys",
+        KEY,
+        "--rate-limit-rps",
+        "0",
+    ])
+    .unwrap();
+    args.relay = relay;
+    app::start(store, &args, RuntimeOptions::default())
+        .await
+        .unwrap()
+}
+
+/// A relay client attached as `identity`, with its incoming streams.
+async fn attached(
+    t: &RunningTracker,
+    identity: &Identity,
+    stop: &CancellationToken,
+) -> (RelayClient, tokio::sync::mpsc::Receiver<relay::Incoming>) {
+    let config = RelayConfig {
+        url: relay::relay_url(&t.base_url()).unwrap(),
+        token: Some(KEY.into()),
+    };
+    let (client, incoming) = relay::spawn(identity.clone(), config, stop.clone());
+    client.wait_attached(Duration::from_secs(10)).await.unwrap();
+    (client, incoming)
+}
+
+/// A tracker and two peers attached to its relay: A opens streams, B receives them.
+struct TwoPeers {
+    t: RunningTracker,
+    stop: CancellationToken,
+    a: Identity,
+    b: Identity,
+    client_a: RelayClient,
+    in_b: tokio::sync::mpsc::Receiver<relay::Incoming>,
+    _dir: tempfile::TempDir,
+}
+
+impl TwoPeers {
+    async fn start(limits: RelayArgs) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let t = tracker(dir.path(), limits).await;
+        let stop = CancellationToken::new();
+        let (a, b) = (Identity::generate().unwrap(), Identity::generate().unwrap());
+        let (client_a, _) = attached(&t, &a, &stop).await;
+        let (_, in_b) = attached(&t, &b, &stop).await;
+        Self {
+            t,
+            stop,
+            a,
+            b,
+            client_a,
+            in_b,
+            _dir: dir,
+        }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        self.t.stop().await.unwrap();
+    }
+}
+
+type RawWs =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn raw(t: &RunningTracker, claimed: &p2p_proto::PeerId) -> RawWs {
+    let url = format!("ws://{}/relay?peer_id={claimed}&token={KEY}", t.addr);
+    let (ws, _) = tokio_tungstenite::connect_async(url.into_client_request().unwrap())
+        .await
+        .unwrap();
+    ws
+}
+
+async fn next_frame(ws: &mut RawWs) -> Option<RelayFrame> {
+    loop {
+        match ws.next().await? {
+            Ok(Message::Binary(b)) => return Some(RelayFrame::decode(b).unwrap()),
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => continue,
+        }
+    }
+}
+
+/// Answers the challenge with a proof made with `secret` for `claim`.
+async fn prove(ws: &mut RawWs, secret: [u8; 32], claim: p2p_proto::PeerId) -> Option<RelayFrame> {
+    let Some(RelayFrame::Challenge { server_key, nonce }) = next_frame(ws).await else {
+        panic!("no challenge");
+    };
+    let shared = MontgomeryPoint(server_key).mul_clamped(secret).to_bytes();
+    let mac = proof_mac(&shared, &server_key, &nonce, &claim);
+    ws.send(Message::Binary(
+        RelayFrame::Proof {
+            peer_id: claim,
+            mac,
+        }
+        .to_vec()
+        .into(),
+    ))
+    .await
+    .unwrap();
+    next_frame(ws).await
+}
+
+#[tokio::test]
+async fn a_peer_attaches_only_as_itself() {
+    within(30, async {
+        let dir = tempfile::tempdir().unwrap();
+        let t = tracker(dir.path(), RelayArgs::default()).await;
+        let (mine, victim) = ([7u8; 32], Identity::generate().unwrap());
+        let me = Identity::from_secret(mine);
+
+        // The right key for the claimed id: attached.
+        let mut ws = raw(&t, &me.peer_id()).await;
+        assert_eq!(
+            prove(&mut ws, mine, me.peer_id()).await,
+            Some(RelayFrame::Attached)
+        );
+        drop(ws);
+
+        // Claiming another peer's id with our key: refused, and the socket closes.
+        let mut ws = raw(&t, &victim.peer_id()).await;
+        let answer = prove(&mut ws, mine, victim.peer_id()).await;
+        assert!(
+            matches!(
+                answer,
+                Some(RelayFrame::Error {
+                    code: error_code::BAD_PROOF,
+                    ..
+                })
+            ),
+            "{answer:?}"
+        );
+        assert_eq!(next_frame(&mut ws).await, None, "closed after the refusal");
+        assert!(!t.state.relay.is_attached(&victim.peer_id()));
+
+        // A valid proof for our own id, but presented on a connection claiming the victim's.
+        let mut ws = raw(&t, &victim.peer_id()).await;
+        let answer = prove(&mut ws, mine, me.peer_id()).await;
+        assert!(
+            matches!(
+                answer,
+                Some(RelayFrame::Error {
+                    code: error_code::BAD_PROOF,
+                    ..
+                })
+            ),
+            "{answer:?}"
+        );
+
+        // No tracker credentials: the upgrade itself is refused.
+        let url = format!("ws://{}/relay?peer_id={}", t.addr, me.peer_id());
+        assert!(tokio_tungstenite::connect_async(url).await.is_err());
+        t.stop().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn opening_to_an_unknown_peer_fails_cleanly_and_the_connection_survives() {
+    within(30, async {
+        let mut p = TwoPeers::start(RelayArgs::default()).await;
+
+        let nobody = Identity::generate().unwrap().peer_id();
+        let mut s = p.client_a.open(nobody).await.unwrap();
+        let err = s.read(&mut [0u8; 16]).await.unwrap_err();
+        assert!(err.to_string().contains("not attached"), "{err}");
+
+        // The same WebSocket still carries a stream to a real peer, both ways.
+        let mut s = p.client_a.open(p.b.peer_id()).await.unwrap();
+        s.write_all(b"ping").await.unwrap();
+        let mut incoming = p.in_b.recv().await.unwrap();
+        assert_eq!(incoming.from, p.a.peer_id());
+        let mut buf = [0u8; 4];
+        incoming.stream.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping");
+        incoming.stream.write_all(b"pong").await.unwrap();
+        s.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"pong");
+        let metrics = &p.t.state.metrics;
+        assert_eq!(metrics.relay_tunnels.get(), 1);
+        assert_eq!(metrics.relay_connections.get(), 2);
+        let text = metrics.encode();
+        assert!(text.contains("p2p_tracker_relay_bytes_total 8"), "{text}");
+        // The live feed heard of the attaches and the tunnel.
+        let (recent, mut events) = p.t.state.events.subscribe();
+        for kind in ["relay_connected", "tunnel_opened"] {
+            let tag = format!("\"type\":\"{kind}\"");
+            assert!(
+                recent.iter().any(|e| e.contains(&tag)),
+                "no {kind} in {recent:?}"
+            );
+        }
+        // Closing our end closes the tunnel.
+        drop(s);
+        while !events
+            .recv()
+            .await
+            .unwrap()
+            .contains("\"type\":\"tunnel_closed\"")
+        {}
+        assert_eq!(metrics.relay_tunnels.get(), 0);
+        p.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_slow_reader_holds_back_the_sender_and_the_hub_queues_little() {
+    within(60, async {
+        let mut p = TwoPeers::start(RelayArgs::default()).await;
+
+        let total = 16 * 1024 * 1024;
+        let data: Vec<u8> = (0..total).map(|i| (i % 251) as u8).collect();
+        let mut s = p.client_a.open(p.b.peer_id()).await.unwrap();
+        let sent = data.clone();
+        let writer = tokio::spawn(async move {
+            s.write_all(&sent).await.unwrap();
+            s.shutdown().await.unwrap();
+            s
+        });
+        let mut incoming = p.in_b.recv().await.unwrap();
+        // Nobody reads: the writer cannot finish. (A fixed wait is the only way to observe
+        // that something does not happen; it is not a readiness wait.)
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(
+            !writer.is_finished(),
+            "16 MiB went through to a reader that never read"
+        );
+        let queued = p.t.state.metrics.relay_queued_bytes.get();
+        assert!(
+            queued <= i64::from(INITIAL_WINDOW),
+            "the hub queues at most a window: {queued}"
+        );
+
+        // Reading drains it all, intact.
+        let mut got = Vec::with_capacity(total);
+        incoming.stream.read_to_end(&mut got).await.unwrap();
+        assert!(got == data, "content differs");
+        writer.await.unwrap();
+        p.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_tunnel_is_cut_at_its_byte_limit() {
+    within(30, async {
+        let limit = 300 * 1024;
+        let mut p = TwoPeers::start(RelayArgs {
+            relay_max_tunnel_bytes: limit,
+            ..RelayArgs::default()
+        })
+        .await;
+        let mut s = p.client_a.open(p.b.peer_id()).await.unwrap();
+        tokio::spawn(async move {
+            let _ = s.write_all(&vec![1u8; 4 << 20]).await;
+            s
+        });
+        let mut incoming = p.in_b.recv().await.unwrap();
+        let mut got = Vec::new();
+        let err = incoming.stream.read_to_end(&mut got).await.unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(&CloseCode::LimitExceeded.to_string()),
+            "{err}"
+        );
+        assert!(
+            got.len() as u64 <= limit,
+            "{} bytes passed a {limit}-byte limit",
+            got.len()
+        );
+        p.stop().await;
+    })
+    .await;
+}
+
+fn content(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// A seeder of `path` reachable only through the relay (no listener at all).
+async fn relayed_seeder(t: &RunningTracker, path: &Path, stop: &CancellationToken) -> Identity {
+    let identity = Identity::generate().unwrap();
+    let library = Arc::new(Library::new());
+    library.share(path).await.unwrap();
+    let (_client, incoming) = attached(t, &identity, stop).await;
+    tokio::spawn(p2p_peer::upload::serve_relayed(
+        incoming,
+        identity.clone(),
+        library,
+        Arc::new(Throttle::new(None)),
+        stop.clone(),
+    ));
+    identity
+}
+
+/// A seeder of `path` listening on 127.0.0.1:0.
+async fn direct_seeder(path: &Path, stop: &CancellationToken) -> Source {
+    let identity = Identity::generate().unwrap();
+    let library = Arc::new(Library::new());
+    library.share(path).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(p2p_peer::upload::serve(
+        listener,
+        identity.clone(),
+        library,
+        Arc::new(Throttle::new(None)),
+        stop.clone(),
+    ));
+    Source {
+        peer_id: identity.peer_id(),
+        addrs: vec![addr],
+    }
+}
+
+/// A closed port: nothing listens there.
+async fn dead_addr() -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
+
+/// A tracker and a file of `len` bytes to share.
+struct Shared {
+    t: RunningTracker,
+    stop: CancellationToken,
+    data: Vec<u8>,
+    path: std::path::PathBuf,
+    manifest: p2p_proto::Manifest,
+    _dir: tempfile::TempDir,
+}
+
+impl Shared {
+    async fn start(len: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let t = tracker(dir.path(), RelayArgs::default()).await;
+        let data = content(len, len as u64);
+        let path = dir.path().join("file.bin");
+        std::fs::write(&path, &data).unwrap();
+        let manifest = manifest_for_file(&path, "file.bin").unwrap();
+        Self {
+            t,
+            stop: CancellationToken::new(),
+            data,
+            path,
+            manifest,
+            _dir: dir,
+        }
+    }
+
+    /// A leecher attached to the relay, with a connector trying direct first.
+    async fn leecher(&self, relay_only: bool) -> (Identity, Connector) {
+        let me = Identity::generate().unwrap();
+        let (relay, _) = attached(&self.t, &me, &self.stop).await;
+        (me, Connector::new(Some(relay), relay_only))
+    }
+
+    /// Downloads from `sources` and checks the content.
+    async fn leech(
+        &self,
+        sources: &[Source],
+        pipeline: usize,
+    ) -> p2p_peer::download::DownloadReport {
+        let (me, connector) = self.leecher(false).await;
+        let opts = DownloadOptions {
+            pipeline,
+            connector: Arc::new(connector),
+            ..DownloadOptions::default()
+        };
+        let out = tempfile::tempdir().unwrap();
+        let report = download(
+            &me,
+            &self.manifest,
+            sources,
+            out.path(),
+            Arc::new(Library::new()),
+            opts,
+        )
+        .await
+        .unwrap();
+        assert!(
+            std::fs::read(&report.path).unwrap() == self.data,
+            "content differs"
+        );
+        report
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        self.t.stop().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_seeder_without_a_reachable_address_is_downloaded_from_through_the_relay() {
+    within(60, async {
+        let f = Shared::start(3 * 1024 * 1024 + 77).await;
+        let seeder = relayed_seeder(&f.t, &f.path, &f.stop).await;
+        let source = Source {
+            peer_id: seeder.peer_id(),
+            addrs: vec![dead_addr().await],
+        };
+        let report = f.leech(&[source], 16).await;
+        assert_eq!(report.peers.len(), 1);
+        assert_eq!(report.peers[0].path, Some(ConnectionPath::Relayed));
+        assert_eq!(report.peers[0].bytes, f.data.len() as u64);
+        f.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn one_download_pulls_from_a_direct_and_a_relayed_seeder_at_once() {
+    within(60, async {
+        let f = Shared::start(16 * 1024 * 1024 + 5).await;
+        let relayed = relayed_seeder(&f.t, &f.path, &f.stop).await;
+        let direct = direct_seeder(&f.path, &f.stop).await;
+        let sources = [
+            direct.clone(),
+            Source {
+                peer_id: relayed.peer_id(),
+                addrs: vec![],
+            },
+        ];
+        let report = f.leech(&sources, 2).await;
+        let by = |id| report.peers.iter().find(|p| p.peer_id == id).unwrap();
+        let (d, r) = (by(direct.peer_id), by(relayed.peer_id()));
+        assert_eq!(d.path, Some(ConnectionPath::Direct));
+        assert_eq!(r.path, Some(ConnectionPath::Relayed));
+        assert!(d.bytes > 0 && r.bytes > 0, "{:?}", report.peers);
+        assert_eq!(d.bytes + r.bytes, f.data.len() as u64);
+        f.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn relay_only_skips_direct_addresses() {
+    within(30, async {
+        let f = Shared::start(100_000).await;
+        let relayed = relayed_seeder(&f.t, &f.path, &f.stop).await;
+        let (_, connector) = f.leecher(true).await;
+        // A direct address that works is still not used.
+        let direct = direct_seeder(&f.path, &f.stop).await;
+        let source = Source {
+            peer_id: relayed.peer_id(),
+            addrs: direct.addrs,
+        };
+        let (_s, path) = connector
+            .connect(&source, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(path, ConnectionPath::Relayed);
+        f.stop().await;
+    })
+    .await;
+}
