@@ -5,6 +5,8 @@
 # Prints MB/s for each path and the ratio; the goal is relayed >= 0.5x direct.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# Files on tmpfs (BENCH_TMPDIR, default /dev/shm): the figures are about the paths, not the disk.
+export TMPDIR="${BENCH_TMPDIR:-/dev/shm}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/p2p-target}"
 SIZE_MIB=${SIZE_MIB:-256}; PIPELINE=${PIPELINE:-32}
 cargo build --release --locked -p p2p-peer --example relay_bench >/dev/null

@@ -252,7 +252,8 @@ async fn a_slow_reader_holds_back_the_sender_and_the_hub_queues_little() {
     within(60, async {
         let mut p = TwoPeers::start(RelayArgs::default()).await;
 
-        let total = 16 * 1024 * 1024;
+        // Twice what the window and both pipes can hold.
+        let total = 2 * INITIAL_WINDOW as usize + 4 * 1024 * 1024;
         let data: Vec<u8> = (0..total).map(|i| (i % 251) as u8).collect();
         let mut s = p.client_a.open(p.b.peer_id()).await.unwrap();
         let sent = data.clone();
@@ -267,7 +268,7 @@ async fn a_slow_reader_holds_back_the_sender_and_the_hub_queues_little() {
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert!(
             !writer.is_finished(),
-            "16 MiB went through to a reader that never read"
+            "{total} bytes went through to a reader that never read"
         );
         let queued = p.t.state.metrics.relay_queued_bytes.get();
         assert!(

@@ -28,8 +28,11 @@ pub const MAX_DATA_LEN: usize = 64 * 1024;
 pub const MAX_RELAY_FRAME_LEN: usize = MAX_DATA_LEN + 16;
 /// Longest `Error` message, in bytes.
 pub const MAX_ERROR_LEN: usize = 512;
-/// Bytes each side of a new stream may send before the receiver grants more.
-pub const INITIAL_WINDOW: u32 = 1024 * 1024;
+/// Bytes each side of a new stream may send before the receiver grants more. Big enough for
+/// the round trip through the hub not to cap throughput (on loopback, 1 MiB gave 0.14× the
+/// direct rate, 4 MiB 0.32×, 8 MiB 0.61×); it is also what the hub may queue per stream
+/// direction, so the hub's memory is bounded by tunnels × 2 × this.
+pub const INITIAL_WINDOW: u32 = 8 * 1024 * 1024;
 /// Stream ids the hub assigns to incoming streams have this bit set; ids a peer picks do not.
 pub const INCOMING_STREAM_BIT: u32 = 1 << 31;
 /// Domain separation of the attach proof.
