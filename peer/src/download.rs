@@ -103,7 +103,7 @@ pub enum DownloadError {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PeerReport {
     pub peer_id: PeerId,
-    /// Verified bytes received from it.
+    /// Verified bytes it contributed (written into the download; endgame duplicates excluded).
     pub bytes: u64,
     pub bad_chunks: u32,
     pub banned: bool,
@@ -496,7 +496,7 @@ async fn fetch_from(
             }
         }
     });
-    let mut stores: tokio::task::JoinSet<(u64, u64, Result<bool, WorkerError>)> =
+    let mut stores: tokio::task::JoinSet<(u64, u64, Result<Stored, WorkerError>)> =
         tokio::task::JoinSet::new();
     // Request id → chunk index and when it was asked for.
     let mut outstanding: HashMap<u32, (u64, Instant)> = HashMap::new();
@@ -541,12 +541,13 @@ async fn fetch_from(
                     break Err(WorkerError::Disk("writer task failed".into()));
                 };
                 match outcome {
-                    Ok(true) => {
+                    Ok(Stored::Written) => {
                         report.bytes += len;
                         opts.contributions.add(peer, len);
                         stored_ok(shared, index);
                     }
-                    Ok(false) => {
+                    Ok(Stored::Duplicate) => {}
+                    Ok(Stored::Bad) => {
                         report.bad_chunks += 1;
                         shared.scores.record_failure(peer);
                     }
@@ -628,7 +629,7 @@ async fn fetch_from(
     reader.abort();
     // Chunks already received are still written before the worker reports.
     while let Some(Ok((index, len, outcome))) = stores.join_next().await {
-        if let Ok(true) = outcome {
+        if let Ok(Stored::Written) = outcome {
             report.bytes += len;
             opts.contributions.add(peer, len);
             stored_ok(shared, index);
@@ -669,13 +670,25 @@ fn release(shared: &Shared, index: u64) {
     shared.done.notify_one();
 }
 
-/// Verifies and writes a chunk off the reactor; `Ok(false)` for a bad one. The hash is checked
+/// What became of a received chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stored {
+    /// Verified and written: this peer's contribution.
+    Written,
+    /// Verified, but another peer's copy was written first (the endgame) or the download is
+    /// over.
+    Duplicate,
+    /// It does not match its hash.
+    Bad,
+}
+
+/// Verifies and writes a chunk off the reactor. The hash is checked
 /// before the download's lock is taken; the written chunk then goes to the whole-file hash.
 fn store_chunk(
     shared: &Shared,
     index: u64,
     data: bytes::Bytes,
-) -> impl Future<Output = Result<bool, WorkerError>> + use<> {
+) -> impl Future<Output = Result<Stored, WorkerError>> + use<> {
     let (partial, hasher) = (shared.partial.clone(), shared.hasher.clone());
     let expected = shared.manifest.chunk_hashes.get(index as usize).copied();
     let expected_len = shared.manifest.chunk_len(index) as usize;
@@ -683,17 +696,17 @@ fn store_chunk(
         tokio::task::spawn_blocking(move || {
             let disk = |e: PartialError| WorkerError::Disk(e.to_string());
             if expected.is_none_or(|h| data.len() != expected_len || hash_chunk(&data) != h) {
-                return Ok(false);
+                return Ok(Stored::Bad);
             }
             {
                 let mut guard = partial
                     .lock()
                     .map_err(|_| WorkerError::Disk("lock poisoned".into()))?;
                 let Some(p) = guard.as_mut() else {
-                    return Ok(false);
+                    return Ok(Stored::Duplicate); // the download is over
                 };
                 if p.have().get(index) {
-                    return Ok(true); // an endgame duplicate: already written
+                    return Ok(Stored::Duplicate);
                 }
                 p.write_verified(index, &data).map_err(disk)?;
             }
@@ -702,7 +715,7 @@ fn store_chunk(
             {
                 h.written(index, data);
             }
-            Ok::<_, WorkerError>(true)
+            Ok::<_, WorkerError>(Stored::Written)
         })
         .await
         .map_err(|_| WorkerError::Disk("writer task failed".into()))?

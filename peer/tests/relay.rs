@@ -346,8 +346,8 @@ async fn relayed_seeder(t: &RunningTracker, path: &Path, stop: &CancellationToke
     identity
 }
 
-/// A seeder of `path` listening on 127.0.0.1:0.
-async fn direct_seeder(path: &Path, stop: &CancellationToken) -> Source {
+/// A seeder of `path` listening on 127.0.0.1:0, uploading at most `limit` bytes/s.
+async fn direct_seeder(path: &Path, stop: &CancellationToken, limit: Option<u64>) -> Source {
     let identity = Identity::generate().unwrap();
     let library = Arc::new(Library::new());
     library.share(path).await.unwrap();
@@ -357,7 +357,7 @@ async fn direct_seeder(path: &Path, stop: &CancellationToken) -> Source {
         listener,
         identity.clone(),
         library,
-        Arc::new(Throttle::new(None)),
+        Arc::new(Throttle::new(limit)),
         stop.clone(),
     ));
     Source {
@@ -466,7 +466,9 @@ async fn one_download_pulls_from_a_direct_and_a_relayed_seeder_at_once() {
     within(60, async {
         let f = Shared::start(16 * 1024 * 1024 + 5).await;
         let relayed = relayed_seeder(&f.t, &f.path, &f.stop).await;
-        let direct = direct_seeder(&f.path, &f.stop).await;
+        // The direct seeder is held to 4 MiB/s, so it cannot finish alone before the relayed
+        // one (whose handshake crosses the hub) is under way.
+        let direct = direct_seeder(&f.path, &f.stop, Some(4 << 20)).await;
         let sources = [
             direct.clone(),
             Source {
@@ -493,7 +495,7 @@ async fn relay_only_skips_direct_addresses() {
         let relayed = relayed_seeder(&f.t, &f.path, &f.stop).await;
         let (_, connector) = f.leecher(true).await;
         // A direct address that works is still not used.
-        let direct = direct_seeder(&f.path, &f.stop).await;
+        let direct = direct_seeder(&f.path, &f.stop, None).await;
         let source = Source {
             peer_id: relayed.peer_id(),
             addrs: direct.addrs,
