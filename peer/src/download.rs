@@ -393,8 +393,12 @@ async fn save_periodically(
             _ = tick.tick() => {}
         }
         let snapshot = match partial.lock().as_deref() {
-            Ok(Some(p)) if saved != Some(p.have().count_ones()) => {
-                saved = Some(p.have().count_ones());
+            Ok(Some(p)) => {
+                let written = Some(p.have().count_ones());
+                if saved == written {
+                    continue; // nothing new since the last save
+                }
+                saved = written;
                 p.snapshot()
             }
             _ => continue,

@@ -5,10 +5,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+use support::content;
 
 use curve25519_dalek::montgomery::MontgomeryPoint;
 use futures_util::{SinkExt, StreamExt};
@@ -316,18 +318,6 @@ async fn a_tunnel_is_cut_at_its_byte_limit() {
         p.stop().await;
     })
     .await;
-}
-
-fn content(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// A seeder of `path` reachable only through the relay (no listener at all).

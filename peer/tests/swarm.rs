@@ -3,10 +3,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+use support::content;
 
 use bytes::Bytes;
 use p2p_peer::Identity;
@@ -19,18 +21,6 @@ use p2p_proto::wire::Frame;
 use p2p_proto::{Bitfield, Manifest};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-
-fn content(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 /// A peer sharing `path`, listening on 127.0.0.1:0.
 async fn seeder(path: &Path, stop: &CancellationToken) -> Source {

@@ -20,6 +20,7 @@ use p2p_proto::manifest::hash_chunk;
 use p2p_proto::{Bitfield, FileId, Manifest};
 
 use super::hashing::manifest_for_file;
+use super::partial::read_at;
 
 /// Why a chunk cannot be served or a file cannot be shared.
 #[derive(Debug, thiserror::Error)]
@@ -134,16 +135,16 @@ impl SharedFile {
         })
     }
 
-    /// Records that chunk `index`, read at `read_at` from the file as it is then (`stamp`),
+    /// Records that chunk `index`, read at `read_start` from the file as it is then (`stamp`),
     /// matched its hash.
-    fn mark_verified(&self, index: u64, stamp: FileStamp, read_at: SystemTime) {
+    fn mark_verified(&self, index: u64, stamp: FileStamp, read_start: SystemTime) {
         if let Ok(mut v) = self.verified.lock() {
             if let Some(s) = v.stamp
                 && (s != stamp || !s.settled_before(v.since, self.settle))
             {
                 // Another version: nothing checked before counts any more.
                 v.stamp = Some(stamp);
-                v.since = read_at;
+                v.since = read_start;
                 v.bits = Bitfield::new(self.manifest.chunk_count());
             }
             let counts = v.stamp.is_none() || stamp.settled_before(v.since, self.settle);
@@ -346,20 +347,6 @@ impl Library {
             rehashed.fetch_add(1, Ordering::Relaxed);
         }
         Ok(checked.0)
-    }
-}
-
-fn read_at(file: &std::fs::File, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-    #[cfg(unix)]
-    {
-        std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
-    }
-    #[cfg(not(unix))]
-    {
-        use std::io::{Read, Seek, SeekFrom};
-        let mut file = file;
-        file.seek(SeekFrom::Start(offset))?;
-        file.read_exact(buf)
     }
 }
 

@@ -326,16 +326,7 @@ impl HashThread {
                     let offset = index * u64::from(self.chunk_size);
                     let len = (self.size - offset).min(u64::from(self.chunk_size)) as usize;
                     let mut buf = vec![0u8; len];
-                    #[cfg(unix)]
-                    let read =
-                        std::os::unix::fs::FileExt::read_exact_at(&self.file, &mut buf, offset);
-                    #[cfg(not(unix))]
-                    let read = {
-                        use std::io::{Read, Seek, SeekFrom};
-                        (&self.file)
-                            .seek(SeekFrom::Start(offset))
-                            .and_then(|_| (&self.file).read_exact(&mut buf))
-                    };
+                    let read = read_at(&self.file, offset, &mut buf);
                     if read.is_err() {
                         self.failed = true;
                         self.window.clear();
@@ -348,6 +339,21 @@ impl HashThread {
             self.prefix.bytes += data.len() as u64;
             self.next += 1;
         }
+    }
+}
+
+/// Reads exactly `buf.len()` bytes at `offset` (no shared file position).
+pub(super) fn read_at(file: &std::fs::File, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+    }
+    #[cfg(not(unix))]
+    {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut file = file;
+        file.seek(SeekFrom::Start(offset))?;
+        file.read_exact(buf)
     }
 }
 
