@@ -7,6 +7,7 @@
 #               or CHROMIUM), and playwright-core (installed here into web/e2e with npm).
 #   Deployment  scripts/check-deploy.sh: Nix and Kubernetes checks (nix-bin, nixpkgs-fmt, deadnix,
 #               kubectl, kubernetes-validate, yamllint); the NixOS module tests need NIXPKGS_LIB.
+#   NAT lab     peer/tests/nat.rs: root, iproute2, iptables, procps (sysctl) and curl.
 # With P2P_REQUIRE_ALL=1 (as in CI) a skip is a failure, except the NixOS module tests without
 # NIXPKGS_LIB (nixpkgs' lib is on no registry, so CI cannot have it).
 set -euo pipefail
