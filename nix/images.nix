@@ -28,7 +28,9 @@ let
       User = "${uid}:${uid}";
       WorkingDir = stateDir;
       Env = env ++ [ "SSL_CERT_FILE=/etc/ssl/certs/ca-bundle.crt" ];
+      # TCP: the API or the peer protocol; UDP: the tracker's hole-punch rendezvous or the peer's DHT.
       ExposedPorts."${toString port}/tcp" = { };
+      ExposedPorts."${toString port}/udp" = { };
       Volumes.${stateDir} = { };
       Labels = {
         "org.opencontainers.image.title" = name;

@@ -26,6 +26,7 @@ let
       assertions = lib.mkOption { type = lib.types.listOf lib.types.anything; default = [ ]; };
       systemd.services = lib.mkOption { type = lib.types.attrsOf lib.types.anything; default = { }; };
       networking.firewall.allowedTCPPorts = lib.mkOption { type = lib.types.listOf lib.types.port; default = [ ]; };
+      networking.firewall.allowedUDPPorts = lib.mkOption { type = lib.types.listOf lib.types.port; default = [ ]; };
       services.postgresql = lib.mkOption { type = lib.types.attrsOf lib.types.anything; default = { }; };
     };
   };
@@ -166,6 +167,10 @@ let
         { services.p2p-tracker.enable = true; }
       ];
       expected = [ [ 6881 ] [ 8443 ] [ ] ];
+    };
+    testTrackerFirewallOpensTheRendezvous = {
+      expr = (eval { services.p2p-tracker = { enable = true; openFirewall = true; }; }).networking.firewall.allowedUDPPorts;
+      expected = [ 8080 ];
     };
     testPrivilegedPort = {
       expr = lib.getAttrs [ "AmbientCapabilities" "PrivateUsers" ] (trackerUnit { port = 80; });

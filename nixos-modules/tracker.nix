@@ -44,12 +44,12 @@ in
     port = mkOption {
       type = types.port;
       default = 8080;
-      description = "TCP port of the HTTP API, /ws and the dashboard.";
+      description = "TCP port of the HTTP API, /ws and the dashboard; the same UDP port is the hole-punch rendezvous.";
     };
     openFirewall = mkOption {
       type = types.bool;
       default = false;
-      description = "Open {option}`port` in the firewall.";
+      description = "Open {option}`port` in the firewall (TCP, and UDP for the hole-punch rendezvous).";
     };
 
     database = {
@@ -131,6 +131,7 @@ in
     };
 
     networking.firewall.allowedTCPPorts = lib.mkIf cfg.openFirewall [ cfg.port ];
+    networking.firewall.allowedUDPPorts = lib.mkIf cfg.openFirewall [ cfg.port ];
 
     systemd.services.p2p-tracker = service.unit;
   };

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Authenticator, JwtKeys, keys, password};
 use crate::clock::Clock;
-use crate::config::{Database, DbArgs, ServeArgs};
+use crate::config::{Database, DbArgs, ServeArgs, UdpAddr};
 use crate::events::EventBus;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimit;
@@ -312,6 +312,7 @@ pub async fn start(
         .first()
         .and_then(|a| a.as_socket_addr().copied())
         .ok_or_else(|| StartError::Config("listener has no address".into()))?;
+    start_rendezvous(serve.udp_addr, addr, &state.relay, &shutdown).await?;
     let stop = shutdown.clone();
     let grace = opts.shutdown_grace;
     let server = tokio::spawn(async move {
@@ -325,6 +326,43 @@ pub async fn start(
         shutdown,
         server,
     })
+}
+
+/// Binds the hole-punch rendezvous (by default on the HTTP address and port, over UDP). Only an
+/// address set explicitly must bind; the default one failing turns hole punching off with a
+/// warning, and peers fall back to the relay.
+async fn start_rendezvous(
+    configured: Option<UdpAddr>,
+    http: SocketAddr,
+    relay: &Arc<RelayHub>,
+    shutdown: &CancellationToken,
+) -> Result<(), StartError> {
+    let at = match configured {
+        Some(UdpAddr::Off) => return Ok(()),
+        Some(UdpAddr::At(a)) => a,
+        None => http,
+    };
+    let socket = match tokio::net::UdpSocket::bind(at).await {
+        Ok(s) => s,
+        Err(e) if configured.is_some() => {
+            return Err(StartError::Config(format!(
+                "cannot bind the UDP rendezvous on {at}: {e}"
+            )));
+        }
+        Err(e) => {
+            tracing::warn!(%at, error = %e, "hole punching off: cannot bind the UDP rendezvous");
+            return Ok(());
+        }
+    };
+    let port = socket.local_addr().map(|a| a.port()).unwrap_or(at.port());
+    relay.punch.enable(port);
+    tracing::info!(addr = %SocketAddr::new(at.ip(), port), "hole-punch rendezvous listening (UDP)");
+    tokio::spawn(crate::ws::punch::serve_udp(
+        socket,
+        relay.clone(),
+        shutdown.clone(),
+    ));
+    Ok(())
 }
 
 #[cfg(test)]

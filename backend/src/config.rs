@@ -162,8 +162,29 @@ pub struct ServeArgs {
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "P2P_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// UDP address of the hole-punch rendezvous (`HOST:PORT` or `:PORT`), where peers learn
+    /// their public UDP address; `off` turns hole punching off. Default: the HTTP address and
+    /// port, over UDP.
+    #[arg(long, env = "P2P_UDP_ADDR", value_parser = parse_udp_addr)]
+    pub udp_addr: Option<UdpAddr>,
     #[command(flatten)]
     pub relay: RelayArgs,
+}
+
+/// Where the hole-punch rendezvous listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UdpAddr {
+    Off,
+    At(SocketAddr),
+}
+
+/// `off`, or a listen address as for `--addr`.
+pub fn parse_udp_addr(s: &str) -> Result<UdpAddr, String> {
+    if s.eq_ignore_ascii_case("off") {
+        Ok(UdpAddr::Off)
+    } else {
+        parse_listen_addr(s).map(UdpAddr::At)
+    }
 }
 
 /// Limits of the relay hub (`/relay`).

@@ -40,6 +40,8 @@ pub struct Metrics {
     pub relay_tunnels: Gauge,
     pub relay_bytes: Counter,
     pub relay_queued_bytes: Gauge,
+    pub punch_requests: Counter,
+    pub punch_ready: Counter,
     pub ws_clients: Gauge,
     pub heartbeats: Counter,
     pub announces: Counter,
@@ -69,6 +71,8 @@ impl Metrics {
             relay_tunnels: Gauge::default(),
             relay_bytes: Counter::default(),
             relay_queued_bytes: Gauge::default(),
+            punch_requests: Counter::default(),
+            punch_ready: Counter::default(),
             ws_clients: Gauge::default(),
             heartbeats: Counter::default(),
             announces: Counter::default(),
@@ -119,6 +123,16 @@ impl Metrics {
             "relay_queued_bytes",
             "Tunnel bytes queued in the relay for slow receivers",
             m.relay_queued_bytes.clone(),
+        );
+        registry.register(
+            "punch_requests",
+            "Hole punches peers asked the relay hub to coordinate",
+            m.punch_requests.clone(),
+        );
+        registry.register(
+            "punch_ready",
+            "Hole punches where both peers bound their UDP socket and were told to probe",
+            m.punch_ready.clone(),
         );
         registry.register(
             "ws_clients",

@@ -107,6 +107,9 @@ pub struct NodeArgs {
     /// Do not attach to the tracker's relay (direct connections only).
     #[arg(long, env = "P2P_NO_RELAY", default_value_t = false)]
     pub no_relay: bool,
+    /// Do not try UDP hole punching (it needs the relay, which coordinates it).
+    #[arg(long, env = "P2P_NO_PUNCH", default_value_t = false)]
+    pub no_punch: bool,
 }
 
 /// Parses `1048576`, `512K`, `10M`, `1G` (powers of 1024) into bytes per second.

@@ -12,6 +12,7 @@ use crate::config::NodeArgs;
 use crate::dht::{self, AnnouncerHandle, Dht, DhtConfig};
 use crate::identity::{Identity, IdentityError, KEY_FILE};
 use crate::net::connector::Connector;
+use crate::net::punch::{PunchError, PunchTicket, Puncher};
 use crate::net::relay::{self, RelayClient, RelayConfig, RelayError};
 use crate::storage::{Library, LibraryError};
 use crate::throttle::Throttle;
@@ -31,6 +32,8 @@ pub enum NodeError {
     },
     #[error(transparent)]
     Relay(#[from] RelayError),
+    #[error("hole punching: {0}")]
+    Punch(#[from] PunchError),
     #[error("cannot use the data directory {path}: {source}")]
     DataDir {
         path: PathBuf,
@@ -97,7 +100,8 @@ impl Node {
                 url: relay::relay_url(&args.tracker)?,
                 token: args.api_key.clone(),
             };
-            let (client, incoming) = relay::spawn(identity.clone(), config, shutdown.clone());
+            let (client, incoming, invites) =
+                relay::spawn_with_punch(identity.clone(), config, shutdown.clone());
             tokio::spawn(upload::serve_relayed(
                 incoming,
                 identity.clone(),
@@ -105,9 +109,27 @@ impl Node {
                 upload.clone(),
                 shutdown.clone(),
             ));
-            Some(client)
+            Some((client, invites))
         };
-        let connector = Arc::new(Connector::new(relay.clone(), args.relay_only));
+        let mut connector = Connector::new(relay.as_ref().map(|r| r.0.clone()), args.relay_only);
+        let relay = match relay {
+            Some((client, invites)) if !args.no_punch => {
+                let host = relay::tracker_host(&args.tracker)?;
+                let (puncher, accepted) = Puncher::new(client.clone(), host, shutdown.clone())?;
+                tokio::spawn(answer_punches(invites, puncher.clone(), shutdown.clone()));
+                tokio::spawn(upload::serve_punched(
+                    accepted,
+                    identity.clone(),
+                    library.clone(),
+                    upload.clone(),
+                    shutdown.clone(),
+                ));
+                connector = connector.with_puncher(puncher);
+                Some(client)
+            }
+            other => other.map(|(client, _)| client),
+        };
+        let connector = Arc::new(connector);
         tracing::info!(peer_id = %identity.peer_id(), %addr, "peer listening");
         // The DHT is a second way to be found: without it the peer still works with the tracker.
         let dht = if args.dht {
@@ -172,6 +194,30 @@ impl Node {
     }
 }
 
+/// Answers punch invitations (each on its own task) until `shutdown`.
+async fn answer_punches(
+    mut invites: tokio::sync::mpsc::Receiver<PunchTicket>,
+    puncher: Arc<Puncher>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let ticket = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            t = invites.recv() => match t {
+                Some(t) => t,
+                None => return,
+            },
+        };
+        let puncher = puncher.clone();
+        tokio::spawn(async move {
+            let peer = ticket.peer;
+            if let Err(e) = puncher.answer(ticket).await {
+                tracing::debug!(%peer, error = %e, "answering a hole punch failed");
+            }
+        });
+    }
+}
+
 /// Whether a file in the data dir is one to share.
 pub fn is_shareable(path: &Path) -> bool {
     let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
@@ -221,6 +267,7 @@ mod tests {
             dht_bootstrap: vec![],
             relay_only: false,
             no_relay: true,
+            no_punch: false,
         };
         let node = Node::start(&args).await.unwrap();
         assert_ne!(node.addr.port(), 0);

@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::identity::Identity;
+use crate::net::punch::AcceptedStream;
 use crate::net::relay::Incoming;
 use crate::net::secure::{self, Role, SecureError, SecureReader, SecureWriter};
 use crate::storage::{Library, LibraryError};
@@ -53,23 +54,51 @@ pub async fn serve(
 
 /// Serves streams other peers open to us through the relay, until `shutdown`.
 pub async fn serve_relayed(
-    mut incoming: tokio::sync::mpsc::Receiver<Incoming>,
+    incoming: tokio::sync::mpsc::Receiver<Incoming>,
     identity: Identity,
     library: Arc<Library>,
     throttle: Arc<Throttle>,
     shutdown: CancellationToken,
 ) {
+    let split = |i: Incoming| (i.stream, format!("relay:{}", i.from));
+    serve_channel(incoming, split, identity, library, throttle, shutdown).await;
+}
+
+/// Serves streams other peers open to us on hole-punched QUIC connections, until `shutdown`.
+pub async fn serve_punched(
+    accepted: tokio::sync::mpsc::Receiver<AcceptedStream>,
+    identity: Identity,
+    library: Arc<Library>,
+    throttle: Arc<Throttle>,
+    shutdown: CancellationToken,
+) {
+    let split = |a: AcceptedStream| (a.stream, format!("quic:{}", a.from));
+    serve_channel(accepted, split, identity, library, throttle, shutdown).await;
+}
+
+/// Serves each stream `incoming` yields (`split` gives the stream and a label for logs).
+async fn serve_channel<T, S>(
+    mut incoming: tokio::sync::mpsc::Receiver<T>,
+    split: impl Fn(T) -> (S, String),
+    identity: Identity,
+    library: Arc<Library>,
+    throttle: Arc<Throttle>,
+    shutdown: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     loop {
         let next = tokio::select! {
             _ = shutdown.cancelled() => return,
             next = incoming.recv() => next,
         };
-        let Some(Incoming { from, stream }) = next else {
+        let Some(item) = next else {
             return;
         };
+        let (stream, from) = split(item);
         tokio::spawn(serve_stream(
             stream,
-            format!("relay:{from}"),
+            from,
             identity.clone(),
             library.clone(),
             throttle.clone(),

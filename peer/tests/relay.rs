@@ -1,6 +1,8 @@
 //! The relay hub and client against a real tracker in process (port 0): attach proofs,
 //! impersonation, unknown peers, backpressure, byte limits, and downloads through the relay
-//! alone and through a relayed and a direct seeder at once. Every wait is on a readiness signal
+//! alone and through a relayed and a direct seeder at once; UDP hole punches coordinated by the
+//! hub (on loopback there is no NAT, so this checks the coordination, QUIC and pooling; the NAT
+//! lab in nat.rs checks real NATs), and the fallback to the relay when punching is off. Every wait is on a readiness signal
 //! (attach status, a read) with an overall timeout.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -15,9 +17,11 @@ use support::content;
 use curve25519_dalek::montgomery::MontgomeryPoint;
 use futures_util::{SinkExt, StreamExt};
 use p2p_peer::Identity;
+use p2p_peer::config::NodeArgs;
 use p2p_peer::download::{DownloadOptions, Source, download};
 use p2p_peer::net::connector::{ConnectionPath, Connector};
 use p2p_peer::net::relay::{self, RelayClient, RelayConfig};
+use p2p_peer::node::Node;
 use p2p_peer::storage::{Library, manifest_for_file};
 use p2p_peer::throttle::Throttle;
 use p2p_proto::relay::{CloseCode, INITIAL_WINDOW, RelayFrame, error_code, proof_mac};
@@ -38,16 +42,21 @@ async fn within<F: Future>(secs: u64, f: F) -> F::Output {
 }
 
 async fn tracker(dir: &Path, relay: RelayArgs) -> RunningTracker {
+    tracker_with(dir, relay, &[]).await
+}
+
+async fn tracker_with(dir: &Path, relay: RelayArgs, flags: &[&str]) -> RunningTracker {
     let store = Arc::new(SqliteStore::open(&dir.join("tracker.db"), 4).await.unwrap());
-    let mut args = ServeArgs::from_flags(&[
+    let mut all = vec![
         "--addr",
         "127.0.0.1:0",
         "--api-keys",
         KEY,
         "--rate-limit-rps",
         "0",
-    ])
-    .unwrap();
+    ];
+    all.extend(flags);
+    let mut args = ServeArgs::from_flags(&all).unwrap();
     args.relay = relay;
     app::start(store, &args, RuntimeOptions::default())
         .await
@@ -409,22 +418,7 @@ impl Shared {
             connector: Arc::new(connector),
             ..DownloadOptions::default()
         };
-        let out = tempfile::tempdir().unwrap();
-        let report = download(
-            &me,
-            &self.manifest,
-            sources,
-            out.path(),
-            Arc::new(Library::new()),
-            opts,
-        )
-        .await
-        .unwrap();
-        assert!(
-            std::fs::read(&report.path).unwrap() == self.data,
-            "content differs"
-        );
-        report
+        fetch_checked(&me, &self.manifest, sources, opts, &self.data).await
     }
 
     async fn stop(self) {
@@ -496,6 +490,144 @@ async fn relay_only_skips_direct_addresses() {
             .unwrap();
         assert_eq!(path, ConnectionPath::Relayed);
         f.stop().await;
+    })
+    .await;
+}
+
+/// A whole peer node (relay, hole punching) on the tracker, with its own data dir.
+async fn node(t: &RunningTracker, dir: &Path) -> Node {
+    let args = NodeArgs {
+        tracker: t.base_url(),
+        port: 0,
+        data: dir.to_owned(),
+        share_dir: None,
+        api_key: Some(KEY.into()),
+        listen: "127.0.0.1".parse().unwrap(),
+        announce_addrs: vec![],
+        upload_limit: None,
+        download_limit: None,
+        pipeline: 16,
+        dht: false,
+        dht_port: 0,
+        dht_bootstrap: vec![],
+        relay_only: false,
+        no_relay: false,
+        no_punch: false,
+    };
+    let node = Node::start(&args).await.unwrap();
+    node.relay
+        .as_ref()
+        .unwrap()
+        .wait_attached(Duration::from_secs(10))
+        .await
+        .unwrap();
+    node
+}
+
+/// Downloads `manifest` by `from` from `to`, which has no direct address, and checks it.
+async fn fetch_unreachable(
+    from: &Node,
+    to: &Node,
+    manifest: &p2p_proto::Manifest,
+    data: &[u8],
+) -> p2p_peer::download::DownloadReport {
+    let source = Source {
+        peer_id: to.identity.peer_id(),
+        addrs: vec![],
+    };
+    let opts = DownloadOptions {
+        connector: from.connector.clone(),
+        ..DownloadOptions::default()
+    };
+    fetch_checked(&from.identity, manifest, &[source], opts, data).await
+}
+
+/// Downloads `manifest` from `sources` into a fresh folder and checks the content is `data`.
+async fn fetch_checked(
+    me: &Identity,
+    manifest: &p2p_proto::Manifest,
+    sources: &[Source],
+    opts: DownloadOptions,
+    data: &[u8],
+) -> p2p_peer::download::DownloadReport {
+    let out = tempfile::tempdir().unwrap();
+    let report = download(
+        me,
+        manifest,
+        sources,
+        out.path(),
+        Arc::new(Library::new()),
+        opts,
+    )
+    .await
+    .unwrap();
+    assert!(
+        std::fs::read(&report.path).unwrap() == data,
+        "content differs"
+    );
+    report
+}
+
+#[tokio::test]
+async fn peers_without_direct_addresses_hole_punch_and_reuse_the_connection_both_ways() {
+    within(60, async {
+        let dir = tempfile::tempdir().unwrap();
+        let t = tracker(dir.path(), RelayArgs::default()).await;
+        let (da, db) = (dir.path().join("a"), dir.path().join("b"));
+        let (a, b) = (node(&t, &da).await, node(&t, &db).await);
+        let file = |dir: &Path, name: &str, len: usize| {
+            let data = content(len, len as u64);
+            let path = dir.join(name);
+            std::fs::write(&path, &data).unwrap();
+            (path, data)
+        };
+        let (path_b, data_b) = file(&db, "from-b.bin", 2 * 1024 * 1024 + 3);
+        let manifest_b = b.library.share(&path_b).await.unwrap();
+        let report = fetch_unreachable(&a, &b, &manifest_b, &data_b).await;
+        assert_eq!(report.peers[0].path, Some(ConnectionPath::HolePunched));
+        assert_eq!(report.peers[0].bytes, data_b.len() as u64);
+        assert_eq!(t.state.metrics.punch_requests.get(), 1);
+        assert_eq!(t.state.metrics.punch_ready.get(), 1);
+
+        // Again, and the other way round: both ride the pooled QUIC connection, no new punch.
+        fetch_unreachable(&a, &b, &manifest_b, &data_b).await;
+        let (path_a, data_a) = file(&da, "from-a.bin", 300_001);
+        let manifest_a = a.library.share(&path_a).await.unwrap();
+        let back = fetch_unreachable(&b, &a, &manifest_a, &data_a).await;
+        assert_eq!(back.peers[0].path, Some(ConnectionPath::HolePunched));
+        assert_eq!(
+            t.state.metrics.punch_requests.get(),
+            1,
+            "the pool was not used"
+        );
+        assert_eq!(
+            a.connector.paths().get(&b.identity.peer_id()),
+            Some(&ConnectionPath::HolePunched)
+        );
+        a.shutdown();
+        b.shutdown();
+        t.stop().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn without_the_rendezvous_the_connection_falls_back_to_the_relay() {
+    within(60, async {
+        let dir = tempfile::tempdir().unwrap();
+        let t = tracker_with(dir.path(), RelayArgs::default(), &["--udp-addr", "off"]).await;
+        let (da, db) = (dir.path().join("a"), dir.path().join("b"));
+        let (a, b) = (node(&t, &da).await, node(&t, &db).await);
+        let data = content(500_000, 5);
+        let path = db.join("f.bin");
+        std::fs::write(&path, &data).unwrap();
+        let manifest = b.library.share(&path).await.unwrap();
+        let report = fetch_unreachable(&a, &b, &manifest, &data).await;
+        assert_eq!(report.peers[0].path, Some(ConnectionPath::Relayed));
+        assert_eq!(t.state.metrics.punch_ready.get(), 0);
+        a.shutdown();
+        b.shutdown();
+        t.stop().await.unwrap();
     })
     .await;
 }

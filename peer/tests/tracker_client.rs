@@ -40,6 +40,7 @@ fn serve_args(addr: SocketAddr) -> ServeArgs {
         swarm_cache_ms: 0,
         dashboard_dir: None,
         max_body_bytes: 1 << 26,
+        udp_addr: None,
         relay: Default::default(),
     }
 }

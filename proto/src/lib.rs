@@ -9,7 +9,8 @@
 //! - [`bitfield`]: which chunks a peer has.
 //! - [`api`]: tracker REST and WebSocket types.
 //! - [`wire`]: peer-to-peer frames (manifest, bitfield, have, request, chunk, reject…).
-//! - [`relay`]: relay hub frames (attach proof, streams, flow-control windows).
+//! - [`relay`]: relay hub frames (attach proof, streams, flow-control windows, punch control).
+//! - [`punch`]: UDP hole-punching packets (rendezvous binding and probes).
 //!
 //! Features:
 //! - `openapi`: poem-openapi derives on the REST types (the tracker uses them to generate its spec).
@@ -20,6 +21,7 @@ pub mod ids;
 pub mod manifest;
 #[cfg(feature = "openapi")]
 mod openapi;
+pub mod punch;
 pub mod relay;
 pub mod wire;
 

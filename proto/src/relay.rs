@@ -16,11 +16,20 @@
 //! Each side may send [`INITIAL_WINDOW`] bytes of [`RelayFrame::Data`] and then only as much as
 //! the receiver grants with [`RelayFrame::Window`]; the hub enforces this, so it queues at most a
 //! window per stream. [`RelayFrame::Close`] ends a stream (sent by either side or the hub).
+//!
+//! Hole punching: the WebSocket is also the control channel of a UDP hole punch. A peer asks
+//! with [`RelayFrame::PunchRequest`]; the hub gives both peers a session and a token each
+//! ([`RelayFrame::PunchBind`]); each binds a fresh UDP socket by sending the token to the hub's
+//! UDP port ([`crate::punch`]), which shows the hub that socket's public address; once both are
+//! bound the hub tells each the other's address ([`RelayFrame::PunchGo`]) and both probe.
+
+use std::net::SocketAddr;
 
 use bytes::{Buf, BufMut, Bytes};
 use sha2::{Digest, Sha256};
 
 use crate::ids::PeerId;
+use crate::punch::{self, Nonce16};
 
 /// Largest payload of one `Data` frame.
 pub const MAX_DATA_LEN: usize = 64 * 1024;
@@ -54,6 +63,8 @@ pub enum RelayFrameError {
     Trailing(&'static str, usize),
     #[error("relay error message is not valid UTF-8")]
     Utf8,
+    #[error("unknown address family {0}")]
+    AddressFamily(u8),
     #[error("{what} of {len} bytes is over the limit of {max}")]
     Limit {
         what: &'static str,
@@ -77,6 +88,8 @@ pub enum CloseCode {
     ProtocolViolation,
     /// The other side detached from the relay.
     Gone,
+    /// The relay does not offer this (hole punching is off).
+    Unsupported,
     /// Any other code, kept as sent.
     Other(u8),
 }
@@ -90,6 +103,7 @@ impl CloseCode {
             3 => Self::Idle,
             4 => Self::ProtocolViolation,
             5 => Self::Gone,
+            6 => Self::Unsupported,
             other => Self::Other(other),
         }
     }
@@ -102,6 +116,7 @@ impl CloseCode {
             Self::Idle => 3,
             Self::ProtocolViolation => 4,
             Self::Gone => 5,
+            Self::Unsupported => 6,
             Self::Other(v) => v,
         }
     }
@@ -116,6 +131,7 @@ impl std::fmt::Display for CloseCode {
             Self::Idle => f.write_str("idle timeout"),
             Self::ProtocolViolation => f.write_str("relay protocol violation"),
             Self::Gone => f.write_str("peer left the relay"),
+            Self::Unsupported => f.write_str("not supported by this relay"),
             Self::Other(v) => write!(f, "closed with code {v}"),
         }
     }
@@ -158,6 +174,22 @@ pub enum RelayFrame {
     Close { stream: u32, code: CloseCode },
     /// A connection-level error; after `BAD_PROOF` or `REPLACED` the hub closes.
     Error { code: u8, message: String },
+    /// Peer → hub: set up a UDP hole punch with `to`; `request` (not 0) pairs the answer.
+    PunchRequest { request: u32, to: PeerId },
+    /// Hub → peer: a punch session with `peer`. `request` is the asker's own id, or 0 on the
+    /// invited side. Send `Bind { token }` from the socket to punch with to the hub's UDP port
+    /// `udp_port` (on the tracker's host) until `PunchGo` arrives.
+    PunchBind {
+        request: u32,
+        peer: PeerId,
+        session: Nonce16,
+        token: Nonce16,
+        udp_port: u16,
+    },
+    /// Hub → peer: both sides are bound; `addr` is the other side's address as the hub saw it.
+    PunchGo { session: Nonce16, addr: SocketAddr },
+    /// Hub → peer: request `request` cannot go ahead (the peer is not attached…).
+    PunchFailed { request: u32, code: CloseCode },
 }
 
 mod tag {
@@ -170,6 +202,10 @@ mod tag {
     pub const WINDOW: u8 = 0x13;
     pub const CLOSE: u8 = 0x14;
     pub const ERROR: u8 = 0x1f;
+    pub const PUNCH_REQUEST: u8 = 0x20;
+    pub const PUNCH_BIND: u8 = 0x21;
+    pub const PUNCH_GO: u8 = 0x22;
+    pub const PUNCH_FAILED: u8 = 0x23;
 }
 
 impl RelayFrame {
@@ -183,6 +219,10 @@ impl RelayFrame {
             Self::Window { .. } => 8,
             Self::Close { .. } => 5,
             Self::Error { message, .. } => 3 + clipped(message).len(),
+            Self::PunchRequest { .. } => 36,
+            Self::PunchBind { .. } => 4 + 32 + 16 + 16 + 2,
+            Self::PunchGo { addr, .. } => 16 + punch::addr_len(addr),
+            Self::PunchFailed { .. } => 5,
         }
     }
 
@@ -232,6 +272,35 @@ impl RelayFrame {
                 dst.put_u8(*code);
                 dst.put_u16(message.len() as u16);
                 dst.put_slice(message.as_bytes());
+            }
+            Self::PunchRequest { request, to } => {
+                dst.put_u8(tag::PUNCH_REQUEST);
+                dst.put_u32(*request);
+                dst.put_slice(&to.0);
+            }
+            Self::PunchBind {
+                request,
+                peer,
+                session,
+                token,
+                udp_port,
+            } => {
+                dst.put_u8(tag::PUNCH_BIND);
+                dst.put_u32(*request);
+                dst.put_slice(&peer.0);
+                dst.put_slice(session);
+                dst.put_slice(token);
+                dst.put_u16(*udp_port);
+            }
+            Self::PunchGo { session, addr } => {
+                dst.put_u8(tag::PUNCH_GO);
+                dst.put_slice(session);
+                punch::put_addr(dst, addr);
+            }
+            Self::PunchFailed { request, code } => {
+                dst.put_u8(tag::PUNCH_FAILED);
+                dst.put_u32(*request);
+                dst.put_u8(code.as_u8());
             }
         }
     }
@@ -324,6 +393,45 @@ impl RelayFrame {
                 r.advance(len);
                 (what, Self::Error { code, message })
             }
+            tag::PUNCH_REQUEST => {
+                let what = "punch request";
+                let request = u32_(&mut r, what)?;
+                let to = PeerId(id32(&mut r, what)?);
+                (what, Self::PunchRequest { request, to })
+            }
+            tag::PUNCH_BIND => {
+                let what = "punch bind";
+                let request = u32_(&mut r, what)?;
+                let peer = PeerId(id32(&mut r, what)?);
+                let session = id16(&mut r, what)?;
+                let token = id16(&mut r, what)?;
+                need(&r, 2, what)?;
+                let udp_port = r.get_u16();
+                let frame = Self::PunchBind {
+                    request,
+                    peer,
+                    session,
+                    token,
+                    udp_port,
+                };
+                (what, frame)
+            }
+            tag::PUNCH_GO => {
+                let what = "punch go";
+                let session = id16(&mut r, what)?;
+                let addr = punch::get_addr(&mut r, what).map_err(|e| match e {
+                    punch::PunchPacketError::AddressFamily(f) => RelayFrameError::AddressFamily(f),
+                    _ => RelayFrameError::Truncated(what),
+                })?;
+                (what, Self::PunchGo { session, addr })
+            }
+            tag::PUNCH_FAILED => {
+                let what = "punch failed";
+                let request = u32_(&mut r, what)?;
+                need(&r, 1, what)?;
+                let code = CloseCode::from_u8(r.get_u8());
+                (what, Self::PunchFailed { request, code })
+            }
             other => return Err(RelayFrameError::UnknownType(other)),
         };
         if !r.is_empty() {
@@ -366,6 +474,13 @@ fn need(r: &Bytes, n: usize, what: &'static str) -> Result<(), RelayFrameError> 
 fn u32_(r: &mut Bytes, what: &'static str) -> Result<u32, RelayFrameError> {
     need(r, 4, what)?;
     Ok(r.get_u32())
+}
+
+fn id16(r: &mut Bytes, what: &'static str) -> Result<Nonce16, RelayFrameError> {
+    need(r, 16, what)?;
+    let mut out = [0u8; 16];
+    r.copy_to_slice(&mut out);
+    Ok(out)
 }
 
 fn id32(r: &mut Bytes, what: &'static str) -> Result<[u8; 32], RelayFrameError> {
@@ -468,6 +583,43 @@ mod tests {
         .to_vec();
         assert_eq!(proof.len(), 65);
         assert_eq!((proof[0], proof[1], proof[33]), (0x02, 1, 2));
+
+        let mut want = vec![0x20, 0, 0, 0, 9];
+        want.extend([0xcd; 32]);
+        let request = RelayFrame::PunchRequest {
+            request: 9,
+            to: PeerId([0xcd; 32]),
+        };
+        assert_eq!(request.to_vec(), want);
+        let bind = RelayFrame::PunchBind {
+            request: 0,
+            peer: PeerId([1; 32]),
+            session: [2; 16],
+            token: [3; 16],
+            udp_port: 8080,
+        }
+        .to_vec();
+        assert_eq!(bind.len(), 71);
+        assert_eq!(
+            (bind[0], bind[5], bind[37], bind[53], &bind[69..]),
+            (0x21, 1, 2, 3, &[0x1f, 0x90][..])
+        );
+        let go = RelayFrame::PunchGo {
+            session: [4; 16],
+            addr: "203.0.113.7:50000".parse().unwrap(),
+        };
+        assert_eq!(
+            go.to_vec(),
+            [&[0x22][..], &[4; 16], &[4, 203, 0, 113, 7, 0xc3, 0x50]].concat()
+        );
+        assert_eq!(
+            RelayFrame::PunchFailed {
+                request: 1,
+                code: CloseCode::UnknownPeer
+            }
+            .to_vec(),
+            [0x23, 0, 0, 0, 1, 1]
+        );
     }
 
     #[test]
@@ -531,6 +683,13 @@ mod tests {
             RelayFrame::decode(Bytes::from_static(&[0x1f, 1, 0, 1, 0xff])),
             Err(RelayFrameError::Utf8)
         );
+        let mut go = vec![0x22];
+        go.extend([0; 16]);
+        go.extend([5, 1, 2]);
+        assert_eq!(
+            RelayFrame::decode(go.into()),
+            Err(RelayFrameError::AddressFamily(5))
+        );
     }
 
     #[test]
@@ -574,6 +733,32 @@ mod tests {
             }),
             (any::<u8>(), "\\PC{0,100}")
                 .prop_map(|(code, message)| RelayFrame::Error { code, message }),
+            (any::<u32>(), id).prop_map(|(request, p)| RelayFrame::PunchRequest {
+                request,
+                to: PeerId(p)
+            }),
+            (
+                any::<u32>(),
+                id,
+                any::<[u8; 16]>(),
+                any::<[u8; 16]>(),
+                any::<u16>()
+            )
+                .prop_map(|(request, p, session, token, udp_port)| {
+                    RelayFrame::PunchBind {
+                        request,
+                        peer: PeerId(p),
+                        session,
+                        token,
+                        udp_port,
+                    }
+                }),
+            (any::<[u8; 16]>(), punch::tests::any_addr())
+                .prop_map(|(session, addr)| RelayFrame::PunchGo { session, addr }),
+            (any::<u32>(), any::<u8>()).prop_map(|(request, c)| RelayFrame::PunchFailed {
+                request,
+                code: CloseCode::from_u8(c)
+            }),
         ]
     }
 

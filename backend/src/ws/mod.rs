@@ -1,6 +1,7 @@
 //! WebSocket endpoints: the live event feed (`/ws`) and the relay hub (`/relay`).
 
 mod events;
+pub mod punch;
 pub mod relay;
 
 use poem::Request;

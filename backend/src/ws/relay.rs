@@ -40,6 +40,7 @@ use crate::config::RelayArgs;
 use crate::error::ApiError;
 use crate::events::EventBus;
 use crate::metrics::Metrics;
+use crate::ws::punch::{PunchRefusal, Rendezvous, Ticket};
 
 /// How long a peer has to answer the challenge.
 pub const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -108,6 +109,8 @@ pub struct RelayHub {
     events: EventBus,
     shutdown: CancellationToken,
     started: Instant,
+    /// Hole-punch sessions coordinated over the attached WebSockets.
+    pub punch: Rendezvous,
 }
 
 /// One attached peer.
@@ -200,7 +203,71 @@ impl RelayHub {
             events,
             shutdown,
             started: Instant::now(),
+            punch: Rendezvous::default(),
         }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Queues `frame` for `peer` when it is attached.
+    pub async fn send_to(&self, peer: &PeerId, frame: &RelayFrame) {
+        let conn = self.peers.lock().ok().and_then(|p| p.get(peer).cloned());
+        if let Some(conn) = conn {
+            conn.send(frame, &self.metrics).await;
+        }
+    }
+
+    /// A punch request: both peers get their ticket, or the asker hears why not.
+    async fn punch_request(&self, conn: &Arc<Conn>, request: u32, to: PeerId) {
+        self.metrics.punch_requests.inc();
+        let target = self.peers.lock().ok().and_then(|p| p.get(&to).cloned());
+        let (target, udp_port) = match (target, self.punch.udp_port()) {
+            (Some(t), Some(port)) if request != 0 && to != conn.peer_id => (t, port),
+            (None, _) => {
+                let code = CloseCode::UnknownPeer;
+                conn.send(&RelayFrame::PunchFailed { request, code }, &self.metrics)
+                    .await;
+                return;
+            }
+            (_, None) => {
+                let code = CloseCode::Unsupported;
+                conn.send(&RelayFrame::PunchFailed { request, code }, &self.metrics)
+                    .await;
+                return;
+            }
+            _ => {
+                let code = CloseCode::ProtocolViolation;
+                conn.send(&RelayFrame::PunchFailed { request, code }, &self.metrics)
+                    .await;
+                return;
+            }
+        };
+        let [mine, theirs] = match self.punch.open(conn.peer_id, to) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::debug!(error = %e, "punch refused");
+                let code = match e {
+                    PunchRefusal::Disabled => CloseCode::Unsupported,
+                    PunchRefusal::Busy => CloseCode::LimitExceeded,
+                };
+                conn.send(&RelayFrame::PunchFailed { request, code }, &self.metrics)
+                    .await;
+                return;
+            }
+        };
+        let bind = |request, peer, t: Ticket| RelayFrame::PunchBind {
+            request,
+            peer,
+            session: t.session,
+            token: t.token,
+            udp_port,
+        };
+        target
+            .send(&bind(0, conn.peer_id, theirs), &self.metrics)
+            .await;
+        conn.send(&bind(request, to, mine), &self.metrics).await;
     }
 
     /// Whether `peer` is attached now.
@@ -392,6 +459,9 @@ impl RelayHub {
             }
             RelayFrame::Close { stream, code } => {
                 self.close_tunnel(conn, stream, None, code).await;
+            }
+            RelayFrame::PunchRequest { request, to } => {
+                self.punch_request(conn, request, to).await;
             }
             other => {
                 conn.send(

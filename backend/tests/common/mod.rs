@@ -104,6 +104,7 @@ pub fn serve_args() -> ServeArgs {
         swarm_cache_ms: 1000,
         dashboard_dir: None,
         max_body_bytes: 8 * 1024 * 1024,
+        udp_addr: None,
         relay: Default::default(),
     }
 }

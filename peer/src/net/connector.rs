@@ -1,12 +1,12 @@
 //! The connection strategy: how this peer reaches another one.
 //!
-//! Direct TCP to each of the peer's addresses first (each with the caller's timeout), then a
-//! tunnel through the tracker's relay. In relay-only mode (a peer that knows it cannot make
-//! outbound connections either) the direct attempt is skipped. A UDP hole-punched path goes
-//! between the two (see [`ConnectionPath::HolePunched`]); it is not built yet.
+//! Direct TCP to each of the peer's addresses first (each with the caller's timeout), then a UDP
+//! hole punch coordinated through the relay hub (QUIC over the punched path, see
+//! [`crate::net::punch`]), then a tunnel through the relay itself. In relay-only mode (a peer
+//! that knows it cannot make outbound connections either) only the relay is tried.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use p2p_proto::PeerId;
@@ -15,6 +15,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::download::Source;
+use crate::net::punch::Puncher;
 use crate::net::relay::RelayClient;
 
 /// How a connection reaches the other peer.
@@ -24,7 +25,7 @@ use crate::net::relay::RelayClient;
 pub enum ConnectionPath {
     /// TCP straight to the peer.
     Direct,
-    /// QUIC over a UDP hole punched through both NATs (reserved; not built yet).
+    /// QUIC over a UDP hole punched through both NATs.
     HolePunched,
     /// A tunnel through the tracker's WebSocket relay.
     Relayed,
@@ -57,6 +58,7 @@ pub struct ConnectError(String);
 pub struct Connector {
     relay: Option<RelayClient>,
     relay_only: bool,
+    puncher: Option<Arc<Puncher>>,
     /// The path of the latest connection to each peer, for `peers` and `status`.
     last_paths: Mutex<HashMap<PeerId, ConnectionPath>>,
 }
@@ -72,8 +74,15 @@ impl Connector {
         Self {
             relay,
             relay_only,
+            puncher: None,
             last_paths: Mutex::default(),
         }
+    }
+
+    /// Tries a hole punch with `puncher` when direct TCP fails (not in relay-only mode).
+    pub fn with_puncher(mut self, puncher: Arc<Puncher>) -> Self {
+        self.puncher = Some(puncher);
+        self
     }
 
     /// The relay client, when one is configured.
@@ -117,7 +126,19 @@ impl Connector {
                 Err(e) => failures.push(format!("direct: {e}")),
             }
         }
-        // The hole-punched path will go here, between direct and relayed.
+        if let Some(puncher) = self.puncher.as_ref().filter(|_| !self.relay_only) {
+            match puncher.connect(source.peer_id).await {
+                Ok(s) => {
+                    self.remember(source.peer_id, ConnectionPath::HolePunched);
+                    let stream: BoxedTransport = Box::new(s);
+                    return Ok((stream, ConnectionPath::HolePunched));
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %source.peer_id, error = %e, "hole punch failed");
+                    failures.push(format!("hole punch: {e}"));
+                }
+            }
+        }
         if let Some(relay) = &self.relay {
             match relay.open(source.peer_id).await {
                 Ok(s) => {

@@ -3,8 +3,10 @@
 //!
 //! - [`secure`]: the Noise handshake and the encrypted frame stream.
 //! - [`relay`]: the client of the tracker's relay hub (streams multiplexed on one WebSocket).
-//! - [`connector`]: the strategy choosing a path per peer (direct, then relayed).
+//! - [`punch`]: UDP hole punching coordinated through the relay hub, then QUIC over the path.
+//! - [`connector`]: the strategy choosing a path per peer (direct, hole-punched, relayed).
 
 pub mod connector;
+pub mod punch;
 pub mod relay;
 pub mod secure;

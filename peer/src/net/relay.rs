@@ -26,13 +26,14 @@ use p2p_proto::relay::{
     CloseCode, INCOMING_STREAM_BIT, INITIAL_WINDOW, MAX_DATA_LEN, RelayFrame, error_code, proof_mac,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_util::sync::CancellationToken;
 
 use crate::identity::Identity;
+use crate::net::punch::PunchTicket;
 
 /// How long attaching (connect, challenge, proof) may take.
 pub const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -42,6 +43,10 @@ const PIPE_BUFFER: usize = 256 * 1024;
 const OUTBOUND_QUEUE: usize = 256;
 /// Incoming streams not yet picked up.
 const INCOMING_QUEUE: usize = 64;
+/// Punch invitations not yet picked up.
+const INVITE_QUEUE: usize = 16;
+/// How long the hub has to answer a punch request.
+const PUNCH_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Grant credit back once this much was read.
 const GRANT_STEP: u32 = INITIAL_WINDOW / 4;
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
@@ -99,6 +104,26 @@ pub fn relay_url(tracker: &str) -> Result<String, RelayError> {
     Ok(url)
 }
 
+/// The host of a tracker URL (`http://t:8080` → `t`), where its UDP rendezvous is.
+pub fn tracker_host(tracker: &str) -> Result<String, RelayError> {
+    let url = relay_url(tracker)?;
+    let authority = url
+        .split_once("://")
+        .map(|(_, rest)| rest)
+        .and_then(|rest| rest.split('/').next())
+        .ok_or_else(|| RelayError::Url(tracker.to_owned()))?;
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        v6.split_once(']').map(|(h, _)| h)
+    } else {
+        Some(authority.split_once(':').map_or(authority, |(h, _)| h))
+    };
+    match host {
+        Some(h) if !h.is_empty() => Ok(h.to_owned()),
+        _ => Err(RelayError::Url(tracker.to_owned())),
+    }
+}
+
 /// A stream another peer opened to us.
 #[derive(Debug)]
 pub struct Incoming {
@@ -123,6 +148,11 @@ enum Command {
         far: Far,
     },
     Close(u32),
+    Punch {
+        request: u32,
+        to: PeerId,
+        reply: oneshot::Sender<Result<PunchTicket, RelayError>>,
+    },
 }
 
 /// The driver's view of one stream.
@@ -215,23 +245,46 @@ impl RelayClient {
     /// Opens a stream to `to`. Fails at once when not attached; when `to` is not attached the
     /// stream's first read fails with the hub's reason.
     pub async fn open(&self, to: PeerId) -> Result<RelayStream, RelayError> {
+        let stream = self.next_id();
+        let (app, entry, far) = new_stream(to);
+        self.command(Command::Open {
+            stream,
+            to,
+            entry,
+            far,
+        })
+        .await?;
+        Ok(app)
+    }
+
+    /// A fresh stream or request id (high bit clear).
+    fn next_id(&self) -> u32 {
+        self.next_stream.fetch_add(1, Ordering::Relaxed) & !INCOMING_STREAM_BIT
+    }
+
+    /// Hands `command` to the attached session; fails at once when not attached.
+    async fn command(&self, command: Command) -> Result<(), RelayError> {
         let commands = self
             .commands
             .borrow()
             .clone()
             .ok_or(RelayError::NotAttached)?;
-        let stream = self.next_stream.fetch_add(1, Ordering::Relaxed) & !INCOMING_STREAM_BIT;
-        let (app, entry, far) = new_stream(to);
         commands
-            .send(Command::Open {
-                stream,
-                to,
-                entry,
-                far,
-            })
+            .send(command)
             .await
-            .map_err(|_| RelayError::NotAttached)?;
-        Ok(app)
+            .map_err(|_| RelayError::NotAttached)
+    }
+
+    /// Asks the hub to set up a hole punch with `to`; the ticket says how to bind.
+    pub async fn punch(&self, to: PeerId) -> Result<PunchTicket, RelayError> {
+        // Request ids share the stream counter; 0 is reserved for invitations.
+        let request = self.next_id().max(1);
+        let (reply, answer) = oneshot::channel();
+        self.command(Command::Punch { request, to, reply }).await?;
+        tokio::time::timeout(PUNCH_REQUEST_TIMEOUT, answer)
+            .await
+            .map_err(|_| RelayError::Protocol("no answer to the punch request".into()))?
+            .map_err(|_| RelayError::NotAttached)?
     }
 }
 
@@ -282,6 +335,22 @@ pub fn spawn(
     config: RelayConfig,
     shutdown: CancellationToken,
 ) -> (RelayClient, mpsc::Receiver<Incoming>) {
+    let (client, incoming, _invites) = spawn_with_punch(identity, config, shutdown);
+    (client, incoming)
+}
+
+/// As [`spawn`], and also returns the receiver of punch invitations (other peers asking to
+/// hole-punch to us); see [`crate::net::punch`].
+pub fn spawn_with_punch(
+    identity: Identity,
+    config: RelayConfig,
+    shutdown: CancellationToken,
+) -> (
+    RelayClient,
+    mpsc::Receiver<Incoming>,
+    mpsc::Receiver<PunchTicket>,
+) {
+    let (invites_tx, invites_rx) = mpsc::channel(INVITE_QUEUE);
     let (commands_tx, commands_rx) = watch::channel(None);
     let (status_tx, status_rx) = watch::channel(RelayStatus::Connecting);
     let (incoming_tx, incoming_rx) = mpsc::channel(INCOMING_QUEUE);
@@ -302,7 +371,7 @@ pub fn spawn(
                     let _ = commands_tx.send(Some(tx.clone()));
                     let _ = status_tx.send(RelayStatus::Attached);
                     tracing::info!(url = %config.url, "attached to the relay");
-                    let why = run_session(ws, tx, rx, &incoming_tx, &shutdown).await;
+                    let why = run_session(ws, tx, rx, &incoming_tx, &invites_tx, &shutdown).await;
                     let _ = commands_tx.send(None);
                     why
                 }
@@ -327,6 +396,7 @@ pub fn spawn(
             next_stream: Arc::new(AtomicU32::new(1)),
         },
         incoming_rx,
+        invites_rx,
     )
 }
 
@@ -391,6 +461,7 @@ async fn run_session(
     commands_tx: mpsc::Sender<Command>,
     mut commands: mpsc::Receiver<Command>,
     incoming: &mpsc::Sender<Incoming>,
+    invites: &mpsc::Sender<PunchTicket>,
     shutdown: &CancellationToken,
 ) -> String {
     let (mut sink, mut source) = ws.split();
@@ -416,6 +487,7 @@ async fn run_session(
         commands: commands_tx,
     };
     let mut streams: HashMap<u32, StreamEntry> = HashMap::new();
+    let mut punches = Punches::default();
     let why = loop {
         tokio::select! {
             _ = shutdown.cancelled() => break "shutting down".to_owned(),
@@ -432,6 +504,13 @@ async fn run_session(
                     if let Some(entry) = streams.remove(&stream) {
                         entry.end(CloseCode::Normal);
                         let _ = send(&out.frames, &RelayFrame::Close { stream, code: CloseCode::Normal }).await;
+                    }
+                }
+                Some(Command::Punch { request, to, reply }) => {
+                    punches.requested.retain(|_, r| !r.is_closed());
+                    punches.requested.insert(request, reply);
+                    if send(&out.frames, &RelayFrame::PunchRequest { request, to }).await.is_err() {
+                        break "connection lost".to_owned();
                     }
                 }
                 None => break "client dropped".to_owned(),
@@ -474,6 +553,28 @@ async fn run_session(
                             }
                         }
                     }
+                    RelayFrame::PunchBind { request, peer, session, token, udp_port } => {
+                        let (tx, go) = oneshot::channel();
+                        punches.go.retain(|_, g| !g.is_closed());
+                        punches.go.insert(session, tx);
+                        let ticket = PunchTicket { peer, session, token, udp_port, go };
+                        if request == 0 {
+                            // Nobody picking invitations up (or too many): the asker times out.
+                            let _ = invites.try_send(ticket);
+                        } else if let Some(reply) = punches.requested.remove(&request) {
+                            let _ = reply.send(Ok(ticket));
+                        }
+                    }
+                    RelayFrame::PunchGo { session, addr } => {
+                        if let Some(go) = punches.go.remove(&session) {
+                            let _ = go.send(addr);
+                        }
+                    }
+                    RelayFrame::PunchFailed { request, code } => {
+                        if let Some(reply) = punches.requested.remove(&request) {
+                            let _ = reply.send(Err(RelayError::Refused(code.to_string())));
+                        }
+                    }
                     RelayFrame::Error { code, message } => {
                         tracing::warn!(code, %message, "relay error");
                         if code == error_code::REPLACED {
@@ -491,6 +592,15 @@ async fn run_session(
     drop(out);
     writer.abort();
     why
+}
+
+/// Punches in progress on one attached session.
+#[derive(Default)]
+struct Punches {
+    /// Our requests waiting for the hub's `PunchBind`.
+    requested: HashMap<u32, oneshot::Sender<Result<PunchTicket, RelayError>>>,
+    /// Sessions waiting for the hub's `PunchGo`.
+    go: HashMap<p2p_proto::punch::Nonce16, oneshot::Sender<std::net::SocketAddr>>,
 }
 
 async fn send(frames: &mpsc::Sender<Message>, frame: &RelayFrame) -> Result<(), ()> {
@@ -567,6 +677,37 @@ mod tests {
         assert_eq!(relay_url("ws://t:1").unwrap(), "ws://t:1/relay");
         assert!(relay_url("ftp://t").is_err());
         assert!(relay_url("").is_err());
+    }
+
+    #[test]
+    fn tracker_hosts_for_the_rendezvous() {
+        assert_eq!(tracker_host("http://t:8080").unwrap(), "t");
+        assert_eq!(tracker_host("https://t/").unwrap(), "t");
+        assert_eq!(tracker_host("203.0.113.1:9").unwrap(), "203.0.113.1");
+        assert_eq!(tracker_host("http://[::1]:8080").unwrap(), "::1");
+        assert_eq!(tracker_host("http://u:p@t:1").unwrap(), "t");
+        assert!(tracker_host("http://:8080").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_wss_relay_url_speaks_tls() {
+        // A tracker behind an HTTPS proxy: the relay client must start a TLS handshake (and
+        // would verify the certificate against the web PKI roots).
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let config = RelayConfig {
+            url: relay_url(&format!("https://127.0.0.1:{port}")).unwrap(),
+            token: None,
+        };
+        let identity = Identity::generate().unwrap();
+        let client = tokio::spawn(async move { attach(&identity, &config).await });
+        let (mut conn, _) = listener.accept().await.unwrap();
+        let mut hello = [0u8; 3];
+        conn.read_exact(&mut hello).await.unwrap();
+        // A TLS record: handshake (0x16), version 3.x.
+        assert_eq!(&hello[..2], &[0x16, 0x03], "{hello:?}");
+        drop(conn);
+        assert!(client.await.unwrap().is_err());
     }
 
     #[tokio::test]

@@ -1,0 +1,294 @@
+//! UDP hole-punching packets: what a peer sends to the tracker's rendezvous port and to the
+//! other peer while two NATs are being opened.
+//!
+//! Every packet starts with [`MAGIC`] and a type byte. The magic's first byte is `0x00`: QUIC
+//! requires its "fixed bit" (`0x40`) in the first byte, so a late probe that reaches a QUIC
+//! endpoint after the punch is dropped there as not-QUIC. Layouts are in `docs/protocol.md` §7.
+//!
+//! - [`PunchPacket::Bind`] peer → tracker: "this socket belongs to the punch session whose
+//!   token this is". The tracker records the source address it saw (the peer's public, or
+//!   reflexive, address) and answers [`PunchPacket::Bound`].
+//! - [`PunchPacket::Bound`] tracker → peer: the address the tracker saw.
+//! - [`PunchPacket::Probe`] peer ↔ peer: sent to the other side's reflexive address until one
+//!   arrives from it; the session id shows it belongs to this punch.
+//!
+//! Tokens and session ids are 16 random bytes the tracker hands out over the authenticated relay
+//! WebSocket, so only the two peers of a session know them.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use bytes::{Buf, BufMut};
+
+/// The first four bytes of every punch packet: `0x00 'p' '2' 'p'`.
+pub const MAGIC: [u8; 4] = [0x00, b'p', b'2', b'p'];
+/// The longest punch packet (a `Bound` with an IPv6 address).
+pub const MAX_PUNCH_PACKET_LEN: usize = 4 + 1 + ADDR_V6_LEN;
+
+const ADDR_V4_LEN: usize = 1 + 4 + 2;
+const ADDR_V6_LEN: usize = 1 + 16 + 2;
+
+/// A random 16-byte value handed out by the tracker (a session id or a binding token).
+pub type Nonce16 = [u8; 16];
+
+/// Why bytes are not a punch packet.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PunchPacketError {
+    #[error("not a punch packet (magic missing)")]
+    NotPunch,
+    #[error("unknown punch packet type {0:#04x}")]
+    UnknownType(u8),
+    #[error("{0} packet is truncated")]
+    Truncated(&'static str),
+    #[error("{0} packet has {1} trailing bytes")]
+    Trailing(&'static str, usize),
+    #[error("unknown address family {0}")]
+    AddressFamily(u8),
+}
+
+/// One punch packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PunchPacket {
+    /// Peer → tracker: bind this socket's address to the session of `token`.
+    Bind { token: Nonce16 },
+    /// Tracker → peer: the address the `Bind` came from.
+    Bound { addr: SocketAddr },
+    /// Peer ↔ peer: a probe of session `session`.
+    Probe { session: Nonce16 },
+}
+
+mod tag {
+    pub const BIND: u8 = 0x01;
+    pub const BOUND: u8 = 0x02;
+    pub const PROBE: u8 = 0x03;
+}
+
+impl PunchPacket {
+    /// The bytes [`PunchPacket::encode`] writes.
+    pub fn encoded_len(&self) -> usize {
+        5 + match self {
+            Self::Bind { .. } | Self::Probe { .. } => 16,
+            Self::Bound { addr } => addr_len(addr),
+        }
+    }
+
+    pub fn encode(&self, dst: &mut impl BufMut) {
+        dst.put_slice(&MAGIC);
+        match self {
+            Self::Bind { token } => {
+                dst.put_u8(tag::BIND);
+                dst.put_slice(token);
+            }
+            Self::Bound { addr } => {
+                dst.put_u8(tag::BOUND);
+                put_addr(dst, addr);
+            }
+            Self::Probe { session } => {
+                dst.put_u8(tag::PROBE);
+                dst.put_slice(session);
+            }
+        }
+    }
+
+    /// The packet as one datagram.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.encoded_len());
+        self.encode(&mut out);
+        out
+    }
+
+    /// Reads one datagram.
+    pub fn decode(datagram: &[u8]) -> Result<Self, PunchPacketError> {
+        let mut r = datagram
+            .strip_prefix(&MAGIC)
+            .ok_or(PunchPacketError::NotPunch)?;
+        if r.is_empty() {
+            return Err(PunchPacketError::Truncated("punch"));
+        }
+        let (what, packet) = match r.get_u8() {
+            tag::BIND => {
+                let token = nonce(&mut r, "bind")?;
+                ("bind", Self::Bind { token })
+            }
+            tag::BOUND => {
+                let addr = get_addr(&mut r, "bound")?;
+                ("bound", Self::Bound { addr })
+            }
+            tag::PROBE => {
+                let session = nonce(&mut r, "probe")?;
+                ("probe", Self::Probe { session })
+            }
+            other => return Err(PunchPacketError::UnknownType(other)),
+        };
+        if !r.is_empty() {
+            return Err(PunchPacketError::Trailing(what, r.len()));
+        }
+        Ok(packet)
+    }
+}
+
+fn nonce(r: &mut &[u8], what: &'static str) -> Result<Nonce16, PunchPacketError> {
+    if r.len() < 16 {
+        return Err(PunchPacketError::Truncated(what));
+    }
+    let mut out = [0u8; 16];
+    r.copy_to_slice(&mut out);
+    Ok(out)
+}
+
+/// The encoded length of a socket address: family byte, IP, port.
+pub fn addr_len(addr: &SocketAddr) -> usize {
+    match addr {
+        SocketAddr::V4(_) => ADDR_V4_LEN,
+        SocketAddr::V6(_) => ADDR_V6_LEN,
+    }
+}
+
+/// Writes a socket address: `4` + 4 bytes or `6` + 16 bytes, then the port (big-endian).
+pub fn put_addr(dst: &mut impl BufMut, addr: &SocketAddr) {
+    match addr.ip() {
+        IpAddr::V4(ip) => {
+            dst.put_u8(4);
+            dst.put_slice(&ip.octets());
+        }
+        IpAddr::V6(ip) => {
+            dst.put_u8(6);
+            dst.put_slice(&ip.octets());
+        }
+    }
+    dst.put_u16(addr.port());
+}
+
+/// Reads what [`put_addr`] wrote; `what` names the enclosing message in errors.
+pub fn get_addr(r: &mut impl Buf, what: &'static str) -> Result<SocketAddr, PunchPacketError> {
+    if r.remaining() < 1 {
+        return Err(PunchPacketError::Truncated(what));
+    }
+    let ip = match r.get_u8() {
+        4 => {
+            if r.remaining() < 4 + 2 {
+                return Err(PunchPacketError::Truncated(what));
+            }
+            let mut o = [0u8; 4];
+            r.copy_to_slice(&mut o);
+            IpAddr::V4(Ipv4Addr::from(o))
+        }
+        6 => {
+            if r.remaining() < 16 + 2 {
+                return Err(PunchPacketError::Truncated(what));
+            }
+            let mut o = [0u8; 16];
+            r.copy_to_slice(&mut o);
+            IpAddr::V6(Ipv6Addr::from(o))
+        }
+        other => return Err(PunchPacketError::AddressFamily(other)),
+    };
+    Ok(SocketAddr::new(ip, r.get_u16()))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn golden_packets() {
+        assert_eq!(
+            PunchPacket::Bind { token: [7; 16] }.to_vec(),
+            [&MAGIC[..], &[1], &[7; 16]].concat()
+        );
+        assert_eq!(
+            PunchPacket::Bound {
+                addr: "203.0.113.9:6881".parse().unwrap()
+            }
+            .to_vec(),
+            [0, b'p', b'2', b'p', 2, 4, 203, 0, 113, 9, 0x1a, 0xe1]
+        );
+        let v6 = PunchPacket::Bound {
+            addr: "[2001:db8::1]:443".parse().unwrap(),
+        }
+        .to_vec();
+        assert_eq!(v6.len(), MAX_PUNCH_PACKET_LEN);
+        assert_eq!((v6[5], v6[6], v6[22], v6[23]), (6, 0x20, 0x01, 0xbb));
+        assert_eq!(
+            PunchPacket::Probe { session: [9; 16] }.to_vec()[4],
+            3,
+            "probe type"
+        );
+    }
+
+    #[test]
+    fn the_first_byte_is_never_a_quic_packet() {
+        // QUIC long and short headers both set the fixed bit 0x40 in the first byte.
+        assert_eq!(MAGIC[0] & 0x40, 0);
+    }
+
+    #[test]
+    fn bad_input_is_refused() {
+        assert_eq!(PunchPacket::decode(b""), Err(PunchPacketError::NotPunch));
+        assert_eq!(
+            PunchPacket::decode(b"\x40abcdef"),
+            Err(PunchPacketError::NotPunch)
+        );
+        assert_eq!(
+            PunchPacket::decode(&MAGIC),
+            Err(PunchPacketError::Truncated("punch"))
+        );
+        assert_eq!(
+            PunchPacket::decode(&[&MAGIC[..], &[9]].concat()),
+            Err(PunchPacketError::UnknownType(9))
+        );
+        assert_eq!(
+            PunchPacket::decode(&[&MAGIC[..], &[1, 0, 0]].concat()),
+            Err(PunchPacketError::Truncated("bind"))
+        );
+        assert_eq!(
+            PunchPacket::decode(&[&MAGIC[..], &[2, 5, 0, 0]].concat()),
+            Err(PunchPacketError::AddressFamily(5))
+        );
+        assert_eq!(
+            PunchPacket::decode(&[&MAGIC[..], &[2, 4, 1, 2, 3, 4, 0]].concat()),
+            Err(PunchPacketError::Truncated("bound"))
+        );
+        assert_eq!(
+            PunchPacket::decode(&[&MAGIC[..], &[3], &[0; 17]].concat()),
+            Err(PunchPacketError::Trailing("probe", 1))
+        );
+    }
+
+    pub(crate) fn any_addr() -> impl Strategy<Value = SocketAddr> {
+        prop_oneof![
+            (any::<[u8; 4]>(), any::<u16>())
+                .prop_map(|(ip, port)| SocketAddr::new(IpAddr::V4(ip.into()), port)),
+            (any::<[u8; 16]>(), any::<u16>())
+                .prop_map(|(ip, port)| SocketAddr::new(IpAddr::V6(ip.into()), port)),
+        ]
+    }
+
+    pub(crate) fn any_packet() -> impl Strategy<Value = PunchPacket> {
+        prop_oneof![
+            any::<[u8; 16]>().prop_map(|token| PunchPacket::Bind { token }),
+            any_addr().prop_map(|addr| PunchPacket::Bound { addr }),
+            any::<[u8; 16]>().prop_map(|session| PunchPacket::Probe { session }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(packet in any_packet()) {
+            let bytes = packet.to_vec();
+            prop_assert_eq!(bytes.len(), packet.encoded_len());
+            prop_assert!(bytes.len() <= MAX_PUNCH_PACKET_LEN);
+            prop_assert_eq!(PunchPacket::decode(&bytes), Ok(packet));
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(tail in proptest::collection::vec(any::<u8>(), 0..40)) {
+            let bytes = [&MAGIC[..], &tail].concat();
+            if let Ok(packet) = PunchPacket::decode(&bytes) {
+                prop_assert_eq!(packet.to_vec(), bytes);
+            }
+        }
+    }
+}
