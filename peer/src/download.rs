@@ -132,23 +132,72 @@ struct Scheduler {
     /// Requests in flight per chunk.
     in_flight: HashMap<u64, u32>,
     availability: Vec<u32>,
-    /// Wanted chunks nobody is fetching, rarest first, then in file order (which keeps the
-    /// running whole-file hash moving). Picking is a walk from the front, not a sort.
-    queue: BTreeSet<(u32, u64)>,
+    /// Wanted chunks nobody is fetching as (availability, rank, index): rarest first, then by
+    /// [`Order`]. Picking is a walk from the front, not a sort.
+    queue: BTreeSet<(u32, u64, u64)>,
+    order: Order,
+}
+
+/// Chunks this many apart in file order are shuffled among themselves (16 MiB). Within a
+/// window each download has its own order, so leechers that start together ask the seeder for
+/// different chunks and have something to trade; window by window the file still fills from
+/// the front, which keeps the running whole-file hash moving (its in-memory reach is as big).
+const SHUFFLE_WINDOW: u64 = 64;
+
+/// The tie-break among equally rare chunks: file order, permuted within each
+/// [`SHUFFLE_WINDOW`] by `x ↦ (a·x + b) mod window` (a bijection, as `a` is odd).
+#[derive(Debug, Clone, Copy)]
+struct Order {
+    a: u64,
+    b: u64,
+}
+
+impl Order {
+    /// Plain file order.
+    #[cfg(test)]
+    const FILE: Self = Self { a: 1, b: 0 };
+
+    /// A per-download shuffle.
+    fn random() -> Self {
+        let mut seed = [0u8; 16];
+        // Without randomness every download shuffles alike, which is still correct.
+        let _ = getrandom::fill(&mut seed);
+        let [a, b] = [&seed[..8], &seed[8..]].map(|h| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(h);
+            u64::from_le_bytes(w)
+        });
+        Self { a: a | 1, b }
+    }
+
+    fn rank(&self, index: u64) -> u64 {
+        let w = SHUFFLE_WINDOW;
+        let x = index % w;
+        index - x + (self.a.wrapping_mul(x).wrapping_add(self.b) % w)
+    }
 }
 
 impl Scheduler {
-    fn new(have: Bitfield) -> Self {
+    fn new(have: Bitfield, order: Order) -> Self {
         let queue = (0..have.len())
             .filter(|&i| !have.get(i))
-            .map(|i| (0, i))
+            .map(|i| (0, order.rank(i), i))
             .collect();
         Self {
             availability: vec![0; have.len() as usize],
             have,
             in_flight: HashMap::new(),
             queue,
+            order,
         }
+    }
+
+    fn key(&self, index: u64) -> (u32, u64, u64) {
+        (
+            self.availability[index as usize],
+            self.order.rank(index),
+            index,
+        )
     }
 
     /// Up to `n` chunks `peer_has` for this peer: unrequested ones rarest first; once every
@@ -164,12 +213,13 @@ impl Scheduler {
         let mut picked: Vec<u64> = self
             .queue
             .iter()
-            .filter(|(_, i)| peer_has.get(*i))
+            .filter(|(_, _, i)| peer_has.get(*i))
             .take(n)
-            .map(|(_, i)| *i)
+            .map(|(_, _, i)| *i)
             .collect();
         for i in &picked {
-            self.queue.remove(&(self.availability[*i as usize], *i));
+            let key = self.key(*i);
+            self.queue.remove(&key);
         }
         // The endgame: only once every missing chunk is already being fetched somewhere.
         if picked.is_empty() && self.queue.is_empty() && endgame {
@@ -195,8 +245,8 @@ impl Scheduler {
             if *c == 0 {
                 self.in_flight.remove(&index);
                 if !self.have.get(index) {
-                    self.queue
-                        .insert((self.availability[index as usize], index));
+                    let key = self.key(index);
+                    self.queue.insert(key);
                 }
             }
         }
@@ -204,19 +254,19 @@ impl Scheduler {
 
     /// One more connected peer has chunk `index`.
     fn add_source(&mut self, index: u64) {
-        let a = &mut self.availability[index as usize];
-        if self.queue.remove(&(*a, index)) {
-            self.queue.insert((*a + 1, index));
+        let (a, rank, _) = self.key(index);
+        if self.queue.remove(&(a, rank, index)) {
+            self.queue.insert((a + 1, rank, index));
         }
-        *a += 1;
+        self.availability[index as usize] += 1;
     }
 
     /// Records a verified chunk; whether it was new.
     fn got(&mut self, index: u64) -> bool {
         let fresh = !self.have.get(index);
         self.have.set(index);
-        self.queue
-            .remove(&(self.availability[index as usize], index));
+        let key = self.key(index);
+        self.queue.remove(&key);
         fresh
     }
 
@@ -272,7 +322,7 @@ pub async fn download(
     let chunk_count = manifest.chunk_count();
     let shared = Arc::new(Shared {
         manifest: Arc::new(manifest.clone()),
-        sched: Mutex::new(Scheduler::new(have)),
+        sched: Mutex::new(Scheduler::new(have, Order::random())),
         partial: Arc::new(Mutex::new(Some(partial))),
         hasher: Arc::new(Mutex::new(Some(hasher))),
         scores: Scoreboard::default(),
@@ -740,7 +790,7 @@ mod tests {
 
     #[test]
     fn rarest_chunks_first_then_file_order() {
-        let mut s = Scheduler::new(bits(6, &[0]));
+        let mut s = Scheduler::new(bits(6, &[0]), Order::FILE);
         let everything = Bitfield::full(6);
         for i in 1..6 {
             s.add_source(i); // the seeder
@@ -758,8 +808,32 @@ mod tests {
     }
 
     #[test]
+    fn equally_rare_chunks_are_shuffled_within_windows_only() {
+        let w = SHUFFLE_WINDOW;
+        let order = Order { a: 37, b: 11 };
+        for window in 0..3 {
+            let mut ranks: Vec<u64> = (window * w..(window + 1) * w)
+                .map(|i| order.rank(i))
+                .collect();
+            assert_ne!(ranks, (window * w..(window + 1) * w).collect::<Vec<_>>());
+            ranks.sort();
+            assert_eq!(ranks, (window * w..(window + 1) * w).collect::<Vec<_>>());
+        }
+        // Two downloads starting together ask for different chunks first.
+        let len = 3 * w + 5;
+        let first = |order: Order| {
+            let mut s = Scheduler::new(Bitfield::new(len), order);
+            (0..len).for_each(|i| s.add_source(i));
+            s.pick(&Bitfield::full(len), 8, &HashMap::new(), false)
+        };
+        let (x, y) = (first(Order { a: 3, b: 0 }), first(Order { a: 5, b: 7 }));
+        assert!(x.iter().all(|i| *i < w) && y.iter().all(|i| *i < w));
+        assert_ne!(x, y);
+    }
+
+    #[test]
     fn released_chunks_return_and_the_endgame_duplicates_least_requested() {
-        let mut s = Scheduler::new(Bitfield::new(3));
+        let mut s = Scheduler::new(Bitfield::new(3), Order::FILE);
         let all = Bitfield::full(3);
         for i in 0..3 {
             s.add_source(i);
