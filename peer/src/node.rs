@@ -194,12 +194,17 @@ impl Node {
     }
 }
 
+/// Punch invitations answered at once; more are dropped (their askers fall back to the relay),
+/// so a peer asking again and again cannot make us hold many sockets.
+const MAX_ANSWERING: usize = 32;
+
 /// Answers punch invitations (each on its own task) until `shutdown`.
 async fn answer_punches(
     mut invites: tokio::sync::mpsc::Receiver<PunchTicket>,
     puncher: Arc<Puncher>,
     shutdown: CancellationToken,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_ANSWERING));
     loop {
         let ticket = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -208,8 +213,13 @@ async fn answer_punches(
                 None => return,
             },
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(peer = %ticket.peer, "too many hole punches at once; invitation dropped");
+            continue;
+        };
         let puncher = puncher.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let peer = ticket.peer;
             if let Err(e) = puncher.answer(ticket).await {
                 tracing::debug!(%peer, error = %e, "answering a hole punch failed");

@@ -26,6 +26,8 @@ use super::RelayHub;
 pub const SESSION_TTL: Duration = Duration::from_secs(30);
 /// Sessions open at once; more requests are refused until some expire.
 pub const MAX_SESSIONS: usize = 4096;
+/// Sessions one peer may have asked for at once.
+pub const MAX_SESSIONS_PER_PEER: usize = 64;
 
 /// Why a punch cannot be set up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -105,7 +107,8 @@ impl Rendezvous {
         }
         let mut t = self.table.lock().map_err(|_| PunchRefusal::Busy)?;
         expire(&mut t, now);
-        if t.sessions.len() >= MAX_SESSIONS {
+        let asked = t.sessions.values().filter(|s| s.peers[0] == asker).count();
+        if t.sessions.len() >= MAX_SESSIONS || asked >= MAX_SESSIONS_PER_PEER {
             return Err(PunchRefusal::Busy);
         }
         let session = random16();
@@ -271,9 +274,24 @@ mod tests {
         assert!(r.bind_at(&ta.token, addr("1.2.3.4:5"), later).is_none());
         assert!(!r.knows(&ta.token));
         assert_eq!(r.sessions(), 0);
-        for _ in 0..MAX_SESSIONS {
+        for _ in 0..MAX_SESSIONS_PER_PEER {
             r.open_at(a, b, later).unwrap();
         }
         assert_eq!(r.open_at(a, b, later), Err(PunchRefusal::Busy));
+        let mut asker = 0u16;
+        while r.sessions() < MAX_SESSIONS {
+            asker += 1;
+            let mut id = [0u8; 32];
+            id[..2].copy_from_slice(&asker.to_be_bytes());
+            for _ in 0..MAX_SESSIONS_PER_PEER {
+                if r.sessions() < MAX_SESSIONS {
+                    r.open_at(PeerId(id), b, later).unwrap();
+                }
+            }
+        }
+        assert_eq!(
+            r.open_at(PeerId([0xff; 32]), b, later),
+            Err(PunchRefusal::Busy)
+        );
     }
 }
