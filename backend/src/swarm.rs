@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use p2p_proto::api::{
     AnnounceRequest, AnnounceResponse, Event, FileDetails, FileList, FilePeers, HeartbeatRequest,
-    HeartbeatResponse, LeaveReason, PeerList, RegisterPeerRequest, RegisterPeerResponse, Stats,
+    HeartbeatResponse, LeaveReason, MAX_PEER_CONNECTIONS, PeerList, RegisterPeerRequest,
+    RegisterPeerResponse, Stats,
 };
 use p2p_proto::{Bitfield, FileId, PeerId};
 use tokio::sync::{mpsc, oneshot};
@@ -196,14 +197,28 @@ impl Swarm {
     /// Records a heartbeat. Returns once it is stored (beats arriving together share one
     /// transaction). An unknown peer gets `NotFound`, its cue to register again.
     pub async fn heartbeat(&self, req: HeartbeatRequest) -> SwarmResult<HeartbeatResponse> {
+        if req
+            .connections
+            .as_ref()
+            .is_some_and(|c| c.len() > MAX_PEER_CONNECTIONS)
+        {
+            return Err(SwarmError::BadRequest(format!(
+                "at most {MAX_PEER_CONNECTIONS} connections may be reported"
+            )));
+        }
         let beat = Beat {
             peer_id: req.peer_id,
             at_ms: self.clock.now_ms(),
             uploaded: req.uploaded,
             downloaded: req.downloaded,
+            connections: req.connections,
         };
         let (done, wait) = oneshot::channel();
-        let before = match self.beats.send(PendingBeat { beat, done }).await {
+        let pending = PendingBeat {
+            beat: beat.clone(),
+            done,
+        };
+        let before = match self.beats.send(pending).await {
             Ok(()) => match wait.await {
                 Ok(Ok(before)) => before,
                 // The batch failed: retry alone, so the caller gets this beat's own error.
@@ -527,20 +542,21 @@ async fn write_beats(
         let (store, metrics) = (store.clone(), metrics.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            let beats: Vec<Beat> = batch.iter().map(|p| p.beat).collect();
+            let (beats, waiting): (Vec<Beat>, Vec<_>) =
+                batch.into_iter().map(|p| (p.beat, p.done)).unzip();
             metrics.heartbeat_batch.observe(beats.len() as f64);
             match store.record_beats(&beats).await {
                 Ok(before) => {
-                    for (pending, before) in batch.into_iter().zip(before) {
-                        let _ = pending.done.send(Ok(before));
+                    for (done, before) in waiting.into_iter().zip(before) {
+                        let _ = done.send(Ok(before));
                     }
                 }
                 Err(e) => {
                     metrics.db_errors.inc();
                     tracing::warn!(error = %e, count = beats.len(), "heartbeat batch failed");
                     let shared = Arc::new(e);
-                    for pending in batch {
-                        let _ = pending.done.send(Err(shared.clone()));
+                    for done in waiting {
+                        let _ = done.send(Err(shared.clone()));
                     }
                 }
             }

@@ -102,6 +102,17 @@ async fn openapi_spec_lists_every_route_with_security() {
         let schemes = spec["components"]["securitySchemes"].as_object().unwrap();
         assert_eq!(schemes["ApiKey"]["name"], "X-API-Key");
         assert_eq!(schemes["Bearer"]["scheme"], "bearer");
+        let schemas = &spec["components"]["schemas"];
+        assert_eq!(
+            schemas["ConnectionPathKind"]["enum"],
+            json!(["direct", "hole_punched", "relayed"])
+        );
+        for object in ["HeartbeatRequest", "PeerInfo"] {
+            assert!(
+                schemas[object]["properties"]["connections"].is_object(),
+                "{object} has connections"
+            );
+        }
         // Error responses are documented with the JSON error body.
         let announce = &paths["/api/files/announce"]["post"]["responses"];
         for status in ["200", "400", "401", "404", "409", "429"] {
@@ -308,6 +319,61 @@ async fn register_heartbeat_list_and_unregister_peers() {
             "bad_request",
         )
         .await;
+        t.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn heartbeats_report_how_a_peer_is_connected() {
+    within(30, async {
+        let db = TestDb::sqlite();
+        let t = TestTracker::start(&db, serve_args()).await;
+        let (peer, other, third) = (peer_id(), peer_id(), peer_id());
+        t.register(&peer, 6881).await;
+        let connections = json!([
+            {"peer_id": other, "path": "direct"},
+            {"peer_id": third, "path": "relayed"},
+        ]);
+        let beat = |body: &Value| t.post("/api/peers/heartbeat", body).send();
+        let listed = || async {
+            let list = t.get_json("/api/peers").await;
+            assert_eq!(
+                t.get_json(&format!("/api/peers/{peer}")).await["connections"],
+                list["peers"][0]["connections"]
+            );
+            list["peers"][0]["connections"].clone()
+        };
+        assert_eq!(listed().await, json!([]), "none before a heartbeat");
+
+        let resp = beat(&json!({"peer_id": peer, "connections": connections}))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(listed().await, connections);
+        let resp = beat(&json!({"peer_id": peer})).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(
+            listed().await,
+            connections,
+            "a beat without them keeps them"
+        );
+
+        let too_many: Vec<Value> = (0..=p2p_proto::api::MAX_PEER_CONNECTIONS)
+            .map(|_| json!({"peer_id": peer_id(), "path": "direct"}))
+            .collect();
+        let pigeon = json!([{"peer_id": other, "path": "carrier pigeon"}]);
+        for (bad, says) in [
+            (json!(too_many), "at most 256 connections"),
+            (pigeon, "ConnectionPathKind"),
+        ] {
+            let resp = beat(&json!({"peer_id": peer, "connections": bad}))
+                .await
+                .unwrap();
+            let message = assert_error(resp, 400, "bad_request").await;
+            assert!(message.contains(says), "{message}");
+        }
+        assert_eq!(listed().await, connections, "refused beats change nothing");
         t.stop().await;
     })
     .await;

@@ -7,6 +7,7 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
+use p2p_proto::api::{ConnectionPathKind, PeerConnection};
 use p2p_proto::{Bitfield, PeerId};
 use p2p_tracker::store::{
     AnnounceOutcome, ApiKeyRecord, Backend, Beat, FileQuery, NewPeer, PeerQuery, Presence, Store,
@@ -38,6 +39,7 @@ async fn peers_and_presence(s: Arc<dyn Store>) {
         at_ms: 5000,
         uploaded: Some(10),
         downloaded: None,
+        connections: None,
     }])
     .await
     .unwrap();
@@ -47,6 +49,7 @@ async fn peers_and_presence(s: Arc<dyn Store>) {
         at_ms: 4000,
         uploaded: None,
         downloaded: None,
+        connections: None,
     }])
     .await
     .unwrap();
@@ -105,6 +108,7 @@ async fn heartbeat_batches(s: Arc<dyn Store>) {
         at_ms,
         uploaded,
         downloaded: None,
+        connections: None,
     };
     let before = s
         .record_beats(&[
@@ -145,6 +149,82 @@ async fn heartbeat_batches(s: Arc<dyn Store>) {
         "beats create no peers"
     );
     assert_eq!(s.record_beats(&[]).await.unwrap(), vec![]);
+}
+
+/// A peer's connections, checking that the listing and the single lookup agree.
+async fn connections_of(s: &dyn Store, id: &PeerId) -> Vec<PeerConnection> {
+    let listed = s
+        .list_peers(&PeerQuery {
+            online_only: false,
+            offset: 0,
+            limit: 10,
+            cutoff_ms: 0,
+        })
+        .await
+        .unwrap();
+    let one = s.get_peer(id, 0).await.unwrap().unwrap();
+    assert_eq!(listed.items, vec![one.clone()], "listed as looked up");
+    one.connections
+}
+
+async fn peer_connections(s: Arc<dyn Store>) {
+    let (a, b, c) = (peer_id(), peer_id(), peer_id());
+    s.register_peer(&new_peer(a), 1000).await.unwrap();
+    let to = |peer_id, path| PeerConnection { peer_id, path };
+    let beat = |at_ms, connections| Beat {
+        peer_id: a,
+        at_ms,
+        uploaded: None,
+        downloaded: None,
+        connections,
+    };
+    assert_eq!(
+        connections_of(&*s, &a).await,
+        vec![],
+        "none before a heartbeat"
+    );
+
+    let reported = vec![
+        to(b, ConnectionPathKind::Direct),
+        to(c, ConnectionPathKind::Relayed),
+    ];
+    s.record_beats(&[beat(2000, Some(reported.clone()))])
+        .await
+        .unwrap();
+    assert_eq!(connections_of(&*s, &a).await, reported);
+    s.record_beats(&[beat(3000, None)]).await.unwrap();
+    assert_eq!(connections_of(&*s, &a).await, reported, "absent: unchanged");
+
+    // In one batch the latest beat wins, wherever it stands in the batch.
+    let punched = vec![to(b, ConnectionPathKind::HolePunched)];
+    s.record_beats(&[beat(4000, Some(punched.clone())), beat(5000, Some(vec![]))])
+        .await
+        .unwrap();
+    assert_eq!(
+        connections_of(&*s, &a).await,
+        vec![],
+        "an empty list clears"
+    );
+    s.record_beats(&[
+        beat(7000, Some(punched.clone())),
+        beat(6000, Some(reported.clone())),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(connections_of(&*s, &a).await, punched);
+    s.record_beats(&[beat(6500, Some(reported))]).await.unwrap();
+    assert_eq!(
+        connections_of(&*s, &a).await,
+        punched,
+        "a late beat changes nothing"
+    );
+
+    s.register_peer(&new_peer(a), 8000).await.unwrap();
+    assert_eq!(
+        connections_of(&*s, &a).await,
+        vec![],
+        "registering again starts afresh"
+    );
 }
 
 async fn announces_and_swarms(s: Arc<dyn Store>) {
@@ -212,6 +292,7 @@ async fn announces_and_swarms(s: Arc<dyn Store>) {
         at_ms: 9000,
         uploaded: None,
         downloaded: None,
+        connections: None,
     }])
     .await
     .unwrap();
@@ -384,6 +465,7 @@ macro_rules! suite {
 suite!(
     peers_and_presence,
     heartbeat_batches,
+    peer_connections,
     announces_and_swarms,
     listing_and_stats,
     users_keys_and_settings

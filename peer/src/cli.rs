@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use p2p_proto::api::{AnnounceRequest, RegisterPeerRequest};
+use p2p_proto::api::{AnnounceRequest, PeerConnection, RegisterPeerRequest};
 use p2p_proto::{FileId, Manifest};
 use tokio::io::AsyncBufReadExt;
 
@@ -18,7 +18,7 @@ use crate::node::Node;
 use crate::shell::{self, ShellCommand};
 use crate::storage::safe_file_name;
 use crate::tracker_client::{
-    Announcements, SessionHandle, SessionTiming, TrackerClient, spawn_session,
+    Announcements, Connections, SessionHandle, SessionTiming, TrackerClient, spawn_session,
 };
 use crate::watch;
 
@@ -65,6 +65,19 @@ async fn start(args: &NodeArgs, fallback_to_any_port: bool) -> anyhow::Result<Pe
                 .collect()
         })
     };
+    let connections: Connections = {
+        let connector = node.connector.clone();
+        Arc::new(move || {
+            connector
+                .paths()
+                .into_iter()
+                .map(|(peer_id, path)| PeerConnection {
+                    peer_id,
+                    path: path.into(),
+                })
+                .collect()
+        })
+    };
     let register = RegisterPeerRequest {
         peer_id: node.identity.peer_id(),
         addresses: args.announce_addrs.clone(),
@@ -78,6 +91,7 @@ async fn start(args: &NodeArgs, fallback_to_any_port: bool) -> anyhow::Result<Pe
         tracker.clone(),
         register,
         announcements,
+        connections,
         SessionTiming::default(),
         node.shutdown.clone(),
     );

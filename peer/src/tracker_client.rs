@@ -1,7 +1,7 @@
 //! The tracker's REST API from the peer's side ([`TrackerClient`]), and the session
-//! ([`spawn_session`]) that keeps the peer registered: heartbeats, re-registration when the
-//! tracker forgot the peer (restart on fresh data, expiry, removal), and announces of what the
-//! peer has.
+//! ([`spawn_session`]) that keeps the peer registered: heartbeats (with how the peer reaches
+//! the others), re-registration when the tracker forgot the peer (restart on fresh data,
+//! expiry, removal), and announces of what the peer has.
 
 use std::collections::HashMap;
 use std::error::Error as _;
@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use p2p_proto::api::{
     AnnounceRequest, AnnounceResponse, ErrorBody, FileDetails, FileList, FilePeers,
-    HeartbeatRequest, HeartbeatResponse, PeerInfo, PeerList, RegisterPeerRequest,
-    RegisterPeerResponse,
+    HeartbeatRequest, HeartbeatResponse, MAX_PEER_CONNECTIONS, PeerConnection, PeerInfo, PeerList,
+    RegisterPeerRequest, RegisterPeerResponse,
 };
 use p2p_proto::{FileId, PeerId};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
@@ -292,6 +292,10 @@ impl TrackerClient {
 /// session's task at each announce round, so it should be quick (a snapshot under a lock).
 pub type Announcements = Arc<dyn Fn() -> Vec<AnnounceRequest> + Send + Sync>;
 
+/// How this peer last reached each other peer, reported with the heartbeats. Called on the
+/// session's task before each heartbeat, so it should be quick.
+pub type Connections = Arc<dyn Fn() -> Vec<PeerConnection> + Send + Sync>;
+
 /// Where a session stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -366,14 +370,16 @@ impl SessionHandle {
 }
 
 /// Keeps the peer registered until `shutdown`: registers (retrying with capped exponential
-/// backoff while the tracker is unreachable), announces `announcements`, heartbeats, and
-/// starts over when the tracker no longer knows the peer. On shutdown it unregisters.
+/// backoff while the tracker is unreachable), announces `announcements`, heartbeats (carrying
+/// `connections` whenever they changed), and starts over when the tracker no longer knows the
+/// peer. On shutdown it unregisters.
 ///
 /// Failures are logged once per outage (then at debug level) and recovery once.
 pub fn spawn_session(
     client: TrackerClient,
     register: RegisterPeerRequest,
     announcements: Announcements,
+    connections: Connections,
     timing: SessionTiming,
     shutdown: CancellationToken,
 ) -> SessionHandle {
@@ -383,6 +389,7 @@ pub fn spawn_session(
         client,
         register,
         announcements,
+        connections,
         timing,
         shutdown,
         status: status_tx,
@@ -397,6 +404,7 @@ struct Session {
     client: TrackerClient,
     register: RegisterPeerRequest,
     announcements: Announcements,
+    connections: Connections,
     timing: SessionTiming,
     shutdown: CancellationToken,
     status: watch::Sender<SessionStatus>,
@@ -471,6 +479,8 @@ impl Session {
     async fn serve(&mut self, mut interval: Duration) -> Ended {
         // What the tracker has from us (file -> `have`), so a round sends only changes.
         let mut announced: HashMap<FileId, Option<String>> = HashMap::new();
+        // What the tracker has of our connections; registering cleared them there.
+        let mut reported: Option<Vec<PeerConnection>> = None;
         let mut announce_at = Some(Instant::now());
         let mut announce_backoff = Backoff::new(&self.timing);
         let mut beat_at = Instant::now() + interval;
@@ -498,16 +508,22 @@ impl Session {
                 }
             }
             if beat_at <= Instant::now() {
+                let connections = self.current_connections();
                 let beat = HeartbeatRequest {
                     peer_id: self.register.peer_id,
                     uploaded: None,
                     downloaded: None,
+                    // Only a change: the tracker keeps the list it was sent last.
+                    connections: (reported.as_ref() != Some(&connections)).then_some(connections),
                 };
                 let Some(result) = self.or_shutdown(self.client.heartbeat(&beat)).await else {
                     return Ended::Shutdown;
                 };
                 match result {
                     Ok(resp) => {
+                        if beat.connections.is_some() {
+                            reported = beat.connections;
+                        }
                         self.succeeded();
                         self.set(SessionStatus::Registered);
                         interval = self.interval(resp.next_heartbeat_secs);
@@ -560,6 +576,16 @@ impl Session {
             }
         }
         Some(Round::Done)
+    }
+
+    /// The connections to report: one per peer, in peer order (so an unchanged set compares
+    /// equal), at most as many as the tracker accepts.
+    fn current_connections(&self) -> Vec<PeerConnection> {
+        let mut connections = (self.connections)();
+        connections.sort_unstable_by_key(|c| c.peer_id);
+        connections.dedup_by_key(|c| c.peer_id);
+        connections.truncate(MAX_PEER_CONNECTIONS);
+        connections
     }
 
     /// Runs `f` unless shutdown comes first (then `None`).

@@ -10,9 +10,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use p2p_peer::tracker_client::{
-    Announcements, SessionStatus, SessionTiming, TrackerClient, TrackerError, spawn_session,
+    Announcements, Connections, SessionStatus, SessionTiming, TrackerClient, TrackerError,
+    spawn_session,
 };
-use p2p_proto::api::{AnnounceRequest, Event, EventMessage, HeartbeatRequest, RegisterPeerRequest};
+use p2p_proto::api::{
+    AnnounceRequest, ConnectionPathKind, Event, EventMessage, HeartbeatRequest,
+    MAX_PEER_CONNECTIONS, PeerConnection, PeerInfo, RegisterPeerRequest,
+};
 use p2p_proto::manifest::{hash_chunk, merkle_root};
 use p2p_proto::{Bitfield, CHUNK_SIZE, FileId, Manifest, PeerId};
 use p2p_tracker::app::{self, RunningTracker, RuntimeOptions};
@@ -105,6 +109,7 @@ fn heartbeat(peer: PeerId) -> HeartbeatRequest {
         peer_id: peer,
         uploaded: Some(1),
         downloaded: None,
+        connections: None,
     }
 }
 
@@ -345,6 +350,22 @@ impl Files {
     }
 }
 
+fn no_connections() -> Connections {
+    Arc::new(Vec::new)
+}
+
+/// Asks the tracker for `peer` in its peer list until `want` holds (sessions in these tests
+/// heartbeat every 200 ms); bounded by the caller's `within`.
+async fn listed_until(c: &TrackerClient, peer: PeerId, want: impl Fn(&PeerInfo) -> bool) {
+    loop {
+        let list = c.peers(false).await.unwrap();
+        if list.peers.iter().any(|p| p.peer_id == peer && want(p)) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn fast() -> SessionTiming {
     SessionTiming {
         heartbeat: Some(Duration::from_millis(200)),
@@ -369,6 +390,7 @@ async fn session_announces_reregisters_when_forgotten_and_unregisters_on_shutdow
             c.clone(),
             register_request(peer),
             files.source(),
+            no_connections(),
             fast(),
             shutdown.clone(),
         );
@@ -430,6 +452,7 @@ async fn session_retries_until_the_tracker_comes_up() {
             c.clone(),
             register_request(peer),
             files.source(),
+            no_connections(),
             fast(),
             shutdown.clone(),
         );
@@ -472,10 +495,74 @@ async fn session_stops_while_the_tracker_is_unreachable() {
         c,
         register_request(peer_id(9)),
         Files::default().source(),
+        no_connections(),
         SessionTiming::default(),
         shutdown.clone(),
     );
     shutdown.cancel();
     within(5, session.stopped()).await;
     assert_eq!(session.status(), SessionStatus::Stopped);
+}
+
+#[tokio::test]
+async fn session_reports_connections_with_heartbeats() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = tracker(dir.path()).await;
+    let c = client(&t);
+    let peer = peer_id(10);
+    let to = |n, path| PeerConnection {
+        peer_id: peer_id(n),
+        path,
+    };
+    let (direct, relayed) = (
+        to(11, ConnectionPathKind::Direct),
+        to(12, ConnectionPathKind::Relayed),
+    );
+    let current = Arc::new(Mutex::new(vec![relayed, direct]));
+    let connections: Connections = {
+        let current = current.clone();
+        Arc::new(move || current.lock().unwrap().clone())
+    };
+    let shutdown = CancellationToken::new();
+    within(20, async {
+        let mut feed = events(&t);
+        let session = spawn_session(
+            c.clone(),
+            register_request(peer),
+            Files::default().source(),
+            connections,
+            fast(),
+            shutdown.clone(),
+        );
+        let mut expected = vec![direct, relayed];
+        expected.sort_by_key(|c| c.peer_id);
+        listed_until(&c, peer, |p| p.connections == expected).await;
+
+        // More than the tracker takes: the session sends what it accepts, and keeps beating.
+        let many: Vec<_> = (0..=MAX_PEER_CONNECTIONS)
+            .map(|n| PeerConnection {
+                peer_id: PeerId(Sha256::digest(n.to_le_bytes()).into()),
+                path: ConnectionPathKind::HolePunched,
+            })
+            .collect();
+        *current.lock().unwrap() = many;
+        listed_until(&c, peer, |p| p.connections.len() == MAX_PEER_CONNECTIONS).await;
+        assert!(session.is_registered());
+
+        // Registering again clears the tracker's list; the session sends it again although it
+        // did not change.
+        *current.lock().unwrap() = vec![direct];
+        listed_until(&c, peer, |p| p.connections == [direct]).await;
+        c.unregister(&peer).await.unwrap();
+        feed.next(|e| matches!(e, Event::PeerLeft { peer_id, .. } if *peer_id == peer))
+            .await;
+        feed.next(|e| matches!(e, Event::PeerJoined { peer_id, .. } if *peer_id == peer))
+            .await;
+        listed_until(&c, peer, |p| p.connections == [direct]).await;
+
+        shutdown.cancel();
+        session.stopped().await;
+    })
+    .await;
+    t.stop().await.unwrap();
 }

@@ -109,6 +109,48 @@ pub struct HeartbeatRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", oai(skip_serializing_if_is_none))]
     pub downloaded: Option<u64>,
+    /// How the peer last reached each other peer, at most [`MAX_PEER_CONNECTIONS`] entries.
+    /// Replaces the list the tracker has; absent: the list is unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", oai(skip_serializing_if_is_none))]
+    pub connections: Option<Vec<PeerConnection>>,
+}
+
+/// Most entries a heartbeat's `connections` may have.
+pub const MAX_PEER_CONNECTIONS: usize = 256;
+
+/// How a connection between two peers runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(poem_openapi::Enum))]
+#[cfg_attr(feature = "openapi", oai(rename_all = "snake_case"))]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectionPathKind {
+    /// TCP straight to the other peer.
+    Direct,
+    /// QUIC over a UDP hole punched through both NATs.
+    HolePunched,
+    /// A tunnel through the tracker's relay.
+    Relayed,
+}
+
+impl std::fmt::Display for ConnectionPathKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Direct => "direct",
+            Self::HolePunched => "hole-punched",
+            Self::Relayed => "relayed",
+        })
+    }
+}
+
+/// One peer's latest outgoing connection to another peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
+#[cfg_attr(feature = "openapi", oai(rename_all = "snake_case"))]
+pub struct PeerConnection {
+    /// The other peer.
+    pub peer_id: PeerId,
+    pub path: ConnectionPathKind,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,6 +186,10 @@ pub struct PeerInfo {
     pub files: u64,
     pub uploaded: u64,
     pub downloaded: u64,
+    /// How this peer last reached each other peer, as its heartbeats reported.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", oai(default))]
+    pub connections: Vec<PeerConnection>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -382,5 +428,33 @@ mod tests {
             )
         );
         assert_eq!(serde_json::from_str::<EventMessage>(&json).unwrap(), msg);
+    }
+
+    #[test]
+    fn heartbeat_connections_json_shape() {
+        let peer = PeerId([0xab; 32]);
+        let old_peer = format!(r#"{{"peer_id":"{peer}"}}"#);
+        let beat: HeartbeatRequest = serde_json::from_str(&old_peer).unwrap();
+        assert_eq!(beat.connections, None, "absent means unchanged");
+        assert_eq!(serde_json::to_string(&beat).unwrap(), old_peer);
+
+        let beat = HeartbeatRequest {
+            connections: Some(vec![PeerConnection {
+                peer_id: peer,
+                path: ConnectionPathKind::HolePunched,
+            }]),
+            ..beat
+        };
+        let json = serde_json::to_string(&beat).unwrap();
+        assert_eq!(
+            json,
+            format!(
+                r#"{{"peer_id":"{peer}","connections":[{{"peer_id":"{peer}","path":"hole_punched"}}]}}"#
+            )
+        );
+        assert_eq!(
+            serde_json::from_str::<HeartbeatRequest>(&json).unwrap(),
+            beat
+        );
     }
 }

@@ -13,8 +13,8 @@ use p2p_proto::api::{EventMessage, FileDetails, FilePeer, FileSummary, PeerInfo,
 
 use crate::api::{self, ApiError};
 use crate::logic::{
-    EventLog, FileSort, Series, Session, filter_and_sort, format_ago, format_bytes, short_id,
-    ws_url,
+    EventLog, FileSort, Series, Session, filter_and_sort, format_ago, format_bytes,
+    format_connections, short_id, ws_url,
 };
 
 const SESSION_KEY: &str = "p2p-session";
@@ -454,7 +454,8 @@ fn PeersTable(data: Data) -> impl IntoView {
                             <th scope="col">"Status"</th>
                             <th scope="col">"Last heartbeat"</th>
                             <th scope="col">"Files"</th>
-                            <th scope="col">"Connection"</th>
+                            <th scope="col">"Reach"</th>
+                            <th scope="col" title="How this peer last reached the peers it connected to">"Connections"</th>
                         </tr>
                     </thead>
                     <tbody>
@@ -480,7 +481,8 @@ fn PeersTable(data: Data) -> impl IntoView {
                                         </td>
                                         <td>{format_ago(now, p.last_seen_ms)}</td>
                                         <td>{p.files}</td>
-                                        <td>{if p.relay_only { "relayed" } else { "direct" }}</td>
+                                        <td>{if p.relay_only { "relay-only" } else { "reachable" }}</td>
+                                        <td>{format_connections(&p.connections)}</td>
                                     </tr>
                                 }
                             }

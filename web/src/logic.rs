@@ -3,7 +3,10 @@
 
 use std::collections::VecDeque;
 
-use p2p_proto::api::{Event, EventMessage, FileSummary, LeaveReason, LoginResponse};
+use p2p_proto::api::{
+    ConnectionPathKind, Event, EventMessage, FileSummary, LeaveReason, LoginResponse,
+    PeerConnection,
+};
 use serde::{Deserialize, Serialize};
 
 /// `1536` → `1.5 KiB`.
@@ -43,6 +46,26 @@ pub fn short_id(id: &str) -> String {
         id.to_owned()
     } else {
         format!("{}…{}", &id[..8], &id[id.len() - 4..])
+    }
+}
+
+/// A peer's connections counted by path: `2 direct, 1 relayed`, or `–` for none.
+pub fn format_connections(connections: &[PeerConnection]) -> String {
+    let counts: Vec<String> = [
+        ConnectionPathKind::Direct,
+        ConnectionPathKind::HolePunched,
+        ConnectionPathKind::Relayed,
+    ]
+    .into_iter()
+    .filter_map(|path| {
+        let n = connections.iter().filter(|c| c.path == path).count();
+        (n > 0).then(|| format!("{n} {path}"))
+    })
+    .collect();
+    if counts.is_empty() {
+        "–".to_owned()
+    } else {
+        counts.join(", ")
     }
 }
 
@@ -372,6 +395,24 @@ mod tests {
         assert_eq!(format_ago(0, 5), "just now", "clock skew is not negative");
         assert_eq!(short_id(&"ab".repeat(32)), "abababab…abab");
         assert_eq!(short_id("short"), "short");
+    }
+
+    #[test]
+    fn connections_are_counted_by_path() {
+        let to = |n, path| PeerConnection {
+            peer_id: PeerId([n; 32]),
+            path,
+        };
+        assert_eq!(format_connections(&[]), "–");
+        assert_eq!(
+            format_connections(&[
+                to(1, ConnectionPathKind::Relayed),
+                to(2, ConnectionPathKind::Direct),
+                to(3, ConnectionPathKind::Direct),
+                to(4, ConnectionPathKind::HolePunched),
+            ]),
+            "2 direct, 1 hole-punched, 1 relayed"
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures_util::stream::BoxStream;
-use p2p_proto::api::{FilePeer, FileSummary, PeerInfo, Stats};
+use p2p_proto::api::{FilePeer, FileSummary, PeerConnection, PeerInfo, Stats};
 use p2p_proto::{Bitfield, FileId, Manifest, PeerId};
 
 mod postgres;
@@ -96,13 +96,15 @@ impl Presence {
     }
 }
 
-/// One heartbeat, applied in batches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One heartbeat, applied in batches. `None` fields leave the stored value as it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Beat {
     pub peer_id: PeerId,
     pub at_ms: u64,
     pub uploaded: Option<u64>,
     pub downloaded: Option<u64>,
+    /// Replaces the peer's list of connections.
+    pub connections: Option<Vec<PeerConnection>>,
 }
 
 /// What an announce did.
@@ -200,10 +202,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn event_fanout(&self) -> Option<Arc<dyn EventFanout>>;
 
     /// Inserts or updates a peer and marks it online; returns how it stood before, if known.
+    /// Its list of connections starts empty (a new session reports its own).
     async fn register_peer(&self, peer: &NewPeer, now_ms: u64) -> StoreResult<Option<Presence>>;
     /// How a peer stands, or `None` when it is not registered.
     async fn peer_presence(&self, id: &PeerId) -> StoreResult<Option<Presence>>;
-    /// Applies heartbeats: last-seen times (never moved backwards), online, traffic counters.
+    /// Applies heartbeats: last-seen times (never moved backwards), online, traffic counters,
+    /// connections.
     /// Returns, for each beat, how its peer stood before, or `None` for an unknown peer.
     async fn record_beats(&self, beats: &[Beat]) -> StoreResult<Vec<Option<Presence>>>;
     /// Removes a peer and what it announced; `false` when it was not registered.
@@ -269,6 +273,11 @@ pub(crate) fn like_pattern(search: &str) -> String {
     p
 }
 
+/// The JSON text of a JSON column (addresses, connections).
+pub(crate) fn to_json_column<T: serde::Serialize + ?Sized>(value: &T) -> StoreResult<String> {
+    serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
 /// Clamps an unsigned value into the signed column type.
 pub(crate) fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
@@ -303,10 +312,9 @@ macro_rules! sql_store_impl {
                 peer: &$crate::store::NewPeer,
                 now_ms: u64,
             ) -> $crate::store::StoreResult<Option<$crate::store::Presence>> {
-                use $crate::store::{rows, sql, to_i64};
+                use $crate::store::{rows, sql, to_i64, to_json_column};
                 let id = peer.id.to_string();
-                let addresses = serde_json::to_string(&peer.addresses)
-                    .map_err(|e| $crate::store::StoreError::Corrupt(e.to_string()))?;
+                let addresses = to_json_column(&peer.addresses)?;
                 let mut tx = self.writer().begin().await?;
                 let before = sqlx::query_as::<_, rows::PresenceRow>(sql::PEER_PRESENCE)
                     .bind(&id)

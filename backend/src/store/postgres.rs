@@ -10,20 +10,22 @@ use futures_util::stream::BoxStream;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 
-use super::{Backend, Beat, EventFanout, Presence, StoreResult, rows, to_i64};
+use super::{Backend, Beat, EventFanout, Presence, StoreResult, rows, to_i64, to_json_column};
 
 /// Batched heartbeats. All parts of one statement see the same snapshot, so `before` holds the
 /// state prior to the update. With the same peer twice in a batch, the latest beat wins.
 const PG_TOUCH_PEERS: &str = "\
 WITH b AS (
-    SELECT DISTINCT ON (id) id, at, up, down
-    FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bigint[]) AS u(id, at, up, down)
+    SELECT DISTINCT ON (id) id, at, up, down, conns
+    FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::text[])
+        AS u(id, at, up, down, conns)
     ORDER BY id, at DESC
 ), before AS (
     SELECT p.id, p.online, p.last_seen FROM peers p JOIN b ON p.id = b.id
 ), touched AS (
     UPDATE peers p SET last_seen = b.at, online = TRUE,
-        uploaded = COALESCE(b.up, p.uploaded), downloaded = COALESCE(b.down, p.downloaded)
+        uploaded = COALESCE(b.up, p.uploaded), downloaded = COALESCE(b.down, p.downloaded),
+        connections = COALESCE(b.conns, p.connections)
     FROM b WHERE p.id = b.id AND p.last_seen <= b.at
     RETURNING p.id
 )
@@ -114,11 +116,16 @@ impl PgStore {
         let at: Vec<i64> = beats.iter().map(|b| to_i64(b.at_ms)).collect();
         let up: Vec<Option<i64>> = beats.iter().map(|b| b.uploaded.map(to_i64)).collect();
         let down: Vec<Option<i64>> = beats.iter().map(|b| b.downloaded.map(to_i64)).collect();
+        let conns: Vec<Option<String>> = beats
+            .iter()
+            .map(|b| b.connections.as_deref().map(to_json_column).transpose())
+            .collect::<StoreResult<_>>()?;
         let found = sqlx::query_as::<_, rows::IdPresenceRow>(PG_TOUCH_PEERS)
             .bind(&ids)
             .bind(&at)
             .bind(&up)
             .bind(&down)
+            .bind(&conns)
             .fetch_all(&self.beats)
             .await?;
         Ok(rows::presence_per_beat(&ids, found))

@@ -2,7 +2,7 @@
 //!
 //! The `FromRow` derives are generic over the row type, so both backends share these.
 
-use p2p_proto::api::{FilePeer, FileSummary, PeerInfo, Stats};
+use p2p_proto::api::{FilePeer, FileSummary, PeerConnection, PeerInfo, Stats};
 use p2p_proto::{Bitfield, FileId, Manifest, Sha256Hash};
 
 use super::{ApiKeyRecord, FileRecord, Presence, StoreError, UserRecord};
@@ -26,6 +26,10 @@ fn to_u16(v: i64) -> Result<u16, StoreError> {
 
 fn parse_addresses(json: &str) -> Result<Vec<String>, StoreError> {
     serde_json::from_str(json).map_err(|_| corrupt("bad address list"))
+}
+
+fn parse_connections(json: &str) -> Result<Vec<PeerConnection>, StoreError> {
+    serde_json::from_str(json).map_err(|_| corrupt("bad connection list"))
 }
 
 #[derive(sqlx::FromRow)]
@@ -92,6 +96,7 @@ pub(super) struct PeerRow {
     files: i64,
     uploaded: i64,
     downloaded: i64,
+    connections: String,
 }
 
 impl TryFrom<PeerRow> for PeerInfo {
@@ -113,6 +118,7 @@ impl TryFrom<PeerRow> for PeerInfo {
             files: to_u64(r.files),
             uploaded: to_u64(r.uploaded),
             downloaded: to_u64(r.downloaded),
+            connections: parse_connections(&r.connections)?,
         })
     }
 }

@@ -24,21 +24,32 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, TRUE)
 ON CONFLICT (id) DO UPDATE SET
     addresses = excluded.addresses, port = excluded.port, udp_port = excluded.udp_port,
     relay_only = excluded.relay_only, observed_ip = excluded.observed_ip, name = excluded.name,
-    version = excluded.version, last_seen = excluded.last_seen, online = TRUE";
+    version = excluded.version, last_seen = excluded.last_seen, online = TRUE,
+    connections = '[]'";
 
 pub(super) const DELETE_PEER: &str = "DELETE FROM peers WHERE id = $1";
 
 pub(super) const EXPIRE_PEERS: &str =
     "UPDATE peers SET online = FALSE WHERE online = TRUE AND last_seen < $1 RETURNING id";
 
-pub(super) const LIST_PEERS: &str = concat!(
-    "SELECT p.id, p.addresses, p.port, p.udp_port, p.relay_only, p.observed_ip, p.name,
+/// The columns of a `rows::PeerRow` from `peers p`, live at cutoff `$1`.
+macro_rules! peer_columns {
+    () => {
+        concat!(
+            "p.id, p.addresses, p.port, p.udp_port, p.relay_only, p.observed_ip, p.name,
         p.version, p.registered_at, p.last_seen, ",
-    live_peer!("p", "$1"),
-    " AS live,
+            live_peer!("p", "$1"),
+            " AS live,
         (SELECT COUNT(*) FROM file_peers fp WHERE fp.peer_id = p.id) AS files,
-        p.uploaded, p.downloaded
-    FROM peers p
+        p.uploaded, p.downloaded, p.connections"
+        )
+    };
+}
+
+pub(super) const LIST_PEERS: &str = concat!(
+    "SELECT ",
+    peer_columns!(),
+    " FROM peers p
     WHERE ($2 = FALSE OR ",
     live_peer!("p", "$1"),
     ")
@@ -46,15 +57,8 @@ pub(super) const LIST_PEERS: &str = concat!(
     LIMIT $3 OFFSET $4"
 );
 
-pub(super) const GET_PEER: &str = concat!(
-    "SELECT p.id, p.addresses, p.port, p.udp_port, p.relay_only, p.observed_ip, p.name,
-        p.version, p.registered_at, p.last_seen, ",
-    live_peer!("p", "$1"),
-    " AS live,
-        (SELECT COUNT(*) FROM file_peers fp WHERE fp.peer_id = p.id) AS files,
-        p.uploaded, p.downloaded
-    FROM peers p WHERE p.id = $2"
-);
+pub(super) const GET_PEER: &str =
+    concat!("SELECT ", peer_columns!(), " FROM peers p WHERE p.id = $2");
 
 pub(super) const COUNT_PEERS: &str = concat!(
     "SELECT COUNT(*) FROM peers p WHERE ($2 = FALSE OR ",

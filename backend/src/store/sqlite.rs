@@ -11,17 +11,21 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use super::{Backend, Beat, EventFanout, Presence, StoreError, StoreResult, rows, to_i64};
 
 /// The state of a heartbeat batch's peers before it is applied. `$1` is a JSON array of
-/// `[peer_id, at_ms, uploaded, downloaded]`.
+/// `[peer_id, at_ms, uploaded, downloaded, connections]`.
 const SQLITE_BEATS_BEFORE: &str = "\
 SELECT p.id, p.online, p.last_seen FROM peers p
 WHERE p.id IN (SELECT json_extract(value, '$[0]') FROM json_each($1))";
 
-/// Applies a heartbeat batch (same JSON as above); with a peer twice, the latest beat wins.
+/// Applies a heartbeat batch (same JSON as above). With a peer twice, the latest beat wins:
+/// with one `MAX()` in a grouped query, SQLite takes the other columns from the row holding
+/// the maximum. (`json_extract` returns the connections array as JSON text, NULL for null.)
 const SQLITE_TOUCH_PEERS: &str = "\
 UPDATE peers SET last_seen = b.at, online = TRUE,
-    uploaded = COALESCE(b.up, peers.uploaded), downloaded = COALESCE(b.down, peers.downloaded)
+    uploaded = COALESCE(b.up, peers.uploaded), downloaded = COALESCE(b.down, peers.downloaded),
+    connections = COALESCE(b.conns, peers.connections)
 FROM (SELECT json_extract(value, '$[0]') AS id, MAX(json_extract(value, '$[1]')) AS at,
-             MAX(json_extract(value, '$[2]')) AS up, MAX(json_extract(value, '$[3]')) AS down
+             json_extract(value, '$[2]') AS up, json_extract(value, '$[3]') AS down,
+             json_extract(value, '$[4]') AS conns
       FROM json_each($1) GROUP BY 1) AS b
 WHERE peers.id = b.id AND peers.last_seen <= b.at";
 
@@ -77,7 +81,8 @@ impl SqliteStore {
                         id,
                         to_i64(b.at_ms),
                         b.uploaded.map(to_i64),
-                        b.downloaded.map(to_i64)
+                        b.downloaded.map(to_i64),
+                        b.connections
                     ])
                 })
                 .collect(),

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use p2p_proto::PeerId;
+use p2p_proto::api::ConnectionPathKind;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -38,6 +39,17 @@ impl std::fmt::Display for ConnectionPath {
             Self::HolePunched => "hole-punched",
             Self::Relayed => "relayed",
         })
+    }
+}
+
+/// The tracker API's name for the path.
+impl From<ConnectionPath> for ConnectionPathKind {
+    fn from(path: ConnectionPath) -> Self {
+        match path {
+            ConnectionPath::Direct => Self::Direct,
+            ConnectionPath::HolePunched => Self::HolePunched,
+            ConnectionPath::Relayed => Self::Relayed,
+        }
     }
 }
 
