@@ -378,7 +378,7 @@ struct Shared {
     data: Vec<u8>,
     path: std::path::PathBuf,
     manifest: p2p_proto::Manifest,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Shared {
@@ -395,7 +395,7 @@ impl Shared {
             data,
             path,
             manifest,
-            _dir: dir,
+            dir,
         }
     }
 
@@ -496,6 +496,11 @@ async fn relay_only_skips_direct_addresses() {
 
 /// A whole peer node (relay, hole punching) on the tracker, with its own data dir.
 async fn node(t: &RunningTracker, dir: &Path) -> Node {
+    node_limited(t, dir, None).await
+}
+
+/// As [`node`], uploading at most `upload_limit` bytes/s.
+async fn node_limited(t: &RunningTracker, dir: &Path, upload_limit: Option<u64>) -> Node {
     let args = NodeArgs {
         tracker: t.base_url(),
         port: 0,
@@ -504,7 +509,7 @@ async fn node(t: &RunningTracker, dir: &Path) -> Node {
         api_key: Some(KEY.into()),
         listen: "127.0.0.1".parse().unwrap(),
         announce_addrs: vec![],
-        upload_limit: None,
+        upload_limit,
         download_limit: None,
         pipeline: 16,
         dht: false,
@@ -607,6 +612,59 @@ async fn peers_without_direct_addresses_hole_punch_and_reuse_the_connection_both
         a.shutdown();
         b.shutdown();
         t.stop().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn one_download_pulls_over_direct_hole_punched_and_relayed_paths_at_once() {
+    within(90, async {
+        let f = Shared::start(12 * 1024 * 1024 + 9).await;
+        // Direct and hole-punched seeders are held to 512 KiB/s each, so the relayed one (reached
+        // only after its hole punch times out, as it does not answer invitations) still finds
+        // chunks to send.
+        let direct = direct_seeder(&f.path, &f.stop, Some(512 << 10)).await;
+        let punched_dir = f.dir.path().join("punched");
+        let punched = node_limited(&f.t, &punched_dir, Some(512 << 10)).await;
+        punched.library.share(&f.path).await.unwrap();
+        let relayed = relayed_seeder(&f.t, &f.path, &f.stop).await;
+        let leecher = node(&f.t, &f.dir.path().join("leecher")).await;
+        let sources = [
+            direct.clone(),
+            Source {
+                peer_id: punched.identity.peer_id(),
+                addrs: vec![],
+            },
+            Source {
+                peer_id: relayed.peer_id(),
+                addrs: vec![],
+            },
+        ];
+        let opts = DownloadOptions {
+            pipeline: 2,
+            connector: leecher.connector.clone(),
+            ..DownloadOptions::default()
+        };
+        let report = fetch_checked(&leecher.identity, &f.manifest, &sources, opts, &f.data).await;
+        let by = |id| report.peers.iter().find(|p| p.peer_id == id).unwrap();
+        let paths = [
+            (by(direct.peer_id), ConnectionPath::Direct),
+            (by(punched.identity.peer_id()), ConnectionPath::HolePunched),
+            (by(relayed.peer_id()), ConnectionPath::Relayed),
+        ];
+        for (peer, path) in paths {
+            assert_eq!(peer.path, Some(path), "{:?}", report.peers);
+            assert!(
+                peer.bytes > 0,
+                "{path} contributed nothing: {:?}",
+                report.peers
+            );
+        }
+        let total: u64 = report.peers.iter().map(|p| p.bytes).sum();
+        assert_eq!(total, f.data.len() as u64);
+        punched.shutdown();
+        leecher.shutdown();
+        f.stop().await;
     })
     .await;
 }
