@@ -49,6 +49,8 @@ try {
   page.on('pageerror', (e) => problems.push(`page error: ${e}`));
 
   await share(1, 'first-file.iso');
+  // Peer 1 reports reaching peer 2 through a hole punch (the peers table shows it).
+  await api('/api/peers/heartbeat', { peer_id: peerId(1), connections: [{ peer_id: peerId(2), path: 'hole_punched' }] });
 
   // Nothing but the login page without a session.
   await page.goto(BASE_URL + '/dashboard/');
@@ -89,7 +91,9 @@ try {
 
   await page.getByRole('button', { name: 'Peers' }).click();
   await page.getByTestId('peers-table').getByText('192.0.2.2:6882').waitFor({ timeout: 5000 });
+  await page.getByTestId('peers-table').getByText('1 hole-punched').waitFor({ timeout: 5000 });
   await page.screenshot({ path: `${SHOTS}/4-peers.png` });
+  console.log('ok: the peers table shows how a peer reaches others');
   await page.getByRole('button', { name: 'Files', exact: true }).click();
   await page.getByLabel('Search files').fill('second');
   await page.getByTestId('files-table').getByText('second-file.mkv').waitFor({ timeout: 5000 });
