@@ -194,7 +194,7 @@ impl Node {
     }
 }
 
-/// Punch invitations answered at once; more are dropped (their askers fall back to the relay),
+/// Punch invitations answered at once; more are declined (their askers fall back to the relay),
 /// so a peer asking again and again cannot make us hold many sockets.
 const MAX_ANSWERING: usize = 32;
 
@@ -214,7 +214,8 @@ async fn answer_punches(
             },
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::debug!(peer = %ticket.peer, "too many hole punches at once; invitation dropped");
+            tracing::debug!(peer = %ticket.peer, "too many hole punches at once; declined");
+            puncher.decline(ticket.session).await;
             continue;
         };
         let puncher = puncher.clone();

@@ -620,9 +620,8 @@ async fn peers_without_direct_addresses_hole_punch_and_reuse_the_connection_both
 async fn one_download_pulls_over_direct_hole_punched_and_relayed_paths_at_once() {
     within(90, async {
         let f = Shared::start(12 * 1024 * 1024 + 9).await;
-        // Direct and hole-punched seeders are held to 512 KiB/s each, so the relayed one (reached
-        // only after its hole punch times out, as it does not answer invitations) still finds
-        // chunks to send.
+        // Direct and hole-punched seeders are held to 512 KiB/s each, so the relayed one (which
+        // declines hole punches, so the leecher turns to the relay at once) has chunks to send.
         let direct = direct_seeder(&f.path, &f.stop, Some(512 << 10)).await;
         let punched_dir = f.dir.path().join("punched");
         let punched = node_limited(&f.t, &punched_dir, Some(512 << 10)).await;
@@ -662,6 +661,13 @@ async fn one_download_pulls_over_direct_hole_punched_and_relayed_paths_at_once()
         }
         let total: u64 = report.peers.iter().map(|p| p.bytes).sum();
         assert_eq!(total, f.data.len() as u64);
+        // Had the decline not reached the leecher, the relayed seeder alone would have waited
+        // for the punch's bind timeout.
+        assert!(
+            report.elapsed < p2p_peer::net::punch::BIND_TIMEOUT,
+            "took {:?}",
+            report.elapsed
+        );
         punched.shutdown();
         leecher.shutdown();
         f.stop().await;

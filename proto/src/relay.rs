@@ -188,8 +188,11 @@ pub enum RelayFrame {
     },
     /// Hub → peer: both sides are bound; `addr` is the other side's address as the hub saw it.
     PunchGo { session: Nonce16, addr: SocketAddr },
-    /// Hub → peer: request `request` cannot go ahead (the peer is not attached…).
+    /// Hub → peer: request `request` cannot go ahead (the peer is not attached, declined…).
     PunchFailed { request: u32, code: CloseCode },
+    /// Invited peer → hub: it will not punch in `session` (punching is off, or it is busy); the
+    /// hub tells the asker at once with `PunchFailed`, so it moves on to the relay.
+    PunchDecline { session: Nonce16 },
 }
 
 mod tag {
@@ -206,6 +209,7 @@ mod tag {
     pub const PUNCH_BIND: u8 = 0x21;
     pub const PUNCH_GO: u8 = 0x22;
     pub const PUNCH_FAILED: u8 = 0x23;
+    pub const PUNCH_DECLINE: u8 = 0x24;
 }
 
 impl RelayFrame {
@@ -223,6 +227,7 @@ impl RelayFrame {
             Self::PunchBind { .. } => 4 + 32 + 16 + 16 + 2,
             Self::PunchGo { addr, .. } => 16 + punch::addr_len(addr),
             Self::PunchFailed { .. } => 5,
+            Self::PunchDecline { .. } => 16,
         }
     }
 
@@ -301,6 +306,10 @@ impl RelayFrame {
                 dst.put_u8(tag::PUNCH_FAILED);
                 dst.put_u32(*request);
                 dst.put_u8(code.as_u8());
+            }
+            Self::PunchDecline { session } => {
+                dst.put_u8(tag::PUNCH_DECLINE);
+                dst.put_slice(session);
             }
         }
     }
@@ -431,6 +440,11 @@ impl RelayFrame {
                 need(&r, 1, what)?;
                 let code = CloseCode::from_u8(r.get_u8());
                 (what, Self::PunchFailed { request, code })
+            }
+            tag::PUNCH_DECLINE => {
+                let what = "punch decline";
+                let session = id16(&mut r, what)?;
+                (what, Self::PunchDecline { session })
             }
             other => return Err(RelayFrameError::UnknownType(other)),
         };
@@ -620,6 +634,10 @@ mod tests {
             .to_vec(),
             [0x23, 0, 0, 0, 1, 1]
         );
+        assert_eq!(
+            RelayFrame::PunchDecline { session: [5; 16] }.to_vec(),
+            [&[0x24][..], &[5; 16]].concat()
+        );
     }
 
     #[test]
@@ -759,6 +777,7 @@ mod tests {
                 request,
                 code: CloseCode::from_u8(c)
             }),
+            any::<[u8; 16]>().prop_map(|session| RelayFrame::PunchDecline { session }),
         ]
     }
 

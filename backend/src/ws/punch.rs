@@ -47,7 +47,10 @@ pub struct Ticket {
 
 #[derive(Debug)]
 struct Session {
+    /// The asker, then the invited peer.
     peers: [PeerId; 2],
+    /// The asker's request id.
+    request: u32,
     addrs: [Option<SocketAddr>; 2],
     created: Instant,
     go_sent: bool,
@@ -92,13 +95,19 @@ impl Rendezvous {
     }
 
     /// A new session between `asker` and `target`: the tickets of each side.
-    pub fn open(&self, asker: PeerId, target: PeerId) -> Result<[Ticket; 2], PunchRefusal> {
-        self.open_at(asker, target, Instant::now())
+    pub fn open(
+        &self,
+        asker: PeerId,
+        request: u32,
+        target: PeerId,
+    ) -> Result<[Ticket; 2], PunchRefusal> {
+        self.open_at(asker, request, target, Instant::now())
     }
 
     fn open_at(
         &self,
         asker: PeerId,
+        request: u32,
         target: PeerId,
         now: Instant,
     ) -> Result<[Ticket; 2], PunchRefusal> {
@@ -117,6 +126,7 @@ impl Rendezvous {
             session,
             Session {
                 peers: [asker, target],
+                request,
                 addrs: [None, None],
                 created: now,
                 go_sent: false,
@@ -157,6 +167,18 @@ impl Rendezvous {
             addr,
         };
         Some([(s.peers[0], go(b)), (s.peers[1], go(a))])
+    }
+
+    /// The invited peer `decliner` will not punch in `session`: the session ends, and the
+    /// asker and its request id are returned so it can be told.
+    pub fn decline(&self, session: &Nonce16, decliner: &PeerId) -> Option<(PeerId, u32)> {
+        let mut t = self.table.lock().ok()?;
+        if t.sessions.get(session)?.peers[1] != *decliner {
+            return None;
+        }
+        let s = t.sessions.remove(session)?;
+        t.tokens.retain(|_, (id, _)| id != session);
+        Some((s.peers[0], s.request))
     }
 
     /// Whether `token` belongs to a live session.
@@ -230,9 +252,9 @@ mod tests {
     fn both_sides_learn_the_other_address_once() {
         let r = Rendezvous::default();
         let (a, b) = (PeerId([1; 32]), PeerId([2; 32]));
-        assert_eq!(r.open(a, b), Err(PunchRefusal::Disabled));
+        assert_eq!(r.open(a, 1, b), Err(PunchRefusal::Disabled));
         r.enable(8080);
-        let [ta, tb] = r.open(a, b).unwrap();
+        let [ta, tb] = r.open(a, 1, b).unwrap();
         assert_eq!(ta.session, tb.session);
         assert_ne!(ta.token, tb.token);
         assert!(r.bind(&ta.token, addr("203.0.113.5:4000")).is_none());
@@ -263,21 +285,33 @@ mod tests {
     }
 
     #[test]
+    fn only_the_invited_peer_declines_and_the_asker_is_named() {
+        let r = Rendezvous::default();
+        r.enable(1);
+        let (a, b) = (PeerId([1; 32]), PeerId([2; 32]));
+        let [ta, _] = r.open(a, 7, b).unwrap();
+        assert_eq!(r.decline(&ta.session, &a), None, "the asker cannot decline");
+        assert_eq!(r.decline(&ta.session, &b), Some((a, 7)));
+        assert!(!r.knows(&ta.token));
+        assert_eq!(r.decline(&ta.session, &b), None);
+    }
+
+    #[test]
     fn sessions_expire_and_are_bounded() {
         let r = Rendezvous::default();
         r.enable(1);
         let now = Instant::now();
         let (a, b) = (PeerId([1; 32]), PeerId([2; 32]));
-        let [ta, _] = r.open_at(a, b, now).unwrap();
+        let [ta, _] = r.open_at(a, 1, b, now).unwrap();
         assert!(r.knows(&ta.token));
         let later = now + SESSION_TTL + Duration::from_secs(1);
         assert!(r.bind_at(&ta.token, addr("1.2.3.4:5"), later).is_none());
         assert!(!r.knows(&ta.token));
         assert_eq!(r.sessions(), 0);
         for _ in 0..MAX_SESSIONS_PER_PEER {
-            r.open_at(a, b, later).unwrap();
+            r.open_at(a, 1, b, later).unwrap();
         }
-        assert_eq!(r.open_at(a, b, later), Err(PunchRefusal::Busy));
+        assert_eq!(r.open_at(a, 1, b, later), Err(PunchRefusal::Busy));
         let mut asker = 0u16;
         while r.sessions() < MAX_SESSIONS {
             asker += 1;
@@ -285,12 +319,12 @@ mod tests {
             id[..2].copy_from_slice(&asker.to_be_bytes());
             for _ in 0..MAX_SESSIONS_PER_PEER {
                 if r.sessions() < MAX_SESSIONS {
-                    r.open_at(PeerId(id), b, later).unwrap();
+                    r.open_at(PeerId(id), 1, b, later).unwrap();
                 }
             }
         }
         assert_eq!(
-            r.open_at(PeerId([0xff; 32]), b, later),
+            r.open_at(PeerId([0xff; 32]), 1, b, later),
             Err(PunchRefusal::Busy)
         );
     }

@@ -244,7 +244,7 @@ impl RelayHub {
                 return;
             }
         };
-        let [mine, theirs] = match self.punch.open(conn.peer_id, to) {
+        let [mine, theirs] = match self.punch.open(conn.peer_id, request, to) {
             Ok(t) => t,
             Err(e) => {
                 tracing::debug!(error = %e, "punch refused");
@@ -462,6 +462,13 @@ impl RelayHub {
             }
             RelayFrame::PunchRequest { request, to } => {
                 self.punch_request(conn, request, to).await;
+            }
+            RelayFrame::PunchDecline { session } => {
+                if let Some((asker, request)) = self.punch.decline(&session, &conn.peer_id) {
+                    let code = CloseCode::Unsupported;
+                    self.send_to(&asker, &RelayFrame::PunchFailed { request, code })
+                        .await;
+                }
             }
             other => {
                 conn.send(

@@ -36,6 +36,7 @@ use std::time::Duration;
 
 use p2p_proto::PeerId;
 use p2p_proto::punch::{MAX_PUNCH_PACKET_LEN, Nonce16, PunchPacket};
+use p2p_proto::relay::CloseCode;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -75,6 +76,8 @@ pub enum PunchError {
     Relay(#[from] RelayError),
     #[error("the tracker did not see both sides bind in time")]
     BindTimeout,
+    #[error("the other peer does not punch: {0}")]
+    Declined(CloseCode),
     #[error("no probe came back in time (a NAT maps per destination or drops UDP)")]
     NoPath,
     #[error("cannot resolve the tracker host {0:?}")]
@@ -96,8 +99,8 @@ pub struct PunchTicket {
     pub token: Nonce16,
     /// The tracker's rendezvous port.
     pub udp_port: u16,
-    /// Fires with the other side's address once both are bound.
-    pub go: oneshot::Receiver<SocketAddr>,
+    /// Fires with the other side's address once both are bound, or why the punch is off.
+    pub go: oneshot::Receiver<Result<SocketAddr, CloseCode>>,
 }
 
 /// A QUIC stream (on a punched path) another peer opened to us.
@@ -174,6 +177,11 @@ impl Puncher {
     /// Answers an invitation: punches from our side and accepts the other side's connection.
     pub async fn answer(self: &Arc<Self>, ticket: PunchTicket) -> Result<(), PunchError> {
         self.establish(ticket, Side::Server).await.map(drop)
+    }
+
+    /// Declines an invitation (the asker moves on to the relay at once).
+    pub async fn decline(&self, session: Nonce16) {
+        let _ = self.relay.decline(session).await;
     }
 
     fn pooled(&self, peer: &PeerId) -> Option<Pooled> {
@@ -340,7 +348,11 @@ async fn punch_path(
     let mut target = loop {
         tokio::select! {
             _ = &mut bind_deadline => return Err(PunchError::BindTimeout),
-            addr = &mut go => break addr.map_err(|_| PunchError::BindTimeout)?,
+            addr = &mut go => match addr {
+                Ok(Ok(addr)) => break addr,
+                Ok(Err(code)) => return Err(PunchError::Declined(code)),
+                Err(_) => return Err(PunchError::BindTimeout),
+            },
             _ = tick.tick() => { socket.send_to(&bind, rendezvous).await?; }
             r = socket.recv_from(&mut buf) => {
                 if let Ok((n, from)) = r
@@ -542,7 +554,9 @@ impl ServerCertVerifier for NoiseAuthenticates {
 mod tests {
     use super::*;
 
-    fn ticket(session: Nonce16, token: Nonce16) -> (PunchTicket, oneshot::Sender<SocketAddr>) {
+    type Go = oneshot::Sender<Result<SocketAddr, CloseCode>>;
+
+    fn ticket(session: Nonce16, token: Nonce16) -> (PunchTicket, Go) {
         let (tx, go) = oneshot::channel();
         let t = PunchTicket {
             peer: PeerId([0; 32]),
@@ -579,8 +593,8 @@ mod tests {
                     seen.insert(token, from);
                 }
             }
-            go_a.send(seen[&[3; 16]]).unwrap();
-            go_b.send(seen[&[2; 16]]).unwrap();
+            go_a.send(Ok(seen[&[3; 16]])).unwrap();
+            go_b.send(Ok(seen[&[2; 16]])).unwrap();
         });
         let (ra, rb) = tokio::join!(punch_path(&a, rv_addr, ta), punch_path(&b, rv_addr, tb));
         coordinator.await.unwrap();
@@ -595,10 +609,16 @@ mod tests {
         // The other side "bound" at a socket nobody reads.
         let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let (ta, go) = ticket([1; 16], [2; 16]);
-        go.send(silent.local_addr().unwrap()).unwrap();
+        go.send(Ok(silent.local_addr().unwrap())).unwrap();
         assert!(matches!(
             punch_path(&a, rv_addr, ta).await,
             Err(PunchError::NoPath)
+        ));
+        let (tc, declined) = ticket([1; 16], [2; 16]);
+        declined.send(Err(CloseCode::Unsupported)).unwrap();
+        assert!(matches!(
+            punch_path(&a, rv_addr, tc).await,
+            Err(PunchError::Declined(CloseCode::Unsupported))
         ));
         let (tb, _never) = ticket([1; 16], [2; 16]);
         assert!(matches!(

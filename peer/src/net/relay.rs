@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::identity::Identity;
 use crate::net::punch::PunchTicket;
+use p2p_proto::punch::Nonce16;
 
 /// How long attaching (connect, challenge, proof) may take.
 pub const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -153,6 +154,7 @@ enum Command {
         to: PeerId,
         reply: oneshot::Sender<Result<PunchTicket, RelayError>>,
     },
+    Decline(Nonce16),
 }
 
 /// The driver's view of one stream.
@@ -255,6 +257,11 @@ impl RelayClient {
         })
         .await?;
         Ok(app)
+    }
+
+    /// Tells the hub we will not punch in `session` (its asker falls back to the relay at once).
+    pub async fn decline(&self, session: Nonce16) -> Result<(), RelayError> {
+        self.command(Command::Decline(session)).await
     }
 
     /// A fresh stream or request id (high bit clear).
@@ -506,6 +513,11 @@ async fn run_session(
                         let _ = send(&out.frames, &RelayFrame::Close { stream, code: CloseCode::Normal }).await;
                     }
                 }
+                Some(Command::Decline(session)) => {
+                    if send(&out.frames, &RelayFrame::PunchDecline { session }).await.is_err() {
+                        break "connection lost".to_owned();
+                    }
+                }
                 Some(Command::Punch { request, to, reply }) => {
                     punches.requested.retain(|_, r| !r.is_closed());
                     punches.requested.insert(request, reply);
@@ -559,20 +571,33 @@ async fn run_session(
                         punches.go.insert(session, tx);
                         let ticket = PunchTicket { peer, session, token, udp_port, go };
                         if request == 0 {
-                            // Nobody picking invitations up (or too many): the asker times out.
-                            let _ = invites.try_send(ticket);
+                            // Nobody picks invitations up (punching is off) or too many wait:
+                            // decline, so the asker moves on to the relay at once.
+                            if invites.try_send(ticket).is_err() {
+                                punches.go.remove(&session);
+                                let _ = send(&out.frames, &RelayFrame::PunchDecline { session }).await;
+                            }
                         } else if let Some(reply) = punches.requested.remove(&request) {
+                            punches.sessions.retain(|_, s| punches.go.contains_key(s));
+                            punches.sessions.insert(request, session);
                             let _ = reply.send(Ok(ticket));
                         }
                     }
                     RelayFrame::PunchGo { session, addr } => {
                         if let Some(go) = punches.go.remove(&session) {
-                            let _ = go.send(addr);
+                            let _ = go.send(Ok(addr));
                         }
                     }
                     RelayFrame::PunchFailed { request, code } => {
                         if let Some(reply) = punches.requested.remove(&request) {
                             let _ = reply.send(Err(RelayError::Refused(code.to_string())));
+                        } else if let Some(go) = punches
+                            .sessions
+                            .remove(&request)
+                            .and_then(|session| punches.go.remove(&session))
+                        {
+                            // The invited peer declined after we got our ticket.
+                            let _ = go.send(Err(code));
                         }
                     }
                     RelayFrame::Error { code, message } => {
@@ -599,8 +624,10 @@ async fn run_session(
 struct Punches {
     /// Our requests waiting for the hub's `PunchBind`.
     requested: HashMap<u32, oneshot::Sender<Result<PunchTicket, RelayError>>>,
-    /// Sessions waiting for the hub's `PunchGo`.
-    go: HashMap<p2p_proto::punch::Nonce16, oneshot::Sender<std::net::SocketAddr>>,
+    /// Sessions waiting for the hub's `PunchGo` (or an error when the other side declined).
+    go: HashMap<Nonce16, oneshot::Sender<Result<std::net::SocketAddr, CloseCode>>>,
+    /// The session of each of our requests that got its ticket, for a later `PunchFailed`.
+    sessions: HashMap<u32, Nonce16>,
 }
 
 async fn send(frames: &mpsc::Sender<Message>, frame: &RelayFrame) -> Result<(), ()> {
