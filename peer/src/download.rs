@@ -9,19 +9,19 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use p2p_proto::wire::{Frame, PROTOCOL_VERSION};
+use p2p_proto::wire::Frame;
 use p2p_proto::{Bitfield, Manifest, PeerId};
 use tokio::sync::Notify;
 
 use crate::identity::Identity;
 use crate::net::connector::{ConnectionPath, Connector};
-use crate::net::secure::{self, Role, SecureError};
+use crate::net::link::LinkEvent;
+use crate::net::secure::SecureError;
 use crate::storage::{Library, PartialDownload, PartialError, WholeFileHasher};
 use p2p_proto::manifest::hash_chunk;
 
 mod score;
 use crate::throttle::Throttle;
-use crate::upload::AGENT;
 pub use score::{PeerScore, Scoreboard};
 
 /// Where a file can be fetched from.
@@ -487,30 +487,28 @@ async fn fetch_from(
     opts: &DownloadOptions,
     report: &mut PeerReport,
 ) -> Result<(), WorkerError> {
-    let (stream, path) = opts
+    let link = opts
         .connector
-        .connect(source, opts.connect_timeout)
+        .link(source, identity, opts.connect_timeout)
         .await
         .map_err(|e| WorkerError::Connect(e.to_string()))?;
-    report.path = Some(path);
-    let (mut rx, mut tx, _) =
-        secure::handshake(stream, identity, Role::Initiator, Some(source.peer_id)).await?;
+    report.path = Some(link.path());
     let file_id = shared.manifest.id;
-    tx.feed(&Frame::Hello {
-        version: PROTOCOL_VERSION,
-        min_version: PROTOCOL_VERSION,
-        agent: AGENT.into(),
-    });
-    tx.feed(&Frame::ManifestRequest { file_id });
-    tx.flush().await?;
+    let mut sub = link.subscribe(file_id).ok_or_else(|| {
+        WorkerError::Connect("this file is already downloading from this peer".into())
+    })?;
+    sub.send(&[Frame::ManifestRequest { file_id }]).await?;
 
     // The peer's manifest (must be the same content) and which chunks it has.
     let mut peer_has: Option<Bitfield> = None;
     while peer_has.is_none() {
-        let frame = tokio::time::timeout(opts.request_timeout, rx.recv())
+        let frame = match tokio::time::timeout(opts.request_timeout, sub.recv())
             .await
-            .map_err(|_| WorkerError::Timeout)??
-            .ok_or(WorkerError::Closed)?;
+            .map_err(|_| WorkerError::Timeout)?
+        {
+            LinkEvent::Frame(f) => f,
+            LinkEvent::Closed(why) => return Err(closed(why)),
+        };
         match frame {
             Frame::Manifest(m) if !m.same_content(&shared.manifest) => {
                 return Err(WorkerError::WrongManifest);
@@ -538,24 +536,14 @@ async fn fetch_from(
     let peer = source.peer_id;
     let chunk_size = shared.manifest.chunk_size;
 
-    // Frames are read on their own task (a frame read is not cancel-safe); verifying and
-    // writing chunks runs beside receiving, a few at a time.
-    let (frames_tx, mut frames) = tokio::sync::mpsc::channel(64);
-    let reader = tokio::spawn(async move {
-        loop {
-            let next = rx.recv().await;
-            let last = !matches!(next, Ok(Some(_)));
-            if frames_tx.send(next).await.is_err() || last {
-                return;
-            }
-        }
-    });
+    // The link reads frames on its own task (a frame read is not cancel-safe) and routes this
+    // file's to `sub`; verifying and writing chunks runs beside receiving, a few at a time.
     let mut stores: tokio::task::JoinSet<(u64, u64, Result<Stored, WorkerError>)> =
         tokio::task::JoinSet::new();
     // Request id → chunk index and when it was asked for.
     let mut outstanding: HashMap<u32, (u64, Instant)> = HashMap::new();
     let mut asked: HashMap<u64, ()> = HashMap::new();
-    let mut next_id: u32 = 1;
+    let mut requests = Vec::new();
     let result = loop {
         // Keep this peer's share of the pipeline full (chunks being stored count against it):
         // its score decides how big that share is.
@@ -568,17 +556,20 @@ async fn fetch_from(
                 _ => Vec::new(),
             };
             let now = Instant::now();
+            requests.clear();
             for index in picked {
-                outstanding.insert(next_id, (index, now));
+                let request_id = sub.next_request_id();
+                outstanding.insert(request_id, (index, now));
                 asked.insert(index, ());
-                tx.feed(&Frame::Request {
-                    request_id: next_id,
+                requests.push(Frame::Request {
+                    request_id,
                     file_id,
                     index: index as u32,
                 });
-                next_id = next_id.wrapping_add(1);
             }
-            tx.flush().await?;
+            if !requests.is_empty() {
+                sub.send(&requests).await?;
+            }
         }
         let idle = outstanding.is_empty() && stores.is_empty();
         if idle
@@ -615,9 +606,9 @@ async fn fetch_from(
             }
             next = async {
                 if outstanding.is_empty() {
-                    Ok(frames.recv().await)
+                    Ok(sub.recv().await)
                 } else {
-                    tokio::time::timeout(opts.request_timeout, frames.recv()).await
+                    tokio::time::timeout(opts.request_timeout, sub.recv()).await
                 }
             }, if stores.is_empty() || !outstanding.is_empty() => {
                 let frame = match next {
@@ -625,9 +616,8 @@ async fn fetch_from(
                         shared.scores.record_failure(peer);
                         break Err(WorkerError::Timeout);
                     }
-                    Ok(None) | Ok(Some(Ok(None))) => break Err(WorkerError::Closed),
-                    Ok(Some(Err(e))) => break Err(e.into()),
-                    Ok(Some(Ok(Some(f)))) => f,
+                    Ok(LinkEvent::Closed(why)) => break Err(closed(why)),
+                    Ok(LinkEvent::Frame(f)) => f,
                 };
                 match frame {
                     Frame::Chunk { request_id, index, data, .. } => {
@@ -680,7 +670,7 @@ async fn fetch_from(
             }
         }
     };
-    reader.abort();
+    drop(sub);
     // Chunks already received are still written before the worker reports.
     while let Some(Ok((index, len, outcome))) = stores.join_next().await {
         if let Ok(Stored::Written) = outcome {
@@ -695,6 +685,11 @@ async fn fetch_from(
         release(shared, index);
     }
     result
+}
+
+/// The worker error for a link that ended.
+fn closed(why: Option<String>) -> WorkerError {
+    why.map_or(WorkerError::Closed, WorkerError::Connect)
 }
 
 fn without(mut have: Bitfield, index: u64) -> Bitfield {

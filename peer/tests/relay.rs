@@ -695,3 +695,60 @@ async fn without_the_rendezvous_the_connection_falls_back_to_the_relay() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn concurrent_downloads_from_one_peer_share_one_connection() {
+    within(60, async {
+        let dir = tempfile::tempdir().unwrap();
+        let stop = CancellationToken::new();
+        let seeder = Identity::generate().unwrap();
+        let library = Arc::new(Library::new());
+        let mut files = Vec::new();
+        for (i, len) in [(0, 3 * 1024 * 1024 + 1), (1, 2 * 1024 * 1024 + 7)] {
+            let data = content(len, i);
+            let path = dir.path().join(format!("f{i}.bin"));
+            std::fs::write(&path, &data).unwrap();
+            files.push((library.share(&path).await.unwrap(), data));
+        }
+        // A listener that counts the connections it accepts.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        let (id, lib, halt) = (seeder.clone(), library.clone(), stop.clone());
+        tokio::spawn(async move {
+            while let Ok((stream, from)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(p2p_peer::upload::serve_stream(
+                    stream,
+                    from.to_string(),
+                    id.clone(),
+                    lib.clone(),
+                    Arc::new(Throttle::new(None)),
+                    halt.clone(),
+                ));
+            }
+        });
+        let me = Identity::generate().unwrap();
+        let connector = Arc::new(Connector::direct());
+        let source = [Source {
+            peer_id: seeder.peer_id(),
+            addrs: vec![addr],
+        }];
+        let opts = || DownloadOptions {
+            connector: connector.clone(),
+            ..DownloadOptions::default()
+        };
+        let ((m0, d0), (m1, d1)) = (&files[0], &files[1]);
+        tokio::join!(
+            fetch_checked(&me, m0, &source, opts(), d0),
+            fetch_checked(&me, m1, &source, opts(), d1),
+        );
+        // Later downloads reuse the same session too.
+        fetch_checked(&me, m1, &source, opts(), d1).await;
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(connector.links(), 1);
+        stop.cancel();
+    })
+    .await;
+}

@@ -16,6 +16,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::download::Source;
+use crate::identity::Identity;
+use crate::net::link::Link;
 use crate::net::punch::Puncher;
 use crate::net::relay::RelayClient;
 
@@ -71,6 +73,10 @@ pub struct Connector {
     relay: Option<RelayClient>,
     relay_only: bool,
     puncher: Option<Arc<Puncher>>,
+    /// One session per peer, shared by every download from it.
+    links: Mutex<HashMap<PeerId, Arc<Link>>>,
+    /// Held while a peer's link is being made, so concurrent downloads make one.
+    link_gates: Mutex<HashMap<PeerId, Arc<tokio::sync::Mutex<()>>>>,
     /// The path of the latest connection to each peer, for `peers` and `status`.
     last_paths: Mutex<HashMap<PeerId, ConnectionPath>>,
 }
@@ -87,6 +93,8 @@ impl Connector {
             relay,
             relay_only,
             puncher: None,
+            links: Mutex::default(),
+            link_gates: Mutex::default(),
             last_paths: Mutex::default(),
         }
     }
@@ -119,6 +127,45 @@ impl Connector {
         if let Ok(mut m) = self.last_paths.lock() {
             m.insert(peer, path);
         }
+    }
+
+    /// The session with `source`: the pooled one while it lives, else a new connection (each
+    /// path in turn, see [`Connector::connect`]) and handshake.
+    pub async fn link(
+        &self,
+        source: &Source,
+        identity: &Identity,
+        direct_timeout: Duration,
+    ) -> Result<Arc<Link>, ConnectError> {
+        let gate = self
+            .link_gates
+            .lock()
+            .map(|mut g| g.entry(source.peer_id).or_default().clone())
+            .unwrap_or_default();
+        let _making = gate.lock().await;
+        if let Ok(mut links) = self.links.lock() {
+            links.retain(|_, l| !l.is_closed());
+            if let Some(l) = links.get(&source.peer_id) {
+                self.remember(source.peer_id, l.path());
+                return Ok(l.clone());
+            }
+        }
+        let (stream, path) = self.connect(source, direct_timeout).await?;
+        let link = Link::open(stream, path, identity, source.peer_id)
+            .await
+            .map_err(|e| ConnectError(format!("{path}: {e}")))?;
+        if let Ok(mut links) = self.links.lock() {
+            links.insert(source.peer_id, link.clone());
+        }
+        Ok(link)
+    }
+
+    /// Sessions open now (for tests and `status`).
+    pub fn links(&self) -> usize {
+        self.links
+            .lock()
+            .map(|l| l.values().filter(|l| !l.is_closed()).count())
+            .unwrap_or(0)
     }
 
     /// Opens a stream to `source`, trying each path in turn.
