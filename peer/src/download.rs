@@ -487,17 +487,23 @@ async fn fetch_from(
     opts: &DownloadOptions,
     report: &mut PeerReport,
 ) -> Result<(), WorkerError> {
-    let link = opts
-        .connector
-        .link(source, identity, opts.connect_timeout)
-        .await
-        .map_err(|e| WorkerError::Connect(e.to_string()))?;
-    report.path = Some(link.path());
     let file_id = shared.manifest.id;
-    let mut sub = link.subscribe(file_id).ok_or_else(|| {
-        WorkerError::Connect("this file is already downloading from this peer".into())
-    })?;
-    sub.send(&[Frame::ManifestRequest { file_id }]).await?;
+    let mut sub = None;
+    // A pooled link may close between the pool and `subscribe`: then once more, afresh.
+    for _ in 0..2 {
+        let link = opts
+            .connector
+            .link(source, identity, opts.connect_timeout)
+            .await
+            .map_err(|e| WorkerError::Connect(e.to_string()))?;
+        report.path = Some(link.path());
+        sub = link.subscribe(file_id);
+        if sub.is_some() {
+            break;
+        }
+    }
+    let mut sub = sub.ok_or_else(|| WorkerError::Connect("the connection closed".into()))?;
+    sub.send(vec![Frame::ManifestRequest { file_id }]).await?;
 
     // The peer's manifest (must be the same content) and which chunks it has.
     let mut peer_has: Option<Bitfield> = None;
@@ -543,7 +549,6 @@ async fn fetch_from(
     // Request id → chunk index and when it was asked for.
     let mut outstanding: HashMap<u32, (u64, Instant)> = HashMap::new();
     let mut asked: HashMap<u64, ()> = HashMap::new();
-    let mut requests = Vec::new();
     let result = loop {
         // Keep this peer's share of the pipeline full (chunks being stored count against it):
         // its score decides how big that share is.
@@ -556,7 +561,7 @@ async fn fetch_from(
                 _ => Vec::new(),
             };
             let now = Instant::now();
-            requests.clear();
+            let mut requests = Vec::with_capacity(picked.len());
             for index in picked {
                 let request_id = sub.next_request_id();
                 outstanding.insert(request_id, (index, now));
@@ -568,7 +573,7 @@ async fn fetch_from(
                 });
             }
             if !requests.is_empty() {
-                sub.send(&requests).await?;
+                sub.send(requests).await?;
             }
         }
         let idle = outstanding.is_empty() && stores.is_empty();
@@ -614,6 +619,7 @@ async fn fetch_from(
                 let frame = match next {
                     Err(_) => {
                         shared.scores.record_failure(peer);
+                        sub.link().close_if_silent(opts.request_timeout);
                         break Err(WorkerError::Timeout);
                     }
                     Ok(LinkEvent::Closed(why)) => break Err(closed(why)),

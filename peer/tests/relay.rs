@@ -746,6 +746,41 @@ async fn concurrent_downloads_from_one_peer_share_one_connection() {
         );
         // Later downloads reuse the same session too.
         fetch_checked(&me, m1, &source, opts(), d1).await;
+        // A download dropped mid-transfer (as when a download stops its workers) leaves the
+        // shared session intact for the one beside it and for the next.
+        let (me2, src2, m0c) = (me.clone(), source.clone(), m0.clone());
+        let conn2 = connector.clone();
+        let dropped = tokio::spawn(async move {
+            let out = tempfile::tempdir().unwrap();
+            let opts = DownloadOptions {
+                connector: conn2,
+                throttle: Arc::new(Throttle::new(Some(256 << 10))),
+                ..DownloadOptions::default()
+            };
+            download(
+                &me2,
+                &m0c,
+                &src2,
+                out.path(),
+                Arc::new(Library::new()),
+                opts,
+            )
+            .await
+        });
+        // Held to 1 MiB/s (the bucket allows a second's burst), the other download of 2 MiB is
+        // still running when the first is dropped.
+        let slow = DownloadOptions {
+            throttle: Arc::new(Throttle::new(Some(1 << 20))),
+            ..opts()
+        };
+        let beside = fetch_checked(&me, m1, &source, slow, d1);
+        tokio::pin!(beside);
+        tokio::select! {
+            _ = &mut beside => panic!("finished before the other download was dropped"),
+            _ = tokio::time::sleep(Duration::from_millis(30)) => dropped.abort(),
+        }
+        beside.await;
+        fetch_checked(&me, m0, &source, opts(), d0).await;
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
         assert_eq!(connector.links(), 1);
         stop.cancel();

@@ -234,7 +234,7 @@ pub async fn serve_udp(socket: UdpSocket, hub: Arc<RelayHub>, shutdown: Cancella
         if let Some(go) = hub.punch.bind(&token, from) {
             hub.metrics().punch_ready.inc();
             for (peer, frame) in go {
-                hub.send_to(&peer, &frame).await;
+                hub.try_send_to(&peer, &frame);
             }
         }
     }

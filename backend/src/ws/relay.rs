@@ -178,6 +178,11 @@ impl Conn {
         }
     }
 
+    /// Queues a control frame without waiting; dropped when the peer's queue is full.
+    fn try_send(&self, frame: &RelayFrame) -> bool {
+        self.out.try_send((frame.to_vec(), 0)).is_ok()
+    }
+
     fn route(&self, stream: u32) -> Option<Route> {
         self.routes.lock().ok()?.get(&stream).cloned()
     }
@@ -216,6 +221,18 @@ impl RelayHub {
         let conn = self.peers.lock().ok().and_then(|p| p.get(peer).cloned());
         if let Some(conn) = conn {
             conn.send(frame, &self.metrics).await;
+        }
+    }
+
+    /// Queues a control `frame` for `peer` without waiting: a peer that does not read its
+    /// WebSocket must not hold up the caller (the rendezvous serves every punch on one task).
+    /// The frame is dropped when its queue is full; that punch then times out.
+    pub fn try_send_to(&self, peer: &PeerId, frame: &RelayFrame) {
+        let conn = self.peers.lock().ok().and_then(|p| p.get(peer).cloned());
+        if let Some(conn) = conn
+            && !conn.try_send(frame)
+        {
+            tracing::debug!(%peer, "relay queue full; punch frame dropped");
         }
     }
 

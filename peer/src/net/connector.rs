@@ -151,11 +151,36 @@ impl Connector {
             }
         }
         let (stream, path) = self.connect(source, direct_timeout).await?;
-        let link = Link::open(stream, path, identity, source.peer_id)
-            .await
-            .map_err(|e| ConnectError(format!("{path}: {e}")))?;
+        let link = match Link::open(stream, path, identity, source.peer_id).await {
+            Ok(link) => link,
+            // A path that connected but carries no session (a pooled QUIC connection whose peer
+            // is gone, say): the relay still may.
+            Err(e) => match (&self.relay, path) {
+                (Some(relay), ConnectionPath::Direct | ConnectionPath::HolePunched) => {
+                    tracing::debug!(peer = %source.peer_id, %path, error = %e, "trying the relay");
+                    let stream = relay
+                        .open(source.peer_id)
+                        .await
+                        .map_err(|r| ConnectError(format!("{path}: {e}; relay: {r}")))?;
+                    let link = Link::open(
+                        Box::new(stream),
+                        ConnectionPath::Relayed,
+                        identity,
+                        source.peer_id,
+                    )
+                    .await
+                    .map_err(|r| ConnectError(format!("{path}: {e}; relay: {r}")))?;
+                    self.remember(source.peer_id, ConnectionPath::Relayed);
+                    link
+                }
+                _ => return Err(ConnectError(format!("{path}: {e}"))),
+            },
+        };
         if let Ok(mut links) = self.links.lock() {
             links.insert(source.peer_id, link.clone());
+        }
+        if let Ok(mut gates) = self.link_gates.lock() {
+            gates.remove(&source.peer_id);
         }
         Ok(link)
     }

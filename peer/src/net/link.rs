@@ -2,24 +2,25 @@
 //!
 //! The peer protocol names the file in every request and answer that needs it (`Request`,
 //! `Chunk`, `Bitfield`, `Have`, `Manifest`), so one Noise session can carry several downloads at
-//! once. A [`Link`] owns the session: its reader task routes each incoming frame to the download
-//! of that file ([`Subscription`]), request ids are unique per link, and writes from all
-//! downloads go through one writer. `Reject` answers to a manifest request carry no file, but
-//! the uploader answers in order, so they go to the oldest manifest request waiting.
+//! once. A [`Link`] owns the session: its reader task routes each incoming frame to the downloads
+//! ([`Subscription`]s) of that file, answers only to the one that asked (request ids are unique
+//! per link), and writes from all downloads go through one writer task. `Reject` answers to a
+//! manifest request carry no file, but the uploader answers in order, so they go to the oldest
+//! manifest request waiting.
 //!
 //! The [`crate::net::connector::Connector`] keeps one link per peer and hands it to every
 //! download; a link whose session failed is replaced by a fresh connection on the next use, and
 //! one without downloads for [`LINK_IDLE`] closes itself.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use p2p_proto::wire::{Frame, PROTOCOL_VERSION};
 use p2p_proto::{FileId, PeerId};
 use tokio::io::WriteHalf;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::identity::Identity;
@@ -42,22 +43,33 @@ pub enum LinkEvent {
 
 #[derive(Debug, Default)]
 struct Routes {
-    subs: HashMap<FileId, mpsc::Sender<LinkEvent>>,
-    /// Request id → the file it asked for, until answered.
-    requests: HashMap<u32, FileId>,
-    /// Manifest requests waiting for an answer, oldest first.
-    manifests: VecDeque<FileId>,
+    /// Subscription id → its file and where its frames go.
+    subs: HashMap<u64, (FileId, mpsc::Sender<LinkEvent>)>,
+    next_sub: u64,
+    /// Request id → the subscription that sent it, until answered.
+    requests: HashMap<u32, u64>,
+    /// Manifest requests waiting for an answer (file, subscription), oldest first.
+    manifests: VecDeque<(FileId, u64)>,
     idle_since: Option<tokio::time::Instant>,
 }
+
+/// Frames to write, and where to say whether they were written.
+type Write = (Vec<Frame>, oneshot::Sender<Result<(), String>>);
 
 /// One Noise session to one peer.
 #[derive(Debug)]
 pub struct Link {
     peer: PeerId,
     path: ConnectionPath,
-    tx: tokio::sync::Mutex<SecureWriter<WriteHalf<BoxedTransport>>>,
+    /// To the writer task, which owns the session's write half: a write is never cut short by
+    /// a download that stops while it waits (a Noise message half sent would break the session
+    /// for every other download on it).
+    writes: mpsc::UnboundedSender<Write>,
     routes: Mutex<Routes>,
     next_request: AtomicU32,
+    /// When a frame last arrived, in milliseconds since `started`.
+    last_rx_ms: AtomicU64,
+    started: tokio::time::Instant,
     closed: CancellationToken,
 }
 
@@ -77,19 +89,33 @@ impl Link {
             agent: AGENT.into(),
         });
         tx.flush().await?;
+        let (writes, queue) = mpsc::unbounded_channel();
         let link = Arc::new(Self {
             peer,
             path,
-            tx: tokio::sync::Mutex::new(tx),
+            writes,
             routes: Mutex::new(Routes {
                 idle_since: Some(tokio::time::Instant::now()),
                 ..Routes::default()
             }),
             next_request: AtomicU32::new(1),
+            last_rx_ms: AtomicU64::new(0),
+            started: tokio::time::Instant::now(),
             closed: CancellationToken::new(),
         });
+        tokio::spawn(write(tx, queue, link.closed.clone()));
         tokio::spawn(route(Arc::downgrade(&link), rx, link.closed.clone()));
         Ok(link)
+    }
+
+    /// Ends the session when nothing has arrived on it for `silence`: a worker timed out on a
+    /// path that may have died without a reset, and the next download should reconnect.
+    pub fn close_if_silent(&self, silence: Duration) {
+        let last = Duration::from_millis(self.last_rx_ms.load(Ordering::Relaxed));
+        if self.started.elapsed().saturating_sub(last) >= silence {
+            tracing::debug!(peer = %self.peer, "closing a silent link");
+            self.closed.cancel();
+        }
     }
 
     pub fn peer(&self) -> PeerId {
@@ -105,77 +131,122 @@ impl Link {
         self.closed.is_cancelled()
     }
 
-    /// Starts a download of `file` on this link; `None` while another one of the same file
-    /// runs on it.
+    /// Starts a download of `file` on this link; `None` once the link has closed.
     pub fn subscribe(self: &Arc<Self>, file: FileId) -> Option<Subscription> {
         let (tx, rx) = mpsc::channel(SUBSCRIPTION_QUEUE);
         let mut routes = self.routes.lock().ok()?;
-        if routes.subs.contains_key(&file) || self.is_closed() {
+        if self.is_closed() {
             return None;
         }
-        routes.subs.insert(file, tx);
+        let id = routes.next_sub;
+        routes.next_sub += 1;
+        routes.subs.insert(id, (file, tx));
         routes.idle_since = None;
         Some(Subscription {
             link: self.clone(),
-            file,
+            id,
             rx,
         })
     }
 
-    /// Writes `frames` and flushes, recording requests for routing.
-    async fn send(&self, file: FileId, frames: &[Frame]) -> Result<(), SecureError> {
-        if let Ok(mut routes) = self.routes.lock() {
-            for f in frames {
+    /// Writes `frames` and flushes, recording requests for routing. Routes are recorded and the
+    /// frames queued under one lock, so the wire order is the order of the records.
+    async fn send(&self, sub: u64, frames: Vec<Frame>) -> Result<(), SecureError> {
+        let (done, written) = oneshot::channel();
+        {
+            let mut routes = self
+                .routes
+                .lock()
+                .map_err(|_| SecureError::Io(std::io::Error::other("link poisoned")))?;
+            for f in &frames {
                 match f {
                     Frame::Request { request_id, .. } => {
-                        routes.requests.insert(*request_id, file);
+                        routes.requests.insert(*request_id, sub);
                     }
-                    Frame::ManifestRequest { file_id } => routes.manifests.push_back(*file_id),
+                    Frame::ManifestRequest { file_id } => {
+                        routes.manifests.push_back((*file_id, sub));
+                    }
                     _ => {}
                 }
             }
+            self.writes
+                .send((frames, done))
+                .map_err(|_| SecureError::Io(std::io::ErrorKind::BrokenPipe.into()))?;
         }
-        let mut tx = self.tx.lock().await;
-        for f in frames {
-            tx.feed(f);
+        match written.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(SecureError::Io(std::io::Error::other(e))),
+            Err(_) => Err(SecureError::Io(std::io::ErrorKind::BrokenPipe.into())),
         }
-        let sent = tx.flush().await;
-        if sent.is_err() {
-            self.closed.cancel();
-        }
-        sent
     }
 
-    /// Where an incoming frame goes.
+    /// Where an incoming frame goes: answers to the subscription that asked, news about a
+    /// file (`Manifest`, `Bitfield`, `Have`) to every subscription of that file.
     fn route_of(&self, frame: &Frame) -> Vec<mpsc::Sender<LinkEvent>> {
         let Ok(mut r) = self.routes.lock() else {
             return Vec::new();
         };
+        let to_sub = |r: &Routes, id: Option<u64>| -> Vec<mpsc::Sender<LinkEvent>> {
+            id.and_then(|id| r.subs.get(&id))
+                .map(|(_, tx)| tx.clone())
+                .into_iter()
+                .collect()
+        };
         let file = match frame {
-            Frame::Manifest(m) => Some(m.id),
+            Frame::Manifest(m) => m.id,
             Frame::Bitfield { file_id, .. } => {
-                if let Some(at) = r.manifests.iter().position(|f| f == file_id) {
+                if let Some(at) = r.manifests.iter().position(|(f, _)| f == file_id) {
                     r.manifests.remove(at);
                 }
-                Some(*file_id)
+                *file_id
             }
-            Frame::Have { file_id, .. } => Some(*file_id),
-            Frame::Chunk {
-                request_id,
-                file_id,
-                ..
-            } => {
-                r.requests.remove(request_id);
-                Some(*file_id)
+            Frame::Have { file_id, .. } => *file_id,
+            Frame::Chunk { request_id, .. } | Frame::Reject { request_id, .. }
+                if *request_id != 0 =>
+            {
+                let sub = r.requests.remove(request_id);
+                return to_sub(&r, sub);
             }
-            Frame::Reject { request_id: 0, .. } => r.manifests.pop_front(),
-            Frame::Reject { request_id, .. } => r.requests.remove(request_id),
-            Frame::Error { .. } => return r.subs.values().cloned().collect(),
-            _ => None,
+            Frame::Reject { .. } => {
+                let sub = r.manifests.pop_front().map(|(_, sub)| sub);
+                return to_sub(&r, sub);
+            }
+            Frame::Error { .. } => return r.subs.values().map(|(_, tx)| tx.clone()).collect(),
+            _ => return Vec::new(),
         };
-        file.and_then(|f| r.subs.get(&f).cloned())
-            .into_iter()
+        r.subs
+            .values()
+            .filter(|(f, _)| *f == file)
+            .map(|(_, tx)| tx.clone())
             .collect()
+    }
+}
+
+/// Writes what downloads queue, one batch at a time, until the link closes; then drops the
+/// write half (with the reader's half, that closes the connection).
+async fn write(
+    mut tx: SecureWriter<WriteHalf<BoxedTransport>>,
+    mut queue: mpsc::UnboundedReceiver<Write>,
+    closed: CancellationToken,
+) {
+    loop {
+        let (frames, done) = tokio::select! {
+            _ = closed.cancelled() => return,
+            next = queue.recv() => match next {
+                Some(w) => w,
+                None => return,
+            },
+        };
+        for f in &frames {
+            tx.feed(f);
+        }
+        let sent = tx.flush().await.map_err(|e| e.to_string());
+        let failed = sent.is_err();
+        let _ = done.send(sent);
+        if failed {
+            closed.cancel();
+            return;
+        }
     }
 }
 
@@ -205,6 +276,8 @@ async fn route(
             next = rx.recv() => match next {
                 Ok(Some(frame)) => {
                     let Some(link) = link.upgrade() else { break None };
+                    let now = link.started.elapsed().as_millis() as u64;
+                    link.last_rx_ms.store(now, Ordering::Relaxed);
                     let targets = link.route_of(&frame);
                     drop(link);
                     let last = targets.len().saturating_sub(1);
@@ -226,7 +299,7 @@ async fn route(
         let subs: Vec<_> = link
             .routes
             .lock()
-            .map(|r| r.subs.values().cloned().collect())
+            .map(|r| r.subs.values().map(|(_, tx)| tx.clone()).collect())
             .unwrap_or_default();
         for s in subs {
             let _ = s.send(LinkEvent::Closed(why.clone())).await;
@@ -238,7 +311,7 @@ async fn route(
 #[derive(Debug)]
 pub struct Subscription {
     link: Arc<Link>,
-    file: FileId,
+    id: u64,
     rx: mpsc::Receiver<LinkEvent>,
 }
 
@@ -252,8 +325,8 @@ impl Subscription {
     }
 
     /// Sends frames (requests, cancels…) for this download.
-    pub async fn send(&self, frames: &[Frame]) -> Result<(), SecureError> {
-        self.link.send(self.file, frames).await
+    pub async fn send(&self, frames: Vec<Frame>) -> Result<(), SecureError> {
+        self.link.send(self.id, frames).await
     }
 
     /// A request id no other download on this link uses.
@@ -274,10 +347,11 @@ impl Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         if let Ok(mut r) = self.link.routes.lock() {
-            r.subs.remove(&self.file);
-            let file = self.file;
-            r.requests.retain(|_, f| *f != file);
-            r.manifests.retain(|f| *f != file);
+            r.subs.remove(&self.id);
+            let id = self.id;
+            r.requests.retain(|_, s| *s != id);
+            // Waiting manifest requests stay queued: a late `Reject` for one must still pop its
+            // own entry (its answer is dropped then), not the next download's.
             if r.subs.is_empty() {
                 r.idle_since = Some(tokio::time::Instant::now());
             }
