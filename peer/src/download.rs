@@ -503,7 +503,7 @@ async fn fetch_from(
         }
     }
     let mut sub = sub.ok_or_else(|| WorkerError::Connect("the connection closed".into()))?;
-    sub.send(vec![Frame::ManifestRequest { file_id }]).await?;
+    sub.send(vec![Frame::ManifestRequest { file_id }])?;
 
     // The peer's manifest (must be the same content) and which chunks it has.
     let mut peer_has: Option<Bitfield> = None;
@@ -573,7 +573,7 @@ async fn fetch_from(
                 });
             }
             if !requests.is_empty() {
-                sub.send(requests).await?;
+                sub.send(requests)?;
             }
         }
         let idle = outstanding.is_empty() && stores.is_empty();

@@ -20,7 +20,7 @@ use std::time::Duration;
 use p2p_proto::wire::{Frame, PROTOCOL_VERSION};
 use p2p_proto::{FileId, PeerId};
 use tokio::io::WriteHalf;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::identity::Identity;
@@ -53,8 +53,8 @@ struct Routes {
     idle_since: Option<tokio::time::Instant>,
 }
 
-/// Frames to write, and where to say whether they were written.
-type Write = (Vec<Frame>, oneshot::Sender<Result<(), String>>);
+/// Frames to write, in order.
+type Write = Vec<Frame>;
 
 /// One Noise session to one peer.
 #[derive(Debug)]
@@ -149,35 +149,29 @@ impl Link {
         })
     }
 
-    /// Writes `frames` and flushes, recording requests for routing. Routes are recorded and the
-    /// frames queued under one lock, so the wire order is the order of the records.
-    async fn send(&self, sub: u64, frames: Vec<Frame>) -> Result<(), SecureError> {
-        let (done, written) = oneshot::channel();
-        {
-            let mut routes = self
-                .routes
-                .lock()
-                .map_err(|_| SecureError::Io(std::io::Error::other("link poisoned")))?;
-            for f in &frames {
-                match f {
-                    Frame::Request { request_id, .. } => {
-                        routes.requests.insert(*request_id, sub);
-                    }
-                    Frame::ManifestRequest { file_id } => {
-                        routes.manifests.push_back((*file_id, sub));
-                    }
-                    _ => {}
+    /// Queues `frames` for the writer task, recording requests for routing. Routes are recorded
+    /// and frames queued under one lock, so the wire order is the order of the records. It does
+    /// not wait for the write: a failed write closes the link, which every download on it hears
+    /// as `Closed`.
+    fn send(&self, sub: u64, frames: Vec<Frame>) -> Result<(), SecureError> {
+        let mut routes = self
+            .routes
+            .lock()
+            .map_err(|_| SecureError::Io(std::io::Error::other("link poisoned")))?;
+        for f in &frames {
+            match f {
+                Frame::Request { request_id, .. } => {
+                    routes.requests.insert(*request_id, sub);
                 }
+                Frame::ManifestRequest { file_id } => {
+                    routes.manifests.push_back((*file_id, sub));
+                }
+                _ => {}
             }
-            self.writes
-                .send((frames, done))
-                .map_err(|_| SecureError::Io(std::io::ErrorKind::BrokenPipe.into()))?;
         }
-        match written.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(SecureError::Io(std::io::Error::other(e))),
-            Err(_) => Err(SecureError::Io(std::io::ErrorKind::BrokenPipe.into())),
-        }
+        self.writes
+            .send(frames)
+            .map_err(|_| SecureError::Io(std::io::ErrorKind::BrokenPipe.into()))
     }
 
     /// Where an incoming frame goes: answers to the subscription that asked, news about a
@@ -230,7 +224,7 @@ async fn write(
     closed: CancellationToken,
 ) {
     loop {
-        let (frames, done) = tokio::select! {
+        let frames = tokio::select! {
             _ = closed.cancelled() => return,
             next = queue.recv() => match next {
                 Some(w) => w,
@@ -240,10 +234,14 @@ async fn write(
         for f in &frames {
             tx.feed(f);
         }
-        let sent = tx.flush().await.map_err(|e| e.to_string());
-        let failed = sent.is_err();
-        let _ = done.send(sent);
-        if failed {
+        // Whatever else is queued goes out in the same flush.
+        while let Ok(more) = queue.try_recv() {
+            for f in &more {
+                tx.feed(f);
+            }
+        }
+        if let Err(e) = tx.flush().await {
+            tracing::debug!(error = %e, "link write failed");
             closed.cancel();
             return;
         }
@@ -324,9 +322,9 @@ impl Subscription {
         }
     }
 
-    /// Sends frames (requests, cancels…) for this download.
-    pub async fn send(&self, frames: Vec<Frame>) -> Result<(), SecureError> {
-        self.link.send(self.id, frames).await
+    /// Sends frames (requests, cancels…) for this download, in order, without waiting.
+    pub fn send(&self, frames: Vec<Frame>) -> Result<(), SecureError> {
+        self.link.send(self.id, frames)
     }
 
     /// A request id no other download on this link uses.
