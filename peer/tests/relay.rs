@@ -125,6 +125,19 @@ async fn raw(t: &RunningTracker, claimed: &p2p_proto::PeerId) -> RawWs {
     ws
 }
 
+fn assert_bad_proof(answer: &Option<RelayFrame>) {
+    assert!(
+        matches!(
+            answer,
+            Some(RelayFrame::Error {
+                code: error_code::BAD_PROOF,
+                ..
+            })
+        ),
+        "{answer:?}"
+    );
+}
+
 async fn next_frame(ws: &mut RawWs) -> Option<RelayFrame> {
     loop {
         match ws.next().await? {
@@ -174,32 +187,14 @@ async fn a_peer_attaches_only_as_itself() {
         // Claiming another peer's id with our key: refused, and the socket closes.
         let mut ws = raw(&t, &victim.peer_id()).await;
         let answer = prove(&mut ws, mine, victim.peer_id()).await;
-        assert!(
-            matches!(
-                answer,
-                Some(RelayFrame::Error {
-                    code: error_code::BAD_PROOF,
-                    ..
-                })
-            ),
-            "{answer:?}"
-        );
+        assert_bad_proof(&answer);
         assert_eq!(next_frame(&mut ws).await, None, "closed after the refusal");
         assert!(!t.state.relay.is_attached(&victim.peer_id()));
 
         // A valid proof for our own id, but presented on a connection claiming the victim's.
         let mut ws = raw(&t, &victim.peer_id()).await;
         let answer = prove(&mut ws, mine, me.peer_id()).await;
-        assert!(
-            matches!(
-                answer,
-                Some(RelayFrame::Error {
-                    code: error_code::BAD_PROOF,
-                    ..
-                })
-            ),
-            "{answer:?}"
-        );
+        assert_bad_proof(&answer);
 
         // No tracker credentials: the upgrade itself is refused.
         let url = format!("ws://{}/relay?peer_id={}", t.addr, me.peer_id());

@@ -150,32 +150,27 @@ impl Connector {
                 return Ok(l.clone());
             }
         }
-        let (stream, path) = self.connect(source, direct_timeout).await?;
-        let link = match Link::open(stream, path, identity, source.peer_id).await {
-            Ok(link) => link,
-            // A path that connected but carries no session (a pooled QUIC connection whose peer
-            // is gone, say): the relay still may.
-            Err(e) => match (&self.relay, path) {
-                (Some(relay), ConnectionPath::Direct | ConnectionPath::HolePunched) => {
-                    tracing::debug!(peer = %source.peer_id, %path, error = %e, "trying the relay");
-                    let stream = relay
-                        .open(source.peer_id)
-                        .await
-                        .map_err(|r| ConnectError(format!("{path}: {e}; relay: {r}")))?;
-                    let link = Link::open(
-                        Box::new(stream),
-                        ConnectionPath::Relayed,
-                        identity,
-                        source.peer_id,
-                    )
+        // Each path in turn, as for `connect`; one that connects but carries no session (a
+        // pooled QUIC connection whose peer is gone, say) counts as failed, and the next is tried.
+        let mut failures = Vec::new();
+        let mut made = None;
+        for path in self.order() {
+            let opened = match self.open(source, path, direct_timeout).await {
+                Ok(stream) => Link::open(stream, path, identity, source.peer_id)
                     .await
-                    .map_err(|r| ConnectError(format!("{path}: {e}; relay: {r}")))?;
-                    self.remember(source.peer_id, ConnectionPath::Relayed);
-                    link
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            };
+            match opened {
+                Ok(link) => {
+                    self.remember(source.peer_id, path);
+                    made = Some(link);
+                    break;
                 }
-                _ => return Err(ConnectError(format!("{path}: {e}"))),
-            },
-        };
+                Err(e) => failures.push(format!("{path}: {e}")),
+            }
+        }
+        let link = made.ok_or_else(|| ConnectError(failures.join("; ")))?;
         if let Ok(mut links) = self.links.lock() {
             links.insert(source.peer_id, link.clone());
         }
@@ -200,40 +195,65 @@ impl Connector {
         direct_timeout: Duration,
     ) -> Result<(BoxedTransport, ConnectionPath), ConnectError> {
         let mut failures = Vec::new();
-        if !self.relay_only || self.relay.is_none() {
-            match connect_direct(source, direct_timeout).await {
-                Ok(s) => {
-                    self.remember(source.peer_id, ConnectionPath::Direct);
-                    let stream: BoxedTransport = Box::new(s);
-                    return Ok((stream, ConnectionPath::Direct));
+        for path in self.order() {
+            match self.open(source, path, direct_timeout).await {
+                Ok(stream) => {
+                    self.remember(source.peer_id, path);
+                    return Ok((stream, path));
                 }
-                Err(e) => failures.push(format!("direct: {e}")),
-            }
-        }
-        if let Some(puncher) = self.puncher.as_ref().filter(|_| !self.relay_only) {
-            match puncher.connect(source.peer_id).await {
-                Ok(s) => {
-                    self.remember(source.peer_id, ConnectionPath::HolePunched);
-                    let stream: BoxedTransport = Box::new(s);
-                    return Ok((stream, ConnectionPath::HolePunched));
-                }
-                Err(e) => {
-                    tracing::debug!(peer = %source.peer_id, error = %e, "hole punch failed");
-                    failures.push(format!("hole punch: {e}"));
-                }
-            }
-        }
-        if let Some(relay) = &self.relay {
-            match relay.open(source.peer_id).await {
-                Ok(s) => {
-                    self.remember(source.peer_id, ConnectionPath::Relayed);
-                    let stream: BoxedTransport = Box::new(s);
-                    return Ok((stream, ConnectionPath::Relayed));
-                }
-                Err(e) => failures.push(format!("relay: {e}")),
+                Err(e) => failures.push(format!("{path}: {e}")),
             }
         }
         Err(ConnectError(failures.join("; ")))
+    }
+
+    /// The paths to try, in order: direct (unless relay-only), the hole punch (with a puncher,
+    /// unless relay-only), the relay (when configured).
+    fn order(&self) -> Vec<ConnectionPath> {
+        let mut order = Vec::with_capacity(3);
+        if !self.relay_only || self.relay.is_none() {
+            order.push(ConnectionPath::Direct);
+        }
+        if self.puncher.is_some() && !self.relay_only {
+            order.push(ConnectionPath::HolePunched);
+        }
+        if self.relay.is_some() {
+            order.push(ConnectionPath::Relayed);
+        }
+        order
+    }
+
+    /// A stream to `source` over `path`.
+    async fn open(
+        &self,
+        source: &Source,
+        path: ConnectionPath,
+        direct_timeout: Duration,
+    ) -> Result<BoxedTransport, String> {
+        match path {
+            ConnectionPath::Direct => connect_direct(source, direct_timeout)
+                .await
+                .map(|s| Box::new(s) as BoxedTransport),
+            ConnectionPath::HolePunched => {
+                let puncher = self.puncher.as_ref().ok_or("no hole punching")?;
+                puncher
+                    .connect(source.peer_id)
+                    .await
+                    .map(|s| Box::new(s) as BoxedTransport)
+                    .map_err(|e| {
+                        tracing::debug!(peer = %source.peer_id, error = %e, "hole punch failed");
+                        e.to_string()
+                    })
+            }
+            ConnectionPath::Relayed => {
+                let relay = self.relay.as_ref().ok_or("no relay")?;
+                relay
+                    .open(source.peer_id)
+                    .await
+                    .map(|s| Box::new(s) as BoxedTransport)
+                    .map_err(|e| e.to_string())
+            }
+        }
     }
 }
 

@@ -417,11 +417,6 @@ impl QuicStream {
             _endpoint: pooled.endpoint.clone(),
         }
     }
-
-    /// The other side's address.
-    pub fn remote_address(&self) -> SocketAddr {
-        self._conn.remote_address()
-    }
 }
 
 impl Drop for QuicStream {

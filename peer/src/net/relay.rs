@@ -107,22 +107,13 @@ pub fn relay_url(tracker: &str) -> Result<String, RelayError> {
 
 /// The host of a tracker URL (`http://t:8080` → `t`), where its UDP rendezvous is.
 pub fn tracker_host(tracker: &str) -> Result<String, RelayError> {
-    let url = relay_url(tracker)?;
-    let authority = url
-        .split_once("://")
-        .map(|(_, rest)| rest)
-        .and_then(|rest| rest.split('/').next())
-        .ok_or_else(|| RelayError::Url(tracker.to_owned()))?;
-    let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let host = if let Some(v6) = authority.strip_prefix('[') {
-        v6.split_once(']').map(|(h, _)| h)
-    } else {
-        Some(authority.split_once(':').map_or(authority, |(h, _)| h))
-    };
-    match host {
-        Some(h) if !h.is_empty() => Ok(h.to_owned()),
-        _ => Err(RelayError::Url(tracker.to_owned())),
-    }
+    let bad = || RelayError::Url(tracker.to_owned());
+    let url = reqwest::Url::parse(&relay_url(tracker)?).map_err(|_| bad())?;
+    // An IPv6 host without the brackets the URL writes: the form a socket address lookup takes.
+    url.host_str()
+        .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_owned())
+        .filter(|h| !h.is_empty())
+        .ok_or_else(bad)
 }
 
 /// A stream another peer opened to us.
