@@ -16,11 +16,14 @@ fn peer(i: usize) -> PeerId {
     PeerId(Sha256::digest(format!("bench-peer-{i}")).into())
 }
 
-/// A small synthetic manifest: 4 chunk hashes derived from `i` (the tracker cannot check
-/// content it never sees, only the manifest's consistency).
+/// A small synthetic manifest: 4 chunk hashes and 3 chain values derived from `i` (the tracker
+/// cannot check content it never sees, only the manifest's consistency).
 fn manifest(i: usize) -> Manifest {
     let chunk_hashes: Vec<_> = (0..4)
         .map(|c| hash_chunk(format!("{i}-{c}").as_bytes()))
+        .collect();
+    let chain = (0..3)
+        .map(|c| hash_chunk(format!("{i}-chain-{c}").as_bytes()))
         .collect();
     Manifest {
         id: FileId(Sha256::digest(format!("bench-file-{i}")).into()),
@@ -29,6 +32,7 @@ fn manifest(i: usize) -> Manifest {
         chunk_size: 256 * 1024,
         merkle_root: merkle_root(&chunk_hashes),
         chunk_hashes,
+        chain,
     }
 }
 

@@ -470,3 +470,45 @@ suite!(
     listing_and_stats,
     users_keys_and_settings
 );
+
+/// A file stored before chains were kept (an empty `chain`) gets the chain of the next announce
+/// that brings one; a stored chain is not replaced.
+async fn a_file_stored_without_a_chain_gets_one(db: &TestDb) {
+    let s = db.open().await;
+    let peer = peer_id();
+    s.register_peer(&new_peer(peer), 1000).await.unwrap();
+    let m = manifest("old.bin", &content(700_000, 3));
+    s.announce(&peer, &m, None, 1000).await.unwrap();
+    db.execute_raw("UPDATE files SET chain = $1", Vec::new())
+        .await;
+    let stored = s.get_file(&m.id, 0).await.unwrap().unwrap().manifest;
+    assert!(stored.chain.is_empty() && stored.validate().is_err());
+    assert_eq!(
+        s.announce(&peer, &m, None, 2000).await.unwrap(),
+        AnnounceOutcome::Existing
+    );
+    assert_eq!(s.get_file(&m.id, 0).await.unwrap().unwrap().manifest, m);
+    let mut other = m.clone();
+    other.chain[0].0[0] ^= 1;
+    s.announce(&peer, &other, None, 3000).await.unwrap();
+    assert_eq!(s.get_file(&m.id, 0).await.unwrap().unwrap().manifest, m);
+}
+
+#[tokio::test]
+async fn sqlite_legacy_file_gets_a_chain() {
+    let db = TestDb::sqlite();
+    within(60, a_file_stored_without_a_chain_gets_one(&db)).await;
+}
+
+#[tokio::test]
+async fn postgres_legacy_file_gets_a_chain() {
+    let Some(url) = postgres_url() else {
+        return skip(
+            "postgres legacy file chain",
+            "P2P_TEST_POSTGRES_URL is not set",
+        );
+    };
+    let db = TestDb::postgres(&url);
+    within(60, a_file_stored_without_a_chain_gets_one(&db)).await;
+    db.cleanup().await;
+}

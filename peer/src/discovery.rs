@@ -196,21 +196,10 @@ pub fn merge_sources(sources: &mut Vec<Source>, more: impl IntoIterator<Item = S
 #[cfg(test)]
 mod tests {
     use super::*;
-    use p2p_proto::manifest::{hash_chunk, merkle_root};
-    use sha2::Digest;
 
     fn manifest() -> Manifest {
         let chunk_size = 16 * 1024;
-        let data = vec![7u8; chunk_size * 2 + 100];
-        let chunk_hashes: Vec<_> = data.chunks(chunk_size).map(hash_chunk).collect();
-        Manifest {
-            id: FileId(sha2::Sha256::digest(&data).into()),
-            name: "a.bin".into(),
-            size: data.len() as u64,
-            chunk_size: chunk_size as u32,
-            merkle_root: merkle_root(&chunk_hashes),
-            chunk_hashes,
-        }
+        Manifest::of_bytes("a.bin", &vec![7u8; chunk_size * 2 + 100], chunk_size as u32).unwrap()
     }
 
     #[test]

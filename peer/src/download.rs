@@ -17,8 +17,8 @@ use crate::identity::Identity;
 use crate::net::connector::{ConnectionPath, Connector};
 use crate::net::link::LinkEvent;
 use crate::net::secure::SecureError;
-use crate::storage::{Library, PartialDownload, PartialError, WholeFileHasher};
-use p2p_proto::manifest::hash_chunk;
+use crate::storage::{Library, PartialDownload, PartialError, VerifiedChunk};
+use p2p_proto::manifest::ChunkError;
 
 mod score;
 use crate::throttle::Throttle;
@@ -95,6 +95,12 @@ pub enum DownloadError {
     Partial(#[from] PartialError),
     #[error("no peer could provide {missing} of {total} chunks")]
     Stalled { missing: u64, total: u64 },
+    /// The manifest contradicts itself; no peer can deliver the file as described.
+    #[error("the manifest cannot be downloaded: {0}")]
+    BadManifest(ChunkError),
+    /// Writing the download failed (a full disk, say); what was written is kept for resuming.
+    #[error("cannot write the download: {0}")]
+    Disk(String),
     #[error("background task failed")]
     Task,
 }
@@ -141,7 +147,7 @@ struct Scheduler {
 /// Chunks this many apart in file order are shuffled among themselves (16 MiB). Within a
 /// window each download has its own order, so leechers that start together ask the seeder for
 /// different chunks and have something to trade; window by window the file still fills from
-/// the front, which keeps the running whole-file hash moving (its in-memory reach is as big).
+/// the front, so a download's writes and an uploader's reads stay close together.
 const SHUFFLE_WINDOW: u64 = 64;
 
 /// The tie-break among equally rare chunks: file order, permuted within each
@@ -280,8 +286,8 @@ struct Shared {
     sched: Mutex<Scheduler>,
     /// Taken out when the download finishes.
     partial: Arc<Mutex<Option<PartialDownload>>>,
-    /// The whole-file hash, computed on its own thread as chunks arrive; taken at the end.
-    hasher: Arc<Mutex<Option<WholeFileHasher>>>,
+    /// What stopped the whole download early (a bad manifest, a failing disk).
+    fatal: Mutex<Option<DownloadError>>,
     scores: Scoreboard,
     library: Arc<Library>,
     done: Notify,
@@ -306,13 +312,16 @@ pub async fn download(
 ) -> Result<DownloadReport, DownloadError> {
     let started = Instant::now();
     let (m, dir) = (manifest.clone(), data_dir.to_owned());
-    let (partial, hasher) = tokio::task::spawn_blocking(move || {
-        let partial = PartialDownload::open(&dir, &m)?;
-        let hasher = WholeFileHasher::spawn(&partial)?;
-        Ok::<_, PartialError>((partial, hasher))
-    })
-    .await
-    .map_err(|_| DownloadError::Task)??;
+    let partial = tokio::task::spawn_blocking(move || PartialDownload::open(&dir, &m))
+        .await
+        .map_err(|_| DownloadError::Task)??;
+    if partial.discarded() > 0 {
+        tracing::warn!(
+            file = %manifest.id,
+            chunks = partial.discarded(),
+            "resumed chunks no longer match; fetching them again"
+        );
+    }
     let have = partial.have().clone();
     library.insert(
         manifest.clone(),
@@ -324,7 +333,7 @@ pub async fn download(
         manifest: Arc::new(manifest.clone()),
         sched: Mutex::new(Scheduler::new(have, Order::random())),
         partial: Arc::new(Mutex::new(Some(partial))),
-        hasher: Arc::new(Mutex::new(Some(hasher))),
+        fatal: Mutex::new(None),
         scores: Scoreboard::default(),
         library: library.clone(),
         done: Notify::new(),
@@ -382,25 +391,22 @@ pub async fn download(
     }
     let _ = saver.await;
     let partial = shared.partial.clone();
-    let hasher = shared.hasher.lock().ok().and_then(|mut h| h.take());
     let (complete, missing) = {
         let s = shared.sched.lock().map_err(|_| DownloadError::Task)?;
         (s.complete(), s.have.len() - s.have.count_ones())
     };
     if !complete {
         let p = partial.clone();
-        tokio::task::spawn_blocking(move || {
-            // Stop the hash thread; the next run hashes from the resumed data again.
-            if let Some(h) = hasher {
-                h.finish();
-            }
-            match p.lock().as_deref() {
-                Ok(Some(p)) => p.save_state().map_err(DownloadError::from),
-                _ => Err(DownloadError::Task),
-            }
+        let saved = tokio::task::spawn_blocking(move || match p.lock().as_deref() {
+            Ok(Some(p)) => p.save_state().map_err(DownloadError::from),
+            _ => Err(DownloadError::Task),
         })
         .await
-        .map_err(|_| DownloadError::Task)??;
+        .map_err(|_| DownloadError::Task)?;
+        if let Some(fatal) = shared.fatal.lock().ok().and_then(|mut f| f.take()) {
+            return Err(fatal);
+        }
+        saved?;
         return Err(DownloadError::Stalled {
             missing,
             total: chunk_count,
@@ -408,14 +414,12 @@ pub async fn download(
     }
     let dest_dir = data_dir.to_owned();
     let path = tokio::task::spawn_blocking(move || {
-        let prefix = hasher.map(WholeFileHasher::finish).unwrap_or_default();
         let p = partial
             .lock()
             .map_err(|_| DownloadError::Task)?
             .take()
             .ok_or(DownloadError::Task)?;
-        p.finish_with(&dest_dir, prefix)
-            .map_err(DownloadError::from)
+        p.finish(&dest_dir).map_err(DownloadError::from)
     })
     .await
     .map_err(|_| DownloadError::Task)??;
@@ -478,6 +482,23 @@ enum WorkerError {
     Closed,
     #[error("cannot write the download: {0}")]
     Disk(String),
+    #[error("the manifest cannot be downloaded: {0}")]
+    BadManifest(ChunkError),
+}
+
+impl Shared {
+    /// Stops the whole download for `e` if no peer could do better (the disk, the manifest).
+    fn fail(&self, e: &WorkerError) {
+        let fatal = match e {
+            WorkerError::Disk(why) => DownloadError::Disk(why.clone()),
+            WorkerError::BadManifest(why) => DownloadError::BadManifest(why.clone()),
+            _ => return,
+        };
+        if let Ok(mut f) = self.fatal.lock() {
+            f.get_or_insert(fatal);
+        }
+        self.stop.cancel();
+    }
 }
 
 async fn fetch_from(
@@ -601,7 +622,10 @@ async fn fetch_from(
                         report.bad_chunks += 1;
                         shared.scores.record_failure(peer);
                     }
-                    Err(e) => break Err(e),
+                    Err(e) => {
+                        shared.fail(&e);
+                        break Err(e);
+                    }
                 }
                 release(shared, index);
                 if report.bad_chunks >= opts.max_strikes {
@@ -679,10 +703,14 @@ async fn fetch_from(
     drop(sub);
     // Chunks already received are still written before the worker reports.
     while let Some(Ok((index, len, outcome))) = stores.join_next().await {
-        if let Ok(Stored::Written) = outcome {
-            report.bytes += len;
-            opts.contributions.add(peer, len);
-            stored_ok(shared, index);
+        match outcome {
+            Ok(Stored::Written) => {
+                report.bytes += len;
+                opts.contributions.add(peer, len);
+                stored_ok(shared, index);
+            }
+            Err(e) => shared.fail(&e),
+            Ok(_) => {}
         }
         release(shared, index);
     }
@@ -737,40 +765,33 @@ enum Stored {
     Bad,
 }
 
-/// Verifies and writes a chunk off the reactor. The hash is checked
-/// before the download's lock is taken; the written chunk then goes to the whole-file hash.
+/// Verifies and writes a chunk off the reactor. The hash is checked before the download's lock
+/// is taken.
 fn store_chunk(
     shared: &Shared,
     index: u64,
     data: bytes::Bytes,
 ) -> impl Future<Output = Result<Stored, WorkerError>> + use<> {
-    let (partial, hasher) = (shared.partial.clone(), shared.hasher.clone());
-    let expected = shared.manifest.chunk_hashes.get(index as usize).copied();
-    let expected_len = shared.manifest.chunk_len(index) as usize;
+    let (partial, manifest) = (shared.partial.clone(), shared.manifest.clone());
     async move {
         tokio::task::spawn_blocking(move || {
-            let disk = |e: PartialError| WorkerError::Disk(e.to_string());
-            if expected.is_none_or(|h| data.len() != expected_len || hash_chunk(&data) != h) {
-                return Ok(Stored::Bad);
+            let chunk = match VerifiedChunk::check(&manifest, index, data) {
+                Ok(chunk) => chunk,
+                Err(e @ ChunkError::Inconsistent(_)) => return Err(WorkerError::BadManifest(e)),
+                Err(_) => return Ok(Stored::Bad),
+            };
+            let mut guard = partial
+                .lock()
+                .map_err(|_| WorkerError::Disk("lock poisoned".into()))?;
+            let Some(p) = guard.as_mut() else {
+                return Ok(Stored::Duplicate); // the download is over
+            };
+            if p.have().get(index) {
+                return Ok(Stored::Duplicate);
             }
-            {
-                let mut guard = partial
-                    .lock()
-                    .map_err(|_| WorkerError::Disk("lock poisoned".into()))?;
-                let Some(p) = guard.as_mut() else {
-                    return Ok(Stored::Duplicate); // the download is over
-                };
-                if p.have().get(index) {
-                    return Ok(Stored::Duplicate);
-                }
-                p.write_verified(index, &data).map_err(disk)?;
-            }
-            if let Ok(h) = hasher.lock()
-                && let Some(h) = h.as_ref()
-            {
-                h.written(index, data);
-            }
-            Ok::<_, WorkerError>(Stored::Written)
+            p.write_verified(&chunk)
+                .map_err(|e| WorkerError::Disk(e.to_string()))?;
+            Ok(Stored::Written)
         })
         .await
         .map_err(|_| WorkerError::Disk("writer task failed".into()))?

@@ -47,12 +47,14 @@ async fn serving(library: Arc<Library>, stop: &CancellationToken) -> Source {
     }
 }
 
-/// A peer that claims every chunk of `m`, then answers requests with garbage (`Bad`), or serves
-/// `after` chunks correctly and drops the connection (`Vanish`).
+/// A peer that claims every chunk of `m`, then answers requests with garbage (`Bad`), serves
+/// `after` chunks correctly and drops the connection (`Vanish`), or serves every chunk correctly
+/// under whatever manifest it was given (`Faithful`).
 #[derive(Clone, Copy)]
 enum Misbehaviour {
     Bad,
     Vanish { after: usize },
+    Faithful,
 }
 
 async fn rogue(
@@ -101,6 +103,9 @@ async fn rogue(
                                     if served == after {
                                         return Ok::<_, secure::SecureError>(());
                                     }
+                                    Bytes::copy_from_slice(&data[start..start + len])
+                                }
+                                Misbehaviour::Faithful => {
                                     Bytes::copy_from_slice(&data[start..start + len])
                                 }
                             };
@@ -174,6 +179,18 @@ async fn leech(
         "content matches"
     );
     (report, out)
+}
+
+/// A download of the fixture's file into `out` by a new peer, with default options.
+async fn try_leech(
+    f: &Fixture,
+    sources: &[Source],
+    out: &Path,
+) -> Result<p2p_peer::download::DownloadReport, p2p_peer::download::DownloadError> {
+    let me = Identity::generate().unwrap();
+    let library = Arc::new(Library::new());
+    let opts = DownloadOptions::default();
+    download(&me, &f.manifest, sources, out, library, opts).await
 }
 
 #[tokio::test]
@@ -270,17 +287,7 @@ async fn resumes_with_only_the_missing_chunks() {
         p.save_state().unwrap();
     }
     let source = seeder(&path, &f.stop).await;
-    let me = Identity::generate().unwrap();
-    let report = download(
-        &me,
-        &f.manifest,
-        &[source],
-        out.path(),
-        Arc::new(Library::new()),
-        DownloadOptions::default(),
-    )
-    .await
-    .unwrap();
+    let report = try_leech(&f, &[source], out.path()).await.unwrap();
     assert_eq!(
         report.fetched_chunks,
         f.manifest.chunk_count() / 2,
@@ -305,18 +312,41 @@ async fn a_download_without_good_sources_fails_cleanly_and_keeps_progress() {
         addrs: vec!["127.0.0.1:1".parse().unwrap()],
     };
     let out = tempfile::tempdir().unwrap();
-    let me = Identity::generate().unwrap();
-    let err = download(
-        &me,
-        &f.manifest,
-        &[bad, nobody],
-        out.path(),
-        Arc::new(Library::new()),
-        DownloadOptions::default(),
-    )
-    .await
-    .unwrap_err();
+    let err = try_leech(&f, &[bad, nobody], out.path()).await.unwrap_err();
     assert!(err.to_string().contains("no peer could provide"), "{err}");
+    assert!(
+        out.path()
+            .join(".partial")
+            .join(format!("{}.state", f.manifest.id))
+            .exists()
+    );
+    f.stop.cancel();
+}
+
+#[tokio::test]
+async fn a_manifest_whose_chain_contradicts_its_chunk_hashes_fails_without_blaming_peers() {
+    let mut f = fixture(2 * 1024 * 1024);
+    // Consistent by its Merkle root, but one chain value is wrong: no chunk after it can pass.
+    f.manifest.chain[3].0[0] ^= 0x80;
+    f.manifest.validate().unwrap();
+    let peer = rogue(
+        f.manifest.clone(),
+        f.data.clone(),
+        Misbehaviour::Faithful,
+        f.stop.clone(),
+    )
+    .await;
+    let out = tempfile::tempdir().unwrap();
+    let err = try_leech(&f, &[peer], out.path()).await.unwrap_err();
+    assert!(
+        matches!(err, p2p_peer::download::DownloadError::BadManifest(_)),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("manifest is inconsistent"),
+        "{err}"
+    );
+    // The chunks that did pass are kept, with the resume state.
     assert!(
         out.path()
             .join(".partial")

@@ -17,7 +17,6 @@ use p2p_proto::api::{
     AnnounceRequest, ConnectionPathKind, Event, EventMessage, HeartbeatRequest,
     MAX_PEER_CONNECTIONS, PeerConnection, PeerInfo, RegisterPeerRequest,
 };
-use p2p_proto::manifest::{hash_chunk, merkle_root};
 use p2p_proto::{Bitfield, CHUNK_SIZE, FileId, Manifest, PeerId};
 use p2p_tracker::app::{self, RunningTracker, RuntimeOptions};
 use p2p_tracker::config::ServeArgs;
@@ -93,15 +92,7 @@ fn manifest(name: &str, len: usize, seed: u8) -> Manifest {
     let data: Vec<u8> = (0..len)
         .map(|i| (i as u8).wrapping_mul(31) ^ seed)
         .collect();
-    let chunk_hashes: Vec<_> = data.chunks(CHUNK_SIZE as usize).map(hash_chunk).collect();
-    Manifest {
-        id: FileId(Sha256::digest(&data).into()),
-        name: name.to_owned(),
-        size: data.len() as u64,
-        chunk_size: CHUNK_SIZE,
-        merkle_root: merkle_root(&chunk_hashes),
-        chunk_hashes,
-    }
+    Manifest::of_bytes(name, &data, CHUNK_SIZE).unwrap()
 }
 
 fn heartbeat(peer: PeerId) -> HeartbeatRequest {

@@ -5,7 +5,8 @@
 //!
 //! Modules:
 //! - [`ids`]: [`FileId`], [`PeerId`] and [`Sha256Hash`] newtypes, shown and parsed as lowercase hex.
-//! - [`manifest`]: chunking rules, chunk hashes, the Merkle tree over them and manifest validation.
+//! - [`manifest`]: chunking rules, chunk hashes, the hash chain that verifies each chunk against
+//!   the file id, the Merkle tree over the chunk hashes and manifest validation.
 //! - [`bitfield`]: which chunks a peer has.
 //! - [`api`]: tracker REST and WebSocket types.
 //! - [`wire`]: peer-to-peer frames (manifest, bitfield, have, request, chunk, reject…).
@@ -27,4 +28,6 @@ pub mod wire;
 
 pub use bitfield::Bitfield;
 pub use ids::{FileId, PeerId, Sha256Hash};
-pub use manifest::{CHUNK_SIZE, Manifest, ManifestError, MerkleTree};
+pub use manifest::{
+    CHUNK_SIZE, ChainHasher, ChunkError, Manifest, ManifestBuilder, ManifestError, MerkleTree,
+};

@@ -448,9 +448,18 @@ macro_rules! sql_store_impl {
                         .await?;
                     match stored {
                         Some(s) if !s.matches(m) => return Ok(AnnounceOutcome::Conflict),
-                        Some(_) => break,
+                        Some(s) => {
+                            if s.lacks_chain(m) {
+                                sqlx::query(sql::FILL_CHAIN)
+                                    .bind(&file_id)
+                                    .bind(rows::hashes_blob(&m.chain))
+                                    .execute(&mut *tx)
+                                    .await?;
+                            }
+                            break;
+                        }
                         None => {
-                            let hashes: Vec<u8> = m.chunk_hashes.iter().flat_map(|h| h.0).collect();
+                            let hashes = rows::hashes_blob(&m.chunk_hashes);
                             let inserted = sqlx::query(sql::INSERT_FILE)
                                 .bind(&file_id)
                                 .bind(&m.name)
@@ -459,6 +468,7 @@ macro_rules! sql_store_impl {
                                 .bind(to_i64(m.chunk_count()))
                                 .bind(m.merkle_root.to_string())
                                 .bind(hashes)
+                                .bind(rows::hashes_blob(&m.chain))
                                 .bind(to_i64(now_ms))
                                 .execute(&mut *tx)
                                 .await?;

@@ -128,6 +128,7 @@ pub(super) struct LayoutRow {
     size: i64,
     chunk_size: i64,
     merkle_root: String,
+    chain_len: i64,
 }
 
 impl LayoutRow {
@@ -138,6 +139,33 @@ impl LayoutRow {
             && to_u64(self.chunk_size) == u64::from(m.chunk_size)
             && self.merkle_root == m.merkle_root.to_string()
     }
+
+    /// Whether the stored file has no chain yet (it was stored before chains were kept) while
+    /// `m` brings one.
+    pub fn lacks_chain(&self, m: &Manifest) -> bool {
+        self.chain_len == 0 && !m.chain.is_empty()
+    }
+}
+
+/// A list of 32-byte values stored as one blob.
+pub(super) fn hashes_blob(hashes: &[Sha256Hash]) -> Vec<u8> {
+    hashes.iter().flat_map(|h| h.0).collect()
+}
+
+fn hashes_of_blob(blob: &[u8], what: &str) -> Result<Vec<Sha256Hash>, StoreError> {
+    if !blob.len().is_multiple_of(32) {
+        return Err(corrupt(format!(
+            "{what} blob is not a multiple of 32 bytes"
+        )));
+    }
+    Ok(blob
+        .chunks_exact(32)
+        .map(|c| {
+            let mut h = [0u8; 32];
+            h.copy_from_slice(c);
+            Sha256Hash(h)
+        })
+        .collect())
 }
 
 #[derive(sqlx::FromRow)]
@@ -148,6 +176,7 @@ pub(super) struct FileRow {
     chunk_size: i64,
     merkle_root: String,
     chunk_hashes: Vec<u8>,
+    chain: Vec<u8>,
     created_at: i64,
     seeders: i64,
     leechers: i64,
@@ -157,18 +186,8 @@ impl TryFrom<FileRow> for FileRecord {
     type Error = StoreError;
 
     fn try_from(r: FileRow) -> Result<Self, StoreError> {
-        if !r.chunk_hashes.len().is_multiple_of(32) {
-            return Err(corrupt("chunk hash blob is not a multiple of 32 bytes"));
-        }
-        let chunk_hashes = r
-            .chunk_hashes
-            .chunks_exact(32)
-            .map(|c| {
-                let mut h = [0u8; 32];
-                h.copy_from_slice(c);
-                Sha256Hash(h)
-            })
-            .collect();
+        let chunk_hashes = hashes_of_blob(&r.chunk_hashes, "chunk hash")?;
+        let chain = hashes_of_blob(&r.chain, "chain")?;
         Ok(FileRecord {
             manifest: Manifest {
                 id: parse_id(&r.id)?,
@@ -177,6 +196,7 @@ impl TryFrom<FileRow> for FileRecord {
                 chunk_size: u32::try_from(r.chunk_size).map_err(|_| corrupt("bad chunk size"))?,
                 chunk_hashes,
                 merkle_root: parse_id(&r.merkle_root)?,
+                chain,
             },
             created_at_ms: to_u64(r.created_at),
             seeders: to_u64(r.seeders),

@@ -67,12 +67,17 @@ pub(super) const COUNT_PEERS: &str = concat!(
 );
 
 pub(super) const FILE_LAYOUT: &str =
-    "SELECT size, chunk_size, merkle_root FROM files WHERE id = $1";
+    "SELECT size, chunk_size, merkle_root, CAST(length(chain) AS BIGINT) AS chain_len
+     FROM files WHERE id = $1";
 
 pub(super) const INSERT_FILE: &str = "\
-INSERT INTO files (id, name, size, chunk_size, chunk_count, merkle_root, chunk_hashes, created_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+INSERT INTO files (id, name, size, chunk_size, chunk_count, merkle_root, chunk_hashes, chain, created_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
 ON CONFLICT (id) DO NOTHING";
+
+/// Gives a file stored before chains were kept the chain a peer announced with it.
+pub(super) const FILL_CHAIN: &str =
+    "UPDATE files SET chain = $2 WHERE id = $1 AND length(chain) = 0";
 
 pub(super) const UPSERT_FILE_PEER: &str = "\
 INSERT INTO file_peers (file_id, peer_id, have, chunks_have, updated_at)
@@ -97,7 +102,7 @@ macro_rules! swarm_counts {
 }
 
 pub(super) const GET_FILE: &str = concat!(
-    "SELECT f.id, f.name, f.size, f.chunk_size, f.merkle_root, f.chunk_hashes, f.created_at, ",
+    "SELECT f.id, f.name, f.size, f.chunk_size, f.merkle_root, f.chunk_hashes, f.chain, f.created_at, ",
     swarm_counts!("$2"),
     " FROM files f WHERE f.id = $1"
 );

@@ -6,8 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use p2p_proto::manifest::{hash_chunk, merkle_root};
-use p2p_proto::{CHUNK_SIZE, FileId, Manifest, PeerId};
+use p2p_proto::{CHUNK_SIZE, Manifest, PeerId};
 use p2p_tracker::app::{self, RunningTracker, RuntimeOptions};
 use p2p_tracker::clock::ManualClock;
 use p2p_tracker::config::ServeArgs;
@@ -74,6 +73,27 @@ impl TestDb {
                     .await
                     .expect("connect postgres"),
             ),
+        }
+    }
+
+    /// Runs one SQL statement with one blob parameter (`$1`) straight on the database, behind
+    /// the store's back: for tests of rows an older version left.
+    pub async fn execute_raw(&self, sql: &str, blob: Vec<u8>) {
+        use sqlx::Connection;
+        match self {
+            Self::Sqlite(dir) => {
+                let url = format!("sqlite://{}", dir.path().join("tracker.db").display());
+                let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+                sqlx::query(sql).bind(blob).execute(&mut c).await.unwrap();
+            }
+            Self::Postgres { url, schema } => {
+                let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+                sqlx::query(&format!("SET search_path TO {schema}"))
+                    .execute(&mut c)
+                    .await
+                    .unwrap();
+                sqlx::query(sql).bind(blob).execute(&mut c).await.unwrap();
+            }
         }
     }
 
@@ -228,15 +248,7 @@ pub fn content(len: usize, seed: u64) -> Vec<u8> {
 
 /// The manifest of `data` with the default chunk size.
 pub fn manifest(name: &str, data: &[u8]) -> Manifest {
-    let chunk_hashes: Vec<_> = data.chunks(CHUNK_SIZE as usize).map(hash_chunk).collect();
-    Manifest {
-        id: FileId(Sha256::digest(data).into()),
-        name: name.to_owned(),
-        size: data.len() as u64,
-        chunk_size: CHUNK_SIZE,
-        merkle_root: merkle_root(&chunk_hashes),
-        chunk_hashes,
-    }
+    Manifest::of_bytes(name, data, CHUNK_SIZE).expect("a valid manifest")
 }
 
 /// Asserts a JSON error body with the given status and code.

@@ -16,7 +16,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use p2p_proto::manifest::hash_chunk;
 use p2p_proto::{Bitfield, FileId, Manifest};
 
 use super::hashing::manifest_for_file;
@@ -285,12 +284,13 @@ impl Library {
         }
     }
 
-    /// A finished download (its whole-file hash checked) now lives at `path`.
+    /// A finished download (every chunk checked, so the whole file has its id) now lives at
+    /// `path`.
     pub fn completed(&self, id: &FileId, path: PathBuf) {
         if let Some(entry) = self.get(id) {
             let full = Bitfield::full(entry.manifest.chunk_count());
             if let Ok(mut v) = entry.verified.lock() {
-                // The content was checked whole just now.
+                // Every chunk of the content was checked just now.
                 *v = match std::fs::metadata(&path) {
                     Ok(meta) => Verified {
                         stamp: Some(FileStamp::of(&meta)),
@@ -319,7 +319,6 @@ impl Library {
         let path = entry.path();
         let m = &entry.manifest;
         let (offset, len) = (index * u64::from(m.chunk_size), m.chunk_len(index) as usize);
-        let expected = m.chunk_hashes[index as usize];
         let file = *id;
         let rehashed = &self.rehashed;
         let checked = tokio::task::spawn_blocking(move || {
@@ -334,7 +333,7 @@ impl Library {
             read_at(&f, offset, &mut buf).map_err(io)?;
             let trusted = entry.trusted(index, stamp);
             if !trusted {
-                if hash_chunk(&buf) != expected {
+                if entry.manifest.verify_chunk(index, &buf).is_err() {
                     return Err(LibraryError::Changed { file, index });
                 }
                 entry.mark_verified(index, stamp, read_start);

@@ -5,9 +5,6 @@ mod hashing;
 mod library;
 mod partial;
 
-pub use hashing::{hash_file, manifest_for_file};
+pub use hashing::{manifest_for_file, manifest_with_chunk_size};
 pub use library::{Library, LibraryError};
-pub use partial::{
-    PartialDownload, PartialError, PrefixHash, ResumeSnapshot, WholeFileHasher, chunk_matches,
-    safe_file_name,
-};
+pub use partial::{PartialDownload, PartialError, ResumeSnapshot, VerifiedChunk, safe_file_name};

@@ -1,15 +1,17 @@
 //! A download in progress: `<data>/.partial/<id>.part` holds the chunks written so far at their
 //! offsets, `<id>.state` which of them are verified. After a crash the same download resumes
-//! with only the missing chunks. Completion checks the whole file's SHA-256 and renames it into
-//! place atomically, never over an existing file.
+//! with only the missing chunks. Only chunks verified against the manifest's hash chain
+//! ([`VerifiedChunk`]) are written, and those the state file lists are verified again when the
+//! download resumes, so a complete download hashes to its id without another pass over it (see
+//! `p2p_proto::manifest`). Completion renames the file into place atomically, never over an
+//! existing file.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use p2p_proto::manifest::hash_chunk;
-use p2p_proto::{Bitfield, Manifest};
+use bytes::Bytes;
+use p2p_proto::manifest::ChunkError;
+use p2p_proto::{Bitfield, FileId, Manifest};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 /// Why a partial download failed.
 #[derive(Debug, thiserror::Error)]
@@ -23,16 +25,46 @@ pub enum PartialError {
     },
     #[error("chunk {0} is past the end of the file")]
     OutOfRange(u64),
+    #[error("a chunk verified for file {got} cannot go into the download of {expected}")]
+    OtherFile { expected: FileId, got: FileId },
     #[error("the download is missing {0} chunks")]
     Incomplete(u64),
-    #[error("the finished file's SHA-256 does not match its id")]
-    WrongHash,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 struct State {
     manifest: Manifest,
     have: String,
+}
+
+/// A chunk's bytes, checked against its file's manifest: the only thing a
+/// [`PartialDownload`] writes.
+#[derive(Debug, Clone)]
+pub struct VerifiedChunk {
+    file: FileId,
+    index: u64,
+    data: Bytes,
+}
+
+impl VerifiedChunk {
+    /// Checks `data` as chunk `index` of `manifest` (one SHA-256 pass; see
+    /// [`Manifest::verify_chunk`]).
+    pub fn check(manifest: &Manifest, index: u64, data: Bytes) -> Result<Self, ChunkError> {
+        manifest.verify_chunk(index, &data)?;
+        Ok(Self {
+            file: manifest.id,
+            index,
+            data,
+        })
+    }
+
+    pub fn index(&self) -> u64 {
+        self.index
+    }
+
+    pub fn data(&self) -> &Bytes {
+        &self.data
+    }
 }
 
 /// One file being downloaded.
@@ -43,6 +75,8 @@ pub struct PartialDownload {
     state_path: PathBuf,
     file: std::fs::File,
     have: Bitfield,
+    /// Chunks the state file listed that no longer matched when resuming.
+    discarded: u64,
 }
 
 fn io_at(path: &Path) -> impl Fn(std::io::Error) -> PartialError + '_ {
@@ -54,7 +88,8 @@ fn io_at(path: &Path) -> impl Fn(std::io::Error) -> PartialError + '_ {
 
 impl PartialDownload {
     /// Opens the partial file of `manifest` under `data_dir/.partial`, resuming from its state
-    /// file when that describes the same manifest.
+    /// file when that describes the same manifest. Resumed chunks are read back and verified;
+    /// any that no longer match are fetched again. Blocking.
     pub fn open(data_dir: &Path, manifest: &Manifest) -> Result<Self, PartialError> {
         let dir = data_dir.join(".partial");
         std::fs::create_dir_all(&dir).map_err(io_at(&dir))?;
@@ -74,13 +109,34 @@ impl PartialDownload {
             .open(&part_path)
             .map_err(io_at(&part_path))?;
         file.set_len(manifest.size).map_err(io_at(&part_path))?;
-        Ok(Self {
-            have: resumed.unwrap_or_else(|| Bitfield::new(manifest.chunk_count())),
+        let mut download = Self {
+            have: Bitfield::new(manifest.chunk_count()),
             manifest: manifest.clone(),
             part_path,
             state_path,
             file,
-        })
+            discarded: 0,
+        };
+        if let Some(listed) = resumed {
+            download.reverify(&listed)?;
+        }
+        Ok(download)
+    }
+
+    /// Takes the chunks of `listed` that still match the manifest on disk.
+    fn reverify(&mut self, listed: &Bitfield) -> Result<(), PartialError> {
+        let mut buf = Vec::new();
+        for index in (0..listed.len()).filter(|&i| listed.get(i)) {
+            buf.resize(self.manifest.chunk_len(index) as usize, 0);
+            let offset = index * u64::from(self.manifest.chunk_size);
+            read_at(&self.file, offset, &mut buf).map_err(io_at(&self.part_path))?;
+            if self.manifest.verify_chunk(index, &buf).is_ok() {
+                self.have.set(index);
+            } else {
+                self.discarded += 1;
+            }
+        }
+        Ok(())
     }
 
     pub fn manifest(&self) -> &Manifest {
@@ -99,25 +155,38 @@ impl PartialDownload {
         self.have.is_complete()
     }
 
-    /// Writes chunk `index` if `data` hashes to its manifest entry; `Ok(false)` when it does
-    /// not (nothing is written).
-    pub fn write_chunk(&mut self, index: u64, data: &[u8]) -> Result<bool, PartialError> {
-        if !chunk_matches(&self.manifest, index, data)? {
-            return Ok(false);
-        }
-        self.write_verified(index, data)?;
-        Ok(true)
+    /// Chunks the state file listed that no longer matched when resuming (fetched again).
+    pub fn discarded(&self) -> u64 {
+        self.discarded
     }
 
-    /// Writes a chunk already checked with [`chunk_matches`] (so the hash can be computed
-    /// without holding whatever guards this download).
-    pub fn write_verified(&mut self, index: u64, data: &[u8]) -> Result<(), PartialError> {
+    /// Verifies `data` as chunk `index` and writes it; `Ok(false)` when it does not match
+    /// (nothing is written).
+    pub fn write_chunk(&mut self, index: u64, data: &[u8]) -> Result<bool, PartialError> {
         if index >= self.manifest.chunk_count() {
             return Err(PartialError::OutOfRange(index));
         }
-        let offset = index * u64::from(self.manifest.chunk_size);
-        write_at(&self.file, offset, data).map_err(io_at(&self.part_path))?;
-        self.have.set(index);
+        match VerifiedChunk::check(&self.manifest, index, Bytes::copy_from_slice(data)) {
+            Ok(chunk) => self.write_verified(&chunk).map(|()| true),
+            Err(_) => Ok(false),
+        }
+    }
+
+    /// Writes a chunk verified with [`VerifiedChunk::check`] (so the hash can be computed
+    /// without holding whatever guards this download).
+    pub fn write_verified(&mut self, chunk: &VerifiedChunk) -> Result<(), PartialError> {
+        if chunk.file != self.manifest.id {
+            return Err(PartialError::OtherFile {
+                expected: self.manifest.id,
+                got: chunk.file,
+            });
+        }
+        if chunk.index >= self.manifest.chunk_count() {
+            return Err(PartialError::OutOfRange(chunk.index));
+        }
+        let offset = chunk.index * u64::from(self.manifest.chunk_size);
+        write_at(&self.file, offset, &chunk.data).map_err(io_at(&self.part_path))?;
+        self.have.set(chunk.index);
         Ok(())
     }
 
@@ -141,35 +210,15 @@ impl PartialDownload {
         })
     }
 
-    /// Checks the whole file against its id and moves it to `dest_dir` under a safe, unused
-    /// name. Returns where it went.
+    /// Flushes the complete file and moves it to `dest_dir` under a safe, unused name. Returns
+    /// where it went. Every chunk was verified against the hash chain, which makes the whole
+    /// file's SHA-256 its id; an empty file's manifest was checked to carry the empty id.
     pub fn finish(self, dest_dir: &Path) -> Result<PathBuf, PartialError> {
-        self.finish_with(dest_dir, PrefixHash::default())
-    }
-
-    /// Like [`PartialDownload::finish`], continuing the whole-file hash from `prefix` (the
-    /// chunks hashed in order while they arrived) instead of reading those bytes again.
-    pub fn finish_with(self, dest_dir: &Path, prefix: PrefixHash) -> Result<PathBuf, PartialError> {
         let missing = self.have.len() - self.have.count_ones();
         if missing > 0 {
             return Err(PartialError::Incomplete(missing));
         }
         self.file.sync_all().map_err(io_at(&self.part_path))?;
-        let (mut hasher, done) = (prefix.hasher, prefix.bytes);
-        let mut reader = std::fs::File::open(&self.part_path).map_err(io_at(&self.part_path))?;
-        std::io::Seek::seek(&mut reader, std::io::SeekFrom::Start(done))
-            .map_err(io_at(&self.part_path))?;
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = reader.read(&mut buf).map_err(io_at(&self.part_path))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-        }
-        if <[u8; 32]>::from(hasher.finalize()) != self.manifest.id.0 {
-            return Err(PartialError::WrongHash);
-        }
         std::fs::create_dir_all(dest_dir).map_err(io_at(dest_dir))?;
         let name = safe_file_name(&self.manifest.name, &self.manifest.id.to_string());
         let dest = unused_path(dest_dir, &name);
@@ -203,142 +252,6 @@ impl ResumeSnapshot {
         })?;
         std::fs::write(&tmp, json).map_err(io_at(&tmp))?;
         std::fs::rename(&tmp, &self.state_path).map_err(io_at(&self.state_path))
-    }
-}
-
-/// Whether `data` is chunk `index` of `manifest` (right length and SHA-256).
-pub fn chunk_matches(manifest: &Manifest, index: u64, data: &[u8]) -> Result<bool, PartialError> {
-    if index >= manifest.chunk_count() {
-        return Err(PartialError::OutOfRange(index));
-    }
-    Ok(data.len() == manifest.chunk_len(index) as usize
-        && hash_chunk(data) == manifest.chunk_hashes[index as usize])
-}
-
-/// Chunks kept in memory for the whole-file hash while earlier ones are still missing; chunks
-/// beyond that are read back from the partial file when their turn comes.
-const HASH_WINDOW: usize = 64;
-
-/// The whole-file SHA-256 of a download as far as it got: the file's first `bytes` bytes.
-#[derive(Debug, Clone, Default)]
-pub struct PrefixHash {
-    hasher: Sha256,
-    bytes: u64,
-}
-
-impl PrefixHash {
-    /// Bytes of the file already hashed.
-    pub fn hashed(&self) -> u64 {
-        self.bytes
-    }
-}
-
-/// Computes a download's whole-file SHA-256 on its own thread while chunks arrive in any
-/// order: each written chunk is announced with [`WholeFileHasher::written`]; the thread hashes
-/// the file's prefix as it grows, from memory while the gap is small, else from the partial
-/// file. Finishing then hashes nothing, or only what the thread could not read.
-#[derive(Debug)]
-pub struct WholeFileHasher {
-    tx: Option<std::sync::mpsc::SyncSender<(u64, bytes::Bytes)>>,
-    thread: Option<std::thread::JoinHandle<PrefixHash>>,
-}
-
-impl WholeFileHasher {
-    /// Starts hashing `download`, beginning with the chunks it already has.
-    pub fn spawn(download: &PartialDownload) -> Result<Self, PartialError> {
-        let file = std::fs::File::open(&download.part_path).map_err(io_at(&download.part_path))?;
-        let (tx, rx) = std::sync::mpsc::sync_channel(HASH_WINDOW * 2);
-        let mut state = HashThread {
-            prefix: PrefixHash::default(),
-            next: 0,
-            written: download.have.clone(),
-            window: std::collections::BTreeMap::new(),
-            file,
-            chunk_size: download.manifest.chunk_size,
-            size: download.manifest.size,
-            failed: false,
-        };
-        let thread = std::thread::Builder::new()
-            .name("whole-file-hash".into())
-            .spawn(move || {
-                state.advance();
-                while let Ok((index, data)) = rx.recv() {
-                    state.add(index, data);
-                }
-                state.prefix
-            })
-            .map_err(io_at(&download.part_path))?;
-        Ok(Self {
-            tx: Some(tx),
-            thread: Some(thread),
-        })
-    }
-
-    /// Tells the thread chunk `index` (`data`) is verified and written. Blocks while the
-    /// thread is far behind, so hashing paces the download instead of piling up memory.
-    pub fn written(&self, index: u64, data: bytes::Bytes) {
-        if let Some(tx) = &self.tx {
-            let _ = tx.send((index, data));
-        }
-    }
-
-    /// Waits for the thread and returns what it hashed (blocking).
-    pub fn finish(mut self) -> PrefixHash {
-        self.tx = None;
-        self.thread
-            .take()
-            .and_then(|t| t.join().ok())
-            .unwrap_or_default()
-    }
-}
-
-struct HashThread {
-    prefix: PrefixHash,
-    /// The first chunk not hashed yet.
-    next: u64,
-    written: Bitfield,
-    window: std::collections::BTreeMap<u64, bytes::Bytes>,
-    file: std::fs::File,
-    chunk_size: u32,
-    size: u64,
-    /// A read failed: stop here and let finishing read (and report) the rest.
-    failed: bool,
-}
-
-impl HashThread {
-    fn add(&mut self, index: u64, data: bytes::Bytes) {
-        if index >= self.written.len() || index < self.next {
-            return;
-        }
-        self.written.set(index);
-        if self.window.len() < HASH_WINDOW {
-            self.window.insert(index, data);
-        }
-        self.advance();
-    }
-
-    fn advance(&mut self) {
-        while !self.failed && self.next < self.written.len() && self.written.get(self.next) {
-            let index = self.next;
-            let data = match self.window.remove(&index) {
-                Some(data) => data,
-                None => {
-                    let offset = index * u64::from(self.chunk_size);
-                    let len = (self.size - offset).min(u64::from(self.chunk_size)) as usize;
-                    let mut buf = vec![0u8; len];
-                    let read = read_at(&self.file, offset, &mut buf);
-                    if read.is_err() {
-                        self.failed = true;
-                        self.window.clear();
-                        return;
-                    }
-                    bytes::Bytes::from(buf)
-                }
-            };
-            self.prefix.hasher.update(&data);
-            self.prefix.bytes += data.len() as u64;
-            self.next += 1;
-        }
     }
 }
 
@@ -422,38 +335,50 @@ mod tests {
     use crate::storage::manifest_for_file;
 
     #[test]
-    fn the_whole_file_hash_follows_chunks_in_any_order() {
+    fn resumed_chunks_are_verified_again() {
         let src = tempfile::tempdir().unwrap();
         let chunk = 262_144usize;
-        let data: Vec<u8> = (0..(chunk * 70 + 1000))
+        let data: Vec<u8> = (0..(chunk * 3 + 1000))
             .map(|i| (i * 13 % 251) as u8)
             .collect();
         let path = src.path().join("f.bin");
         std::fs::write(&path, &data).unwrap();
         let m = manifest_for_file(&path, "f.bin").unwrap();
-        let piece = |i: u64| {
-            let s = i as usize * chunk;
-            bytes::Bytes::copy_from_slice(&data[s..(s + m.chunk_len(i) as usize)])
-        };
+        let piece = |i: u64| &data[i as usize * chunk..][..m.chunk_len(i) as usize];
         let work = tempfile::tempdir().unwrap();
         let mut p = PartialDownload::open(work.path(), &m).unwrap();
-        // Resumed with chunk 0; then the rest arrives back to front, more than the in-memory
-        // window, so the thread reads some chunks back from the partial file.
-        assert!(p.write_chunk(0, &piece(0)).unwrap());
-        let hasher = WholeFileHasher::spawn(&p).unwrap();
-        for i in (1..m.chunk_count()).rev() {
-            assert!(p.write_chunk(i, &piece(i)).unwrap());
-            hasher.written(i, piece(i));
+        for i in [0, 1, 3] {
+            assert!(p.write_chunk(i, piece(i)).unwrap());
         }
-        let prefix = hasher.finish();
-        assert_eq!(
-            prefix.hashed(),
-            data.len() as u64,
-            "all of it hashed while arriving"
-        );
-        assert_eq!(<[u8; 32]>::from(prefix.hasher.clone().finalize()), m.id.0);
-        let dest = p.finish_with(work.path(), prefix).unwrap();
+        p.save_state().unwrap();
+        drop(p);
+        // Chunk 1 rots on disk while the peer is down.
+        let part = work.path().join(".partial").join(format!("{}.part", m.id));
+        let f = std::fs::OpenOptions::new().write(true).open(&part).unwrap();
+        write_at(&f, chunk as u64 + 7, b"rot").unwrap();
+        let mut p = PartialDownload::open(work.path(), &m).unwrap();
+        assert_eq!(p.discarded(), 1);
+        assert!(p.have().get(0) && !p.have().get(1) && !p.have().get(2) && p.have().get(3));
+        for i in [1, 2] {
+            assert!(p.write_chunk(i, piece(i)).unwrap());
+        }
+        let dest = p.finish(work.path()).unwrap();
         assert_eq!(std::fs::read(dest).unwrap(), data);
+    }
+
+    #[test]
+    fn a_chunk_verified_for_another_file_is_refused() {
+        let a = Manifest::of_bytes("a", b"aaa", p2p_proto::CHUNK_SIZE).unwrap();
+        let b = Manifest::of_bytes("b", b"bbb", p2p_proto::CHUNK_SIZE).unwrap();
+        let work = tempfile::tempdir().unwrap();
+        let mut p = PartialDownload::open(work.path(), &a).unwrap();
+        let chunk = VerifiedChunk::check(&b, 0, Bytes::from_static(b"bbb")).unwrap();
+        assert!(matches!(
+            p.write_verified(&chunk),
+            Err(PartialError::OtherFile { .. })
+        ));
+        assert!(VerifiedChunk::check(&a, 0, Bytes::from_static(b"bbb")).is_err());
+        assert!(!p.have().get(0));
     }
 
     #[test]

@@ -14,6 +14,10 @@ use crate::manifest::{MAX_CHUNK_SIZE, MAX_CHUNKS, MAX_NAME_LEN, Manifest};
 pub const PROTOCOL_VERSION: u16 = 1;
 /// Largest frame body (type byte included): a whole chunk of the largest size plus headers.
 pub const MAX_FRAME_LEN: u32 = MAX_CHUNK_SIZE + 1024;
+/// Largest `Manifest` frame body (type byte included): [`MAX_CHUNKS`] chunk hashes and chain
+/// values, the fixed fields and the longest name. Only manifests may exceed [`MAX_FRAME_LEN`].
+pub const MAX_MANIFEST_FRAME_LEN: u32 =
+    (1 + 32 + 8 + 4 + 32 + 2 + MAX_NAME_LEN as u64 + 4 + 4 + 64 * MAX_CHUNKS) as u32;
 /// Longest agent name or message text, in bytes.
 pub const MAX_MESSAGE_LEN: usize = 1024;
 
@@ -188,6 +192,8 @@ impl Frame {
                     + clipped(&m.name, MAX_NAME_LEN).len()
                     + 4
                     + 32 * m.chunk_hashes.len()
+                    + 4
+                    + 32 * m.chain.len()
             }
             Self::Bitfield { bits, .. } => 32 + 4 + bits.len(),
             Self::Have { .. } => 36,
@@ -224,6 +230,10 @@ impl Frame {
                 dst.put_u32(m.chunk_hashes.len() as u32);
                 for h in &m.chunk_hashes {
                     dst.put_slice(&h.0);
+                }
+                dst.put_u32(m.chain.len() as u32);
+                for v in &m.chain {
+                    dst.put_slice(&v.0);
                 }
             }
             Self::Bitfield {
@@ -291,13 +301,21 @@ impl Frame {
         }
         let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]);
         if len > MAX_FRAME_LEN {
-            return Err(WireError::TooLarge(len));
+            // Only a manifest may be longer; its type byte tells.
+            match src.get(4) {
+                None => return Ok(None),
+                Some(&tag::MANIFEST) if len <= MAX_MANIFEST_FRAME_LEN => {}
+                Some(_) => return Err(WireError::TooLarge(len)),
+            }
         }
         if len == 0 {
             return Err(WireError::Empty);
         }
         if src.len() < 4 + len as usize {
-            src.reserve(4 + len as usize - src.len());
+            // Room for the whole frame at once, up to a chunk frame's size: a long manifest
+            // grows the buffer as its bytes arrive, so a header alone reserves no more.
+            let want = (4 + len as usize).min(4 + MAX_FRAME_LEN as usize);
+            src.reserve(want.saturating_sub(src.len()));
             return Ok(None);
         }
         src.advance(4);
@@ -346,6 +364,21 @@ impl Reader<'_> {
         let mut out = [0u8; 32];
         self.buf.copy_to_slice(&mut out);
         Ok(out)
+    }
+
+    /// A `u32` count (`what`, at most [`MAX_CHUNKS`]) and that many ids. The count is checked
+    /// against the bytes present before allocating for it.
+    fn ids(&mut self, what: &'static str) -> Result<Vec<Sha256Hash>, WireError> {
+        let count = self.u32()? as usize;
+        if count as u64 > MAX_CHUNKS {
+            return Err(WireError::Limit {
+                what,
+                len: count,
+                max: MAX_CHUNKS as usize,
+            });
+        }
+        self.need(count * 32)?;
+        (0..count).map(|_| self.id32().map(Sha256Hash)).collect()
     }
 
     fn string(&mut self, max: usize, what: &'static str) -> Result<String, WireError> {
@@ -402,20 +435,8 @@ fn decode_body(tag: u8, body: &mut BytesMut) -> Result<Frame, WireError> {
             let chunk_size = r.u32()?;
             let merkle_root = Sha256Hash(r.id32()?);
             let name = r.string(MAX_NAME_LEN, "file name")?;
-            let count = r.u32()? as usize;
-            if count as u64 > MAX_CHUNKS {
-                return Err(WireError::Limit {
-                    what: "chunk count",
-                    len: count,
-                    max: MAX_CHUNKS as usize,
-                });
-            }
-            // The count is checked against the bytes present before allocating for it.
-            r.need(count * 32)?;
-            let mut chunk_hashes = Vec::with_capacity(count);
-            for _ in 0..count {
-                chunk_hashes.push(Sha256Hash(r.id32()?));
-            }
+            let chunk_hashes = r.ids("chunk count")?;
+            let chain = r.ids("chain length")?;
             Frame::Manifest(Manifest {
                 id,
                 name,
@@ -423,6 +444,7 @@ fn decode_body(tag: u8, body: &mut BytesMut) -> Result<Frame, WireError> {
                 chunk_size,
                 chunk_hashes,
                 merkle_root,
+                chain,
             })
         }
         tag::BITFIELD => {

@@ -60,12 +60,58 @@ fn partial_input_waits_and_consumes_nothing() {
 }
 
 #[test]
-fn bad_frames_are_errors() {
-    let mut over = BytesMut::from(&(MAX_FRAME_LEN + 1).to_be_bytes()[..]);
+fn golden_manifest() {
+    // 20 KiB of zeros in 16 KiB chunks: two chunk hashes, one chain value.
+    let m = Manifest::of_bytes("z", &[0u8; 20 * 1024], 16 * 1024).unwrap();
+    let bytes = Frame::Manifest(m.clone()).to_bytes();
+    let mut want = vec![0, 0, 0, 184, 0x03];
+    want.extend(m.id.0); // sha256sum of the content
+    want.extend([0, 0, 0, 0, 0, 0, 0x50, 0]); // size 20 480
+    want.extend([0, 0, 0x40, 0]); // chunk size 16 384
+    want.extend(m.merkle_root.0);
+    want.extend([0, 1, b'z']);
+    want.extend([0, 0, 0, 2]);
+    want.extend(m.chunk_hashes[0].0);
+    want.extend(m.chunk_hashes[1].0);
+    want.extend([0, 0, 0, 1]);
+    want.extend(m.chain[0].0); // SHA-256's chaining value after the first 16 KiB
+    assert_eq!(bytes.as_ref(), want.as_slice());
     assert_eq!(
-        Frame::decode(&mut over),
-        Err(WireError::TooLarge(MAX_FRAME_LEN + 1))
+        m.id.to_string(),
+        "cc61635da46b2c9974335ea37e0b5fd660a5c8a42a89b271fa7ec2ac4b8b26f6"
     );
+    assert_eq!(
+        m.chain[0].to_string(),
+        "ff3db09f16f50a32060f2cc85cd0c6ae508b239293f6087adfe52046f510bc27"
+    );
+}
+
+#[test]
+fn only_manifests_may_exceed_the_frame_cap() {
+    let over = MAX_FRAME_LEN + 1;
+    // The type byte decides, so four bytes alone wait for it.
+    let mut four = BytesMut::from(&over.to_be_bytes()[..]);
+    assert_eq!(Frame::decode(&mut four), Ok(None));
+    let mut chunk = BytesMut::from(&over.to_be_bytes()[..]);
+    chunk.put_u8(0x07);
+    assert_eq!(Frame::decode(&mut chunk), Err(WireError::TooLarge(over)));
+    let mut manifest = BytesMut::from(&over.to_be_bytes()[..]);
+    manifest.put_u8(0x03);
+    assert_eq!(Frame::decode(&mut manifest), Ok(None), "waits for the rest");
+    assert!(
+        manifest.capacity() <= 4 + MAX_FRAME_LEN as usize,
+        "a long manifest's header does not reserve its whole length"
+    );
+    let mut huge = BytesMut::from(&(MAX_MANIFEST_FRAME_LEN + 1).to_be_bytes()[..]);
+    huge.put_u8(0x03);
+    assert_eq!(
+        Frame::decode(&mut huge),
+        Err(WireError::TooLarge(MAX_MANIFEST_FRAME_LEN + 1))
+    );
+}
+
+#[test]
+fn bad_frames_are_errors() {
     let mut empty = BytesMut::from(&[0u8, 0, 0, 0][..]);
     assert_eq!(Frame::decode(&mut empty), Err(WireError::Empty));
     let mut unknown = BytesMut::from(&[0u8, 0, 0, 1, 0x7f][..]);
@@ -89,6 +135,15 @@ fn bad_frames_are_errors() {
     m.put_u8(0x03);
     m.put_slice(&[0; 32 + 8 + 4 + 32]);
     m.put_u16(0);
+    m.put_u32(1 << 20);
+    assert_eq!(Frame::decode(&mut m), Err(WireError::Truncated("manifest")));
+    // The same for its chain.
+    let mut m = BytesMut::new();
+    m.put_u32(1 + 32 + 8 + 4 + 32 + 2 + 4 + 4);
+    m.put_u8(0x03);
+    m.put_slice(&[0; 32 + 8 + 4 + 32]);
+    m.put_u16(0);
+    m.put_u32(0);
     m.put_u32(1 << 20);
     assert_eq!(Frame::decode(&mut m), Err(WireError::Truncated("manifest")));
 }
@@ -138,16 +193,18 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
             any::<u32>(),
             "[^/]{1,40}",
             prop::collection::vec(any::<[u8; 32]>(), 0..50),
-            any::<[u8; 32]>()
+            any::<[u8; 32]>(),
+            prop::collection::vec(any::<[u8; 32]>(), 0..50),
         )
             .prop_map(
-                |(id, size, chunk_size, name, hashes, root)| Frame::Manifest(Manifest {
+                |(id, size, chunk_size, name, hashes, root, chain)| Frame::Manifest(Manifest {
                     id,
                     name,
                     size,
                     chunk_size,
                     chunk_hashes: hashes.into_iter().map(Sha256Hash).collect(),
                     merkle_root: Sha256Hash(root),
+                    chain: chain.into_iter().map(Sha256Hash).collect(),
                 })
             ),
         (arb_file_id(), 0u32..5000).prop_flat_map(|(file_id, n)| {
