@@ -21,10 +21,6 @@ use p2p_tracker::store::SqliteStore;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// Freed chunk buffers are reused, not handed back to the OS (see the workspace `Cargo.toml`).
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 const KEY: &str = "relay-bench-key";
 
 #[tokio::main]

@@ -15,10 +15,6 @@ use p2p_peer::upload::serve;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// Freed chunk buffers are reused, not handed back to the OS (see the workspace `Cargo.toml`).
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// A listening peer with its own library.
 async fn peer(stop: &CancellationToken) -> anyhow::Result<(Identity, Arc<Library>, Source)> {
     let identity = Identity::generate()?;

@@ -3,10 +3,6 @@
 use clap::Parser;
 use p2p_peer::config::PeerCli;
 
-/// Freed chunk buffers are reused, not handed back to the OS (see the workspace `Cargo.toml`).
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     p2p_peer::init_tracing();
