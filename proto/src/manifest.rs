@@ -374,7 +374,10 @@ pub struct Manifest {
     /// Merkle root over the chunk hashes (RFC 6962 layout).
     pub merkle_root: Sha256Hash,
     /// The whole-content SHA-256's chaining value after each chunk but the last (one fewer than
-    /// the chunks; none for a file of zero or one chunk). Each chunk is verified against it.
+    /// the chunks; none for a file of zero or one chunk, where it may be left out). Each chunk is
+    /// verified against it.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", oai(default))]
     pub chain: Vec<Sha256Hash>,
 }
 
