@@ -519,10 +519,11 @@ impl ManifestBuilder {
     ) -> Result<Manifest, ManifestError> {
         // The value after the last chunk is not part of the chain: the id stands there.
         self.chain.truncate(self.chunks.saturating_sub(1) as usize);
+        let size = self.whole.len();
         let manifest = Manifest {
-            id: FileId(self.whole.clone().finish().0),
+            id: FileId(self.whole.finish().0),
             name: name.to_owned(),
-            size: self.whole.len(),
+            size,
             chunk_size: self.chunk_size,
             merkle_root: merkle_root(&chunk_hashes),
             chunk_hashes,

@@ -57,14 +57,6 @@ impl VerifiedChunk {
             data,
         })
     }
-
-    pub fn index(&self) -> u64 {
-        self.index
-    }
-
-    pub fn data(&self) -> &Bytes {
-        &self.data
-    }
 }
 
 /// One file being downloaded.
@@ -163,11 +155,9 @@ impl PartialDownload {
     /// Verifies `data` as chunk `index` and writes it; `Ok(false)` when it does not match
     /// (nothing is written).
     pub fn write_chunk(&mut self, index: u64, data: &[u8]) -> Result<bool, PartialError> {
-        if index >= self.manifest.chunk_count() {
-            return Err(PartialError::OutOfRange(index));
-        }
-        match VerifiedChunk::check(&self.manifest, index, Bytes::copy_from_slice(data)) {
-            Ok(chunk) => self.write_verified(&chunk).map(|()| true),
+        match self.manifest.verify_chunk(index, data) {
+            Ok(()) => self.write_at_index(index, data).map(|()| true),
+            Err(ChunkError::OutOfRange(_)) => Err(PartialError::OutOfRange(index)),
             Err(_) => Ok(false),
         }
     }
@@ -181,12 +171,17 @@ impl PartialDownload {
                 got: chunk.file,
             });
         }
-        if chunk.index >= self.manifest.chunk_count() {
-            return Err(PartialError::OutOfRange(chunk.index));
+        self.write_at_index(chunk.index, &chunk.data)
+    }
+
+    /// Writes chunk `index`'s verified bytes at its offset and records it.
+    fn write_at_index(&mut self, index: u64, data: &[u8]) -> Result<(), PartialError> {
+        if index >= self.manifest.chunk_count() {
+            return Err(PartialError::OutOfRange(index));
         }
-        let offset = chunk.index * u64::from(self.manifest.chunk_size);
-        write_at(&self.file, offset, &chunk.data).map_err(io_at(&self.part_path))?;
-        self.have.set(chunk.index);
+        let offset = index * u64::from(self.manifest.chunk_size);
+        write_at(&self.file, offset, data).map_err(io_at(&self.part_path))?;
+        self.have.set(index);
         Ok(())
     }
 
