@@ -160,6 +160,28 @@ fn put_str(dst: &mut impl BufMut, s: &str, max: usize) {
     dst.put_slice(s.as_bytes());
 }
 
+/// Bytes of a `Chunk` frame before its data: length prefix, type, request id, file id, index.
+pub const CHUNK_HEADER_LEN: usize = 4 + 1 + 4 + 32 + 4;
+
+/// The first [`CHUNK_HEADER_LEN`] bytes of a `Chunk` frame carrying `data_len` bytes, for a
+/// sender that places the data itself (read from disk straight into its send buffer);
+/// [`Frame::encode`] writes the same bytes.
+pub fn chunk_header(
+    request_id: u32,
+    file_id: FileId,
+    index: u32,
+    data_len: usize,
+) -> [u8; CHUNK_HEADER_LEN] {
+    let mut h = [0u8; CHUNK_HEADER_LEN];
+    let mut dst = &mut h[..];
+    dst.put_u32((CHUNK_HEADER_LEN - 4 + data_len) as u32);
+    dst.put_u8(tag::CHUNK);
+    dst.put_u32(request_id);
+    dst.put_slice(&file_id.0);
+    dst.put_u32(index);
+    h
+}
+
 impl Frame {
     /// The type byte.
     pub fn tag(&self) -> u8 {
@@ -264,9 +286,7 @@ impl Frame {
                 index,
                 data,
             } => {
-                dst.put_u32(*request_id);
-                dst.put_slice(&file_id.0);
-                dst.put_u32(*index);
+                dst.put_slice(&chunk_header(*request_id, *file_id, *index, data.len())[5..]);
                 dst.put_slice(data);
             }
             Self::Reject {
@@ -296,10 +316,30 @@ impl Frame {
     /// Takes one whole frame off the front of `src`, or returns `Ok(None)` (consuming nothing)
     /// when more bytes are needed. Chunk data is split off `src` without copying.
     pub fn decode(src: &mut BytesMut) -> Result<Option<Frame>, WireError> {
-        if src.len() < 4 {
+        let Some(total) = Self::frame_len(src)? else {
+            return Ok(None);
+        };
+        if src.len() < total {
+            // Room for the whole frame at once, up to a chunk frame's size: a long manifest
+            // grows the buffer as its bytes arrive, so a header alone reserves no more.
+            let want = total.min(4 + MAX_FRAME_LEN as usize);
+            src.reserve(want.saturating_sub(src.len()));
             return Ok(None);
         }
-        let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]);
+        src.advance(4);
+        let mut body = src.split_to(total - 4);
+        let tag = body.get_u8();
+        decode_body(tag, &mut body).map(Some)
+    }
+
+    /// How many bytes the frame at the front of `src` takes in all (its length prefix
+    /// included), once enough of it is there to tell; checks the size caps. Lets a transport
+    /// wait for a whole frame before handing it to [`Frame::decode`].
+    pub fn frame_len(src: &[u8]) -> Result<Option<usize>, WireError> {
+        let [a, b, c, d, ..] = *src else {
+            return Ok(None);
+        };
+        let len = u32::from_be_bytes([a, b, c, d]);
         if len > MAX_FRAME_LEN {
             // Only a manifest may be longer; its type byte tells.
             match src.get(4) {
@@ -311,17 +351,7 @@ impl Frame {
         if len == 0 {
             return Err(WireError::Empty);
         }
-        if src.len() < 4 + len as usize {
-            // Room for the whole frame at once, up to a chunk frame's size: a long manifest
-            // grows the buffer as its bytes arrive, so a header alone reserves no more.
-            let want = (4 + len as usize).min(4 + MAX_FRAME_LEN as usize);
-            src.reserve(want.saturating_sub(src.len()));
-            return Ok(None);
-        }
-        src.advance(4);
-        let mut body = src.split_to(len as usize);
-        let tag = body.get_u8();
-        decode_body(tag, &mut body).map(Some)
+        Ok(Some(4 + len as usize))
     }
 }
 

@@ -27,6 +27,11 @@ fn golden_request_and_chunk() {
     let bytes = chunk.to_bytes();
     assert_eq!(&bytes[..5], &[0, 0, 0, 44, 0x07]);
     assert_eq!(&bytes[bytes.len() - 3..], b"xyz");
+    // A sender placing the data itself writes the same header.
+    assert_eq!(
+        &chunk_header(1, id(1), 0, 3)[..],
+        &bytes[..CHUNK_HEADER_LEN]
+    );
 }
 
 #[test]
@@ -266,8 +271,16 @@ proptest! {
         while let Some(f) = Frame::decode(&mut buf).unwrap() {
             out.push(f);
         }
-        prop_assert_eq!(out, frames);
+        prop_assert_eq!(&out, &frames);
         prop_assert!(buf.is_empty());
+        // Each frame's length is known from its first bytes, and is exactly what it takes.
+        let mut at = 0;
+        for f in &frames {
+            let len = f.to_bytes().len();
+            prop_assert_eq!(Frame::frame_len(&stream[at..at + 5.min(len)]).unwrap(), Some(len));
+            prop_assert_eq!(Frame::frame_len(&stream[at..at + 3]).unwrap(), None);
+            at += len;
+        }
     }
 
     #[test]
