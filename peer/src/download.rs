@@ -17,7 +17,7 @@ use crate::identity::Identity;
 use crate::net::connector::{ConnectionPath, Connector};
 use crate::net::link::LinkEvent;
 use crate::net::secure::SecureError;
-use crate::storage::{Library, PartialDownload, PartialError, VerifiedChunk};
+use crate::storage::{InlineIo, Library, PartialDownload, PartialError, VerifiedChunk};
 use p2p_proto::manifest::ChunkError;
 
 mod score;
@@ -294,6 +294,8 @@ struct Shared {
     /// Cancelled when the download is complete: workers stop and report.
     stop: tokio_util::sync::CancellationToken,
     fetched: Mutex<u64>,
+    /// Whether verifying and writing chunks runs in place (see [`InlineIo`]).
+    io: InlineIo,
 }
 
 /// How often the resume state is saved while a download runs: at most this much work is
@@ -339,6 +341,7 @@ pub async fn download(
         done: Notify::new(),
         stop: tokio_util::sync::CancellationToken::new(),
         fetched: Mutex::new(0),
+        io: InlineIo::default(),
     });
     let already = shared.sched.lock().map(|s| s.complete()).unwrap_or(false);
     let mut workers = Vec::new();
@@ -611,26 +614,8 @@ async fn fetch_from(
                 let Ok((index, len, outcome)) = stored else {
                     break Err(WorkerError::Disk("writer task failed".into()));
                 };
-                match outcome {
-                    Ok(Stored::Written) => {
-                        report.bytes += len;
-                        opts.contributions.add(peer, len);
-                        stored_ok(shared, index);
-                    }
-                    Ok(Stored::Duplicate) => {}
-                    Ok(Stored::Bad) => {
-                        report.bad_chunks += 1;
-                        shared.scores.record_failure(peer);
-                    }
-                    Err(e) => {
-                        shared.fail(&e);
-                        break Err(e);
-                    }
-                }
-                release(shared, index);
-                if report.bad_chunks >= opts.max_strikes {
-                    report.banned = true;
-                    break Err(WorkerError::Banned(report.bad_chunks));
+                if let Err(e) = on_stored(shared, opts, report, index, len, outcome) {
+                    break Err(e);
                 }
             }
             next = async {
@@ -663,7 +648,19 @@ async fn fetch_from(
                             let len = data.len() as u64;
                             shared.scores.record_chunk(peer, len, asked_at.elapsed());
                             let job = store_chunk(shared, wanted, data);
-                            stores.spawn(async move { (wanted, len, job.await) });
+                            if shared.io.inline() {
+                                let outcome = shared.io.timed(job);
+                                if let Err(e) = on_stored(shared, opts, report, wanted, len, outcome) {
+                                    break Err(e);
+                                }
+                            } else {
+                                stores.spawn(async move {
+                                    let outcome = tokio::task::spawn_blocking(job)
+                                        .await
+                                        .unwrap_or_else(|_| Err(WorkerError::Disk("writer task failed".into())));
+                                    (wanted, len, outcome)
+                                });
+                            }
                         }
                     }
                     Frame::Reject { request_id, .. } => {
@@ -765,36 +762,67 @@ enum Stored {
     Bad,
 }
 
-/// Verifies and writes a chunk off the reactor. The hash is checked before the download's lock
-/// is taken.
+/// What a worker does with a stored chunk's outcome; an error ends the worker.
+fn on_stored(
+    shared: &Shared,
+    opts: &DownloadOptions,
+    report: &mut PeerReport,
+    index: u64,
+    len: u64,
+    outcome: Result<Stored, WorkerError>,
+) -> Result<(), WorkerError> {
+    let peer = report.peer_id;
+    match outcome {
+        Ok(Stored::Written) => {
+            report.bytes += len;
+            opts.contributions.add(peer, len);
+            stored_ok(shared, index);
+        }
+        Ok(Stored::Duplicate) => {}
+        Ok(Stored::Bad) => {
+            report.bad_chunks += 1;
+            shared.scores.record_failure(peer);
+        }
+        Err(e) => {
+            shared.fail(&e);
+            release(shared, index);
+            return Err(e);
+        }
+    }
+    release(shared, index);
+    if report.bad_chunks >= opts.max_strikes {
+        report.banned = true;
+        return Err(WorkerError::Banned(report.bad_chunks));
+    }
+    Ok(())
+}
+
+/// The blocking work of storing a chunk: its hash is checked before the download's lock is
+/// taken, then it is written. Runs where [`Shared::io`] says.
 fn store_chunk(
     shared: &Shared,
     index: u64,
     data: bytes::Bytes,
-) -> impl Future<Output = Result<Stored, WorkerError>> + use<> {
+) -> impl FnOnce() -> Result<Stored, WorkerError> + Send + 'static {
     let (partial, manifest) = (shared.partial.clone(), shared.manifest.clone());
-    async move {
-        tokio::task::spawn_blocking(move || {
-            let chunk = match VerifiedChunk::check(&manifest, index, data) {
-                Ok(chunk) => chunk,
-                Err(e @ ChunkError::Inconsistent(_)) => return Err(WorkerError::BadManifest(e)),
-                Err(_) => return Ok(Stored::Bad),
-            };
-            let mut guard = partial
-                .lock()
-                .map_err(|_| WorkerError::Disk("lock poisoned".into()))?;
-            let Some(p) = guard.as_mut() else {
-                return Ok(Stored::Duplicate); // the download is over
-            };
-            if p.have().get(index) {
-                return Ok(Stored::Duplicate);
-            }
-            p.write_verified(&chunk)
-                .map_err(|e| WorkerError::Disk(e.to_string()))?;
-            Ok(Stored::Written)
-        })
-        .await
-        .map_err(|_| WorkerError::Disk("writer task failed".into()))?
+    move || {
+        let chunk = match VerifiedChunk::check(&manifest, index, data) {
+            Ok(chunk) => chunk,
+            Err(e @ ChunkError::Inconsistent(_)) => return Err(WorkerError::BadManifest(e)),
+            Err(_) => return Ok(Stored::Bad),
+        };
+        let mut guard = partial
+            .lock()
+            .map_err(|_| WorkerError::Disk("lock poisoned".into()))?;
+        let Some(p) = guard.as_mut() else {
+            return Ok(Stored::Duplicate); // the download is over
+        };
+        if p.have().get(index) {
+            return Ok(Stored::Duplicate);
+        }
+        p.write_verified(&chunk)
+            .map_err(|e| WorkerError::Disk(e.to_string()))?;
+        Ok(Stored::Written)
     }
 }
 

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 
-use p2p_proto::wire::{Frame, PROTOCOL_VERSION, RejectCode};
+use p2p_proto::FileId;
+use p2p_proto::wire::{self, Frame, PROTOCOL_VERSION, RejectCode};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -14,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 use crate::identity::Identity;
 use crate::net::punch::AcceptedStream;
 use crate::net::relay::Incoming;
-use crate::net::secure::{self, Role, SecureError, SecureReader, SecureWriter};
-use crate::storage::{Library, LibraryError};
+use crate::net::secure::{self, Outbox, Role, SecureError, SecureReader, SecureWriter};
+use crate::storage::{ChunkBuf, Library, LibraryError};
 use crate::throttle::Throttle;
 
 /// The name peers announce in `Hello`.
@@ -131,8 +132,9 @@ pub async fn serve_stream<S>(
     }
 }
 
-/// Chunk reads (and their hash checks) in flight per connection, so disk and hashing overlap
-/// with encryption and sending.
+/// Chunk reads (and their hash checks) queued per connection. They run in place while the
+/// disk keeps up (see [`crate::storage::InlineIo`]); on a slow disk they go to the blocking
+/// pool, where this many overlap with encrypting and sending.
 const READ_AHEAD: usize = 4;
 
 /// Answers one peer until it disconnects. Frames are read on their own task (a frame read is
@@ -156,6 +158,8 @@ where
     let (frames_tx, mut frames) = tokio::sync::mpsc::channel(64);
     let reader = tokio::spawn(read_frames(rx, frames_tx));
     let mut reads = FuturesOrdered::new();
+    // Send buffers of answered chunks, for the next ones (at most READ_AHEAD are in use).
+    let mut outboxes: Vec<Outbox> = Vec::new();
     // Files this peer asked about: it hears of our new chunks of them as they arrive.
     let mut interested = std::collections::HashSet::new();
     let mut haves = library.subscribe();
@@ -189,7 +193,8 @@ where
                         tx.flush().await?;
                     }
                     Frame::Request { request_id, file_id, index } => {
-                        reads.push_back(answer(library, request_id, file_id, index));
+                        let outbox = outboxes.pop().unwrap_or_default();
+                        reads.push_back(answer(library, request_id, file_id, index, outbox));
                     }
                     Frame::Error { message, .. } => {
                         tracing::debug!(%message, "peer reported an error");
@@ -230,10 +235,19 @@ where
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => interested.clear(),
             },
             Some(reply) = reads.next(), if !reads.is_empty() => {
-                if let Frame::Chunk { data, .. } = &reply {
-                    throttle.consume(data.len()).await;
-                }
-                tx.send(&reply).await?;
+                let mut outbox = match reply {
+                    Reply::Chunk(mut chunk) => {
+                        throttle.consume(chunk.len).await;
+                        tx.send_outbox(&mut chunk.outbox).await?;
+                        chunk.outbox
+                    }
+                    Reply::Reject(frame, outbox) => {
+                        tx.send(&frame).await?;
+                        outbox
+                    }
+                };
+                outbox.clear();
+                outboxes.push(outbox);
             }
         }
     };
@@ -259,7 +273,7 @@ async fn read_frames<R: AsyncRead + Unpin>(
     }
 }
 
-fn manifest_reply(library: &Library, file_id: p2p_proto::FileId) -> Vec<Frame> {
+fn manifest_reply(library: &Library, file_id: FileId) -> Vec<Frame> {
     match library.get(&file_id) {
         Some(entry) => {
             let have = entry.have();
@@ -280,35 +294,81 @@ fn manifest_reply(library: &Library, file_id: p2p_proto::FileId) -> Vec<Frame> {
     }
 }
 
+/// An answer to a chunk request.
+enum Reply {
+    /// The chunk, laid out for sending.
+    Chunk(ChunkAnswer),
+    /// A refusal, and the send buffer that was not needed.
+    Reject(Frame, Outbox),
+}
+
+/// A `Chunk` frame read from disk straight into a send buffer.
+#[derive(Debug)]
+struct ChunkAnswer {
+    outbox: Outbox,
+    request_id: u32,
+    file_id: FileId,
+    index: u32,
+    /// The chunk's length, once read.
+    len: usize,
+}
+
+impl Default for ChunkAnswer {
+    fn default() -> Self {
+        Self {
+            outbox: Outbox::default(),
+            request_id: 0,
+            file_id: FileId([0; 32]),
+            index: 0,
+            len: 0,
+        }
+    }
+}
+
+impl ChunkBuf for ChunkAnswer {
+    fn room(&mut self, len: usize) -> Vec<&mut [u8]> {
+        self.len = len;
+        self.outbox.clear();
+        let header = wire::chunk_header(self.request_id, self.file_id, self.index, len);
+        self.outbox.put(&header);
+        self.outbox.reserve(len)
+    }
+}
+
 async fn answer(
     library: &Library,
     request_id: u32,
-    file_id: p2p_proto::FileId,
+    file_id: FileId,
     index: u32,
-) -> Frame {
-    match library.read_chunk(&file_id, u64::from(index)).await {
-        Ok(data) => Frame::Chunk {
-            request_id,
-            file_id,
-            index,
-            data,
-        },
-        Err(e) => {
-            let code = match e {
-                LibraryError::UnknownFile(_) => RejectCode::UnknownFile,
-                LibraryError::NotAvailable { .. } | LibraryError::Changed { .. } => {
-                    RejectCode::NotAvailable
-                }
-                _ => RejectCode::Other(255),
-            };
-            if matches!(e, LibraryError::Changed { .. } | LibraryError::Io { .. }) {
-                tracing::warn!(error = %e, "cannot serve a chunk");
-            }
-            Frame::Reject {
-                request_id,
-                code,
-                message: e.to_string(),
-            }
+    outbox: Outbox,
+) -> Reply {
+    let chunk = ChunkAnswer {
+        outbox,
+        request_id,
+        file_id,
+        index,
+        len: 0,
+    };
+    let (chunk, read) = library
+        .read_chunk_into(&file_id, u64::from(index), chunk)
+        .await;
+    let Err(e) = read else {
+        return Reply::Chunk(chunk);
+    };
+    let code = match e {
+        LibraryError::UnknownFile(_) => RejectCode::UnknownFile,
+        LibraryError::NotAvailable { .. } | LibraryError::Changed { .. } => {
+            RejectCode::NotAvailable
         }
+        _ => RejectCode::Other(255),
+    };
+    if matches!(e, LibraryError::Changed { .. } | LibraryError::Io { .. }) {
+        tracing::warn!(error = %e, "cannot serve a chunk");
     }
+    let reject = Frame::Reject {
+        request_id,
+        code,
+        message: e.to_string(),
+    };
+    Reply::Reject(reject, chunk.outbox)
 }

@@ -19,6 +19,7 @@ use bytes::Bytes;
 use p2p_proto::{Bitfield, FileId, Manifest};
 
 use super::hashing::manifest_for_file;
+use super::inline::InlineIo;
 use super::partial::read_at;
 
 /// Why a chunk cannot be served or a file cannot be shared.
@@ -163,6 +164,8 @@ pub struct Library {
     settle: Duration,
     /// Chunks hashed again before they were served (the file changed, or was too fresh).
     rehashed: AtomicU64,
+    /// Whether chunk reads run in place (see [`InlineIo`]).
+    io: InlineIo,
 }
 
 impl Default for Library {
@@ -184,6 +187,7 @@ impl Library {
             haves: tokio::sync::broadcast::channel(4096).0,
             settle,
             rehashed: AtomicU64::new(0),
+            io: InlineIo::default(),
         }
     }
 
@@ -312,40 +316,89 @@ impl Library {
     /// Reads chunk `index`, checked against the manifest unless this version of the file
     /// was checked already (see the module docs).
     pub async fn read_chunk(&self, id: &FileId, index: u64) -> Result<Bytes, LibraryError> {
-        let entry = self.get(id).ok_or(LibraryError::UnknownFile(*id))?;
+        let (buf, read) = self.read_chunk_into(id, index, Vec::new()).await;
+        read.map(|()| Bytes::from(buf))
+    }
+
+    /// Reads chunk `index` into the room `buf` gives (so an uploader can read it straight into
+    /// its send buffer), checked as by [`Library::read_chunk`]. The buffer comes back either way,
+    /// for reuse; after an error its content is unspecified.
+    pub async fn read_chunk_into<B: ChunkBuf>(
+        &self,
+        id: &FileId,
+        index: u64,
+        mut buf: B,
+    ) -> (B, Result<(), LibraryError>) {
+        let Some(entry) = self.get(id) else {
+            return (buf, Err(LibraryError::UnknownFile(*id)));
+        };
         if !entry.have().get(index) {
-            return Err(LibraryError::NotAvailable { file: *id, index });
+            return (buf, Err(LibraryError::NotAvailable { file: *id, index }));
         }
         let path = entry.path();
         let m = &entry.manifest;
         let (offset, len) = (index * u64::from(m.chunk_size), m.chunk_len(index) as usize);
         let file = *id;
-        let rehashed = &self.rehashed;
-        let checked = tokio::task::spawn_blocking(move || {
+        let read = self.io.run(move || {
             let io = |source| LibraryError::Io {
                 path: path.clone(),
                 source,
             };
-            let read_start = SystemTime::now();
-            let f = std::fs::File::open(&path).map_err(io)?;
-            let stamp = FileStamp::of(&f.metadata().map_err(io)?);
-            let mut buf = vec![0u8; len];
-            read_at(&f, offset, &mut buf).map_err(io)?;
-            let trusted = entry.trusted(index, stamp);
-            if !trusted {
-                if entry.manifest.verify_chunk(index, &buf).is_err() {
+            let read = (|| {
+                let read_start = SystemTime::now();
+                let f = std::fs::File::open(&path).map_err(io)?;
+                let stamp = FileStamp::of(&f.metadata().map_err(io)?);
+                let mut room = buf.room(len);
+                if entry.trusted(index, stamp) {
+                    let mut at = offset;
+                    for piece in room {
+                        read_at(&f, at, piece).map_err(io)?;
+                        at += piece.len() as u64;
+                    }
+                    return Ok(false);
+                }
+                // Checked in one piece before any of it is handed out.
+                let mut data = vec![0u8; len];
+                read_at(&f, offset, &mut data).map_err(io)?;
+                if entry.manifest.verify_chunk(index, &data).is_err() {
                     return Err(LibraryError::Changed { file, index });
                 }
                 entry.mark_verified(index, stamp, read_start);
+                let mut rest = &data[..];
+                for piece in room.iter_mut() {
+                    let (now, later) = rest.split_at(piece.len());
+                    piece.copy_from_slice(now);
+                    rest = later;
+                }
+                Ok(true)
+            })();
+            (buf, read)
+        });
+        match read.await {
+            Some((buf, read)) => {
+                if let Ok(true) = read {
+                    self.rehashed.fetch_add(1, Ordering::Relaxed);
+                }
+                (buf, read.map(|_| ()))
             }
-            Ok((Bytes::from(buf), !trusted))
-        })
-        .await
-        .map_err(|_| LibraryError::Task)??;
-        if checked.1 {
-            rehashed.fetch_add(1, Ordering::Relaxed);
+            // The task panicked, taking the buffer with it.
+            None => (B::default(), Err(LibraryError::Task)),
         }
-        Ok(checked.0)
+    }
+}
+
+/// Where [`Library::read_chunk_into`] puts a chunk.
+pub trait ChunkBuf: Default + Send + 'static {
+    /// Room for `len` bytes, as consecutive pieces (several when the buffer interleaves other
+    /// bytes, as transport messages do).
+    fn room(&mut self, len: usize) -> Vec<&mut [u8]>;
+}
+
+impl ChunkBuf for Vec<u8> {
+    fn room(&mut self, len: usize) -> Vec<&mut [u8]> {
+        self.clear();
+        self.resize(len, 0);
+        vec![&mut self[..]]
     }
 }
 
