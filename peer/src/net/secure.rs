@@ -756,6 +756,94 @@ mod tests {
         assert_eq!(b_rx.recv().await.unwrap(), None);
     }
 
+    /// Hands out its bytes in pieces of the given sizes, in turn, as a network would.
+    struct Choppy {
+        data: Vec<u8>,
+        at: usize,
+        sizes: Vec<usize>,
+        turn: usize,
+    }
+
+    impl AsyncRead for Choppy {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let size = self.sizes[self.turn % self.sizes.len()];
+            self.turn += 1;
+            let n = size.min(buf.remaining()).min(self.data.len() - self.at);
+            let at = self.at;
+            buf.put_slice(&self.data[at..at + n]);
+            self.at += n;
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    fn arb_frame() -> impl proptest::strategy::Strategy<Value = Frame> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just(Frame::KeepAlive),
+            any::<u32>().prop_map(|request_id| Frame::Cancel { request_id }),
+            (any::<u32>(), 0usize..300_000, any::<u8>()).prop_map(|(id, len, seed)| {
+                Frame::Chunk {
+                    request_id: id,
+                    file_id: FileId([seed; 32]),
+                    index: id,
+                    data: Bytes::from(
+                        (0..len)
+                            .map(|i| (i as u8).wrapping_mul(seed))
+                            .collect::<Vec<_>>(),
+                    ),
+                }
+            }),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+        /// Whatever the frames, however they were queued (fed, or laid out by the caller), and
+        /// however the bytes arrive, the same frames come out, then a clean end.
+        #[test]
+        fn frames_survive_any_layout_and_any_read_sizes(
+            frames in proptest::collection::vec((arb_frame(), proptest::bool::ANY), 1..12),
+            sizes in proptest::collection::vec(1usize..200_000, 1..8),
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let got = rt.block_on(async {
+                let key = [7u8; 32];
+                let mut tx = SecureWriter {
+                    io: Vec::new(),
+                    cipher: Cipher::new(&key).unwrap(),
+                    pending: Outbox::default(),
+                };
+                for (frame, laid_out) in &frames {
+                    match frame {
+                        Frame::Chunk { request_id, file_id, index, data } if *laid_out => {
+                            let mut outbox = Outbox::default();
+                            outbox.put(&wire::chunk_header(*request_id, *file_id, *index, data.len()));
+                            outbox.put(data);
+                            tx.send_outbox(&mut outbox).await.unwrap();
+                        }
+                        _ => tx.feed(frame),
+                    }
+                }
+                tx.flush().await.unwrap();
+                let mut rx = SecureReader::new(
+                    Choppy { data: tx.io, at: 0, sizes, turn: 0 },
+                    Cipher::new(&key).unwrap(),
+                );
+                let mut got = Vec::new();
+                while let Some(frame) = rx.recv().await.unwrap() {
+                    got.push(frame);
+                }
+                got
+            });
+            let want: Vec<Frame> = frames.into_iter().map(|(f, _)| f).collect();
+            proptest::prop_assert_eq!(got, want);
+        }
+    }
+
     #[tokio::test]
     async fn the_wrong_peer_is_refused() {
         let someone_else = Identity::generate().unwrap().peer_id();

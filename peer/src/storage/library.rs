@@ -434,6 +434,55 @@ mod tests {
         assert_eq!(lib.rehashed_chunks(), 2);
     }
 
+    /// A buffer that hands out room in pieces of 1000 bytes, between other bytes (as an
+    /// outbox of transport messages does).
+    #[derive(Default)]
+    struct Pieces(Vec<u8>);
+
+    impl Pieces {
+        /// The chunk, without the separators.
+        fn chunk(&self) -> Vec<u8> {
+            self.0.chunks(1001).flat_map(|p| p[1..].to_vec()).collect()
+        }
+    }
+
+    impl ChunkBuf for Pieces {
+        fn room(&mut self, len: usize) -> Vec<&mut [u8]> {
+            let pieces = len.div_ceil(1000);
+            self.0 = vec![0xee; len + pieces];
+            let mut room: Vec<&mut [u8]> = self.0.chunks_mut(1001).map(|p| &mut p[1..]).collect();
+            room.retain(|p| !p.is_empty());
+            room
+        }
+    }
+
+    #[tokio::test]
+    async fn chunks_are_read_into_pieces_checked_or_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.bin");
+        let data: Vec<u8> = (0..600_000u32).map(|i| (i % 241) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        for settle in [Duration::ZERO, Duration::from_secs(3600)] {
+            // Settled: trusted, read straight into the pieces; too fresh: checked first.
+            let lib = Library::with_settle(settle);
+            let m = lib.share(&path).await.unwrap();
+            for index in 0..3u64 {
+                let (buf, read) = lib.read_chunk_into(&m.id, index, Pieces::default()).await;
+                read.unwrap();
+                let start = index as usize * 262_144;
+                let end = (start + 262_144).min(data.len());
+                assert_eq!(buf.chunk(), &data[start..end], "chunk {index}");
+            }
+            let rehashed = if settle.is_zero() { 0 } else { 3 };
+            assert_eq!(lib.rehashed_chunks(), rehashed);
+            let (_, read) = lib.read_chunk_into(&m.id, 3, Pieces::default()).await;
+            assert!(
+                matches!(read, Err(LibraryError::NotAvailable { .. })),
+                "past the end"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn a_settled_file_is_served_without_hashing_again_until_it_changes() {
         let dir = tempfile::tempdir().unwrap();
