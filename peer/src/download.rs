@@ -527,6 +527,9 @@ async fn fetch_from(
         }
     }
     let mut sub = sub.ok_or_else(|| WorkerError::Connect("the connection closed".into()))?;
+    // Chunks from plain TCP are stored in place while the disk keeps up; relayed and punched
+    // streams keep the blocking pool (see `InlineIo`).
+    let in_place = sub.link().path() == ConnectionPath::Direct;
     sub.send(vec![Frame::ManifestRequest { file_id }])?;
 
     // The peer's manifest (must be the same content) and which chunks it has.
@@ -648,7 +651,7 @@ async fn fetch_from(
                             let len = data.len() as u64;
                             shared.scores.record_chunk(peer, len, asked_at.elapsed());
                             let job = store_chunk(shared, wanted, data);
-                            if shared.io.inline() {
+                            if in_place && shared.io.inline() {
                                 let outcome = shared.io.timed(job);
                                 if let Err(e) = on_stored(shared, opts, report, wanted, len, outcome) {
                                     break Err(e);

@@ -42,13 +42,14 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(serve_stream(
+        tokio::spawn(serve_with(
             stream,
             addr.to_string(),
             identity.clone(),
             library.clone(),
             throttle.clone(),
             shutdown.clone(),
+            true,
         ));
     }
 }
@@ -108,7 +109,9 @@ async fn serve_channel<T, S>(
     }
 }
 
-/// Runs the handshake on a stream from any path, then answers the peer until it leaves.
+/// Runs the handshake on a stream from any path (a relayed or hole-punched one, say), then
+/// answers the peer until it leaves. Chunk reads go to the blocking pool (see
+/// [`crate::storage::InlineIo`] for why only plain TCP reads in place).
 pub async fn serve_stream<S>(
     stream: S,
     from: String,
@@ -119,10 +122,25 @@ pub async fn serve_stream<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    serve_with(stream, from, identity, library, throttle, shutdown, false).await;
+}
+
+/// [`serve_stream`], with chunk reads in place when `in_place` and the disk keeps up.
+async fn serve_with<S>(
+    stream: S,
+    from: String,
+    identity: Identity,
+    library: Arc<Library>,
+    throttle: Arc<Throttle>,
+    shutdown: CancellationToken,
+    in_place: bool,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let served = async {
         let (rx, tx, remote) = secure::handshake(stream, &identity, Role::Responder, None).await?;
         tracing::debug!(%from, peer = %remote, "peer connected");
-        serve_connection(rx, tx, &library, &throttle).await
+        serve_connection(rx, tx, &library, &throttle, in_place).await
     };
     tokio::select! {
         _ = shutdown.cancelled() => {}
@@ -144,6 +162,7 @@ pub async fn serve_connection<R, W>(
     mut tx: SecureWriter<W>,
     library: &Library,
     throttle: &Throttle,
+    in_place: bool,
 ) -> Result<(), SecureError>
 where
     R: AsyncRead + Unpin + Send + 'static,
@@ -194,7 +213,7 @@ where
                     }
                     Frame::Request { request_id, file_id, index } => {
                         let outbox = outboxes.pop().unwrap_or_default();
-                        reads.push_back(answer(library, request_id, file_id, index, outbox));
+                        reads.push_back(answer(library, request_id, file_id, index, outbox, in_place));
                     }
                     Frame::Error { message, .. } => {
                         tracing::debug!(%message, "peer reported an error");
@@ -341,6 +360,7 @@ async fn answer(
     file_id: FileId,
     index: u32,
     outbox: Outbox,
+    in_place: bool,
 ) -> Reply {
     let chunk = ChunkAnswer {
         outbox,
@@ -350,7 +370,7 @@ async fn answer(
         len: 0,
     };
     let (chunk, read) = library
-        .read_chunk_into(&file_id, u64::from(index), chunk)
+        .read_chunk_into(&file_id, u64::from(index), chunk, in_place)
         .await;
     let Err(e) = read else {
         return Reply::Chunk(chunk);

@@ -10,6 +10,11 @@
 //! than [`SLOW`] send the next ones to the blocking pool for [`COOL_DOWN`], after which in place
 //! is tried again. A slow disk costs the runtime a couple of slow operations per cool-down; a
 //! single hiccup (the scheduler preempting this thread, say) costs nothing.
+//!
+//! Only work for plain TCP connections runs in place. Relayed and hole-punched streams are
+//! driven by tasks on the same runtime (WebSocket and QUIC flow control), and holding a worker
+//! for a chunk's disk work held those up: in place cost the relayed path a fifth of its
+//! throughput (`bench/relay`), so their chunks keep the blocking pool.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -71,12 +76,14 @@ impl InlineIo {
         out
     }
 
-    /// Runs `work` in place when allowed, else on the blocking pool; `None` if it panicked there.
+    /// Runs `work` in place when the caller allows it (`in_place`) and the disk has been
+    /// keeping up, else on the blocking pool; `None` if it panicked there.
     pub async fn run<T: Send + 'static>(
         &self,
+        in_place: bool,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Option<T> {
-        if self.inline() {
+        if in_place && self.inline() {
             Some(self.timed(work))
         } else {
             tokio::task::spawn_blocking(work).await.ok()
@@ -93,9 +100,11 @@ mod tests {
         let io = InlineIo::default();
         let here = std::thread::current().id();
         assert_eq!(
-            io.run(move || std::thread::current().id()).await,
+            io.run(true, move || std::thread::current().id()).await,
             Some(here)
         );
+        let pooled = io.run(false, || std::thread::current().id()).await;
+        assert_ne!(pooled, Some(here), "the caller asked for the pool");
         // One slow operation is a hiccup; a second in a row is a disk that blocks.
         io.timed(|| std::thread::sleep(SLOW * 2));
         assert!(io.inline());
@@ -104,7 +113,7 @@ mod tests {
         assert!(io.inline(), "a fast one in between starts the count again");
         io.timed(|| std::thread::sleep(SLOW * 2));
         assert!(!io.inline());
-        let there = io.run(|| std::thread::current().id()).await.unwrap();
+        let there = io.run(true, || std::thread::current().id()).await.unwrap();
         assert_ne!(there, here, "ran on the blocking pool");
         // After the cool-down, in place again.
         io.pooled_until_ms.store(io.now_ms(), Ordering::Relaxed);

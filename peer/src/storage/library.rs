@@ -316,18 +316,20 @@ impl Library {
     /// Reads chunk `index`, checked against the manifest unless this version of the file
     /// was checked already (see the module docs).
     pub async fn read_chunk(&self, id: &FileId, index: u64) -> Result<Bytes, LibraryError> {
-        let (buf, read) = self.read_chunk_into(id, index, Vec::new()).await;
+        let (buf, read) = self.read_chunk_into(id, index, Vec::new(), true).await;
         read.map(|()| Bytes::from(buf))
     }
 
     /// Reads chunk `index` into the room `buf` gives (so an uploader can read it straight into
     /// its send buffer), checked as by [`Library::read_chunk`]. The buffer comes back either way,
-    /// for reuse; after an error its content is unspecified.
+    /// for reuse; after an error its content is unspecified. With `in_place`, the read may run
+    /// on the calling task (see [`InlineIo`]).
     pub async fn read_chunk_into<B: ChunkBuf>(
         &self,
         id: &FileId,
         index: u64,
         mut buf: B,
+        in_place: bool,
     ) -> (B, Result<(), LibraryError>) {
         let Some(entry) = self.get(id) else {
             return (buf, Err(LibraryError::UnknownFile(*id)));
@@ -339,7 +341,7 @@ impl Library {
         let m = &entry.manifest;
         let (offset, len) = (index * u64::from(m.chunk_size), m.chunk_len(index) as usize);
         let file = *id;
-        let read = self.io.run(move || {
+        let read = self.io.run(in_place, move || {
             let io = |source| LibraryError::Io {
                 path: path.clone(),
                 source,
@@ -467,7 +469,9 @@ mod tests {
             let lib = Library::with_settle(settle);
             let m = lib.share(&path).await.unwrap();
             for index in 0..3u64 {
-                let (buf, read) = lib.read_chunk_into(&m.id, index, Pieces::default()).await;
+                let (buf, read) = lib
+                    .read_chunk_into(&m.id, index, Pieces::default(), false)
+                    .await;
                 read.unwrap();
                 let start = index as usize * 262_144;
                 let end = (start + 262_144).min(data.len());
@@ -475,7 +479,7 @@ mod tests {
             }
             let rehashed = if settle.is_zero() { 0 } else { 3 };
             assert_eq!(lib.rehashed_chunks(), rehashed);
-            let (_, read) = lib.read_chunk_into(&m.id, 3, Pieces::default()).await;
+            let (_, read) = lib.read_chunk_into(&m.id, 3, Pieces::default(), true).await;
             assert!(
                 matches!(read, Err(LibraryError::NotAvailable { .. })),
                 "past the end"
