@@ -42,7 +42,7 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(serve_with(
+        tokio::spawn(serve_stream(
             stream,
             addr.to_string(),
             identity.clone(),
@@ -105,28 +105,15 @@ async fn serve_channel<T, S>(
             library.clone(),
             throttle.clone(),
             shutdown.clone(),
+            false,
         ));
     }
 }
 
-/// Runs the handshake on a stream from any path (a relayed or hole-punched one, say), then
-/// answers the peer until it leaves. Chunk reads go to the blocking pool (see
-/// [`crate::storage::InlineIo`] for why only plain TCP reads in place).
+/// Runs the handshake on a stream from any path, then answers the peer until it leaves. With
+/// `in_place`, chunk reads run on this task while the disk keeps up; only plain TCP asks for
+/// that (see [`crate::storage::InlineIo`] for why relayed and hole-punched streams do not).
 pub async fn serve_stream<S>(
-    stream: S,
-    from: String,
-    identity: Identity,
-    library: Arc<Library>,
-    throttle: Arc<Throttle>,
-    shutdown: CancellationToken,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    serve_with(stream, from, identity, library, throttle, shutdown, false).await;
-}
-
-/// [`serve_stream`], with chunk reads in place when `in_place` and the disk keeps up.
-async fn serve_with<S>(
     stream: S,
     from: String,
     identity: Identity,
@@ -350,7 +337,7 @@ impl ChunkBuf for ChunkAnswer {
         self.outbox.clear();
         let header = wire::chunk_header(self.request_id, self.file_id, self.index, len);
         self.outbox.put(&header);
-        self.outbox.reserve(len)
+        self.outbox.room(len)
     }
 }
 

@@ -721,6 +721,7 @@ async fn concurrent_downloads_from_one_peer_share_one_connection() {
                     lib.clone(),
                     Arc::new(Throttle::new(None)),
                     halt.clone(),
+                    true,
                 ));
             }
         });

@@ -22,6 +22,7 @@ use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 
 use crate::identity::Identity;
+use crate::storage::ChunkBuf;
 
 /// The Noise protocol name.
 pub const NOISE_PARAMS: &str = "Noise_XX_25519_AESGCM_SHA256";
@@ -228,7 +229,7 @@ impl Cipher {
 
 /// Frames laid out as transport messages before they are encrypted: each message is
 /// `len u16 ‖ plaintext ‖ room for the tag`, with up to [`MAX_PLAINTEXT`] bytes of plaintext.
-/// Whoever sends fills it ([`Outbox::feed`], or [`Outbox::reserve`] to read a chunk from disk
+/// Whoever sends fills it ([`Outbox::feed`], or [`ChunkBuf::room`] to read a chunk from disk
 /// straight into place, off the writer's task); the [`SecureWriter`], which owns the nonces,
 /// seals it in place and sends it. The buffer is kept for reuse, so a steady stream of chunks
 /// allocates nothing.
@@ -277,18 +278,41 @@ impl Outbox {
         }
     }
 
-    /// Appends plaintext.
-    pub fn put(&mut self, mut bytes: &[u8]) {
-        for piece in self.reserve(bytes.len()) {
-            let (now, later) = bytes.split_at(piece.len());
-            piece.copy_from_slice(now);
-            bytes = later;
+    fn grow(&mut self, n: usize) {
+        self.end += n;
+        if self.buf.len() < self.end {
+            self.buf.resize(self.end, 0);
         }
     }
 
+    /// Ends the message being filled, leaving room for its tag.
+    fn close(&mut self) {
+        if let Some(start) = self.open.take() {
+            let plain = self.end - start - 2;
+            self.grow(TAG_LEN);
+            self.messages.push((start, plain));
+        }
+    }
+
+    /// Encrypts every message in place with the next nonces; the bytes to send.
+    fn seal(&mut self, cipher: &mut Cipher) -> Result<&[u8], SecureError> {
+        self.close();
+        for &(start, plain) in &self.messages {
+            let len = (plain + TAG_LEN) as u16;
+            self.buf[start..start + 2].copy_from_slice(&len.to_be_bytes());
+            cipher.seal(&mut self.buf[start + 2..start + 2 + plain + TAG_LEN])?;
+        }
+        self.messages.clear();
+        Ok(&self.buf[..self.end])
+    }
+}
+
+/// Plaintext goes in as [`ChunkBuf::put`] (frames, headers) or [`ChunkBuf::room`] (a chunk read
+/// from disk into place).
+impl ChunkBuf for Outbox {
     /// Appends `len` bytes of plaintext for the caller to write: the pieces they fall into, in
     /// order (several when they cross messages). Their content is whatever was there before.
-    pub fn reserve(&mut self, len: usize) -> Vec<&mut [u8]> {
+    fn room(&mut self, len: usize) -> Vec<&mut [u8]> {
         let mut ranges = Vec::new();
         let mut left = len;
         while left > 0 {
@@ -322,34 +346,6 @@ impl Outbox {
             base = r.end;
         }
         pieces
-    }
-
-    fn grow(&mut self, n: usize) {
-        self.end += n;
-        if self.buf.len() < self.end {
-            self.buf.resize(self.end, 0);
-        }
-    }
-
-    /// Ends the message being filled, leaving room for its tag.
-    fn close(&mut self) {
-        if let Some(start) = self.open.take() {
-            let plain = self.end - start - 2;
-            self.grow(TAG_LEN);
-            self.messages.push((start, plain));
-        }
-    }
-
-    /// Encrypts every message in place with the next nonces; the bytes to send.
-    fn seal(&mut self, cipher: &mut Cipher) -> Result<&[u8], SecureError> {
-        self.close();
-        for &(start, plain) in &self.messages {
-            let len = (plain + TAG_LEN) as u16;
-            self.buf[start..start + 2].copy_from_slice(&len.to_be_bytes());
-            cipher.seal(&mut self.buf[start + 2..start + 2 + plain + TAG_LEN])?;
-        }
-        self.messages.clear();
-        Ok(&self.buf[..self.end])
     }
 }
 
@@ -518,12 +514,18 @@ impl<W: AsyncWrite + Unpin> SecureWriter<W> {
 
     /// Encrypts the queued frames and writes them in one go.
     pub async fn flush(&mut self) -> Result<(), SecureError> {
+        self.write_pending().await?;
+        self.io.flush().await?;
+        Ok(())
+    }
+
+    /// Encrypts and writes what is queued, without flushing the transport.
+    async fn write_pending(&mut self) -> Result<(), SecureError> {
         if !self.pending.is_empty() {
             let bytes = self.pending.seal(&mut self.cipher)?;
             self.io.write_all(bytes).await?;
             self.pending.clear();
         }
-        self.io.flush().await?;
         Ok(())
     }
 
@@ -536,11 +538,7 @@ impl<W: AsyncWrite + Unpin> SecureWriter<W> {
     /// Sends what the caller laid out in `outbox` (after anything queued here), encrypting it
     /// in place, and empties it for reuse.
     pub async fn send_outbox(&mut self, outbox: &mut Outbox) -> Result<(), SecureError> {
-        if !self.pending.is_empty() {
-            let bytes = self.pending.seal(&mut self.cipher)?;
-            self.io.write_all(bytes).await?;
-            self.pending.clear();
-        }
+        self.write_pending().await?;
         let bytes = outbox.seal(&mut self.cipher)?;
         self.io.write_all(bytes).await?;
         outbox.clear();
@@ -676,7 +674,7 @@ mod tests {
     fn an_outbox_cuts_frames_into_messages() {
         let mut outbox = Outbox::default();
         outbox.put(&[1; 45]);
-        let sizes: Vec<usize> = outbox.reserve(200_000).iter().map(|p| p.len()).collect();
+        let sizes: Vec<usize> = outbox.room(200_000).iter().map(|p| p.len()).collect();
         assert_eq!(
             sizes,
             [
@@ -720,12 +718,7 @@ mod tests {
                     };
                     let mut outbox = Outbox::default();
                     outbox.put(&wire::chunk_header(i, FileId([3; 32]), i, data.len()));
-                    let mut rest = &data[..];
-                    for piece in outbox.reserve(data.len()) {
-                        let (now, later) = rest.split_at(piece.len());
-                        piece.copy_from_slice(now);
-                        rest = later;
-                    }
+                    outbox.put(&data);
                     a_tx.feed(&Frame::KeepAlive); // queued before: goes first
                     a_tx.send_outbox(&mut outbox).await.unwrap();
                 } else {

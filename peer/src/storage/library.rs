@@ -350,10 +350,9 @@ impl Library {
                 let read_start = SystemTime::now();
                 let f = std::fs::File::open(&path).map_err(io)?;
                 let stamp = FileStamp::of(&f.metadata().map_err(io)?);
-                let mut room = buf.room(len);
                 if entry.trusted(index, stamp) {
                     let mut at = offset;
-                    for piece in room {
+                    for piece in buf.room(len) {
                         read_at(&f, at, piece).map_err(io)?;
                         at += piece.len() as u64;
                     }
@@ -366,12 +365,7 @@ impl Library {
                     return Err(LibraryError::Changed { file, index });
                 }
                 entry.mark_verified(index, stamp, read_start);
-                let mut rest = &data[..];
-                for piece in room.iter_mut() {
-                    let (now, later) = rest.split_at(piece.len());
-                    piece.copy_from_slice(now);
-                    rest = later;
-                }
+                buf.put(&data);
                 Ok(true)
             })();
             (buf, read)
@@ -394,6 +388,15 @@ pub trait ChunkBuf: Default + Send + 'static {
     /// Room for `len` bytes, as consecutive pieces (several when the buffer interleaves other
     /// bytes, as transport messages do).
     fn room(&mut self, len: usize) -> Vec<&mut [u8]>;
+
+    /// Appends `bytes`, copied into the room they take.
+    fn put(&mut self, mut bytes: &[u8]) {
+        for piece in self.room(bytes.len()) {
+            let (now, later) = bytes.split_at(piece.len());
+            piece.copy_from_slice(now);
+            bytes = later;
+        }
+    }
 }
 
 impl ChunkBuf for Vec<u8> {
