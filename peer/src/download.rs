@@ -34,7 +34,8 @@ pub struct Source {
 /// Tuning of a download.
 #[derive(Debug, Clone)]
 pub struct DownloadOptions {
-    /// Requests kept in flight per peer.
+    /// Most requests in flight per peer: each peer gets about its bandwidth-delay product
+    /// (see [`Scoreboard`]), up to this.
     pub pipeline: usize,
     /// Bad chunks after which a peer is banned.
     pub max_strikes: u32,
@@ -76,7 +77,7 @@ impl Contributions {
 impl Default for DownloadOptions {
     fn default() -> Self {
         Self {
-            pipeline: 16,
+            pipeline: 32,
             max_strikes: 3,
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),

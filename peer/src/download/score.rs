@@ -1,11 +1,15 @@
 //! Peer scoring: how fast and how reliably each source delivers during a download.
 //!
 //! A peer's score is its measured throughput (verified bytes per second, smoothed), its latency
-//! (request to chunk, smoothed) and its failures (timeouts, refusals, bad chunks). The score
-//! decides how many requests the peer may have outstanding — about [`QUEUE_TARGET`] worth of
-//! its own throughput, fewer after failures — so a slow peer never holds many chunks that a
-//! fast one could deliver, and only peers within [`ENDGAME_FRACTION`] of the best take part in
-//! the endgame.
+//! (request to chunk: smoothed, and the least seen) and its failures (timeouts, refusals, bad
+//! chunks). The score decides how many requests the peer may have outstanding: its
+//! bandwidth-delay product (throughput times the least latency, the round trip plus one
+//! chunk's sending with nothing queued before it) with [`BDP_GAIN`] headroom, plus
+//! [`QUEUE_CHUNKS`] queued at the peer, fewer after failures. That keeps a long link full
+//! without queueing more than it needs: a deeper queue only holds data in socket buffers
+//! longer, out of the CPU caches (on loopback, 8 MiB in flight instead of 2 MiB cost a sixth of
+//! the throughput, see `bench/README.md`), and lets a slow peer sit on chunks a fast one could
+//! deliver. Only peers within [`ENDGAME_FRACTION`] of the best take part in the endgame.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -13,10 +17,18 @@ use std::time::{Duration, Instant};
 
 use p2p_proto::PeerId;
 
-/// How much work, in time at a peer's own pace, it may have queued.
-pub const QUEUE_TARGET: Duration = Duration::from_secs(2);
+/// Headroom over a peer's measured bandwidth-delay product: a pipeline too short for its link
+/// measures a higher throughput at the same latency next time, so it grows by this factor
+/// (plus [`QUEUE_CHUNKS`]) per measurement until the link is full (as TCP's slow start does).
+pub const BDP_GAIN: f64 = 2.0;
+/// Requests queued at a peer beyond its bandwidth-delay product, so it never waits for the
+/// next request.
+pub const QUEUE_CHUNKS: f64 = 2.0;
 /// Requests a peer keeps in flight however slow it is.
 pub const MIN_PIPELINE: usize = 2;
+/// Requests a peer gets before its throughput is measured. Few, so that its first chunks
+/// arrive unqueued and show its least latency; a long link grows from there.
+pub const START_PIPELINE: usize = 4;
 /// Peers slower than this fraction of the best sit out the endgame.
 pub const ENDGAME_FRACTION: f64 = 1.0 / 8.0;
 /// Throughput is sampled over windows at least this long.
@@ -31,6 +43,9 @@ pub struct PeerScore {
     pub throughput: Option<f64>,
     /// Request-to-chunk time, smoothed.
     pub latency: Option<Duration>,
+    /// The least request-to-chunk time seen: the round trip and one chunk's sending, with no
+    /// earlier request queued before it (a download's first requests find the peer idle).
+    pub base_latency: Option<Duration>,
     /// Timeouts, refusals and bad chunks.
     pub failures: u32,
     window_start: Option<Instant>,
@@ -43,6 +58,7 @@ impl PeerScore {
             Some(l) => l.mul_f64(1.0 - ALPHA) + latency.mul_f64(ALPHA),
             None => latency,
         });
+        self.base_latency = Some(self.base_latency.map_or(latency, |b| b.min(latency)));
         let start = *self.window_start.get_or_insert(now - latency);
         self.window_bytes += bytes;
         let elapsed = now.saturating_duration_since(start);
@@ -59,12 +75,12 @@ impl PeerScore {
 
     /// Requests this peer may have in flight, at most `max`.
     fn pipeline(&self, chunk_size: u32, max: usize) -> usize {
-        let Some(throughput) = self.throughput else {
-            return max; // not measured yet: give it a fair chance
+        let (Some(throughput), Some(base)) = (self.throughput, self.base_latency) else {
+            return START_PIPELINE.min(max);
         };
-        let target = QUEUE_TARGET.as_secs_f64() / f64::from(1 + self.failures.min(7));
-        let depth = (throughput * target / f64::from(chunk_size.max(1))).ceil();
-        (depth.min(max as f64) as usize).clamp(MIN_PIPELINE.min(max), max)
+        let bdp = throughput * base.as_secs_f64() / f64::from(chunk_size.max(1));
+        let depth = (bdp * BDP_GAIN + QUEUE_CHUNKS) / f64::from(1 + self.failures.min(7));
+        (depth.ceil().min(max as f64) as usize).clamp(MIN_PIPELINE.min(max), max)
     }
 }
 
@@ -97,7 +113,7 @@ impl Scoreboard {
             .lock()
             .ok()
             .and_then(|m| m.get(peer).map(|s| s.pipeline(chunk_size, max)))
-            .unwrap_or(max)
+            .unwrap_or(START_PIPELINE.min(max))
     }
 
     /// Whether `peer` is fast enough to take duplicates of other peers' chunks at the end.
@@ -129,48 +145,133 @@ mod tests {
 
     const CHUNK: u32 = 262_144;
 
-    /// Feeds `chunks` chunks at `rate` bytes/s to `peer`, starting at `t0`.
-    fn feed(board: &Scoreboard, peer: PeerId, rate: f64, chunks: u32, t0: Instant) -> Instant {
-        let gap = Duration::from_secs_f64(f64::from(CHUNK) / rate);
-        let mut now = t0;
-        for _ in 0..chunks {
-            now += gap;
-            board.record_chunk_at(peer, u64::from(CHUNK), gap, now);
+    /// A link from one peer: `rate` bytes/s, round trip `rtt`.
+    #[derive(Clone, Copy)]
+    struct Link {
+        rate: f64,
+        rtt: Duration,
+    }
+
+    impl Link {
+        fn new(rate: f64, rtt_ms: f64) -> Self {
+            Self {
+                rate,
+                rtt: Duration::from_secs_f64(rtt_ms / 1000.0),
+            }
         }
-        now
+
+        /// One chunk's sending.
+        fn send(self) -> Duration {
+            Duration::from_secs_f64(f64::from(CHUNK) / self.rate)
+        }
+
+        /// The first chunk from `peer`, asked at `t0` of an idle peer.
+        fn first(self, board: &Scoreboard, peer: PeerId, t0: Instant) -> Instant {
+            let latency = self.rtt + self.send();
+            board.record_chunk_at(peer, u64::from(CHUNK), latency, t0 + latency);
+            t0 + latency
+        }
+
+        /// `chunks` more with `depth` requests in flight, from `now` on. Little's law: one
+        /// chunk per sending time when the link is full, each waiting about `depth` of them,
+        /// never less than the round trip and its own sending.
+        fn deliver(
+            self,
+            board: &Scoreboard,
+            peer: PeerId,
+            depth: u32,
+            chunks: u32,
+            mut now: Instant,
+        ) -> Instant {
+            let base = self.rtt + self.send();
+            let (gap, latency) = if self.send() * depth >= base {
+                (self.send(), self.send() * depth)
+            } else {
+                (base / depth, base)
+            };
+            for _ in 0..chunks {
+                now += gap;
+                board.record_chunk_at(peer, u64::from(CHUNK), latency, now);
+            }
+            now
+        }
+
+        /// A download's start (every request at once, `depth` of them) and `chunks` more.
+        fn feed(self, board: &Scoreboard, peer: PeerId, depth: u32, chunks: u32) {
+            let now = self.first(board, peer, Instant::now());
+            self.deliver(board, peer, depth, chunks, now);
+        }
     }
 
     #[test]
-    fn unmeasured_peers_get_the_full_pipeline() {
+    fn unmeasured_peers_start_with_a_short_pipeline() {
         let board = Scoreboard::default();
-        assert_eq!(board.pipeline(&PeerId([1; 32]), CHUNK, 32), 32);
+        assert_eq!(board.pipeline(&PeerId([1; 32]), CHUNK, 32), START_PIPELINE);
+        assert_eq!(board.pipeline(&PeerId([1; 32]), CHUNK, 1), 1);
         assert!(board.may_endgame(&PeerId([1; 32])));
     }
 
     #[test]
-    fn slow_peers_get_fewer_requests_and_sit_out_the_endgame() {
+    fn a_pipeline_holds_its_links_bandwidth_delay_product_and_a_little_more() {
         let board = Scoreboard::default();
-        let (fast, slow, trickle) = (PeerId([1; 32]), PeerId([2; 32]), PeerId([3; 32]));
-        let t0 = Instant::now();
-        feed(&board, fast, 400e6, 400, t0);
-        feed(&board, slow, 1e6, 20, t0);
-        feed(&board, trickle, 20e3, 3, t0);
-        assert_eq!(board.pipeline(&fast, CHUNK, 32), 32);
-        // 1 MB/s for two seconds is about eight chunks.
-        assert_eq!(board.pipeline(&slow, CHUNK, 32), 8);
-        assert_eq!(board.pipeline(&trickle, CHUNK, 32), MIN_PIPELINE);
-        assert!(board.may_endgame(&fast));
-        assert!(!board.may_endgame(&slow));
+        let (local, far, slow) = (PeerId([1; 32]), PeerId([2; 32]), PeerId([3; 32]));
+        // Loopback: 1 GB/s, 50 µs round trip. Full at any depth past two; 32 would only
+        // hold 8 MiB in socket buffers.
+        Link::new(1e9, 0.05).feed(&board, local, 32, 4000);
+        assert_eq!(board.pipeline(&local, CHUNK, 32), 5);
+        // 40 MB/s over 100 ms: 4.3 MB (16.3 chunks) in flight keep the link full.
+        Link::new(40e6, 100.0).feed(&board, far, 32, 160);
+        let depth = board.pipeline(&far, CHUNK, 64);
+        assert!((33..=37).contains(&depth), "{depth}");
+        assert_eq!(
+            board.pipeline(&far, CHUNK, 16),
+            16,
+            "never more than the cap"
+        );
+        // 1 MB/s over 100 ms: sending one chunk takes longer than the round trip.
+        Link::new(1e6, 100.0).feed(&board, slow, 32, 20);
+        assert_eq!(board.pipeline(&slow, CHUNK, 32), 5);
         let s = board.get(&slow);
         assert!((s.throughput.unwrap() - 1e6).abs() < 1e4, "{s:?}");
-        assert!(s.latency.unwrap() > Duration::from_millis(200));
+        assert!(s.latency.unwrap() > Duration::from_secs(1), "{s:?}");
+        assert!(
+            s.base_latency.unwrap() < Duration::from_millis(400),
+            "{s:?}"
+        );
+    }
+
+    #[test]
+    fn a_pipeline_too_short_for_its_link_grows_until_the_link_is_full() {
+        let board = Scoreboard::default();
+        let peer = PeerId([1; 32]);
+        // 100 MB/s over 50 ms: 20 chunks fill the link.
+        let link = Link::new(100e6, 50.0);
+        let mut now = link.first(&board, peer, Instant::now());
+        let mut depth = START_PIPELINE;
+        for _ in 0..8 {
+            now = link.deliver(&board, peer, depth as u32, 100, now);
+            depth = board.pipeline(&peer, CHUNK, 64);
+        }
+        let throughput = board.get(&peer).throughput.unwrap();
+        assert!((20..=50).contains(&depth), "{depth}");
+        assert!(throughput > 95e6, "{throughput}");
+    }
+
+    #[test]
+    fn slow_peers_sit_out_the_endgame() {
+        let board = Scoreboard::default();
+        let (fast, slow) = (PeerId([1; 32]), PeerId([2; 32]));
+        Link::new(400e6, 1.0).feed(&board, fast, 8, 400);
+        Link::new(1e6, 1.0).feed(&board, slow, 8, 20);
+        assert!(board.may_endgame(&fast));
+        assert!(!board.may_endgame(&slow));
     }
 
     #[test]
     fn failures_shrink_a_peers_share() {
         let board = Scoreboard::default();
         let peer = PeerId([1; 32]);
-        feed(&board, peer, 2e6, 40, Instant::now());
+        Link::new(20e6, 100.0).feed(&board, peer, 32, 80);
         let before = board.pipeline(&peer, CHUNK, 32);
         board.record_failure(peer);
         board.record_failure(peer);
