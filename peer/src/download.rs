@@ -22,7 +22,7 @@ use p2p_proto::manifest::ChunkError;
 
 mod score;
 use crate::throttle::Throttle;
-pub use score::{PeerScore, Scoreboard};
+pub use score::{PeerScore, Scoreboard, Sizing};
 
 /// Where a file can be fetched from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -529,8 +529,13 @@ async fn fetch_from(
     }
     let mut sub = sub.ok_or_else(|| WorkerError::Connect("the connection closed".into()))?;
     // Chunks from plain TCP are stored in place while the disk keeps up; relayed and punched
-    // streams keep the blocking pool (see `InlineIo`).
+    // streams keep the blocking pool (see `InlineIo`), and size their pipelines differently.
     let in_place = sub.link().path() == ConnectionPath::Direct;
+    let sizing = if in_place {
+        Sizing::BandwidthDelay
+    } else {
+        Sizing::Queue
+    };
     sub.send(vec![Frame::ManifestRequest { file_id }])?;
 
     // The peer's manifest (must be the same content) and which chunks it has.
@@ -580,7 +585,9 @@ async fn fetch_from(
     let result = loop {
         // Keep this peer's share of the pipeline full (chunks being stored count against it):
         // its score decides how big that share is.
-        let depth = shared.scores.pipeline(&peer, chunk_size, opts.pipeline);
+        let depth = shared
+            .scores
+            .pipeline(&peer, sizing, chunk_size, opts.pipeline);
         let want = depth.saturating_sub(outstanding.len() + stores.len());
         if want > 0 {
             let endgame = shared.scores.may_endgame(&peer);

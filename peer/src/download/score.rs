@@ -2,14 +2,15 @@
 //!
 //! A peer's score is its measured throughput (verified bytes per second, smoothed), its latency
 //! (request to chunk: smoothed, and the least seen) and its failures (timeouts, refusals, bad
-//! chunks). The score decides how many requests the peer may have outstanding: its
-//! bandwidth-delay product (throughput times the least latency, the round trip plus one
-//! chunk's sending with nothing queued before it) with [`BDP_GAIN`] headroom, plus
-//! [`QUEUE_CHUNKS`] queued at the peer, fewer after failures. That keeps a long link full
-//! without queueing more than it needs: a deeper queue only holds data in socket buffers
-//! longer, out of the CPU caches (on loopback, 8 MiB in flight instead of 2 MiB cost a sixth of
-//! the throughput, see `bench/README.md`), and lets a slow peer sit on chunks a fast one could
-//! deliver. Only peers within [`ENDGAME_FRACTION`] of the best take part in the endgame.
+//! chunks). The score decides how many requests the peer may have outstanding, fewer after
+//! failures (see [`Sizing`]). Over direct TCP that is its bandwidth-delay product (throughput
+//! times the least latency, the round trip plus one chunk's sending with nothing queued before
+//! it) with [`BDP_GAIN`] headroom, plus [`QUEUE_CHUNKS`] queued at the peer. That keeps a long
+//! link full without queueing more than it needs: a deeper queue only holds data in socket
+//! buffers longer, out of the CPU caches (on loopback, 8 MiB in flight instead of 2 MiB cost a
+//! sixth of the throughput, see `bench/README.md`), and lets a slow peer sit on chunks a fast
+//! one could deliver. Only peers within [`ENDGAME_FRACTION`] of the best take part in the
+//! endgame.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -24,6 +25,9 @@ pub const BDP_GAIN: f64 = 2.0;
 /// Requests queued at a peer beyond its bandwidth-delay product, so it never waits for the
 /// next request.
 pub const QUEUE_CHUNKS: f64 = 2.0;
+/// How much work a tunnelled peer (see [`Sizing::Queue`]) may have queued, in time at its
+/// own pace.
+pub const QUEUE_TARGET: Duration = Duration::from_secs(2);
 /// Requests a peer keeps in flight however slow it is.
 pub const MIN_PIPELINE: usize = 2;
 /// Requests a peer gets before its throughput is measured. Few, so that its first chunks
@@ -35,6 +39,21 @@ pub const ENDGAME_FRACTION: f64 = 1.0 / 8.0;
 const WINDOW: Duration = Duration::from_millis(250);
 /// Weight of a new sample in the smoothed figures.
 const ALPHA: f64 = 0.5;
+
+/// How a peer's pipeline is sized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sizing {
+    /// Direct TCP: under load, a chunk's latency is the round trip and its sending plus the
+    /// requests queued before it, so the bandwidth-delay product from the least latency is
+    /// what keeps the link full.
+    BandwidthDelay,
+    /// Relayed or hole-punched: the stream crosses user-space hops (the relay hub and its
+    /// per-stream windows, QUIC's own congestion control) whose latency grows with load at
+    /// every hop, so the least latency says little about what keeps it full (sized from it,
+    /// a relayed transfer lost half its throughput). The peer may queue [`QUEUE_TARGET`] of
+    /// its own throughput instead; the tunnel's windows bound what is really in flight.
+    Queue,
+}
 
 /// One peer's figures.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -74,13 +93,25 @@ impl PeerScore {
     }
 
     /// Requests this peer may have in flight, at most `max`.
-    fn pipeline(&self, chunk_size: u32, max: usize) -> usize {
-        let (Some(throughput), Some(base)) = (self.throughput, self.base_latency) else {
-            return START_PIPELINE.min(max);
+    fn pipeline(&self, sizing: Sizing, chunk_size: u32, max: usize) -> usize {
+        let chunks = |bytes: f64| bytes / f64::from(chunk_size.max(1));
+        let wanted = match (sizing, self.throughput, self.base_latency) {
+            (Sizing::BandwidthDelay, Some(throughput), Some(base)) => {
+                chunks(throughput * base.as_secs_f64()) * BDP_GAIN + QUEUE_CHUNKS
+            }
+            (Sizing::Queue, Some(throughput), _) => chunks(throughput * QUEUE_TARGET.as_secs_f64()),
+            _ => return Self::unmeasured(sizing, max),
         };
-        let bdp = throughput * base.as_secs_f64() / f64::from(chunk_size.max(1));
-        let depth = (bdp * BDP_GAIN + QUEUE_CHUNKS) / f64::from(1 + self.failures.min(7));
+        let depth = wanted / f64::from(1 + self.failures.min(7));
         (depth.ceil().min(max as f64) as usize).clamp(MIN_PIPELINE.min(max), max)
+    }
+
+    /// Requests a peer gets before its throughput is measured.
+    fn unmeasured(sizing: Sizing, max: usize) -> usize {
+        match sizing {
+            Sizing::BandwidthDelay => START_PIPELINE.min(max),
+            Sizing::Queue => max,
+        }
     }
 }
 
@@ -108,12 +139,12 @@ impl Scoreboard {
     }
 
     /// Requests `peer` may have in flight (chunks of `chunk_size`), at most `max`.
-    pub fn pipeline(&self, peer: &PeerId, chunk_size: u32, max: usize) -> usize {
+    pub fn pipeline(&self, peer: &PeerId, sizing: Sizing, chunk_size: u32, max: usize) -> usize {
         self.0
             .lock()
             .ok()
-            .and_then(|m| m.get(peer).map(|s| s.pipeline(chunk_size, max)))
-            .unwrap_or(START_PIPELINE.min(max))
+            .and_then(|m| m.get(peer).map(|s| s.pipeline(sizing, chunk_size, max)))
+            .unwrap_or(PeerScore::unmeasured(sizing, max))
     }
 
     /// Whether `peer` is fast enough to take duplicates of other peers' chunks at the end.
@@ -206,8 +237,14 @@ mod tests {
     #[test]
     fn unmeasured_peers_start_with_a_short_pipeline() {
         let board = Scoreboard::default();
-        assert_eq!(board.pipeline(&PeerId([1; 32]), CHUNK, 32), START_PIPELINE);
-        assert_eq!(board.pipeline(&PeerId([1; 32]), CHUNK, 1), 1);
+        assert_eq!(
+            board.pipeline(&PeerId([1; 32]), Sizing::BandwidthDelay, CHUNK, 32),
+            START_PIPELINE
+        );
+        assert_eq!(
+            board.pipeline(&PeerId([1; 32]), Sizing::BandwidthDelay, CHUNK, 1),
+            1
+        );
         assert!(board.may_endgame(&PeerId([1; 32])));
     }
 
@@ -218,19 +255,19 @@ mod tests {
         // Loopback: 1 GB/s, 50 µs round trip. Full at any depth past two; 32 would only
         // hold 8 MiB in socket buffers.
         Link::new(1e9, 0.05).feed(&board, local, 32, 4000);
-        assert_eq!(board.pipeline(&local, CHUNK, 32), 5);
+        assert_eq!(board.pipeline(&local, Sizing::BandwidthDelay, CHUNK, 32), 5);
         // 40 MB/s over 100 ms: 4.3 MB (16.3 chunks) in flight keep the link full.
         Link::new(40e6, 100.0).feed(&board, far, 32, 160);
-        let depth = board.pipeline(&far, CHUNK, 64);
+        let depth = board.pipeline(&far, Sizing::BandwidthDelay, CHUNK, 64);
         assert!((33..=37).contains(&depth), "{depth}");
         assert_eq!(
-            board.pipeline(&far, CHUNK, 16),
+            board.pipeline(&far, Sizing::BandwidthDelay, CHUNK, 16),
             16,
             "never more than the cap"
         );
         // 1 MB/s over 100 ms: sending one chunk takes longer than the round trip.
         Link::new(1e6, 100.0).feed(&board, slow, 32, 20);
-        assert_eq!(board.pipeline(&slow, CHUNK, 32), 5);
+        assert_eq!(board.pipeline(&slow, Sizing::BandwidthDelay, CHUNK, 32), 5);
         let s = board.get(&slow);
         assert!((s.throughput.unwrap() - 1e6).abs() < 1e4, "{s:?}");
         assert!(s.latency.unwrap() > Duration::from_secs(1), "{s:?}");
@@ -250,11 +287,27 @@ mod tests {
         let mut depth = START_PIPELINE;
         for _ in 0..8 {
             now = link.deliver(&board, peer, depth as u32, 100, now);
-            depth = board.pipeline(&peer, CHUNK, 64);
+            depth = board.pipeline(&peer, Sizing::BandwidthDelay, CHUNK, 64);
         }
         let throughput = board.get(&peer).throughput.unwrap();
         assert!((20..=50).contains(&depth), "{depth}");
         assert!(throughput > 95e6, "{throughput}");
+    }
+
+    #[test]
+    fn tunnelled_peers_queue_two_seconds_of_their_throughput() {
+        let board = Scoreboard::default();
+        let (fast, slow) = (PeerId([1; 32]), PeerId([2; 32]));
+        assert_eq!(
+            board.pipeline(&fast, Sizing::Queue, CHUNK, 32),
+            32,
+            "unmeasured"
+        );
+        Link::new(200e6, 1.0).feed(&board, fast, 32, 800);
+        Link::new(1e6, 1.0).feed(&board, slow, 32, 20);
+        assert_eq!(board.pipeline(&fast, Sizing::Queue, CHUNK, 32), 32);
+        // 1 MB/s for two seconds is about eight chunks.
+        assert_eq!(board.pipeline(&slow, Sizing::Queue, CHUNK, 32), 8);
     }
 
     #[test]
@@ -272,10 +325,10 @@ mod tests {
         let board = Scoreboard::default();
         let peer = PeerId([1; 32]);
         Link::new(20e6, 100.0).feed(&board, peer, 32, 80);
-        let before = board.pipeline(&peer, CHUNK, 32);
+        let before = board.pipeline(&peer, Sizing::BandwidthDelay, CHUNK, 32);
         board.record_failure(peer);
         board.record_failure(peer);
-        let after = board.pipeline(&peer, CHUNK, 32);
+        let after = board.pipeline(&peer, Sizing::BandwidthDelay, CHUNK, 32);
         assert!(after < before, "{after} < {before}");
         assert_eq!(board.get(&peer).failures, 2);
     }
