@@ -142,6 +142,11 @@ pub async fn serve_stream<S>(
 /// pool, where this many overlap with encrypting and sending.
 const READ_AHEAD: usize = 4;
 
+/// How long announcements of new chunks (`Have`) wait for company: they go out with the next
+/// frame sent or after this. A leecher writing hundreds of chunks a second then tells each of
+/// its peers in a few messages, not one message (and one wake-up at the other end) per chunk.
+const HAVE_DELAY: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Answers one peer until it disconnects. Frames are read on their own task (a frame read is
 /// not cancel-safe), chunk reads run ahead of sending, and answers go out in request order.
 pub async fn serve_connection<R, W>(
@@ -169,6 +174,8 @@ where
     // Files this peer asked about: it hears of our new chunks of them as they arrive.
     let mut interested = std::collections::HashSet::new();
     let mut haves = library.subscribe();
+    // When the `Have`s fed since the last write must go out.
+    let mut haves_due: Option<tokio::time::Instant> = None;
     let result = loop {
         tokio::select! {
             incoming = frames.recv(), if reads.len() < READ_AHEAD => {
@@ -213,7 +220,7 @@ where
             }
             have = haves.recv(), if !interested.is_empty() => match have {
                 Ok(first) => {
-                    // Coalesce whatever else is already queued into one write.
+                    // Queue them with whatever else is waiting; see HAVE_DELAY.
                     let mut next = Some(first);
                     let mut queued = 0;
                     while let Some((file_id, index)) = next.take() {
@@ -225,8 +232,8 @@ where
                             next = haves.try_recv().ok();
                         }
                     }
-                    if queued > 0 {
-                        tx.flush().await?;
+                    if queued > 0 && haves_due.is_none() {
+                        haves_due = Some(tokio::time::Instant::now() + HAVE_DELAY);
                     }
                 }
                 // Too many to tell one by one: send the whole picture again.
@@ -240,6 +247,12 @@ where
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => interested.clear(),
             },
+            // Any write sends the queued `Have`s too; this one is for when nothing else went.
+            _ = tokio::time::sleep_until(haves_due.unwrap_or_else(tokio::time::Instant::now)),
+                if haves_due.is_some() => {
+                haves_due = None;
+                tx.flush().await?;
+            }
             Some(reply) = reads.next(), if !reads.is_empty() => {
                 let mut outbox = match reply {
                     Reply::Chunk(mut chunk) => {
