@@ -411,12 +411,19 @@ impl ChunkBuf for Vec<u8> {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn serves_verified_chunks_and_notices_changes() {
+    /// A 600 000-byte file `a.bin` (three chunks, the last short) in a fresh directory: byte
+    /// `i` is `i % modulus`.
+    fn written_file(modulus: u32) -> (tempfile::TempDir, PathBuf, Vec<u8>) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.bin");
-        let data: Vec<u8> = (0..600_000u32).map(|i| (i % 253) as u8).collect();
+        let data: Vec<u8> = (0..600_000u32).map(|i| (i % modulus) as u8).collect();
         std::fs::write(&path, &data).unwrap();
+        (dir, path, data)
+    }
+
+    #[tokio::test]
+    async fn serves_verified_chunks_and_notices_changes() {
+        let (_dir, path, data) = written_file(253);
         let lib = Library::new();
         let m = lib.share(&path).await.unwrap();
         assert_eq!(m.name, "a.bin");
@@ -463,10 +470,7 @@ mod tests {
 
     #[tokio::test]
     async fn chunks_are_read_into_pieces_checked_or_trusted() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("a.bin");
-        let data: Vec<u8> = (0..600_000u32).map(|i| (i % 241) as u8).collect();
-        std::fs::write(&path, &data).unwrap();
+        let (_dir, path, data) = written_file(241);
         for settle in [Duration::ZERO, Duration::from_secs(3600)] {
             // Settled: trusted, read straight into the pieces; too fresh: checked first.
             let lib = Library::with_settle(settle);
@@ -492,10 +496,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_settled_file_is_served_without_hashing_again_until_it_changes() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("a.bin");
-        let data: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8).collect();
-        std::fs::write(&path, &data).unwrap();
+        let (dir, path, data) = written_file(251);
         let lib = Library::with_settle(Duration::ZERO);
         let m = lib.share(&path).await.unwrap();
         for i in 0..3 {
@@ -526,10 +527,7 @@ mod tests {
 
     #[tokio::test]
     async fn partial_downloads_serve_the_chunks_verified_into_them() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("a.bin");
-        let data: Vec<u8> = (0..600_000u32).map(|i| (i % 241) as u8).collect();
-        std::fs::write(&path, &data).unwrap();
+        let (_dir, path, data) = written_file(241);
         let m = manifest_for_file(&path, "a.bin").unwrap();
         let lib = Library::new();
         lib.insert(m.clone(), path.clone(), Bitfield::new(m.chunk_count()));
