@@ -9,13 +9,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use p2p_proto::sha256_lanes;
 use p2p_proto::wire::Frame;
 use p2p_proto::{Bitfield, Manifest, PeerId};
 use tokio::sync::Notify;
 
 use crate::identity::Identity;
 use crate::net::connector::{ConnectionPath, Connector};
-use crate::net::link::LinkEvent;
+use crate::net::link::{LinkEvent, Subscription};
 use crate::net::secure::SecureError;
 use crate::storage::{InlineIo, Library, PartialDownload, PartialError, VerifiedChunk};
 use p2p_proto::manifest::ChunkError;
@@ -573,45 +574,18 @@ async fn fetch_from(
         }
     }
     let peer = source.peer_id;
-    let chunk_size = shared.manifest.chunk_size;
 
     // The link reads frames on its own task (a frame read is not cancel-safe) and routes this
     // file's to `sub`; verifying and writing chunks runs beside receiving, a few at a time.
-    let mut stores: tokio::task::JoinSet<(u64, u64, Result<Stored, WorkerError>)> =
-        tokio::task::JoinSet::new();
-    // Request id → chunk index and when it was asked for.
-    let mut outstanding: HashMap<u32, (u64, Instant)> = HashMap::new();
-    let mut asked: HashMap<u64, ()> = HashMap::new();
-    let result = loop {
-        // Keep this peer's share of the pipeline full (chunks being stored count against it):
-        // its score decides how big that share is.
-        let depth = shared
-            .scores
-            .pipeline(&peer, sizing, chunk_size, opts.pipeline);
-        let want = depth.saturating_sub(outstanding.len() + stores.len());
-        if want > 0 {
-            let endgame = shared.scores.may_endgame(&peer);
-            let picked = match shared.sched.lock() {
-                Ok(mut s) if !s.complete() => s.pick(&peer_has, want, &asked, endgame),
-                _ => Vec::new(),
-            };
-            let now = Instant::now();
-            let mut requests = Vec::with_capacity(picked.len());
-            for index in picked {
-                let request_id = sub.next_request_id();
-                outstanding.insert(request_id, (index, now));
-                asked.insert(index, ());
-                requests.push(Frame::Request {
-                    request_id,
-                    file_id,
-                    index: index as u32,
-                });
-            }
-            if !requests.is_empty() {
-                sub.send(requests)?;
-            }
-        }
-        let idle = outstanding.is_empty() && stores.is_empty();
+    // Chunks that arrived together are checked together (see `store_chunks`).
+    let mut stores: tokio::task::JoinSet<Vec<StoreOutcome>> = tokio::task::JoinSet::new();
+    // Chunks in `stores`, which count against the pipeline.
+    let mut storing = 0usize;
+    let mut inflight = InFlight::default();
+    let result = 'worker: loop {
+        // Keep this peer's share of the pipeline full (chunks being stored count against it).
+        inflight.top_up(shared, opts, sizing, &sub, &peer_has, storing)?;
+        let idle = inflight.by_id.is_empty() && storing == 0;
         if idle
             && (peer_has.is_complete() || shared.sched.lock().map(|s| s.complete()).unwrap_or(true))
         {
@@ -622,108 +596,152 @@ async fn fetch_from(
         tokio::select! {
             _ = shared.stop.cancelled() => break Ok(()),
             Some(stored) = stores.join_next(), if !stores.is_empty() => {
-                let Ok((index, len, outcome)) = stored else {
+                let Ok(outcomes) = stored else {
                     break Err(WorkerError::Disk("writer task failed".into()));
                 };
-                if let Err(e) = on_stored(shared, opts, report, index, len, outcome) {
+                storing -= outcomes.len();
+                if let Err(e) = on_stored_all(shared, opts, report, outcomes) {
                     break Err(e);
                 }
             }
             next = async {
-                if outstanding.is_empty() {
+                if inflight.by_id.is_empty() {
                     Ok(sub.recv().await)
                 } else {
                     tokio::time::timeout(opts.request_timeout, sub.recv()).await
                 }
-            }, if stores.is_empty() || !outstanding.is_empty() => {
-                let frame = match next {
+            }, if storing == 0 || !inflight.by_id.is_empty() => {
+                let first = match next {
                     Err(_) => {
                         shared.scores.record_failure(peer);
                         sub.link().close_if_silent(opts.request_timeout);
                         break Err(WorkerError::Timeout);
                     }
-                    Ok(LinkEvent::Closed(why)) => break Err(closed(why)),
-                    Ok(LinkEvent::Frame(f)) => f,
+                    Ok(event) => event,
                 };
-                match frame {
-                    Frame::Chunk { request_id, index, data, .. } => {
-                        let Some((wanted, asked_at)) = outstanding.remove(&request_id) else {
-                            continue;
-                        };
-                        if u64::from(index) != wanted {
-                            report.bad_chunks += 1;
-                            shared.scores.record_failure(peer);
-                            release(shared, wanted);
-                        } else {
-                            opts.throttle.consume(data.len()).await;
-                            let len = data.len() as u64;
-                            shared.scores.record_chunk(peer, len, asked_at.elapsed());
-                            let job = store_chunk(shared, wanted, data);
-                            if in_place && shared.io.inline() {
-                                let outcome = shared.io.timed(job);
-                                if let Err(e) = on_stored(shared, opts, report, wanted, len, outcome) {
-                                    break Err(e);
-                                }
+                // Frames that arrived while this worker was busy come along, until a batch of
+                // chunks is full.
+                let mut events = vec![first];
+                let mut chunks_seen = usize::from(is_chunk(&events[0]));
+                while chunks_seen < sha256_lanes::MAX_LANES && events.len() < DRAIN_MAX {
+                    let Some(event) = sub.try_recv() else { break };
+                    chunks_seen += usize::from(is_chunk(&event));
+                    events.push(event);
+                }
+                let mut batch: Vec<(u64, bytes::Bytes)> = Vec::new();
+                let mut ended = None;
+                for event in events {
+                    let frame = match event {
+                        LinkEvent::Closed(why) => {
+                            ended = Some(closed(why));
+                            break;
+                        }
+                        LinkEvent::Frame(f) => f,
+                    };
+                    match frame {
+                        Frame::Chunk { request_id, index, data, .. } => {
+                            let Some((wanted, asked_at)) = inflight.by_id.remove(&request_id) else {
+                                continue;
+                            };
+                            if u64::from(index) != wanted {
+                                report.bad_chunks += 1;
+                                shared.scores.record_failure(peer);
+                                release(shared, wanted);
                             } else {
-                                stores.spawn(async move {
-                                    let outcome = tokio::task::spawn_blocking(job)
-                                        .await
-                                        .unwrap_or_else(|_| Err(WorkerError::Disk("writer task failed".into())));
-                                    (wanted, len, outcome)
-                                });
+                                opts.throttle.consume(data.len()).await;
+                                shared.scores.record_chunk(peer, data.len() as u64, asked_at.elapsed());
+                                batch.push((wanted, data));
                             }
                         }
-                    }
-                    Frame::Reject { request_id, .. } => {
-                        if let Some((index, _)) = outstanding.remove(&request_id) {
-                            shared.scores.record_failure(peer);
-                            release(shared, index);
-                            peer_has = without(peer_has, index);
-                        }
-                    }
-                    Frame::Have { index, .. } => {
-                        let index = u64::from(index);
-                        if index < peer_has.len() && !peer_has.get(index) {
-                            peer_has.set(index);
-                            if let Ok(mut s) = shared.sched.lock() {
-                                s.add_source(index);
+                        Frame::Reject { request_id, .. } => {
+                            if let Some((index, _)) = inflight.by_id.remove(&request_id) {
+                                shared.scores.record_failure(peer);
+                                release(shared, index);
+                                peer_has = without(peer_has, index);
                             }
                         }
-                    }
-                    Frame::Bitfield { chunk_count, bits, .. } => {
-                        if let Ok(fresh) = Bitfield::from_bytes(bits.to_vec(), u64::from(chunk_count))
-                            && fresh.len() == peer_has.len()
-                        {
-                            if let Ok(mut s) = shared.sched.lock() {
-                                for i in (0..fresh.len()).filter(|&i| fresh.get(i) && !peer_has.get(i)) {
-                                    s.add_source(i);
+                        Frame::Have { index, .. } => {
+                            let index = u64::from(index);
+                            if index < peer_has.len() && !peer_has.get(index) {
+                                peer_has.set(index);
+                                if let Ok(mut s) = shared.sched.lock() {
+                                    s.add_source(index);
                                 }
                             }
-                            peer_has = fresh;
                         }
+                        Frame::Bitfield { chunk_count, bits, .. } => {
+                            if let Ok(fresh) = Bitfield::from_bytes(bits.to_vec(), u64::from(chunk_count))
+                                && fresh.len() == peer_has.len()
+                            {
+                                if let Ok(mut s) = shared.sched.lock() {
+                                    for i in (0..fresh.len()).filter(|&i| fresh.get(i) && !peer_has.get(i)) {
+                                        s.add_source(i);
+                                    }
+                                }
+                                peer_has = fresh;
+                            }
+                        }
+                        Frame::Error { message, .. } => {
+                            ended = Some(WorkerError::Connect(message));
+                            break;
+                        }
+                        _ => {}
                     }
-                    Frame::Error { message, .. } => break Err(WorkerError::Connect(message)),
-                    _ => {}
+                }
+                // Chunks received before the session ended are still stored. The peer gets its
+                // next requests first, so it keeps sending while they are checked.
+                if !batch.is_empty() {
+                    if ended.is_none()
+                        && let Err(e) = inflight.top_up(shared, opts, sizing, &sub, &peer_has, storing)
+                    {
+                        ended = Some(e.into());
+                    }
+                    let sizes: Vec<(u64, u64)> =
+                        batch.iter().map(|(i, d)| (*i, d.len() as u64)).collect();
+                    let job = store_chunks(shared, batch);
+                    if in_place && shared.io.inline() {
+                        let outcomes = shared.io.timed(job);
+                        if let Err(e) = on_stored_all(shared, opts, report, outcomes) {
+                            break 'worker Err(e);
+                        }
+                    } else {
+                        storing += sizes.len();
+                        stores.spawn(async move {
+                            tokio::task::spawn_blocking(job).await.unwrap_or_else(|_| {
+                                sizes
+                                    .into_iter()
+                                    .map(|(i, len)| {
+                                        (i, len, Err(WorkerError::Disk("writer task failed".into())))
+                                    })
+                                    .collect()
+                            })
+                        });
+                    }
+                }
+                if let Some(e) = ended {
+                    break Err(e);
                 }
             }
         }
     };
     drop(sub);
     // Chunks already received are still written before the worker reports.
-    while let Some(Ok((index, len, outcome))) = stores.join_next().await {
-        match outcome {
-            Ok(Stored::Written) => {
-                report.bytes += len;
-                opts.contributions.add(peer, len);
-                stored_ok(shared, index);
+    while let Some(Ok(outcomes)) = stores.join_next().await {
+        for (index, len, outcome) in outcomes {
+            match outcome {
+                Ok(Stored::Written) => {
+                    report.bytes += len;
+                    opts.contributions.add(peer, len);
+                    stored_ok(shared, index);
+                }
+                Err(e) => shared.fail(&e),
+                Ok(_) => {}
             }
-            Err(e) => shared.fail(&e),
-            Ok(_) => {}
+            release(shared, index);
         }
-        release(shared, index);
     }
     // Whatever was still asked of this peer goes back to the pool.
-    for (_, (index, _)) in outstanding {
+    for (_, (index, _)) in inflight.by_id {
         release(shared, index);
     }
     result
@@ -808,33 +826,133 @@ fn on_stored(
     Ok(())
 }
 
-/// The blocking work of storing a chunk: its hash is checked before the download's lock is
-/// taken, then it is written. Runs where [`Shared::io`] says.
-fn store_chunk(
+/// The requests a worker has out with its peer.
+#[derive(Debug, Default)]
+struct InFlight {
+    /// Request id → chunk index and when it was asked for.
+    by_id: HashMap<u32, (u64, Instant)>,
+    /// Every chunk asked of this peer (see [`Scheduler::pick`]).
+    asked: HashMap<u64, ()>,
+}
+
+impl InFlight {
+    /// Tops this peer's share of the pipeline up to what its score allows; `busy` chunks
+    /// received but still being stored count against it.
+    fn top_up(
+        &mut self,
+        shared: &Shared,
+        opts: &DownloadOptions,
+        sizing: Sizing,
+        sub: &Subscription,
+        peer_has: &Bitfield,
+        busy: usize,
+    ) -> Result<(), SecureError> {
+        let peer = sub.link().peer();
+        let depth =
+            shared
+                .scores
+                .pipeline(&peer, sizing, shared.manifest.chunk_size, opts.pipeline);
+        let want = depth.saturating_sub(self.by_id.len() + busy);
+        if want == 0 {
+            return Ok(());
+        }
+        let endgame = shared.scores.may_endgame(&peer);
+        let picked = match shared.sched.lock() {
+            Ok(mut s) if !s.complete() => s.pick(peer_has, want, &self.asked, endgame),
+            _ => Vec::new(),
+        };
+        if picked.is_empty() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let file_id = shared.manifest.id;
+        let mut requests = Vec::with_capacity(picked.len());
+        for index in picked {
+            let request_id = sub.next_request_id();
+            self.by_id.insert(request_id, (index, now));
+            self.asked.insert(index, ());
+            requests.push(Frame::Request {
+                request_id,
+                file_id,
+                index: index as u32,
+            });
+        }
+        sub.send(requests)
+    }
+}
+
+/// A received chunk's index, its length and what became of it.
+type StoreOutcome = (u64, u64, Result<Stored, WorkerError>);
+
+/// Frames a worker takes at once when they have already arrived, at most (chunks stop at
+/// [`sha256_lanes::MAX_LANES`]).
+const DRAIN_MAX: usize = 64;
+
+fn is_chunk(event: &LinkEvent) -> bool {
+    matches!(event, LinkEvent::Frame(Frame::Chunk { .. }))
+}
+
+/// What a worker does with the outcomes of a batch of stored chunks: each goes through
+/// [`on_stored`]; the first error ends the worker, once all are accounted for.
+fn on_stored_all(
     shared: &Shared,
-    index: u64,
-    data: bytes::Bytes,
-) -> impl FnOnce() -> Result<Stored, WorkerError> + Send + 'static {
+    opts: &DownloadOptions,
+    report: &mut PeerReport,
+    outcomes: Vec<StoreOutcome>,
+) -> Result<(), WorkerError> {
+    let mut first_error = None;
+    for (index, len, outcome) in outcomes {
+        if let Err(e) = on_stored(shared, opts, report, index, len, outcome) {
+            first_error.get_or_insert(e);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// The blocking work of storing chunks that arrived together: their hashes are checked
+/// together (interleaved, see [`p2p_proto::sha256_lanes`]) before the download's lock is
+/// taken, then the good ones are written. Runs where [`Shared::io`] says.
+fn store_chunks(
+    shared: &Shared,
+    chunks: Vec<(u64, bytes::Bytes)>,
+) -> impl FnOnce() -> Vec<StoreOutcome> + Send + 'static {
     let (partial, manifest) = (shared.partial.clone(), shared.manifest.clone());
     move || {
-        let chunk = match VerifiedChunk::check(&manifest, index, data) {
-            Ok(chunk) => chunk,
-            Err(e @ ChunkError::Inconsistent(_)) => return Err(WorkerError::BadManifest(e)),
-            Err(_) => return Ok(Stored::Bad),
-        };
-        let mut guard = partial
-            .lock()
-            .map_err(|_| WorkerError::Disk("lock poisoned".into()))?;
-        let Some(p) = guard.as_mut() else {
-            return Ok(Stored::Duplicate); // the download is over
-        };
-        if p.have().get(index) {
-            return Ok(Stored::Duplicate);
-        }
-        p.write_verified(&chunk)
-            .map_err(|e| WorkerError::Disk(e.to_string()))?;
-        Ok(Stored::Written)
+        let lens: Vec<u64> = chunks.iter().map(|(_, d)| d.len() as u64).collect();
+        VerifiedChunk::check_all(&manifest, chunks)
+            .into_iter()
+            .zip(lens)
+            .map(|((index, checked), len)| {
+                let outcome = match checked {
+                    Ok(chunk) => write_chunk(&partial, index, &chunk),
+                    Err(e @ ChunkError::Inconsistent(_)) => Err(WorkerError::BadManifest(e)),
+                    Err(_) => Ok(Stored::Bad),
+                };
+                (index, len, outcome)
+            })
+            .collect()
     }
+}
+
+/// Writes a verified chunk into the download, unless it is there already or the download is
+/// over.
+fn write_chunk(
+    partial: &Mutex<Option<PartialDownload>>,
+    index: u64,
+    chunk: &VerifiedChunk,
+) -> Result<Stored, WorkerError> {
+    let mut guard = partial
+        .lock()
+        .map_err(|_| WorkerError::Disk("lock poisoned".into()))?;
+    let Some(p) = guard.as_mut() else {
+        return Ok(Stored::Duplicate); // the download is over
+    };
+    if p.have().get(index) {
+        return Ok(Stored::Duplicate);
+    }
+    p.write_verified(chunk)
+        .map_err(|e| WorkerError::Disk(e.to_string()))?;
+    Ok(Stored::Written)
 }
 
 #[cfg(test)]

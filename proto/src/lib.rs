@@ -12,6 +12,7 @@
 //! - [`wire`]: peer-to-peer frames (manifest, bitfield, have, request, chunk, reject…).
 //! - [`relay`]: relay hub frames (attach proof, streams, flow-control windows, punch control).
 //! - [`punch`]: UDP hole-punching packets (rendezvous binding and probes).
+//! - [`sha256_lanes`]: SHA-256 compression over up to four independent inputs at once (SHA-NI).
 //!
 //! Features:
 //! - `openapi`: poem-openapi derives on the REST types (the tracker uses them to generate its spec).
@@ -24,6 +25,7 @@ pub mod manifest;
 mod openapi;
 pub mod punch;
 pub mod relay;
+pub mod sha256_lanes;
 pub mod wire;
 
 pub use bitfield::Bitfield;

@@ -322,6 +322,12 @@ impl Subscription {
         }
     }
 
+    /// A frame that has already arrived, without waiting; `None` if there is none yet (a
+    /// closed session shows in the next [`Subscription::recv`]).
+    pub fn try_recv(&mut self) -> Option<LinkEvent> {
+        self.rx.try_recv().ok()
+    }
+
     /// Sends frames (requests, cancels…) for this download, in order, without waiting.
     pub fn send(&self, frames: Vec<Frame>) -> Result<(), SecureError> {
         self.link.send(self.id, frames)

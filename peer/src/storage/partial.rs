@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use p2p_proto::manifest::ChunkError;
+use p2p_proto::sha256_lanes;
 use p2p_proto::{Bitfield, FileId, Manifest};
 use serde::{Deserialize, Serialize};
 
@@ -56,6 +57,28 @@ impl VerifiedChunk {
             index,
             data,
         })
+    }
+
+    /// Checks several chunks of `manifest` at once, with their hashing interleaved (see
+    /// [`Manifest::verify_chunks`]); the results come in the order given.
+    pub fn check_all(
+        manifest: &Manifest,
+        chunks: Vec<(u64, Bytes)>,
+    ) -> Vec<(u64, Result<Self, ChunkError>)> {
+        let views: Vec<(u64, &[u8])> = chunks.iter().map(|(i, d)| (*i, d.as_ref())).collect();
+        let verdicts = manifest.verify_chunks(&views);
+        chunks
+            .into_iter()
+            .zip(verdicts)
+            .map(|((index, data), verdict)| {
+                let chunk = verdict.map(|()| Self {
+                    file: manifest.id,
+                    index,
+                    data,
+                });
+                (index, chunk)
+            })
+            .collect()
     }
 }
 
@@ -115,17 +138,28 @@ impl PartialDownload {
         Ok(download)
     }
 
-    /// Takes the chunks of `listed` that still match the manifest on disk.
+    /// Takes the chunks of `listed` that still match the manifest on disk, checking them a few
+    /// at a time (see [`Manifest::verify_chunks`]).
     fn reverify(&mut self, listed: &Bitfield) -> Result<(), PartialError> {
-        let mut buf = Vec::new();
-        for index in (0..listed.len()).filter(|&i| listed.get(i)) {
-            buf.resize(self.manifest.chunk_len(index) as usize, 0);
-            let offset = index * u64::from(self.manifest.chunk_size);
-            read_at(&self.file, offset, &mut buf).map_err(io_at(&self.part_path))?;
-            if self.manifest.verify_chunk(index, &buf).is_ok() {
-                self.have.set(index);
-            } else {
-                self.discarded += 1;
+        let listed: Vec<u64> = (0..listed.len()).filter(|&i| listed.get(i)).collect();
+        let mut bufs: Vec<Vec<u8>> = vec![Vec::new(); sha256_lanes::MAX_LANES];
+        for group in listed.chunks(sha256_lanes::MAX_LANES) {
+            for (&index, buf) in group.iter().zip(bufs.iter_mut()) {
+                buf.resize(self.manifest.chunk_len(index) as usize, 0);
+                let offset = index * u64::from(self.manifest.chunk_size);
+                read_at(&self.file, offset, buf).map_err(io_at(&self.part_path))?;
+            }
+            let batch: Vec<(u64, &[u8])> = group
+                .iter()
+                .zip(&bufs)
+                .map(|(&index, buf)| (index, buf.as_slice()))
+                .collect();
+            for (&index, verdict) in group.iter().zip(self.manifest.verify_chunks(&batch)) {
+                if verdict.is_ok() {
+                    self.have.set(index);
+                } else {
+                    self.discarded += 1;
+                }
             }
         }
         Ok(())
@@ -333,7 +367,7 @@ mod tests {
     fn resumed_chunks_are_verified_again() {
         let src = tempfile::tempdir().unwrap();
         let chunk = 262_144usize;
-        let data: Vec<u8> = (0..(chunk * 3 + 1000))
+        let data: Vec<u8> = (0..(chunk * 9 + 1000))
             .map(|i| (i * 13 % 251) as u8)
             .collect();
         let path = src.path().join("f.bin");
@@ -342,19 +376,23 @@ mod tests {
         let piece = |i: u64| &data[i as usize * chunk..][..m.chunk_len(i) as usize];
         let work = tempfile::tempdir().unwrap();
         let mut p = PartialDownload::open(work.path(), &m).unwrap();
-        for i in [0, 1, 3] {
+        // Eight chunks listed (two batches of checks), the short last one among them.
+        let listed = [0, 1, 3, 4, 5, 6, 8, 9];
+        for i in listed {
             assert!(p.write_chunk(i, piece(i)).unwrap());
         }
         p.save_state().unwrap();
         drop(p);
-        // Chunk 1 rots on disk while the peer is down.
+        // Chunks 1 and 6 rot on disk while the peer is down.
         let part = work.path().join(".partial").join(format!("{}.part", m.id));
         let f = std::fs::OpenOptions::new().write(true).open(&part).unwrap();
         write_at(&f, chunk as u64 + 7, b"rot").unwrap();
+        write_at(&f, 6 * chunk as u64 + 100, b"rot").unwrap();
         let mut p = PartialDownload::open(work.path(), &m).unwrap();
-        assert_eq!(p.discarded(), 1);
-        assert!(p.have().get(0) && !p.have().get(1) && !p.have().get(2) && p.have().get(3));
-        for i in [1, 2] {
+        assert_eq!(p.discarded(), 2);
+        let kept: Vec<u64> = (0..10).filter(|&i| p.have().get(i)).collect();
+        assert_eq!(kept, [0, 3, 4, 5, 8, 9]);
+        for i in [1, 2, 6, 7] {
             assert!(p.write_chunk(i, piece(i)).unwrap());
         }
         let dest = p.finish(work.path()).unwrap();
