@@ -2,9 +2,9 @@
 //!
 //! With the x86 SHA extensions, one SHA-256 stream is bound by the latency of `sha256rnds2`:
 //! each pair of rounds waits for the one before, and the SHA unit idles in between. Interleaving
-//! the rounds of up to four independent streams fills those gaps. On a 2-core AMD EPYC (Zen 4)
-//! at 2.6 GHz one stream hashes 1.7 GB/s, two 2.2 GB/s and four 2.6-3.3 GB/s in all
-//! (`bench/README.md`). A downloader checks every chunk it receives from its own chaining value
+//! the rounds of up to four independent streams fills those gaps. On the 2-core AMD EPYC
+//! (Zen 4, 2.6 GHz) CI machine one stream hashes 1.80 GB/s, two 2.35 GB/s, three 2.81 and four
+//! 3.50 GB/s in all (`bench/hashing/run.sh`). A downloader checks every chunk it receives from its own chaining value
 //! (see [`crate::manifest`]), so chunks that arrive together can be checked together.
 //!
 //! Elsewhere (other CPUs, WASM) the lanes run one after another through `sha2`, which picks its
