@@ -5,7 +5,7 @@
 #
 # Needs: rqbit (`cargo install rqbit --locked`, or RQBIT=path), Debian `aria2` and `mktorrent`.
 # SIZE_MIB (default 1024), PIPELINE (default 32), ROUNDS (default 2: each client runs that often,
-# in turn, and its best run counts).
+# in turn, the order reversed every other round, and its best run counts).
 #
 # Ours runs with peer/examples/transfer_bench.rs (seeder and leechers in one process, real TCP
 # on loopback, Noise encryption, every chunk verified, whole-file SHA-256 checked at the end).
@@ -157,10 +157,17 @@ rqbit_swarm() {
 [ -x "$RQBIT" ] || echo "SKIPPED: rqbit baseline (cargo install rqbit --locked)"
 [ -n "$HAVE_ARIA" ] || echo "SKIPPED: aria2 baseline (apt-get install aria2 mktorrent opentracker)"
 O1=(); R1=(); A1=(); OS=(); RS=()
+# The order alternates between rounds (ours first in odd rounds, last in even ones): whoever
+# runs right after another client reuses the memory that client freed (see above).
 for round in $(seq 1 "$ROUNDS"); do
   echo "round $round"
-  O1+=("$(ours_1to1 || true)"); R1+=("$(rqbit_1to1 || true)"); A1+=("$(aria_1to1 || true)")
-  OS+=("$(ours_swarm || true)"); RS+=("$(rqbit_swarm || true)")
+  if [ $((round % 2)) = 1 ]; then
+    O1+=("$(ours_1to1 || true)"); R1+=("$(rqbit_1to1 || true)"); A1+=("$(aria_1to1 || true)")
+    OS+=("$(ours_swarm || true)"); RS+=("$(rqbit_swarm || true)")
+  else
+    RS+=("$(rqbit_swarm || true)"); OS+=("$(ours_swarm || true)")
+    A1+=("$(aria_1to1 || true)"); R1+=("$(rqbit_1to1 || true)"); O1+=("$(ours_1to1 || true)")
+  fi
 done 2>&1
 [ -n "${OT_PID:-}" ] && kill "$OT_PID" 2>/dev/null
 OURS_MBS=$(best_max "${O1[@]}"); RQ_MBS=$(best_max "${R1[@]}"); ARIA_MBS=$(best_max "${A1[@]}")
