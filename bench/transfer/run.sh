@@ -8,7 +8,8 @@
 # in turn, the order reversed every other round, and its best run counts).
 #
 # Ours runs with peer/examples/transfer_bench.rs (seeder and leechers in one process, real TCP
-# on loopback, Noise encryption, every chunk verified, whole-file SHA-256 checked at the end).
+# on loopback, Noise encryption, every chunk verified, whole-file SHA-256 checked at the end);
+# one-to-one also runs with the seeder and the leecher in two processes, as rqbit's does.
 # The swarm run (SWARM_MIB, default 256, to SWARM_LEECHERS, default 8) compares with rqbit:
 # one rqbit seeder and 8 rqbit leechers given the seeder's address.
 set -euo pipefail
@@ -47,6 +48,21 @@ ours_1to1() {
   out=$("$CARGO_TARGET_DIR/release/examples/transfer_bench" "$WORK/file.bin" "$PIPELINE")
   echo "$out" >&2
   echo "$out" | awk '{print $3}'
+}
+
+# The same transfer with the seeder and the leecher in two processes (each with its own runtime),
+# as two users' machines and the rqbit baseline run them.
+ours_1to1_procs() {
+  local bin="$CARGO_TARGET_DIR/release/examples/transfer_bench" seed out
+  rm -f "$WORK/seed.json"
+  "$bin" seed "$WORK/file.bin" "$WORK/seed.json" & seed=$!
+  for _ in $(seq 1 600); do [ -f "$WORK/seed.json" ] && break; sleep 0.1; done
+  out=$("$bin" leech "$WORK/seed.json" "$PIPELINE" || true)
+  kill $seed 2>/dev/null || true
+  wait $seed 2>/dev/null || true
+  [ -n "$out" ] || return 0
+  echo "$out" >&2
+  echo "$out" | awk '{print $9}'
 }
 
 rqbit_1to1() {
@@ -156,26 +172,29 @@ rqbit_swarm() {
 
 [ -x "$RQBIT" ] || echo "SKIPPED: rqbit baseline (cargo install rqbit --locked)"
 [ -n "$HAVE_ARIA" ] || echo "SKIPPED: aria2 baseline (apt-get install aria2 mktorrent opentracker)"
-O1=(); R1=(); A1=(); OS=(); RS=()
+O1=(); P1=(); R1=(); A1=(); OS=(); RS=()
 # The order alternates between rounds (ours first in odd rounds, last in even ones): whoever
 # runs right after another client reuses the memory that client freed (see above).
 for round in $(seq 1 "$ROUNDS"); do
   echo "round $round"
   if [ $((round % 2)) = 1 ]; then
-    O1+=("$(ours_1to1 || true)"); R1+=("$(rqbit_1to1 || true)"); A1+=("$(aria_1to1 || true)")
+    O1+=("$(ours_1to1 || true)"); P1+=("$(ours_1to1_procs || true)")
+    R1+=("$(rqbit_1to1 || true)"); A1+=("$(aria_1to1 || true)")
     OS+=("$(ours_swarm || true)"); RS+=("$(rqbit_swarm || true)")
   else
     RS+=("$(rqbit_swarm || true)"); OS+=("$(ours_swarm || true)")
-    A1+=("$(aria_1to1 || true)"); R1+=("$(rqbit_1to1 || true)"); O1+=("$(ours_1to1 || true)")
+    A1+=("$(aria_1to1 || true)"); R1+=("$(rqbit_1to1 || true)")
+    P1+=("$(ours_1to1_procs || true)"); O1+=("$(ours_1to1 || true)")
   fi
 done 2>&1
 [ -n "${OT_PID:-}" ] && kill "$OT_PID" 2>/dev/null
-OURS_MBS=$(best_max "${O1[@]}"); RQ_MBS=$(best_max "${R1[@]}"); ARIA_MBS=$(best_max "${A1[@]}")
+OURS_MBS=$(best_max "${O1[@]}"); PROCS_MBS=$(best_max "${P1[@]}"); RQ_MBS=$(best_max "${R1[@]}"); ARIA_MBS=$(best_max "${A1[@]}")
 OURS_SWARM_S=$(best_min "${OS[@]}"); RQ_SWARM_S=$(best_min "${RS[@]}")
 
 ratio() { [ -n "$2" ] && python3 -c "print(f'{$1/$2:.2f}x')" || echo "-"; }
 echo
 echo "best of $ROUNDS rounds:"
 echo "p2p one-to-one: $OURS_MBS MB/s; vs rqbit: $(ratio "$OURS_MBS" "$RQ_MBS"); vs aria2: $(ratio "$OURS_MBS" "$ARIA_MBS")"
+echo "p2p one-to-one, two processes: $PROCS_MBS MB/s; vs rqbit: $(ratio "$PROCS_MBS" "$RQ_MBS")"
 [ -n "$RQ_SWARM_S" ] && echo "p2p 1->$LEECHERS swarm: ${OURS_SWARM_S} s vs rqbit ${RQ_SWARM_S} s ($(python3 -c "print(f'{$RQ_SWARM_S/$OURS_SWARM_S:.2f}x')") rqbit's time / ours)"
 echo "goal: >= 800 MB/s and >= 5x rqbit one-to-one; well below rqbit's time for the swarm"

@@ -777,8 +777,11 @@ async fn concurrent_downloads_from_one_peer_share_one_connection() {
         }
         beside.await;
         fetch_checked(&me, m0, &source, opts(), d0).await;
-        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
-        assert_eq!(connector.links(), 1);
+        // One session per lane (a download from a single peer may use more than one
+        // connection, see `connections_per_peer`), all of them shared.
+        let lanes = usize::from(p2p_peer::download::connections_per_peer(1));
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), lanes);
+        assert_eq!(connector.links(), lanes);
         stop.cancel();
     })
     .await;

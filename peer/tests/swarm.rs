@@ -13,6 +13,7 @@ use support::content;
 use bytes::Bytes;
 use p2p_peer::Identity;
 use p2p_peer::download::{DownloadOptions, Source, download};
+use p2p_peer::net::connector::Connector;
 use p2p_peer::net::secure::{self, Role};
 use p2p_peer::storage::{Library, PartialDownload, manifest_for_file};
 use p2p_peer::throttle::Throttle;
@@ -131,6 +132,11 @@ async fn rogue(
     }
 }
 
+/// A [`rogue`] peer for the fixture's file.
+async fn rogue_for(f: &Fixture, how: Misbehaviour) -> Source {
+    rogue(f.manifest.clone(), f.data.clone(), how, f.stop.clone()).await
+}
+
 struct Fixture {
     dir: tempfile::TempDir,
     data: Arc<Vec<u8>>,
@@ -201,17 +207,13 @@ async fn three_seeders_all_contribute_and_a_corrupting_one_is_banned() {
     for _ in 0..3 {
         sources.push(seeder(&path, &f.stop).await);
     }
-    let bad = rogue(
-        f.manifest.clone(),
-        f.data.clone(),
-        Misbehaviour::Bad,
-        f.stop.clone(),
-    )
-    .await;
+    let bad = rogue_for(&f, Misbehaviour::Bad).await;
     sources.push(bad.clone());
     let opts = DownloadOptions {
         pipeline: 2,
         max_strikes: 3,
+        // One connection per peer on any machine, so the strikes are counted exactly.
+        connections_per_peer: Some(1),
         ..DownloadOptions::default()
     };
     let live = opts.contributions.clone();
@@ -246,16 +248,49 @@ async fn three_seeders_all_contribute_and_a_corrupting_one_is_banned() {
 }
 
 #[tokio::test]
+async fn two_connections_to_one_peer_share_its_work_and_its_strikes() {
+    let f = fixture(8 * 1024 * 1024 + 99);
+    let path = f.dir.path().join("video.bin");
+    // A single seeder over two connections: both are opened, the peer gets one report.
+    let good = seeder(&path, &f.stop).await;
+    let connector = Arc::new(Connector::direct());
+    let opts = DownloadOptions {
+        connections_per_peer: Some(2),
+        connector: connector.clone(),
+        ..DownloadOptions::default()
+    };
+    let (report, _out) = leech(&f, std::slice::from_ref(&good), opts).await;
+    assert_eq!(connector.links(), 2);
+    assert_eq!(report.peers.len(), 1, "{:?}", report.peers);
+    assert_eq!(report.peers[0].bytes, f.data.len() as u64);
+    assert_eq!(report.fetched_chunks, f.manifest.chunk_count());
+    // A corrupting peer is banned after `max_strikes` bad chunks over all its connections,
+    // not per connection: with one request in flight on each, the other connection's worker
+    // sees at most one more before it stops too.
+    let bad = rogue_for(&f, Misbehaviour::Bad).await;
+    let opts = DownloadOptions {
+        connections_per_peer: Some(2),
+        pipeline: 1,
+        max_strikes: 3,
+        ..DownloadOptions::default()
+    };
+    let (report, _out) = leech(&f, &[good, bad.clone()], opts).await;
+    assert_eq!(report.peers.len(), 2, "{:?}", report.peers);
+    let r = report
+        .peers
+        .iter()
+        .find(|r| r.peer_id == bad.peer_id)
+        .unwrap();
+    assert!(r.banned && r.bytes == 0, "{r:?}");
+    assert!((3..=4).contains(&r.bad_chunks), "{r:?}");
+    f.stop.cancel();
+}
+
+#[tokio::test]
 async fn a_peer_vanishing_mid_transfer_costs_only_its_chunks() {
     let f = fixture(4 * 1024 * 1024);
     let path = f.dir.path().join("video.bin");
-    let flaky = rogue(
-        f.manifest.clone(),
-        f.data.clone(),
-        Misbehaviour::Vanish { after: 2 },
-        f.stop.clone(),
-    )
-    .await;
+    let flaky = rogue_for(&f, Misbehaviour::Vanish { after: 2 }).await;
     let good = seeder(&path, &f.stop).await;
     let opts = DownloadOptions {
         pipeline: 4,
@@ -300,13 +335,7 @@ async fn resumes_with_only_the_missing_chunks() {
 #[tokio::test]
 async fn a_download_without_good_sources_fails_cleanly_and_keeps_progress() {
     let f = fixture(1024 * 1024);
-    let bad = rogue(
-        f.manifest.clone(),
-        f.data.clone(),
-        Misbehaviour::Bad,
-        f.stop.clone(),
-    )
-    .await;
+    let bad = rogue_for(&f, Misbehaviour::Bad).await;
     let nobody = Source {
         peer_id: Identity::generate().unwrap().peer_id(),
         addrs: vec!["127.0.0.1:1".parse().unwrap()],
@@ -329,13 +358,7 @@ async fn a_manifest_whose_chain_contradicts_its_chunk_hashes_fails_without_blami
     // Consistent by its Merkle root, but one chain value is wrong: no chunk after it can pass.
     f.manifest.chain[3].0[0] ^= 0x80;
     f.manifest.validate().unwrap();
-    let peer = rogue(
-        f.manifest.clone(),
-        f.data.clone(),
-        Misbehaviour::Faithful,
-        f.stop.clone(),
-    )
-    .await;
+    let peer = rogue_for(&f, Misbehaviour::Faithful).await;
     let out = tempfile::tempdir().unwrap();
     let err = try_leech(&f, &[peer], out.path()).await.unwrap_err();
     assert!(

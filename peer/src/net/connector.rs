@@ -67,16 +67,20 @@ pub type BoxedTransport = Box<dyn Transport>;
 #[error("{0}")]
 pub struct ConnectError(String);
 
+/// A pooled session: the peer and the lane (0 for its main session).
+type LinkKey = (PeerId, u8);
+
 /// Chooses and opens a path to a peer.
 #[derive(Debug, Default)]
 pub struct Connector {
     relay: Option<RelayClient>,
     relay_only: bool,
     puncher: Option<Arc<Puncher>>,
-    /// One session per peer, shared by every download from it.
-    links: Mutex<HashMap<PeerId, Arc<Link>>>,
+    /// One session per peer and lane, shared by every download from it (lane 0 is the
+    /// peer's session; see [`Connector::extra_link`] for the others).
+    links: Mutex<HashMap<LinkKey, Arc<Link>>>,
     /// Held while a peer's link is being made, so concurrent downloads make one.
-    link_gates: Mutex<HashMap<PeerId, Arc<tokio::sync::Mutex<()>>>>,
+    link_gates: Mutex<HashMap<LinkKey, Arc<tokio::sync::Mutex<()>>>>,
     /// The path of the latest connection to each peer, for `peers` and `status`.
     last_paths: Mutex<HashMap<PeerId, ConnectionPath>>,
 }
@@ -137,16 +141,59 @@ impl Connector {
         identity: &Identity,
         direct_timeout: Duration,
     ) -> Result<Arc<Link>, ConnectError> {
+        self.link_on(source, identity, direct_timeout, 0, &self.order())
+            .await
+    }
+
+    /// A further session with `source` beside its main one ([`Connector::link`]), so that
+    /// several connections carry one download: lane 1, 2, … Only over direct TCP, and only
+    /// when the main session is direct too (`None` otherwise): a relayed or hole-punched peer
+    /// gains nothing from a second tunnel through the same path.
+    pub async fn extra_link(
+        &self,
+        source: &Source,
+        identity: &Identity,
+        direct_timeout: Duration,
+        lane: u8,
+    ) -> Result<Option<Arc<Link>>, ConnectError> {
+        let main = self.link(source, identity, direct_timeout).await?;
+        if main.path() != ConnectionPath::Direct || lane == 0 {
+            return Ok((lane == 0).then_some(main));
+        }
+        self.link_on(
+            source,
+            identity,
+            direct_timeout,
+            lane,
+            &[ConnectionPath::Direct],
+        )
+        .await
+        .map(Some)
+    }
+
+    /// The pooled session with `source` on `lane`, else a new one over the first of `paths`
+    /// that works.
+    async fn link_on(
+        &self,
+        source: &Source,
+        identity: &Identity,
+        direct_timeout: Duration,
+        lane: u8,
+        paths: &[ConnectionPath],
+    ) -> Result<Arc<Link>, ConnectError> {
+        let key = (source.peer_id, lane);
         let gate = self
             .link_gates
             .lock()
-            .map(|mut g| g.entry(source.peer_id).or_default().clone())
+            .map(|mut g| g.entry(key).or_default().clone())
             .unwrap_or_default();
         let _making = gate.lock().await;
         if let Ok(mut links) = self.links.lock() {
             links.retain(|_, l| !l.is_closed());
-            if let Some(l) = links.get(&source.peer_id) {
-                self.remember(source.peer_id, l.path());
+            if let Some(l) = links.get(&key) {
+                if lane == 0 {
+                    self.remember(source.peer_id, l.path());
+                }
                 return Ok(l.clone());
             }
         }
@@ -154,7 +201,7 @@ impl Connector {
         // pooled QUIC connection whose peer is gone, say) counts as failed, and the next is tried.
         let mut failures = Vec::new();
         let mut made = None;
-        for path in self.order() {
+        for &path in paths {
             let opened = match self.open(source, path, direct_timeout).await {
                 Ok(stream) => Link::open(stream, path, identity, source.peer_id)
                     .await
@@ -163,7 +210,9 @@ impl Connector {
             };
             match opened {
                 Ok(link) => {
-                    self.remember(source.peer_id, path);
+                    if lane == 0 {
+                        self.remember(source.peer_id, path);
+                    }
                     made = Some(link);
                     break;
                 }
@@ -172,10 +221,10 @@ impl Connector {
         }
         let link = made.ok_or_else(|| ConnectError(failures.join("; ")))?;
         if let Ok(mut links) = self.links.lock() {
-            links.insert(source.peer_id, link.clone());
+            links.insert(key, link.clone());
         }
         if let Ok(mut gates) = self.link_gates.lock() {
-            gates.remove(&source.peer_id);
+            gates.remove(&key);
         }
         Ok(link)
     }
