@@ -75,8 +75,8 @@ pub struct NodeArgs {
     /// Download limit, e.g. `50M`; unlimited by default.
     #[arg(long, env = "P2P_DOWNLOAD_LIMIT", value_parser = parse_rate)]
     pub download_limit: Option<u64>,
-    /// Most chunk requests in flight per peer: each peer gets about its bandwidth-delay product
-    /// (see `download::score`), up to this.
+    /// Most chunk requests in flight per connection to a peer: each gets about the peer's
+    /// bandwidth-delay product (see `download::score`), up to this.
     #[arg(long, env = "P2P_PIPELINE", default_value_t = 32)]
     pub pipeline: usize,
     /// Announce and find files on the BitTorrent Mainline DHT too (`--dht off` to disable).

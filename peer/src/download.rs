@@ -35,8 +35,9 @@ pub struct Source {
 /// Tuning of a download.
 #[derive(Debug, Clone)]
 pub struct DownloadOptions {
-    /// Most requests in flight per peer: each peer gets about its bandwidth-delay product
-    /// (see [`Scoreboard`]), up to this.
+    /// Most requests in flight per connection to a peer: each gets about the peer's
+    /// bandwidth-delay product (see [`Scoreboard`]), up to this. (Splitting it between a
+    /// peer's two connections, see [`connections_per_peer`], measured no faster.)
     pub pipeline: usize,
     /// Bad chunks after which a peer is banned.
     pub max_strikes: u32,
@@ -377,13 +378,22 @@ pub async fn download(
             .connections_per_peer
             .unwrap_or_else(|| connections_per_peer(peers.len()))
             .max(1);
-        let work = peers
-            .into_iter()
-            .flat_map(|source| (0..lanes).map(move |lane| (source, lane)));
+        let work = peers.into_iter().flat_map(|source| {
+            // The lanes of one peer share what was asked of it (see `InFlight::asked`).
+            let asked = Arc::new(Mutex::new(HashMap::new()));
+            (0..lanes).map(move |index| {
+                let lane = Lane {
+                    index,
+                    asked: asked.clone(),
+                };
+                (source, lane)
+            })
+        });
         for (source, lane) in work {
             let (shared, identity, source) = (shared.clone(), identity.clone(), source.clone());
             let opts = opts.clone();
             workers.push(tokio::spawn(async move {
+                let lane_index = lane.index;
                 let mut report = PeerReport {
                     peer_id: source.peer_id,
                     bytes: 0,
@@ -402,7 +412,7 @@ pub async fn download(
                 }
                 report.score = shared.scores.get(&source.peer_id);
                 shared.done.notify_one();
-                (lane, report)
+                (lane_index, report)
             }));
         }
     }
@@ -469,6 +479,16 @@ pub async fn download(
         peers: reports,
         elapsed: started.elapsed(),
     })
+}
+
+/// One of the connections a download has to a peer (see [`connections_per_peer`]).
+#[derive(Debug)]
+struct Lane {
+    /// 0 for the peer's main connection.
+    index: u8,
+    /// Every chunk asked of this peer over any of its connections: the endgame duplicates a
+    /// chunk to another peer, not to the same one over its other connection.
+    asked: Arc<Mutex<HashMap<u64, ()>>>,
 }
 
 /// One report per peer from the reports of its connections' workers (see
@@ -564,7 +584,7 @@ async fn fetch_from(
     shared: &Shared,
     identity: &Identity,
     source: &Source,
-    lane: u8,
+    lane: Lane,
     opts: &DownloadOptions,
     report: &mut PeerReport,
 ) -> Result<(), WorkerError> {
@@ -573,10 +593,12 @@ async fn fetch_from(
     // A pooled link may close between the pool and `subscribe`: then once more, afresh.
     for _ in 0..2 {
         let (connector, timeout) = (&opts.connector, opts.connect_timeout);
-        let link = if lane == 0 {
+        let link = if lane.index == 0 {
             connector.link(source, identity, timeout).await.map(Some)
         } else {
-            connector.extra_link(source, identity, timeout, lane).await
+            connector
+                .extra_link(source, identity, timeout, lane.index)
+                .await
         }
         .map_err(|e| WorkerError::Connect(e.to_string()))?;
         // Only direct peers get further connections.
@@ -627,7 +649,10 @@ async fn fetch_from(
         }
     }
     let mut peer_has = peer_has.unwrap_or_default();
-    if let Ok(mut s) = shared.sched.lock() {
+    // How many peers have each chunk is counted once per peer, by its main connection (the
+    // others hear the same announcements).
+    let counts_sources = lane.index == 0;
+    if counts_sources && let Ok(mut s) = shared.sched.lock() {
         for i in (0..peer_has.len()).filter(|&i| peer_has.get(i)) {
             s.add_source(i);
         }
@@ -640,8 +665,17 @@ async fn fetch_from(
     let mut stores: tokio::task::JoinSet<Vec<StoreOutcome>> = tokio::task::JoinSet::new();
     // Chunks in `stores`, which count against the pipeline.
     let mut storing = 0usize;
-    let mut inflight = InFlight::default();
+    let mut inflight = InFlight {
+        by_id: HashMap::new(),
+        asked: lane.asked,
+    };
     let result = 'worker: loop {
+        // A ban seen by another connection to this peer stops this one too.
+        let strikes = shared.strikes_of(peer);
+        if strikes >= opts.max_strikes {
+            report.banned = true;
+            break Err(WorkerError::Banned(strikes));
+        }
         // Keep this peer's share of the pipeline full (chunks being stored count against it).
         inflight.top_up(shared, opts, sizing, &sub, &peer_has, storing)?;
         let idle = inflight.by_id.is_empty() && storing == 0;
@@ -703,7 +737,7 @@ async fn fetch_from(
                                 continue;
                             };
                             if u64::from(index) != wanted {
-                                strike(shared, report);
+                                strike(shared, opts, report);
                                 shared.scores.record_failure(peer);
                                 release(shared, wanted);
                             } else {
@@ -723,7 +757,7 @@ async fn fetch_from(
                             let index = u64::from(index);
                             if index < peer_has.len() && !peer_has.get(index) {
                                 peer_has.set(index);
-                                if let Ok(mut s) = shared.sched.lock() {
+                                if counts_sources && let Ok(mut s) = shared.sched.lock() {
                                     s.add_source(index);
                                 }
                             }
@@ -732,7 +766,7 @@ async fn fetch_from(
                             if let Ok(fresh) = Bitfield::from_bytes(bits.to_vec(), u64::from(chunk_count))
                                 && fresh.len() == peer_has.len()
                             {
-                                if let Ok(mut s) = shared.sched.lock() {
+                                if counts_sources && let Ok(mut s) = shared.sched.lock() {
                                     for i in (0..fresh.len()).filter(|&i| fresh.get(i) && !peer_has.get(i)) {
                                         s.add_source(i);
                                     }
@@ -873,7 +907,7 @@ fn on_stored(
         }
         Ok(Stored::Duplicate) => {}
         Ok(Stored::Bad) => {
-            strike(shared, report);
+            strike(shared, opts, report);
             shared.scores.record_failure(peer);
         }
         Err(e) => {
@@ -884,10 +918,7 @@ fn on_stored(
     }
     release(shared, index);
     // Counted over all the peer's connections: a ban seen by one stops them all.
-    let strikes = shared
-        .strikes
-        .lock()
-        .map_or(0, |s| s.get(&peer).copied().unwrap_or(0));
+    let strikes = shared.strikes_of(peer);
     if strikes >= opts.max_strikes {
         report.banned = true;
         return Err(WorkerError::Banned(strikes));
@@ -895,21 +926,37 @@ fn on_stored(
     Ok(())
 }
 
-/// A bad chunk from the report's peer.
-fn strike(shared: &Shared, report: &mut PeerReport) {
-    report.bad_chunks += 1;
-    if let Ok(mut s) = shared.strikes.lock() {
-        *s.entry(report.peer_id).or_insert(0) += 1;
+/// A bad chunk from the report's peer. Counted until the peer is banned (`max_strikes`), not
+/// after: chunks of the same batch, or on its other connections, that were on their way when
+/// it was banned change nothing.
+fn strike(shared: &Shared, opts: &DownloadOptions, report: &mut PeerReport) {
+    let Ok(mut strikes) = shared.strikes.lock() else {
+        return;
+    };
+    let count = strikes.entry(report.peer_id).or_insert(0);
+    if *count < opts.max_strikes {
+        *count += 1;
+        report.bad_chunks += 1;
+    }
+}
+
+impl Shared {
+    /// Bad chunks counted against `peer` so far.
+    fn strikes_of(&self, peer: PeerId) -> u32 {
+        self.strikes
+            .lock()
+            .map_or(0, |s| s.get(&peer).copied().unwrap_or(0))
     }
 }
 
 /// The requests a worker has out with its peer.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct InFlight {
     /// Request id → chunk index and when it was asked for.
     by_id: HashMap<u32, (u64, Instant)>,
-    /// Every chunk asked of this peer (see [`Scheduler::pick`]).
-    asked: HashMap<u64, ()>,
+    /// Every chunk asked of this peer, over any of its connections (see [`Scheduler::pick`]
+    /// and [`Lane::asked`]).
+    asked: Arc<Mutex<HashMap<u64, ()>>>,
 }
 
 impl InFlight {
@@ -934,8 +981,8 @@ impl InFlight {
             return Ok(());
         }
         let endgame = shared.scores.may_endgame(&peer);
-        let picked = match shared.sched.lock() {
-            Ok(mut s) if !s.complete() => s.pick(peer_has, want, &self.asked, endgame),
+        let picked = match (shared.sched.lock(), self.asked.lock()) {
+            (Ok(mut s), Ok(asked)) if !s.complete() => s.pick(peer_has, want, &asked, endgame),
             _ => Vec::new(),
         };
         if picked.is_empty() {
@@ -944,10 +991,13 @@ impl InFlight {
         let now = Instant::now();
         let file_id = shared.manifest.id;
         let mut requests = Vec::with_capacity(picked.len());
+        let mut asked = self.asked.lock().ok();
         for index in picked {
             let request_id = sub.next_request_id();
             self.by_id.insert(request_id, (index, now));
-            self.asked.insert(index, ());
+            if let Some(asked) = asked.as_mut() {
+                asked.insert(index, ());
+            }
             requests.push(Frame::Request {
                 request_id,
                 file_id,
