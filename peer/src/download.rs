@@ -381,10 +381,14 @@ pub async fn download(
         let work = peers.into_iter().flat_map(|source| {
             // The lanes of one peer share what was asked of it (see `InFlight::asked`).
             let asked = Arc::new(Mutex::new(HashMap::new()));
+            let (connected, main) = tokio::sync::watch::channel(None);
+            let mut connected = Some(connected);
             (0..lanes).map(move |index| {
                 let lane = Lane {
                     index,
                     asked: asked.clone(),
+                    connected: if index == 0 { connected.take() } else { None },
+                    main: main.clone(),
                 };
                 (source, lane)
             })
@@ -489,6 +493,12 @@ struct Lane {
     /// Every chunk asked of this peer over any of its connections: the endgame duplicates a
     /// chunk to another peer, not to the same one over its other connection.
     asked: Arc<Mutex<HashMap<u64, ()>>>,
+    /// The main connection's worker tells here whether its connection is direct TCP (dropped
+    /// unsent if it could not connect) …
+    connected: Option<tokio::sync::watch::Sender<Option<bool>>>,
+    /// … and the others wait for that: only a direct peer gets further connections, and a peer
+    /// that could not be reached is not tried again by each of them in turn.
+    main: tokio::sync::watch::Receiver<Option<bool>>,
 }
 
 /// One report per peer from the reports of its connections' workers (see
@@ -589,6 +599,13 @@ async fn fetch_from(
     report: &mut PeerReport,
 ) -> Result<(), WorkerError> {
     let file_id = shared.manifest.id;
+    if lane.index > 0 {
+        let mut main = lane.main.clone();
+        match main.wait_for(Option::is_some).await {
+            Ok(direct) if *direct == Some(true) => {}
+            _ => return Ok(()),
+        }
+    }
     let mut sub = None;
     // A pooled link may close between the pool and `subscribe`: then once more, afresh.
     for _ in 0..2 {
@@ -603,6 +620,9 @@ async fn fetch_from(
         .map_err(|e| WorkerError::Connect(e.to_string()))?;
         // Only direct peers get further connections.
         let Some(link) = link else { return Ok(()) };
+        if let Some(connected) = &lane.connected {
+            connected.send_replace(Some(link.path() == ConnectionPath::Direct));
+        }
         report.path = Some(link.path());
         sub = link.subscribe(file_id);
         if sub.is_some() {

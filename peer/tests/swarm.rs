@@ -390,6 +390,39 @@ async fn a_download_without_good_sources_fails_cleanly_and_keeps_progress() {
 }
 
 #[tokio::test]
+async fn a_peer_that_cannot_be_reached_is_tried_once_not_once_per_connection() {
+    // A listener that hangs up on every connection: no Noise session can be made with it.
+    let f = fixture(1024 * 1024);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            drop(stream);
+        }
+    });
+    let dead = Source {
+        peer_id: Identity::generate().unwrap().peer_id(),
+        addrs: vec![addr],
+    };
+    let out = tempfile::tempdir().unwrap();
+    let opts = DownloadOptions {
+        connections_per_peer: Some(2),
+        ..DownloadOptions::default()
+    };
+    let me = Identity::generate().unwrap();
+    let library = Arc::new(Library::new());
+    let err = download(&me, &f.manifest, &[dead], out.path(), library, opts)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no peer could provide"), "{err}");
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    f.stop.cancel();
+}
+
+#[tokio::test]
 async fn a_manifest_whose_chain_contradicts_its_chunk_hashes_fails_without_blaming_peers() {
     let mut f = fixture(2 * 1024 * 1024);
     // Consistent by its Merkle root, but one chain value is wrong: no chunk after it can pass.
