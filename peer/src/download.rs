@@ -397,7 +397,6 @@ pub async fn download(
             let (shared, identity, source) = (shared.clone(), identity.clone(), source.clone());
             let opts = opts.clone();
             workers.push(tokio::spawn(async move {
-                let lane_index = lane.index;
                 let mut report = PeerReport {
                     peer_id: source.peer_id,
                     bytes: 0,
@@ -416,7 +415,7 @@ pub async fn download(
                 }
                 report.score = shared.scores.get(&source.peer_id);
                 shared.done.notify_one();
-                (lane_index, report)
+                report
             }));
         }
     }
@@ -426,7 +425,7 @@ pub async fn download(
         shared.stop.clone(),
     ));
     // Wait until complete or every worker has given up.
-    let mut reports: Vec<(u8, PeerReport)> = Vec::new();
+    let mut reports = Vec::new();
     loop {
         let complete = shared.sched.lock().map(|s| s.complete()).unwrap_or(false);
         if complete || workers.iter().all(|w| w.is_finished()) {
@@ -505,9 +504,9 @@ struct Lane {
 /// [`DownloadOptions::connections_per_peer`]), which come in the order they were started, a
 /// peer's main connection (lane 0) first: bytes and bad chunks add up; the main connection's
 /// error and path stand, unless a further connection's worker saw the peer banned.
-fn merge_lanes(reports: Vec<(u8, PeerReport)>) -> Vec<PeerReport> {
+fn merge_lanes(reports: Vec<PeerReport>) -> Vec<PeerReport> {
     let mut merged: Vec<PeerReport> = Vec::new();
-    for (_lane, r) in reports {
+    for r in reports {
         let Some(m) = merged.iter_mut().find(|m| m.peer_id == r.peer_id) else {
             merged.push(r);
             continue;
