@@ -23,8 +23,13 @@ BIN="$CARGO_TARGET_DIR/release/p2p-tracker"
 SEED="$CARGO_TARGET_DIR/release/examples/bench_seed"
 WORK=$(mktemp -d)
 TRACKER_PID=""
+# Nothing here may fail: under `set -e` a failing command (a `wait` on the killed tracker
+# returns 143) would end the cleanup before the files and the database are gone.
 cleanup() {
-  [ -n "$TRACKER_PID" ] && kill "$TRACKER_PID" 2>/dev/null && wait "$TRACKER_PID" 2>/dev/null
+  if [ -n "$TRACKER_PID" ]; then
+    kill "$TRACKER_PID" 2>/dev/null || true
+    wait "$TRACKER_PID" 2>/dev/null || true
+  fi
   rm -rf "$WORK"
   if [ -n "${PG_DB:-}" ]; then psql "$PG_ADMIN" -qc "DROP DATABASE IF EXISTS $PG_DB" >/dev/null 2>&1 || true; fi
 }

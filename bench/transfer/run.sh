@@ -23,7 +23,9 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/p2p-target}"
 SIZE_MIB=${SIZE_MIB:-1024}; PIPELINE=${PIPELINE:-32}; ROUNDS=${ROUNDS:-2}
 RQBIT=${RQBIT:-$(command -v rqbit || echo "$HOME/.cache/p2p-tools/bin/rqbit")}
 cargo build --release --locked -p p2p-peer --example transfer_bench >/dev/null
-WORK=$(mktemp -d); trap 'kill $ARIA_SEED $OT_PID 2>/dev/null; rm -rf "$WORK"; true' EXIT
+# Under `set -e` a failing command ends the trap too: `kill` of clients that are already gone
+# must not keep the files (gigabytes on tmpfs) from being removed.
+WORK=$(mktemp -d); trap 'kill $ARIA_SEED $OT_PID 2>/dev/null || true; rm -rf "$WORK"' EXIT
 ARIA_SEED=""; OT_PID=""
 head -c $((SIZE_MIB * 1024 * 1024)) /dev/urandom > "$WORK/file.bin"
 SWARM_MIB=${SWARM_MIB:-256}; LEECHERS=${SWARM_LEECHERS:-8}
