@@ -1001,7 +1001,13 @@ impl InFlight {
         }
         let endgame = shared.scores.may_endgame(&peer);
         let picked = match (shared.sched.lock(), self.asked.lock()) {
-            (Ok(mut s), Ok(asked)) if !s.complete() => s.pick(peer_has, want, &asked, endgame),
+            (Ok(mut s), Ok(mut asked)) if !s.complete() => {
+                let picked = s.pick(peer_has, want, &asked, endgame);
+                for &index in &picked {
+                    asked.insert(index, ());
+                }
+                picked
+            }
             _ => Vec::new(),
         };
         if picked.is_empty() {
@@ -1010,13 +1016,9 @@ impl InFlight {
         let now = Instant::now();
         let file_id = shared.manifest.id;
         let mut requests = Vec::with_capacity(picked.len());
-        let mut asked = self.asked.lock().ok();
         for index in picked {
             let request_id = sub.next_request_id();
             self.by_id.insert(request_id, (index, now));
-            if let Some(asked) = asked.as_mut() {
-                asked.insert(index, ());
-            }
             requests.push(Frame::Request {
                 request_id,
                 file_id,

@@ -146,9 +146,10 @@ impl Connector {
     }
 
     /// A further session with `source` beside its main one ([`Connector::link`]), so that
-    /// several connections carry one download: lane 1, 2, … Only over direct TCP, and only
-    /// when the main session is direct too (`None` otherwise): a relayed or hole-punched peer
-    /// gains nothing from a second tunnel through the same path.
+    /// several connections carry one download: lane 1, 2, … (lane 0 is the main session). Only
+    /// over direct TCP, and only when the main session is direct too (`None` otherwise): a
+    /// second relay tunnel would load the hub twice and split its per-tunnel byte limit, and a
+    /// second hole-punched stream is unmeasured.
     pub async fn extra_link(
         &self,
         source: &Source,
@@ -157,8 +158,8 @@ impl Connector {
         lane: u8,
     ) -> Result<Option<Arc<Link>>, ConnectError> {
         let main = self.link(source, identity, direct_timeout).await?;
-        if main.path() != ConnectionPath::Direct || lane == 0 {
-            return Ok((lane == 0).then_some(main));
+        if main.path() != ConnectionPath::Direct {
+            return Ok(None);
         }
         self.link_on(
             source,
