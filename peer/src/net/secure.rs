@@ -30,10 +30,12 @@ pub const NOISE_PARAMS: &str = "Noise_XX_25519_AESGCM_SHA256";
 pub const PROLOGUE: &[u8] = b"p2p/1";
 /// How long a handshake may take.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-const MAX_NOISE_MESSAGE: usize = 65_535;
-const TAG_LEN: usize = 16;
+/// Noise's largest message, tag included.
+pub const MAX_NOISE_MESSAGE: usize = 65_535;
+/// AES-GCM's tag at the end of every transport message.
+pub const TAG_LEN: usize = 16;
 /// Plaintext carried by one transport message.
-const MAX_PLAINTEXT: usize = MAX_NOISE_MESSAGE - TAG_LEN;
+pub const MAX_PLAINTEXT: usize = MAX_NOISE_MESSAGE - TAG_LEN;
 
 /// Why a secure connection failed. Any of these ends the connection.
 #[derive(Debug, thiserror::Error)]
