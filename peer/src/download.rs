@@ -690,10 +690,8 @@ async fn fetch_from(
     };
     let result = 'worker: loop {
         // A ban seen by another connection to this peer stops this one too.
-        let strikes = shared.strikes_of(peer);
-        if strikes >= opts.max_strikes {
-            report.banned = true;
-            break Err(WorkerError::Banned(strikes));
+        if let Err(e) = check_ban(shared, opts, report) {
+            break Err(e);
         }
         // Keep this peer's share of the pipeline full (chunks being stored count against it).
         inflight.top_up(shared, opts, sizing, &sub, &peer_has, storing)?;
@@ -936,8 +934,17 @@ fn on_stored(
         }
     }
     release(shared, index);
-    // Counted over all the peer's connections: a ban seen by one stops them all.
-    let strikes = shared.strikes_of(peer);
+    check_ban(shared, opts, report)
+}
+
+/// Ends the worker once its peer is banned: bad chunks count over all the peer's connections,
+/// so a ban seen by one stops them all.
+fn check_ban(
+    shared: &Shared,
+    opts: &DownloadOptions,
+    report: &mut PeerReport,
+) -> Result<(), WorkerError> {
+    let strikes = shared.strikes_of(report.peer_id);
     if strikes >= opts.max_strikes {
         report.banned = true;
         return Err(WorkerError::Banned(strikes));
