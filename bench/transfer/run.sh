@@ -197,20 +197,28 @@ settle() {
   sleep "${SETTLE_S:-1}"
 }
 O1=(); P1=(); R1=(); A1=(); OS=(); RS=(); FL=()
-# The order alternates between rounds (ours first in odd rounds, last in even ones), and the
-# floor runs at the edges of a round.
+# One run of a client, on settled memory; its figure joins that client's list.
+run_client() {
+  settle
+  case $1 in
+    floor_1to1) FL+=("$(floor_1to1 || true)") ;;
+    ours_1to1) O1+=("$(ours_1to1 || true)") ;;
+    ours_1to1_procs) P1+=("$(ours_1to1_procs || true)") ;;
+    rqbit_1to1) R1+=("$(rqbit_1to1 || true)") ;;
+    aria_1to1) A1+=("$(aria_1to1 || true)") ;;
+    ours_swarm) OS+=("$(ours_swarm || true)") ;;
+    rqbit_swarm) RS+=("$(rqbit_swarm || true)") ;;
+  esac
+}
+# Odd rounds run the clients in this order, even rounds in reverse (so ours is first in one
+# round and last in the next), and the floor runs at the edges of a round.
+ORDER=(floor_1to1 ours_1to1 ours_1to1_procs rqbit_1to1 aria_1to1 ours_swarm rqbit_swarm)
 for round in $(seq 1 "$ROUNDS"); do
   echo "round $round"
   if [ $((round % 2)) = 1 ]; then
-    FL+=("$(settle; floor_1to1 || true)")
-    O1+=("$(settle; ours_1to1 || true)"); P1+=("$(settle; ours_1to1_procs || true)")
-    R1+=("$(settle; rqbit_1to1 || true)"); A1+=("$(settle; aria_1to1 || true)")
-    OS+=("$(settle; ours_swarm || true)"); RS+=("$(settle; rqbit_swarm || true)")
+    for client in "${ORDER[@]}"; do run_client "$client"; done
   else
-    RS+=("$(settle; rqbit_swarm || true)"); OS+=("$(settle; ours_swarm || true)")
-    A1+=("$(settle; aria_1to1 || true)"); R1+=("$(settle; rqbit_1to1 || true)")
-    P1+=("$(settle; ours_1to1_procs || true)"); O1+=("$(settle; ours_1to1 || true)")
-    FL+=("$(settle; floor_1to1 || true)")
+    for ((i = ${#ORDER[@]} - 1; i >= 0; i--)); do run_client "${ORDER[i]}"; done
   fi
 done 2>&1
 [ -n "${OT_PID:-}" ] && kill "$OT_PID" 2>/dev/null
