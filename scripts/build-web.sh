@@ -2,6 +2,25 @@
 # Builds the dashboard into web/dist (index.html, style.css, pkg/*.js, pkg/*.wasm), from a fresh
 # machine: adds the wasm32 target, installs wasm-bindgen-cli (the version in Cargo.lock) and
 # wasm-opt (npm binaryen@132) into $HOME/.cache/p2p-tools, then compiles, binds and optimises.
+#
+# The toolchain, and why:
+# - wasm-bindgen-cli must be exactly the wasm-bindgen version in Cargo.lock; it is installed
+#   without --locked (its own lock file pins a yanked webpki-roots).
+# - wasm-opt comes from npm's binaryen 132, not Debian's binaryen (108), whose wasm-opt mangles the
+#   externref table: the page then fails in the browser with "WebAssembly.Table.set(): Argument 1
+#   is invalid for table".
+# - trunk and cargo-leptos are not used: plain cargo, wasm-bindgen and wasm-opt need no newer
+#   rustc and install in minutes.
+# - Where rustup cannot add the wasm32-unknown-unknown target (a rustc not managed by rustup),
+#   Debian's rustc-web builds the standard library for wasm32 from source instead:
+#     apt-get install rustc-web cargo-web rust-web-src lld-22
+#     RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc RUSTC_BOOTSTRAP=1 /usr/bin/cargo build \
+#       --profile wasm-release -p p2p-web --target wasm32-unknown-unknown \
+#       -Zbuild-std=std,panic_abort --config 'target.wasm32-unknown-unknown.linker="wasm-ld-22"' \
+#       --target-dir target/wasm
+#   then bind and optimise target/wasm/wasm32-unknown-unknown/wasm-release/p2p_web.wasm as below.
+#   Name /usr/bin/cargo (rustup's comes first in PATH) and keep a separate target dir: rustup's
+#   rustc with Debian's standard library source does not build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/p2p-target}"
@@ -10,7 +29,7 @@ OUT=web/dist
 
 rustup target add wasm32-unknown-unknown >/dev/null 2>&1 || {
   rustup target list --installed 2>/dev/null | grep -q wasm32-unknown-unknown ||
-    { echo "build-web: cannot add the wasm32-unknown-unknown target (see shared/wasm-toolchain.md)"; exit 1; }
+    { echo "build-web: cannot add the wasm32-unknown-unknown target (see the fallback at the top of scripts/build-web.sh)"; exit 1; }
 }
 
 WBV=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/version = |"/, ""); print; exit }' Cargo.lock)
