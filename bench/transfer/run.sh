@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Transfer benchmark: 1 GiB from one seeder to one leecher over loopback, for this project and,
-# in the same run, for rqbit (shared/baselines/rqbit-1to1.sh) and aria2 (BitTorrent, private
-# torrent, the peer given directly). Prints MB/s, wall time and ratios.
+# in the same run, for the baselines rqbit (bench/baselines/rqbit.sh) and aria2
+# (bench/baselines/aria2.sh): BitTorrent, private torrents, peers given directly or through a
+# local tracker. Prints MB/s, wall time and ratios.
 #
-# Needs: rqbit (`cargo install rqbit --locked`, or RQBIT=path), Debian `aria2` and `mktorrent`.
+# Needs: rqbit (crates.io) and Debian aria2, mktorrent and opentracker, found or installed by
+# bench/baselines/tools.sh. BASELINES=skip runs ours and the floor alone (no ratios measured).
 # SIZE_MIB (default 1024), PIPELINE (default 32), ROUNDS (default 2: each client runs that often,
 # in turn, the order reversed every other round, and its best run counts).
+# The run fails (non-zero exit, after the summary) if any run of ours or of the floor fails, or
+# if a baseline fails in every round.
 #
 # Ours runs with peer/examples/transfer_bench.rs (seeder and leechers in one process, real TCP
 # on loopback, Noise encryption, every chunk verified, whole-file SHA-256 checked at the end);
@@ -14,6 +18,7 @@
 # one rqbit seeder and 8 rqbit leechers given the seeder's address.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. bench/baselines/tools.sh
 # Every file of every client lives on tmpfs (BENCH_TMPDIR, default /dev/shm), so the figures
 # compare the transfer engines, not this VM's disk (≈ 180-400 MB/s with fdatasync here). Ours
 # flushes the download (fsync) before its atomic rename; on tmpfs that costs nothing, as for the
@@ -21,16 +26,24 @@ cd "$(dirname "$0")/../.."
 export TMPDIR="${BENCH_TMPDIR:-/dev/shm}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/p2p-target}"
 SIZE_MIB=${SIZE_MIB:-1024}; PIPELINE=${PIPELINE:-32}; ROUNDS=${ROUNDS:-2}
-RQBIT=${RQBIT:-$(command -v rqbit || echo "$HOME/.cache/p2p-tools/bin/rqbit")}
+# The baselines' programs first, so a missing one fails the run before anything is measured.
+if [ "${BASELINES:-}" != skip ]; then
+  RQBIT=$(need_rqbit)
+  export RQBIT
+  for tool in aria2c:aria2 mktorrent:mktorrent opentracker:opentracker; do
+    need_apt_tool "${tool%%:*}" "${tool#*:}" >/dev/null
+  done
+fi
 cargo build --release --locked -p p2p-peer --example transfer_bench --example floor_bench >/dev/null
-# Under `set -e` a failing command ends the trap too: `kill` of clients that are already gone
-# must not keep the files (gigabytes on tmpfs) from being removed.
-WORK=$(mktemp -d); trap 'kill $ARIA_SEED $OT_PID 2>/dev/null || true; rm -rf "$WORK"' EXIT
-ARIA_SEED=""; OT_PID=""
+# The files are gigabytes on tmpfs: whatever fails, they go.
+WORK=$(mktemp -d); trap 'rm -rf "$WORK"' EXIT
 head -c $((SIZE_MIB * 1024 * 1024)) /dev/urandom > "$WORK/file.bin"
 SWARM_MIB=${SWARM_MIB:-256}; LEECHERS=${SWARM_LEECHERS:-8}
-head -c $((SWARM_MIB * 1024 * 1024)) "$WORK/file.bin" > "$WORK/swarm.bin" 2>/dev/null ||
+if [ "$SWARM_MIB" -le "$SIZE_MIB" ]; then
+  head -c $((SWARM_MIB * 1024 * 1024)) "$WORK/file.bin" > "$WORK/swarm.bin"
+else
   head -c $((SWARM_MIB * 1024 * 1024)) /dev/urandom > "$WORK/swarm.bin"
+fi
 # A seeder trusts the hashes it computed when sharing only once the file has been unchanged for
 # two seconds (timestamps are coarse; see peer/src/storage/library.rs): real shared files are
 # older than that, freshly generated benchmark files are not.
@@ -42,12 +55,10 @@ echo "transfer benchmark: $SIZE_MIB MiB, one seeder to one leecher, loopback, $(
 # pages takes 0.5-3 s from one minute to the next), and whoever runs right after another client
 # reuses the pages that client just freed. So every client runs ROUNDS times, in turn, and each
 # figure below is the client's best run.
-best_max() { python3 -c "import sys; v=[float(x) for x in sys.argv[1:] if x]; print(max(v) if v else '')" "$@"; }
-best_min() { python3 -c "import sys; v=[float(x) for x in sys.argv[1:] if x]; print(min(v) if v else '')" "$@"; }
 
 ours_1to1() {
   local out
-  out=$("$CARGO_TARGET_DIR/release/examples/transfer_bench" "$WORK/file.bin" "$PIPELINE")
+  out=$("$CARGO_TARGET_DIR/release/examples/transfer_bench" "$WORK/file.bin" "$PIPELINE") || return 1
   echo "$out" >&2
   echo "$out" | awk '{print $3}'
 }
@@ -55,136 +66,42 @@ ours_1to1() {
 # The same transfer with the seeder and the leecher in two processes (each with its own runtime),
 # as two users' machines and the rqbit baseline run them.
 ours_1to1_procs() {
-  local bin="$CARGO_TARGET_DIR/release/examples/transfer_bench" seed out
+  local bin="$CARGO_TARGET_DIR/release/examples/transfer_bench" seed out rc=0
   rm -f "$WORK/seed.json"
   "$bin" seed "$WORK/file.bin" "$WORK/seed.json" & seed=$!
-  for _ in $(seq 1 600); do [ -f "$WORK/seed.json" ] && break; sleep 0.1; done
-  out=$("$bin" leech "$WORK/seed.json" "$PIPELINE" || true)
+  if wait_until 60 "the two-process seeder had not written $WORK/seed.json" test -f "$WORK/seed.json"; then
+    out=$("$bin" leech "$WORK/seed.json" "$PIPELINE") || rc=1
+  else
+    rc=1
+  fi
   kill $seed 2>/dev/null || true
   wait $seed 2>/dev/null || true
-  [ -n "$out" ] || return 0
+  [ $rc = 0 ] || return 1
   echo "$out" >&2
   echo "$out" | awk '{print $9}'
 }
 
-rqbit_1to1() {
-  [ -x "$RQBIT" ] || return 0
-  local line mibs
-  line=$(RQBIT="$RQBIT" SIZE_MIB="$SIZE_MIB" bash ../shared/baselines/rqbit-1to1.sh 2>&1 | tail -1)
-  echo "$line" >&2
-  mibs=$(echo "$line" | sed -n 's/.* \([0-9.]*\) MiB\/s.*/\1/p')
-  [ -n "$mibs" ] && python3 -c "print(round($mibs * 1.048576))"
-}
-
-HAVE_ARIA=""
-if command -v aria2c >/dev/null && command -v mktorrent >/dev/null && command -v opentracker >/dev/null; then
-  HAVE_ARIA=1
-  # aria2 finds peers only through a tracker (or DHT): a local opentracker, whitelisting this
-  # torrent's info-hash, introduces the seeder to the leecher.
-  mkdir -p "$WORK/seed" "$WORK/ot"
-  ln "$WORK/file.bin" "$WORK/seed/file.bin"
-  TP=$((30000 + RANDOM % 10000))
-  mktorrent -p -l 18 -a "http://127.0.0.1:$TP/announce" -o "$WORK/f.torrent" "$WORK/seed/file.bin" >/dev/null
-  python3 - "$WORK/f.torrent" > "$WORK/ot/whitelist" <<'PY'
-import hashlib, sys
-data = open(sys.argv[1], 'rb').read()
-def end(i):  # index just past the bencoded value starting at i
-    c = data[i:i+1]
-    if c == b'i': return data.index(b'e', i) + 1
-    if c in (b'l', b'd'):
-        i += 1
-        while data[i:i+1] != b'e': i = end(i)
-        return i + 1
-    colon = data.index(b':', i)
-    return colon + 1 + int(data[i:colon])
-start = data.index(b'4:info') + 6
-print(hashlib.sha1(data[start:end(start)]).hexdigest())
-PY
-  (cd "$WORK/ot" && exec opentracker -i 127.0.0.1 -p $TP -P $TP -d "$WORK/ot" -w whitelist >/dev/null 2>&1) & OT_PID=$!
-  sleep 0.5
-fi
-
-aria_1to1() {
-  [ -n "$HAVE_ARIA" ] || return 0
-  local A S E
-  rm -rf "$WORK/leech"; mkdir -p "$WORK/leech"
-  A=(--enable-dht=false --bt-enable-lpd=false --enable-peer-exchange=false --file-allocation=none
-     --bt-max-peers=0 --max-overall-upload-limit=0 --max-overall-download-limit=0 -q)
-  aria2c "${A[@]}" --dir="$WORK/seed" --listen-port=$((TP + 1)) --check-integrity=true \
-    --seed-ratio=0 --seed-time=10 "$WORK/f.torrent" >/dev/null 2>&1 & ARIA_SEED=$!
-  sleep 2
-  S=$(date +%s.%N)
-  timeout 600 aria2c "${A[@]}" --dir="$WORK/leech" --listen-port=$((TP + 2)) --seed-time=0 \
-    "$WORK/f.torrent" >/dev/null 2>&1 || true
-  E=$(date +%s.%N)
-  kill $ARIA_SEED 2>/dev/null || true
-  wait $ARIA_SEED 2>/dev/null || true
-  if cmp -s "$WORK/file.bin" "$WORK/leech/file.bin"; then
-    echo "aria2 1->1: $(python3 -c "print(round($SIZE_MIB * 1.048576 / ($E - $S)))") MB/s ($(python3 -c "print(round($E - $S, 2))") s)" >&2
-    python3 -c "print(round($SIZE_MIB * 1.048576 / ($E - $S)))"
-  else
-    echo "aria2 1->1: did not complete" >&2
-  fi
-  rm -rf "$WORK/leech"
-}
+rqbit_1to1() { bash bench/baselines/rqbit.sh one-to-one "$WORK/file.bin" | awk '{print $1}'; }
+aria_1to1() { bash bench/baselines/aria2.sh "$WORK/file.bin" | awk '{print $1}'; }
+rqbit_swarm() { bash bench/baselines/rqbit.sh swarm "$WORK/swarm.bin" "$LEECHERS"; }
 
 # The floor (peer/examples/floor_bench.rs): a minimal program doing only the work the protocol
 # requires (read, loopback TCP, AES-256-GCM both ways, SHA-256, write into a new file), and the
 # bare copy without hashing and encryption. Prints "copy_wall copy_ceiling full_wall full_ceiling".
 floor_1to1() {
   local out
-  out=$("$CARGO_TARGET_DIR/release/examples/floor_bench" "$WORK/file.bin" 1 || true)
-  [ -n "$out" ] || return 0
+  out=$("$CARGO_TARGET_DIR/release/examples/floor_bench" "$WORK/file.bin" 1) || return 1
   echo "$out" | tail -n +2 >&2
   echo "$out" | awk '/^copy +[0-9]/ {c=$(NF-11); cc=$(NF-1)} /aes-gcm/ {f=$(NF-11); fc=$(NF-1)} END {print c, cc, f, fc}'
 }
 
 ours_swarm() {
   local out
-  out=$("$CARGO_TARGET_DIR/release/examples/transfer_bench" "$WORK/swarm.bin" 16 "$LEECHERS")
+  out=$("$CARGO_TARGET_DIR/release/examples/transfer_bench" "$WORK/swarm.bin" 16 "$LEECHERS") || return 1
   echo "$out" >&2
   echo "$out" | awk '{print $3}'
 }
 
-HAVE_RQ_SWARM=""
-if [ -x "$RQBIT" ] && command -v mktorrent >/dev/null; then
-  HAVE_RQ_SWARM=1
-  mkdir -p "$WORK/rs/seed"
-  cp "$WORK/swarm.bin" "$WORK/rs/seed/swarm.bin"
-  mktorrent -p -l 18 -a http://127.0.0.1:1/announce -o "$WORK/rs/s.torrent" "$WORK/rs/seed/swarm.bin" >/dev/null
-fi
-
-rqbit_swarm() {
-  [ -n "$HAVE_RQ_SWARM" ] || return 0
-  local G SP S E PIDS ok i
-  G="--disable-dht --disable-dht-persistence --disable-upnp-port-forward --listen-ip 127.0.0.1 --ipv4-only -v warn"
-  SP=$((40000 + RANDOM % 10000))
-  $RQBIT $G --listen-port $SP --http-api-listen-addr 127.0.0.1:$((SP + 100)) download -o "$WORK/rs/seed" --overwrite "$WORK/rs/s.torrent" >/dev/null 2>&1 & RQ_SEED=$!
-  for _ in $(seq 1 100); do curl -fsS 127.0.0.1:$((SP + 100))/torrents/0/stats/v1 2>/dev/null | grep -q '"state":"live"' && break; sleep 0.1; done
-  S=$(date +%s.%N)
-  PIDS=()
-  for i in $(seq 1 "$LEECHERS"); do
-    rm -rf "$WORK/rs/l$i"; mkdir -p "$WORK/rs/l$i"
-    timeout 600 $RQBIT $G --listen-port $((SP + 1 + i)) --http-api-listen-addr 127.0.0.1:$((SP + 200 + i)) \
-      download -o "$WORK/rs/l$i" -e --initial-peers 127.0.0.1:$SP "$WORK/rs/s.torrent" >/dev/null 2>&1 & PIDS+=($!)
-  done
-  wait "${PIDS[@]}" || true
-  E=$(date +%s.%N)
-  kill $RQ_SEED 2>/dev/null || true
-  wait $RQ_SEED 2>/dev/null || true
-  ok=1
-  for i in $(seq 1 "$LEECHERS"); do cmp -s "$WORK/swarm.bin" "$WORK/rs/l$i/swarm.bin" || ok=0; done
-  rm -rf "$WORK"/rs/l*
-  if [ $ok = 1 ]; then
-    echo "rqbit 1->$LEECHERS: $(python3 -c "print(round($E - $S, 2))") s until all $LEECHERS leechers had $SWARM_MIB MiB" >&2
-    python3 -c "print(round($E - $S, 2))"
-  else
-    echo "rqbit 1->$LEECHERS: not every leecher completed" >&2
-  fi
-}
-
-[ -x "$RQBIT" ] || echo "SKIPPED: rqbit baseline (cargo install rqbit --locked)"
-[ -n "$HAVE_ARIA" ] || echo "SKIPPED: aria2 baseline (apt-get install aria2 mktorrent opentracker)"
 # This VM returns freed memory to its host (virtio-balloon free page reporting), and the first
 # touch of such a page costs the host a fault: in a swarm run that followed a client which had
 # freed less memory than the swarm needs, writing the leechers' files (the kernel's
@@ -196,23 +113,29 @@ settle() {
   rm -f "$WORK/settle"
   sleep "${SETTLE_S:-1}"
 }
-O1=(); P1=(); R1=(); A1=(); OS=(); RS=(); FL=()
-# One run of a client, on settled memory; its figure joins that client's list.
+declare -A FIGURES FAILURES
+# One run of a client, on settled memory; its figure joins that client's list, a failure is
+# counted (and its reason is already on stderr).
 run_client() {
+  local figure
   settle
-  case $1 in
-    floor_1to1) FL+=("$(floor_1to1 || true)") ;;
-    ours_1to1) O1+=("$(ours_1to1 || true)") ;;
-    ours_1to1_procs) P1+=("$(ours_1to1_procs || true)") ;;
-    rqbit_1to1) R1+=("$(rqbit_1to1 || true)") ;;
-    aria_1to1) A1+=("$(aria_1to1 || true)") ;;
-    ours_swarm) OS+=("$(ours_swarm || true)") ;;
-    rqbit_swarm) RS+=("$(rqbit_swarm || true)") ;;
-  esac
+  if figure=$($1) && [ -n "$figure" ]; then
+    FIGURES[$1]="${FIGURES[$1]:-}$figure"$'\n'
+  else
+    echo "FAILED: $1 in round $round"
+    FAILURES[$1]=$((${FAILURES[$1]:-0} + 1))
+  fi
 }
 # Odd rounds run the clients in this order, even rounds in reverse (so ours is first in one
 # round and last in the next), and the floor runs at the edges of a round.
-ORDER=(floor_1to1 ours_1to1 ours_1to1_procs rqbit_1to1 aria_1to1 ours_swarm rqbit_swarm)
+if [ "${BASELINES:-}" = skip ]; then
+  ORDER=(floor_1to1 ours_1to1 ours_1to1_procs ours_swarm)
+  BASELINE_CLIENTS=()
+else
+  ORDER=(floor_1to1 ours_1to1 ours_1to1_procs rqbit_1to1 aria_1to1 ours_swarm rqbit_swarm)
+  BASELINE_CLIENTS=(rqbit_1to1 aria_1to1 rqbit_swarm)
+  echo "rqbit: $("$RQBIT" --version 2>/dev/null | head -1); aria2: $(aria2c --version | head -1)"
+fi
 for round in $(seq 1 "$ROUNDS"); do
   echo "round $round"
   if [ $((round % 2)) = 1 ]; then
@@ -221,23 +144,43 @@ for round in $(seq 1 "$ROUNDS"); do
     for ((i = ${#ORDER[@]} - 1; i >= 0; i--)); do run_client "${ORDER[i]}"; done
   fi
 done 2>&1
-[ -n "${OT_PID:-}" ] && kill "$OT_PID" 2>/dev/null
-OURS_MBS=$(best_max "${O1[@]}"); PROCS_MBS=$(best_max "${P1[@]}"); RQ_MBS=$(best_max "${R1[@]}"); ARIA_MBS=$(best_max "${A1[@]}")
-OURS_SWARM_S=$(best_min "${OS[@]}"); RQ_SWARM_S=$(best_min "${RS[@]}")
-col() { local i=$1; shift; for x in "$@"; do echo "$x" | awk -v i="$i" '{print $i}'; done; }
-# Each column's best over the rounds (one per line from col, so empty rounds drop out).
-COPY_MBS=$(best_max $(col 1 "${FL[@]}")); COPY_CEIL=$(best_max $(col 2 "${FL[@]}"))
-FLOOR_MBS=$(best_max $(col 3 "${FL[@]}")); FLOOR_CEIL=$(best_max $(col 4 "${FL[@]}"))
+figures() { printf '%s' "${FIGURES[$1]:-}"; }
+# Each column's best over the rounds (one per line, so failed rounds drop out).
+best_max() { python3 -c 'import sys; v = [float(x) for x in sys.stdin.read().split()]; print(f"{max(v):g}" if v else "")'; }
+best_min() { python3 -c 'import sys; v = [float(x) for x in sys.stdin.read().split()]; print(f"{min(v):g}" if v else "")'; }
+col() { figures "$1" | awk -v i="$2" '{print $i}'; }
+OURS_MBS=$(figures ours_1to1 | best_max); PROCS_MBS=$(figures ours_1to1_procs | best_max)
+RQ_MBS=$(figures rqbit_1to1 | best_max); ARIA_MBS=$(figures aria_1to1 | best_max)
+OURS_SWARM_S=$(figures ours_swarm | best_min); RQ_SWARM_S=$(figures rqbit_swarm | best_min)
+COPY_MBS=$(col floor_1to1 1 | best_max); COPY_CEIL=$(col floor_1to1 2 | best_max)
+FLOOR_MBS=$(col floor_1to1 3 | best_max); FLOOR_CEIL=$(col floor_1to1 4 | best_max)
 
-ratio() { [ -n "$2" ] && python3 -c "print(f'{$1/$2:.2f}x')" || echo "-"; }
+ratio() { [ -n "$1" ] && [ -n "$2" ] && python3 -c "print(f'{$1/$2:.2f}x')" || echo "not measured"; }
 echo
 echo "best of $ROUNDS rounds:"
 echo "p2p one-to-one: $OURS_MBS MB/s; vs rqbit: $(ratio "$OURS_MBS" "$RQ_MBS"); vs aria2: $(ratio "$OURS_MBS" "$ARIA_MBS")"
 echo "p2p one-to-one, two processes: $PROCS_MBS MB/s; vs rqbit: $(ratio "$PROCS_MBS" "$RQ_MBS")"
-[ -n "$RQ_SWARM_S" ] && echo "p2p 1->$LEECHERS swarm: ${OURS_SWARM_S} s vs rqbit ${RQ_SWARM_S} s ($(python3 -c "print(f'{$RQ_SWARM_S/$OURS_SWARM_S:.2f}x')") rqbit's time / ours)"
+echo "rqbit one-to-one: ${RQ_MBS:--} MB/s; aria2 one-to-one: ${ARIA_MBS:--} MB/s"
+echo "p2p 1->$LEECHERS swarm: ${OURS_SWARM_S} s; rqbit ${RQ_SWARM_S:--} s; rqbit's time / ours: $(ratio "$RQ_SWARM_S" "$OURS_SWARM_S")"
 if [ -n "$FLOOR_MBS" ]; then
-  echo "floor, same required work in a minimal program: $FLOOR_MBS MB/s (vs rqbit: $(ratio "$FLOOR_MBS" "$RQ_MBS")), CPU ceiling on $(nproc) cores $FLOOR_CEIL MB/s ($(ratio "$FLOOR_CEIL" "$RQ_MBS")); p2p reaches $(ratio "$OURS_MBS" "$FLOOR_MBS") of it"
+  echo "floor, same required work in a minimal program: $FLOOR_MBS MB/s (vs rqbit: $(ratio "$FLOOR_MBS" "$RQ_MBS")), CPU ceiling on $(nproc) cores $FLOOR_CEIL MB/s ($(ratio "$FLOOR_CEIL" "$RQ_MBS")); p2p reaches $(ratio "$OURS_MBS" "$FLOOR_CEIL") of the ceiling"
   echo "swarm floor: $LEECHERS x $SWARM_MIB MiB at that ceiling takes $(python3 -c "print(f'{$LEECHERS * $SWARM_MIB * 1.048576 / $FLOOR_CEIL:.2f}')") s"
   echo "bare copy (no hashing, no encryption): $COPY_MBS MB/s (vs rqbit: $(ratio "$COPY_MBS" "$RQ_MBS")), CPU ceiling $COPY_CEIL MB/s ($(ratio "$COPY_CEIL" "$RQ_MBS"))"
 fi
+[ "${BASELINES:-}" != skip ] || echo "BASELINES=skip: rqbit and aria2 did not run; the ratios to them are not measured"
 echo "goal: >= 800 MB/s and >= 5x rqbit one-to-one; well below rqbit's time for the swarm"
+
+STATUS=0
+for client in floor_1to1 ours_1to1 ours_1to1_procs ours_swarm; do
+  if [ -n "${FAILURES[$client]:-}" ]; then
+    echo "FAILED: $client failed in ${FAILURES[$client]} of $ROUNDS rounds" >&2
+    STATUS=1
+  fi
+done
+for client in "${BASELINE_CLIENTS[@]}"; do
+  if [ -z "${FIGURES[$client]:-}" ]; then
+    echo "FAILED: the baseline $client failed in every round, so its ratio is not measured (BASELINES=skip runs without the baselines)" >&2
+    STATUS=1
+  fi
+done
+exit $STATUS
