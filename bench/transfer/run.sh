@@ -161,7 +161,7 @@ echo "best of $ROUNDS rounds:"
 echo "p2p one-to-one: $OURS_MBS MB/s; vs rqbit: $(ratio "$OURS_MBS" "$RQ_MBS"); vs aria2: $(ratio "$OURS_MBS" "$ARIA_MBS")"
 echo "p2p one-to-one, two processes: $PROCS_MBS MB/s; vs rqbit: $(ratio "$PROCS_MBS" "$RQ_MBS")"
 echo "rqbit one-to-one: ${RQ_MBS:--} MB/s; aria2 one-to-one: ${ARIA_MBS:--} MB/s"
-echo "p2p 1->$LEECHERS swarm: ${OURS_SWARM_S} s; rqbit ${RQ_SWARM_S:--} s; rqbit's time / ours: $(ratio "$RQ_SWARM_S" "$OURS_SWARM_S")"
+echo "p2p 1->$LEECHERS swarm: ${OURS_SWARM_S} s; rqbit ${RQ_SWARM_S:--} s; ours takes $(ratio "$OURS_SWARM_S" "$RQ_SWARM_S") rqbit's time"
 if [ -n "$FLOOR_MBS" ]; then
   echo "floor, same required work in a minimal program: $FLOOR_MBS MB/s (vs rqbit: $(ratio "$FLOOR_MBS" "$RQ_MBS")), CPU ceiling on $(nproc) cores $FLOOR_CEIL MB/s ($(ratio "$FLOOR_CEIL" "$RQ_MBS")); p2p reaches $(ratio "$OURS_MBS" "$FLOOR_CEIL") of the ceiling"
   echo "swarm floor: $LEECHERS x $SWARM_MIB MiB at that ceiling takes $(python3 -c "print(f'{$LEECHERS * $SWARM_MIB * 1.048576 / $FLOOR_CEIL:.2f}')") s"
