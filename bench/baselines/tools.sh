@@ -21,7 +21,7 @@ bench_fail() {
 }
 
 # need_cargo_tool BIN CRATE VERSION OVERRIDE: OVERRIDE if not empty, else BIN on PATH, else
-# TOOLS_DIR/bin/BIN, installed there from crates.io if absent.
+# TOOLS_DIR/bin/BIN, installed there from crates.io if absent or not at VERSION.
 need_cargo_tool() {
   local bin=$1 crate=$2 version=$3 override=$4
   if [ -n "$override" ]; then
@@ -33,9 +33,9 @@ need_cargo_tool() {
     command -v "$bin"
     return
   fi
-  if [ ! -x "$TOOLS_DIR/bin/$bin" ]; then
+  if ! "$TOOLS_DIR/bin/$bin" --version 2>/dev/null | grep -q " $version\$"; then
     [ "${BENCH_INSTALL:-1}" != 0 ] ||
-      bench_fail "$bin not found (cargo install --locked $crate --version $version --root $TOOLS_DIR; BENCH_INSTALL=0 forbids installing it here)"
+      bench_fail "$bin $version not found (cargo install --locked $crate --version $version --root $TOOLS_DIR; BENCH_INSTALL=0 forbids installing it here)"
     echo "bench: installing $crate $version from crates.io into $TOOLS_DIR (several minutes, once)" >&2
     # Its own build directory, not the project's target dir.
     env -u CARGO_TARGET_DIR cargo install -q --locked "$crate" --version "$version" --root "$TOOLS_DIR" >&2 ||
