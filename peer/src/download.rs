@@ -6,12 +6,13 @@
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use p2p_proto::sha256_lanes;
 use p2p_proto::wire::Frame;
 use p2p_proto::{Bitfield, Manifest, PeerId};
+use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use crate::identity::Identity;
@@ -76,18 +77,12 @@ pub struct Contributions(Mutex<HashMap<PeerId, u64>>);
 
 impl Contributions {
     fn add(&self, peer: PeerId, bytes: u64) {
-        if let Ok(mut m) = self.0.lock() {
-            *m.entry(peer).or_insert(0) += bytes;
-        }
+        *self.0.lock().entry(peer).or_insert(0) += bytes;
     }
 
     /// Peers and their verified bytes, largest first.
     pub fn snapshot(&self) -> Vec<(PeerId, u64)> {
-        let mut v: Vec<(PeerId, u64)> = self
-            .0
-            .lock()
-            .map(|m| m.iter().map(|(p, b)| (*p, *b)).collect())
-            .unwrap_or_default();
+        let mut v: Vec<(PeerId, u64)> = self.0.lock().iter().map(|(p, b)| (*p, *b)).collect();
         v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         v
     }
@@ -367,7 +362,7 @@ pub async fn download(
         strikes: Mutex::default(),
         io: InlineIo::default(),
     });
-    let already = shared.sched.lock().map(|s| s.complete()).unwrap_or(false);
+    let already = shared.sched.lock().complete();
     let mut workers = Vec::new();
     if !already {
         let peers: Vec<&Source> = sources
@@ -427,7 +422,7 @@ pub async fn download(
     // Wait until complete or every worker has given up.
     let mut reports = Vec::new();
     loop {
-        let complete = shared.sched.lock().map(|s| s.complete()).unwrap_or(false);
+        let complete = shared.sched.lock().complete();
         if complete || workers.iter().all(|w| w.is_finished()) {
             break;
         }
@@ -443,18 +438,18 @@ pub async fn download(
     let _ = saver.await;
     let partial = shared.partial.clone();
     let (complete, missing) = {
-        let s = shared.sched.lock().map_err(|_| DownloadError::Task)?;
+        let s = shared.sched.lock();
         (s.complete(), s.have.len() - s.have.count_ones())
     };
     if !complete {
         let p = partial.clone();
-        let saved = tokio::task::spawn_blocking(move || match p.lock().as_deref() {
-            Ok(Some(p)) => p.save_state().map_err(DownloadError::from),
-            _ => Err(DownloadError::Task),
+        let saved = tokio::task::spawn_blocking(move || match p.lock().as_ref() {
+            Some(p) => p.save_state().map_err(DownloadError::from),
+            None => Err(DownloadError::Task),
         })
         .await
         .map_err(|_| DownloadError::Task)?;
-        if let Some(fatal) = shared.fatal.lock().ok().and_then(|mut f| f.take()) {
+        if let Some(fatal) = shared.fatal.lock().take() {
             return Err(fatal);
         }
         saved?;
@@ -465,17 +460,13 @@ pub async fn download(
     }
     let dest_dir = data_dir.to_owned();
     let path = tokio::task::spawn_blocking(move || {
-        let p = partial
-            .lock()
-            .map_err(|_| DownloadError::Task)?
-            .take()
-            .ok_or(DownloadError::Task)?;
+        let p = partial.lock().take().ok_or(DownloadError::Task)?;
         p.finish(&dest_dir).map_err(DownloadError::from)
     })
     .await
     .map_err(|_| DownloadError::Task)??;
     library.completed(&manifest.id, path.clone());
-    let fetched = shared.fetched.lock().map(|f| *f).unwrap_or(0);
+    let fetched = *shared.fetched.lock();
     Ok(DownloadReport {
         path,
         fetched_chunks: fetched,
@@ -534,8 +525,8 @@ async fn save_periodically(
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let snapshot = match partial.lock().as_deref() {
-            Ok(Some(p)) => {
+        let snapshot = match partial.lock().as_ref() {
+            Some(p) => {
                 let written = Some(p.have().count_ones());
                 if saved == written {
                     continue; // nothing new since the last save
@@ -543,7 +534,7 @@ async fn save_periodically(
                 saved = written;
                 p.snapshot()
             }
-            _ => continue,
+            None => continue,
         };
         let result = tokio::task::spawn_blocking(move || snapshot?.save()).await;
         if let Ok(Err(e)) = result {
@@ -582,9 +573,7 @@ impl Shared {
             WorkerError::BadManifest(why) => DownloadError::BadManifest(why.clone()),
             _ => return,
         };
-        if let Ok(mut f) = self.fatal.lock() {
-            f.get_or_insert(fatal);
-        }
+        self.fatal.lock().get_or_insert(fatal);
         self.stop.cancel();
     }
 }
@@ -671,7 +660,8 @@ async fn fetch_from(
     // How many peers have each chunk is counted once per peer, by its main connection (the
     // others hear the same announcements).
     let counts_sources = lane.index == 0;
-    if counts_sources && let Ok(mut s) = shared.sched.lock() {
+    if counts_sources {
+        let mut s = shared.sched.lock();
         for i in (0..peer_has.len()).filter(|&i| peer_has.get(i)) {
             s.add_source(i);
         }
@@ -696,9 +686,7 @@ async fn fetch_from(
         // Keep this peer's share of the pipeline full (chunks being stored count against it).
         inflight.top_up(shared, opts, sizing, &sub, &peer_has, storing)?;
         let idle = inflight.by_id.is_empty() && storing == 0;
-        if idle
-            && (peer_has.is_complete() || shared.sched.lock().map(|s| s.complete()).unwrap_or(true))
-        {
+        if idle && (peer_has.is_complete() || shared.sched.lock().complete()) {
             break Ok(());
         }
         // With nothing asked of a partial peer, wait for it to announce new chunks (`Have`);
@@ -774,8 +762,8 @@ async fn fetch_from(
                             let index = u64::from(index);
                             if index < peer_has.len() && !peer_has.get(index) {
                                 peer_has.set(index);
-                                if counts_sources && let Ok(mut s) = shared.sched.lock() {
-                                    s.add_source(index);
+                                if counts_sources {
+                                    shared.sched.lock().add_source(index);
                                 }
                             }
                         }
@@ -783,7 +771,8 @@ async fn fetch_from(
                             if let Ok(fresh) = Bitfield::from_bytes(bits.to_vec(), u64::from(chunk_count))
                                 && fresh.len() == peer_has.len()
                             {
-                                if counts_sources && let Ok(mut s) = shared.sched.lock() {
+                                if counts_sources {
+                                    let mut s = shared.sched.lock();
                                     for i in (0..fresh.len()).filter(|&i| fresh.get(i) && !peer_has.get(i)) {
                                         s.add_source(i);
                                     }
@@ -878,19 +867,15 @@ fn without(mut have: Bitfield, index: u64) -> Bitfield {
 
 /// Records a verified, written chunk.
 fn stored_ok(shared: &Shared, index: u64) {
-    let fresh = shared.sched.lock().is_ok_and(|mut s| s.got(index));
+    let fresh = shared.sched.lock().got(index);
     if fresh {
         shared.library.mark_have(&shared.manifest.id, index);
-        if let Ok(mut f) = shared.fetched.lock() {
-            *f += 1;
-        }
+        *shared.fetched.lock() += 1;
     }
 }
 
 fn release(shared: &Shared, index: u64) {
-    if let Ok(mut s) = shared.sched.lock() {
-        s.release(index);
-    }
+    shared.sched.lock().release(index);
     shared.done.notify_one();
 }
 
@@ -956,9 +941,7 @@ fn check_ban(
 /// after: chunks of the same batch, or on its other connections, that were on their way when
 /// it was banned change nothing.
 fn strike(shared: &Shared, opts: &DownloadOptions, report: &mut PeerReport) {
-    let Ok(mut strikes) = shared.strikes.lock() else {
-        return;
-    };
+    let mut strikes = shared.strikes.lock();
     let count = strikes.entry(report.peer_id).or_insert(0);
     if *count < opts.max_strikes {
         *count += 1;
@@ -969,9 +952,7 @@ fn strike(shared: &Shared, opts: &DownloadOptions, report: &mut PeerReport) {
 impl Shared {
     /// Bad chunks counted against `peer` so far.
     fn strikes_of(&self, peer: PeerId) -> u32 {
-        self.strikes
-            .lock()
-            .map_or(0, |s| s.get(&peer).copied().unwrap_or(0))
+        self.strikes.lock().get(&peer).copied().unwrap_or(0)
     }
 }
 
@@ -1007,15 +988,17 @@ impl InFlight {
             return Ok(());
         }
         let endgame = shared.scores.may_endgame(&peer);
-        let picked = match (shared.sched.lock(), self.asked.lock()) {
-            (Ok(mut s), Ok(mut asked)) if !s.complete() => {
+        let picked = {
+            let (mut s, mut asked) = (shared.sched.lock(), self.asked.lock());
+            if s.complete() {
+                Vec::new()
+            } else {
                 let picked = s.pick(peer_has, want, &asked, endgame);
                 for &index in &picked {
                     asked.insert(index, ());
                 }
                 picked
             }
-            _ => Vec::new(),
         };
         if picked.is_empty() {
             return Ok(());
@@ -1096,9 +1079,7 @@ fn write_chunk(
     index: u64,
     chunk: &VerifiedChunk,
 ) -> Result<Stored, WorkerError> {
-    let mut guard = partial
-        .lock()
-        .map_err(|_| WorkerError::Disk("lock poisoned".into()))?;
+    let mut guard = partial.lock();
     let Some(p) = guard.as_mut() else {
         return Ok(Stored::Duplicate); // the download is over
     };

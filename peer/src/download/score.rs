@@ -13,10 +13,10 @@
 //! endgame.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use p2p_proto::PeerId;
+use parking_lot::Mutex;
 
 /// Headroom over a peer's measured bandwidth-delay product: a pipeline too short for its link
 /// measures a higher throughput at the same latency next time, so it grows by this factor
@@ -126,30 +126,30 @@ impl Scoreboard {
     }
 
     fn record_chunk_at(&self, peer: PeerId, bytes: u64, latency: Duration, now: Instant) {
-        if let Ok(mut m) = self.0.lock() {
-            m.entry(peer).or_default().record_chunk(bytes, latency, now);
-        }
+        self.0
+            .lock()
+            .entry(peer)
+            .or_default()
+            .record_chunk(bytes, latency, now);
     }
 
     /// `peer` timed out, refused a chunk it had announced, or sent a bad one.
     pub fn record_failure(&self, peer: PeerId) {
-        if let Ok(mut m) = self.0.lock() {
-            m.entry(peer).or_default().failures += 1;
-        }
+        self.0.lock().entry(peer).or_default().failures += 1;
     }
 
     /// Requests `peer` may have in flight (chunks of `chunk_size`), at most `max`.
     pub fn pipeline(&self, peer: &PeerId, sizing: Sizing, chunk_size: u32, max: usize) -> usize {
         self.0
             .lock()
-            .ok()
-            .and_then(|m| m.get(peer).map(|s| s.pipeline(sizing, chunk_size, max)))
+            .get(peer)
+            .map(|s| s.pipeline(sizing, chunk_size, max))
             .unwrap_or(PeerScore::unmeasured(sizing, max))
     }
 
     /// Whether `peer` is fast enough to take duplicates of other peers' chunks at the end.
     pub fn may_endgame(&self, peer: &PeerId) -> bool {
-        let Ok(m) = self.0.lock() else { return true };
+        let m = self.0.lock();
         let best = m
             .values()
             .filter_map(|s| s.throughput)
@@ -162,11 +162,7 @@ impl Scoreboard {
 
     /// The figures of `peer` so far.
     pub fn get(&self, peer: &PeerId) -> PeerScore {
-        self.0
-            .lock()
-            .ok()
-            .and_then(|m| m.get(peer).cloned())
-            .unwrap_or_default()
+        self.0.lock().get(peer).cloned().unwrap_or_default()
     }
 }
 

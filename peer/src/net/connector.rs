@@ -6,11 +6,12 @@
 //! that knows it cannot make outbound connections either) only the relay is tried.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use p2p_proto::PeerId;
 use p2p_proto::api::ConnectionPathKind;
+use parking_lot::Mutex;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -121,16 +122,11 @@ impl Connector {
 
     /// The path of the latest connection to each peer.
     pub fn paths(&self) -> HashMap<PeerId, ConnectionPath> {
-        self.last_paths
-            .lock()
-            .map(|m| m.clone())
-            .unwrap_or_default()
+        self.last_paths.lock().clone()
     }
 
     fn remember(&self, peer: PeerId, path: ConnectionPath) {
-        if let Ok(mut m) = self.last_paths.lock() {
-            m.insert(peer, path);
-        }
+        self.last_paths.lock().insert(peer, path);
     }
 
     /// The session with `source`: the pooled one while it lives, else a new connection (each
@@ -183,13 +179,10 @@ impl Connector {
         paths: &[ConnectionPath],
     ) -> Result<Arc<Link>, ConnectError> {
         let key = (source.peer_id, lane);
-        let gate = self
-            .link_gates
-            .lock()
-            .map(|mut g| g.entry(key).or_default().clone())
-            .unwrap_or_default();
+        let gate = self.link_gates.lock().entry(key).or_default().clone();
         let _making = gate.lock().await;
-        if let Ok(mut links) = self.links.lock() {
+        {
+            let mut links = self.links.lock();
             links.retain(|_, l| !l.is_closed());
             if let Some(l) = links.get(&key) {
                 if lane == 0 {
@@ -221,12 +214,8 @@ impl Connector {
             }
         }
         let link = made.ok_or_else(|| ConnectError(failures.join("; ")))?;
-        if let Ok(mut links) = self.links.lock() {
-            links.insert(key, link.clone());
-        }
-        if let Ok(mut gates) = self.link_gates.lock() {
-            gates.remove(&key);
-        }
+        self.links.lock().insert(key, link.clone());
+        self.link_gates.lock().remove(&key);
         Ok(link)
     }
 
@@ -234,8 +223,9 @@ impl Connector {
     pub fn links(&self) -> usize {
         self.links
             .lock()
-            .map(|l| l.values().filter(|l| !l.is_closed()).count())
-            .unwrap_or(0)
+            .values()
+            .filter(|l| !l.is_closed())
+            .count()
     }
 
     /// Opens a stream to `source`, trying each path in turn.

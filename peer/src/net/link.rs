@@ -13,12 +13,13 @@
 //! one without downloads for [`LINK_IDLE`] closes itself.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use p2p_proto::wire::{Frame, PROTOCOL_VERSION};
 use p2p_proto::{FileId, PeerId};
+use parking_lot::Mutex;
 use tokio::io::WriteHalf;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -134,7 +135,7 @@ impl Link {
     /// Starts a download of `file` on this link; `None` once the link has closed.
     pub fn subscribe(self: &Arc<Self>, file: FileId) -> Option<Subscription> {
         let (tx, rx) = mpsc::channel(SUBSCRIPTION_QUEUE);
-        let mut routes = self.routes.lock().ok()?;
+        let mut routes = self.routes.lock();
         if self.is_closed() {
             return None;
         }
@@ -154,10 +155,7 @@ impl Link {
     /// not wait for the write: a failed write closes the link, which every download on it hears
     /// as `Closed`.
     fn send(&self, sub: u64, frames: Vec<Frame>) -> Result<(), SecureError> {
-        let mut routes = self
-            .routes
-            .lock()
-            .map_err(|_| SecureError::Io(std::io::Error::other("link poisoned")))?;
+        let mut routes = self.routes.lock();
         for f in &frames {
             match f {
                 Frame::Request { request_id, .. } => {
@@ -177,9 +175,7 @@ impl Link {
     /// Where an incoming frame goes: answers to the subscription that asked, news about a
     /// file (`Manifest`, `Bitfield`, `Have`) to every subscription of that file.
     fn route_of(&self, frame: &Frame) -> Vec<mpsc::Sender<LinkEvent>> {
-        let Ok(mut r) = self.routes.lock() else {
-            return Vec::new();
-        };
+        let mut r = self.routes.lock();
         let to_sub = |r: &Routes, id: Option<u64>| -> Vec<mpsc::Sender<LinkEvent>> {
             id.and_then(|id| r.subs.get(&id))
                 .map(|(_, tx)| tx.clone())
@@ -264,8 +260,7 @@ async fn route(
                 let idle = link
                     .routes
                     .lock()
-                    .ok()
-                    .and_then(|r| r.idle_since)
+                    .idle_since
                     .is_some_and(|t| t.elapsed() >= LINK_IDLE);
                 if idle {
                     break None;
@@ -297,8 +292,10 @@ async fn route(
         let subs: Vec<_> = link
             .routes
             .lock()
-            .map(|r| r.subs.values().map(|(_, tx)| tx.clone()).collect())
-            .unwrap_or_default();
+            .subs
+            .values()
+            .map(|(_, tx)| tx.clone())
+            .collect();
         for s in subs {
             let _ = s.send(LinkEvent::Closed(why.clone())).await;
         }
@@ -350,15 +347,14 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        if let Ok(mut r) = self.link.routes.lock() {
-            r.subs.remove(&self.id);
-            let id = self.id;
-            r.requests.retain(|_, s| *s != id);
-            // Waiting manifest requests stay queued: a late `Reject` for one must still pop its
-            // own entry (its answer is dropped then), not the next download's.
-            if r.subs.is_empty() {
-                r.idle_since = Some(tokio::time::Instant::now());
-            }
+        let mut r = self.link.routes.lock();
+        r.subs.remove(&self.id);
+        let id = self.id;
+        r.requests.retain(|_, s| *s != id);
+        // Waiting manifest requests stay queued: a late `Reject` for one must still pop its
+        // own entry (its answer is dropped then), not the next download's.
+        if r.subs.is_empty() {
+            r.idle_since = Some(tokio::time::Instant::now());
         }
     }
 }

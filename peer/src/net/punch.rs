@@ -29,14 +29,15 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use p2p_proto::PeerId;
 use p2p_proto::punch::{MAX_PUNCH_PACKET_LEN, Nonce16, PunchPacket};
 use p2p_proto::relay::CloseCode;
+use parking_lot::Mutex;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -185,7 +186,7 @@ impl Puncher {
     }
 
     fn pooled(&self, peer: &PeerId) -> Option<Pooled> {
-        let mut pool = self.pool.lock().ok()?;
+        let mut pool = self.pool.lock();
         match pool.get(peer) {
             Some(p) if p.conn.close_reason().is_none() => Some(p.clone()),
             Some(_) => {
@@ -249,9 +250,7 @@ impl Puncher {
             endpoint,
             streams: Arc::new(AtomicUsize::new(0)),
         };
-        if let Ok(mut pool) = self.pool.lock()
-            && let Some(old) = pool.insert(peer, pooled.clone())
-        {
+        if let Some(old) = self.pool.lock().insert(peer, pooled.clone()) {
             // Both sides punched at once: the older connection finishes its streams and idles out.
             tracing::debug!(%peer, "replacing a pooled connection");
             drop(old);
@@ -290,10 +289,10 @@ impl Puncher {
             }
         }
         pooled.conn.close(0u32.into(), b"idle");
-        if let Ok(mut pool) = self.pool.lock()
-            && pool
-                .get(&peer)
-                .is_some_and(|p| p.conn.stable_id() == pooled.conn.stable_id())
+        let mut pool = self.pool.lock();
+        if pool
+            .get(&peer)
+            .is_some_and(|p| p.conn.stable_id() == pooled.conn.stable_id())
         {
             pool.remove(&peer);
         }
