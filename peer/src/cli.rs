@@ -12,7 +12,8 @@ use tokio::io::AsyncBufReadExt;
 
 use crate::config::{DownloadCli, NodeArgs, PeerCli, PeerCommand};
 use crate::discovery::{self, DhtFind, merge_sources};
-use crate::download::{DownloadOptions, DownloadReport, Source, download};
+use crate::download::{DownloadOptions, DownloadReport, download};
+use crate::net::PeerAddr;
 use crate::net::relay::RelayStatus;
 use crate::node::Node;
 use crate::shell::{self, ShellCommand};
@@ -337,7 +338,7 @@ async fn addresses(addresses: &[String], port: u16) -> Vec<SocketAddr> {
 }
 
 /// Peers from the tracker, as download sources.
-async fn tracker_sources(peer: &Peer, id: &FileId) -> anyhow::Result<(Manifest, Vec<Source>)> {
+async fn tracker_sources(peer: &Peer, id: &FileId) -> anyhow::Result<(Manifest, Vec<PeerAddr>)> {
     let details = peer
         .tracker
         .file(id)
@@ -366,10 +367,7 @@ async fn tracker_sources(peer: &Peer, id: &FileId) -> anyhow::Result<(Manifest, 
             addresses(&p.addresses, p.port).await
         };
         if !addrs.is_empty() || relayed {
-            sources.push(Source {
-                peer_id: p.peer_id,
-                addrs,
-            });
+            sources.push(PeerAddr::new(p.peer_id, addrs));
         }
     }
     Ok((manifest, sources))
@@ -380,7 +378,7 @@ const DHT_GRACE: Duration = Duration::from_secs(3);
 
 /// The manifest and the peers to fetch `id` from: the tracker's and the DHT's together (one
 /// entry per peer). Either alone is enough; with no tracker the manifest comes from a peer.
-async fn find_sources(peer: &Peer, id: &FileId) -> anyhow::Result<(Manifest, Vec<Source>)> {
+async fn find_sources(peer: &Peer, id: &FileId) -> anyhow::Result<(Manifest, Vec<PeerAddr>)> {
     let lookup = peer.node.dht.clone().map(|dht| {
         let (identity, own, id) = (peer.node.identity.clone(), peer.node.addr, *id);
         tokio::spawn(async move { discovery::dht_sources(&dht, &identity, &id, own).await })

@@ -8,15 +8,15 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use p2p_proto::wire::{Frame, PROTOCOL_VERSION};
+use p2p_proto::wire::Frame;
 use p2p_proto::{FileId, Manifest, ManifestError, PeerId};
 use tokio::net::TcpStream;
 
 use crate::dht::{Dht, LOOKUP_TIMEOUT};
-use crate::download::Source;
 use crate::identity::Identity;
-use crate::net::secure::{self, Role, SecureError};
-use crate::upload::AGENT;
+use crate::net::PeerAddr;
+use crate::net::secure::{Role, SecureError};
+use crate::net::session::{self, Session};
 
 /// How long one probe (connect, handshake, manifest) may take.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -88,18 +88,15 @@ async fn run_probe(
     let stream = TcpStream::connect(addr)
         .await
         .map_err(ProbeError::Connect)?;
-    let (mut rx, mut tx, peer_id) =
-        secure::handshake(stream, identity, Role::Initiator, None).await?;
+    let Session {
+        reader: mut rx,
+        writer: mut tx,
+        remote: peer_id,
+    } = session::open(stream, identity, Role::Initiator, None).await?;
     if peer_id == identity.peer_id() {
         return Err(ProbeError::Myself);
     }
-    tx.feed(&Frame::Hello {
-        version: PROTOCOL_VERSION,
-        min_version: PROTOCOL_VERSION,
-        agent: AGENT.into(),
-    });
-    tx.feed(&Frame::ManifestRequest { file_id: *file });
-    tx.flush().await?;
+    tx.send(&Frame::ManifestRequest { file_id: *file }).await?;
     loop {
         match rx.recv().await?.ok_or(ProbeError::Closed)? {
             Frame::Manifest(manifest) => {
@@ -119,7 +116,7 @@ pub struct DhtFind {
     /// The manifest most of the answering peers agree on.
     pub manifest: Option<Manifest>,
     /// The peers that offered that manifest.
-    pub sources: Vec<Source>,
+    pub sources: Vec<PeerAddr>,
     /// Addresses the DHT gave.
     pub addresses: usize,
 }
@@ -139,16 +136,10 @@ pub async fn dht_sources(
         .filter(|a| *a != own)
         .collect();
     let addresses = addrs.len();
-    let offers: Vec<(Source, Manifest)> = futures_util::stream::iter(addrs)
+    let offers: Vec<(PeerAddr, Manifest)> = futures_util::stream::iter(addrs)
         .map(|addr| async move {
             match probe(identity, addr, file).await {
-                Ok((peer_id, manifest)) => Some((
-                    Source {
-                        peer_id,
-                        addrs: vec![addr],
-                    },
-                    manifest,
-                )),
+                Ok((peer_id, manifest)) => Some((PeerAddr::new(peer_id, vec![addr]), manifest)),
                 Err(e) => {
                     tracing::debug!(%addr, error = %e, "DHT peer unusable");
                     None
@@ -176,18 +167,12 @@ pub async fn dht_sources(
     }
 }
 
-/// Adds `more` to `sources`, one entry per peer id: the addresses of a known peer are added
-/// to its entry.
-pub fn merge_sources(sources: &mut Vec<Source>, more: impl IntoIterator<Item = Source>) {
+/// Adds `more` to `sources`, one entry per peer id: what is new about a known peer is added
+/// to its entry ([`PeerAddr::merge`]).
+pub fn merge_sources(sources: &mut Vec<PeerAddr>, more: impl IntoIterator<Item = PeerAddr>) {
     for source in more {
         match sources.iter_mut().find(|s| s.peer_id == source.peer_id) {
-            Some(known) => {
-                for addr in source.addrs {
-                    if !known.addrs.contains(&addr) {
-                        known.addrs.push(addr);
-                    }
-                }
-            }
+            Some(known) => known.merge(source),
             None => sources.push(source),
         }
     }
@@ -235,34 +220,19 @@ mod tests {
         let a = PeerId([1; 32]);
         let b = PeerId([2; 32]);
         let addr = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
-        let mut sources = vec![Source {
-            peer_id: a,
-            addrs: vec![addr(1)],
-        }];
+        let mut sources = vec![PeerAddr::new(a, vec![addr(1)])];
         merge_sources(
             &mut sources,
             [
-                Source {
-                    peer_id: a,
-                    addrs: vec![addr(1), addr(2)],
-                },
-                Source {
-                    peer_id: b,
-                    addrs: vec![addr(3)],
-                },
+                PeerAddr::new(a, vec![addr(1), addr(2)]),
+                PeerAddr::new(b, vec![addr(3)]),
             ],
         );
         assert_eq!(
             sources,
             vec![
-                Source {
-                    peer_id: a,
-                    addrs: vec![addr(1), addr(2)]
-                },
-                Source {
-                    peer_id: b,
-                    addrs: vec![addr(3)]
-                },
+                PeerAddr::new(a, vec![addr(1), addr(2)]),
+                PeerAddr::new(b, vec![addr(3)]),
             ]
         );
     }

@@ -4,7 +4,6 @@
 //! [`DownloadOptions::max_strikes`]; a peer that vanishes costs only its in-flight chunks.
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,22 +15,17 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use crate::identity::Identity;
-use crate::net::connector::{ConnectionPath, Connector};
+use crate::net::PeerAddr;
+use crate::net::connector::Connector;
 use crate::net::link::{LinkEvent, Subscription};
 use crate::net::secure::SecureError;
+use crate::net::transport::ConnectionPath;
 use crate::storage::{InlineIo, Library, PartialDownload, PartialError, VerifiedChunk};
 use p2p_proto::manifest::ChunkError;
 
 mod score;
 use crate::throttle::Throttle;
 pub use score::{PeerScore, Scoreboard, Sizing};
-
-/// Where a file can be fetched from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Source {
-    pub peer_id: PeerId,
-    pub addrs: Vec<SocketAddr>,
-}
 
 /// Tuning of a download.
 #[derive(Debug, Clone)]
@@ -325,7 +319,7 @@ const SAVE_EVERY: Duration = Duration::from_secs(1);
 pub async fn download(
     identity: &Identity,
     manifest: &Manifest,
-    sources: &[Source],
+    sources: &[PeerAddr],
     data_dir: &Path,
     library: Arc<Library>,
     opts: DownloadOptions,
@@ -365,7 +359,7 @@ pub async fn download(
     let already = shared.sched.lock().complete();
     let mut workers = Vec::new();
     if !already {
-        let peers: Vec<&Source> = sources
+        let peers: Vec<&PeerAddr> = sources
             .iter()
             .filter(|s| s.peer_id != identity.peer_id())
             .collect();
@@ -581,7 +575,7 @@ impl Shared {
 async fn fetch_from(
     shared: &Shared,
     identity: &Identity,
-    source: &Source,
+    source: &PeerAddr,
     lane: Lane,
     opts: &DownloadOptions,
     report: &mut PeerReport,
@@ -852,8 +846,8 @@ async fn fetch_from(
 }
 
 /// The worker error for a link that ended.
-fn closed(why: Option<String>) -> WorkerError {
-    why.map_or(WorkerError::Closed, WorkerError::Connect)
+fn closed(why: Option<Arc<SecureError>>) -> WorkerError {
+    why.map_or(WorkerError::Closed, |e| WorkerError::Connect(e.to_string()))
 }
 
 fn without(mut have: Bitfield, index: u64) -> Bitfield {

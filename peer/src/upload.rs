@@ -1,5 +1,5 @@
-//! Serving chunks: the listener that accepts peers and the per-connection loop that answers
-//! manifest and chunk requests from the [`Library`].
+//! Serving chunks: the per-connection loop that answers manifest and chunk requests from the
+//! [`Library`], for every session the acceptor ([`crate::net::accept`]) opens.
 
 use std::sync::Arc;
 
@@ -9,131 +9,41 @@ use futures_util::stream::FuturesOrdered;
 use p2p_proto::FileId;
 use p2p_proto::wire::{self, Frame, PROTOCOL_VERSION, RejectCode};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
-use crate::identity::Identity;
-use crate::net::punch::AcceptedStream;
-use crate::net::relay::Incoming;
-use crate::net::secure::{self, Outbox, Role, SecureError, SecureReader, SecureWriter};
+use crate::net::accept::Serve;
+use crate::net::secure::{Outbox, SecureError, SecureReader, SecureWriter};
+use crate::net::session::{Session, speaks_our_version};
+use crate::net::transport::ConnectionPath;
 use crate::storage::{ChunkBuf, Library, LibraryError};
 use crate::throttle::Throttle;
 
-/// The name peers announce in `Hello`.
-pub const AGENT: &str = concat!("p2p-peer/", env!("CARGO_PKG_VERSION"));
-
-/// Accepts connections until `shutdown`, serving each on its own task.
-pub async fn serve(
-    listener: TcpListener,
-    identity: Identity,
+/// Answers the sessions other peers open to us (see [`crate::net::accept::Acceptor`]) from
+/// the library, within the upload limit.
+#[derive(Debug)]
+pub struct Uploader {
     library: Arc<Library>,
     throttle: Arc<Throttle>,
-    shutdown: CancellationToken,
-) {
-    loop {
-        let (stream, addr) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        tokio::spawn(serve_stream(
-            stream,
-            addr.to_string(),
-            identity.clone(),
-            library.clone(),
-            throttle.clone(),
-            shutdown.clone(),
-            true,
-        ));
+}
+
+impl Uploader {
+    pub fn new(library: Arc<Library>, throttle: Arc<Throttle>) -> Self {
+        Self { library, throttle }
     }
 }
 
-/// Serves streams other peers open to us through the relay, until `shutdown`.
-pub async fn serve_relayed(
-    incoming: tokio::sync::mpsc::Receiver<Incoming>,
-    identity: Identity,
-    library: Arc<Library>,
-    throttle: Arc<Throttle>,
-    shutdown: CancellationToken,
-) {
-    let split = |i: Incoming| (i.stream, format!("relay:{}", i.from));
-    serve_channel(incoming, split, identity, library, throttle, shutdown).await;
-}
-
-/// Serves streams other peers open to us on hole-punched QUIC connections, until `shutdown`.
-pub async fn serve_punched(
-    accepted: tokio::sync::mpsc::Receiver<AcceptedStream>,
-    identity: Identity,
-    library: Arc<Library>,
-    throttle: Arc<Throttle>,
-    shutdown: CancellationToken,
-) {
-    let split = |a: AcceptedStream| (a.stream, format!("quic:{}", a.from));
-    serve_channel(accepted, split, identity, library, throttle, shutdown).await;
-}
-
-/// Serves each stream `incoming` yields (`split` gives the stream and a label for logs).
-async fn serve_channel<T, S>(
-    mut incoming: tokio::sync::mpsc::Receiver<T>,
-    split: impl Fn(T) -> (S, String),
-    identity: Identity,
-    library: Arc<Library>,
-    throttle: Arc<Throttle>,
-    shutdown: CancellationToken,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    loop {
-        let next = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            next = incoming.recv() => next,
-        };
-        let Some(item) = next else {
-            return;
-        };
-        let (stream, from) = split(item);
-        tokio::spawn(serve_stream(
-            stream,
-            from,
-            identity.clone(),
-            library.clone(),
-            throttle.clone(),
-            shutdown.clone(),
-            false,
-        ));
-    }
-}
-
-/// Runs the handshake on a stream from any path, then answers the peer until it leaves. With
-/// `in_place`, chunk reads run on this task while the disk keeps up; only plain TCP asks for
-/// that (see [`crate::storage::InlineIo`] for why relayed and hole-punched streams do not).
-pub async fn serve_stream<S>(
-    stream: S,
-    from: String,
-    identity: Identity,
-    library: Arc<Library>,
-    throttle: Arc<Throttle>,
-    shutdown: CancellationToken,
-    in_place: bool,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let served = async {
-        let (rx, tx, remote) = secure::handshake(stream, &identity, Role::Responder, None).await?;
-        tracing::debug!(%from, peer = %remote, "peer connected");
-        serve_connection(rx, tx, &library, &throttle, in_place).await
-    };
-    tokio::select! {
-        _ = shutdown.cancelled() => {}
-        result = served => if let Err(e) = result {
-            tracing::debug!(%from, error = %e, "connection ended");
-        }
+impl Serve for Uploader {
+    /// Chunk reads run on the connection's task while the disk keeps up only over plain TCP
+    /// (see [`crate::storage::InlineIo`] for why relayed and hole-punched streams do not).
+    async fn serve(&self, session: Session, path: ConnectionPath) -> Result<(), SecureError> {
+        let in_place = path == ConnectionPath::Direct;
+        serve_connection(
+            session.reader,
+            session.writer,
+            &self.library,
+            &self.throttle,
+            in_place,
+        )
+        .await
     }
 }
 
@@ -147,8 +57,10 @@ const READ_AHEAD: usize = 4;
 /// its peers in a few messages, not one message (and one wake-up at the other end) per chunk.
 const HAVE_DELAY: std::time::Duration = std::time::Duration::from_millis(20);
 
-/// Answers one peer until it disconnects. Frames are read on their own task (a frame read is
-/// not cancel-safe), chunk reads run ahead of sending, and answers go out in request order.
+/// Answers one peer, whose session is open (our `Hello` sent), until it disconnects. Frames
+/// are read on their own task (a frame read is not cancel-safe), chunk reads run ahead of
+/// sending, and answers go out in request order. With `in_place`, chunk reads run on this task
+/// while the disk keeps up.
 pub async fn serve_connection<R, W>(
     rx: SecureReader<R>,
     mut tx: SecureWriter<W>,
@@ -160,12 +72,6 @@ where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin,
 {
-    tx.send(&Frame::Hello {
-        version: PROTOCOL_VERSION,
-        min_version: PROTOCOL_VERSION,
-        agent: AGENT.into(),
-    })
-    .await?;
     let (frames_tx, mut frames) = tokio::sync::mpsc::channel(64);
     let reader = tokio::spawn(read_frames(rx, frames_tx));
     let mut reads = FuturesOrdered::new();
@@ -189,7 +95,7 @@ where
                         version,
                         min_version,
                         ..
-                    } if version < PROTOCOL_VERSION || min_version > PROTOCOL_VERSION => {
+                    } if !speaks_our_version(version, min_version) => {
                         tx.send(&Frame::Error {
                             code: 1,
                             message: format!("protocol version {PROTOCOL_VERSION} only"),

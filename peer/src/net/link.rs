@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use p2p_proto::wire::{Frame, PROTOCOL_VERSION};
+use p2p_proto::wire::Frame;
 use p2p_proto::{FileId, PeerId};
 use parking_lot::Mutex;
 use tokio::io::WriteHalf;
@@ -25,9 +25,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::identity::Identity;
-use crate::net::connector::{BoxedTransport, ConnectionPath};
-use crate::net::secure::{self, Role, SecureError, SecureReader, SecureWriter};
-use crate::upload::AGENT;
+use crate::net::secure::{Role, SecureError, SecureReader, SecureWriter};
+use crate::net::session::{self, Session};
+use crate::net::transport::{BoxedTransport, ConnectionPath};
 
 /// A link without downloads closes after this.
 pub const LINK_IDLE: Duration = Duration::from_secs(60);
@@ -38,8 +38,8 @@ const SUBSCRIPTION_QUEUE: usize = 64;
 #[derive(Debug)]
 pub enum LinkEvent {
     Frame(Frame),
-    /// The session ended (with the reason, when it failed).
-    Closed(Option<String>),
+    /// The session ended (with the error, when it failed; shared by every download on it).
+    Closed(Option<Arc<SecureError>>),
 }
 
 #[derive(Debug, Default)]
@@ -75,21 +75,18 @@ pub struct Link {
 }
 
 impl Link {
-    /// Runs the handshake on `stream` (which must reach `peer`) and starts routing.
+    /// Opens the session on `stream` (which must reach `peer`) and starts routing.
     pub async fn open(
         stream: BoxedTransport,
         path: ConnectionPath,
         identity: &Identity,
         peer: PeerId,
     ) -> Result<Arc<Self>, SecureError> {
-        let (rx, mut tx, _) =
-            secure::handshake(stream, identity, Role::Initiator, Some(peer)).await?;
-        tx.feed(&Frame::Hello {
-            version: PROTOCOL_VERSION,
-            min_version: PROTOCOL_VERSION,
-            agent: AGENT.into(),
-        });
-        tx.flush().await?;
+        let Session {
+            reader: rx,
+            writer: tx,
+            ..
+        } = session::open(stream, identity, Role::Initiator, Some(peer)).await?;
         let (writes, queue) = mpsc::unbounded_channel();
         let link = Arc::new(Self {
             peer,
@@ -283,7 +280,7 @@ async fn route(
                     }
                 }
                 Ok(None) => break None,
-                Err(e) => break Some(e.to_string()),
+                Err(e) => break Some(Arc::new(e)),
             },
         }
     };

@@ -23,17 +23,20 @@ use curve25519_dalek::montgomery::MontgomeryPoint;
 use futures_util::{SinkExt, StreamExt};
 use p2p_proto::PeerId;
 use p2p_proto::relay::{
-    CloseCode, INCOMING_STREAM_BIT, INITIAL_WINDOW, MAX_DATA_LEN, RelayFrame, error_code, proof_mac,
+    CloseCode, INCOMING_STREAM_BIT, INITIAL_WINDOW, MAX_DATA_LEN, RelayFrame, RelayFrameError,
+    error_code, proof_mac,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::http::header::InvalidHeaderValue;
+use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
 
 use crate::identity::Identity;
-use crate::net::punch::PunchTicket;
+use crate::net::addr::RelayUrl;
+use crate::net::ticket::PunchTicket;
 use p2p_proto::punch::Nonce16;
 
 /// How long attaching (connect, challenge, proof) may take.
@@ -58,15 +61,25 @@ const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// Why the relay could not be used.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RelayError {
     #[error("relay URL {0:?}: expected http(s)://host:port or ws(s)://host:port")]
     Url(String),
+    #[error("relay URL: {0}")]
+    Request(#[source] Box<tungstenite::Error>),
+    #[error("the API key is not a valid header")]
+    ApiKey(#[source] InvalidHeaderValue),
     #[error("cannot reach the relay: {0}")]
-    Connect(String),
+    Connect(#[source] Box<tungstenite::Error>),
+    #[error("cannot reach the relay: timed out")]
+    AttachTimeout,
     #[error("the relay refused us: {0}")]
     Refused(String),
+    #[error("the relay refused the punch: {0}")]
+    PunchRefused(CloseCode),
+    #[error("relay protocol: {0}")]
+    Decode(#[from] RelayFrameError),
     #[error("relay protocol: {0}")]
     Protocol(String),
     #[error("not attached to the relay")]
@@ -86,13 +99,13 @@ pub enum RelayStatus {
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
     /// `ws://host:port/relay` (see [`relay_url`]).
-    pub url: String,
+    pub url: RelayUrl,
     /// The tracker API key or JWT.
     pub token: Option<String>,
 }
 
 /// The hub's URL for a tracker base URL: `http://t:8080` → `ws://t:8080/relay`.
-pub fn relay_url(tracker: &str) -> Result<String, RelayError> {
+pub fn relay_url(tracker: &str) -> Result<RelayUrl, RelayError> {
     let t = tracker.trim().trim_end_matches('/');
     let rest = |p: &str| t.strip_prefix(p).map(str::to_owned);
     let url = if let Some(r) = rest("http://") {
@@ -106,13 +119,13 @@ pub fn relay_url(tracker: &str) -> Result<String, RelayError> {
     } else {
         return Err(RelayError::Url(tracker.to_owned()));
     };
-    Ok(url)
+    Ok(RelayUrl::from(url))
 }
 
 /// The host of a tracker URL (`http://t:8080` → `t`), where its UDP rendezvous is.
 pub fn tracker_host(tracker: &str) -> Result<String, RelayError> {
     let bad = || RelayError::Url(tracker.to_owned());
-    let url = reqwest::Url::parse(&relay_url(tracker)?).map_err(|_| bad())?;
+    let url = reqwest::Url::parse(relay_url(tracker)?.as_str()).map_err(|_| bad())?;
     // An IPv6 host without the brackets the URL writes: the form a socket address lookup takes.
     url.host_str()
         .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_owned())
@@ -130,6 +143,7 @@ pub struct Incoming {
 /// A handle on the relay connection; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct RelayClient {
+    url: RelayUrl,
     commands: watch::Receiver<Option<mpsc::Sender<Command>>>,
     status: watch::Receiver<RelayStatus>,
     next_stream: Arc<AtomicU32>,
@@ -224,6 +238,11 @@ impl AsyncWrite for RelayStream {
 }
 
 impl RelayClient {
+    /// The hub this client attaches to.
+    pub fn url(&self) -> &RelayUrl {
+        &self.url
+    }
+
     /// The current status.
     pub fn status(&self) -> RelayStatus {
         self.status.borrow().clone()
@@ -285,7 +304,7 @@ impl RelayClient {
         self.command(Command::Punch { request, to, reply }).await?;
         tokio::time::timeout(PUNCH_REQUEST_TIMEOUT, answer)
             .await
-            .map_err(|_| RelayError::Protocol("no answer to the punch request".into()))?
+            .map_err(|_| RelayError::Protocol("no answer to the punch request".to_owned()))?
             .map_err(|_| RelayError::NotAttached)?
     }
 }
@@ -353,6 +372,7 @@ pub fn spawn_with_punch(
     mpsc::Receiver<PunchTicket>,
 ) {
     let (invites_tx, invites_rx) = mpsc::channel(INVITE_QUEUE);
+    let url = config.url.clone();
     let (commands_tx, commands_rx) = watch::channel(None);
     let (status_tx, status_rx) = watch::channel(RelayStatus::Connecting);
     let (incoming_tx, incoming_rx) = mpsc::channel(INCOMING_QUEUE);
@@ -363,7 +383,7 @@ pub fn spawn_with_punch(
             let attempt = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 r = tokio::time::timeout(ATTACH_TIMEOUT, attach(&identity, &config)) => {
-                    r.unwrap_or_else(|_| Err(RelayError::Connect("timed out".into())))
+                    r.unwrap_or(Err(RelayError::AttachTimeout))
                 }
             };
             let why = match attempt {
@@ -393,6 +413,7 @@ pub fn spawn_with_punch(
     });
     (
         RelayClient {
+            url,
             commands: commands_rx,
             status: status_rx,
             next_stream: Arc::new(AtomicU32::new(1)),
@@ -410,17 +431,16 @@ async fn attach(identity: &Identity, config: &RelayConfig) -> Result<Ws, RelayEr
     let url = format!("{}?peer_id={}", config.url, identity.peer_id());
     let mut request = url
         .into_client_request()
-        .map_err(|e| RelayError::Url(e.to_string()))?;
+        .map_err(|e| RelayError::Request(Box::new(e)))?;
     if let Some(token) = &config.token {
-        let value = HeaderValue::from_str(token)
-            .map_err(|_| RelayError::Url("the API key is not a valid header".into()))?;
+        let value = HeaderValue::from_str(token).map_err(RelayError::ApiKey)?;
         request.headers_mut().insert("x-api-key", value);
     }
     let (mut ws, _) = tokio_tungstenite::connect_async(request)
         .await
-        .map_err(|e| RelayError::Connect(e.to_string()))?;
+        .map_err(|e| RelayError::Connect(Box::new(e)))?;
     let Some(RelayFrame::Challenge { server_key, nonce }) = next_frame(&mut ws).await? else {
-        return Err(RelayError::Protocol("expected a challenge".into()));
+        return Err(RelayError::Protocol("expected a challenge".to_owned()));
     };
     let shared = MontgomeryPoint(server_key)
         .mul_clamped(*identity.secret())
@@ -432,7 +452,7 @@ async fn attach(identity: &Identity, config: &RelayConfig) -> Result<Ws, RelayEr
     };
     ws.send(Message::Binary(proof.to_vec().into()))
         .await
-        .map_err(|e| RelayError::Connect(e.to_string()))?;
+        .map_err(|e| RelayError::Connect(Box::new(e)))?;
     match next_frame(&mut ws).await? {
         Some(RelayFrame::Attached) => Ok(ws),
         Some(RelayFrame::Error { message, .. }) => Err(RelayError::Refused(message)),
@@ -446,13 +466,11 @@ async fn next_frame(ws: &mut Ws) -> Result<Option<RelayFrame>, RelayError> {
     loop {
         match ws.next().await {
             Some(Ok(Message::Binary(b))) => {
-                return RelayFrame::decode(b)
-                    .map(Some)
-                    .map_err(|e| RelayError::Protocol(e.to_string()));
+                return Ok(Some(RelayFrame::decode(b)?));
             }
             Some(Ok(Message::Close(_))) | None => return Ok(None),
             Some(Ok(_)) => continue,
-            Some(Err(e)) => return Err(RelayError::Connect(e.to_string())),
+            Some(Err(e)) => return Err(RelayError::Connect(Box::new(e))),
         }
     }
 }
@@ -585,7 +603,7 @@ async fn run_session(
                     }
                     RelayFrame::PunchFailed { request, code } => {
                         if let Some(reply) = punches.requested.remove(&request) {
-                            let _ = reply.send(Err(RelayError::Refused(code.to_string())));
+                            let _ = reply.send(Err(RelayError::PunchRefused(code)));
                         } else if let Some(go) = punches
                             .sessions
                             .remove(&request)
@@ -693,10 +711,11 @@ mod tests {
 
     #[test]
     fn relay_urls_follow_the_tracker_url() {
-        assert_eq!(relay_url("http://t:8080").unwrap(), "ws://t:8080/relay");
-        assert_eq!(relay_url("https://t/").unwrap(), "wss://t/relay");
-        assert_eq!(relay_url("t:9").unwrap(), "ws://t:9/relay");
-        assert_eq!(relay_url("ws://t:1").unwrap(), "ws://t:1/relay");
+        let url = |t: &str| relay_url(t).unwrap().as_str().to_owned();
+        assert_eq!(url("http://t:8080"), "ws://t:8080/relay");
+        assert_eq!(url("https://t/"), "wss://t/relay");
+        assert_eq!(url("t:9"), "ws://t:9/relay");
+        assert_eq!(url("ws://t:1"), "ws://t:1/relay");
         assert!(relay_url("ftp://t").is_err());
         assert!(relay_url("").is_err());
     }
