@@ -1,5 +1,9 @@
-//! A running peer: identity, library, the acceptor serving chunks on every inbound path, the
-//! connector, limits and the DHT, assembled from the command line.
+//! Start-up: a running peer assembled from the command line.
+//!
+//! [`Node`] is the peer itself: identity, library, the acceptor serving chunks on every inbound
+//! path, the connector, limits and the DHT. [`Peer`] adds the tracker: the registration
+//! session, discovery, and downloads that keep the tracker and the DHT told of their progress.
+//! The shell, the daemon and `p2p-download` run a [`Peer`]; they only present it.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -19,6 +23,10 @@ use crate::net::relay::{self, RelayClient, RelayConfig, RelayError};
 use crate::storage::{Library, LibraryError};
 use crate::throttle::Throttle;
 use crate::upload::Uploader;
+
+mod peer;
+
+pub use peer::{FetchError, Peer, PeerError};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
