@@ -7,9 +7,8 @@
 //! times the least latency, the round trip plus one chunk's sending with nothing queued before
 //! it) with [`BDP_GAIN`] headroom, plus [`QUEUE_CHUNKS`] queued at the peer. That keeps a long
 //! link full without queueing more than it needs: a deeper queue only holds data in socket
-//! buffers longer, out of the CPU caches (on loopback, 8 MiB in flight instead of 2 MiB cost a
-//! sixth of the throughput, see `bench/README.md`), and lets a slow peer sit on chunks a fast
-//! one could deliver. Only peers within [`ENDGAME_FRACTION`] of the best take part in the
+//! buffers longer, out of the CPU caches (on loopback it costs throughput; the measurements are
+//! in `bench/README.md`), and lets a slow peer sit on chunks a fast one could deliver. Only peers within [`ENDGAME_FRACTION`] of the best take part in the
 //! endgame.
 
 use std::collections::HashMap;
@@ -50,8 +49,9 @@ pub enum Sizing {
     /// Relayed or hole-punched: the stream crosses user-space hops (the relay hub and its
     /// per-stream windows, QUIC's own congestion control) whose latency grows with load at
     /// every hop, so the least latency says little about what keeps it full (sized from it,
-    /// a relayed transfer lost half its throughput). The peer may queue [`QUEUE_TARGET`] of
-    /// its own throughput instead; the tunnel's windows bound what is really in flight.
+    /// a relayed transfer lost much of its throughput; see `bench/README.md`). The peer may
+    /// queue [`QUEUE_TARGET`] of its own throughput instead; the tunnel's windows bound what
+    /// is really in flight.
     Queue,
 }
 

@@ -53,9 +53,8 @@ const INVITE_QUEUE: usize = 16;
 const PUNCH_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Grant credit back once this much was read. A grant crosses the hub and every task on the
 /// way, which under load takes tens of milliseconds, so the sender should hear of room early:
-/// with a quarter of the window per grant the relayed run of `bench/relay` waited on credit
-/// (183-298 MB/s), with a sixteenth it moved 274-418 MB/s; an even smaller step sends more
-/// grants through the hub and was no faster (a 32nd 197-335, a 64th 195-244).
+/// with larger steps the relayed run of `bench/relay` waited on credit; smaller ones send more
+/// grants through the hub without moving more data (figures in `bench/README.md`).
 const GRANT_STEP: u32 = INITIAL_WINDOW / 16;
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
