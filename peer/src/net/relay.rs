@@ -483,152 +483,215 @@ async fn run_session(
     invites: &mpsc::Sender<PunchTicket>,
     shutdown: &CancellationToken,
 ) -> String {
-    let (mut sink, mut source) = ws.split();
-    let (frames, mut to_send) = mpsc::channel::<Message>(OUTBOUND_QUEUE);
-    let writer = tokio::spawn(async move {
-        while let Some(first) = to_send.recv().await {
-            // Batch whatever else is queued into one flush.
-            let mut next = Some(first);
-            while let Some(msg) = next.take() {
-                if sink.feed(msg).await.is_err() {
-                    return;
-                }
-                next = to_send.try_recv().ok();
-            }
-            if sink.flush().await.is_err() {
-                return;
-            }
-        }
-        let _ = sink.close().await;
-    });
-    let out = Outbound {
-        frames,
-        commands: commands_tx,
+    let (sink, mut source) = ws.split();
+    let (frames, to_send) = mpsc::channel::<Message>(OUTBOUND_QUEUE);
+    let writer = tokio::spawn(write_frames(sink, to_send));
+    let mut session = Attached {
+        out: Outbound {
+            frames,
+            commands: commands_tx,
+        },
+        streams: HashMap::new(),
+        punches: Punches::default(),
+        incoming,
+        invites,
     };
-    let mut streams: HashMap<u32, StreamEntry> = HashMap::new();
-    let mut punches = Punches::default();
     let why = loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break "shutting down".to_owned(),
+        let step = tokio::select! {
+            _ = shutdown.cancelled() => Err("shutting down".to_owned()),
             command = commands.recv() => match command {
-                Some(Command::Open { stream, to, entry, far }) => {
-                    streams.insert(stream, entry);
-                    // `Open` is queued before the bridge can queue any `Data` for the stream.
-                    if send(&out.frames, &RelayFrame::Open { stream, to }).await.is_err() {
-                        break "connection lost".to_owned();
-                    }
-                    spawn_bridge(stream, far, out.clone());
-                }
-                Some(Command::Close(stream)) => {
-                    if let Some(entry) = streams.remove(&stream) {
-                        entry.end(CloseCode::Normal);
-                        let _ = send(&out.frames, &RelayFrame::Close { stream, code: CloseCode::Normal }).await;
-                    }
-                }
-                Some(Command::Decline(session)) => {
-                    if send(&out.frames, &RelayFrame::PunchDecline { session }).await.is_err() {
-                        break "connection lost".to_owned();
-                    }
-                }
-                Some(Command::Punch { request, to, reply }) => {
-                    punches.requested.retain(|_, r| !r.is_closed());
-                    punches.requested.insert(request, reply);
-                    if send(&out.frames, &RelayFrame::PunchRequest { request, to }).await.is_err() {
-                        break "connection lost".to_owned();
-                    }
-                }
-                None => break "client dropped".to_owned(),
+                Some(command) => session.on_command(command).await,
+                None => Err("client dropped".to_owned()),
             },
-            msg = source.next() => {
-                let frame = match msg {
-                    Some(Ok(Message::Binary(b))) => match RelayFrame::decode(b) {
-                        Ok(f) => f,
-                        Err(e) => break format!("bad frame from the relay: {e}"),
-                    },
-                    Some(Ok(Message::Close(_))) | None => break "the relay closed".to_owned(),
-                    Some(Ok(_)) => continue,
-                    Some(Err(e)) => break e.to_string(),
-                };
-                match frame {
-                    RelayFrame::Data { stream, data } => {
-                        if let Some(entry) = streams.get(&stream) {
-                            let _ = entry.inbound.send(data);
-                        }
-                    }
-                    RelayFrame::Window { stream, credit } => {
-                        if let Some(entry) = streams.get(&stream) {
-                            entry.credit.add_permits(credit as usize);
-                        }
-                    }
-                    RelayFrame::Close { stream, code } => {
-                        if let Some(entry) = streams.remove(&stream) {
-                            entry.end(code);
-                        }
-                    }
-                    RelayFrame::Incoming { stream, from } => {
-                        let (app, entry, far) = new_stream(from);
-                        match incoming.try_send(Incoming { from, stream: app }) {
-                            Ok(()) => {
-                                streams.insert(stream, entry);
-                                spawn_bridge(stream, far, out.clone());
-                            }
-                            Err(_) => {
-                                let _ = send(&out.frames, &RelayFrame::Close { stream, code: CloseCode::Other(16) }).await;
-                            }
-                        }
-                    }
-                    RelayFrame::PunchBind { request, peer, session, token, udp_port } => {
-                        let (tx, go) = oneshot::channel();
-                        punches.go.retain(|_, g| !g.is_closed());
-                        punches.go.insert(session, tx);
-                        let ticket = PunchTicket { peer, session, token, udp_port, go };
-                        if request == 0 {
-                            // Nobody picks invitations up (punching is off) or too many wait:
-                            // decline, so the asker moves on to the relay at once.
-                            if invites.try_send(ticket).is_err() {
-                                punches.go.remove(&session);
-                                let _ = send(&out.frames, &RelayFrame::PunchDecline { session }).await;
-                            }
-                        } else if let Some(reply) = punches.requested.remove(&request) {
-                            punches.sessions.retain(|_, s| punches.go.contains_key(s));
-                            punches.sessions.insert(request, session);
-                            let _ = reply.send(Ok(ticket));
-                        }
-                    }
-                    RelayFrame::PunchGo { session, addr } => {
-                        if let Some(go) = punches.go.remove(&session) {
-                            let _ = go.send(Ok(addr));
-                        }
-                    }
-                    RelayFrame::PunchFailed { request, code } => {
-                        if let Some(reply) = punches.requested.remove(&request) {
-                            let _ = reply.send(Err(RelayError::PunchRefused(code)));
-                        } else if let Some(go) = punches
-                            .sessions
-                            .remove(&request)
-                            .and_then(|session| punches.go.remove(&session))
-                        {
-                            // The invited peer declined after we got our ticket.
-                            let _ = go.send(Err(code));
-                        }
-                    }
-                    RelayFrame::Error { code, message } => {
-                        tracing::warn!(code, %message, "relay error");
-                        if code == error_code::REPLACED {
-                            break message;
-                        }
-                    }
-                    other => tracing::debug!(?other, "unexpected relay frame"),
-                }
-            }
+            msg = source.next() => match msg {
+                Some(Ok(Message::Binary(b))) => match RelayFrame::decode(b) {
+                    Ok(frame) => session.on_frame(frame).await,
+                    Err(e) => Err(format!("bad frame from the relay: {e}")),
+                },
+                Some(Ok(Message::Close(_))) | None => Err("the relay closed".to_owned()),
+                Some(Ok(_)) => Ok(()),
+                Some(Err(e)) => Err(e.to_string()),
+            },
+        };
+        if let Err(why) = step {
+            break why;
         }
     };
-    for (_, entry) in streams.drain() {
+    for (_, entry) in session.streams.drain() {
         entry.end(CloseCode::Gone);
     }
-    drop(out);
+    drop(session);
     writer.abort();
     why
+}
+
+/// Sends the session's frames, batching whatever is queued into one flush, until the queue
+/// closes or the WebSocket fails.
+async fn write_frames(
+    mut sink: futures_util::stream::SplitSink<Ws, Message>,
+    mut to_send: mpsc::Receiver<Message>,
+) {
+    while let Some(first) = to_send.recv().await {
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            if sink.feed(msg).await.is_err() {
+                return;
+            }
+            next = to_send.try_recv().ok();
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = sink.close().await;
+}
+
+/// One attached session's state: its streams and punches, and where new ones go.
+struct Attached<'a> {
+    out: Outbound,
+    streams: HashMap<u32, StreamEntry>,
+    punches: Punches,
+    incoming: &'a mpsc::Sender<Incoming>,
+    invites: &'a mpsc::Sender<PunchTicket>,
+}
+
+/// Why a session ends, for the status and the log.
+type Ended = String;
+
+impl Attached<'_> {
+    /// Carries out a command from a [`RelayClient`].
+    async fn on_command(&mut self, command: Command) -> Result<(), Ended> {
+        let lost = || "connection lost".to_owned();
+        match command {
+            Command::Open {
+                stream,
+                to,
+                entry,
+                far,
+            } => {
+                self.streams.insert(stream, entry);
+                // `Open` is queued before the bridge can queue any `Data` for the stream.
+                send(&self.out.frames, &RelayFrame::Open { stream, to })
+                    .await
+                    .map_err(|_| lost())?;
+                spawn_bridge(stream, far, self.out.clone());
+            }
+            Command::Close(stream) => {
+                if let Some(entry) = self.streams.remove(&stream) {
+                    entry.end(CloseCode::Normal);
+                    let code = CloseCode::Normal;
+                    let _ = send(&self.out.frames, &RelayFrame::Close { stream, code }).await;
+                }
+            }
+            Command::Decline(session) => {
+                send(&self.out.frames, &RelayFrame::PunchDecline { session })
+                    .await
+                    .map_err(|_| lost())?;
+            }
+            Command::Punch { request, to, reply } => {
+                self.punches.requested.retain(|_, r| !r.is_closed());
+                self.punches.requested.insert(request, reply);
+                send(&self.out.frames, &RelayFrame::PunchRequest { request, to })
+                    .await
+                    .map_err(|_| lost())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Handles a frame from the hub.
+    async fn on_frame(&mut self, frame: RelayFrame) -> Result<(), Ended> {
+        match frame {
+            RelayFrame::Data { stream, data } => {
+                if let Some(entry) = self.streams.get(&stream) {
+                    let _ = entry.inbound.send(data);
+                }
+            }
+            RelayFrame::Window { stream, credit } => {
+                if let Some(entry) = self.streams.get(&stream) {
+                    entry.credit.add_permits(credit as usize);
+                }
+            }
+            RelayFrame::Close { stream, code } => {
+                if let Some(entry) = self.streams.remove(&stream) {
+                    entry.end(code);
+                }
+            }
+            RelayFrame::Incoming { stream, from } => self.on_incoming(stream, from).await,
+            RelayFrame::PunchBind {
+                request,
+                peer,
+                session,
+                token,
+                udp_port,
+            } => {
+                let (tx, go) = oneshot::channel();
+                let ticket = PunchTicket {
+                    peer,
+                    session,
+                    token,
+                    udp_port,
+                    go,
+                };
+                self.on_punch_bind(request, ticket, tx).await;
+            }
+            RelayFrame::PunchGo { session, addr } => {
+                if let Some(go) = self.punches.go.remove(&session) {
+                    let _ = go.send(Ok(addr));
+                }
+            }
+            RelayFrame::PunchFailed { request, code } => self.punches.failed(request, code),
+            RelayFrame::Error { code, message } => {
+                tracing::warn!(code, %message, "relay error");
+                if code == error_code::REPLACED {
+                    return Err(message);
+                }
+            }
+            other => tracing::debug!(?other, "unexpected relay frame"),
+        }
+        Ok(())
+    }
+
+    /// Another peer opened a stream to us: handed to whoever takes incoming streams, or closed
+    /// when too many wait.
+    async fn on_incoming(&mut self, stream: u32, from: PeerId) {
+        let (app, entry, far) = new_stream(from);
+        match self.incoming.try_send(Incoming { from, stream: app }) {
+            Ok(()) => {
+                self.streams.insert(stream, entry);
+                spawn_bridge(stream, far, self.out.clone());
+            }
+            Err(_) => {
+                let code = CloseCode::Other(16);
+                let _ = send(&self.out.frames, &RelayFrame::Close { stream, code }).await;
+            }
+        }
+    }
+
+    /// The hub hands out a punch ticket: for our request (`request` ≠ 0), or an invitation.
+    async fn on_punch_bind(
+        &mut self,
+        request: u32,
+        ticket: PunchTicket,
+        go: oneshot::Sender<Result<std::net::SocketAddr, CloseCode>>,
+    ) {
+        let session = ticket.session;
+        self.punches.go.retain(|_, g| !g.is_closed());
+        self.punches.go.insert(session, go);
+        if request == 0 {
+            // Nobody picks invitations up (punching is off) or too many wait: decline, so the
+            // asker moves on to the relay at once.
+            if self.invites.try_send(ticket).is_err() {
+                self.punches.go.remove(&session);
+                let _ = send(&self.out.frames, &RelayFrame::PunchDecline { session }).await;
+            }
+        } else if let Some(reply) = self.punches.requested.remove(&request) {
+            let punches = &mut self.punches;
+            punches.sessions.retain(|_, s| punches.go.contains_key(s));
+            punches.sessions.insert(request, session);
+            let _ = reply.send(Ok(ticket));
+        }
+    }
 }
 
 /// Punches in progress on one attached session.
@@ -640,6 +703,22 @@ struct Punches {
     go: HashMap<Nonce16, oneshot::Sender<Result<std::net::SocketAddr, CloseCode>>>,
     /// The session of each of our requests that got its ticket, for a later `PunchFailed`.
     sessions: HashMap<u32, Nonce16>,
+}
+
+impl Punches {
+    /// The hub says punch `request` failed: our request was refused, or the invited peer
+    /// declined after we got our ticket.
+    fn failed(&mut self, request: u32, code: CloseCode) {
+        if let Some(reply) = self.requested.remove(&request) {
+            let _ = reply.send(Err(RelayError::PunchRefused(code)));
+        } else if let Some(go) = self
+            .sessions
+            .remove(&request)
+            .and_then(|session| self.go.remove(&session))
+        {
+            let _ = go.send(Err(code));
+        }
+    }
 }
 
 async fn send(frames: &mpsc::Sender<Message>, frame: &RelayFrame) -> Result<(), ()> {
