@@ -10,11 +10,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use p2p_peer::Identity;
-use p2p_peer::download::{DownloadOptions, Source, download};
-use p2p_peer::net::connector::{ConnectionPath, Connector};
+use p2p_peer::download::{DownloadOptions, download};
+use p2p_peer::net::PeerAddr;
+use p2p_peer::net::accept::Acceptor;
+use p2p_peer::net::connector::Connector;
 use p2p_peer::net::relay::{self, RelayConfig};
+use p2p_peer::net::transport::ConnectionPath;
 use p2p_peer::storage::Library;
 use p2p_peer::throttle::Throttle;
+use p2p_peer::upload::Uploader;
 use p2p_tracker::app::{self, RuntimeOptions};
 use p2p_tracker::config::ServeArgs;
 use p2p_tracker::store::SqliteStore;
@@ -54,30 +58,20 @@ async fn main() -> anyhow::Result<()> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let throttle = Arc::new(Throttle::new(None));
-    tokio::spawn(p2p_peer::upload::serve(
-        listener,
+    let acceptor = Acceptor::new(
         seeder.clone(),
-        library.clone(),
-        throttle.clone(),
+        Arc::new(Uploader::new(library, throttle)),
         stop.clone(),
-    ));
+    );
+    acceptor.listen(listener);
     let (seed_relay, incoming) = relay::spawn(seeder.clone(), config.clone(), stop.clone());
-    tokio::spawn(p2p_peer::upload::serve_relayed(
-        incoming,
-        seeder.clone(),
-        library,
-        throttle,
-        stop.clone(),
-    ));
+    acceptor.relayed(incoming);
     seed_relay.wait_attached(Duration::from_secs(10)).await?;
 
     let leecher = Identity::generate()?;
     let (relay, _incoming) = relay::spawn(leecher.clone(), config, stop.clone());
     relay.wait_attached(Duration::from_secs(10)).await?;
-    let source = Source {
-        peer_id: seeder.peer_id(),
-        addrs: vec![addr],
-    };
+    let source = PeerAddr::new(seeder.peer_id(), vec![addr]);
     let mut rates = Vec::new();
     for (name, connector) in [
         ("direct", Connector::direct()),

@@ -14,31 +14,25 @@ use std::time::Instant;
 use anyhow::Context as _;
 
 use p2p_peer::Identity;
-use p2p_peer::download::{DownloadOptions, Source, download};
+use p2p_peer::download::{DownloadOptions, download};
+use p2p_peer::net::PeerAddr;
+use p2p_peer::net::accept::Acceptor;
 use p2p_peer::storage::Library;
 use p2p_peer::throttle::Throttle;
-use p2p_peer::upload::serve;
+use p2p_peer::upload::Uploader;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 /// A listening peer with its own library.
-async fn peer(stop: &CancellationToken) -> anyhow::Result<(Identity, Arc<Library>, Source)> {
+async fn peer(stop: &CancellationToken) -> anyhow::Result<(Identity, Arc<Library>, PeerAddr)> {
     let identity = Identity::generate()?;
     let library = Arc::new(Library::new());
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let throttle = Arc::new(Throttle::new(None));
-    tokio::spawn(serve(
-        listener,
-        identity.clone(),
-        library.clone(),
-        throttle,
-        stop.clone(),
-    ));
-    let source = Source {
-        peer_id: identity.peer_id(),
-        addrs: vec![addr],
-    };
+    let uploader = Arc::new(Uploader::new(library.clone(), throttle));
+    Acceptor::new(identity.clone(), uploader, stop.clone()).listen(listener);
+    let source = PeerAddr::new(identity.peer_id(), vec![addr]);
     Ok((identity, library, source))
 }
 
@@ -149,10 +143,10 @@ async fn leech_process(args: &[String]) -> anyhow::Result<()> {
     let info: serde_json::Value = serde_json::from_slice(&std::fs::read(info)?)?;
     let manifest: p2p_proto::manifest::Manifest = serde_json::from_value(info["manifest"].clone())?;
     let field = |name: &str| info[name].as_str().map(str::to_owned);
-    let source = Source {
-        peer_id: field("peer_id").context("no peer_id")?.parse()?,
-        addrs: vec![field("addr").context("no addr")?.parse()?],
-    };
+    let source = PeerAddr::new(
+        field("peer_id").context("no peer_id")?.parse()?,
+        vec![field("addr").context("no addr")?.parse()?],
+    );
     let pipeline = args.get(1).map(|p| p.parse()).transpose()?.unwrap_or(16);
     let stop = CancellationToken::new();
     let (identity, library, _) = peer(&stop).await?;

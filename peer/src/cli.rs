@@ -1,107 +1,20 @@
-//! The `p2p-peer` shell and daemon, and `p2p-download`.
+//! The `p2p-peer` shell and daemon, and `p2p-download`: parsing commands and presenting what
+//! the peer ([`crate::node::Peer`]) does.
 
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use p2p_proto::api::{AnnounceRequest, PeerConnection, RegisterPeerRequest};
 use p2p_proto::{FileId, Manifest};
 use tokio::io::AsyncBufReadExt;
 
-use crate::config::{DownloadCli, NodeArgs, PeerCli, PeerCommand};
-use crate::discovery::{self, DhtFind, merge_sources};
-use crate::download::{DownloadOptions, DownloadReport, Source, download};
+use crate::config::{DownloadCli, PeerCli, PeerCommand};
+use crate::download::{Contributions, DownloadReport};
 use crate::net::relay::RelayStatus;
-use crate::node::Node;
+use crate::node::Peer;
 use crate::shell::{self, ShellCommand};
 use crate::storage::safe_file_name;
-use crate::tracker_client::{
-    Announcements, Connections, SessionHandle, SessionTiming, TrackerClient, spawn_session,
-};
 use crate::watch;
-
-/// A started node with its tracker session.
-struct Peer {
-    node: Node,
-    tracker: TrackerClient,
-    session: SessionHandle,
-    pipeline: usize,
-}
-
-impl Peer {
-    /// Tells the tracker and the DHT about new files and progress, without waiting.
-    fn announce_now(&self) {
-        self.session.announce_now();
-        self.node.announce_now();
-    }
-}
-
-async fn start(args: &NodeArgs, fallback_to_any_port: bool) -> anyhow::Result<Peer> {
-    let node = match Node::start(args).await {
-        Ok(node) => node,
-        Err(e) if fallback_to_any_port && args.port != 0 => {
-            tracing::info!(error = %e, "port busy; using any free port");
-            let mut any = args.clone();
-            any.port = 0;
-            Node::start(&any).await?
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let tracker = TrackerClient::new(&args.tracker, args.api_key.clone())?;
-    let library = node.library.clone();
-    let announcements: Announcements = {
-        let peer_id = node.identity.peer_id();
-        Arc::new(move || {
-            library
-                .list()
-                .into_iter()
-                .map(|(manifest, have)| AnnounceRequest {
-                    peer_id,
-                    have: (!have.is_complete()).then(|| have.to_base64()),
-                    file: manifest,
-                })
-                .collect()
-        })
-    };
-    let connections: Connections = {
-        let connector = node.connector.clone();
-        Arc::new(move || {
-            connector
-                .paths()
-                .into_iter()
-                .map(|(peer_id, path)| PeerConnection {
-                    peer_id,
-                    path: path.into(),
-                })
-                .collect()
-        })
-    };
-    let register = RegisterPeerRequest {
-        peer_id: node.identity.peer_id(),
-        addresses: args.announce_addrs.clone(),
-        port: node.addr.port(),
-        udp_port: None,
-        relay_only: args.relay_only,
-        name: None,
-        version: Some(env!("CARGO_PKG_VERSION").to_owned()),
-    };
-    let session = spawn_session(
-        tracker.clone(),
-        register,
-        announcements,
-        connections,
-        SessionTiming::default(),
-        node.shutdown.clone(),
-    );
-    Ok(Peer {
-        node,
-        tracker,
-        session,
-        pipeline: args.pipeline,
-    })
-}
 
 async fn shutdown_signal() {
     #[cfg(unix)]
@@ -127,7 +40,7 @@ pub async fn run_peer(cli: PeerCli) -> anyhow::Result<()> {
         })
         .await;
     }
-    let peer = start(&cli.node, false).await?;
+    let peer = Peer::start(&cli.node, false).await?;
     for (path, result) in peer.node.share_data_dir().await {
         match result {
             Ok(m) => tracing::info!(file = %path.display(), id = %m.id, "sharing"),
@@ -153,9 +66,7 @@ pub async fn run_peer(cli: PeerCli) -> anyhow::Result<()> {
     } else {
         shell_loop(&peer).await?;
     }
-    peer.node.shutdown();
-    // The session unregisters from the tracker (bounded: a dead tracker does not hold us up).
-    let _ = tokio::time::timeout(Duration::from_secs(3), peer.session.stopped()).await;
+    peer.stop().await;
     Ok(())
 }
 
@@ -320,113 +231,10 @@ async fn peers(peer: &Peer) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Where a peer from the tracker can be dialled.
-async fn addresses(addresses: &[String], port: u16) -> Vec<SocketAddr> {
-    let mut out = Vec::new();
-    for a in addresses {
-        match a.parse::<IpAddr>() {
-            Ok(ip) => out.push(SocketAddr::new(ip, port)),
-            Err(_) => {
-                if let Ok(found) = tokio::net::lookup_host((a.as_str(), port)).await {
-                    out.extend(found);
-                }
-            }
-        }
-    }
-    out
-}
-
-/// Peers from the tracker, as download sources.
-async fn tracker_sources(peer: &Peer, id: &FileId) -> anyhow::Result<(Manifest, Vec<Source>)> {
-    let details = peer
-        .tracker
-        .file(id)
-        .await
-        .context("asking the tracker for the file")?;
-    let manifest: Manifest = details.manifest;
-    if manifest.id != *id {
-        bail!("the tracker answered with another file");
-    }
-    manifest
-        .validate()
-        .context("the tracker's manifest is inconsistent")?;
-    let swarm = peer
-        .tracker
-        .file_peers(id, Some(&peer.node.identity.peer_id()), 50)
-        .await
-        .context("asking the tracker for peers")?;
-    let mut sources = Vec::new();
-    let relayed = peer.node.relay.is_some();
-    for p in swarm.peers {
-        // A relay-only peer has no address worth dialling; without our own relay, a peer
-        // without addresses cannot be reached at all.
-        let addrs = if p.relay_only {
-            Vec::new()
-        } else {
-            addresses(&p.addresses, p.port).await
-        };
-        if !addrs.is_empty() || relayed {
-            sources.push(Source {
-                peer_id: p.peer_id,
-                addrs,
-            });
-        }
-    }
-    Ok((manifest, sources))
-}
-
-/// How long a DHT lookup may add to a download the tracker already found peers for.
-const DHT_GRACE: Duration = Duration::from_secs(3);
-
-/// The manifest and the peers to fetch `id` from: the tracker's and the DHT's together (one
-/// entry per peer). Either alone is enough; with no tracker the manifest comes from a peer.
-async fn find_sources(peer: &Peer, id: &FileId) -> anyhow::Result<(Manifest, Vec<Source>)> {
-    let lookup = peer.node.dht.clone().map(|dht| {
-        let (identity, own, id) = (peer.node.identity.clone(), peer.node.addr, *id);
-        tokio::spawn(async move { discovery::dht_sources(&dht, &identity, &id, own).await })
-    });
-    let from_tracker = tracker_sources(peer, id).await;
-    let Some(lookup) = lookup else {
-        return from_tracker;
-    };
-    let found = match &from_tracker {
-        // The tracker has peers: the DHT only adds to them, and may not hold the download up.
-        Ok((_, sources)) if !sources.is_empty() => {
-            match tokio::time::timeout(DHT_GRACE, lookup).await {
-                Ok(found) => found.unwrap_or_default(),
-                Err(_) => DhtFind::default(),
-            }
-        }
-        _ => lookup.await.unwrap_or_default(),
-    };
-    tracing::info!(
-        addresses = found.addresses,
-        usable = found.sources.len(),
-        "DHT lookup"
-    );
-    let (manifest, mut sources) = match from_tracker {
-        Ok(known) => known,
-        Err(e) => match found.manifest.clone() {
-            Some(m) => (m, Vec::new()),
-            None => return Err(e.context("no peer offered the file through the DHT either")),
-        },
-    };
-    // Peers offering other content under this id would be refused by the download anyway.
-    if found
-        .manifest
-        .as_ref()
-        .is_some_and(|m| m.same_content(&manifest))
-    {
-        merge_sources(&mut sources, found.sources);
-    }
-    Ok((manifest, sources))
-}
-
+/// Downloads `id`, showing a progress bar with each peer's share.
 async fn fetch(peer: &Peer, id: &FileId) -> anyhow::Result<DownloadReport> {
-    let (manifest, sources) = find_sources(peer, id).await?;
-    if sources.is_empty() {
-        bail!("no online peer has {}", manifest.name);
-    }
+    let (manifest, sources) = peer.find(id).await?;
+    let name = safe_file_name(&manifest.name, &manifest.id.to_string());
     let bar = ProgressBar::new(manifest.size);
     bar.set_style(
         ProgressStyle::with_template(
@@ -435,82 +243,61 @@ async fn fetch(peer: &Peer, id: &FileId) -> anyhow::Result<DownloadReport> {
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> "),
     );
-    bar.set_message(safe_file_name(&manifest.name, &manifest.id.to_string()));
-    let contributions = Arc::new(crate::download::Contributions::default());
-    let progress = {
-        let contributions = contributions.clone();
-        let name = safe_file_name(&manifest.name, &manifest.id.to_string());
-        let (bar, library, id, m) = (
-            bar.clone(),
-            peer.node.library.clone(),
-            *id,
-            manifest.clone(),
-        );
-        let session = peer.session.clone();
-        let dht_announcer = peer.node.dht_announcer.clone();
-        tokio::spawn(async move {
-            for tick in 1u64.. {
-                // Announce partial progress every 5 s so other leechers can use our chunks (the
-                // DHT announces the file once; it carries no progress).
-                if tick % 25 == 0 {
-                    session.announce_now();
-                    if let Some(a) = &dht_announcer {
-                        a.announce_now();
-                    }
-                }
-                if let Some(entry) = library.get(&id) {
-                    let have = entry.have();
-                    let bytes: u64 = (0..have.len())
-                        .filter(|&i| have.get(i))
-                        .map(|i| u64::from(m.chunk_len(i)))
-                        .sum();
-                    bar.set_position(bytes);
-                }
-                // Per-peer contribution: "name · 3 peers: 5e1c…a0 61%, 9f00…12 39%".
-                let peers = contributions.snapshot();
-                let total: u64 = peers.iter().map(|(_, b)| b).sum();
-                if total > 0 {
-                    let shares: Vec<String> = peers
-                        .iter()
-                        .take(3)
-                        .map(|(p, b)| {
-                            let id = p.to_string();
-                            format!("{}…{} {}%", &id[..4], &id[60..], b * 100 / total)
-                        })
-                        .collect();
-                    bar.set_message(format!(
-                        "{name} · {} peers: {}",
-                        peers.len(),
-                        shares.join(", ")
-                    ));
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        })
-    };
-    let opts = DownloadOptions {
-        pipeline: peer.pipeline,
-        throttle: peer.node.download.clone(),
-        contributions,
-        connector: peer.node.connector.clone(),
-        ..DownloadOptions::default()
-    };
-    let result = download(
-        &peer.node.identity,
-        &manifest,
-        &sources,
-        &peer.node.data_dir,
+    bar.set_message(name.clone());
+    let contributions = Arc::new(Contributions::default());
+    let progress = tokio::spawn(show_progress(
+        bar.clone(),
         peer.node.library.clone(),
-        opts,
-    )
-    .await;
+        manifest.clone(),
+        name,
+        contributions.clone(),
+    ));
+    let result = peer.download(&manifest, &sources, contributions).await;
     progress.abort();
     match &result {
         Ok(_) => bar.finish(),
         Err(_) => bar.abandon(),
     }
-    peer.announce_now();
     Ok(result?)
+}
+
+/// Updates `bar` with the bytes of `manifest` the library has, and the message with the
+/// largest contributors: "name · 3 peers: 5e1c…a0 61%, 9f00…12 39%".
+async fn show_progress(
+    bar: ProgressBar,
+    library: Arc<crate::storage::Library>,
+    manifest: Manifest,
+    name: String,
+    contributions: Arc<Contributions>,
+) {
+    loop {
+        if let Some(entry) = library.get(&manifest.id) {
+            let have = entry.have();
+            let bytes: u64 = (0..have.len())
+                .filter(|&i| have.get(i))
+                .map(|i| u64::from(manifest.chunk_len(i)))
+                .sum();
+            bar.set_position(bytes);
+        }
+        let peers = contributions.snapshot();
+        let total: u64 = peers.iter().map(|(_, b)| b).sum();
+        if total > 0 {
+            let shares: Vec<String> = peers
+                .iter()
+                .take(3)
+                .map(|(p, b)| {
+                    let id = p.to_string();
+                    format!("{}…{} {}%", &id[..4], &id[60..], b * 100 / total)
+                })
+                .collect();
+            bar.set_message(format!(
+                "{name} · {} peers: {}",
+                peers.len(),
+                shares.join(", ")
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 fn print_report(r: &DownloadReport) {
@@ -528,10 +315,9 @@ fn print_report(r: &DownloadReport) {
 
 /// `p2p-download <hash>`: exits 0 only when the file is complete and its SHA-256 verified.
 pub async fn run_download(cli: DownloadCli) -> anyhow::Result<()> {
-    let peer = start(&cli.node, true).await?;
+    let peer = Peer::start(&cli.node, true).await?;
     let result = fetch(&peer, &cli.hash).await;
-    peer.node.shutdown();
-    let _ = tokio::time::timeout(Duration::from_secs(3), peer.session.stopped()).await;
+    peer.stop().await;
     let report = result?;
     print_report(&report);
     Ok(())

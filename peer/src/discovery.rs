@@ -1,22 +1,29 @@
-//! Turning addresses from the DHT into download sources. The DHT says only where someone
-//! claims to have a file; [`probe`] connects there, learns the peer's id from the Noise
-//! handshake and asks it for the manifest. Whoever answers, the content stays safe: the
-//! manifest must be self-consistent and carry the requested id ([`check_manifest`]), every
-//! chunk is verified against it, and the whole file against its id.
+//! Finding a file's manifest and peers: the discovery policy.
+//!
+//! [`Discovery::find`] asks the tracker (the file's manifest and its swarm) and the DHT at
+//! once, and merges what both found, one entry per peer; either alone is enough, and with no
+//! tracker the manifest comes from a peer. When the tracker has peers, the DHT may add to them
+//! only within [`DHT_GRACE`].
+//!
+//! The DHT says only where someone claims to have a file; [`probe`] connects there, learns the
+//! peer's id from the Noise handshake and asks it for the manifest. Whoever answers, the
+//! content stays safe: the manifest must be self-consistent and carry the requested id
+//! ([`check_manifest`]), every chunk is verified against it, and the whole file against its id.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use p2p_proto::wire::{Frame, PROTOCOL_VERSION};
+use p2p_proto::wire::Frame;
 use p2p_proto::{FileId, Manifest, ManifestError, PeerId};
 use tokio::net::TcpStream;
 
 use crate::dht::{Dht, LOOKUP_TIMEOUT};
-use crate::download::Source;
 use crate::identity::Identity;
-use crate::net::secure::{self, Role, SecureError};
-use crate::upload::AGENT;
+use crate::net::secure::{Role, SecureError};
+use crate::net::session::{self, Session};
+use crate::net::{PeerAddr, RelayUrl};
+use crate::tracker_client::{TrackerClient, TrackerError};
 
 /// How long one probe (connect, handshake, manifest) may take.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -88,18 +95,15 @@ async fn run_probe(
     let stream = TcpStream::connect(addr)
         .await
         .map_err(ProbeError::Connect)?;
-    let (mut rx, mut tx, peer_id) =
-        secure::handshake(stream, identity, Role::Initiator, None).await?;
+    let Session {
+        reader: mut rx,
+        writer: mut tx,
+        remote: peer_id,
+    } = session::open(stream, identity, Role::Initiator, None).await?;
     if peer_id == identity.peer_id() {
         return Err(ProbeError::Myself);
     }
-    tx.feed(&Frame::Hello {
-        version: PROTOCOL_VERSION,
-        min_version: PROTOCOL_VERSION,
-        agent: AGENT.into(),
-    });
-    tx.feed(&Frame::ManifestRequest { file_id: *file });
-    tx.flush().await?;
+    tx.send(&Frame::ManifestRequest { file_id: *file }).await?;
     loop {
         match rx.recv().await?.ok_or(ProbeError::Closed)? {
             Frame::Manifest(manifest) => {
@@ -119,7 +123,7 @@ pub struct DhtFind {
     /// The manifest most of the answering peers agree on.
     pub manifest: Option<Manifest>,
     /// The peers that offered that manifest.
-    pub sources: Vec<Source>,
+    pub sources: Vec<PeerAddr>,
     /// Addresses the DHT gave.
     pub addresses: usize,
 }
@@ -139,16 +143,10 @@ pub async fn dht_sources(
         .filter(|a| *a != own)
         .collect();
     let addresses = addrs.len();
-    let offers: Vec<(Source, Manifest)> = futures_util::stream::iter(addrs)
+    let offers: Vec<(PeerAddr, Manifest)> = futures_util::stream::iter(addrs)
         .map(|addr| async move {
             match probe(identity, addr, file).await {
-                Ok((peer_id, manifest)) => Some((
-                    Source {
-                        peer_id,
-                        addrs: vec![addr],
-                    },
-                    manifest,
-                )),
+                Ok((peer_id, manifest)) => Some((PeerAddr::new(peer_id, vec![addr]), manifest)),
                 Err(e) => {
                     tracing::debug!(%addr, error = %e, "DHT peer unusable");
                     None
@@ -176,21 +174,164 @@ pub async fn dht_sources(
     }
 }
 
-/// Adds `more` to `sources`, one entry per peer id: the addresses of a known peer are added
-/// to its entry.
-pub fn merge_sources(sources: &mut Vec<Source>, more: impl IntoIterator<Item = Source>) {
+/// Adds `more` to `sources`, one entry per peer id: what is new about a known peer is added
+/// to its entry ([`PeerAddr::merge`]).
+pub fn merge_sources(sources: &mut Vec<PeerAddr>, more: impl IntoIterator<Item = PeerAddr>) {
     for source in more {
         match sources.iter_mut().find(|s| s.peer_id == source.peer_id) {
-            Some(known) => {
-                for addr in source.addrs {
-                    if !known.addrs.contains(&addr) {
-                        known.addrs.push(addr);
-                    }
-                }
-            }
+            Some(known) => known.merge(source),
             None => sources.push(source),
         }
     }
+}
+
+/// How long a DHT lookup may add to a download the tracker already found peers for.
+pub const DHT_GRACE: Duration = Duration::from_secs(3);
+/// Peers asked of the tracker per file.
+const TRACKER_PEERS: u64 = 50;
+
+/// Why no manifest (or no way to ask for peers) was found. Each says what it was doing; its
+/// cause is the source.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FindError {
+    #[error("asking the tracker for the file")]
+    File(#[source] TrackerError),
+    #[error("the tracker answered with another file")]
+    OtherFile,
+    #[error("the tracker's manifest is inconsistent")]
+    Manifest(#[source] ManifestError),
+    #[error("asking the tracker for peers")]
+    Peers(#[source] TrackerError),
+    /// The tracker failed, and the DHT found no one either.
+    #[error("no peer offered the file through the DHT either")]
+    Nowhere(#[source] Box<FindError>),
+}
+
+/// Where this node looks for files: the tracker and, when it runs, the DHT.
+#[derive(Debug, Clone)]
+pub struct Discovery {
+    tracker: TrackerClient,
+    dht: Option<Dht>,
+    identity: Identity,
+    /// Our own listening address (the DHT lists it too).
+    own: SocketAddr,
+    /// The relay hub this node is attached to, if any: the tracker's peers are reachable
+    /// through it.
+    relay: Option<RelayUrl>,
+}
+
+impl Discovery {
+    pub fn new(
+        tracker: TrackerClient,
+        dht: Option<Dht>,
+        identity: Identity,
+        own: SocketAddr,
+        relay: Option<RelayUrl>,
+    ) -> Self {
+        Self {
+            tracker,
+            dht,
+            identity,
+            own,
+            relay,
+        }
+    }
+
+    /// The manifest of `id` and the peers to fetch it from: the tracker's and the DHT's
+    /// together (one entry per peer). Either alone is enough; with no tracker the manifest
+    /// comes from a peer.
+    pub async fn find(&self, id: &FileId) -> Result<(Manifest, Vec<PeerAddr>), FindError> {
+        let lookup = self.dht.clone().map(|dht| {
+            let (identity, own, id) = (self.identity.clone(), self.own, *id);
+            tokio::spawn(async move { dht_sources(&dht, &identity, &id, own).await })
+        });
+        let from_tracker = self.tracker_sources(id).await;
+        let Some(lookup) = lookup else {
+            return from_tracker;
+        };
+        let found = match &from_tracker {
+            // The tracker has peers: the DHT only adds to them, and may not hold the download
+            // up.
+            Ok((_, sources)) if !sources.is_empty() => {
+                match tokio::time::timeout(DHT_GRACE, lookup).await {
+                    Ok(found) => found.unwrap_or_default(),
+                    Err(_) => DhtFind::default(),
+                }
+            }
+            _ => lookup.await.unwrap_or_default(),
+        };
+        tracing::info!(
+            addresses = found.addresses,
+            usable = found.sources.len(),
+            "DHT lookup"
+        );
+        let (manifest, mut sources) = match from_tracker {
+            Ok(known) => known,
+            Err(e) => match found.manifest.clone() {
+                Some(m) => (m, Vec::new()),
+                None => return Err(FindError::Nowhere(Box::new(e))),
+            },
+        };
+        // Peers offering other content under this id would be refused by the download anyway.
+        if found
+            .manifest
+            .as_ref()
+            .is_some_and(|m| m.same_content(&manifest))
+        {
+            merge_sources(&mut sources, found.sources);
+        }
+        Ok((manifest, sources))
+    }
+
+    /// The tracker's manifest of `id` and its peers, as download sources.
+    async fn tracker_sources(&self, id: &FileId) -> Result<(Manifest, Vec<PeerAddr>), FindError> {
+        let details = self.tracker.file(id).await.map_err(FindError::File)?;
+        let manifest: Manifest = details.manifest;
+        if manifest.id != *id {
+            return Err(FindError::OtherFile);
+        }
+        manifest.validate().map_err(FindError::Manifest)?;
+        let swarm = self
+            .tracker
+            .file_peers(id, Some(&self.identity.peer_id()), TRACKER_PEERS)
+            .await
+            .map_err(FindError::Peers)?;
+        let mut sources = Vec::new();
+        for p in swarm.peers {
+            // A relay-only peer has no address worth dialling; without our own relay, a peer
+            // without addresses cannot be reached at all.
+            let addrs = if p.relay_only {
+                Vec::new()
+            } else {
+                addresses(&p.addresses, p.port).await
+            };
+            let source = PeerAddr::new(p.peer_id, addrs);
+            match &self.relay {
+                Some(relay) => sources.push(source.with_relay(relay.clone())),
+                None if !source.addrs.is_empty() => sources.push(source),
+                None => {}
+            }
+        }
+        Ok((manifest, sources))
+    }
+}
+
+/// Where a peer from the tracker can be dialled: its addresses (IPs, or names looked up now)
+/// at `port`.
+async fn addresses(addresses: &[String], port: u16) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    for a in addresses {
+        match a.parse::<IpAddr>() {
+            Ok(ip) => out.push(SocketAddr::new(ip, port)),
+            Err(_) => {
+                if let Ok(found) = tokio::net::lookup_host((a.as_str(), port)).await {
+                    out.extend(found);
+                }
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -235,34 +376,19 @@ mod tests {
         let a = PeerId([1; 32]);
         let b = PeerId([2; 32]);
         let addr = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
-        let mut sources = vec![Source {
-            peer_id: a,
-            addrs: vec![addr(1)],
-        }];
+        let mut sources = vec![PeerAddr::new(a, vec![addr(1)])];
         merge_sources(
             &mut sources,
             [
-                Source {
-                    peer_id: a,
-                    addrs: vec![addr(1), addr(2)],
-                },
-                Source {
-                    peer_id: b,
-                    addrs: vec![addr(3)],
-                },
+                PeerAddr::new(a, vec![addr(1), addr(2)]),
+                PeerAddr::new(b, vec![addr(3)]),
             ],
         );
         assert_eq!(
             sources,
             vec![
-                Source {
-                    peer_id: a,
-                    addrs: vec![addr(1), addr(2)]
-                },
-                Source {
-                    peer_id: b,
-                    addrs: vec![addr(3)]
-                },
+                PeerAddr::new(a, vec![addr(1), addr(2)]),
+                PeerAddr::new(b, vec![addr(3)]),
             ]
         );
     }

@@ -24,7 +24,7 @@ pub enum IdentityError {
     #[error("{0} does not hold a key (expected 64 hex characters)")]
     Malformed(PathBuf),
     #[error("no randomness available: {0}")]
-    Random(String),
+    Random(#[from] getrandom::Error),
 }
 
 /// A static key pair.
@@ -55,7 +55,7 @@ impl Identity {
     /// A fresh random identity.
     pub fn generate() -> Result<Self, IdentityError> {
         let mut secret = [0u8; 32];
-        getrandom::fill(&mut secret).map_err(|e| IdentityError::Random(e.to_string()))?;
+        getrandom::fill(&mut secret)?;
         Ok(Self::from_secret(secret))
     }
 

@@ -1,23 +1,27 @@
 //! The peer node of the p2p file-sharing system.
 //!
-//! Modules:
-//! - [`identity`]: the peer's persistent X25519 static key; its public half is the peer id.
+//! Layers, each knowing nothing of those above it:
+//! - [`net`]: opening, authenticating and carrying sessions between peers over every path
+//!   (TCP, hole-punched QUIC, relay tunnel); outbound through the connector, inbound through
+//!   the acceptor. [`net::secure`] is the Noise-encrypted frame stream every connection runs.
 //! - [`storage`]: hashing files into manifests, the library of shared files, partial
 //!   downloads with resume state and atomic completion.
-//! - [`cli`]: the `p2p-peer` shell and daemon and `p2p-download`.
-//! - [`config`]: the command line (flags of the original design, env on each).
-//! - [`shell`]: the interactive shell's commands.
-//! - [`throttle`]: upload and download bandwidth limits, changeable at run time.
-//! - [`tracker_client`]: the tracker's REST API and the registration session.
-//! - [`upload`]: the listener answering manifest and chunk requests.
+//! - [`upload`]: answering manifest and chunk requests from the library (the acceptor's
+//!   handler).
 //! - [`download`]: parallel downloads from several peers with verification and bans.
+//! - [`tracker_client`]: the tracker's REST API and the registration session.
 //! - [`dht`]: a Mainline DHT node: announcing the library and looking files up without the
 //!   tracker.
-//! - [`discovery`]: turning DHT addresses into download sources (peer id and manifest).
-//! - [`node`]: a running peer assembled from the command line.
+//! - [`discovery`]: the policy of finding a file's manifest and peers (tracker, DHT, probes).
+//! - [`node`]: start-up: a running peer assembled from the command line, with its tracker
+//!   session.
+//! - [`cli`], [`shell`]: the `p2p-peer` shell and daemon and `p2p-download`: parsing and
+//!   presenting only.
 //! - [`watch`]: daemon mode's watch of the data dir.
-//! - [`net`]: transports; [`net::secure`] is the Noise-encrypted frame stream every connection
-//!   (TCP, hole-punched QUIC, relay tunnel) runs.
+//!
+//! Beside them: [`identity`] (the peer's persistent X25519 static key; its public half is the
+//! peer id), [`config`] (the command line: flags of the original design, env on each) and
+//! [`throttle`] (upload and download bandwidth limits, changeable at run time).
 
 pub mod cli;
 pub mod config;

@@ -1,4 +1,9 @@
-//! A running peer: identity, library, listener and limits, assembled from the command line.
+//! Start-up: a running peer assembled from the command line.
+//!
+//! [`Node`] is the peer itself: identity, library, the acceptor serving chunks on every inbound
+//! path, the connector, limits and the DHT. [`Peer`] adds the tracker: the registration
+//! session, discovery, and downloads that keep the tracker and the DHT told of their progress.
+//! The shell, the daemon and `p2p-download` run a [`Peer`]; they only present it.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,12 +16,17 @@ use tokio_util::sync::CancellationToken;
 use crate::config::NodeArgs;
 use crate::dht::{self, AnnouncerHandle, Dht, DhtConfig};
 use crate::identity::{Identity, IdentityError, KEY_FILE};
+use crate::net::accept::{self, Acceptor};
 use crate::net::connector::Connector;
-use crate::net::punch::{PunchError, PunchTicket, Puncher};
+use crate::net::punch::{PunchError, Puncher};
 use crate::net::relay::{self, RelayClient, RelayConfig, RelayError};
 use crate::storage::{Library, LibraryError};
 use crate::throttle::Throttle;
-use crate::upload;
+use crate::upload::Uploader;
+
+mod peer;
+
+pub use peer::{FetchError, Peer, PeerError};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -86,65 +96,12 @@ impl Node {
         let upload = Arc::new(Throttle::new(args.upload_limit));
         let download = Arc::new(Throttle::new(args.download_limit));
         let shutdown = CancellationToken::new();
-        tokio::spawn(upload::serve(
-            listener,
-            identity.clone(),
-            library.clone(),
-            upload.clone(),
-            shutdown.clone(),
-        ));
-        let relay = if args.no_relay {
-            None
-        } else {
-            let config = RelayConfig {
-                url: relay::relay_url(&args.tracker)?,
-                token: args.api_key.clone(),
-            };
-            let (client, incoming, invites) =
-                relay::spawn_with_punch(identity.clone(), config, shutdown.clone());
-            tokio::spawn(upload::serve_relayed(
-                incoming,
-                identity.clone(),
-                library.clone(),
-                upload.clone(),
-                shutdown.clone(),
-            ));
-            Some((client, invites))
-        };
-        let mut connector = Connector::new(relay.as_ref().map(|r| r.0.clone()), args.relay_only);
-        let relay = match relay {
-            Some((client, invites)) if !args.no_punch => {
-                let host = relay::tracker_host(&args.tracker)?;
-                let (puncher, accepted) = Puncher::new(client.clone(), host, shutdown.clone())?;
-                tokio::spawn(answer_punches(invites, puncher.clone(), shutdown.clone()));
-                tokio::spawn(upload::serve_punched(
-                    accepted,
-                    identity.clone(),
-                    library.clone(),
-                    upload.clone(),
-                    shutdown.clone(),
-                ));
-                connector = connector.with_puncher(puncher);
-                Some(client)
-            }
-            other => other.map(|(client, _)| client),
-        };
-        let connector = Arc::new(connector);
+        let uploader = Arc::new(Uploader::new(library.clone(), upload.clone()));
+        let acceptor = Acceptor::new(identity.clone(), uploader, shutdown.clone());
+        acceptor.listen(listener);
+        let (relay, connector) = start_paths(args, &identity, &acceptor, &shutdown)?;
         tracing::info!(peer_id = %identity.peer_id(), %addr, "peer listening");
-        // The DHT is a second way to be found: without it the peer still works with the tracker.
-        let dht = if args.dht {
-            let config = DhtConfig {
-                bind: args.listen,
-                port: args.dht_port,
-                bootstrap: args.dht_bootstrap.clone(),
-            };
-            Dht::start(&config)
-                .await
-                .inspect_err(|e| tracing::warn!(error = %e, "DHT disabled"))
-                .ok()
-        } else {
-            None
-        };
+        let dht = start_dht(args).await;
         let dht_announcer = dht.clone().map(|dht| {
             dht::spawn_announcer(
                 dht,
@@ -194,39 +151,53 @@ impl Node {
     }
 }
 
-/// Punch invitations answered at once; more are declined (their askers fall back to the relay),
-/// so a peer asking again and again cannot make us hold many sockets.
-const MAX_ANSWERING: usize = 32;
-
-/// Answers punch invitations (each on its own task) until `shutdown`.
-async fn answer_punches(
-    mut invites: tokio::sync::mpsc::Receiver<PunchTicket>,
-    puncher: Arc<Puncher>,
-    shutdown: CancellationToken,
-) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_ANSWERING));
-    loop {
-        let ticket = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            t = invites.recv() => match t {
-                Some(t) => t,
-                None => return,
-            },
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::debug!(peer = %ticket.peer, "too many hole punches at once; declined");
-            puncher.decline(ticket.session).await;
-            continue;
-        };
-        let puncher = puncher.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let peer = ticket.peer;
-            if let Err(e) = puncher.answer(ticket).await {
-                tracing::debug!(%peer, error = %e, "answering a hole punch failed");
-            }
-        });
+/// The paths beyond the TCP listener, as `args` ask: the relay (its incoming streams to
+/// `acceptor`) and hole punching through it; returns the relay client and the connector that
+/// dials over all of them.
+fn start_paths(
+    args: &NodeArgs,
+    identity: &Identity,
+    acceptor: &Acceptor<Uploader>,
+    shutdown: &CancellationToken,
+) -> Result<(Option<RelayClient>, Arc<Connector>), NodeError> {
+    if args.no_relay {
+        return Ok((None, Arc::new(Connector::new(None, args.relay_only))));
     }
+    let config = RelayConfig {
+        url: relay::relay_url(&args.tracker)?,
+        token: args.api_key.clone(),
+    };
+    let (client, incoming, invites) =
+        relay::spawn_with_punch(identity.clone(), config, shutdown.clone());
+    acceptor.relayed(incoming);
+    let mut connector = Connector::new(Some(client.clone()), args.relay_only);
+    // Without punching, the invitations' receiver is dropped here: the relay client declines
+    // them, and their askers fall back to the relay at once.
+    if !args.no_punch {
+        let host = relay::tracker_host(&args.tracker)?;
+        let (puncher, accepted) = Puncher::new(host, shutdown.clone())?;
+        acceptor.punched(accepted);
+        accept::answer_punches(invites, puncher.clone(), client.clone(), shutdown.clone());
+        connector = connector.with_puncher(puncher);
+    }
+    Ok((Some(client), Arc::new(connector)))
+}
+
+/// The DHT node, when `args` ask for it and it starts. It is a second way to be found: without
+/// it the peer still works with the tracker.
+async fn start_dht(args: &NodeArgs) -> Option<Dht> {
+    if !args.dht {
+        return None;
+    }
+    let config = DhtConfig {
+        bind: args.listen,
+        port: args.dht_port,
+        bootstrap: args.dht_bootstrap.clone(),
+    };
+    Dht::start(&config)
+        .await
+        .inspect_err(|e| tracing::warn!(error = %e, "DHT disabled"))
+        .ok()
 }
 
 /// Whether a file in the data dir is one to share.

@@ -1,9 +1,10 @@
 //! Bandwidth limits: a token bucket (governor) in units of 1 KiB, changeable at run time.
 
 use std::num::NonZeroU32;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use parking_lot::RwLock;
 
 const CELL: u64 = 1024;
 
@@ -30,19 +31,17 @@ impl Throttle {
                 Arc::new(RateLimiter::direct(Quota::per_second(per_sec))),
             )
         });
-        if let Ok(mut l) = self.limiter.write() {
-            *l = limiter;
-        }
+        *self.limiter.write() = limiter;
     }
 
     /// The limit in bytes per second, if any.
     pub fn rate(&self) -> Option<u64> {
-        self.limiter.read().ok()?.as_ref().map(|(r, _)| *r)
+        self.limiter.read().as_ref().map(|(r, _)| *r)
     }
 
     /// Waits until `bytes` may pass.
     pub async fn consume(&self, bytes: usize) {
-        let Some((_, limiter)) = self.limiter.read().ok().and_then(|l| l.clone()) else {
+        let Some((_, limiter)) = self.limiter.read().clone() else {
             return;
         };
         let mut cells = (bytes as u64).div_ceil(CELL);

@@ -1,6 +1,7 @@
-//! Serving chunks: the listener that accepts peers and the per-connection loop that answers
-//! manifest and chunk requests from the [`Library`].
+//! Serving chunks: the per-connection loop that answers manifest and chunk requests from the
+//! [`Library`], for every session the acceptor ([`crate::net::accept`]) opens.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use futures_util::StreamExt;
@@ -9,131 +10,44 @@ use futures_util::stream::FuturesOrdered;
 use p2p_proto::FileId;
 use p2p_proto::wire::{self, Frame, PROTOCOL_VERSION, RejectCode};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
 
-use crate::identity::Identity;
-use crate::net::punch::AcceptedStream;
-use crate::net::relay::Incoming;
-use crate::net::secure::{self, Outbox, Role, SecureError, SecureReader, SecureWriter};
+use crate::net::accept::Serve;
+use crate::net::secure::{Outbox, SecureError, SecureReader, SecureWriter};
+use crate::net::session::{Session, speaks_our_version};
+use crate::net::transport::ConnectionPath;
 use crate::storage::{ChunkBuf, Library, LibraryError};
 use crate::throttle::Throttle;
 
-/// The name peers announce in `Hello`.
-pub const AGENT: &str = concat!("p2p-peer/", env!("CARGO_PKG_VERSION"));
-
-/// Accepts connections until `shutdown`, serving each on its own task.
-pub async fn serve(
-    listener: TcpListener,
-    identity: Identity,
+/// Answers the sessions other peers open to us (see [`crate::net::accept::Acceptor`]) from
+/// the library, within the upload limit.
+#[derive(Debug)]
+pub struct Uploader {
     library: Arc<Library>,
     throttle: Arc<Throttle>,
-    shutdown: CancellationToken,
-) {
-    loop {
-        let (stream, addr) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        tokio::spawn(serve_stream(
-            stream,
-            addr.to_string(),
-            identity.clone(),
-            library.clone(),
-            throttle.clone(),
-            shutdown.clone(),
-            true,
-        ));
+}
+
+impl Uploader {
+    pub fn new(library: Arc<Library>, throttle: Arc<Throttle>) -> Self {
+        Self { library, throttle }
     }
 }
 
-/// Serves streams other peers open to us through the relay, until `shutdown`.
-pub async fn serve_relayed(
-    incoming: tokio::sync::mpsc::Receiver<Incoming>,
-    identity: Identity,
-    library: Arc<Library>,
-    throttle: Arc<Throttle>,
-    shutdown: CancellationToken,
-) {
-    let split = |i: Incoming| (i.stream, format!("relay:{}", i.from));
-    serve_channel(incoming, split, identity, library, throttle, shutdown).await;
-}
-
-/// Serves streams other peers open to us on hole-punched QUIC connections, until `shutdown`.
-pub async fn serve_punched(
-    accepted: tokio::sync::mpsc::Receiver<AcceptedStream>,
-    identity: Identity,
-    library: Arc<Library>,
-    throttle: Arc<Throttle>,
-    shutdown: CancellationToken,
-) {
-    let split = |a: AcceptedStream| (a.stream, format!("quic:{}", a.from));
-    serve_channel(accepted, split, identity, library, throttle, shutdown).await;
-}
-
-/// Serves each stream `incoming` yields (`split` gives the stream and a label for logs).
-async fn serve_channel<T, S>(
-    mut incoming: tokio::sync::mpsc::Receiver<T>,
-    split: impl Fn(T) -> (S, String),
-    identity: Identity,
-    library: Arc<Library>,
-    throttle: Arc<Throttle>,
-    shutdown: CancellationToken,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    loop {
-        let next = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            next = incoming.recv() => next,
-        };
-        let Some(item) = next else {
-            return;
-        };
-        let (stream, from) = split(item);
-        tokio::spawn(serve_stream(
-            stream,
-            from,
-            identity.clone(),
-            library.clone(),
-            throttle.clone(),
-            shutdown.clone(),
-            false,
-        ));
-    }
-}
-
-/// Runs the handshake on a stream from any path, then answers the peer until it leaves. With
-/// `in_place`, chunk reads run on this task while the disk keeps up; only plain TCP asks for
-/// that (see [`crate::storage::InlineIo`] for why relayed and hole-punched streams do not).
-pub async fn serve_stream<S>(
-    stream: S,
-    from: String,
-    identity: Identity,
-    library: Arc<Library>,
-    throttle: Arc<Throttle>,
-    shutdown: CancellationToken,
-    in_place: bool,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let served = async {
-        let (rx, tx, remote) = secure::handshake(stream, &identity, Role::Responder, None).await?;
-        tracing::debug!(%from, peer = %remote, "peer connected");
-        serve_connection(rx, tx, &library, &throttle, in_place).await
-    };
-    tokio::select! {
-        _ = shutdown.cancelled() => {}
-        result = served => if let Err(e) = result {
-            tracing::debug!(%from, error = %e, "connection ended");
-        }
+impl Serve for Uploader {
+    /// Chunk reads run on the connection's task while the disk keeps up only over plain TCP
+    /// (see [`crate::storage::InlineIo`] for why relayed and hole-punched streams do not).
+    async fn serve(&self, session: Session, path: ConnectionPath) -> Result<(), SecureError> {
+        let in_place = path == ConnectionPath::Direct;
+        serve_connection(
+            session.reader,
+            session.writer,
+            &self.library,
+            &self.throttle,
+            in_place,
+        )
+        .await
     }
 }
 
@@ -147,11 +61,13 @@ const READ_AHEAD: usize = 4;
 /// its peers in a few messages, not one message (and one wake-up at the other end) per chunk.
 const HAVE_DELAY: std::time::Duration = std::time::Duration::from_millis(20);
 
-/// Answers one peer until it disconnects. Frames are read on their own task (a frame read is
-/// not cancel-safe), chunk reads run ahead of sending, and answers go out in request order.
+/// Answers one peer, whose session is open (our `Hello` sent), until it disconnects. Frames
+/// are read on their own task (a frame read is not cancel-safe), chunk reads run ahead of
+/// sending, and answers go out in request order. With `in_place`, chunk reads run on this task
+/// while the disk keeps up.
 pub async fn serve_connection<R, W>(
     rx: SecureReader<R>,
-    mut tx: SecureWriter<W>,
+    tx: SecureWriter<W>,
     library: &Library,
     throttle: &Throttle,
     in_place: bool,
@@ -160,123 +76,194 @@ where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin,
 {
-    tx.send(&Frame::Hello {
-        version: PROTOCOL_VERSION,
-        min_version: PROTOCOL_VERSION,
-        agent: AGENT.into(),
-    })
-    .await?;
-    let (frames_tx, mut frames) = tokio::sync::mpsc::channel(64);
+    let (frames_tx, frames) = mpsc::channel(64);
     let reader = tokio::spawn(read_frames(rx, frames_tx));
-    let mut reads = FuturesOrdered::new();
-    // Send buffers of answered chunks, for the next ones (at most READ_AHEAD are in use).
-    let mut outboxes: Vec<Outbox> = Vec::new();
-    // Files this peer asked about: it hears of our new chunks of them as they arrive.
-    let mut interested = std::collections::HashSet::new();
-    let mut haves = library.subscribe();
-    // When the `Have`s fed since the last write must go out.
-    let mut haves_due: Option<tokio::time::Instant> = None;
-    let result = loop {
-        tokio::select! {
-            incoming = frames.recv(), if reads.len() < READ_AHEAD => {
-                let frame = match incoming {
-                    Some(Ok(frame)) => frame,
-                    Some(Err(e)) => break Err(e),
-                    None => break Ok(()),
-                };
-                match frame {
-                    Frame::Hello {
-                        version,
-                        min_version,
-                        ..
-                    } if version < PROTOCOL_VERSION || min_version > PROTOCOL_VERSION => {
-                        tx.send(&Frame::Error {
-                            code: 1,
-                            message: format!("protocol version {PROTOCOL_VERSION} only"),
-                        })
-                        .await?;
-                        break Ok(());
-                    }
-                    Frame::ManifestRequest { file_id } => {
-                        interested.insert(file_id);
-                        let reply = manifest_reply(library, file_id);
-                        for frame in &reply {
-                            tx.feed(frame);
-                        }
-                        tx.flush().await?;
-                    }
-                    Frame::Request { request_id, file_id, index } => {
-                        let outbox = outboxes.pop().unwrap_or_default();
-                        reads.push_back(answer(library, request_id, file_id, index, outbox, in_place));
-                    }
-                    Frame::Error { message, .. } => {
-                        tracing::debug!(%message, "peer reported an error");
-                        break Ok(());
-                    }
-                    // Cancelled requests are cheap to answer anyway; the other frames carry
-                    // nothing an uploader needs.
-                    _ => {}
-                }
-            }
-            have = haves.recv(), if !interested.is_empty() => match have {
-                Ok(first) => {
-                    // Queue them with whatever else is waiting; see HAVE_DELAY.
-                    let mut next = Some(first);
-                    let mut queued = 0;
-                    while let Some((file_id, index)) = next.take() {
-                        if interested.contains(&file_id) {
-                            tx.feed(&Frame::Have { file_id, index: index as u32 });
-                            queued += 1;
-                        }
-                        if queued < 1024 {
-                            next = haves.try_recv().ok();
-                        }
-                    }
-                    if queued > 0 && haves_due.is_none() {
-                        haves_due = Some(tokio::time::Instant::now() + HAVE_DELAY);
-                    }
-                }
-                // Too many to tell one by one: send the whole picture again.
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                    for file_id in &interested {
-                        for frame in manifest_reply(library, *file_id).into_iter().skip(1) {
-                            tx.feed(&frame);
-                        }
-                    }
-                    tx.flush().await?;
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => interested.clear(),
-            },
-            // Any write sends the queued `Have`s too; this one is for when nothing else went.
-            _ = tokio::time::sleep_until(haves_due.unwrap_or_else(tokio::time::Instant::now)),
-                if haves_due.is_some() => {
-                haves_due = None;
-                tx.flush().await?;
-            }
-            Some(reply) = reads.next(), if !reads.is_empty() => {
-                let mut outbox = match reply {
-                    Reply::Chunk(mut chunk) => {
-                        throttle.consume(chunk.len).await;
-                        tx.send_outbox(&mut chunk.outbox).await?;
-                        chunk.outbox
-                    }
-                    Reply::Reject(frame, outbox) => {
-                        tx.send(&frame).await?;
-                        outbox
-                    }
-                };
-                outbox.clear();
-                outboxes.push(outbox);
-            }
-        }
+    let answering = Answering {
+        tx,
+        library,
+        throttle,
+        outboxes: Vec::new(),
+        interested: HashSet::new(),
+        haves_due: None,
     };
+    let result = answering.run(frames, in_place).await;
     reader.abort();
     result
 }
 
+/// One peer's connection as its serve loop sees it.
+struct Answering<'a, W> {
+    tx: SecureWriter<W>,
+    library: &'a Library,
+    throttle: &'a Throttle,
+    /// Send buffers of answered chunks, for the next ones (at most [`READ_AHEAD`] are in use).
+    outboxes: Vec<Outbox>,
+    /// Files this peer asked about: it hears of our new chunks of them as they arrive.
+    interested: HashSet<FileId>,
+    /// When the `Have`s fed since the last write must go out.
+    haves_due: Option<Instant>,
+}
+
+/// What a frame from the peer asks of the serve loop.
+enum Step {
+    Continue,
+    /// The peer is leaving (or speaks another version).
+    Stop,
+    /// Read this chunk (ahead of sending).
+    Read {
+        request_id: u32,
+        file_id: FileId,
+        index: u32,
+    },
+}
+
+impl<W: AsyncWrite + Unpin> Answering<'_, W> {
+    /// Serves the frames that arrive on `frames` until the peer leaves.
+    async fn run(
+        mut self,
+        mut frames: mpsc::Receiver<Result<Frame, SecureError>>,
+        in_place: bool,
+    ) -> Result<(), SecureError> {
+        let library = self.library;
+        let mut reads = FuturesOrdered::new();
+        let mut haves = library.subscribe();
+        loop {
+            tokio::select! {
+                incoming = frames.recv(), if reads.len() < READ_AHEAD => {
+                    let frame = match incoming {
+                        Some(frame) => frame?,
+                        None => return Ok(()),
+                    };
+                    match self.on_frame(frame).await? {
+                        Step::Continue => {}
+                        Step::Stop => return Ok(()),
+                        Step::Read { request_id, file_id, index } => {
+                            let outbox = self.outboxes.pop().unwrap_or_default();
+                            reads.push_back(answer(library, request_id, file_id, index, outbox, in_place));
+                        }
+                    }
+                }
+                have = haves.recv(), if !self.interested.is_empty() => {
+                    self.on_have(have, &mut haves).await?;
+                }
+                // Any write sends the queued `Have`s too; this one is for when nothing else went.
+                _ = tokio::time::sleep_until(self.haves_due.unwrap_or_else(Instant::now)),
+                    if self.haves_due.is_some() => {
+                    self.haves_due = None;
+                    self.tx.flush().await?;
+                }
+                Some(reply) = reads.next(), if !reads.is_empty() => self.send(reply).await?,
+            }
+        }
+    }
+
+    /// Handles one frame from the peer.
+    async fn on_frame(&mut self, frame: Frame) -> Result<Step, SecureError> {
+        match frame {
+            Frame::Hello {
+                version,
+                min_version,
+                ..
+            } if !speaks_our_version(version, min_version) => {
+                self.tx
+                    .send(&Frame::Error {
+                        code: 1,
+                        message: format!("protocol version {PROTOCOL_VERSION} only"),
+                    })
+                    .await?;
+                return Ok(Step::Stop);
+            }
+            Frame::ManifestRequest { file_id } => {
+                self.interested.insert(file_id);
+                for frame in &manifest_reply(self.library, file_id) {
+                    self.tx.feed(frame);
+                }
+                self.tx.flush().await?;
+            }
+            Frame::Request {
+                request_id,
+                file_id,
+                index,
+            } => {
+                return Ok(Step::Read {
+                    request_id,
+                    file_id,
+                    index,
+                });
+            }
+            Frame::Error { message, .. } => {
+                tracing::debug!(%message, "peer reported an error");
+                return Ok(Step::Stop);
+            }
+            // Cancelled requests are cheap to answer anyway; the other frames carry nothing an
+            // uploader needs.
+            _ => {}
+        }
+        Ok(Step::Continue)
+    }
+
+    /// Tells the peer of new chunks of the files it asked about: queued with whatever else is
+    /// waiting (see [`HAVE_DELAY`]), or, when there were too many to tell one by one, as the
+    /// whole picture again.
+    async fn on_have(
+        &mut self,
+        have: Result<(FileId, u64), RecvError>,
+        haves: &mut broadcast::Receiver<(FileId, u64)>,
+    ) -> Result<(), SecureError> {
+        match have {
+            Ok(first) => {
+                let mut next = Some(first);
+                let mut queued = 0;
+                while let Some((file_id, index)) = next.take() {
+                    if self.interested.contains(&file_id) {
+                        let index = index as u32;
+                        self.tx.feed(&Frame::Have { file_id, index });
+                        queued += 1;
+                    }
+                    if queued < 1024 {
+                        next = haves.try_recv().ok();
+                    }
+                }
+                if queued > 0 && self.haves_due.is_none() {
+                    self.haves_due = Some(Instant::now() + HAVE_DELAY);
+                }
+            }
+            Err(RecvError::Lagged(_)) => {
+                for file_id in &self.interested {
+                    for frame in manifest_reply(self.library, *file_id).into_iter().skip(1) {
+                        self.tx.feed(&frame);
+                    }
+                }
+                self.tx.flush().await?;
+            }
+            Err(RecvError::Closed) => self.interested.clear(),
+        }
+        Ok(())
+    }
+
+    /// Sends the answer to the oldest chunk request (within the upload limit) and keeps its
+    /// buffer for a later one.
+    async fn send(&mut self, reply: Reply) -> Result<(), SecureError> {
+        let mut outbox = match reply {
+            Reply::Chunk(mut chunk) => {
+                self.throttle.consume(chunk.len).await;
+                self.tx.send_outbox(&mut chunk.outbox).await?;
+                chunk.outbox
+            }
+            Reply::Reject(frame, outbox) => {
+                self.tx.send(&frame).await?;
+                outbox
+            }
+        };
+        outbox.clear();
+        self.outboxes.push(outbox);
+        Ok(())
+    }
+}
+
 async fn read_frames<R: AsyncRead + Unpin>(
     mut rx: SecureReader<R>,
-    out: tokio::sync::mpsc::Sender<Result<Frame, SecureError>>,
+    out: mpsc::Sender<Result<Frame, SecureError>>,
 ) {
     loop {
         let next = rx.recv().await;

@@ -18,12 +18,16 @@ use curve25519_dalek::montgomery::MontgomeryPoint;
 use futures_util::{SinkExt, StreamExt};
 use p2p_peer::Identity;
 use p2p_peer::config::NodeArgs;
-use p2p_peer::download::{DownloadOptions, Source, download};
-use p2p_peer::net::connector::{ConnectionPath, Connector};
+use p2p_peer::download::{DownloadOptions, download};
+use p2p_peer::net::PeerAddr;
+use p2p_peer::net::accept::{Acceptor, Inbound, Remote};
+use p2p_peer::net::connector::Connector;
 use p2p_peer::net::relay::{self, RelayClient, RelayConfig};
+use p2p_peer::net::transport::ConnectionPath;
 use p2p_peer::node::Node;
 use p2p_peer::storage::{Library, manifest_for_file};
 use p2p_peer::throttle::Throttle;
+use p2p_peer::upload::Uploader;
 use p2p_proto::relay::{CloseCode, INITIAL_WINDOW, RelayFrame, error_code, proof_mac};
 use p2p_tracker::app::{self, RunningTracker, RuntimeOptions};
 use p2p_tracker::config::{RelayArgs, ServeArgs};
@@ -330,34 +334,21 @@ async fn relayed_seeder(t: &RunningTracker, path: &Path, stop: &CancellationToke
     let library = Arc::new(Library::new());
     library.share(path).await.unwrap();
     let (_client, incoming) = attached(t, &identity, stop).await;
-    tokio::spawn(p2p_peer::upload::serve_relayed(
-        incoming,
-        identity.clone(),
-        library,
-        Arc::new(Throttle::new(None)),
-        stop.clone(),
-    ));
+    let uploader = Arc::new(Uploader::new(library, Arc::new(Throttle::new(None))));
+    Acceptor::new(identity.clone(), uploader, stop.clone()).relayed(incoming);
     identity
 }
 
 /// A seeder of `path` listening on 127.0.0.1:0, uploading at most `limit` bytes/s.
-async fn direct_seeder(path: &Path, stop: &CancellationToken, limit: Option<u64>) -> Source {
+async fn direct_seeder(path: &Path, stop: &CancellationToken, limit: Option<u64>) -> PeerAddr {
     let identity = Identity::generate().unwrap();
     let library = Arc::new(Library::new());
     library.share(path).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(p2p_peer::upload::serve(
-        listener,
-        identity.clone(),
-        library,
-        Arc::new(Throttle::new(limit)),
-        stop.clone(),
-    ));
-    Source {
-        peer_id: identity.peer_id(),
-        addrs: vec![addr],
-    }
+    let uploader = Arc::new(Uploader::new(library, Arc::new(Throttle::new(limit))));
+    Acceptor::new(identity.clone(), uploader, stop.clone()).listen(listener);
+    PeerAddr::new(identity.peer_id(), vec![addr])
 }
 
 /// A closed port: nothing listens there.
@@ -404,7 +395,7 @@ impl Shared {
     /// Downloads from `sources` and checks the content.
     async fn leech(
         &self,
-        sources: &[Source],
+        sources: &[PeerAddr],
         pipeline: usize,
     ) -> p2p_peer::download::DownloadReport {
         let (me, connector) = self.leecher(false).await;
@@ -427,10 +418,7 @@ async fn a_seeder_without_a_reachable_address_is_downloaded_from_through_the_rel
     within(60, async {
         let f = Shared::start(3 * 1024 * 1024 + 77).await;
         let seeder = relayed_seeder(&f.t, &f.path, &f.stop).await;
-        let source = Source {
-            peer_id: seeder.peer_id(),
-            addrs: vec![dead_addr().await],
-        };
+        let source = PeerAddr::new(seeder.peer_id(), vec![dead_addr().await]);
         let report = f.leech(&[source], 16).await;
         assert_eq!(report.peers.len(), 1);
         assert_eq!(report.peers[0].path, Some(ConnectionPath::Relayed));
@@ -448,13 +436,7 @@ async fn one_download_pulls_from_a_direct_and_a_relayed_seeder_at_once() {
         // The direct seeder is held to 4 MiB/s, so it cannot finish alone before the relayed
         // one (whose handshake crosses the hub) is under way.
         let direct = direct_seeder(&f.path, &f.stop, Some(4 << 20)).await;
-        let sources = [
-            direct.clone(),
-            Source {
-                peer_id: relayed.peer_id(),
-                addrs: vec![],
-            },
-        ];
+        let sources = [direct.clone(), PeerAddr::new(relayed.peer_id(), vec![])];
         let report = f.leech(&sources, 2).await;
         let by = |id| report.peers.iter().find(|p| p.peer_id == id).unwrap();
         let (d, r) = (by(direct.peer_id), by(relayed.peer_id()));
@@ -475,10 +457,7 @@ async fn relay_only_skips_direct_addresses() {
         let (_, connector) = f.leecher(true).await;
         // A direct address that works is still not used.
         let direct = direct_seeder(&f.path, &f.stop, None).await;
-        let source = Source {
-            peer_id: relayed.peer_id(),
-            addrs: direct.addrs,
-        };
+        let source = PeerAddr::new(relayed.peer_id(), direct.addrs);
         let (_s, path) = connector
             .connect(&source, Duration::from_secs(5))
             .await
@@ -531,10 +510,7 @@ async fn fetch_unreachable(
     manifest: &p2p_proto::Manifest,
     data: &[u8],
 ) -> p2p_peer::download::DownloadReport {
-    let source = Source {
-        peer_id: to.identity.peer_id(),
-        addrs: vec![],
-    };
+    let source = PeerAddr::new(to.identity.peer_id(), vec![]);
     let opts = DownloadOptions {
         connector: from.connector.clone(),
         ..DownloadOptions::default()
@@ -546,7 +522,7 @@ async fn fetch_unreachable(
 async fn fetch_checked(
     me: &Identity,
     manifest: &p2p_proto::Manifest,
-    sources: &[Source],
+    sources: &[PeerAddr],
     opts: DownloadOptions,
     data: &[u8],
 ) -> p2p_peer::download::DownloadReport {
@@ -625,14 +601,8 @@ async fn one_download_pulls_over_direct_hole_punched_and_relayed_paths_at_once()
         let leecher = node(&f.t, &f.dir.path().join("leecher")).await;
         let sources = [
             direct.clone(),
-            Source {
-                peer_id: punched.identity.peer_id(),
-                addrs: vec![],
-            },
-            Source {
-                peer_id: relayed.peer_id(),
-                addrs: vec![],
-            },
+            PeerAddr::new(punched.identity.peer_id(), vec![]),
+            PeerAddr::new(relayed.peer_id(), vec![]),
         ];
         let opts = DownloadOptions {
             pipeline: 2,
@@ -710,27 +680,23 @@ async fn concurrent_downloads_from_one_peer_share_one_connection() {
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let count = accepted.clone();
-        let (id, lib, halt) = (seeder.clone(), library.clone(), stop.clone());
+        let uploader = Arc::new(Uploader::new(
+            library.clone(),
+            Arc::new(Throttle::new(None)),
+        ));
+        let acceptor = Acceptor::new(seeder.clone(), uploader, stop.clone());
         tokio::spawn(async move {
             while let Ok((stream, from)) = listener.accept().await {
                 count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                tokio::spawn(p2p_peer::upload::serve_stream(
-                    stream,
-                    from.to_string(),
-                    id.clone(),
-                    lib.clone(),
-                    Arc::new(Throttle::new(None)),
-                    halt.clone(),
-                    true,
-                ));
+                acceptor.accept(Inbound {
+                    stream: Box::new(stream),
+                    remote: Remote::Addr(from),
+                });
             }
         });
         let me = Identity::generate().unwrap();
         let connector = Arc::new(Connector::direct());
-        let source = [Source {
-            peer_id: seeder.peer_id(),
-            addrs: vec![addr],
-        }];
+        let source = [PeerAddr::new(seeder.peer_id(), vec![addr])];
         // One connection per download and peer (as on a machine with one core): the second
         // one a lone peer gets elsewhere is pooled the same way, but may still be on its way
         // when a small download ends.

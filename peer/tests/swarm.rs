@@ -13,40 +13,34 @@ use support::content;
 
 use bytes::Bytes;
 use p2p_peer::Identity;
-use p2p_peer::download::{DownloadOptions, Source, download};
+use p2p_peer::download::{DownloadOptions, download};
+use p2p_peer::net::PeerAddr;
+use p2p_peer::net::accept::Acceptor;
 use p2p_peer::net::connector::Connector;
 use p2p_peer::net::secure::{self, Role};
 use p2p_peer::storage::{Library, PartialDownload, manifest_for_file};
 use p2p_peer::throttle::Throttle;
-use p2p_peer::upload::serve;
+use p2p_peer::upload::Uploader;
 use p2p_proto::wire::Frame;
 use p2p_proto::{Bitfield, Manifest};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 /// A peer sharing `path`, listening on 127.0.0.1:0.
-async fn seeder(path: &Path, stop: &CancellationToken) -> Source {
+async fn seeder(path: &Path, stop: &CancellationToken) -> PeerAddr {
     let library = Arc::new(Library::new());
     library.share(path).await.unwrap();
     serving(library, stop).await
 }
 
 /// A new peer serving `library` on 127.0.0.1:0.
-async fn serving(library: Arc<Library>, stop: &CancellationToken) -> Source {
+async fn serving(library: Arc<Library>, stop: &CancellationToken) -> PeerAddr {
     let identity = Identity::generate().unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(serve(
-        listener,
-        identity.clone(),
-        library,
-        Arc::new(Throttle::new(None)),
-        stop.clone(),
-    ));
-    Source {
-        peer_id: identity.peer_id(),
-        addrs: vec![addr],
-    }
+    let uploader = Arc::new(Uploader::new(library, Arc::new(Throttle::new(None))));
+    Acceptor::new(identity.clone(), uploader, stop.clone()).listen(listener);
+    PeerAddr::new(identity.peer_id(), vec![addr])
 }
 
 /// A peer that claims every chunk of `m`, then answers requests with garbage (`Bad`), serves
@@ -65,7 +59,7 @@ async fn rogue(
     how: Misbehaviour,
     stop: CancellationToken,
     served_total: Arc<AtomicUsize>,
-) -> Source {
+) -> PeerAddr {
     let identity = Identity::generate().unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr: SocketAddr = listener.local_addr().unwrap();
@@ -130,19 +124,16 @@ async fn rogue(
             });
         }
     });
-    Source {
-        peer_id: identity.peer_id(),
-        addrs: vec![addr],
-    }
+    PeerAddr::new(identity.peer_id(), vec![addr])
 }
 
 /// A [`rogue`] peer for the fixture's file.
-async fn rogue_for(f: &Fixture, how: Misbehaviour) -> Source {
+async fn rogue_for(f: &Fixture, how: Misbehaviour) -> PeerAddr {
     rogue_counted(f, how).await.0
 }
 
 /// A [`rogue`] peer for the fixture's file, and the count of chunks it has sent.
-async fn rogue_counted(f: &Fixture, how: Misbehaviour) -> (Source, Arc<AtomicUsize>) {
+async fn rogue_counted(f: &Fixture, how: Misbehaviour) -> (PeerAddr, Arc<AtomicUsize>) {
     let served = Arc::new(AtomicUsize::new(0));
     let source = rogue(
         f.manifest.clone(),
@@ -178,7 +169,7 @@ fn fixture(len: usize) -> Fixture {
 
 async fn leech(
     f: &Fixture,
-    sources: &[Source],
+    sources: &[PeerAddr],
     opts: DownloadOptions,
 ) -> (p2p_peer::download::DownloadReport, tempfile::TempDir) {
     let out = tempfile::tempdir().unwrap();
@@ -208,7 +199,7 @@ async fn leech(
 /// A download of the fixture's file into `out` by a new peer, with default options.
 async fn try_leech(
     f: &Fixture,
-    sources: &[Source],
+    sources: &[PeerAddr],
     out: &Path,
 ) -> Result<p2p_peer::download::DownloadReport, p2p_peer::download::DownloadError> {
     let me = Identity::generate().unwrap();
@@ -373,10 +364,10 @@ async fn resumes_with_only_the_missing_chunks() {
 async fn a_download_without_good_sources_fails_cleanly_and_keeps_progress() {
     let f = fixture(1024 * 1024);
     let bad = rogue_for(&f, Misbehaviour::Bad).await;
-    let nobody = Source {
-        peer_id: Identity::generate().unwrap().peer_id(),
-        addrs: vec!["127.0.0.1:1".parse().unwrap()],
-    };
+    let nobody = PeerAddr::new(
+        Identity::generate().unwrap().peer_id(),
+        vec!["127.0.0.1:1".parse().unwrap()],
+    );
     let out = tempfile::tempdir().unwrap();
     let err = try_leech(&f, &[bad, nobody], out.path()).await.unwrap_err();
     assert!(err.to_string().contains("no peer could provide"), "{err}");
@@ -403,10 +394,7 @@ async fn a_peer_that_cannot_be_reached_is_tried_once_not_once_per_connection() {
             drop(stream);
         }
     });
-    let dead = Source {
-        peer_id: Identity::generate().unwrap().peer_id(),
-        addrs: vec![addr],
-    };
+    let dead = PeerAddr::new(Identity::generate().unwrap().peer_id(), vec![addr]);
     let out = tempfile::tempdir().unwrap();
     let opts = DownloadOptions {
         connections_per_peer: Some(2),
@@ -450,7 +438,11 @@ async fn a_manifest_whose_chain_contradicts_its_chunk_hashes_fails_without_blami
 }
 
 /// A peer offering only some chunks of the file (a partial download).
-async fn partial_peer(f: &Fixture, keep: impl Fn(u64) -> bool, stop: &CancellationToken) -> Source {
+async fn partial_peer(
+    f: &Fixture,
+    keep: impl Fn(u64) -> bool,
+    stop: &CancellationToken,
+) -> PeerAddr {
     let dir = tempfile::tempdir().unwrap().keep();
     let mut p = PartialDownload::open(&dir, &f.manifest).unwrap();
     for i in (0..f.manifest.chunk_count()).filter(|i| keep(*i)) {

@@ -7,16 +7,15 @@
 //! times the least latency, the round trip plus one chunk's sending with nothing queued before
 //! it) with [`BDP_GAIN`] headroom, plus [`QUEUE_CHUNKS`] queued at the peer. That keeps a long
 //! link full without queueing more than it needs: a deeper queue only holds data in socket
-//! buffers longer, out of the CPU caches (on loopback, 8 MiB in flight instead of 2 MiB cost a
-//! sixth of the throughput, see `bench/README.md`), and lets a slow peer sit on chunks a fast
-//! one could deliver. Only peers within [`ENDGAME_FRACTION`] of the best take part in the
+//! buffers longer, out of the CPU caches (on loopback it costs throughput; the measurements are
+//! in `bench/README.md`), and lets a slow peer sit on chunks a fast one could deliver. Only peers within [`ENDGAME_FRACTION`] of the best take part in the
 //! endgame.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use p2p_proto::PeerId;
+use parking_lot::Mutex;
 
 /// Headroom over a peer's measured bandwidth-delay product: a pipeline too short for its link
 /// measures a higher throughput at the same latency next time, so it grows by this factor
@@ -50,8 +49,9 @@ pub enum Sizing {
     /// Relayed or hole-punched: the stream crosses user-space hops (the relay hub and its
     /// per-stream windows, QUIC's own congestion control) whose latency grows with load at
     /// every hop, so the least latency says little about what keeps it full (sized from it,
-    /// a relayed transfer lost half its throughput). The peer may queue [`QUEUE_TARGET`] of
-    /// its own throughput instead; the tunnel's windows bound what is really in flight.
+    /// a relayed transfer lost much of its throughput; see `bench/README.md`). The peer may
+    /// queue [`QUEUE_TARGET`] of its own throughput instead; the tunnel's windows bound what
+    /// is really in flight.
     Queue,
 }
 
@@ -126,30 +126,30 @@ impl Scoreboard {
     }
 
     fn record_chunk_at(&self, peer: PeerId, bytes: u64, latency: Duration, now: Instant) {
-        if let Ok(mut m) = self.0.lock() {
-            m.entry(peer).or_default().record_chunk(bytes, latency, now);
-        }
+        self.0
+            .lock()
+            .entry(peer)
+            .or_default()
+            .record_chunk(bytes, latency, now);
     }
 
     /// `peer` timed out, refused a chunk it had announced, or sent a bad one.
     pub fn record_failure(&self, peer: PeerId) {
-        if let Ok(mut m) = self.0.lock() {
-            m.entry(peer).or_default().failures += 1;
-        }
+        self.0.lock().entry(peer).or_default().failures += 1;
     }
 
     /// Requests `peer` may have in flight (chunks of `chunk_size`), at most `max`.
     pub fn pipeline(&self, peer: &PeerId, sizing: Sizing, chunk_size: u32, max: usize) -> usize {
         self.0
             .lock()
-            .ok()
-            .and_then(|m| m.get(peer).map(|s| s.pipeline(sizing, chunk_size, max)))
+            .get(peer)
+            .map(|s| s.pipeline(sizing, chunk_size, max))
             .unwrap_or(PeerScore::unmeasured(sizing, max))
     }
 
     /// Whether `peer` is fast enough to take duplicates of other peers' chunks at the end.
     pub fn may_endgame(&self, peer: &PeerId) -> bool {
-        let Ok(m) = self.0.lock() else { return true };
+        let m = self.0.lock();
         let best = m
             .values()
             .filter_map(|s| s.throughput)
@@ -162,11 +162,7 @@ impl Scoreboard {
 
     /// The figures of `peer` so far.
     pub fn get(&self, peer: &PeerId) -> PeerScore {
-        self.0
-            .lock()
-            .ok()
-            .and_then(|m| m.get(peer).cloned())
-            .unwrap_or_default()
+        self.0.lock().get(peer).cloned().unwrap_or_default()
     }
 }
 

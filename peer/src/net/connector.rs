@@ -3,69 +3,94 @@
 //! Direct TCP to each of the peer's addresses first (each with the caller's timeout), then a UDP
 //! hole punch coordinated through the relay hub (QUIC over the punched path, see
 //! [`crate::net::punch`]), then a tunnel through the relay itself. In relay-only mode (a peer
-//! that knows it cannot make outbound connections either) only the relay is tried.
+//! that knows it cannot make outbound connections either) only the relay is tried. Inbound
+//! connections take the mirror path through [`crate::net::accept::Acceptor`].
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use p2p_proto::PeerId;
-use p2p_proto::api::ConnectionPathKind;
-
-use tokio::io::{AsyncRead, AsyncWrite};
+use parking_lot::Mutex;
 use tokio::net::TcpStream;
 
-use crate::download::Source;
 use crate::identity::Identity;
+use crate::net::addr::PeerAddr;
 use crate::net::link::Link;
-use crate::net::punch::Puncher;
-use crate::net::relay::RelayClient;
+use crate::net::punch::{PunchError, Puncher};
+use crate::net::relay::{RelayClient, RelayError};
+use crate::net::secure::SecureError;
+use crate::net::transport::{BoxedTransport, ConnectionPath};
 
-/// How a connection reaches the other peer.
-///
-/// Not called `Path` to keep clear of `std::path::Path`, which the download code uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ConnectionPath {
-    /// TCP straight to the peer.
-    Direct,
-    /// QUIC over a UDP hole punched through both NATs.
-    HolePunched,
-    /// A tunnel through the tracker's WebSocket relay.
-    Relayed,
-}
-
-impl std::fmt::Display for ConnectionPath {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Direct => "direct",
-            Self::HolePunched => "hole-punched",
-            Self::Relayed => "relayed",
-        })
-    }
-}
-
-/// The tracker API's name for the path.
-impl From<ConnectionPath> for ConnectionPathKind {
-    fn from(path: ConnectionPath) -> Self {
-        match path {
-            ConnectionPath::Direct => Self::Direct,
-            ConnectionPath::HolePunched => Self::HolePunched,
-            ConnectionPath::Relayed => Self::Relayed,
-        }
-    }
-}
-
-/// Any byte stream a connection can run over.
-pub trait Transport: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Transport for T {}
-
-/// A connected byte stream, before the Noise handshake.
-pub type BoxedTransport = Box<dyn Transport>;
-
-/// Why no path to a peer worked; says what each path answered.
+/// Why one path to a peer did not give a session.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ConnectError(String);
+#[non_exhaustive]
+pub enum PathError {
+    #[error("no address")]
+    NoAddress,
+    #[error("{addr}: {source}")]
+    Tcp {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{addr}: timed out")]
+    TcpTimeout { addr: SocketAddr },
+    #[error("no hole punching")]
+    NoPuncher,
+    #[error("no relay")]
+    NoRelay,
+    /// The peer is attached to another hub than ours.
+    #[error("the peer is on another relay")]
+    OtherRelay,
+    /// The hub did not set the punch up.
+    #[error("relay: {0}")]
+    PunchRequest(#[source] RelayError),
+    #[error(transparent)]
+    Punch(#[from] PunchError),
+    #[error(transparent)]
+    Relay(#[from] RelayError),
+    /// A stream was opened, but the handshake on it failed.
+    #[error(transparent)]
+    Session(#[from] SecureError),
+}
+
+/// Why no path to a peer worked: what each path answered, in the order they were tried.
+#[derive(Debug)]
+pub struct ConnectError {
+    failures: Vec<(ConnectionPath, PathError)>,
+}
+
+impl ConnectError {
+    /// Each path tried and why it failed.
+    pub fn failures(&self) -> &[(ConnectionPath, PathError)] {
+        &self.failures
+    }
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.failures.is_empty() {
+            return f.write_str("no path to try");
+        }
+        for (i, (path, error)) in self.failures.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "; " };
+            write!(f, "{sep}{path}: {error}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The cause is the last path's failure (the fallback that was tried last); the others are in
+/// [`ConnectError::failures`] and the message.
+impl std::error::Error for ConnectError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.failures
+            .last()
+            .map(|(_, e)| e as &(dyn std::error::Error + 'static))
+    }
+}
 
 /// A pooled session: the peer and the lane (0 for its main session).
 type LinkKey = (PeerId, u8);
@@ -96,14 +121,12 @@ impl Connector {
         Self {
             relay,
             relay_only,
-            puncher: None,
-            links: Mutex::default(),
-            link_gates: Mutex::default(),
-            last_paths: Mutex::default(),
+            ..Self::default()
         }
     }
 
-    /// Tries a hole punch with `puncher` when direct TCP fails (not in relay-only mode).
+    /// Tries a hole punch with `puncher` (coordinated through the relay) when direct TCP fails
+    /// (not in relay-only mode).
     pub fn with_puncher(mut self, puncher: Arc<Puncher>) -> Self {
         self.puncher = Some(puncher);
         self
@@ -121,48 +144,43 @@ impl Connector {
 
     /// The path of the latest connection to each peer.
     pub fn paths(&self) -> HashMap<PeerId, ConnectionPath> {
-        self.last_paths
-            .lock()
-            .map(|m| m.clone())
-            .unwrap_or_default()
+        self.last_paths.lock().clone()
     }
 
     fn remember(&self, peer: PeerId, path: ConnectionPath) {
-        if let Ok(mut m) = self.last_paths.lock() {
-            m.insert(peer, path);
-        }
+        self.last_paths.lock().insert(peer, path);
     }
 
-    /// The session with `source`: the pooled one while it lives, else a new connection (each
+    /// The session with `peer`: the pooled one while it lives, else a new connection (each
     /// path in turn, see [`Connector::connect`]) and handshake.
     pub async fn link(
         &self,
-        source: &Source,
+        peer: &PeerAddr,
         identity: &Identity,
         direct_timeout: Duration,
     ) -> Result<Arc<Link>, ConnectError> {
-        self.link_on(source, identity, direct_timeout, 0, &self.order())
+        self.link_on(peer, identity, direct_timeout, 0, &self.order())
             .await
     }
 
-    /// A further session with `source` beside its main one ([`Connector::link`]), so that
+    /// A further session with `peer` beside its main one ([`Connector::link`]), so that
     /// several connections carry one download: lane 1, 2, … (lane 0 is the main session). Only
     /// over direct TCP, and only when the main session is direct too (`None` otherwise): a
     /// second relay tunnel would load the hub twice and split its per-tunnel byte limit, and a
     /// second hole-punched stream is unmeasured.
     pub async fn extra_link(
         &self,
-        source: &Source,
+        peer: &PeerAddr,
         identity: &Identity,
         direct_timeout: Duration,
         lane: u8,
     ) -> Result<Option<Arc<Link>>, ConnectError> {
-        let main = self.link(source, identity, direct_timeout).await?;
+        let main = self.link(peer, identity, direct_timeout).await?;
         if main.path() != ConnectionPath::Direct {
             return Ok(None);
         }
         self.link_on(
-            source,
+            peer,
             identity,
             direct_timeout,
             lane,
@@ -172,89 +190,89 @@ impl Connector {
         .map(Some)
     }
 
-    /// The pooled session with `source` on `lane`, else a new one over the first of `paths`
+    /// The pooled session with `peer` on `lane`, else a new one over the first of `paths`
     /// that works.
     async fn link_on(
         &self,
-        source: &Source,
+        peer: &PeerAddr,
         identity: &Identity,
         direct_timeout: Duration,
         lane: u8,
         paths: &[ConnectionPath],
     ) -> Result<Arc<Link>, ConnectError> {
-        let key = (source.peer_id, lane);
-        let gate = self
-            .link_gates
-            .lock()
-            .map(|mut g| g.entry(key).or_default().clone())
-            .unwrap_or_default();
+        let key = (peer.peer_id, lane);
+        let gate = self.link_gates.lock().entry(key).or_default().clone();
         let _making = gate.lock().await;
-        if let Ok(mut links) = self.links.lock() {
-            links.retain(|_, l| !l.is_closed());
-            if let Some(l) = links.get(&key) {
-                if lane == 0 {
-                    self.remember(source.peer_id, l.path());
-                }
-                return Ok(l.clone());
-            }
+        if let Some(link) = self.pooled(key) {
+            return Ok(link);
         }
         // Each path in turn, as for `connect`; one that connects but carries no session (a
         // pooled QUIC connection whose peer is gone, say) counts as failed, and the next is tried.
         let mut failures = Vec::new();
         let mut made = None;
         for &path in paths {
-            let opened = match self.open(source, path, direct_timeout).await {
-                Ok(stream) => Link::open(stream, path, identity, source.peer_id)
+            let opened = match self.open(peer, path, direct_timeout).await {
+                Ok(stream) => Link::open(stream, path, identity, peer.peer_id)
                     .await
-                    .map_err(|e| e.to_string()),
+                    .map_err(PathError::from),
                 Err(e) => Err(e),
             };
             match opened {
                 Ok(link) => {
-                    if lane == 0 {
-                        self.remember(source.peer_id, path);
-                    }
                     made = Some(link);
                     break;
                 }
-                Err(e) => failures.push(format!("{path}: {e}")),
+                Err(e) => failures.push((path, e)),
             }
         }
-        let link = made.ok_or_else(|| ConnectError(failures.join("; ")))?;
-        if let Ok(mut links) = self.links.lock() {
-            links.insert(key, link.clone());
+        let link = made.ok_or(ConnectError { failures })?;
+        if lane == 0 {
+            self.remember(peer.peer_id, link.path());
         }
-        if let Ok(mut gates) = self.link_gates.lock() {
-            gates.remove(&key);
-        }
+        self.links.lock().insert(key, link.clone());
+        self.link_gates.lock().remove(&key);
         Ok(link)
+    }
+
+    /// The live pooled session for `key`, dropping closed ones.
+    fn pooled(&self, key: LinkKey) -> Option<Arc<Link>> {
+        let link = {
+            let mut links = self.links.lock();
+            links.retain(|_, l| !l.is_closed());
+            links.get(&key).cloned()
+        }?;
+        if key.1 == 0 {
+            self.remember(key.0, link.path());
+        }
+        Some(link)
     }
 
     /// Sessions open now (for tests and `status`).
     pub fn links(&self) -> usize {
         self.links
             .lock()
-            .map(|l| l.values().filter(|l| !l.is_closed()).count())
-            .unwrap_or(0)
+            .values()
+            .filter(|l| !l.is_closed())
+            .count()
     }
 
-    /// Opens a stream to `source`, trying each path in turn.
+    /// Opens a stream to `peer`, trying each path in turn.
     pub async fn connect(
         &self,
-        source: &Source,
+        peer: &PeerAddr,
         direct_timeout: Duration,
     ) -> Result<(BoxedTransport, ConnectionPath), ConnectError> {
         let mut failures = Vec::new();
         for path in self.order() {
-            match self.open(source, path, direct_timeout).await {
+            match self.open(peer, path, direct_timeout).await {
                 Ok(stream) => {
-                    self.remember(source.peer_id, path);
+                    self.remember(peer.peer_id, path);
                     return Ok((stream, path));
                 }
-                Err(e) => failures.push(format!("{path}: {e}")),
+                Err(e) => failures.push((path, e)),
             }
         }
-        Err(ConnectError(failures.join("; ")))
+        Err(ConnectError { failures })
     }
 
     /// The paths to try, in order: direct (unless relay-only), the hole punch (with a puncher,
@@ -273,51 +291,61 @@ impl Connector {
         order
     }
 
-    /// A stream to `source` over `path`.
+    /// A stream to `peer` over `path`.
     async fn open(
         &self,
-        source: &Source,
+        peer: &PeerAddr,
         path: ConnectionPath,
         direct_timeout: Duration,
-    ) -> Result<BoxedTransport, String> {
+    ) -> Result<BoxedTransport, PathError> {
+        let to = peer.peer_id;
         match path {
-            ConnectionPath::Direct => connect_direct(source, direct_timeout)
+            ConnectionPath::Direct => connect_direct(&peer.addrs, direct_timeout)
                 .await
                 .map(|s| Box::new(s) as BoxedTransport),
             ConnectionPath::HolePunched => {
-                let puncher = self.puncher.as_ref().ok_or("no hole punching")?;
-                puncher
-                    .connect(source.peer_id)
+                let puncher = self.puncher.as_ref().ok_or(PathError::NoPuncher)?;
+                if let Some(stream) = puncher.pooled_stream(to).await {
+                    return Ok(Box::new(stream));
+                }
+                let ticket = self
+                    .relay_for(peer)?
+                    .punch(to)
                     .await
-                    .map(|s| Box::new(s) as BoxedTransport)
-                    .map_err(|e| {
-                        tracing::debug!(peer = %source.peer_id, error = %e, "hole punch failed");
-                        e.to_string()
-                    })
+                    .map_err(PathError::PunchRequest)?;
+                let stream = puncher.punch(ticket).await.inspect_err(|e| {
+                    tracing::debug!(peer = %to, error = %e, "hole punch failed");
+                })?;
+                Ok(Box::new(stream))
             }
             ConnectionPath::Relayed => {
-                let relay = self.relay.as_ref().ok_or("no relay")?;
-                relay
-                    .open(source.peer_id)
-                    .await
-                    .map(|s| Box::new(s) as BoxedTransport)
-                    .map_err(|e| e.to_string())
+                let stream = self.relay_for(peer)?.open(to).await?;
+                Ok(Box::new(stream))
             }
+        }
+    }
+
+    /// Our relay, if `peer` can be reached through it: the peer names no relay, or ours.
+    fn relay_for(&self, peer: &PeerAddr) -> Result<&RelayClient, PathError> {
+        let relay = self.relay.as_ref().ok_or(PathError::NoRelay)?;
+        match &peer.relay {
+            Some(url) if url != relay.url() => Err(PathError::OtherRelay),
+            _ => Ok(relay),
         }
     }
 }
 
-/// TCP to the first of the peer's addresses that answers within `timeout`.
-async fn connect_direct(source: &Source, timeout: Duration) -> Result<TcpStream, String> {
-    let mut last = String::from("no address");
-    for addr in &source.addrs {
+/// TCP to the first of `addrs` that answers within `timeout`; the last failure otherwise.
+async fn connect_direct(addrs: &[SocketAddr], timeout: Duration) -> Result<TcpStream, PathError> {
+    let mut last = PathError::NoAddress;
+    for &addr in addrs {
         match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => {
                 let _ = s.set_nodelay(true);
                 return Ok(s);
             }
-            Ok(Err(e)) => last = format!("{addr}: {e}"),
-            Err(_) => last = format!("{addr}: timed out"),
+            Ok(Err(source)) => last = PathError::Tcp { addr, source },
+            Err(_) => last = PathError::TcpTimeout { addr },
         }
     }
     Err(last)

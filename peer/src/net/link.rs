@@ -13,20 +13,21 @@
 //! one without downloads for [`LINK_IDLE`] closes itself.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use p2p_proto::wire::{Frame, PROTOCOL_VERSION};
+use p2p_proto::wire::Frame;
 use p2p_proto::{FileId, PeerId};
+use parking_lot::Mutex;
 use tokio::io::WriteHalf;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::identity::Identity;
-use crate::net::connector::{BoxedTransport, ConnectionPath};
-use crate::net::secure::{self, Role, SecureError, SecureReader, SecureWriter};
-use crate::upload::AGENT;
+use crate::net::secure::{Role, SecureError, SecureReader, SecureWriter};
+use crate::net::session::{self, Session};
+use crate::net::transport::{BoxedTransport, ConnectionPath};
 
 /// A link without downloads closes after this.
 pub const LINK_IDLE: Duration = Duration::from_secs(60);
@@ -37,8 +38,8 @@ const SUBSCRIPTION_QUEUE: usize = 64;
 #[derive(Debug)]
 pub enum LinkEvent {
     Frame(Frame),
-    /// The session ended (with the reason, when it failed).
-    Closed(Option<String>),
+    /// The session ended (with the error, when it failed; shared by every download on it).
+    Closed(Option<Arc<SecureError>>),
 }
 
 #[derive(Debug, Default)]
@@ -74,21 +75,18 @@ pub struct Link {
 }
 
 impl Link {
-    /// Runs the handshake on `stream` (which must reach `peer`) and starts routing.
+    /// Opens the session on `stream` (which must reach `peer`) and starts routing.
     pub async fn open(
         stream: BoxedTransport,
         path: ConnectionPath,
         identity: &Identity,
         peer: PeerId,
     ) -> Result<Arc<Self>, SecureError> {
-        let (rx, mut tx, _) =
-            secure::handshake(stream, identity, Role::Initiator, Some(peer)).await?;
-        tx.feed(&Frame::Hello {
-            version: PROTOCOL_VERSION,
-            min_version: PROTOCOL_VERSION,
-            agent: AGENT.into(),
-        });
-        tx.flush().await?;
+        let Session {
+            reader: rx,
+            writer: tx,
+            ..
+        } = session::open(stream, identity, Role::Initiator, Some(peer)).await?;
         let (writes, queue) = mpsc::unbounded_channel();
         let link = Arc::new(Self {
             peer,
@@ -134,7 +132,7 @@ impl Link {
     /// Starts a download of `file` on this link; `None` once the link has closed.
     pub fn subscribe(self: &Arc<Self>, file: FileId) -> Option<Subscription> {
         let (tx, rx) = mpsc::channel(SUBSCRIPTION_QUEUE);
-        let mut routes = self.routes.lock().ok()?;
+        let mut routes = self.routes.lock();
         if self.is_closed() {
             return None;
         }
@@ -154,10 +152,7 @@ impl Link {
     /// not wait for the write: a failed write closes the link, which every download on it hears
     /// as `Closed`.
     fn send(&self, sub: u64, frames: Vec<Frame>) -> Result<(), SecureError> {
-        let mut routes = self
-            .routes
-            .lock()
-            .map_err(|_| SecureError::Io(std::io::Error::other("link poisoned")))?;
+        let mut routes = self.routes.lock();
         for f in &frames {
             match f {
                 Frame::Request { request_id, .. } => {
@@ -177,9 +172,7 @@ impl Link {
     /// Where an incoming frame goes: answers to the subscription that asked, news about a
     /// file (`Manifest`, `Bitfield`, `Have`) to every subscription of that file.
     fn route_of(&self, frame: &Frame) -> Vec<mpsc::Sender<LinkEvent>> {
-        let Ok(mut r) = self.routes.lock() else {
-            return Vec::new();
-        };
+        let mut r = self.routes.lock();
         let to_sub = |r: &Routes, id: Option<u64>| -> Vec<mpsc::Sender<LinkEvent>> {
             id.and_then(|id| r.subs.get(&id))
                 .map(|(_, tx)| tx.clone())
@@ -264,8 +257,7 @@ async fn route(
                 let idle = link
                     .routes
                     .lock()
-                    .ok()
-                    .and_then(|r| r.idle_since)
+                    .idle_since
                     .is_some_and(|t| t.elapsed() >= LINK_IDLE);
                 if idle {
                     break None;
@@ -288,7 +280,7 @@ async fn route(
                     }
                 }
                 Ok(None) => break None,
-                Err(e) => break Some(e.to_string()),
+                Err(e) => break Some(Arc::new(e)),
             },
         }
     };
@@ -297,8 +289,10 @@ async fn route(
         let subs: Vec<_> = link
             .routes
             .lock()
-            .map(|r| r.subs.values().map(|(_, tx)| tx.clone()).collect())
-            .unwrap_or_default();
+            .subs
+            .values()
+            .map(|(_, tx)| tx.clone())
+            .collect();
         for s in subs {
             let _ = s.send(LinkEvent::Closed(why.clone())).await;
         }
@@ -350,15 +344,14 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        if let Ok(mut r) = self.link.routes.lock() {
-            r.subs.remove(&self.id);
-            let id = self.id;
-            r.requests.retain(|_, s| *s != id);
-            // Waiting manifest requests stay queued: a late `Reject` for one must still pop its
-            // own entry (its answer is dropped then), not the next download's.
-            if r.subs.is_empty() {
-                r.idle_since = Some(tokio::time::Instant::now());
-            }
+        let mut r = self.link.routes.lock();
+        r.subs.remove(&self.id);
+        let id = self.id;
+        r.requests.retain(|_, s| *s != id);
+        // Waiting manifest requests stay queued: a late `Reject` for one must still pop its
+        // own entry (its answer is dropped then), not the next download's.
+        if r.subs.is_empty() {
+            r.idle_since = Some(tokio::time::Instant::now());
         }
     }
 }

@@ -22,6 +22,10 @@
 //! Symmetric NATs give each destination a fresh port, so neither side's probes reach the other
 //! and the punch times out; the connector then falls back to the relay.
 //!
+//! This module does the UDP and QUIC part only: the connector asks the relay hub for a
+//! [`PunchTicket`] and hands it to [`Puncher::punch`]; invitations from other peers reach
+//! [`Puncher::answer`] through the acceptor.
+//!
 //! Connections are pooled, one per peer: a later connection to the same peer opens another
 //! QUIC stream on it, and either side may open streams. A pooled connection without streams is
 //! closed after [`POOL_IDLE`].
@@ -29,14 +33,15 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use p2p_proto::PeerId;
-use p2p_proto::punch::{MAX_PUNCH_PACKET_LEN, Nonce16, PunchPacket};
+use p2p_proto::punch::{MAX_PUNCH_PACKET_LEN, PunchPacket};
 use p2p_proto::relay::CloseCode;
+use parking_lot::Mutex;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -44,10 +49,10 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, Serve
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::net::relay::{RelayClient, RelayError};
+use crate::net::ticket::PunchTicket;
 
 /// How often `Bind` is resent to the tracker until the go.
 pub const BIND_EVERY: Duration = Duration::from_millis(200);
@@ -72,35 +77,36 @@ const ACCEPT_QUEUE: usize = 64;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PunchError {
-    #[error("relay: {0}")]
-    Relay(#[from] RelayError),
     #[error("the tracker did not see both sides bind in time")]
     BindTimeout,
     #[error("the other peer does not punch: {0}")]
     Declined(CloseCode),
     #[error("no probe came back in time (a NAT maps per destination or drops UDP)")]
     NoPath,
-    #[error("cannot resolve the tracker host {0:?}")]
-    Resolve(String),
+    #[error("cannot resolve the tracker host {host:?}: {source}")]
+    Resolve {
+        host: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the tracker host {0:?} has no address")]
+    NoAddress(String),
     #[error("UDP socket: {0}")]
     Io(#[from] std::io::Error),
     #[error("QUIC: {0}")]
-    Quic(String),
+    Connect(#[from] quinn::ConnectError),
+    #[error("QUIC: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    #[error("QUIC: the endpoint closed")]
+    EndpointClosed,
+    #[error("QUIC: handshake timed out")]
+    HandshakeTimeout,
     #[error("TLS setup: {0}")]
-    Tls(String),
-}
-
-/// One side's part of a punch session, as the hub handed it out.
-#[derive(Debug)]
-pub struct PunchTicket {
-    /// The other side (as the hub says; the Noise handshake proves it).
-    pub peer: PeerId,
-    pub session: Nonce16,
-    pub token: Nonce16,
-    /// The tracker's rendezvous port.
-    pub udp_port: u16,
-    /// Fires with the other side's address once both are bound, or why the punch is off.
-    pub go: oneshot::Receiver<Result<SocketAddr, CloseCode>>,
+    Tls(#[from] rustls::Error),
+    #[error("TLS setup: {0}")]
+    Certificate(#[from] rcgen::Error),
+    #[error("TLS setup: {0}")]
+    CipherSuite(#[from] quinn::crypto::rustls::NoInitialCipherSuite),
 }
 
 /// A QUIC stream (on a punched path) another peer opened to us.
@@ -121,7 +127,6 @@ struct Pooled {
 /// Punches to peers and keeps the resulting QUIC connections.
 #[derive(Debug)]
 pub struct Puncher {
-    relay: RelayClient,
     tracker_host: String,
     client: quinn::ClientConfig,
     server: quinn::ServerConfig,
@@ -139,17 +144,15 @@ enum Side {
 }
 
 impl Puncher {
-    /// A puncher using `relay` for coordination and `tracker_host` (the tracker URL's host) for
-    /// the UDP rendezvous. Streams other peers open arrive on the returned receiver.
+    /// A puncher using `tracker_host` (the tracker URL's host) for the UDP rendezvous. Streams
+    /// other peers open arrive on the returned receiver.
     pub fn new(
-        relay: RelayClient,
         tracker_host: String,
         shutdown: CancellationToken,
     ) -> Result<(Arc<Self>, mpsc::Receiver<AcceptedStream>), PunchError> {
         let (client, server) = quic_configs()?;
         let (accepted, rx) = mpsc::channel(ACCEPT_QUEUE);
         let puncher = Arc::new(Self {
-            relay,
             tracker_host,
             client,
             server,
@@ -160,16 +163,17 @@ impl Puncher {
         Ok((puncher, rx))
     }
 
-    /// A stream to `to`: on the pooled connection when there is a live one, else over a new
-    /// punch.
-    pub async fn connect(self: &Arc<Self>, to: PeerId) -> Result<QuicStream, PunchError> {
-        if let Some(pooled) = self.pooled(&to) {
-            match open_stream(&pooled).await {
-                Ok(s) => return Ok(s),
-                Err(e) => tracing::debug!(peer = %to, error = %e, "pooled connection failed"),
-            }
-        }
-        let ticket = self.relay.punch(to).await?;
+    /// A new stream to `to` on the pooled connection, when there is a live one.
+    pub async fn pooled_stream(&self, to: PeerId) -> Option<QuicStream> {
+        let pooled = self.pooled(&to)?;
+        open_stream(&pooled)
+            .await
+            .inspect_err(|e| tracing::debug!(peer = %to, error = %e, "pooled connection failed"))
+            .ok()
+    }
+
+    /// Punches with `ticket` (from our request to the hub) and connects over the new path.
+    pub async fn punch(self: &Arc<Self>, ticket: PunchTicket) -> Result<QuicStream, PunchError> {
         let pooled = self.establish(ticket, Side::Client).await?;
         open_stream(&pooled).await
     }
@@ -179,13 +183,8 @@ impl Puncher {
         self.establish(ticket, Side::Server).await.map(drop)
     }
 
-    /// Declines an invitation (the asker moves on to the relay at once).
-    pub async fn decline(&self, session: Nonce16) {
-        let _ = self.relay.decline(session).await;
-    }
-
     fn pooled(&self, peer: &PeerId) -> Option<Pooled> {
-        let mut pool = self.pool.lock().ok()?;
+        let mut pool = self.pool.lock();
         match pool.get(peer) {
             Some(p) if p.conn.close_reason().is_none() => Some(p.clone()),
             Some(_) => {
@@ -222,36 +221,30 @@ impl Puncher {
             Arc::new(quinn::TokioRuntime),
         )?;
         let conn = tokio::time::timeout(QUIC_TIMEOUT, async {
-            match side {
-                Side::Client => endpoint
-                    .connect_with(self.client.clone(), remote, "p2p")
-                    .map_err(|e| PunchError::Quic(e.to_string()))?
-                    .await
-                    .map_err(|e| PunchError::Quic(e.to_string())),
+            let conn: Result<quinn::Connection, PunchError> = match side {
+                Side::Client => Ok(endpoint
+                    .connect_with(self.client.clone(), remote, "p2p")?
+                    .await?),
                 Side::Server => loop {
-                    let incoming = endpoint
-                        .accept()
-                        .await
-                        .ok_or_else(|| PunchError::Quic("endpoint closed".into()))?;
+                    let incoming = endpoint.accept().await.ok_or(PunchError::EndpointClosed)?;
                     // Only the address the punch opened; anything else is not this session.
                     if incoming.remote_address() != remote {
                         incoming.refuse();
                         continue;
                     }
-                    break incoming.await.map_err(|e| PunchError::Quic(e.to_string()));
+                    break Ok(incoming.await?);
                 },
-            }
+            };
+            conn
         })
         .await
-        .map_err(|_| PunchError::Quic("handshake timed out".into()))??;
+        .map_err(|_| PunchError::HandshakeTimeout)??;
         let pooled = Pooled {
             conn,
             endpoint,
             streams: Arc::new(AtomicUsize::new(0)),
         };
-        if let Ok(mut pool) = self.pool.lock()
-            && let Some(old) = pool.insert(peer, pooled.clone())
-        {
+        if let Some(old) = self.pool.lock().insert(peer, pooled.clone()) {
             // Both sides punched at once: the older connection finishes its streams and idles out.
             tracing::debug!(%peer, "replacing a pooled connection");
             drop(old);
@@ -290,10 +283,10 @@ impl Puncher {
             }
         }
         pooled.conn.close(0u32.into(), b"idle");
-        if let Ok(mut pool) = self.pool.lock()
-            && pool
-                .get(&peer)
-                .is_some_and(|p| p.conn.stable_id() == pooled.conn.stable_id())
+        let mut pool = self.pool.lock();
+        if pool
+            .get(&peer)
+            .is_some_and(|p| p.conn.stable_id() == pooled.conn.stable_id())
         {
             pool.remove(&peer);
         }
@@ -302,23 +295,22 @@ impl Puncher {
     async fn rendezvous_addr(&self, port: u16) -> Result<SocketAddr, PunchError> {
         let mut addrs = tokio::net::lookup_host((self.tracker_host.as_str(), port))
             .await
-            .map_err(|_| PunchError::Resolve(self.tracker_host.clone()))?
+            .map_err(|source| PunchError::Resolve {
+                host: self.tracker_host.clone(),
+                source,
+            })?
             .collect::<Vec<_>>();
         // IPv4 first: that is where NATs (and so punching) matter.
         addrs.sort_by_key(|a| a.is_ipv6());
         addrs
             .into_iter()
             .next()
-            .ok_or_else(|| PunchError::Resolve(self.tracker_host.clone()))
+            .ok_or_else(|| PunchError::NoAddress(self.tracker_host.clone()))
     }
 }
 
 async fn open_stream(pooled: &Pooled) -> Result<QuicStream, PunchError> {
-    let (send, recv) = pooled
-        .conn
-        .open_bi()
-        .await
-        .map_err(|e| PunchError::Quic(e.to_string()))?;
+    let (send, recv) = pooled.conn.open_bi().await?;
     Ok(QuicStream::new(pooled, send, recv))
 }
 
@@ -469,30 +461,25 @@ fn transport() -> Arc<quinn::TransportConfig> {
 
 fn quic_configs() -> Result<(quinn::ClientConfig, quinn::ServerConfig), PunchError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = |e: rustls::Error| PunchError::Tls(e.to_string());
 
-    let cert = rcgen::generate_simple_self_signed(vec!["p2p".to_owned()])
-        .map_err(|e| PunchError::Tls(e.to_string()))?;
+    let cert = rcgen::generate_simple_self_signed(vec!["p2p".to_owned()])?;
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der()));
     let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(tls)?
+        .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
-        .with_single_cert(vec![cert.cert.der().clone()], key)
-        .map_err(tls)?;
+        .with_single_cert(vec![cert.cert.der().clone()], key)?;
     server.alpn_protocols = vec![ALPN.to_vec()];
-    let server = QuicServerConfig::try_from(server).map_err(|e| PunchError::Tls(e.to_string()))?;
+    let server = QuicServerConfig::try_from(server)?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(server));
     server.transport_config(transport());
 
     let mut client = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(tls)?
+        .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(NoiseAuthenticates(provider)))
         .with_no_client_auth();
     client.alpn_protocols = vec![ALPN.to_vec()];
-    let client = QuicClientConfig::try_from(client).map_err(|e| PunchError::Tls(e.to_string()))?;
+    let client = QuicClientConfig::try_from(client)?;
     let mut client = quinn::ClientConfig::new(Arc::new(client));
     client.transport_config(transport());
     Ok((client, server))
@@ -548,6 +535,8 @@ impl ServerCertVerifier for NoiseAuthenticates {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use p2p_proto::punch::Nonce16;
+    use tokio::sync::oneshot;
 
     type Go = oneshot::Sender<Result<SocketAddr, CloseCode>>;
 

@@ -23,17 +23,20 @@ use curve25519_dalek::montgomery::MontgomeryPoint;
 use futures_util::{SinkExt, StreamExt};
 use p2p_proto::PeerId;
 use p2p_proto::relay::{
-    CloseCode, INCOMING_STREAM_BIT, INITIAL_WINDOW, MAX_DATA_LEN, RelayFrame, error_code, proof_mac,
+    CloseCode, INCOMING_STREAM_BIT, INITIAL_WINDOW, MAX_DATA_LEN, RelayFrame, RelayFrameError,
+    error_code, proof_mac,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::http::header::InvalidHeaderValue;
+use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
 
 use crate::identity::Identity;
-use crate::net::punch::PunchTicket;
+use crate::net::addr::RelayUrl;
+use crate::net::ticket::PunchTicket;
 use p2p_proto::punch::Nonce16;
 
 /// How long attaching (connect, challenge, proof) may take.
@@ -50,23 +53,32 @@ const INVITE_QUEUE: usize = 16;
 const PUNCH_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Grant credit back once this much was read. A grant crosses the hub and every task on the
 /// way, which under load takes tens of milliseconds, so the sender should hear of room early:
-/// with a quarter of the window per grant the relayed run of `bench/relay` waited on credit
-/// (183-298 MB/s), with a sixteenth it moved 274-418 MB/s; an even smaller step sends more
-/// grants through the hub and was no faster (a 32nd 197-335, a 64th 195-244).
+/// with larger steps the relayed run of `bench/relay` waited on credit; smaller ones send more
+/// grants through the hub without moving more data (figures in `bench/README.md`).
 const GRANT_STEP: u32 = INITIAL_WINDOW / 16;
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// Why the relay could not be used.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RelayError {
     #[error("relay URL {0:?}: expected http(s)://host:port or ws(s)://host:port")]
     Url(String),
+    #[error("relay URL: {0}")]
+    Request(#[source] Box<tungstenite::Error>),
+    #[error("the API key is not a valid header")]
+    ApiKey(#[source] InvalidHeaderValue),
     #[error("cannot reach the relay: {0}")]
-    Connect(String),
+    Connect(#[source] Box<tungstenite::Error>),
+    #[error("cannot reach the relay: timed out")]
+    AttachTimeout,
     #[error("the relay refused us: {0}")]
     Refused(String),
+    #[error("the relay refused the punch: {0}")]
+    PunchRefused(CloseCode),
+    #[error("relay protocol: {0}")]
+    Decode(#[from] RelayFrameError),
     #[error("relay protocol: {0}")]
     Protocol(String),
     #[error("not attached to the relay")]
@@ -86,13 +98,13 @@ pub enum RelayStatus {
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
     /// `ws://host:port/relay` (see [`relay_url`]).
-    pub url: String,
+    pub url: RelayUrl,
     /// The tracker API key or JWT.
     pub token: Option<String>,
 }
 
 /// The hub's URL for a tracker base URL: `http://t:8080` → `ws://t:8080/relay`.
-pub fn relay_url(tracker: &str) -> Result<String, RelayError> {
+pub fn relay_url(tracker: &str) -> Result<RelayUrl, RelayError> {
     let t = tracker.trim().trim_end_matches('/');
     let rest = |p: &str| t.strip_prefix(p).map(str::to_owned);
     let url = if let Some(r) = rest("http://") {
@@ -106,13 +118,13 @@ pub fn relay_url(tracker: &str) -> Result<String, RelayError> {
     } else {
         return Err(RelayError::Url(tracker.to_owned()));
     };
-    Ok(url)
+    Ok(RelayUrl::from(url))
 }
 
 /// The host of a tracker URL (`http://t:8080` → `t`), where its UDP rendezvous is.
 pub fn tracker_host(tracker: &str) -> Result<String, RelayError> {
     let bad = || RelayError::Url(tracker.to_owned());
-    let url = reqwest::Url::parse(&relay_url(tracker)?).map_err(|_| bad())?;
+    let url = reqwest::Url::parse(relay_url(tracker)?.as_str()).map_err(|_| bad())?;
     // An IPv6 host without the brackets the URL writes: the form a socket address lookup takes.
     url.host_str()
         .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_owned())
@@ -130,6 +142,7 @@ pub struct Incoming {
 /// A handle on the relay connection; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct RelayClient {
+    url: RelayUrl,
     commands: watch::Receiver<Option<mpsc::Sender<Command>>>,
     status: watch::Receiver<RelayStatus>,
     next_stream: Arc<AtomicU32>,
@@ -224,6 +237,11 @@ impl AsyncWrite for RelayStream {
 }
 
 impl RelayClient {
+    /// The hub this client attaches to.
+    pub fn url(&self) -> &RelayUrl {
+        &self.url
+    }
+
     /// The current status.
     pub fn status(&self) -> RelayStatus {
         self.status.borrow().clone()
@@ -285,7 +303,7 @@ impl RelayClient {
         self.command(Command::Punch { request, to, reply }).await?;
         tokio::time::timeout(PUNCH_REQUEST_TIMEOUT, answer)
             .await
-            .map_err(|_| RelayError::Protocol("no answer to the punch request".into()))?
+            .map_err(|_| RelayError::Protocol("no answer to the punch request".to_owned()))?
             .map_err(|_| RelayError::NotAttached)?
     }
 }
@@ -353,6 +371,7 @@ pub fn spawn_with_punch(
     mpsc::Receiver<PunchTicket>,
 ) {
     let (invites_tx, invites_rx) = mpsc::channel(INVITE_QUEUE);
+    let url = config.url.clone();
     let (commands_tx, commands_rx) = watch::channel(None);
     let (status_tx, status_rx) = watch::channel(RelayStatus::Connecting);
     let (incoming_tx, incoming_rx) = mpsc::channel(INCOMING_QUEUE);
@@ -363,7 +382,7 @@ pub fn spawn_with_punch(
             let attempt = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 r = tokio::time::timeout(ATTACH_TIMEOUT, attach(&identity, &config)) => {
-                    r.unwrap_or_else(|_| Err(RelayError::Connect("timed out".into())))
+                    r.unwrap_or(Err(RelayError::AttachTimeout))
                 }
             };
             let why = match attempt {
@@ -393,6 +412,7 @@ pub fn spawn_with_punch(
     });
     (
         RelayClient {
+            url,
             commands: commands_rx,
             status: status_rx,
             next_stream: Arc::new(AtomicU32::new(1)),
@@ -410,17 +430,16 @@ async fn attach(identity: &Identity, config: &RelayConfig) -> Result<Ws, RelayEr
     let url = format!("{}?peer_id={}", config.url, identity.peer_id());
     let mut request = url
         .into_client_request()
-        .map_err(|e| RelayError::Url(e.to_string()))?;
+        .map_err(|e| RelayError::Request(Box::new(e)))?;
     if let Some(token) = &config.token {
-        let value = HeaderValue::from_str(token)
-            .map_err(|_| RelayError::Url("the API key is not a valid header".into()))?;
+        let value = HeaderValue::from_str(token).map_err(RelayError::ApiKey)?;
         request.headers_mut().insert("x-api-key", value);
     }
     let (mut ws, _) = tokio_tungstenite::connect_async(request)
         .await
-        .map_err(|e| RelayError::Connect(e.to_string()))?;
+        .map_err(|e| RelayError::Connect(Box::new(e)))?;
     let Some(RelayFrame::Challenge { server_key, nonce }) = next_frame(&mut ws).await? else {
-        return Err(RelayError::Protocol("expected a challenge".into()));
+        return Err(RelayError::Protocol("expected a challenge".to_owned()));
     };
     let shared = MontgomeryPoint(server_key)
         .mul_clamped(*identity.secret())
@@ -432,7 +451,7 @@ async fn attach(identity: &Identity, config: &RelayConfig) -> Result<Ws, RelayEr
     };
     ws.send(Message::Binary(proof.to_vec().into()))
         .await
-        .map_err(|e| RelayError::Connect(e.to_string()))?;
+        .map_err(|e| RelayError::Connect(Box::new(e)))?;
     match next_frame(&mut ws).await? {
         Some(RelayFrame::Attached) => Ok(ws),
         Some(RelayFrame::Error { message, .. }) => Err(RelayError::Refused(message)),
@@ -446,13 +465,11 @@ async fn next_frame(ws: &mut Ws) -> Result<Option<RelayFrame>, RelayError> {
     loop {
         match ws.next().await {
             Some(Ok(Message::Binary(b))) => {
-                return RelayFrame::decode(b)
-                    .map(Some)
-                    .map_err(|e| RelayError::Protocol(e.to_string()));
+                return Ok(Some(RelayFrame::decode(b)?));
             }
             Some(Ok(Message::Close(_))) | None => return Ok(None),
             Some(Ok(_)) => continue,
-            Some(Err(e)) => return Err(RelayError::Connect(e.to_string())),
+            Some(Err(e)) => return Err(RelayError::Connect(Box::new(e))),
         }
     }
 }
@@ -466,152 +483,215 @@ async fn run_session(
     invites: &mpsc::Sender<PunchTicket>,
     shutdown: &CancellationToken,
 ) -> String {
-    let (mut sink, mut source) = ws.split();
-    let (frames, mut to_send) = mpsc::channel::<Message>(OUTBOUND_QUEUE);
-    let writer = tokio::spawn(async move {
-        while let Some(first) = to_send.recv().await {
-            // Batch whatever else is queued into one flush.
-            let mut next = Some(first);
-            while let Some(msg) = next.take() {
-                if sink.feed(msg).await.is_err() {
-                    return;
-                }
-                next = to_send.try_recv().ok();
-            }
-            if sink.flush().await.is_err() {
-                return;
-            }
-        }
-        let _ = sink.close().await;
-    });
-    let out = Outbound {
-        frames,
-        commands: commands_tx,
+    let (sink, mut source) = ws.split();
+    let (frames, to_send) = mpsc::channel::<Message>(OUTBOUND_QUEUE);
+    let writer = tokio::spawn(write_frames(sink, to_send));
+    let mut session = Attached {
+        out: Outbound {
+            frames,
+            commands: commands_tx,
+        },
+        streams: HashMap::new(),
+        punches: Punches::default(),
+        incoming,
+        invites,
     };
-    let mut streams: HashMap<u32, StreamEntry> = HashMap::new();
-    let mut punches = Punches::default();
     let why = loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break "shutting down".to_owned(),
+        let step = tokio::select! {
+            _ = shutdown.cancelled() => Err("shutting down".to_owned()),
             command = commands.recv() => match command {
-                Some(Command::Open { stream, to, entry, far }) => {
-                    streams.insert(stream, entry);
-                    // `Open` is queued before the bridge can queue any `Data` for the stream.
-                    if send(&out.frames, &RelayFrame::Open { stream, to }).await.is_err() {
-                        break "connection lost".to_owned();
-                    }
-                    spawn_bridge(stream, far, out.clone());
-                }
-                Some(Command::Close(stream)) => {
-                    if let Some(entry) = streams.remove(&stream) {
-                        entry.end(CloseCode::Normal);
-                        let _ = send(&out.frames, &RelayFrame::Close { stream, code: CloseCode::Normal }).await;
-                    }
-                }
-                Some(Command::Decline(session)) => {
-                    if send(&out.frames, &RelayFrame::PunchDecline { session }).await.is_err() {
-                        break "connection lost".to_owned();
-                    }
-                }
-                Some(Command::Punch { request, to, reply }) => {
-                    punches.requested.retain(|_, r| !r.is_closed());
-                    punches.requested.insert(request, reply);
-                    if send(&out.frames, &RelayFrame::PunchRequest { request, to }).await.is_err() {
-                        break "connection lost".to_owned();
-                    }
-                }
-                None => break "client dropped".to_owned(),
+                Some(command) => session.on_command(command).await,
+                None => Err("client dropped".to_owned()),
             },
-            msg = source.next() => {
-                let frame = match msg {
-                    Some(Ok(Message::Binary(b))) => match RelayFrame::decode(b) {
-                        Ok(f) => f,
-                        Err(e) => break format!("bad frame from the relay: {e}"),
-                    },
-                    Some(Ok(Message::Close(_))) | None => break "the relay closed".to_owned(),
-                    Some(Ok(_)) => continue,
-                    Some(Err(e)) => break e.to_string(),
-                };
-                match frame {
-                    RelayFrame::Data { stream, data } => {
-                        if let Some(entry) = streams.get(&stream) {
-                            let _ = entry.inbound.send(data);
-                        }
-                    }
-                    RelayFrame::Window { stream, credit } => {
-                        if let Some(entry) = streams.get(&stream) {
-                            entry.credit.add_permits(credit as usize);
-                        }
-                    }
-                    RelayFrame::Close { stream, code } => {
-                        if let Some(entry) = streams.remove(&stream) {
-                            entry.end(code);
-                        }
-                    }
-                    RelayFrame::Incoming { stream, from } => {
-                        let (app, entry, far) = new_stream(from);
-                        match incoming.try_send(Incoming { from, stream: app }) {
-                            Ok(()) => {
-                                streams.insert(stream, entry);
-                                spawn_bridge(stream, far, out.clone());
-                            }
-                            Err(_) => {
-                                let _ = send(&out.frames, &RelayFrame::Close { stream, code: CloseCode::Other(16) }).await;
-                            }
-                        }
-                    }
-                    RelayFrame::PunchBind { request, peer, session, token, udp_port } => {
-                        let (tx, go) = oneshot::channel();
-                        punches.go.retain(|_, g| !g.is_closed());
-                        punches.go.insert(session, tx);
-                        let ticket = PunchTicket { peer, session, token, udp_port, go };
-                        if request == 0 {
-                            // Nobody picks invitations up (punching is off) or too many wait:
-                            // decline, so the asker moves on to the relay at once.
-                            if invites.try_send(ticket).is_err() {
-                                punches.go.remove(&session);
-                                let _ = send(&out.frames, &RelayFrame::PunchDecline { session }).await;
-                            }
-                        } else if let Some(reply) = punches.requested.remove(&request) {
-                            punches.sessions.retain(|_, s| punches.go.contains_key(s));
-                            punches.sessions.insert(request, session);
-                            let _ = reply.send(Ok(ticket));
-                        }
-                    }
-                    RelayFrame::PunchGo { session, addr } => {
-                        if let Some(go) = punches.go.remove(&session) {
-                            let _ = go.send(Ok(addr));
-                        }
-                    }
-                    RelayFrame::PunchFailed { request, code } => {
-                        if let Some(reply) = punches.requested.remove(&request) {
-                            let _ = reply.send(Err(RelayError::Refused(code.to_string())));
-                        } else if let Some(go) = punches
-                            .sessions
-                            .remove(&request)
-                            .and_then(|session| punches.go.remove(&session))
-                        {
-                            // The invited peer declined after we got our ticket.
-                            let _ = go.send(Err(code));
-                        }
-                    }
-                    RelayFrame::Error { code, message } => {
-                        tracing::warn!(code, %message, "relay error");
-                        if code == error_code::REPLACED {
-                            break message;
-                        }
-                    }
-                    other => tracing::debug!(?other, "unexpected relay frame"),
-                }
-            }
+            msg = source.next() => match msg {
+                Some(Ok(Message::Binary(b))) => match RelayFrame::decode(b) {
+                    Ok(frame) => session.on_frame(frame).await,
+                    Err(e) => Err(format!("bad frame from the relay: {e}")),
+                },
+                Some(Ok(Message::Close(_))) | None => Err("the relay closed".to_owned()),
+                Some(Ok(_)) => Ok(()),
+                Some(Err(e)) => Err(e.to_string()),
+            },
+        };
+        if let Err(why) = step {
+            break why;
         }
     };
-    for (_, entry) in streams.drain() {
+    for (_, entry) in session.streams.drain() {
         entry.end(CloseCode::Gone);
     }
-    drop(out);
+    drop(session);
     writer.abort();
     why
+}
+
+/// Sends the session's frames, batching whatever is queued into one flush, until the queue
+/// closes or the WebSocket fails.
+async fn write_frames(
+    mut sink: futures_util::stream::SplitSink<Ws, Message>,
+    mut to_send: mpsc::Receiver<Message>,
+) {
+    while let Some(first) = to_send.recv().await {
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            if sink.feed(msg).await.is_err() {
+                return;
+            }
+            next = to_send.try_recv().ok();
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = sink.close().await;
+}
+
+/// One attached session's state: its streams and punches, and where new ones go.
+struct Attached<'a> {
+    out: Outbound,
+    streams: HashMap<u32, StreamEntry>,
+    punches: Punches,
+    incoming: &'a mpsc::Sender<Incoming>,
+    invites: &'a mpsc::Sender<PunchTicket>,
+}
+
+/// Why a session ends, for the status and the log.
+type Ended = String;
+
+impl Attached<'_> {
+    /// Carries out a command from a [`RelayClient`].
+    async fn on_command(&mut self, command: Command) -> Result<(), Ended> {
+        let lost = || "connection lost".to_owned();
+        match command {
+            Command::Open {
+                stream,
+                to,
+                entry,
+                far,
+            } => {
+                self.streams.insert(stream, entry);
+                // `Open` is queued before the bridge can queue any `Data` for the stream.
+                send(&self.out.frames, &RelayFrame::Open { stream, to })
+                    .await
+                    .map_err(|_| lost())?;
+                spawn_bridge(stream, far, self.out.clone());
+            }
+            Command::Close(stream) => {
+                if let Some(entry) = self.streams.remove(&stream) {
+                    entry.end(CloseCode::Normal);
+                    let code = CloseCode::Normal;
+                    let _ = send(&self.out.frames, &RelayFrame::Close { stream, code }).await;
+                }
+            }
+            Command::Decline(session) => {
+                send(&self.out.frames, &RelayFrame::PunchDecline { session })
+                    .await
+                    .map_err(|_| lost())?;
+            }
+            Command::Punch { request, to, reply } => {
+                self.punches.requested.retain(|_, r| !r.is_closed());
+                self.punches.requested.insert(request, reply);
+                send(&self.out.frames, &RelayFrame::PunchRequest { request, to })
+                    .await
+                    .map_err(|_| lost())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Handles a frame from the hub.
+    async fn on_frame(&mut self, frame: RelayFrame) -> Result<(), Ended> {
+        match frame {
+            RelayFrame::Data { stream, data } => {
+                if let Some(entry) = self.streams.get(&stream) {
+                    let _ = entry.inbound.send(data);
+                }
+            }
+            RelayFrame::Window { stream, credit } => {
+                if let Some(entry) = self.streams.get(&stream) {
+                    entry.credit.add_permits(credit as usize);
+                }
+            }
+            RelayFrame::Close { stream, code } => {
+                if let Some(entry) = self.streams.remove(&stream) {
+                    entry.end(code);
+                }
+            }
+            RelayFrame::Incoming { stream, from } => self.on_incoming(stream, from).await,
+            RelayFrame::PunchBind {
+                request,
+                peer,
+                session,
+                token,
+                udp_port,
+            } => {
+                let (tx, go) = oneshot::channel();
+                let ticket = PunchTicket {
+                    peer,
+                    session,
+                    token,
+                    udp_port,
+                    go,
+                };
+                self.on_punch_bind(request, ticket, tx).await;
+            }
+            RelayFrame::PunchGo { session, addr } => {
+                if let Some(go) = self.punches.go.remove(&session) {
+                    let _ = go.send(Ok(addr));
+                }
+            }
+            RelayFrame::PunchFailed { request, code } => self.punches.failed(request, code),
+            RelayFrame::Error { code, message } => {
+                tracing::warn!(code, %message, "relay error");
+                if code == error_code::REPLACED {
+                    return Err(message);
+                }
+            }
+            other => tracing::debug!(?other, "unexpected relay frame"),
+        }
+        Ok(())
+    }
+
+    /// Another peer opened a stream to us: handed to whoever takes incoming streams, or closed
+    /// when too many wait.
+    async fn on_incoming(&mut self, stream: u32, from: PeerId) {
+        let (app, entry, far) = new_stream(from);
+        match self.incoming.try_send(Incoming { from, stream: app }) {
+            Ok(()) => {
+                self.streams.insert(stream, entry);
+                spawn_bridge(stream, far, self.out.clone());
+            }
+            Err(_) => {
+                let code = CloseCode::Other(16);
+                let _ = send(&self.out.frames, &RelayFrame::Close { stream, code }).await;
+            }
+        }
+    }
+
+    /// The hub hands out a punch ticket: for our request (`request` ≠ 0), or an invitation.
+    async fn on_punch_bind(
+        &mut self,
+        request: u32,
+        ticket: PunchTicket,
+        go: oneshot::Sender<Result<std::net::SocketAddr, CloseCode>>,
+    ) {
+        let session = ticket.session;
+        self.punches.go.retain(|_, g| !g.is_closed());
+        self.punches.go.insert(session, go);
+        if request == 0 {
+            // Nobody picks invitations up (punching is off) or too many wait: decline, so the
+            // asker moves on to the relay at once.
+            if self.invites.try_send(ticket).is_err() {
+                self.punches.go.remove(&session);
+                let _ = send(&self.out.frames, &RelayFrame::PunchDecline { session }).await;
+            }
+        } else if let Some(reply) = self.punches.requested.remove(&request) {
+            let punches = &mut self.punches;
+            punches.sessions.retain(|_, s| punches.go.contains_key(s));
+            punches.sessions.insert(request, session);
+            let _ = reply.send(Ok(ticket));
+        }
+    }
 }
 
 /// Punches in progress on one attached session.
@@ -623,6 +703,22 @@ struct Punches {
     go: HashMap<Nonce16, oneshot::Sender<Result<std::net::SocketAddr, CloseCode>>>,
     /// The session of each of our requests that got its ticket, for a later `PunchFailed`.
     sessions: HashMap<u32, Nonce16>,
+}
+
+impl Punches {
+    /// The hub says punch `request` failed: our request was refused, or the invited peer
+    /// declined after we got our ticket.
+    fn failed(&mut self, request: u32, code: CloseCode) {
+        if let Some(reply) = self.requested.remove(&request) {
+            let _ = reply.send(Err(RelayError::PunchRefused(code)));
+        } else if let Some(go) = self
+            .sessions
+            .remove(&request)
+            .and_then(|session| self.go.remove(&session))
+        {
+            let _ = go.send(Err(code));
+        }
+    }
 }
 
 async fn send(frames: &mpsc::Sender<Message>, frame: &RelayFrame) -> Result<(), ()> {
@@ -693,10 +789,11 @@ mod tests {
 
     #[test]
     fn relay_urls_follow_the_tracker_url() {
-        assert_eq!(relay_url("http://t:8080").unwrap(), "ws://t:8080/relay");
-        assert_eq!(relay_url("https://t/").unwrap(), "wss://t/relay");
-        assert_eq!(relay_url("t:9").unwrap(), "ws://t:9/relay");
-        assert_eq!(relay_url("ws://t:1").unwrap(), "ws://t:1/relay");
+        let url = |t: &str| relay_url(t).unwrap().as_str().to_owned();
+        assert_eq!(url("http://t:8080"), "ws://t:8080/relay");
+        assert_eq!(url("https://t/"), "wss://t/relay");
+        assert_eq!(url("t:9"), "ws://t:9/relay");
+        assert_eq!(url("ws://t:1"), "ws://t:1/relay");
         assert!(relay_url("ftp://t").is_err());
         assert!(relay_url("").is_err());
     }

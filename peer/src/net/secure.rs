@@ -44,7 +44,10 @@ pub enum SecureError {
     #[error("connection: {0}")]
     Io(#[from] std::io::Error),
     #[error("noise: {0}")]
-    Noise(String),
+    Handshake(#[from] snow::Error),
+    /// A transport message that cannot be sealed or opened (ring says no more than that).
+    #[error("noise: {0}")]
+    Noise(&'static str),
     #[error("handshake timed out")]
     Timeout,
     #[error("connected to peer {got}, expected {expected}")]
@@ -53,12 +56,6 @@ pub enum SecureError {
     Wire(#[from] WireError),
     #[error("connection closed in the middle of a frame")]
     Truncated,
-}
-
-impl From<snow::Error> for SecureError {
-    fn from(e: snow::Error) -> Self {
-        Self::Noise(e.to_string())
-    }
 }
 
 /// Which side of the handshake this peer plays.
@@ -119,9 +116,7 @@ async fn run_handshake<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let params = NOISE_PARAMS
-        .parse()
-        .map_err(|e: snow::Error| SecureError::Noise(e.to_string()))?;
+    let params = NOISE_PARAMS.parse().map_err(SecureError::Handshake)?;
     let builder = snow::Builder::new(params)
         .local_private_key(identity.secret())?
         .prologue(PROLOGUE)?;
@@ -148,7 +143,7 @@ where
         .get_remote_static()
         .and_then(|k| <[u8; 32]>::try_from(k).ok())
         .map(PeerId)
-        .ok_or_else(|| SecureError::Noise("no remote static key".into()))?;
+        .ok_or(SecureError::Noise("no remote static key"))?;
     if let Some(expected) = expected
         && expected != remote
     {
@@ -185,7 +180,7 @@ struct Cipher {
 impl Cipher {
     fn new(key: &[u8; 32]) -> Result<Self, SecureError> {
         let key = UnboundKey::new(&AES_256_GCM, key)
-            .map_err(|_| SecureError::Noise("unusable transport key".into()))?;
+            .map_err(|_| SecureError::Noise("unusable transport key"))?;
         Ok(Self {
             key: LessSafeKey::new(key),
             n: 0,
@@ -196,7 +191,7 @@ impl Cipher {
     /// value (2^64 − 1) is reserved.
     fn next_nonce(&mut self) -> Result<Nonce, SecureError> {
         if self.n == u64::MAX {
-            return Err(SecureError::Noise("the session ran out of nonces".into()));
+            return Err(SecureError::Noise("the session ran out of nonces"));
         }
         let mut nonce = [0u8; 12];
         nonce[4..].copy_from_slice(&self.n.to_be_bytes());
@@ -213,7 +208,7 @@ impl Cipher {
         let tag = self
             .key
             .seal_in_place_separate_tag(nonce, Aad::empty(), text)
-            .map_err(|_| SecureError::Noise("message too long to encrypt".into()))?;
+            .map_err(|_| SecureError::Noise("message too long to encrypt"))?;
         room.copy_from_slice(tag.as_ref());
         Ok(())
     }
@@ -225,7 +220,7 @@ impl Cipher {
         self.key
             .open_within(nonce, Aad::empty(), buf, from..)
             .map(|plain| plain.len())
-            .map_err(|_| SecureError::Noise("transport message failed authentication".into()))
+            .map_err(|_| SecureError::Noise("transport message failed authentication"))
     }
 }
 
@@ -430,9 +425,7 @@ impl<R: AsyncRead + Unpin> SecureReader<R> {
         };
         let len = usize::from(u16::from_be_bytes([a, b]));
         if len < TAG_LEN {
-            return Err(SecureError::Noise(
-                "transport message shorter than its tag".into(),
-            ));
+            return Err(SecureError::Noise("transport message shorter than its tag"));
         }
         let end = self.sealed + 2 + len;
         if self.buf.len() < end {
@@ -881,7 +874,7 @@ mod tests {
     #[tokio::test]
     async fn a_tampered_handshake_fails() {
         let (_, rb) = through_tampering_link(2).await;
-        assert!(matches!(rb, Err(SecureError::Noise(_))), "{rb:?}");
+        assert!(matches!(rb, Err(SecureError::Handshake(_))), "{rb:?}");
     }
 
     #[tokio::test]

@@ -3,8 +3,8 @@
 //!
 //! Reading or writing a 256 KiB chunk through the page cache, with its SHA-256, takes a fraction
 //! of a millisecond. Handing each one to `spawn_blocking` costs more than that in thread
-//! wake-ups and context switches (on two cores `bench/transfer` moves a quarter more data per
-//! second with the work done in place). But a disk that cannot keep up (dirty-page throttling,
+//! wake-ups and context switches (`bench/transfer` moves more data per second with the work
+//! done in place; figures in `bench/README.md`). But a disk that cannot keep up (dirty-page throttling,
 //! a seek-bound read) can block for much longer, and a blocked runtime worker stalls every task
 //! behind it. So the work runs in place and is timed; [`STRIKES`] operations in a row slower
 //! than [`SLOW`] send the next ones to the blocking pool for [`COOL_DOWN`], after which in place
@@ -13,8 +13,8 @@
 //!
 //! Only work for plain TCP connections runs in place. Relayed and hole-punched streams are
 //! driven by tasks on the same runtime (WebSocket and QUIC flow control), and holding a worker
-//! for a chunk's disk work held those up: in place cost the relayed path a fifth of its
-//! throughput (`bench/relay`), so their chunks keep the blocking pool.
+//! for a chunk's disk work held those up: in place cost the relayed path throughput
+//! (`bench/relay`, see `bench/README.md`), so their chunks keep the blocking pool.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};

@@ -11,12 +11,13 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use p2p_proto::{Bitfield, FileId, Manifest};
+use parking_lot::{Mutex, RwLock};
 
 use super::hashing::manifest_for_file;
 use super::inline::InlineIo;
@@ -117,40 +118,38 @@ impl FileStamp {
 
 impl SharedFile {
     pub fn have(&self) -> Bitfield {
-        self.have.read().map(|h| h.clone()).unwrap_or_default()
+        self.have.read().clone()
     }
 
     pub fn path(&self) -> PathBuf {
-        self.path.read().map(|p| p.clone()).unwrap_or_default()
+        self.path.read().clone()
     }
 
     /// Whether chunk `index`, read from the file as it is now (`stamp`), needs no hash check.
     fn trusted(&self, index: u64, stamp: FileStamp) -> bool {
-        self.verified.lock().is_ok_and(|v| {
-            let same = match v.stamp {
-                None => true,
-                Some(s) => s == stamp && s.settled_before(v.since, self.settle),
-            };
-            same && index < v.bits.len() && v.bits.get(index)
-        })
+        let v = self.verified.lock();
+        let same = match v.stamp {
+            None => true,
+            Some(s) => s == stamp && s.settled_before(v.since, self.settle),
+        };
+        same && index < v.bits.len() && v.bits.get(index)
     }
 
     /// Records that chunk `index`, read at `read_start` from the file as it is then (`stamp`),
     /// matched its hash.
     fn mark_verified(&self, index: u64, stamp: FileStamp, read_start: SystemTime) {
-        if let Ok(mut v) = self.verified.lock() {
-            if let Some(s) = v.stamp
-                && (s != stamp || !s.settled_before(v.since, self.settle))
-            {
-                // Another version: nothing checked before counts any more.
-                v.stamp = Some(stamp);
-                v.since = read_start;
-                v.bits = Bitfield::new(self.manifest.chunk_count());
-            }
-            let counts = v.stamp.is_none() || stamp.settled_before(v.since, self.settle);
-            if counts && index < v.bits.len() {
-                v.bits.set(index);
-            }
+        let mut v = self.verified.lock();
+        if let Some(s) = v.stamp
+            && (s != stamp || !s.settled_before(v.since, self.settle))
+        {
+            // Another version: nothing checked before counts any more.
+            v.stamp = Some(stamp);
+            v.since = read_start;
+            v.bits = Bitfield::new(self.manifest.chunk_count());
+        }
+        let counts = v.stamp.is_none() || stamp.settled_before(v.since, self.settle);
+        if counts && index < v.bits.len() {
+            v.bits.set(index);
         }
     }
 }
@@ -255,33 +254,32 @@ impl Library {
             verified: Mutex::new(verified),
             settle: self.settle,
         });
-        if let Ok(mut files) = self.files.write() {
-            files.insert(entry.manifest.id, entry.clone());
-        }
+        self.files.write().insert(entry.manifest.id, entry.clone());
         entry
     }
 
     pub fn get(&self, id: &FileId) -> Option<Arc<SharedFile>> {
-        self.files.read().ok()?.get(id).cloned()
+        self.files.read().get(id).cloned()
     }
 
     /// Manifests of everything on offer.
     pub fn list(&self) -> Vec<(Manifest, Bitfield)> {
-        self.files
-            .read()
-            .map(|f| f.values().map(|e| (e.manifest.clone(), e.have())).collect())
-            .unwrap_or_default()
+        let files = self.files.read();
+        files
+            .values()
+            .map(|e| (e.manifest.clone(), e.have()))
+            .collect()
     }
 
     /// Records a newly verified and written chunk of a partial download.
     pub fn mark_have(&self, id: &FileId, index: u64) {
-        if let Some(entry) = self.get(id)
-            && let Ok(mut have) = entry.have.write()
-        {
-            if let Ok(mut v) = entry.verified.lock()
-                && v.stamp.is_none()
+        if let Some(entry) = self.get(id) {
+            let mut have = entry.have.write();
             {
-                v.bits.set(index);
+                let mut v = entry.verified.lock();
+                if v.stamp.is_none() {
+                    v.bits.set(index);
+                }
             }
             have.set(index);
             let _ = self.haves.send((*id, index));
@@ -293,23 +291,18 @@ impl Library {
     pub fn completed(&self, id: &FileId, path: PathBuf) {
         if let Some(entry) = self.get(id) {
             let full = Bitfield::full(entry.manifest.chunk_count());
-            if let Ok(mut v) = entry.verified.lock() {
-                // Every chunk of the content was checked just now.
-                *v = match std::fs::metadata(&path) {
-                    Ok(meta) => Verified {
-                        stamp: Some(FileStamp::of(&meta)),
-                        since: SystemTime::now(),
-                        bits: full.clone(),
-                    },
-                    Err(_) => Verified::own(Bitfield::new(entry.manifest.chunk_count())),
-                };
-            }
-            if let Ok(mut p) = entry.path.write() {
-                *p = path;
-            }
-            if let Ok(mut have) = entry.have.write() {
-                *have = full;
-            }
+            // Every chunk of the content was checked just now.
+            let verified = match std::fs::metadata(&path) {
+                Ok(meta) => Verified {
+                    stamp: Some(FileStamp::of(&meta)),
+                    since: SystemTime::now(),
+                    bits: full.clone(),
+                },
+                Err(_) => Verified::own(Bitfield::new(entry.manifest.chunk_count())),
+            };
+            *entry.verified.lock() = verified;
+            *entry.path.write() = path;
+            *entry.have.write() = full;
         }
     }
 

@@ -1,0 +1,84 @@
+//! The requests a worker has out with its peer, and topping them up from the scheduler.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use p2p_proto::Bitfield;
+use p2p_proto::wire::Frame;
+use parking_lot::Mutex;
+
+use super::state::Shared;
+use super::{DownloadOptions, Sizing, WorkerError};
+use crate::net::link::Subscription;
+
+/// `have` without chunk `index`.
+pub(super) fn without(have: &Bitfield, index: u64) -> Bitfield {
+    let mut fresh = Bitfield::new(have.len());
+    for i in (0..have.len()).filter(|&i| i != index && have.get(i)) {
+        fresh.set(i);
+    }
+    fresh
+}
+
+/// The requests a worker has out with its peer.
+#[derive(Debug)]
+pub(super) struct InFlight {
+    /// Request id → chunk index and when it was asked for.
+    pub(super) by_id: HashMap<u32, (u64, Instant)>,
+    /// Every chunk asked of this peer, over any of its connections (see [`super::lane::Lane`]).
+    pub(super) asked: Arc<Mutex<HashMap<u64, ()>>>,
+}
+
+impl InFlight {
+    /// Tops this peer's share of the pipeline up to what its score allows; `busy` chunks
+    /// received but still being stored count against it.
+    pub(super) fn top_up(
+        &mut self,
+        shared: &Shared,
+        opts: &DownloadOptions,
+        sizing: Sizing,
+        sub: &Subscription,
+        peer_has: &Bitfield,
+        busy: usize,
+    ) -> Result<(), WorkerError> {
+        let peer = sub.link().peer();
+        let chunk_size = shared.manifest.chunk_size;
+        let depth = shared
+            .scores
+            .pipeline(&peer, sizing, chunk_size, opts.pipeline);
+        let want = depth.saturating_sub(self.by_id.len() + busy);
+        if want == 0 {
+            return Ok(());
+        }
+        let endgame = shared.scores.may_endgame(&peer);
+        let picked = {
+            let (mut s, mut asked) = (shared.sched.lock(), self.asked.lock());
+            if s.complete() {
+                Vec::new()
+            } else {
+                let picked = s.pick(peer_has, want, &asked, endgame);
+                for &index in &picked {
+                    asked.insert(index, ());
+                }
+                picked
+            }
+        };
+        if picked.is_empty() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let file_id = shared.manifest.id;
+        let mut requests = Vec::with_capacity(picked.len());
+        for index in picked {
+            let request_id = sub.next_request_id();
+            self.by_id.insert(request_id, (index, now));
+            requests.push(Frame::Request {
+                request_id,
+                file_id,
+                index: index as u32,
+            });
+        }
+        Ok(sub.send(requests)?)
+    }
+}

@@ -1,0 +1,355 @@
+//! One connection to one source peer: connect (the pooled session, or a new one), open (ask
+//! for the manifest, learn which chunks the peer has), pump (keep the peer's share of the
+//! pipeline full, take chunks as they come, store them beside receiving) and drain (store what
+//! arrived, give back what was still asked).
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use p2p_proto::sha256_lanes;
+use p2p_proto::wire::Frame;
+use p2p_proto::{Bitfield, PeerId};
+use tokio::task::{JoinError, JoinSet};
+
+use super::lane::Lane;
+use super::opening::{connect, open};
+use super::requests::{InFlight, without};
+use super::state::Shared;
+use super::store::{StoreOutcome, Stored, store_chunks};
+use super::{DownloadOptions, PeerReport, Sizing, WorkerError};
+use crate::identity::Identity;
+use crate::net::PeerAddr;
+use crate::net::link::{LinkEvent, Subscription};
+use crate::net::transport::ConnectionPath;
+
+/// Fetches chunks from `peer` over `lane` until the download completes, the peer has nothing
+/// more for it, or something fails; the report says what the peer did.
+pub(super) async fn run(
+    shared: &Shared,
+    identity: &Identity,
+    peer: &PeerAddr,
+    lane: Lane,
+    opts: &DownloadOptions,
+    report: &mut PeerReport,
+) -> Result<(), WorkerError> {
+    if !lane.may_connect().await {
+        return Ok(());
+    }
+    let file = shared.manifest.id;
+    let Some(mut sub) = connect(identity, peer, &lane, opts, report, file).await? else {
+        return Ok(()); // only direct peers get further connections
+    };
+    let peer_has = open(shared, opts, &mut sub).await?;
+    let mut worker = Worker::new(shared, opts, report, sub, peer_has, lane);
+    let result = worker.pump().await;
+    worker.drain().await;
+    result
+}
+
+/// Frames a worker takes at once when they have already arrived, at most (chunks stop at
+/// [`sha256_lanes::MAX_LANES`]).
+const DRAIN_MAX: usize = 64;
+
+/// A connection's worker once its session is open.
+struct Worker<'a> {
+    shared: &'a Shared,
+    opts: &'a DownloadOptions,
+    report: &'a mut PeerReport,
+    peer: PeerId,
+    sub: Subscription,
+    /// The chunks the peer has, as it announced them.
+    peer_has: Bitfield,
+    /// Whether this connection counts the peer's chunks towards their availability: the main
+    /// one does, once per peer (the others hear the same announcements).
+    counts_sources: bool,
+    sizing: Sizing,
+    /// Whether chunks are stored on this task while the disk keeps up: only from plain TCP
+    /// (relayed and punched streams keep the blocking pool, see `InlineIo`).
+    in_place: bool,
+    inflight: InFlight,
+    /// Batches of chunks being stored off this task.
+    stores: JoinSet<Vec<StoreOutcome>>,
+    /// Chunks in `stores`, which count against the pipeline.
+    storing: usize,
+}
+
+/// What woke a worker up.
+enum Wake {
+    /// The download is over.
+    Stop,
+    Stored(Result<Vec<StoreOutcome>, JoinError>),
+    /// The next event from the link, unless the peer went silent with requests outstanding.
+    Received(Result<LinkEvent, tokio::time::error::Elapsed>),
+}
+
+impl<'a> Worker<'a> {
+    fn new(
+        shared: &'a Shared,
+        opts: &'a DownloadOptions,
+        report: &'a mut PeerReport,
+        sub: Subscription,
+        peer_has: Bitfield,
+        lane: Lane,
+    ) -> Self {
+        let in_place = sub.link().path() == ConnectionPath::Direct;
+        let counts_sources = lane.index == 0;
+        if counts_sources {
+            let mut s = shared.sched.lock();
+            for i in (0..peer_has.len()).filter(|&i| peer_has.get(i)) {
+                s.add_source(i);
+            }
+        }
+        Self {
+            shared,
+            opts,
+            peer: report.peer_id,
+            report,
+            sub,
+            peer_has,
+            counts_sources,
+            sizing: if in_place {
+                Sizing::BandwidthDelay
+            } else {
+                Sizing::Queue
+            },
+            in_place,
+            inflight: InFlight {
+                by_id: HashMap::new(),
+                asked: lane.asked,
+            },
+            stores: JoinSet::new(),
+            storing: 0,
+        }
+    }
+
+    /// Requests out, chunks in, until the download or the peer is done. The link reads frames
+    /// on its own task (a frame read is not cancel-safe) and routes this file's here; storing
+    /// runs beside receiving, a few chunks at a time.
+    async fn pump(&mut self) -> Result<(), WorkerError> {
+        loop {
+            // A ban seen by another connection to this peer stops this one too.
+            self.shared.check_ban(self.opts, self.report)?;
+            self.top_up()?;
+            let idle = self.inflight.by_id.is_empty() && self.storing == 0;
+            if idle && (self.peer_has.is_complete() || self.shared.sched.lock().complete()) {
+                return Ok(());
+            }
+            // With nothing asked of a partial peer, this waits for it to announce new chunks
+            // (`Have`); the download's completion stops the wait.
+            match self.wait().await {
+                Wake::Stop => return Ok(()),
+                Wake::Stored(stored) => {
+                    let outcomes = stored.map_err(|_| WorkerError::StoreTask)?;
+                    self.storing -= outcomes.len();
+                    self.shared
+                        .on_stored_all(self.opts, self.report, outcomes)?;
+                }
+                Wake::Received(Err(_)) => {
+                    self.shared.scores.record_failure(self.peer);
+                    self.sub.link().close_if_silent(self.opts.request_timeout);
+                    return Err(WorkerError::Timeout);
+                }
+                Wake::Received(Ok(first)) => self.received(first).await?,
+            }
+        }
+    }
+
+    /// Waits for the download's end, a batch stored, or the link (bounded by the request
+    /// timeout while requests are out; not while only stores are pending).
+    async fn wait(&mut self) -> Wake {
+        let asked = !self.inflight.by_id.is_empty();
+        let timeout = self.opts.request_timeout;
+        let may_receive = self.storing == 0 || asked;
+        let (sub, stores) = (&mut self.sub, &mut self.stores);
+        tokio::select! {
+            _ = self.shared.stop.cancelled() => Wake::Stop,
+            Some(stored) = stores.join_next(), if !stores.is_empty() => Wake::Stored(stored),
+            next = async move {
+                if asked {
+                    tokio::time::timeout(timeout, sub.recv()).await
+                } else {
+                    Ok(sub.recv().await)
+                }
+            }, if may_receive => Wake::Received(next),
+        }
+    }
+
+    /// Handles `first` and the frames that arrived with it; the chunks among them are stored
+    /// as one batch, after the peer is given its next requests (so it keeps sending while they
+    /// are checked). Chunks received before the session ended are still stored.
+    async fn received(&mut self, first: LinkEvent) -> Result<(), WorkerError> {
+        let mut batch = Vec::new();
+        let mut ended = None;
+        for event in self.gather(first) {
+            let handled = match event {
+                LinkEvent::Closed(why) => Err(WorkerError::closed(why)),
+                LinkEvent::Frame(frame) => self.on_frame(frame, &mut batch).await,
+            };
+            if let Err(e) = handled {
+                ended = Some(e);
+                break;
+            }
+        }
+        if !batch.is_empty() {
+            if ended.is_none()
+                && let Err(e) = self.top_up()
+            {
+                ended = Some(e);
+            }
+            self.store(batch).await?;
+        }
+        ended.map_or(Ok(()), Err)
+    }
+
+    /// `first` and the events that arrived while this worker was busy, until a batch of
+    /// chunks is full.
+    fn gather(&mut self, first: LinkEvent) -> Vec<LinkEvent> {
+        let is_chunk = |e: &LinkEvent| matches!(e, LinkEvent::Frame(Frame::Chunk { .. }));
+        let mut chunks = usize::from(is_chunk(&first));
+        let mut events = vec![first];
+        while chunks < sha256_lanes::MAX_LANES && events.len() < DRAIN_MAX {
+            let Some(event) = self.sub.try_recv() else {
+                break;
+            };
+            chunks += usize::from(is_chunk(&event));
+            events.push(event);
+        }
+        events
+    }
+
+    /// Handles one frame from the peer; a chunk it asked for goes into `batch`.
+    async fn on_frame(
+        &mut self,
+        frame: Frame,
+        batch: &mut Vec<(u64, Bytes)>,
+    ) -> Result<(), WorkerError> {
+        let (shared, peer) = (self.shared, self.peer);
+        match frame {
+            Frame::Chunk {
+                request_id,
+                index,
+                data,
+                ..
+            } => {
+                let Some((wanted, asked_at)) = self.inflight.by_id.remove(&request_id) else {
+                    return Ok(()); // cancelled, or a duplicate
+                };
+                if u64::from(index) != wanted {
+                    shared.strike(self.opts, self.report);
+                    shared.scores.record_failure(peer);
+                    shared.release(wanted);
+                } else {
+                    self.opts.throttle.consume(data.len()).await;
+                    let len = data.len() as u64;
+                    shared.scores.record_chunk(peer, len, asked_at.elapsed());
+                    batch.push((wanted, data));
+                }
+            }
+            Frame::Reject { request_id, .. } => {
+                if let Some((index, _)) = self.inflight.by_id.remove(&request_id) {
+                    shared.scores.record_failure(peer);
+                    shared.release(index);
+                    self.peer_has = without(&self.peer_has, index);
+                }
+            }
+            Frame::Have { index, .. } => {
+                let index = u64::from(index);
+                if index < self.peer_has.len() && !self.peer_has.get(index) {
+                    self.peer_has.set(index);
+                    if self.counts_sources {
+                        shared.sched.lock().add_source(index);
+                    }
+                }
+            }
+            Frame::Bitfield {
+                chunk_count, bits, ..
+            } => self.announced(Bitfield::from_bytes(bits.to_vec(), u64::from(chunk_count)).ok()),
+            Frame::Error { message, .. } => return Err(WorkerError::Refused(message)),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The peer sent its whole bitfield again (it had too many news to tell one by one).
+    fn announced(&mut self, fresh: Option<Bitfield>) {
+        let Some(fresh) = fresh.filter(|f| f.len() == self.peer_has.len()) else {
+            return;
+        };
+        if self.counts_sources {
+            let mut s = self.shared.sched.lock();
+            for i in (0..fresh.len()).filter(|&i| fresh.get(i) && !self.peer_has.get(i)) {
+                s.add_source(i);
+            }
+        }
+        self.peer_has = fresh;
+    }
+
+    /// Stores a batch of received chunks: on this task while the disk keeps up (plain TCP
+    /// only), else on the blocking pool beside receiving.
+    async fn store(&mut self, batch: Vec<(u64, Bytes)>) -> Result<(), WorkerError> {
+        let sizes: Vec<(u64, u64)> = batch.iter().map(|(i, d)| (*i, d.len() as u64)).collect();
+        let job = store_chunks(
+            self.shared.manifest.clone(),
+            self.shared.partial.clone(),
+            batch,
+        );
+        if self.in_place && self.shared.io.inline() {
+            let outcomes = self.shared.io.timed(job);
+            self.shared
+                .on_stored_all(self.opts, self.report, outcomes)?;
+            // A task woken through a channel runs next on its waker's thread and cannot be
+            // stolen from there, so this worker would stay on the thread of its link's reader;
+            // yielding lets an idle thread take it, and the connections of a download spread
+            // over the cores.
+            tokio::task::yield_now().await;
+        } else {
+            self.storing += sizes.len();
+            self.stores.spawn(async move {
+                tokio::task::spawn_blocking(job).await.unwrap_or_else(|_| {
+                    sizes
+                        .into_iter()
+                        .map(|(i, len)| (i, len, Err(WorkerError::StoreTask)))
+                        .collect()
+                })
+            });
+        }
+        Ok(())
+    }
+
+    /// Tops this peer's share of the pipeline up (chunks being stored count against it).
+    fn top_up(&mut self) -> Result<(), WorkerError> {
+        let (shared, opts) = (self.shared, self.opts);
+        let (sizing, busy) = (self.sizing, self.storing);
+        self.inflight
+            .top_up(shared, opts, sizing, &self.sub, &self.peer_has, busy)
+    }
+
+    /// Stores what already arrived (its chunks are still written before the worker reports)
+    /// and gives back to the scheduler whatever was still asked of this peer.
+    async fn drain(self) {
+        let Self {
+            shared,
+            opts,
+            report,
+            sub,
+            mut stores,
+            inflight,
+            ..
+        } = self;
+        // Unsubscribed first, so the link's reader never waits for this worker.
+        drop(sub);
+        while let Some(Ok(outcomes)) = stores.join_next().await {
+            for (index, len, outcome) in outcomes {
+                match outcome {
+                    Ok(Stored::Written) => shared.credit(opts, report, index, len),
+                    Err(e) => shared.fail(&e),
+                    Ok(_) => {}
+                }
+                shared.release(index);
+            }
+        }
+        for (_, (index, _)) in inflight.by_id {
+            shared.release(index);
+        }
+    }
+}

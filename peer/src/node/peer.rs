@@ -1,0 +1,207 @@
+//! A node with its tracker: the registration session, discovery, and downloads that keep the
+//! tracker and the DHT told of their progress. The shell, the daemon and `p2p-download` run one.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use p2p_proto::api::{AnnounceRequest, PeerConnection, RegisterPeerRequest};
+use p2p_proto::{FileId, Manifest};
+
+use super::{Node, NodeError};
+use crate::config::NodeArgs;
+use crate::discovery::{Discovery, FindError};
+use crate::download::{self, Contributions, DownloadError, DownloadOptions, DownloadReport};
+use crate::net::PeerAddr;
+use crate::tracker_client::{
+    Announcements, Connections, SessionHandle, SessionTiming, TrackerClient, TrackerError,
+    spawn_session,
+};
+
+/// Why a peer could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PeerError {
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    #[error(transparent)]
+    Tracker(#[from] TrackerError),
+}
+
+/// Why a download by id failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FetchError {
+    #[error(transparent)]
+    Find(#[from] FindError),
+    #[error("no online peer has {0}")]
+    NoPeers(String),
+    #[error(transparent)]
+    Download(#[from] DownloadError),
+}
+
+/// How often a download in progress tells the tracker and the DHT of its progress, so that
+/// other leechers can use its chunks (the DHT announces the file once; it carries no progress).
+const PROGRESS_ANNOUNCE_EVERY: Duration = Duration::from_secs(5);
+
+/// How long stopping waits for the session to unregister from the tracker (a dead tracker
+/// does not hold us up).
+const UNREGISTER_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A started node with its tracker session.
+#[derive(Debug)]
+pub struct Peer {
+    pub node: Node,
+    pub tracker: TrackerClient,
+    pub session: SessionHandle,
+    discovery: Discovery,
+    /// Most requests in flight per connection (`--pipeline`).
+    pipeline: usize,
+}
+
+impl Peer {
+    /// Starts the node (on any free port when `any_port_if_busy` and the port is taken) and
+    /// its session with the tracker: registration, heartbeats and announcements of the library.
+    pub async fn start(args: &NodeArgs, any_port_if_busy: bool) -> Result<Self, PeerError> {
+        let node = match Node::start(args).await {
+            Ok(node) => node,
+            Err(e) if any_port_if_busy && args.port != 0 => {
+                tracing::info!(error = %e, "port busy; using any free port");
+                let mut any = args.clone();
+                any.port = 0;
+                Node::start(&any).await?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let tracker = TrackerClient::new(&args.tracker, args.api_key.clone())?;
+        let register = RegisterPeerRequest {
+            peer_id: node.identity.peer_id(),
+            addresses: args.announce_addrs.clone(),
+            port: node.addr.port(),
+            udp_port: None,
+            relay_only: args.relay_only,
+            name: None,
+            version: Some(env!("CARGO_PKG_VERSION").to_owned()),
+        };
+        let session = spawn_session(
+            tracker.clone(),
+            register,
+            announcements(&node),
+            connections(&node),
+            SessionTiming::default(),
+            node.shutdown.clone(),
+        );
+        let discovery = Discovery::new(
+            tracker.clone(),
+            node.dht.clone(),
+            node.identity.clone(),
+            node.addr,
+            node.relay.as_ref().map(|r| r.url().clone()),
+        );
+        Ok(Self {
+            node,
+            tracker,
+            session,
+            discovery,
+            pipeline: args.pipeline,
+        })
+    }
+
+    /// Tells the tracker and the DHT about new files and progress, without waiting.
+    pub fn announce_now(&self) {
+        self.session.announce_now();
+        self.node.announce_now();
+    }
+
+    /// The manifest of `id` and the peers to fetch it from (see [`Discovery::find`]); at
+    /// least one peer.
+    pub async fn find(&self, id: &FileId) -> Result<(Manifest, Vec<PeerAddr>), FetchError> {
+        let (manifest, sources) = self.discovery.find(id).await?;
+        if sources.is_empty() {
+            return Err(FetchError::NoPeers(manifest.name));
+        }
+        Ok((manifest, sources))
+    }
+
+    /// Downloads `manifest` from `sources` into the data dir, counting each peer's verified
+    /// bytes into `contributions` as they arrive; progress is announced while it runs.
+    pub async fn download(
+        &self,
+        manifest: &Manifest,
+        sources: &[PeerAddr],
+        contributions: Arc<Contributions>,
+    ) -> Result<DownloadReport, DownloadError> {
+        let opts = DownloadOptions {
+            pipeline: self.pipeline,
+            throttle: self.node.download.clone(),
+            contributions,
+            connector: self.node.connector.clone(),
+            ..DownloadOptions::default()
+        };
+        let progress = {
+            let (session, dht) = (self.session.clone(), self.node.dht_announcer.clone());
+            tokio::spawn(async move {
+                let first = tokio::time::Instant::now() + PROGRESS_ANNOUNCE_EVERY;
+                let mut every = tokio::time::interval_at(first, PROGRESS_ANNOUNCE_EVERY);
+                loop {
+                    every.tick().await;
+                    session.announce_now();
+                    if let Some(dht) = &dht {
+                        dht.announce_now();
+                    }
+                }
+            })
+        };
+        let node = &self.node;
+        let result = download::download(
+            &node.identity,
+            manifest,
+            sources,
+            &node.data_dir,
+            node.library.clone(),
+            opts,
+        )
+        .await;
+        progress.abort();
+        self.announce_now();
+        result
+    }
+
+    /// Stops the node; the session unregisters from the tracker (waited for at most
+    /// [`UNREGISTER_TIMEOUT`]).
+    pub async fn stop(&self) {
+        self.node.shutdown();
+        let _ = tokio::time::timeout(UNREGISTER_TIMEOUT, self.session.stopped()).await;
+    }
+}
+
+/// What the tracker session announces: every file in the library, with its progress while
+/// partial.
+fn announcements(node: &Node) -> Announcements {
+    let (library, peer_id) = (node.library.clone(), node.identity.peer_id());
+    Arc::new(move || {
+        library
+            .list()
+            .into_iter()
+            .map(|(manifest, have)| AnnounceRequest {
+                peer_id,
+                have: (!have.is_complete()).then(|| have.to_base64()),
+                file: manifest,
+            })
+            .collect()
+    })
+}
+
+/// What the heartbeats report: the path of the latest connection to each peer.
+fn connections(node: &Node) -> Connections {
+    let connector = node.connector.clone();
+    Arc::new(move || {
+        connector
+            .paths()
+            .into_iter()
+            .map(|(peer_id, path)| PeerConnection {
+                peer_id,
+                path: path.into(),
+            })
+            .collect()
+    })
+}
