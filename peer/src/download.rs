@@ -6,6 +6,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -312,6 +313,9 @@ struct Shared {
     scores: Scoreboard,
     library: Arc<Library>,
     done: Notify,
+    /// Workers that have ended. Counted before they notify `done`: a worker still returning
+    /// its report is not "finished" yet as a task, and its wake-up must not be lost.
+    workers_ended: AtomicUsize,
     /// Cancelled when the download is complete: workers stop and report.
     stop: tokio_util::sync::CancellationToken,
     fetched: Mutex<u64>,
@@ -362,6 +366,7 @@ pub async fn download(
         scores: Scoreboard::default(),
         library: library.clone(),
         done: Notify::new(),
+        workers_ended: AtomicUsize::new(0),
         stop: tokio_util::sync::CancellationToken::new(),
         fetched: Mutex::new(0),
         strikes: Mutex::default(),
@@ -414,6 +419,7 @@ pub async fn download(
                     report.error = Some(e.to_string());
                 }
                 report.score = shared.scores.get(&source.peer_id);
+                shared.workers_ended.fetch_add(1, Ordering::SeqCst);
                 shared.done.notify_one();
                 report
             }));
@@ -428,7 +434,7 @@ pub async fn download(
     let mut reports = Vec::new();
     loop {
         let complete = shared.sched.lock().map(|s| s.complete()).unwrap_or(false);
-        if complete || workers.iter().all(|w| w.is_finished()) {
+        if complete || shared.workers_ended.load(Ordering::SeqCst) == workers.len() {
             break;
         }
         shared.done.notified().await;
