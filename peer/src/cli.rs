@@ -11,6 +11,7 @@ use p2p_proto::{FileId, Manifest};
 use tokio::io::AsyncBufReadExt;
 
 use crate::config::{DownloadCli, NodeArgs, PeerCli, PeerCommand};
+use crate::daemon::{self, DaemonConfig};
 use crate::discovery::{self, DhtFind, merge_sources};
 use crate::download::{DownloadOptions, DownloadReport, Source, download};
 use crate::net::relay::RelayStatus;
@@ -20,7 +21,6 @@ use crate::storage::safe_file_name;
 use crate::tracker_client::{
     Announcements, Connections, SessionHandle, SessionTiming, TrackerClient, spawn_session,
 };
-use crate::watch;
 
 /// A started node with its tracker session.
 struct Peer {
@@ -35,6 +35,17 @@ impl Peer {
     fn announce_now(&self) {
         self.session.announce_now();
         self.node.announce_now();
+    }
+
+    /// [`Peer::announce_now`] for the daemon to call.
+    fn announcer(&self) -> daemon::Announce {
+        let (session, dht) = (self.session.clone(), self.node.dht_announcer.clone());
+        Arc::new(move || {
+            session.announce_now();
+            if let Some(dht) = &dht {
+                dht.announce_now();
+            }
+        })
     }
 }
 
@@ -128,29 +139,26 @@ pub async fn run_peer(cli: PeerCli) -> anyhow::Result<()> {
         .await;
     }
     let peer = start(&cli.node, false).await?;
-    for (path, result) in peer.node.share_data_dir().await {
-        match result {
-            Ok(m) => tracing::info!(file = %path.display(), id = %m.id, "sharing"),
-            Err(e) => tracing::warn!(file = %path.display(), error = %e, "cannot share"),
-        }
-    }
-    peer.announce_now();
     if cli.daemon {
-        let mut changes = watch::watch(&peer.node.share_dir, peer.node.shutdown.clone())?;
-        tracing::info!(dir = %peer.node.share_dir.display(), "daemon: sharing the folder");
-        loop {
-            tokio::select! {
-                _ = shutdown_signal() => break,
-                Some(path) = changes.recv() => match peer.node.library.share(&path).await {
-                    Ok(m) => {
-                        tracing::info!(file = %path.display(), id = %m.id, "sharing new file");
-                        peer.announce_now();
-                    }
-                    Err(e) => tracing::warn!(file = %path.display(), error = %e, "cannot share"),
-                },
+        let stop = peer.node.shutdown.child_token();
+        tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                shutdown_signal().await;
+                stop.cancel();
+            }
+        });
+        let config = DaemonConfig::new(&peer.node.share_dir, &peer.node.data_dir);
+        let library = peer.node.library.clone();
+        daemon::run(config, library, peer.announcer(), Arc::default(), stop).await?;
+    } else {
+        for (path, result) in peer.node.share_data_dir().await {
+            match result {
+                Ok(m) => tracing::info!(file = %path.display(), id = %m.id, "sharing"),
+                Err(e) => tracing::warn!(file = %path.display(), error = %e, "cannot share"),
             }
         }
-    } else {
+        peer.announce_now();
         shell_loop(&peer).await?;
     }
     peer.node.shutdown();

@@ -3,8 +3,11 @@
 //! Modules:
 //! - [`identity`]: the peer's persistent X25519 static key; its public half is the peer id.
 //! - [`storage`]: hashing files into manifests, the library of shared files, partial
-//!   downloads with resume state and atomic completion.
+//!   downloads with resume state and atomic completion, file versions, the shared folder's
+//!   index.
 //! - [`cli`]: the `p2p-peer` shell and daemon and `p2p-download`.
+//! - [`daemon`]: daemon mode: the shared folder kept on offer, each file hashed once, with a
+//!   persisted index so a restart hashes only what changed.
 //! - [`config`]: the command line (flags of the original design, env on each).
 //! - [`shell`]: the interactive shell's commands.
 //! - [`throttle`]: upload and download bandwidth limits, changeable at run time.
@@ -15,12 +18,13 @@
 //!   tracker.
 //! - [`discovery`]: turning DHT addresses into download sources (peer id and manifest).
 //! - [`node`]: a running peer assembled from the command line.
-//! - [`watch`]: daemon mode's watch of the data dir.
+//! - [`watch`]: the folder watch (content and name changes only, never reads).
 //! - [`net`]: transports; [`net::secure`] is the Noise-encrypted frame stream every connection
 //!   (TCP, hole-punched QUIC, relay tunnel) runs.
 
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod dht;
 pub mod discovery;
 pub mod download;
