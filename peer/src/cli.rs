@@ -9,12 +9,12 @@ use p2p_proto::{FileId, Manifest};
 use tokio::io::AsyncBufReadExt;
 
 use crate::config::{DownloadCli, PeerCli, PeerCommand};
+use crate::daemon::{self, DaemonConfig};
 use crate::download::{Contributions, DownloadReport};
 use crate::net::relay::RelayStatus;
 use crate::node::Peer;
 use crate::shell::{self, ShellCommand};
 use crate::storage::safe_file_name;
-use crate::watch;
 
 async fn shutdown_signal() {
     #[cfg(unix)]
@@ -41,29 +41,26 @@ pub async fn run_peer(cli: PeerCli) -> anyhow::Result<()> {
         .await;
     }
     let peer = Peer::start(&cli.node, false).await?;
-    for (path, result) in peer.node.share_data_dir().await {
-        match result {
-            Ok(m) => tracing::info!(file = %path.display(), id = %m.id, "sharing"),
-            Err(e) => tracing::warn!(file = %path.display(), error = %e, "cannot share"),
-        }
-    }
-    peer.announce_now();
     if cli.daemon {
-        let mut changes = watch::watch(&peer.node.share_dir, peer.node.shutdown.clone())?;
-        tracing::info!(dir = %peer.node.share_dir.display(), "daemon: sharing the folder");
-        loop {
-            tokio::select! {
-                _ = shutdown_signal() => break,
-                Some(path) = changes.recv() => match peer.node.library.share(&path).await {
-                    Ok(m) => {
-                        tracing::info!(file = %path.display(), id = %m.id, "sharing new file");
-                        peer.announce_now();
-                    }
-                    Err(e) => tracing::warn!(file = %path.display(), error = %e, "cannot share"),
-                },
+        let stop = peer.node.shutdown.child_token();
+        tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                shutdown_signal().await;
+                stop.cancel();
+            }
+        });
+        let config = DaemonConfig::new(&peer.node.share_dir, &peer.node.data_dir);
+        let library = peer.node.library.clone();
+        daemon::run(config, library, peer.announcer(), Arc::default(), stop).await?;
+    } else {
+        for (path, result) in peer.node.share_data_dir().await {
+            match result {
+                Ok(m) => tracing::info!(file = %path.display(), id = %m.id, "sharing"),
+                Err(e) => tracing::warn!(file = %path.display(), error = %e, "cannot share"),
             }
         }
-    } else {
+        peer.announce_now();
         shell_loop(&peer).await?;
     }
     peer.stop().await;

@@ -239,10 +239,11 @@ pub fn spawn_announcer(
             if full {
                 next_full = Instant::now() + every;
             }
-            let due: Vec<FileId> = library
-                .list()
+            let current: HashSet<FileId> = library.list().into_iter().map(|(m, _)| m.id).collect();
+            // A file that left the library (and may come back) is no longer announced.
+            done.retain(|id| current.contains(id));
+            let due: Vec<FileId> = current
                 .into_iter()
-                .map(|(m, _)| m.id)
                 .filter(|id| full || !done.contains(id))
                 .collect();
             let mut failed = false;

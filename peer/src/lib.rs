@@ -5,7 +5,8 @@
 //!   (TCP, hole-punched QUIC, relay tunnel); outbound through the connector, inbound through
 //!   the acceptor. [`net::secure`] is the Noise-encrypted frame stream every connection runs.
 //! - [`storage`]: hashing files into manifests, the library of shared files, partial
-//!   downloads with resume state and atomic completion.
+//!   downloads with resume state and atomic completion, file versions, the shared folder's
+//!   index.
 //! - [`upload`]: answering manifest and chunk requests from the library (the acceptor's
 //!   handler).
 //! - [`download`]: parallel downloads from several peers with verification and bans.
@@ -17,7 +18,9 @@
 //!   session.
 //! - [`cli`], [`shell`]: the `p2p-peer` shell and daemon and `p2p-download`: parsing and
 //!   presenting only.
-//! - [`watch`]: daemon mode's watch of the data dir.
+//! - [`daemon`]: daemon mode: the shared folder kept on offer, each file hashed once, with a
+//!   persisted index so a restart hashes only what changed.
+//! - [`watch`]: the folder watch (content and name changes only, never reads).
 //!
 //! Beside them: [`identity`] (the peer's persistent X25519 static key; its public half is the
 //! peer id), [`config`] (the command line: flags of the original design, env on each) and
@@ -25,6 +28,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod dht;
 pub mod discovery;
 pub mod download;

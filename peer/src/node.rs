@@ -202,10 +202,16 @@ async fn start_dht(args: &NodeArgs) -> Option<Dht> {
 
 /// Whether a file in the data dir is one to share.
 pub fn is_shareable(path: &Path) -> bool {
-    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
-        return false;
-    };
-    !name.starts_with('.') && name != KEY_FILE && !name.ends_with(".tmp") && path.is_file()
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(shareable_name)
+        && path.is_file()
+}
+
+/// Whether a file of this name in the data dir is one to share: not hidden (`.partial/`,
+/// `.p2p/`), not the key, not a file being written (`.tmp`).
+pub fn shareable_name(name: &str) -> bool {
+    !name.starts_with('.') && name != KEY_FILE && !name.ends_with(".tmp")
 }
 
 /// The shareable files directly in `dir`, sorted by name.

@@ -3,7 +3,7 @@
 //! the others), re-registration when the tracker forgot the peer (restart on fresh data,
 //! expiry, removal), and announces of what the peer has.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::error::Error as _;
 use std::sync::Arc;
 use std::time::Duration;
@@ -420,6 +420,14 @@ enum Ended {
     Forgotten,
 }
 
+/// What the tracker was last told of one file: its name (a renamed file is announced again
+/// under its new one) and what this peer has of it.
+#[derive(Debug, PartialEq, Eq)]
+struct Announced {
+    name: String,
+    have: Option<String>,
+}
+
 /// How an announce round went.
 enum Round {
     Done,
@@ -477,8 +485,8 @@ impl Session {
 
     /// Heartbeats and announces until shutdown or until the tracker forgets the peer.
     async fn serve(&mut self, mut interval: Duration) -> Ended {
-        // What the tracker has from us (file -> `have`), so a round sends only changes.
-        let mut announced: HashMap<FileId, Option<String>> = HashMap::new();
+        // What the tracker has from us, so a round sends only changes.
+        let mut announced: HashMap<FileId, Announced> = HashMap::new();
         // What the tracker has of our connections; registering cleared them there.
         let mut reported: Option<Vec<PeerConnection>> = None;
         let mut announce_at = Some(Instant::now());
@@ -541,22 +549,30 @@ impl Session {
         }
     }
 
-    /// Announces the files that are new or changed since `announced`; `None` on shutdown.
+    /// Announces the files that are new or changed (in what the peer has of them, or in name)
+    /// since `announced`; `None` on shutdown.
     async fn announce_changes(
         &mut self,
-        announced: &mut HashMap<FileId, Option<String>>,
+        announced: &mut HashMap<FileId, Announced>,
     ) -> Option<Round> {
         let files = (self.announcements)();
-        announced.retain(|id, _| files.iter().any(|f| f.file.id == *id));
+        // Files that left the library (a shared file deleted from the folder): the tracker keeps
+        // listing this peer for them until it unregisters or expires.
+        let current: HashSet<FileId> = files.iter().map(|f| f.file.id).collect();
+        announced.retain(|id, _| current.contains(id));
         for req in files {
-            if announced.get(&req.file.id) == Some(&req.have) {
+            let now = Announced {
+                name: req.file.name.clone(),
+                have: req.have.clone(),
+            };
+            if announced.get(&req.file.id) == Some(&now) {
                 continue;
             }
             match self.or_shutdown(self.client.announce(&req)).await? {
                 Ok(_) => {
                     self.succeeded();
                     self.set(SessionStatus::Registered);
-                    announced.insert(req.file.id, req.have);
+                    announced.insert(req.file.id, now);
                 }
                 Err(TrackerError::UnknownPeer(_)) => return Some(Round::Forgotten),
                 Err(
@@ -566,7 +582,7 @@ impl Session {
                 ) => {
                     // The tracker will refuse this again: wait until the file changes.
                     tracing::warn!(file = %req.file.id, name = %req.file.name, error = %e, "the tracker refused the announce");
-                    announced.insert(req.file.id, req.have);
+                    announced.insert(req.file.id, now);
                 }
                 Err(e) => {
                     self.failed("announce failed", &e);

@@ -1,18 +1,25 @@
-//! Daemon mode's folder watch: new or changed files in the data dir are shared once they have
-//! stopped changing (a file still being copied in is not hashed half-way).
+//! The folder watch: which files directly in a folder may have a new content or name, from the
+//! system's notifications (inotify on Linux).
+//!
+//! Only events that can change content or names count: creation, writes, a close after
+//! writing, renames and removals. Reads, opens and closes after reading do not, nor do
+//! metadata changes (permissions, `touch`), so sharing or serving a file (which reads it) never
+//! reports it again. Hidden names (the peer's own `.partial/` and `.p2p/`, editors' temporary
+//! files) are left out. Changed names are gathered in a set until taken, so a file written in
+//! a million small writes is one entry; past [`MAX_CHANGED`] names the set gives way to one
+//! "look at everything" ([`Changes::Rescan`]), as does an overflow of the system's queue.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Arc;
 
-use notify::{RecursiveMode, Watcher};
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use notify::event::{AccessKind, AccessMode, MetadataKind, ModifyKind};
+use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
+use parking_lot::Mutex;
+use tokio::sync::Notify;
 
-use crate::node::is_shareable;
-
-/// How long a file must stay unchanged before it is shared.
-pub const SETTLE: Duration = Duration::from_millis(800);
+/// Most changed names held before the watch asks for a rescan instead.
+pub const MAX_CHANGED: usize = 65_536;
 
 /// Why the folder cannot be watched.
 #[derive(Debug, thiserror::Error)]
@@ -23,94 +30,245 @@ pub struct WatchError {
     source: notify::Error,
 }
 
-fn stamp(path: &Path) -> Option<(u64, SystemTime)> {
-    let meta = std::fs::metadata(path).ok()?;
-    Some((meta.len(), meta.modified().ok()?))
+/// What changed in the folder since it was last asked.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Changes {
+    /// These files (by path) may have a new content or name, or be gone.
+    Paths(Vec<PathBuf>),
+    /// Events were lost (or the folder itself changed): look at every file.
+    Rescan,
 }
 
-/// Watches `dir` and sends each shareable file that settled after a change. Stops on
-/// `shutdown`.
-pub fn watch(
-    dir: &Path,
-    shutdown: CancellationToken,
-) -> Result<mpsc::Receiver<PathBuf>, WatchError> {
-    let (events_tx, mut events) = mpsc::unbounded_channel::<PathBuf>();
-    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if let Ok(event) = res {
-            for path in event.paths {
-                let _ = events_tx.send(path);
+#[derive(Debug, Default)]
+struct Pending {
+    paths: HashSet<PathBuf>,
+    rescan: bool,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    pending: Mutex<Pending>,
+    wake: Notify,
+}
+
+impl Shared {
+    fn note(&self, dir: &Path, event: notify::Result<notify::Event>) {
+        let event = match event {
+            Ok(event) => event,
+            Err(e) => {
+                tracing::debug!(error = %e, "folder watch error; looking at the whole folder");
+                return self.rescan();
             }
+        };
+        if event.need_rescan() {
+            return self.rescan();
         }
-    })
-    .map_err(|source| WatchError {
-        path: dir.to_owned(),
-        source,
-    })?;
-    watcher
-        .watch(dir, RecursiveMode::NonRecursive)
-        .map_err(|source| WatchError {
+        if !changes_content_or_name(&event.kind) {
+            return;
+        }
+        let mut pending = self.pending.lock();
+        let mut noted = false;
+        for path in event.paths {
+            if path.parent() != Some(dir) {
+                // The folder itself was removed or moved: only a full look tells what is left.
+                pending.rescan |= path == dir;
+                noted |= path == dir;
+                continue;
+            }
+            let hidden = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.'));
+            if hidden || pending.rescan {
+                continue;
+            }
+            if pending.paths.len() >= MAX_CHANGED {
+                pending.paths = HashSet::new();
+                pending.rescan = true;
+            } else {
+                pending.paths.insert(path);
+            }
+            noted = true;
+        }
+        drop(pending);
+        if noted {
+            self.wake.notify_one();
+        }
+    }
+
+    fn rescan(&self) {
+        {
+            let mut pending = self.pending.lock();
+            pending.paths = HashSet::new();
+            pending.rescan = true;
+        }
+        self.wake.notify_one();
+    }
+}
+
+/// Whether an event of this kind can mean a new content or name.
+pub fn changes_content_or_name(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Create(_) | EventKind::Remove(_) => true,
+        EventKind::Modify(
+            ModifyKind::Data(_)
+            | ModifyKind::Name(_)
+            | ModifyKind::Any
+            | ModifyKind::Metadata(MetadataKind::WriteTime),
+        ) => true,
+        EventKind::Modify(ModifyKind::Metadata(_) | ModifyKind::Other) => false,
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        // A backend that cannot tell: better one look too many (it costs a `stat`).
+        EventKind::Any => true,
+        EventKind::Other => false,
+    }
+}
+
+/// A running watch of one folder (not its subfolders). Dropping it stops the watch.
+pub struct FolderWatch {
+    _watcher: RecommendedWatcher,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for FolderWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FolderWatch").finish_non_exhaustive()
+    }
+}
+
+impl FolderWatch {
+    /// Starts watching `dir`; changes from now on are reported by [`FolderWatch::changed`].
+    pub fn start(dir: &Path) -> Result<Self, WatchError> {
+        let error = |source| WatchError {
             path: dir.to_owned(),
             source,
-        })?;
-    let (out_tx, out) = mpsc::channel(64);
-    tokio::spawn(async move {
-        let _watcher = watcher; // kept alive for as long as the task runs
-        let mut pending: HashMap<PathBuf, (Option<(u64, SystemTime)>, Instant)> = HashMap::new();
-        let mut tick = tokio::time::interval(SETTLE / 4);
+        };
+        let shared = Arc::new(Shared::default());
+        let mut watcher = {
+            let (shared, dir) = (shared.clone(), dir.to_owned());
+            notify::recommended_watcher(move |event| shared.note(&dir, event)).map_err(error)?
+        };
+        watcher
+            .watch(dir, RecursiveMode::NonRecursive)
+            .map_err(error)?;
+        Ok(Self {
+            _watcher: watcher,
+            shared,
+        })
+    }
+
+    /// Waits until something changed, then takes what changed since the last call.
+    pub async fn changed(&self) -> Changes {
         loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                Some(path) = events.recv() => {
-                    pending.insert(path.clone(), (stamp(&path), Instant::now()));
-                }
-                _ = tick.tick() => {
-                    let mut ready = Vec::new();
-                    pending.retain(|path, (seen, since)| {
-                        let now = stamp(path);
-                        if now.is_none() {
-                            return false; // deleted
-                        }
-                        if now != *seen {
-                            *seen = now;
-                            *since = Instant::now();
-                            return true;
-                        }
-                        if since.elapsed() >= SETTLE {
-                            if is_shareable(path) {
-                                ready.push(path.clone());
-                            }
-                            return false;
-                        }
-                        true
-                    });
-                    for path in ready {
-                        if out_tx.send(path).await.is_err() {
-                            return;
-                        }
-                    }
-                }
+            if let Some(changes) = self.take() {
+                return changes;
             }
+            self.shared.wake.notified().await;
         }
-    });
-    Ok(out)
+    }
+
+    fn take(&self) -> Option<Changes> {
+        let mut pending = self.shared.pending.lock();
+        if std::mem::take(&mut pending.rescan) {
+            pending.paths = HashSet::new();
+            return Some(Changes::Rescan);
+        }
+        if pending.paths.is_empty() {
+            return None;
+        }
+        Some(Changes::Paths(
+            std::mem::take(&mut pending.paths).into_iter().collect(),
+        ))
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    use std::time::Duration;
+
+    use notify::event::{CreateKind, DataChange, RemoveKind, RenameMode};
+
     use super::*;
 
+    #[test]
+    fn reads_and_metadata_do_not_count() {
+        let counts = [
+            EventKind::Create(CreateKind::File),
+            EventKind::Remove(RemoveKind::File),
+            EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+            EventKind::Modify(ModifyKind::Name(RenameMode::From)),
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            EventKind::Modify(ModifyKind::Name(RenameMode::Both)),
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+        ];
+        let ignored = [
+            EventKind::Access(AccessKind::Read),
+            EventKind::Access(AccessKind::Open(AccessMode::Any)),
+            EventKind::Access(AccessKind::Open(AccessMode::Read)),
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+            EventKind::Access(AccessKind::Any),
+            EventKind::Modify(ModifyKind::Metadata(MetadataKind::Any)),
+            EventKind::Modify(ModifyKind::Metadata(MetadataKind::Permissions)),
+        ];
+        for kind in counts {
+            assert!(changes_content_or_name(&kind), "{kind:?}");
+        }
+        for kind in ignored {
+            assert!(!changes_content_or_name(&kind), "{kind:?}");
+        }
+    }
+
+    /// Takes what changed until `want` shows up; returns every path seen on the way.
+    async fn until(watch: &FolderWatch, want: &Path) -> Vec<PathBuf> {
+        let mut seen = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match watch.changed().await {
+                    Changes::Paths(paths) => seen.extend(paths),
+                    Changes::Rescan => panic!("unexpected rescan"),
+                }
+                if seen.iter().any(|p| p == want) {
+                    return;
+                }
+            }
+        })
+        .await
+        .expect("the change was reported");
+        seen
+    }
+
     #[tokio::test]
-    async fn reports_new_files_once_settled_and_skips_hidden_ones() {
+    async fn reports_writes_renames_and_removals_but_not_reads_or_hidden_files() {
         let dir = tempfile::tempdir().unwrap();
-        let stop = CancellationToken::new();
-        let mut rx = watch(dir.path(), stop.clone()).unwrap();
+        let watch = FolderWatch::start(dir.path()).unwrap();
+        let (a, b) = (dir.path().join("a.iso"), dir.path().join("b.iso"));
         std::fs::write(dir.path().join(".partial-ish"), b"x").unwrap();
-        std::fs::write(dir.path().join("new.iso"), b"content").unwrap();
-        let got = tokio::time::timeout(Duration::from_secs(10), rx.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(got.file_name().unwrap(), "new.iso");
-        stop.cancel();
+        std::fs::write(&a, b"content").unwrap();
+        let seen = until(&watch, &a).await;
+        assert!(seen.iter().all(|p| p == &a), "{seen:?}");
+
+        // Reading it (as hashing and serving do) reports nothing: the next report holds only
+        // the marker written after the reads (events arrive in order).
+        for _ in 0..3 {
+            let mut s = String::new();
+            std::fs::File::open(&a)
+                .unwrap()
+                .read_to_string(&mut s)
+                .unwrap();
+        }
+        std::fs::set_permissions(&a, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let marker = dir.path().join("marker");
+        std::fs::write(&marker, b"m").unwrap();
+        let seen = until(&watch, &marker).await;
+        assert!(seen.iter().all(|p| p == &marker), "{seen:?}");
+
+        std::fs::rename(&a, &b).unwrap();
+        let seen = until(&watch, &b).await;
+        assert!(seen.contains(&a), "the old name is reported too: {seen:?}");
+        std::fs::remove_file(&b).unwrap();
+        until(&watch, &b).await;
     }
 }

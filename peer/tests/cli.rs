@@ -1,14 +1,18 @@
 //! The binaries end to end: a tracker (in process, port 0), a `p2p-peer --daemon` seeder and
-//! `p2p-download` as real processes.
+//! `p2p-download` as real processes; what an idle daemon costs, read from `/proc`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use p2p_proto::api::{Event, EventMessage};
 use p2p_tracker::app::{self, RunningTracker, RuntimeOptions};
 use p2p_tracker::config::ServeArgs;
 use p2p_tracker::store::SqliteStore;
@@ -165,20 +169,7 @@ async fn daemon_seeds_and_p2p_download_fetches_and_verifies() {
 
     // The daemon stops cleanly on SIGTERM.
     let mut seeder = seeder;
-    let status = Command::new("kill")
-        .args(["-TERM", &seeder.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(status) = seeder.0.try_wait().unwrap() {
-            assert!(status.success(), "{status}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "daemon did not stop on SIGTERM");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    terminate(&mut seeder).await;
     t.stop().await.unwrap();
 }
 
@@ -262,5 +253,413 @@ async fn killed_download_resumes_and_survives_a_tracker_restart() {
         fetched > 0 && fetched < data.len() as u64,
         "second run fetched {fetched} bytes:\n{stdout}"
     );
+    t.stop().await.unwrap();
+}
+
+/// A `p2p-peer --daemon` (`--dht off --no-relay`) whose log the test reads: stderr, line by
+/// line, colours stripped.
+struct LoggedDaemon {
+    child: Killed,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+/// Logged once per file hashed (at debug level, which these daemons log).
+const HASHED: &str = "p2p_peer::daemon: hashed";
+/// Logged when the folder is in sync: every change dealt with, nothing left to hash.
+const IN_SYNC: &str = "daemon: the folder is in sync";
+
+impl LoggedDaemon {
+    fn spawn(url: &str, dir: &Path) -> Self {
+        let mut child = peer_cmd(env!("CARGO_BIN_EXE_p2p-peer"), url, dir)
+            .args(["--daemon", "--dht", "off", "--no-relay"])
+            .env("RUST_LOG", "info,p2p_peer::daemon=debug")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        std::thread::spawn({
+            let lines = lines.clone();
+            move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    lines.lock().unwrap().push(strip_ansi(&line));
+                }
+            }
+        });
+        Self {
+            child: Killed(child),
+            lines,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.0.id()
+    }
+
+    fn count(&self, text: &str) -> usize {
+        let lines = self.lines.lock().unwrap();
+        lines.iter().filter(|l| l.contains(text)).count()
+    }
+
+    fn log(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    /// Waits (at most 2 minutes) for a log line containing all of `texts`.
+    async fn wait_for(&mut self, texts: &[&str]) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let found = {
+                let lines = self.lines.lock().unwrap();
+                lines.iter().any(|l| texts.iter().all(|t| l.contains(t)))
+            };
+            if found {
+                return;
+            }
+            if let Some(status) = self.child.0.try_wait().unwrap() {
+                panic!("the daemon exited ({status}):\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line with {texts:?}:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops it with SIGTERM; it must exit cleanly.
+    async fn stop(mut self) {
+        terminate(&mut self.child).await;
+    }
+}
+
+/// Sends SIGTERM and waits (at most 15 s) for a clean exit.
+async fn terminate(child: &mut Killed) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            assert!(status.success(), "{status}");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the daemon did not stop on SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `line` without terminal colour sequences (ESC [ … letter).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Bytes the process read so far (`rchar`: every read, from files, sockets or the page cache)
+/// and CPU time it used (user + system), in milliseconds.
+fn usage(pid: u32) -> (u64, u64) {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
+    let rchar = io
+        .lines()
+        .find_map(|l| l.strip_prefix("rchar:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces): state is the 3rd field, utime
+    // and stime the 14th and 15th.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    (rchar, ticks * 1000 / clock_ticks_per_second())
+}
+
+fn clock_ticks_per_second() -> u64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100)
+}
+
+/// Waits until the tracker lists `n` files with a seeder.
+async fn tracker_lists(url: &str, n: usize) {
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let body: serde_json::Value = http
+            .get(format!("{url}/api/files?limit=1000"))
+            .header("X-API-Key", KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let seeded = body["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["seeders"].as_u64() > Some(0))
+            .count();
+        if seeded >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the tracker lists {seeded} of {n} files"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The measuring window of the idle test.
+const IDLE_WINDOW: Duration = Duration::from_secs(10);
+/// Most bytes an idle daemon may read in that window: a heartbeat's answer or two (the tracker
+/// asks for one every 30 s here). The bug this guards against read the shared files again
+/// about once a second (3 GiB per 10 s with a 300 MB file in the folder; 80 MiB with the
+/// 8 MiB file here).
+const IDLE_MAX_READ: u64 = 64 << 10;
+/// Most CPU time an idle daemon may use in that window: 1 % of a core (the bug: 3.6 s).
+const IDLE_MAX_CPU_MS: u64 = 100;
+
+// Multi-threaded: the test blocks on child processes while the tracker serves them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_daemon_hashes_nothing_again_and_costs_next_to_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let t = tracker(work.path()).await;
+    let url = t.base_url();
+    let share = work.path().join("share");
+    std::fs::create_dir_all(&share).unwrap();
+    for i in 0..13u64 {
+        let data = support::content(1000 + 300 * i as usize, i + 1);
+        std::fs::write(share.join(format!("file-{i}.txt")), data).unwrap();
+    }
+    let big = support::content(8 << 20, 99);
+    std::fs::write(share.join("big.bin"), &big).unwrap();
+
+    let mut daemon = LoggedDaemon::spawn(&url, &share);
+    daemon.wait_for(&[IN_SYNC]).await;
+    tracker_lists(&url, 14).await;
+    let (hashed, shared) = (daemon.count(HASHED), daemon.count("sharing new file"));
+    assert_eq!(hashed, 14, "{}", daemon.log());
+
+    let (read, cpu) = usage(daemon.pid());
+    let started = Instant::now();
+    // The measurement itself (not a wait for something to happen).
+    tokio::time::sleep(IDLE_WINDOW).await;
+    let (read_after, cpu_after) = usage(daemon.pid());
+    let (read, cpu) = (read_after - read, cpu_after - cpu);
+    println!(
+        "idle daemon over {:.1} s: read {read} bytes, {cpu} ms of CPU",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(daemon.count(HASHED), hashed, "{}", daemon.log());
+    assert_eq!(daemon.count("sharing new file"), shared, "{}", daemon.log());
+    assert!(read <= IDLE_MAX_READ, "read {read} bytes while idle");
+    assert!(cpu <= IDLE_MAX_CPU_MS, "{cpu} ms of CPU while idle");
+
+    // Serving a file reads it: that hashes nothing either. The next file hashed is the marker
+    // written after the download (the watch reports events in order).
+    let leech = work.path().join("leech");
+    let out = download(&url, &leech, &hex::encode(Sha256::digest(&big))).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(leech.join("big.bin")).unwrap(), big);
+    std::fs::write(share.join("marker.txt"), b"marker").unwrap();
+    daemon.wait_for(&["sharing new file", "marker.txt"]).await;
+    assert_eq!(daemon.count(HASHED), hashed + 1, "{}", daemon.log());
+    daemon.stop().await;
+    t.stop().await.unwrap();
+}
+
+/// Runs `p2p-download <id>` (`--dht off --no-relay`) into `dir`, for at most a minute.
+async fn download(url: &str, dir: &Path, id: &str) -> std::process::Output {
+    let mut cmd = peer_cmd(env!("CARGO_BIN_EXE_p2p-download"), url, dir);
+    cmd.args(["--dht", "off", "--no-relay"]).arg(id);
+    let mut cmd = tokio::process::Command::from(cmd);
+    cmd.kill_on_drop(true);
+    let mut child = cmd
+        .stderr(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let err = tokio::spawn(async move {
+        let mut buf = Vec::new();
+        let _ = tokio::io::AsyncReadExt::read_to_end(&mut stderr, &mut buf).await;
+        buf
+    });
+    match tokio::time::timeout(Duration::from_secs(60), child.wait()).await {
+        Ok(status) => {
+            let mut out = Vec::new();
+            let _ = tokio::io::AsyncReadExt::read_to_end(child.stdout.as_mut().unwrap(), &mut out)
+                .await;
+            std::process::Output {
+                status: status.unwrap(),
+                stdout: out,
+                stderr: err.await.unwrap(),
+            }
+        }
+        Err(_) => {
+            child.kill().await.unwrap();
+            panic!(
+                "p2p-download hung:\n{}",
+                String::from_utf8_lossy(&err.await.unwrap())
+            );
+        }
+    }
+}
+
+/// Waits (at most 30 s) for the tracker to publish an event matching `want`.
+async fn tracker_event(
+    feed: &mut (Vec<Arc<str>>, tokio::sync::broadcast::Receiver<Arc<str>>),
+    want: impl Fn(&Event) -> bool,
+) {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let json = match feed.0.pop() {
+                Some(json) => json,
+                None => feed.1.recv().await.unwrap(),
+            };
+            let msg: EventMessage = serde_json::from_str(&json).unwrap();
+            if want(&msg.event) {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the tracker never published the event");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_stops_serving_removed_files_and_announces_renamed_ones_by_their_new_name() {
+    let work = tempfile::tempdir().unwrap();
+    let t = tracker(work.path()).await;
+    let url = t.base_url();
+    let (backlog, live) = t.state.events.subscribe();
+    let mut feed = (backlog.into_iter().rev().collect::<Vec<_>>(), live);
+    let share = work.path().join("share");
+    std::fs::create_dir_all(&share).unwrap();
+    let (kept, old, gone) = (
+        support::content(5000, 1),
+        support::content(7000, 2),
+        support::content(1 << 20, 3),
+    );
+    std::fs::write(share.join("kept.txt"), &kept).unwrap();
+    std::fs::write(share.join("old-name.txt"), &old).unwrap();
+    std::fs::write(share.join("gone.bin"), &gone).unwrap();
+    let (old_id, gone_id) = (Sha256::digest(&old), Sha256::digest(&gone));
+
+    let mut daemon = LoggedDaemon::spawn(&url, &share);
+    daemon.wait_for(&[IN_SYNC]).await;
+    tracker_lists(&url, 3).await;
+    assert_eq!(daemon.count(HASHED), 3, "{}", daemon.log());
+
+    // Renamed: announced again under the new name, not hashed again.
+    std::fs::rename(share.join("old-name.txt"), share.join("new-name.txt")).unwrap();
+    tracker_event(&mut feed, |e| {
+        matches!(e, Event::FileAnnounced { file_id, name, .. }
+            if file_id.0[..] == old_id[..] && name == "new-name.txt")
+    })
+    .await;
+    assert_eq!(daemon.count(HASHED), 3, "{}", daemon.log());
+
+    // Removed: no longer served (the tracker may still list the peer for it until it learns
+    // otherwise; a download from it fails).
+    std::fs::remove_file(share.join("gone.bin")).unwrap();
+    daemon.wait_for(&["no longer shared", "gone.bin"]).await;
+    let leech = work.path().join("leech");
+    let out = download(&url, &leech, &hex::encode(gone_id)).await;
+    assert!(!out.status.success(), "the removed file was still served");
+    assert!(!leech.join("gone.bin").exists());
+    assert_eq!(daemon.count(HASHED), 3, "{}", daemon.log());
+    daemon.stop().await;
+    t.stop().await.unwrap();
+}
+
+/// Writes `len` bytes of cheap content (a random MiB, each copy numbered) to `path`.
+fn write_fast(path: &Path, len: usize, seed: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut block = support::content(1 << 20, seed);
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for i in 0..len.div_ceil(1 << 20) {
+        block[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        let n = (len - (i << 20)).min(1 << 20);
+        f.write_all(&block[..n])?;
+    }
+    f.flush()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_over_an_unchanged_gib_reads_under_one_percent_of_it() {
+    const GIB: u64 = 1 << 30;
+    // On tmpfs, so the test measures the daemon, not the disk.
+    let Ok(shm) = tempfile::tempdir_in("/dev/shm") else {
+        support::skip("1 GiB restart", "no /dev/shm");
+        return;
+    };
+    let share = shm.path().join("share");
+    std::fs::create_dir_all(&share).unwrap();
+    for i in 0..4u64 {
+        if let Err(e) = write_fast(
+            &share.join(format!("part-{i}.bin")),
+            (GIB / 4) as usize,
+            i + 1,
+        ) {
+            support::skip("1 GiB restart", &format!("cannot fill /dev/shm: {e}"));
+            return;
+        }
+    }
+    let work = tempfile::tempdir().unwrap();
+    let t = tracker(work.path()).await;
+    let url = t.base_url();
+
+    let started = Instant::now();
+    let mut daemon = LoggedDaemon::spawn(&url, &share);
+    daemon.wait_for(&[IN_SYNC]).await;
+    let (cold, _) = usage(daemon.pid());
+    let cold_secs = started.elapsed().as_secs_f64();
+    assert_eq!(daemon.count(HASHED), 4, "{}", daemon.log());
+    assert!(cold >= GIB, "the first start read {cold} bytes");
+    daemon.stop().await;
+
+    let started = Instant::now();
+    let mut daemon = LoggedDaemon::spawn(&url, &share);
+    daemon.wait_for(&[IN_SYNC]).await;
+    let (warm, _) = usage(daemon.pid());
+    println!(
+        "1 GiB folder: first start read {cold} bytes ({cold_secs:.1} s), restart {warm} bytes \
+         ({:.2} s)",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(daemon.count(HASHED), 0, "{}", daemon.log());
+    assert!(warm < GIB / 100, "the restart read {warm} bytes");
+    daemon.stop().await;
     t.stop().await.unwrap();
 }

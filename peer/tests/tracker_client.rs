@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use p2p_peer::tracker_client::{
-    Announcements, Connections, SessionStatus, SessionTiming, TrackerClient, TrackerError,
-    spawn_session,
+    Announcements, Connections, SessionHandle, SessionStatus, SessionTiming, TrackerClient,
+    TrackerError, spawn_session,
 };
 use p2p_proto::api::{
     AnnounceRequest, ConnectionPathKind, Event, EventMessage, HeartbeatRequest,
@@ -357,6 +357,23 @@ async fn listed_until(c: &TrackerClient, peer: PeerId, want: impl Fn(&PeerInfo) 
     }
 }
 
+/// A session of `peer` announcing `files`, with fast timing and no connections to report.
+fn files_session(
+    c: &TrackerClient,
+    peer: PeerId,
+    files: &Files,
+    shutdown: &CancellationToken,
+) -> SessionHandle {
+    spawn_session(
+        c.clone(),
+        register_request(peer),
+        files.source(),
+        no_connections(),
+        fast(),
+        shutdown.clone(),
+    )
+}
+
 fn fast() -> SessionTiming {
     SessionTiming {
         heartbeat: Some(Duration::from_millis(200)),
@@ -377,14 +394,7 @@ async fn session_announces_reregisters_when_forgotten_and_unregisters_on_shutdow
     let shutdown = CancellationToken::new();
     within(20, async {
         let mut feed = events(&t);
-        let session = spawn_session(
-            c.clone(),
-            register_request(peer),
-            files.source(),
-            no_connections(),
-            fast(),
-            shutdown.clone(),
-        );
+        let session = files_session(&c, peer, &files, &shutdown);
         feed.next(|e| announced_by(e, peer, first.id)).await;
         session
             .subscribe()
@@ -426,6 +436,57 @@ async fn session_announces_reregisters_when_forgotten_and_unregisters_on_shutdow
 }
 
 #[tokio::test]
+async fn session_announces_a_renamed_file_again_under_its_new_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = tracker(dir.path()).await;
+    let c = client(&t);
+    let peer = peer_id(9);
+    let (file, other) = (manifest("before.txt", 5000, 9), manifest("other", 6000, 10));
+    let files = Files::default();
+    files.add(peer, &file);
+    files.add(peer, &other);
+    let shutdown = CancellationToken::new();
+    within(20, async {
+        let mut feed = events(&t);
+        let session = files_session(&c, peer, &files, &shutdown);
+        feed.next(|e| announced_by(e, peer, file.id)).await;
+        feed.next(|e| announced_by(e, peer, other.id)).await;
+
+        // The same content under a new name (a rename in the daemon's folder): announced
+        // again, with the new name; the file that left is not announced again.
+        {
+            let mut list = files.0.lock().unwrap();
+            list[0].file.name = "after.txt".into();
+            list.remove(1);
+        }
+        session.announce_now();
+        feed.next(|e| {
+            matches!(e, Event::FileAnnounced { file_id, name, peer_id, .. }
+                if *file_id == file.id && name == "after.txt" && *peer_id == peer)
+        })
+        .await;
+        // Once: the next announce is the file that left coming back, not the renamed one.
+        session.announce_now();
+        files.add(peer, &other);
+        session.announce_now();
+        let next = std::cell::Cell::new(None);
+        feed.next(|e| match e {
+            Event::FileAnnounced { file_id, .. } => {
+                next.set(Some(*file_id));
+                true
+            }
+            _ => false,
+        })
+        .await;
+        assert_eq!(next.get(), Some(other.id));
+        shutdown.cancel();
+        session.stopped().await;
+    })
+    .await;
+    t.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn session_retries_until_the_tracker_comes_up() {
     let dir = tempfile::tempdir().unwrap();
     // Hold the port with a listener that accepts and hangs up: the session's first attempt
@@ -439,14 +500,7 @@ async fn session_retries_until_the_tracker_comes_up() {
     files.add(peer, &file);
     let shutdown = CancellationToken::new();
     within(20, async {
-        let session = spawn_session(
-            c.clone(),
-            register_request(peer),
-            files.source(),
-            no_connections(),
-            fast(),
-            shutdown.clone(),
-        );
+        let session = files_session(&c, peer, &files, &shutdown);
         let (conn, _) = stand_in.accept().await.unwrap();
         drop(conn);
         drop(stand_in);

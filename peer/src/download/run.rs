@@ -119,6 +119,7 @@ fn spawn_workers(
                     report.error = Some(e.to_string());
                 }
                 report.score = shared.scores.get(&peer.peer_id);
+                shared.workers_ended.fetch_add(1, Ordering::SeqCst);
                 shared.done.notify_one();
                 report
             }));
@@ -132,7 +133,7 @@ fn spawn_workers(
 async fn wait(shared: &Shared, workers: Vec<JoinHandle<PeerReport>>) -> Vec<PeerReport> {
     loop {
         let complete = shared.sched.lock().complete();
-        if complete || workers.iter().all(|w| w.is_finished()) {
+        if complete || shared.workers_ended.load(Ordering::SeqCst) == workers.len() {
             break;
         }
         shared.done.notified().await;

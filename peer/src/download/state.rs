@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use p2p_proto::{Manifest, PeerId};
 use parking_lot::Mutex;
@@ -27,6 +27,9 @@ pub(super) struct Shared {
     library: Arc<Library>,
     /// Woken when a chunk's request ends or a worker stops, for the download to check on.
     pub(super) done: Notify,
+    /// Workers that have ended. Counted before they notify `done`: a worker still returning
+    /// its report is not "finished" yet as a task, and its wake-up must not be lost.
+    pub(super) workers_ended: AtomicUsize,
     /// Cancelled when the download is complete: workers stop and report.
     pub(super) stop: CancellationToken,
     /// Chunks fetched (and new) in this run.
@@ -52,6 +55,7 @@ impl Shared {
             scores: Scoreboard::default(),
             library,
             done: Notify::new(),
+            workers_ended: AtomicUsize::new(0),
             stop: CancellationToken::new(),
             fetched: AtomicU64::new(0),
             strikes: Mutex::default(),

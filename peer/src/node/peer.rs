@@ -112,6 +112,17 @@ impl Peer {
         self.node.announce_now();
     }
 
+    /// [`Peer::announce_now`] as a callback (for the daemon).
+    pub fn announcer(&self) -> crate::daemon::Announce {
+        let (session, dht) = (self.session.clone(), self.node.dht_announcer.clone());
+        Arc::new(move || {
+            session.announce_now();
+            if let Some(dht) = &dht {
+                dht.announce_now();
+            }
+        })
+    }
+
     /// The manifest of `id` and the peers to fetch it from (see [`Discovery::find`]); at
     /// least one peer.
     pub async fn find(&self, id: &FileId) -> Result<(Manifest, Vec<PeerAddr>), FetchError> {

@@ -2,11 +2,15 @@
 //! whole-content hash with its chain runs on the calling thread while the chunk hashes run on a
 //! second one, so sharing takes one SHA-256 pass of wall time, not two.
 
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
+use std::time::SystemTime;
 
 use p2p_proto::manifest::{ManifestBuilder, hash_chunk};
 use p2p_proto::{CHUNK_SIZE, Manifest};
+use tokio_util::sync::CancellationToken;
+
+use super::stamp::{FileStamp, HashedFile};
 
 /// Chunks read ahead of the chunk-hash thread.
 const AHEAD: usize = 4;
@@ -18,8 +22,50 @@ pub fn manifest_with_chunk_size(
     name: &str,
     chunk_size: u32,
 ) -> std::io::Result<Manifest> {
+    let file = std::fs::File::open(path)?;
+    hash_open(file, name, chunk_size, &CancellationToken::new())
+}
+
+/// The manifest of the file at `path`, shared under `name`, with the version of the file it
+/// describes (taken from the open file before reading it, so a change while hashing shows in a
+/// later stamp). Stops with [`std::io::ErrorKind::Interrupted`] once `cancel` is cancelled.
+/// Blocking: call it off the async reactor.
+pub fn hash_file(
+    path: &Path,
+    name: &str,
+    cancel: &CancellationToken,
+) -> std::io::Result<HashedFile> {
+    let since = SystemTime::now();
+    let file = std::fs::File::open(path)?;
+    let stamp = FileStamp::of(&file.metadata()?);
+    let manifest = hash_open(file, name, CHUNK_SIZE, cancel)?;
+    Ok(HashedFile {
+        manifest,
+        stamp,
+        since,
+    })
+}
+
+fn hash_open(
+    mut file: std::fs::File,
+    name: &str,
+    chunk_size: u32,
+    cancel: &CancellationToken,
+) -> std::io::Result<Manifest> {
     p2p_proto::manifest::validate_chunk_size(chunk_size).map_err(std::io::Error::other)?;
-    let mut file = std::fs::File::open(path)?;
+    // A file of one chunk is hashed here: a thread per small file would cost more than the
+    // hashing (a folder of ten thousand small files).
+    if file.metadata()?.len() < u64::from(chunk_size) {
+        let mut data = Vec::new();
+        (&mut file)
+            .take(u64::from(chunk_size))
+            .read_to_end(&mut data)?;
+        if data.len() < chunk_size as usize {
+            return Manifest::of_bytes(name, &data, chunk_size).map_err(std::io::Error::other);
+        }
+        // It grew meanwhile: hash it as a large one.
+        file.seek(SeekFrom::Start(0))?;
+    }
     let mut builder = ManifestBuilder::new(chunk_size);
     // Buffers circulate: filled here, hashed there, handed back (no allocation per chunk).
     let (to_hasher, filled_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(AHEAD);
@@ -39,6 +85,12 @@ pub fn manifest_with_chunk_size(
         })?;
     let read = (|| {
         while let Ok(mut buf) = free.recv() {
+            if cancel.is_cancelled() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::Interrupted,
+                    "hashing was cancelled",
+                ));
+            }
             buf.resize(chunk_size as usize, 0);
             // Fill the buffer completely (short reads happen), so chunk boundaries are exact.
             let mut filled = 0;
@@ -89,6 +141,24 @@ mod tests {
             assert_eq!(m.size, len as u64);
             assert_eq!(m, Manifest::of_bytes("f.bin", &data, CHUNK_SIZE).unwrap());
         }
+    }
+
+    #[test]
+    fn hash_file_gives_the_version_it_read_and_stops_when_cancelled() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.bin");
+        let data: Vec<u8> = (0..CHUNK_SIZE as usize * 3)
+            .map(|i| (i % 253) as u8)
+            .collect();
+        std::fs::write(&path, &data).unwrap();
+        let hashed = hash_file(&path, "f.bin", &CancellationToken::new()).unwrap();
+        assert_eq!(hashed.manifest, manifest_for_file(&path, "f.bin").unwrap());
+        assert_eq!(hashed.stamp, FileStamp::read(&path).unwrap());
+        assert!(hashed.since <= SystemTime::now());
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let err = hash_file(&path, "f.bin", &cancel).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::Interrupted);
     }
 
     #[test]

@@ -18,10 +18,12 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use p2p_proto::{Bitfield, FileId, Manifest};
 use parking_lot::{Mutex, RwLock};
+use tokio_util::sync::CancellationToken;
 
-use super::hashing::manifest_for_file;
+use super::hashing::hash_file;
 use super::inline::InlineIo;
 use super::partial::read_at;
+use super::stamp::{FileStamp, HashedFile, SETTLE};
 
 /// Why a chunk cannot be served or a file cannot be shared.
 #[derive(Debug, thiserror::Error)]
@@ -55,9 +57,6 @@ pub struct SharedFile {
     settle: Duration,
 }
 
-/// How long after a file's last change a version stamp is trusted to show the next change.
-pub const SETTLE: Duration = Duration::from_secs(2);
-
 /// Which chunks were checked against their hashes, and for which version of the file.
 #[derive(Debug)]
 struct Verified {
@@ -76,43 +75,6 @@ impl Verified {
             since: SystemTime::UNIX_EPOCH,
             bits,
         }
-    }
-}
-
-/// What identifies one version of a file's content on disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileStamp {
-    len: u64,
-    modified: Option<SystemTime>,
-    #[cfg(unix)]
-    inode: (u64, u64),
-    /// Change time: set by the kernel on every write, rename or `touch`.
-    changed: Option<SystemTime>,
-}
-
-impl FileStamp {
-    fn of(meta: &std::fs::Metadata) -> Self {
-        #[cfg(unix)]
-        use std::os::unix::fs::MetadataExt;
-        Self {
-            len: meta.len(),
-            modified: meta.modified().ok(),
-            #[cfg(unix)]
-            inode: (meta.dev(), meta.ino()),
-            #[cfg(unix)]
-            changed: u64::try_from(meta.ctime()).ok().map(|secs| {
-                SystemTime::UNIX_EPOCH
-                    + Duration::new(secs, meta.ctime_nsec().clamp(0, 999_999_999) as u32)
-            }),
-            #[cfg(not(unix))]
-            changed: meta.modified().ok(),
-        }
-    }
-
-    /// Whether a change after `t` would show in the stamp (the last change was long enough
-    /// before `t` for a later one to get a later timestamp).
-    fn settled_before(&self, t: SystemTime, settle: Duration) -> bool {
-        self.changed.is_some_and(|c| c + settle < t)
     }
 }
 
@@ -208,11 +170,8 @@ impl Library {
             .ok_or_else(|| LibraryError::NoName(path.to_owned()))?
             .to_owned();
         let owned = path.to_owned();
-        let (manifest, stamp, since) = tokio::task::spawn_blocking(move || {
-            // The version stamp is taken before hashing: a change while hashing shows later.
-            let since = SystemTime::now();
-            let stamp = FileStamp::of(&std::fs::metadata(&owned)?);
-            Ok((manifest_for_file(&owned, &name)?, stamp, since))
+        let hashed = tokio::task::spawn_blocking(move || {
+            hash_file(&owned, &name, &CancellationToken::new())
         })
         .await
         .map_err(|_| LibraryError::Task)?
@@ -220,18 +179,57 @@ impl Library {
             path: path.to_owned(),
             source,
         })?;
-        let full = Bitfield::full(manifest.chunk_count());
-        self.add(
-            manifest.clone(),
-            path.to_owned(),
-            full.clone(),
-            Verified {
-                stamp: Some(stamp),
-                since,
-                bits: full,
-            },
-        );
+        let manifest = hashed.manifest.clone();
+        self.offer(path.to_owned(), hashed);
         Ok(manifest)
+    }
+
+    /// Offers the file at `path` whole, with a manifest known to describe it: its chunks are
+    /// trusted while the file keeps the version `hashed` names (see the module docs), and
+    /// checked again on read once it changes. Replaces what was offered under the same id.
+    pub fn offer(&self, path: PathBuf, hashed: HashedFile) {
+        let full = Bitfield::full(hashed.manifest.chunk_count());
+        let verified = Verified {
+            stamp: Some(hashed.stamp),
+            since: hashed.since,
+            bits: full.clone(),
+        };
+        self.add(hashed.manifest, path, full, verified);
+    }
+
+    /// Stops offering `id` when it is offered from `path` (not when a partial download or
+    /// another copy of the same content is what is offered). Returns whether it was.
+    pub fn unshare(&self, id: &FileId, path: &Path) -> bool {
+        let mut files = self.files.write();
+        let here = files
+            .get(id)
+            .is_some_and(|e| e.path.read().as_path() == path);
+        here && files.remove(id).is_some()
+    }
+
+    /// Where each file on offer lives.
+    pub fn paths(&self) -> HashMap<PathBuf, FileId> {
+        self.files
+            .read()
+            .iter()
+            .map(|(id, e)| (e.path(), *id))
+            .collect()
+    }
+
+    /// The manifest of a whole file on offer with the version of it whose every chunk was
+    /// checked (when it was shared, or as a download wrote it); `None` for a partial download
+    /// or a file that changed since.
+    pub fn hashed(&self, id: &FileId) -> Option<HashedFile> {
+        let entry = self.get(id)?;
+        let v = entry.verified.lock();
+        if !v.bits.is_complete() || !entry.have().is_complete() {
+            return None;
+        }
+        Some(HashedFile {
+            manifest: entry.manifest.clone(),
+            stamp: v.stamp?,
+            since: v.since,
+        })
     }
 
     /// Offers a partial download of our own whose chunks in `have` are verified.
@@ -403,6 +401,7 @@ impl ChunkBuf for Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::manifest_for_file;
 
     /// A 600 000-byte file `a.bin` (three chunks, the last short) in a fresh directory: byte
     /// `i` is `i % modulus`.
@@ -516,6 +515,26 @@ mod tests {
             1,
             "the bad chunk counts as an error, not a read"
         );
+    }
+
+    #[tokio::test]
+    async fn unshare_takes_off_only_what_is_offered_from_that_path() {
+        let (dir, path, _) = written_file(239);
+        let lib = Library::new();
+        let m = lib.share(&path).await.unwrap();
+        assert_eq!(lib.paths().get(&path), Some(&m.id));
+        let hashed = lib.hashed(&m.id).unwrap();
+        assert_eq!(
+            (hashed.manifest, hashed.stamp),
+            (m.clone(), FileStamp::read(&path).unwrap())
+        );
+        assert!(!lib.unshare(&m.id, &dir.path().join("other.bin")));
+        assert!(lib.get(&m.id).is_some());
+        assert!(lib.unshare(&m.id, &path));
+        assert!(lib.get(&m.id).is_none() && lib.list().is_empty());
+        // A partial download of the same content is not a hashed whole file.
+        lib.insert(m.clone(), path.clone(), Bitfield::new(m.chunk_count()));
+        assert!(lib.hashed(&m.id).is_none());
     }
 
     #[tokio::test]

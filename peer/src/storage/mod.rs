@@ -1,12 +1,17 @@
-//! Files on disk: hashing files into manifests, the library of shared files, and partial
-//! downloads with their resume state.
+//! Files on disk: hashing files into manifests, the library of shared files, partial
+//! downloads with their resume state, file versions ([`FileStamp`]) and the shared folder's
+//! persisted index.
 
 mod hashing;
+mod index;
 mod inline;
 mod library;
 mod partial;
+mod stamp;
 
-pub use hashing::{manifest_for_file, manifest_with_chunk_size};
+pub use hashing::{hash_file, manifest_for_file, manifest_with_chunk_size};
+pub use index::{IndexError, LoadedIndex, STATE_DIR, ShareIndex};
 pub use inline::InlineIo;
 pub use library::{ChunkBuf, Library, LibraryError};
 pub use partial::{PartialDownload, PartialError, ResumeSnapshot, VerifiedChunk, safe_file_name};
+pub use stamp::{FileStamp, HashedFile, SETTLE, Timestamp};
