@@ -144,6 +144,11 @@ impl FolderWatch {
             path: dir.to_owned(),
             source,
         };
+        // Events name files under the folder's full path (`./data` is watched as
+        // `/home/me/data`): compare them with that.
+        let dir = &dir
+            .canonicalize()
+            .map_err(|e| error(notify::Error::io(e)))?;
         let shared = Arc::new(Shared::default());
         let mut watcher = {
             let (shared, dir) = (shared.clone(), dir.to_owned());
@@ -270,5 +275,16 @@ mod tests {
         assert!(seen.contains(&a), "the old name is reported too: {seen:?}");
         std::fs::remove_file(&b).unwrap();
         until(&watch, &b).await;
+    }
+
+    /// `--data ./data` (the default) names the folder relatively; events name it in full.
+    #[tokio::test]
+    async fn a_folder_named_relatively_reports_its_files() {
+        let dir = tempfile::tempdir_in(".").unwrap();
+        let relative = Path::new(".").join(dir.path().file_name().unwrap());
+        let watch = FolderWatch::start(&relative).unwrap();
+        std::fs::write(relative.join("new.iso"), b"content").unwrap();
+        let full = dir.path().canonicalize().unwrap().join("new.iso");
+        until(&watch, &full).await;
     }
 }
