@@ -264,6 +264,16 @@ let
         [ "services.p2p-tracker.admin.passwordFile points into the Nix store (/nix/store/aaaa-pw), where every user can read it; give a path outside it." ]
       ];
     };
+    # Not a module, but evaluated the same way: each commit's images get their own tag.
+    testImageTag =
+      let
+        version = (builtins.fromTOML (builtins.readFile ../Cargo.toml)).workspace.package.version;
+        tag = self: import ./image-tag.nix { inherit self; };
+      in
+      {
+        expr = map tag [{ shortRev = "3f2a9c1"; rev = "3f2a9c1ffff"; } { dirtyShortRev = "3f2a9c1-dirty"; } { }];
+        expected = [ "${version}-3f2a9c1" "${version}-3f2a9c1-dirty" "${version}-dirty" ];
+      };
     testPrivilegedPort = {
       expr = lib.getAttrs [ "AmbientCapabilities" "PrivateUsers" ] (trackerUnit { port = 80; });
       expected = { AmbientCapabilities = [ "CAP_NET_BIND_SERVICE" ]; PrivateUsers = false; };

