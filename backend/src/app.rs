@@ -59,10 +59,8 @@ pub async fn open_store(db: &DbArgs) -> Result<Arc<dyn Store>, StoreError> {
             tracing::info!("using PostgreSQL");
             let delays = db_wait_schedule(Duration::from_secs(db.db_wait_secs));
             Arc::new(
-                retry_while_unreachable(delays, || {
-                    PgStore::connect(&url, db.db_max_connections)
-                })
-                .await?,
+                retry_while_unreachable(delays, || PgStore::connect(&url, db.db_max_connections))
+                    .await?,
             )
         }
     })
@@ -417,13 +415,15 @@ pub async fn start(
     })
 }
 
+/// Where the metrics listener binds, and what it serves.
+type MetricsListener = (SocketAddr, BoxEndpoint<'static>);
+
 /// With `--metrics-addr`: the application without `/metrics` (404) for the main listener, and
 /// `/metrics` alone for the metrics listener (the same endpoint, so the same handler).
-#[allow(clippy::type_complexity)]
 fn split_metrics(
     app: BoxEndpoint<'static>,
     metrics_addr: Option<SocketAddr>,
-) -> (BoxEndpoint<'static>, Option<(SocketAddr, BoxEndpoint<'static>)>) {
+) -> (BoxEndpoint<'static>, Option<MetricsListener>) {
     let Some(at) = metrics_addr else {
         return (app, None);
     };
@@ -546,7 +546,11 @@ mod tests {
         })
         .await;
         assert!(matches!(result, Err(StoreError::Unavailable(_))));
-        assert_eq!(attempts.load(Ordering::SeqCst), 3, "the first try and two retries");
+        assert_eq!(
+            attempts.load(Ordering::SeqCst),
+            3,
+            "the first try and two retries"
+        );
     }
 
     #[tokio::test]
