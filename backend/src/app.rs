@@ -390,14 +390,7 @@ pub async fn start(
         .first()
         .and_then(|a| a.as_socket_addr().copied())
         .ok_or_else(|| StartError::Config("listener has no address".into()))?;
-    start_rendezvous(serve.udp_addr, addr, &state.relay, &shutdown).await?;
-    let stop = shutdown.clone();
     let grace = opts.shutdown_grace;
-    let server = tokio::spawn(async move {
-        Server::new_with_acceptor(acceptor)
-            .run_with_graceful_shutdown(app, stop.cancelled_owned(), Some(grace))
-            .await
-    });
     let (metrics_addr, metrics_server) = match metrics_app {
         Some((at, app)) => {
             let (addr, server) = serve_metrics(at, app, &shutdown, grace).await?;
@@ -405,6 +398,16 @@ pub async fn start(
         }
         None => (None, None),
     };
+    if let Err(e) = start_rendezvous(serve.udp_addr, addr, &state.relay, &shutdown).await {
+        shutdown.cancel(); // stops the metrics listener, if any
+        return Err(e);
+    }
+    let stop = shutdown.clone();
+    let server = tokio::spawn(async move {
+        Server::new_with_acceptor(acceptor)
+            .run_with_graceful_shutdown(app, stop.cancelled_owned(), Some(grace))
+            .await
+    });
     Ok(RunningTracker {
         addr,
         metrics_addr,
