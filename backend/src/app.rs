@@ -95,7 +95,7 @@ pub async fn retry_while_unreachable<T, F, Fut>(
 ) -> Result<T, StoreError>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, StoreError>>,
+    Fut: Future<Output = Result<T, StoreError>>,
 {
     let mut delays = delays.into_iter();
     let mut attempt = 1u32;
@@ -447,9 +447,7 @@ async fn serve_metrics(
     shutdown: &CancellationToken,
     grace: Duration,
 ) -> Result<(SocketAddr, JoinHandle<std::io::Result<()>>), StartError> {
-    let acceptor = poem::listener::TcpListener::bind(at)
-        .into_acceptor()
-        .await?;
+    let acceptor = TcpListener::bind(at).into_acceptor().await?;
     let addr = acceptor
         .local_addr()
         .first()
@@ -458,7 +456,7 @@ async fn serve_metrics(
     tracing::info!(%addr, "/metrics listening");
     let stop = shutdown.clone();
     let server = tokio::spawn(async move {
-        poem::Server::new_with_acceptor(acceptor)
+        Server::new_with_acceptor(acceptor)
             .run_with_graceful_shutdown(app, stop.cancelled_owned(), Some(grace))
             .await
     });

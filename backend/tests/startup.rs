@@ -1,6 +1,8 @@
 //! Start-up as deployed: `/metrics` on its own listener (`--metrics-addr`), and a database that
 //! is not ready when the tracker starts (`--db-wait-secs`).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::sync::Arc;
