@@ -274,6 +274,20 @@ let
         expr = map tag [{ shortRev = "3f2a9c1"; rev = "3f2a9c1ffff"; } { dirtyShortRev = "3f2a9c1-dirty"; } { }];
         expected = [ "${version}-3f2a9c1" "${version}-3f2a9c1-dirty" "${version}-dirty" ];
       };
+    testTrackerMetricsPort = {
+      expr = map
+        (metrics: {
+          execStart = lib.last (lib.splitString " --rate-limit-rps 100 " (trackerUnit { inherit metrics; }).ExecStart);
+          inherit (firewall { services.p2p-tracker = { enable = true; openFirewall = true; inherit metrics; }; }) allowedTCPPorts;
+        }) [
+        { port = 9090; }
+        { port = 9090; listenAddress = "0.0.0.0"; }
+      ];
+      expected = [
+        { execStart = "--metrics-addr 127.0.0.1:9090"; allowedTCPPorts = [ 8080 ]; }
+        { execStart = "--metrics-addr 0.0.0.0:9090"; allowedTCPPorts = [ 8080 9090 ]; }
+      ];
+    };
     testPrivilegedPort = {
       expr = lib.getAttrs [ "AmbientCapabilities" "PrivateUsers" ] (trackerUnit { port = 80; });
       expected = { AmbientCapabilities = [ "CAP_NET_BIND_SERVICE" ]; PrivateUsers = false; };

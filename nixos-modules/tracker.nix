@@ -13,7 +13,11 @@ let
     ++ lib.optionals (cfg.rateLimit.burst != null) [ "--rate-limit-burst" (toString cfg.rateLimit.burst) ]
     ++ lib.optional cfg.trustProxy "--trust-proxy"
     ++ databaseArgs
+    ++ lib.optionals (cfg.metrics.port != null) [ "--metrics-addr" (hostPort cfg.metrics.listenAddress cfg.metrics.port) ]
     ++ cfg.extraArgs;
+  loopback = address: lib.hasPrefix "127." address || address == "::1";
+  # openFirewall opens the metrics port too, unless it listens on loopback only.
+  publicMetricsPort = lib.optional (cfg.metrics.port != null && !loopback cfg.metrics.listenAddress) cfg.metrics.port;
   # Before every start: create the admin user, or set its password to the file's (so changing
   # the file and restarting changes the password). `user add` reads P2P_USER_PASSWORD.
   adminArgs = [ "--data-dir" stateDir ] ++ databaseArgs ++ [ "user" "add" cfg.admin.user ];
@@ -55,7 +59,29 @@ in
     openFirewall = mkOption {
       type = types.bool;
       default = false;
-      description = "Open {option}`port` in the firewall (TCP, and UDP for the hole-punch rendezvous).";
+      description = ''
+        Open every port the tracker listens on: {option}`port` (TCP, and UDP for the hole-punch
+        rendezvous), and {option}`metrics.port` unless it listens on a loopback address.
+      '';
+    };
+
+    metrics = {
+      port = mkOption {
+        type = types.nullOr types.port;
+        default = null;
+        example = 9090;
+        description = ''
+          Serve `/metrics` on this port only (`--metrics-addr`), no longer on {option}`port`: a
+          reverse proxy in front of {option}`port` then cannot publish it. Unset: `/metrics` is
+          on {option}`port`.
+        '';
+      };
+      listenAddress = mkOption {
+        type = types.str;
+        default = "127.0.0.1";
+        example = "0.0.0.0";
+        description = "Address of {option}`metrics.port` (the default: this host's Prometheus only).";
+      };
     };
 
     database = {
@@ -164,7 +190,7 @@ in
       ensureUsers = [{ name = "p2p-tracker"; ensureDBOwnership = true; }];
     };
 
-    networking.firewall.allowedTCPPorts = lib.mkIf cfg.openFirewall [ cfg.port ];
+    networking.firewall.allowedTCPPorts = lib.mkIf cfg.openFirewall ([ cfg.port ] ++ publicMetricsPort);
     networking.firewall.allowedUDPPorts = lib.mkIf cfg.openFirewall [ cfg.port ];
 
     systemd.services.p2p-tracker = service.unit;
