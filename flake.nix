@@ -49,5 +49,7 @@
 
       # Evaluated with nixpkgs' lib alone: `[ ]` means every module test passed.
       lib.moduleTests = (import ./nix/module-tests.nix { inherit lib; }).failures;
+      # The images' tag, <version>-<git revision>: `nix eval --raw .#lib.imageTag`.
+      lib.imageTag = import ./nix/image-tag.nix { inherit self; };
     };
 }

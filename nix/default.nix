@@ -3,7 +3,7 @@
 let
   inherit (pkgs) lib;
   build = import ./packages.nix { inherit pkgs crane; };
-  images = import ./images.nix { inherit pkgs; inherit (build) tracker peer; };
+  images = import ./images.nix { inherit pkgs self; inherit (build) tracker peer; };
   app = package: program: {
     type = "app";
     program = "${package}/bin/${program}";

@@ -1,14 +1,15 @@
-# OCI images (docker-archive tarballs): `docker load < result` or
-# `skopeo copy docker-archive:result docker://REGISTRY/p2p-tracker:TAG`.
+# OCI images (docker-archive tarballs), tagged <version>-<git revision> (./image-tag.nix):
+# `docker load < result`, `kind load image-archive result`, or
+# `skopeo copy docker-archive:result docker://REGISTRY/p2p-tracker:TAG` (docs/deployment.md).
 # No shell and no package manager inside: the binary, CA certificates, an /etc/passwd entry for
 # the unprivileged user, a writable state directory and /tmp.
-{ pkgs, tracker, peer }:
+{ pkgs, self, tracker, peer }:
 let
   inherit (pkgs) lib;
+  tag = import ./image-tag.nix { inherit self; };
   uid = "65532"; # the conventional "nonroot" id, also set as runAsUser in k8s/
   image = { name, package, stateDir, port, env, cmd ? [ ] }: pkgs.dockerTools.buildLayeredImage {
-    inherit name;
-    tag = package.version;
+    inherit name tag;
     contents = [
       package
       pkgs.dockerTools.caCertificates
@@ -35,6 +36,7 @@ let
       Labels = {
         "org.opencontainers.image.title" = name;
         "org.opencontainers.image.version" = package.version;
+        "org.opencontainers.image.revision" = self.rev or self.dirtyRev or "dirty";
         "org.opencontainers.image.licenses" = "MIT";
       };
     };

@@ -24,6 +24,7 @@ let
   nixosStub = {
     options = {
       assertions = lib.mkOption { type = lib.types.listOf lib.types.anything; default = [ ]; };
+      warnings = lib.mkOption { type = lib.types.listOf lib.types.str; default = [ ]; };
       systemd.services = lib.mkOption { type = lib.types.attrsOf lib.types.anything; default = { }; };
       networking.firewall.allowedTCPPorts = lib.mkOption { type = lib.types.listOf lib.types.port; default = [ ]; };
       networking.firewall.allowedUDPPorts = lib.mkOption { type = lib.types.listOf lib.types.port; default = [ ]; };
@@ -38,6 +39,8 @@ let
   serviceConfig = name: module: (unit name module).serviceConfig;
   trackerUnit = settings: serviceConfig "p2p-tracker" { services.p2p-tracker = { enable = true; } // settings; };
   peerUnit = settings: serviceConfig "p2p-peer" { services.p2p-peer = { enable = true; tracker = "http://tracker:8080"; } // settings; };
+  warnings = module: (eval module).warnings;
+  firewall = module: { inherit ((eval module).networking.firewall) allowedTCPPorts allowedUDPPorts; };
   failedAssertions = module: map (a: a.message) (lib.filter (a: !a.assertion) (eval module).assertions);
   rejected = module: !(builtins.tryEval (builtins.deepSeq (eval module).systemd.services true)).success;
 
@@ -151,12 +154,12 @@ let
     testPeerExecStart = {
       expr = (peerUnit { port = 7000; uploadLimit = "10M"; relayOnly = true; announceAddresses = [ "203.0.113.7" "2001:db8::7" ]; }).ExecStart;
       expected = "${peer}/bin/p2p-peer --daemon --tracker http://tracker:8080 --listen 0.0.0.0 --port 7000 --data /var/lib/p2p-peer"
-        + " --upload-limit 10M --announce-addr 203.0.113.7,2001:db8::7 --relay-only";
+        + " --upload-limit 10M --announce-addr 203.0.113.7,2001:db8::7 --relay-only --dht-port 6881";
     };
     testPeerShareDir = {
       expr = lib.getAttrs [ "ExecStart" "BindReadOnlyPaths" ] (peerUnit { shareDir = "/srv/public"; });
       expected = {
-        ExecStart = "${peer}/bin/p2p-peer --daemon --tracker http://tracker:8080 --listen 0.0.0.0 --port 6881 --data /var/lib/p2p-peer --share-dir /srv/public";
+        ExecStart = "${peer}/bin/p2p-peer --daemon --tracker http://tracker:8080 --listen 0.0.0.0 --port 6881 --data /var/lib/p2p-peer --share-dir /srv/public --dht-port 6881";
         BindReadOnlyPaths = [ "/srv/public" ];
       };
     };
@@ -171,6 +174,119 @@ let
     testTrackerFirewallOpensTheRendezvous = {
       expr = (eval { services.p2p-tracker = { enable = true; openFirewall = true; }; }).networking.firewall.allowedUDPPorts;
       expected = [ 8080 ];
+    };
+    # `enable = true;` alone: a unit that talks to a tracker on this machine, as the CLI would.
+    testPeerEnableAlone =
+      let config = eval { services.p2p-peer.enable = true; };
+      in {
+        expr = {
+          execStart = config.systemd.services.p2p-peer.serviceConfig.ExecStart;
+          warnings = map (lib.hasPrefix "services.p2p-peer.apiKeyFile is not set") config.warnings;
+        };
+        expected = {
+          execStart = "${peer}/bin/p2p-peer --daemon --tracker http://localhost:8080 --listen 0.0.0.0 --port 6881 --data /var/lib/p2p-peer --dht-port 6881";
+          warnings = [ true ];
+        };
+      };
+    testPeerDht = {
+      expr = map (dht: lib.last (lib.splitString " --data /var/lib/p2p-peer " (peerUnit { inherit dht; }).ExecStart)) [
+        { port = 7001; bootstrap = [ "dht.example.org:6881" "203.0.113.9:6881" ]; }
+        { enable = false; }
+      ];
+      expected = [ "--dht-port 7001 --dht-bootstrap dht.example.org:6881,203.0.113.9:6881" "--dht off" ];
+    };
+    testPeerFirewallCoversEveryPort = {
+      expr = map (peer: firewall { services.p2p-peer = { enable = true; openFirewall = true; } // peer; }) [
+        { }
+        { port = 7000; dht.port = 7001; }
+        { dht.enable = false; }
+      ];
+      expected = [
+        { allowedTCPPorts = [ 6881 ]; allowedUDPPorts = [ 6881 ]; }
+        { allowedTCPPorts = [ 7000 ]; allowedUDPPorts = [ 7001 ]; }
+        { allowedTCPPorts = [ 6881 ]; allowedUDPPorts = [ ]; }
+      ];
+    };
+    testMissingApiKeysWarn = {
+      expr = map (m: lib.length (warnings m)) [
+        { services.p2p-tracker.enable = true; }
+        { services.p2p-tracker = { enable = true; apiKeysFile = "/run/secrets/keys"; }; }
+        { services.p2p-peer = { enable = true; apiKeyFile = "/run/secrets/key"; }; }
+        { }
+      ];
+      expected = [ 1 0 0 0 ];
+    };
+    testTrackerMissingApiKeysWarning = {
+      expr = lib.hasPrefix "services.p2p-tracker.apiKeysFile is not set" (lib.head (warnings { services.p2p-tracker.enable = true; }));
+      expected = true;
+    };
+
+    # The admin user is (re)written before every start from its password file.
+    testTrackerAdmin =
+      let cfg = trackerUnit { admin = { user = "root admin"; passwordFile = "/run/secrets/admin"; }; database.url = "postgresql://db/p2p"; };
+      in {
+        expr = {
+          inherit (cfg) LoadCredential;
+          preStart = lib.last (lib.splitString "-p2p-tracker-launcher " cfg.ExecStartPre);
+          sameLauncher = lib.head (lib.splitString " " cfg.ExecStartPre) == lib.head (lib.splitString " " cfg.ExecStart);
+        };
+        expected = {
+          LoadCredential = [ "admin-password:/run/secrets/admin" ];
+          preStart = "--data-dir /var/lib/p2p-tracker --postgres-url postgresql://db/p2p user add 'root admin'";
+          sameLauncher = true;
+        };
+      };
+    testTrackerAdminPasswordReachesUserAdd = {
+      expr =
+        let
+          text = (import ../nixos-modules/service.nix { inherit lib pkgs; }).mkCredentials {
+            service = "p2p-tracker";
+            executable = "/bin/x";
+            secrets = [{ name = "admin-password"; file = "/run/p"; env = "P2P_USER_PASSWORD"; option = "o"; }];
+          };
+        in
+        lib.hasInfix ''export P2P_USER_PASSWORD='' text.launcher.text;
+      expected = true;
+    };
+    testNoAdminNoPreStart = {
+      expr = (trackerUnit { }) ? ExecStartPre;
+      expected = false;
+    };
+    testAdminNeedsUserAndPassword = {
+      expr = map failedAssertions [
+        { services.p2p-tracker = { enable = true; admin.user = "admin"; }; }
+        { services.p2p-tracker = { enable = true; admin.passwordFile = "/run/p"; }; }
+        { services.p2p-tracker = { enable = true; admin = { user = "admin"; passwordFile = "/nix/store/aaaa-pw"; }; }; }
+      ];
+      expected = [
+        [ "services.p2p-tracker.admin: set both user and passwordFile, or neither." ]
+        [ "services.p2p-tracker.admin: set both user and passwordFile, or neither." ]
+        [ "services.p2p-tracker.admin.passwordFile points into the Nix store (/nix/store/aaaa-pw), where every user can read it; give a path outside it." ]
+      ];
+    };
+    # Not a module, but evaluated the same way: each commit's images get their own tag.
+    testImageTag =
+      let
+        version = (builtins.fromTOML (builtins.readFile ../Cargo.toml)).workspace.package.version;
+        tag = self: import ./image-tag.nix { inherit self; };
+      in
+      {
+        expr = map tag [{ shortRev = "3f2a9c1"; rev = "3f2a9c1ffff"; } { dirtyShortRev = "3f2a9c1-dirty"; } { }];
+        expected = [ "${version}-3f2a9c1" "${version}-3f2a9c1-dirty" "${version}-dirty" ];
+      };
+    testTrackerMetricsPort = {
+      expr = map
+        (metrics: {
+          execStart = lib.last (lib.splitString " --rate-limit-rps 100 " (trackerUnit { inherit metrics; }).ExecStart);
+          inherit (firewall { services.p2p-tracker = { enable = true; openFirewall = true; inherit metrics; }; }) allowedTCPPorts;
+        }) [
+        { port = 9090; }
+        { port = 9090; listenAddress = "0.0.0.0"; }
+      ];
+      expected = [
+        { execStart = "--metrics-addr 127.0.0.1:9090"; allowedTCPPorts = [ 8080 ]; }
+        { execStart = "--metrics-addr 0.0.0.0:9090"; allowedTCPPorts = [ 8080 9090 ]; }
+      ];
     };
     testPrivilegedPort = {
       expr = lib.getAttrs [ "AmbientCapabilities" "PrivateUsers" ] (trackerUnit { port = 80; });
@@ -191,9 +307,12 @@ let
         { services.p2p-peer = { enable = true; tracker = "tracker:8080"; }; }
         { services.p2p-peer = { enable = true; tracker = "http://t"; uploadLimit = "fast"; }; }
         { services.p2p-peer = { enable = true; tracker = "http://t"; dataDir = "/srv/p2p"; }; }
-        { services.p2p-peer.enable = true; } # no tracker given
+        { services.p2p-peer = { enable = true; dht.port = 65536; }; }
+        { services.p2p-peer = { enable = true; dht.bootstrap = [ "router.example.org" ]; }; }
+        { services.p2p-peer = { enable = true; dht = true; }; }
+        { services.p2p-tracker = { enable = true; admin.user = "bad\nname"; admin.passwordFile = "/run/p"; }; }
       ];
-      expected = lib.genList (_: true) 9;
+      expected = lib.genList (_: true) 12;
     };
     testAcceptsGoodValues = {
       expr = rejected { services.p2p-peer = { enable = true; tracker = "https://t.example"; uploadLimit = "1G"; }; };

@@ -12,6 +12,10 @@ let
     ++ lib.optionals (cfg.downloadLimit != null) [ "--download-limit" cfg.downloadLimit ]
     ++ lib.optionals (cfg.announceAddresses != [ ]) [ "--announce-addr" (lib.concatStringsSep "," cfg.announceAddresses) ]
     ++ lib.optional cfg.relayOnly "--relay-only"
+    ++ (if cfg.dht.enable
+  then [ "--dht-port" (toString cfg.dht.port) ]
+    ++ lib.optionals (cfg.dht.bootstrap != [ ]) [ "--dht-bootstrap" (lib.concatStringsSep "," cfg.dht.bootstrap) ]
+  else [ "--dht" "off" ])
     ++ cfg.extraArgs;
   service = (import ./service.nix { inherit lib pkgs; }).mkService {
     name = "p2p-peer";
@@ -32,8 +36,10 @@ in
 
     tracker = mkOption {
       type = types.strMatching "https?://.+";
+      # The CLI's default, so `enable = true;` alone runs next to a local tracker.
+      default = "http://localhost:8080";
       example = "https://tracker.example.org";
-      description = "URL of the tracker.";
+      description = "URL of the tracker (the default is the CLI's: a tracker on this machine).";
     };
     listenAddress = mkOption {
       type = types.str;
@@ -54,7 +60,33 @@ in
     openFirewall = mkOption {
       type = types.bool;
       default = false;
-      description = "Open {option}`port` in the firewall so other peers can fetch chunks.";
+      description = ''
+        Open every port the peer listens on: {option}`port` (TCP) so other peers can fetch
+        chunks, and {option}`dht.port` (UDP) when the DHT is on. Hole punching needs no open
+        port (its UDP socket sends first, so the replies are part of a known flow).
+      '';
+    };
+
+    dht = {
+      enable = mkOption {
+        type = types.bool;
+        default = true;
+        description = ''
+          Announce and find files on the BitTorrent Mainline DHT too, besides the tracker (as
+          the CLI does by default; `--dht off` when false).
+        '';
+      };
+      port = mkOption {
+        type = types.port;
+        default = 6881;
+        description = "UDP port of the DHT node.";
+      };
+      bootstrap = mkOption {
+        type = types.listOf (types.strMatching ".+:[0-9]+");
+        default = [ ];
+        example = [ "dht.example.org:6881" ];
+        description = "DHT nodes to join through, `host:port` (default: the public Mainline routers).";
+      };
     };
 
     dataDir = mkOption {
@@ -112,8 +144,14 @@ in
 
   config = lib.mkIf cfg.enable {
     inherit (service) assertions;
+    warnings = lib.optional (cfg.apiKeyFile == null) ''
+      services.p2p-peer.apiKeyFile is not set: the tracker refuses to register a peer without an
+      API key. Create one on the tracker (`p2p-tracker key create`, or a key listed in
+      services.p2p-tracker.apiKeysFile) and give its file here.
+    '';
 
     networking.firewall.allowedTCPPorts = lib.mkIf cfg.openFirewall [ cfg.port ];
+    networking.firewall.allowedUDPPorts = lib.mkIf (cfg.openFirewall && cfg.dht.enable) [ cfg.dht.port ];
 
     systemd.services.p2p-peer = lib.mkMerge [
       service.unit

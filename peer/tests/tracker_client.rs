@@ -44,6 +44,7 @@ fn serve_args(addr: SocketAddr) -> ServeArgs {
         dashboard_dir: None,
         max_body_bytes: 1 << 26,
         udp_addr: None,
+        metrics_addr: None,
         relay: Default::default(),
     }
 }

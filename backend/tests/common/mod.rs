@@ -125,6 +125,7 @@ pub fn serve_args() -> ServeArgs {
         dashboard_dir: None,
         max_body_bytes: 8 * 1024 * 1024,
         udp_addr: None,
+        metrics_addr: None,
         relay: Default::default(),
     }
 }
