@@ -45,10 +45,32 @@ if [ ! -x "$WASM_OPT" ]; then
 fi
 
 cargo build --locked --profile wasm-release -p p2p-web --target wasm32-unknown-unknown
-rm -rf "$OUT" && mkdir -p "$OUT/pkg"
-"$TOOLS/bin/wasm-bindgen" --target web --no-typescript --out-dir "$OUT/pkg" --out-name p2p_web \
+# Build into a staging folder, then copy into web/dist only the files whose bytes changed: the
+# tracker embeds web/dist, so rewriting identical files would re-link it on every run.
+STAGE="$CARGO_TARGET_DIR/p2p-web-dist"
+rm -rf "$STAGE" && mkdir -p "$STAGE/pkg"
+"$TOOLS/bin/wasm-bindgen" --target web --no-typescript --out-dir "$STAGE/pkg" --out-name p2p_web \
   "$CARGO_TARGET_DIR/wasm32-unknown-unknown/wasm-release/p2p_web.wasm"
 "$WASM_OPT" -Oz --enable-bulk-memory --enable-nontrapping-float-to-int --enable-reference-types \
-  -o "$OUT/pkg/p2p_web_bg.wasm" "$OUT/pkg/p2p_web_bg.wasm"
-cp web/index.html web/style.css "$OUT/"
-echo "build-web: $(du -sh "$OUT" | cut -f1) in $OUT ($(stat -c %s "$OUT/pkg/p2p_web_bg.wasm") bytes of wasm)"
+  -o "$STAGE/pkg/p2p_web_bg.wasm" "$STAGE/pkg/p2p_web_bg.wasm"
+cp web/index.html web/style.css "$STAGE/"
+changed=0
+while IFS= read -r -d '' file; do
+  rel="${file#"$STAGE"/}"
+  if ! cmp -s "$file" "$OUT/$rel"; then
+    mkdir -p "$(dirname "$OUT/$rel")"
+    cp "$file" "$OUT/$rel"
+    changed=$((changed + 1))
+  fi
+done < <(find "$STAGE" -type f -print0)
+# Files the new build no longer has.
+if [ -d "$OUT" ]; then
+  while IFS= read -r -d '' file; do
+    rel="${file#"$OUT"/}"
+    if [ ! -e "$STAGE/$rel" ]; then
+      rm -f "$file"
+      changed=$((changed + 1))
+    fi
+  done < <(find "$OUT" -type f -print0)
+fi
+echo "build-web: $(du -sh "$OUT" | cut -f1) in $OUT ($(stat -c %s "$OUT/pkg/p2p_web_bg.wasm") bytes of wasm, $changed files changed)"

@@ -184,6 +184,7 @@ impl Swarm {
                 addresses: peer.addresses.clone(),
                 port: peer.port,
                 relay_only: peer.relay_only,
+                observed_ip: peer.observed_ip.clone(),
             });
         }
         Ok(RegisterPeerResponse {
@@ -250,6 +251,7 @@ impl Swarm {
                 addresses: p.addresses,
                 port: p.port,
                 relay_only: p.relay_only,
+                observed_ip: p.observed_ip,
             });
         }
         Ok(())

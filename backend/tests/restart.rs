@@ -86,8 +86,7 @@ fn tracker_cmd(dir: &std::path::Path) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.env_clear()
         .env("P2P_DATA_DIR", dir)
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1");
+        .env("RUST_LOG", "info");
     cmd
 }
 
@@ -103,18 +102,21 @@ fn spawn_tracker(dir: &std::path::Path) -> (Child, String) {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if !line.contains("p2p-tracker listening") {
-                continue;
-            }
-            if let Some(rest) = line.split("addr=").nth(1) {
-                let addr = rest.split_whitespace().next().unwrap_or("").to_owned();
-                let _ = tx.send(addr);
+            if line.contains("p2p-tracker listening") {
+                let _ = tx.send(line);
             }
         }
     });
-    let addr = rx
+    let line = rx
         .recv_timeout(Duration::from_secs(30))
         .expect("tracker logs its address");
+    // A log read through a pipe has no colour codes.
+    assert!(!line.contains('\u{1b}'), "{line:?}");
+    let addr = line
+        .split("addr=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
     (child, format!("http://{addr}"))
 }
 
@@ -169,6 +171,11 @@ async fn binary_cli_users_keys_and_sigterm() {
         .output()
         .unwrap();
     assert!(!out.status.success(), "short passwords are refused");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("password") && !said.contains('\u{1b}'),
+        "a plain message on a pipe: {said:?}"
+    );
     let listed = tracker_cmd(dir.path())
         .args(["key", "list"])
         .output()

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use p2p_proto::{FileId, Manifest};
-use tokio::io::AsyncBufReadExt;
 
 use crate::config::{DownloadCli, PeerCli, PeerCommand};
 use crate::daemon::{self, DaemonConfig};
@@ -15,6 +14,34 @@ use crate::net::relay::RelayStatus;
 use crate::node::Peer;
 use crate::shell::{self, ShellCommand};
 use crate::storage::safe_file_name;
+
+mod prompt;
+
+/// An error and its causes on one line, each said once: "a: b: c". Many error types here put
+/// their cause in their own message as well (so a log line carries it); a cause already said
+/// is not repeated.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// `n thing` or `n things`.
+pub fn count(n: u64, thing: &str) -> String {
+    if n == 1 {
+        format!("1 {thing}")
+    } else {
+        format!("{n} {thing}s")
+    }
+}
 
 async fn shutdown_signal() {
     #[cfg(unix)]
@@ -74,12 +101,15 @@ async fn shell_loop(peer: &Peer) -> anyhow::Result<()> {
         peer.node.addr
     );
     println!("type help for commands");
-    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let state = peer.node.data_dir.join(".p2p");
+    if let Err(e) = std::fs::create_dir_all(&state) {
+        tracing::debug!(error = %e, "no folder for the shell history");
+    }
+    let mut input = prompt::Input::start(state.join("shell-history"));
     loop {
-        eprint!("p2p> ");
         let line = tokio::select! {
             _ = shutdown_signal() => break,
-            line = lines.next_line() => match line? {
+            line = input.next_line() => match line? {
                 Some(l) => l,
                 None => break,
             },
@@ -125,7 +155,7 @@ async fn shell_loop(peer: &Peer) -> anyhow::Result<()> {
             }
         };
         if let Err(e) = result {
-            println!("error: {e:#}");
+            println!("error: {}", error_chain(e.as_ref()));
         }
     }
     Ok(())
@@ -221,8 +251,11 @@ async fn peers(peer: &Peer) -> anyhow::Result<()> {
             None => reach.to_owned(),
         };
         println!(
-            "{}  {}:{}  {how}  {} files{me}",
-            p.peer_id, p.observed_ip, p.port, p.files
+            "{}  {}:{}  {how}  {}{me}",
+            p.peer_id,
+            p.observed_ip,
+            p.port,
+            count(p.files, "file")
         );
     }
     Ok(())
@@ -242,6 +275,7 @@ async fn fetch(peer: &Peer, id: &FileId) -> anyhow::Result<DownloadReport> {
     );
     bar.set_message(name.clone());
     let contributions = Arc::new(Contributions::default());
+    let _logs_above = crate::logging::above_bar(&bar);
     let progress = tokio::spawn(show_progress(
         bar.clone(),
         peer.node.library.clone(),

@@ -3,7 +3,6 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args, Parser, Subcommand};
 use p2p_proto::FileId;
 
@@ -86,7 +85,7 @@ pub struct NodeArgs {
         default_value = "on",
         value_name = "on|off",
         action = ArgAction::Set,
-        value_parser = BoolishValueParser::new(),
+        value_parser = parse_on_off,
     )]
     pub dht: bool,
     /// UDP port of the DHT node (0: any free port; a busy port falls back to any).
@@ -111,6 +110,16 @@ pub struct NodeArgs {
     /// Do not try UDP hole punching (it needs the relay, which coordinates it).
     #[arg(long, env = "P2P_NO_PUNCH", default_value_t = false)]
     pub no_punch: bool,
+}
+
+/// `on` or `off` (also `true`/`false`, `yes`/`no`, `1`/`0`, as environment variables often
+/// say it).
+pub fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" | "1" => Ok(true),
+        "off" | "false" | "no" | "0" => Ok(false),
+        _ => Err(format!("expected on or off, got {s:?}")),
+    }
 }
 
 /// Parses `1048576`, `512K`, `10M`, `1G` (powers of 1024) into bytes per second.
@@ -203,5 +212,25 @@ mod tests {
         let d = DownloadCli::try_parse_from(["p2p-download", &hash]).unwrap();
         assert_eq!(d.hash.to_string(), hash);
         assert!(DownloadCli::try_parse_from(["p2p-download", "nothex"]).is_err());
+    }
+
+    #[test]
+    fn dht_takes_on_or_off_and_help_says_so() {
+        use clap::CommandFactory;
+        for (arg, want) in [("on", true), ("off", false), ("OFF", false), ("true", true)] {
+            let cli = PeerCli::try_parse_from(["p2p-peer", "--dht", arg]).unwrap();
+            assert_eq!(cli.node.dht, want, "{arg}");
+        }
+        let err = PeerCli::try_parse_from(["p2p-peer", "--dht", "maybe"]).unwrap_err();
+        assert!(err.to_string().contains("expected on or off"), "{err}");
+        let help = PeerCli::command().render_long_help().to_string();
+        let line = help
+            .lines()
+            .skip_while(|l| !l.contains("--dht <on|off>"))
+            .take_while(|l| !l.trim_start().starts_with("--dht-port"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(line.contains("--dht <on|off>"), "{help}");
+        assert!(!line.contains("possible values"), "{line}");
     }
 }

@@ -22,7 +22,8 @@
 //!   persisted index so a restart hashes only what changed.
 //! - [`watch`]: the folder watch (content and name changes only, never reads).
 //!
-//! Beside them: [`identity`] (the peer's persistent X25519 static key; its public half is the
+//! Beside them: [`logging`] (log lines coloured only on a terminal, kept off the shell's
+//! prompt and progress bar), [`identity`] (the peer's persistent X25519 static key; its public half is the
 //! peer id), [`config`] (the command line: flags of the original design, env on each) and
 //! [`throttle`] (upload and download bandwidth limits, changeable at run time).
 
@@ -33,6 +34,7 @@ pub mod dht;
 pub mod discovery;
 pub mod download;
 pub mod identity;
+pub mod logging;
 pub mod net;
 pub mod node;
 pub mod shell;
@@ -44,12 +46,7 @@ pub mod watch;
 
 pub use identity::Identity;
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`); see [`logging`].
 pub fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    logging::init();
 }

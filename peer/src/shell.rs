@@ -52,7 +52,7 @@ pub fn parse(line: &str) -> Result<ShellCommand, String> {
         ("download" | "get", hash) => hash
             .parse()
             .map(ShellCommand::Download)
-            .map_err(|e| format!("not a file id ({e}); ids are 64 hex characters")),
+            .map_err(|e| format!("not a file id: {e}")),
         ("status", "") => Ok(ShellCommand::Status),
         ("peers", "") => Ok(ShellCommand::Peers),
         ("limit", args) => {
@@ -93,7 +93,10 @@ mod tests {
             parse(&format!("download {hash}")),
             Ok(ShellCommand::Download(hash.parse().unwrap()))
         );
-        assert!(parse("download xyz").unwrap_err().contains("64 hex"));
+        assert_eq!(
+            parse("download 1234").unwrap_err(),
+            "not a file id: expected 64 hex characters, got 4"
+        );
         assert!(parse("share").is_err());
         assert_eq!(
             parse("limit up 5M"),

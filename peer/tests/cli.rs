@@ -285,7 +285,7 @@ impl LoggedDaemon {
             move || {
                 for line in BufReader::new(stderr).lines() {
                     let Ok(line) = line else { break };
-                    lines.lock().unwrap().push(strip_ansi(&line));
+                    lines.lock().unwrap().push(line);
                 }
             }
         });
@@ -356,24 +356,6 @@ async fn terminate(child: &mut Killed) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// `line` without terminal colour sequences (ESC [ … letter).
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// Bytes the process read so far (`rchar`: every read, from files, sockets or the page cache)
@@ -663,4 +645,74 @@ async fn a_restart_over_an_unchanged_gib_reads_under_one_percent_of_it() {
     assert!(warm < GIB / 100, "the restart read {warm} bytes");
     daemon.stop().await;
     t.stop().await.unwrap();
+}
+
+/// The shell driven through a pipe, as a script would: no prompt and no colour codes in what it
+/// prints, and each message says its cause once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shell_on_a_pipe_answers_plainly_and_names_each_cause_once() {
+    use std::io::Write;
+    let work = tempfile::tempdir().unwrap();
+    let t = tracker(work.path()).await;
+    let url = t.base_url();
+    let data = work.path().join("shell");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("song.ogg"), support::content(10_000, 3)).unwrap();
+    let mut child = Killed(
+        peer_cmd(env!("CARGO_BIN_EXE_p2p-peer"), &url, &data)
+            .args(["--dht", "off", "--no-relay"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // The shell shares its data folder at start; `peers` should then count that file.
+    tracker_lists(&url, 1).await;
+    let missing = work.path().join("no-such-file");
+    let mut stdin = child.0.stdin.take().unwrap();
+    writeln!(stdin, "share {}", missing.display()).unwrap();
+    writeln!(stdin, "download 1234").unwrap();
+    writeln!(stdin, "peers").unwrap();
+    writeln!(stdin, "quit").unwrap();
+    drop(stdin);
+    let (mut stdout, mut stderr) = (
+        child.0.stdout.take().unwrap(),
+        child.0.stderr.take().unwrap(),
+    );
+    let read = |pipe: &mut dyn std::io::Read| {
+        let mut text = String::new();
+        pipe.read_to_string(&mut text).unwrap();
+        text
+    };
+    let (out, err) = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::task::spawn_blocking(move || (read(&mut stdout), read(&mut stderr))),
+    )
+    .await
+    .expect("the shell ends at quit")
+    .unwrap();
+    assert!(child.0.wait().unwrap().success(), "{out}\n{err}");
+
+    for text in [&out, &err] {
+        assert!(!text.contains('\u{1b}'), "colour codes on a pipe: {text:?}");
+    }
+    assert!(!out.contains("p2p>"), "a prompt on a pipe: {out}");
+    assert!(err.contains("INFO"), "log lines go to stderr: {err}");
+    let cause = "No such file or directory (os error 2)";
+    let line = out
+        .lines()
+        .find(|l| l.contains("no-such-file"))
+        .unwrap_or_else(|| panic!("no answer to share: {out}"));
+    assert_eq!(
+        line,
+        format!("error: {}: {cause}", missing.display()),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l == "not a file id: expected 64 hex characters, got 4"),
+        "{out}"
+    );
+    assert!(out.contains("  1 file (this peer)"), "{out}");
 }

@@ -353,6 +353,10 @@ pub enum Event {
         addresses: Vec<String>,
         port: u16,
         relay_only: bool,
+        /// The address the tracker saw the peer's request come from (empty if unknown); others
+        /// reach the peer there when it registered no addresses.
+        #[serde(default)]
+        observed_ip: String,
     },
     PeerLeft {
         peer_id: PeerId,

@@ -89,6 +89,13 @@ try {
   await page.screenshot({ path: `${SHOTS}/3-live-update.png` });
   console.log(`ok: new peer and file shown after ${took} ms without reload`);
 
+  // A peer that registers no address is shown where the tracker saw it, not as "?".
+  await api('/api/peers/register', { peer_id: peerId(3), addresses: [], port: 6883 });
+  const observed = new URL(BASE_URL).hostname.replace(/^\[|\]$/g, '');
+  await page.getByTestId('event-log').filter({ hasText: `joined at ${observed}:6883` }).waitFor({ timeout: 2000 });
+  if (await page.getByTestId('event-log').filter({ hasText: '?:' }).count() !== 0) throw new Error('an event names an unknown address');
+  console.log('ok: a peer without addresses joins at the address the tracker saw');
+
   await page.getByRole('button', { name: 'Peers' }).click();
   await page.getByTestId('peers-table').getByText('192.0.2.2:6882').waitFor({ timeout: 5000 });
   await page.getByTestId('peers-table').getByText('1 hole-punched').waitFor({ timeout: 5000 });

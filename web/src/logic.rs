@@ -133,9 +133,20 @@ pub fn describe(event: &Event) -> Option<(&'static str, String)> {
             addresses,
             port,
             relay_only,
+            observed_ip,
         } => {
             let how = if *relay_only { " (relay only)" } else { "" };
-            let at = addresses.first().map(String::as_str).unwrap_or("?");
+            // A peer that registered no address is reached where the tracker saw it.
+            let at = addresses
+                .first()
+                .map(String::as_str)
+                .or(Some(observed_ip.as_str()).filter(|ip| !ip.is_empty()))
+                .unwrap_or("?");
+            let at = if at.contains(':') {
+                format!("[{at}]")
+            } else {
+                at.to_owned()
+            };
             (
                 "join",
                 format!(
@@ -395,6 +406,29 @@ mod tests {
         assert_eq!(format_ago(0, 5), "just now", "clock skew is not negative");
         assert_eq!(short_id(&"ab".repeat(32)), "abababab…abab");
         assert_eq!(short_id("short"), "short");
+    }
+
+    #[test]
+    fn a_peer_joins_at_its_first_address_or_where_the_tracker_saw_it() {
+        let joined = |addresses: &[&str], observed_ip: &str| {
+            describe(&Event::PeerJoined {
+                peer_id: PeerId([7; 32]),
+                addresses: addresses.iter().map(|a| a.to_string()).collect(),
+                port: 6931,
+                relay_only: false,
+                observed_ip: observed_ip.into(),
+            })
+            .map(|(_, text)| text)
+        };
+        let id = short_id(&PeerId([7; 32]).to_string());
+        let said = |at: &str| Some(format!("peer {id} joined at {at}"));
+        assert_eq!(
+            joined(&["192.0.2.1"], "203.0.113.5"),
+            said("192.0.2.1:6931")
+        );
+        assert_eq!(joined(&[], "203.0.113.5"), said("203.0.113.5:6931"));
+        assert_eq!(joined(&[], "2001:db8::1"), said("[2001:db8::1]:6931"));
+        assert_eq!(joined(&[], ""), said("?:6931"));
     }
 
     #[test]
