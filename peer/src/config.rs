@@ -119,7 +119,8 @@ pub struct NodeArgs {
     /// Inbound connections served at once, in all.
     #[arg(long, env = "P2P_MAX_CONNECTIONS", default_value_t = 512)]
     pub max_connections: usize,
-    /// Inbound connections served at once from one IP address (or one peer through the relay).
+    /// Inbound connections served at once from one IPv4 address or IPv6 /64 (or one peer
+    /// through the relay or QUIC).
     #[arg(long, env = "P2P_MAX_CONNECTIONS_PER_ADDR", default_value_t = 32)]
     pub max_connections_per_addr: usize,
     /// Seconds an inbound connection may stay silent before it is closed.

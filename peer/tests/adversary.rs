@@ -156,6 +156,24 @@ impl Daemon {
             .count()
     }
 
+    /// Lines logged so far.
+    fn logged(&self) -> usize {
+        self.lines.lock().unwrap().len()
+    }
+
+    /// Asserts the daemon logged at most a few lines a second since `since` lines (`started`):
+    /// an attack must not fill the log.
+    fn assert_quiet_log(&self, since: usize, started: Instant) {
+        let lines = self.logged() - since;
+        let allowed = 5 + 2 * started.elapsed().as_secs() as usize;
+        assert!(
+            lines <= allowed,
+            "{lines} lines logged during the attack:\n{}",
+            self.log()
+        );
+        println!("log: {lines} lines in {:?}", started.elapsed());
+    }
+
     fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -301,6 +319,7 @@ async fn silent_sessions_are_capped_and_closed_at_the_idle_timeout() {
         ];
         let d = Daemon::start("http://127.0.0.1:1", &flags, None).await;
         let before = d.sample();
+        let (lines, attack_start) = (d.logged(), Instant::now());
         let mut held = Vec::new();
         let mut refused = 0;
         let started = Instant::now();
@@ -344,6 +363,7 @@ async fn silent_sessions_are_capped_and_closed_at_the_idle_timeout() {
         let after = d.sample();
         println!("honest downloads: {during:?} during, {after_download:?} after");
         report("handshake flood", before, peak, after);
+        d.assert_quiet_log(lines, attack_start);
         assert!(
             peak.fds <= before.fds + 40 + 8,
             "fds {} → {}",
@@ -369,6 +389,7 @@ async fn oversized_frames_are_refused_before_they_are_buffered() {
     tokio::time::timeout(OVERALL, async {
         let d = Daemon::start("http://127.0.0.1:1", &["--no-relay"], None).await;
         let before = d.sample();
+        let (lines, attack_start) = (d.logged(), Instant::now());
         let attacks: Vec<_> = (0..8u8)
             .map(|i| {
                 let addr = d.addr;
@@ -416,6 +437,7 @@ async fn oversized_frames_are_refused_before_they_are_buffered() {
         let after = d.sample();
         println!("honest downloads: {during:?} during, {after_download:?} after");
         report("oversized frames", before, peak, after);
+        d.assert_quiet_log(lines, attack_start);
     })
     .await
     .unwrap();
@@ -472,6 +494,7 @@ async fn a_flood_of_relayed_streams_is_capped() {
         let mut d = Daemon::start(&url, &["--no-punch"], None).await;
         d.wait_for("attached to the relay").await;
         let before = d.sample();
+        let (lines, attack_start) = (d.logged(), Instant::now());
         let stop = CancellationToken::new();
         let config = RelayConfig {
             url: relay::relay_url(&url).unwrap(),
@@ -515,6 +538,7 @@ async fn a_flood_of_relayed_streams_is_capped() {
         let after = d.sample();
         println!("honest downloads: {during:?} during, {after_download:?} after");
         report("relay stream flood", before, peak, after);
+        d.assert_quiet_log(lines, attack_start);
         stop.cancel();
         drop(d);
         tracker.stop().await.unwrap();
@@ -536,4 +560,116 @@ async fn tracker(dir: &Path) -> p2p_tracker::app::RunningTracker {
     app::start(store, &args, RuntimeOptions::default())
         .await
         .unwrap()
+}
+
+/// A tracker lists a "peer" at loopback, link-local and a name resolving to loopback: without
+/// `--allow-local-addrs` none of them is dialled (a listener there sees no connection); with
+/// it (as on one machine) they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tracker_cannot_make_a_peer_dial_local_addresses() {
+    use p2p_peer::discovery::Discovery;
+    use p2p_peer::tracker_client::TrackerClient;
+    use p2p_proto::api::{AnnounceRequest, RegisterPeerRequest};
+    tokio::time::timeout(OVERALL, async {
+        let work = tempfile::tempdir().unwrap();
+        let t = tracker(work.path()).await;
+        let client = TrackerClient::new(&t.base_url(), Some(KEY.to_owned())).unwrap();
+        // Something on this host the tracker wants us to reach.
+        let target = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = target.local_addr().unwrap().port();
+        let dialled = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        tokio::spawn({
+            let dialled = dialled.clone();
+            async move {
+                while target.accept().await.is_ok() {
+                    dialled.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        });
+        let fake = Identity::generate().unwrap().peer_id();
+        let mut addresses = vec!["127.0.0.1", "169.254.169.254", "::1", "fe80::1"];
+        addresses.push("localhost");
+        client
+            .register(&RegisterPeerRequest {
+                peer_id: fake,
+                addresses: addresses.iter().map(|a| (*a).to_owned()).collect(),
+                port,
+                udp_port: None,
+                relay_only: false,
+                name: None,
+                version: None,
+            })
+            .await
+            .unwrap();
+        let data = support::content(100_000, 3);
+        let manifest = Manifest::of_bytes("bait.bin", &data, 16 * 1024).unwrap();
+        client
+            .announce(&AnnounceRequest {
+                peer_id: fake,
+                file: manifest.clone(),
+                have: None,
+            })
+            .await
+            .unwrap();
+        let me = Identity::generate().unwrap();
+        let own = SocketAddr::from(([127, 0, 0, 1], 9));
+        let discovery = Discovery::new(client.clone(), None, me.clone(), own, None);
+        let (_, sources) = discovery.find(&manifest.id).await.unwrap();
+        assert!(sources.is_empty(), "local addresses offered: {sources:?}");
+        assert_eq!(dialled.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+        // Allowed, the tracker's loopback address is what it says.
+        let discovery = discovery.allow_local_addrs(true);
+        let (_, sources) = discovery.find(&manifest.id).await.unwrap();
+        let addrs = &sources[0].addrs;
+        assert!(
+            addrs.contains(&SocketAddr::from(([127, 0, 0, 1], port))),
+            "{addrs:?}"
+        );
+        t.stop().await.unwrap();
+    })
+    .await
+    .unwrap();
+}
+
+/// A shared file whose name carries a bidi override (`invoice<U+202E>fdp.exe` shows
+/// as `invoiceexe.pdf`) or a Windows device name arrives under a safe name.
+#[tokio::test]
+async fn hostile_file_names_are_not_written_as_given() {
+    use p2p_peer::net::accept::Acceptor;
+    use p2p_peer::throttle::Throttle;
+    use p2p_peer::upload::Uploader;
+    for (hostile, safe) in [
+        ("invoice\u{202E}fdp.exe", "invoice_fdp.exe"),
+        ("CON.txt", "_CON.txt"),
+        ("zero\u{200B}width", "zero_width"),
+    ] {
+        let src = tempfile::tempdir().unwrap();
+        let path = src.path().join(hostile);
+        let data = support::content(300_000, 9);
+        std::fs::write(&path, &data).unwrap();
+        let library = Arc::new(Library::new());
+        let manifest = library.share(&path).await.unwrap();
+        assert_eq!(manifest.name, hostile, "the name travels as it is");
+        let stop = CancellationToken::new();
+        let identity = Identity::generate().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let uploader = Arc::new(Uploader::new(library, Arc::new(Throttle::new(None))));
+        Acceptor::new(identity.clone(), uploader, stop.clone()).listen(listener);
+        let out = tempfile::tempdir().unwrap();
+        let report = download(
+            &Identity::generate().unwrap(),
+            &manifest,
+            &[PeerAddr::new(identity.peer_id(), vec![addr])],
+            out.path(),
+            Arc::new(Library::new()),
+            DownloadOptions::default(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(report.path, out.path().join(safe));
+        assert_eq!(std::fs::read(&report.path).unwrap(), data);
+        stop.cancel();
+    }
 }

@@ -105,7 +105,8 @@ const WARN_EVERY: Duration = Duration::from_secs(1);
 pub struct InboundLimits {
     /// Sessions (and handshakes) at once, in all.
     pub max_connections: usize,
-    /// At once from one IP address (TCP) or one peer id before its handshake (relay, QUIC).
+    /// At once from one IPv4 address or IPv6 /64 (TCP), or one peer id before its handshake
+    /// (relay, QUIC).
     pub max_per_addr: usize,
     /// A session from which no frame began for this long is closed (downloaders send a
     /// `KeepAlive` every [`crate::net::link::KEEPALIVE`]).
@@ -156,6 +157,19 @@ impl Drop for Slot {
         if let Some(peer) = &self.peer {
             decrement(&mut c.by_peer, peer);
         }
+    }
+}
+
+/// The address a connection from `ip` counts under: an IPv6 host usually holds a whole /64,
+/// so its connections count under that.
+fn counted_as(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(bits.into())
+        }
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        IpAddr::V4(_) => ip,
     }
 }
 
@@ -240,7 +254,7 @@ impl<H: Serve> Acceptor<H> {
     /// A place for a stream from `remote`, unless a cap is reached.
     fn slot(&self, remote: Remote) -> Option<Slot> {
         let source = match remote {
-            Remote::Addr(addr) => Source::Ip(addr.ip()),
+            Remote::Addr(addr) => Source::Ip(counted_as(addr.ip())),
             Remote::Relayed(peer) | Remote::Punched(peer) => Source::Peer(peer),
         };
         let mut c = self.counts.lock();
@@ -451,6 +465,10 @@ mod tests {
         )
         .with_limits(limits);
         let from = |host: u8| Remote::Addr(SocketAddr::from(([127, 0, 0, host], 1000)));
+        let v6 = |addr: &str| counted_as(addr.parse().unwrap());
+        assert_eq!(v6("2001:db8:1:2:3:4:5:6"), v6("2001:db8:1:2::9"), "one /64");
+        assert_ne!(v6("2001:db8:1:2::1"), v6("2001:db8:1:3::1"));
+        assert_eq!(v6("::ffff:10.0.0.1"), v6("10.0.0.1"));
         let a1 = acceptor.slot(from(2)).unwrap();
         let a2 = acceptor.slot(from(2)).unwrap();
         assert!(acceptor.slot(from(2)).is_none(), "per address");
