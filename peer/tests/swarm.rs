@@ -502,6 +502,9 @@ async fn a_second_download_of_the_same_file_joins_the_first() {
         .filter(|e| e.path().is_file())
         .collect();
     assert_eq!(files.len(), 1, "one copy: {files:?}");
-    assert_eq!(a.fetched_chunks + b.fetched_chunks, f.manifest.chunk_count());
+    assert_eq!(
+        a.fetched_chunks + b.fetched_chunks,
+        f.manifest.chunk_count()
+    );
     f.stop.cancel();
 }
