@@ -565,11 +565,11 @@ impl<R: AsyncRead + Unpin> SecureReader<R> {
         Ok(true)
     }
 
-    /// After a frame was cut off: a buffer grown past [`BUFFER`] (for a manifest) is given
-    /// back, its few remaining bytes moved to a fresh one, so a session holds a large buffer
-    /// only while a large frame arrives.
+    /// After a frame was cut off: a buffer grown well past [`BUFFER`] (for a manifest or a
+    /// large chunk) is given back, its few remaining bytes moved to a fresh one, so a session
+    /// holds a large buffer only while a large frame arrives.
     fn give_back(&mut self) {
-        if self.buf.capacity() > BUFFER && self.buf.len() <= MAX_NOISE_MESSAGE * 2 {
+        if self.buf.capacity() > 2 * BUFFER && self.buf.len() <= MAX_NOISE_MESSAGE * 2 {
             let mut fresh = BytesMut::with_capacity(SMALL_BUFFER.max(self.buf.len()));
             fresh.extend_from_slice(&self.buf);
             self.buf = fresh;
@@ -607,8 +607,12 @@ impl<R: AsyncRead + Unpin> SecureReader<R> {
         }
         let size = if need <= SMALL_BUFFER && self.buf.capacity() < SMALL_BUFFER {
             SMALL_BUFFER
+        } else if need <= BUFFER {
+            BUFFER
         } else {
-            BUFFER.max(need).max(self.buf.len() * 2)
+            // Past a buffer's size (only a manifest gets there): doubling, so a large frame
+            // is copied O(its size) times in all as it grows.
+            need.max(self.buf.len() * 2)
         };
         let mut next = None;
         for _ in 0..self.spares.len() {
