@@ -65,7 +65,22 @@ impl Daemon {
         let path = dir.path().join("honest.bin");
         std::fs::write(&path, &data).unwrap();
         let manifest = manifest_for_file(&path, "honest.bin").unwrap();
-        let bin = env!("CARGO_BIN_EXE_p2p-peer");
+        // `P2P_ADVERSARY_BIN` runs the attacks against another build (the one before these
+        // defences, for the figures they are compared with); the flags it lacks are left out.
+        let other = std::env::var("P2P_ADVERSARY_BIN").ok();
+        let bin = other.as_deref().unwrap_or(env!("CARGO_BIN_EXE_p2p-peer"));
+        let mut kept = Vec::new();
+        let mut flags = flags.iter();
+        while let Some(&flag) = flags.next() {
+            match flag {
+                "--idle-timeout" | "--max-connections" | "--max-connections-per-addr"
+                    if other.is_some() =>
+                {
+                    flags.next();
+                }
+                _ => kept.push(flag),
+            }
+        }
         let mut cmd = match fd_limit {
             // `exec` keeps the pid: the process measured is the daemon.
             Some(n) => {
@@ -79,10 +94,10 @@ impl Daemon {
         };
         cmd.args(["--daemon", "--tracker", tracker, "--api-key", KEY])
             .args(["--port", "0", "--listen", "127.0.0.1", "--dht", "off"])
-            .arg("--allow-local-addrs")
+            .args(other.is_none().then_some("--allow-local-addrs"))
             .arg("--data")
             .arg(dir.path())
-            .args(flags)
+            .args(kept)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .env_remove("P2P_TRACKER")
