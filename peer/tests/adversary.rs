@@ -354,7 +354,7 @@ async fn silent_sessions_are_capped_and_closed_at_the_idle_timeout() {
         }
         let peak = d.sample();
         println!(
-            "handshake flood: {} sessions held, {refused} refused, in {:?}",
+            "handshake flood: {} sessions held, {refused} refused, in {:?}; {before:?} → {peak:?}",
             held.len(),
             started.elapsed()
         );
@@ -442,7 +442,7 @@ async fn oversized_frames_are_refused_before_they_are_buffered() {
             }
         }
         println!(
-            "oversized frames: MiB accepted per connection {:?}",
+            "oversized frames: MiB accepted per connection {:?}; {before:?} → {peak:?}",
             sent.iter().map(|s| s >> 20).collect::<Vec<_>>()
         );
         for s in &sent {
@@ -481,7 +481,8 @@ async fn accept_errors_back_off_instead_of_spinning() {
         let failures = d.count("accept failed") - failures_before;
         let cpu = peak.cpu_ms - cpu_before;
         println!(
-            "fd exhaustion: {failures} log lines and {cpu} ms CPU in 3 s ({} connections open)",
+            "fd exhaustion: {failures} log lines and {cpu} ms CPU in 3 s ({} connections open); \
+             {before:?} → {peak:?}",
             idle.len()
         );
         assert!(failures >= 1, "descriptors never ran out:\n{}", d.log());
@@ -542,8 +543,9 @@ async fn a_flood_of_relayed_streams_is_capped() {
             }
         }
         println!(
-            "relay stream flood: {closed} of {} streams closed by the daemon",
-            streams.len()
+            "relay stream flood: {closed} of {} streams closed by the daemon; {before:?} → {:?}",
+            streams.len(),
+            d.sample()
         );
         assert!(closed >= streams.len() - 128, "only {closed} closed");
         let during = d.honest_download().await;
