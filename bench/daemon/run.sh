@@ -44,7 +44,7 @@ start() {
   local log="$WORK/daemon-$1.log" t0
   t0=$(date +%s.%N)
   RUST_LOG=info "$BIN" --daemon --data "$WORK/share" --tracker http://127.0.0.1:9 --port 0 \
-    --listen 127.0.0.1 --dht off --no-relay 2>"$log" &
+    --listen 127.0.0.1 --allow-local-addrs --dht off --no-relay 2>"$log" &
   PID=$!
   until grep -q "the folder is in sync" "$log"; do
     kill -0 "$PID" 2>/dev/null || { cat "$log"; exit 1; }

@@ -110,6 +110,33 @@ pub struct NodeArgs {
     /// Do not try UDP hole punching (it needs the relay, which coordinates it).
     #[arg(long, env = "P2P_NO_PUNCH", default_value_t = false)]
     pub no_punch: bool,
+    /// Dial addresses the tracker or the DHT give in loopback, link-local, unspecified or
+    /// multicast ranges (off: they are skipped; private LAN ranges are always dialled). For
+    /// several peers on one machine.
+    #[arg(long, env = "P2P_ALLOW_LOCAL_ADDRS", default_value_t = false)]
+    pub allow_local_addrs: bool,
+    /// Inbound connections served at once, in all.
+    #[arg(long, env = "P2P_MAX_CONNECTIONS", default_value_t = 512)]
+    pub max_connections: usize,
+    /// Inbound connections served at once from one IPv4 address or IPv6 /64 (or one peer
+    /// through the relay or QUIC).
+    #[arg(long, env = "P2P_MAX_CONNECTIONS_PER_ADDR", default_value_t = 32)]
+    pub max_connections_per_addr: usize,
+    /// Seconds an inbound connection may stay silent before it is closed.
+    #[arg(long, env = "P2P_IDLE_TIMEOUT", default_value_t = 90, value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout: u64,
+}
+
+impl NodeArgs {
+    /// The bounds on inbound work these flags set.
+    pub fn inbound_limits(&self) -> crate::net::accept::InboundLimits {
+        crate::net::accept::InboundLimits {
+            max_connections: self.max_connections,
+            max_per_addr: self.max_connections_per_addr,
+            idle_timeout: std::time::Duration::from_secs(self.idle_timeout),
+            ..Default::default()
+        }
+    }
 }
 
 /// `on` or `off` (also `true`/`false`, `yes`/`no`, `1`/`0`, as environment variables often

@@ -14,12 +14,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use p2p_proto::wire::Frame;
+use p2p_proto::wire::{self, Frame};
 use p2p_proto::{FileId, Manifest, ManifestError, PeerId};
 use tokio::net::TcpStream;
 
 use crate::dht::{Dht, LOOKUP_TIMEOUT};
 use crate::identity::Identity;
+use crate::net::addr::is_local;
 use crate::net::secure::{Role, SecureError};
 use crate::net::session::{self, Session};
 use crate::net::{PeerAddr, RelayUrl};
@@ -103,6 +104,8 @@ async fn run_probe(
     if peer_id == identity.peer_id() {
         return Err(ProbeError::Myself);
     }
+    // The answer may be a manifest frame, larger than the default cap.
+    rx.frame_cap().set(wire::MAX_MANIFEST_FRAME_LEN);
     tx.send(&Frame::ManifestRequest { file_id: *file }).await?;
     loop {
         match rx.recv().await?.ok_or(ProbeError::Closed)? {
@@ -129,19 +132,22 @@ pub struct DhtFind {
 }
 
 /// Looks `file` up on the DHT and probes every address found (but `own`, this node's own
-/// listening address). Peers whose manifests differ from the majority's are left out.
+/// listening address, and local ones unless `allow_local`, see [`is_local`]). Peers whose
+/// manifests differ from the majority's are left out.
 pub async fn dht_sources(
     dht: &Dht,
     identity: &Identity,
     file: &FileId,
     own: SocketAddr,
+    allow_local: bool,
 ) -> DhtFind {
-    let addrs: Vec<SocketAddr> = dht
-        .find_peers(file, LOOKUP_TIMEOUT)
-        .await
-        .into_iter()
-        .filter(|a| *a != own)
-        .collect();
+    let addrs: Vec<SocketAddr> = dialable(
+        dht.find_peers(file, LOOKUP_TIMEOUT)
+            .await
+            .into_iter()
+            .filter(|a| *a != own),
+        allow_local,
+    );
     let addresses = addrs.len();
     let offers: Vec<(PeerAddr, Manifest)> = futures_util::stream::iter(addrs)
         .map(|addr| async move {
@@ -219,6 +225,8 @@ pub struct Discovery {
     /// The relay hub this node is attached to, if any: the tracker's peers are reachable
     /// through it.
     relay: Option<RelayUrl>,
+    /// Whether local addresses from the tracker or the DHT are dialled ([`is_local`]).
+    allow_local: bool,
 }
 
 impl Discovery {
@@ -235,7 +243,14 @@ impl Discovery {
             identity,
             own,
             relay,
+            allow_local: false,
         }
+    }
+
+    /// Dials local addresses the tracker or the DHT give too (`--allow-local-addrs`).
+    pub fn allow_local_addrs(mut self, allow: bool) -> Self {
+        self.allow_local = allow;
+        self
     }
 
     /// The manifest of `id` and the peers to fetch it from: the tracker's and the DHT's
@@ -244,7 +259,8 @@ impl Discovery {
     pub async fn find(&self, id: &FileId) -> Result<(Manifest, Vec<PeerAddr>), FindError> {
         let lookup = self.dht.clone().map(|dht| {
             let (identity, own, id) = (self.identity.clone(), self.own, *id);
-            tokio::spawn(async move { dht_sources(&dht, &identity, &id, own).await })
+            let allow_local = self.allow_local;
+            tokio::spawn(async move { dht_sources(&dht, &identity, &id, own, allow_local).await })
         });
         let from_tracker = self.tracker_sources(id).await;
         let Some(lookup) = lookup else {
@@ -304,7 +320,7 @@ impl Discovery {
             let addrs = if p.relay_only {
                 Vec::new()
             } else {
-                addresses(&p.addresses, p.port).await
+                dialable(addresses(&p.addresses, p.port).await, self.allow_local)
             };
             let source = PeerAddr::new(p.peer_id, addrs);
             match &self.relay {
@@ -315,6 +331,21 @@ impl Discovery {
         }
         Ok((manifest, sources))
     }
+}
+
+/// The addresses of `addrs` this node may dial: all with `allow_local`, else those not
+/// [`is_local`] (the skipped ones are logged).
+fn dialable(addrs: impl IntoIterator<Item = SocketAddr>, allow_local: bool) -> Vec<SocketAddr> {
+    addrs
+        .into_iter()
+        .filter(|a| {
+            let ok = allow_local || !is_local(a.ip());
+            if !ok {
+                tracing::debug!(addr = %a, "not dialling a local address (see --allow-local-addrs)");
+            }
+            ok
+        })
+        .collect()
 }
 
 /// Where a peer from the tracker can be dialled: its addresses (IPs, or names looked up now)
@@ -369,6 +400,34 @@ mod tests {
             check_manifest(&good, &other),
             Err(ManifestCheckError::WrongFile { .. })
         ));
+    }
+
+    #[test]
+    fn local_addresses_are_dialled_only_when_allowed() {
+        let addrs: Vec<SocketAddr> = [
+            "127.0.0.1:1",
+            "169.254.169.254:80",
+            "[::1]:2",
+            "10.1.2.3:4",
+            "[fe80::1]:5",
+            "203.0.113.9:6",
+        ]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+        let lan_and_public: Vec<SocketAddr> = vec![
+            "10.1.2.3:4".parse().unwrap(),
+            "203.0.113.9:6".parse().unwrap(),
+        ];
+        assert_eq!(dialable(addrs.clone(), false), lan_and_public);
+        assert_eq!(dialable(addrs.clone(), true), addrs);
+    }
+
+    #[tokio::test]
+    async fn a_tracker_host_name_resolving_to_loopback_is_not_dialled() {
+        let found = addresses(&["localhost".to_owned()], 7).await;
+        assert!(!found.is_empty());
+        assert!(dialable(found, false).is_empty());
     }
 
     #[test]

@@ -97,7 +97,8 @@ impl Node {
         let download = Arc::new(Throttle::new(args.download_limit));
         let shutdown = CancellationToken::new();
         let uploader = Arc::new(Uploader::new(library.clone(), upload.clone()));
-        let acceptor = Acceptor::new(identity.clone(), uploader, shutdown.clone());
+        let acceptor = Acceptor::new(identity.clone(), uploader, shutdown.clone())
+            .with_limits(args.inbound_limits());
         acceptor.listen(listener);
         let (relay, connector) = start_paths(args, &identity, &acceptor, &shutdown)?;
         tracing::info!(peer_id = %identity.peer_id(), %addr, "peer listening");
@@ -256,6 +257,10 @@ mod tests {
             relay_only: false,
             no_relay: true,
             no_punch: false,
+            allow_local_addrs: true,
+            max_connections: 512,
+            max_connections_per_addr: 32,
+            idle_timeout: 90,
         };
         let node = Node::start(&args).await.unwrap();
         assert_ne!(node.addr.port(), 0);

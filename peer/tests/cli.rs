@@ -99,6 +99,8 @@ fn peer_cmd(bin: &str, url: &str, data: &Path) -> Command {
         "0",
         "--listen",
         "127.0.0.1",
+        // The tracker lists these peers at 127.0.0.1.
+        "--allow-local-addrs",
         // A DHT that cannot join (nothing answers there) must not get in the tracker's way;
         // it also keeps these tests off the public DHT.
         "--dht-port",

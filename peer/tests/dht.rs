@@ -56,6 +56,10 @@ fn node_args(data: &Path, bootstrap: &[String]) -> NodeArgs {
         relay_only: false,
         no_relay: true,
         no_punch: false,
+        allow_local_addrs: true,
+        max_connections: 512,
+        max_connections_per_addr: 32,
+        idle_timeout: 90,
     }
 }
 
@@ -86,7 +90,12 @@ async fn p2p_download_without_a_tracker_finds_the_seeder_through_the_dht() {
         let leech_dir = work.path().join("leech");
         let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_p2p-download"))
             .args(["--tracker", NO_TRACKER, "--port", "0", "--dht-port", "0"])
-            .args(["--listen", "127.0.0.1", "--dht-bootstrap"])
+            .args([
+                "--listen",
+                "127.0.0.1",
+                "--allow-local-addrs",
+                "--dht-bootstrap",
+            ])
             .arg(net.bootstrap.join(","))
             .arg("--data")
             .arg(&leech_dir)
@@ -126,7 +135,7 @@ async fn an_unknown_file_has_no_peers() {
         );
         let me = Identity::generate().unwrap();
         let own: SocketAddr = "127.0.0.1:9".parse().unwrap();
-        let found = discovery::dht_sources(&dht, &me, &unknown, own).await;
+        let found = discovery::dht_sources(&dht, &me, &unknown, own, true).await;
         assert!(found.manifest.is_none() && found.sources.is_empty());
     })
     .await
@@ -150,7 +159,7 @@ async fn a_probe_learns_the_peer_id_and_manifest_and_refuses_unknown_files() {
         // A lookup from another DHT node finds the seeder and yields it as a source.
         let dht = loopback_dht(&net.bootstrap).await;
         let own: SocketAddr = "127.0.0.1:9".parse().unwrap();
-        let found = discovery::dht_sources(&dht, &me, &id, own).await;
+        let found = discovery::dht_sources(&dht, &me, &id, own, true).await;
         assert_eq!(found.manifest, Some(manifest));
         assert_eq!(found.sources.len(), 1);
         assert_eq!(found.sources[0].peer_id, seed.identity.peer_id());

@@ -492,6 +492,10 @@ async fn node_limited(t: &RunningTracker, dir: &Path, upload_limit: Option<u64>)
         relay_only: false,
         no_relay: false,
         no_punch: false,
+        allow_local_addrs: true,
+        max_connections: 512,
+        max_connections_per_addr: 32,
+        idle_timeout: 90,
     };
     let node = Node::start(&args).await.unwrap();
     node.relay

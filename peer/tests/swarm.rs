@@ -480,3 +480,31 @@ async fn partial_peers_serve_the_chunks_they_have() {
     }
     f.stop.cancel();
 }
+
+/// The same file downloaded twice at once into one folder: the second waits for the first and
+/// ends with its file; there is one copy, complete.
+#[tokio::test]
+async fn a_second_download_of_the_same_file_joins_the_first() {
+    let f = fixture(4 * 1024 * 1024 + 99);
+    let seed = seeder(&f.dir.path().join("video.bin"), &f.stop).await;
+    let out = tempfile::tempdir().unwrap();
+    let sources = [seed];
+    let (a, b) = tokio::join!(
+        try_leech(&f, &sources, out.path()),
+        try_leech(&f, &sources, out.path())
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.path, b.path);
+    assert_eq!(std::fs::read(&a.path).unwrap(), *f.data);
+    let files: Vec<_> = std::fs::read_dir(out.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.path().is_file())
+        .collect();
+    assert_eq!(files.len(), 1, "one copy: {files:?}");
+    assert_eq!(
+        a.fetched_chunks + b.fetched_chunks,
+        f.manifest.chunk_count()
+    );
+    f.stop.cancel();
+}

@@ -13,6 +13,7 @@
 //! - [`score`]: each peer's throughput, latency and failures, and its share of the pipeline.
 //! - [`state`]: what the workers of one download share, and how a stored chunk is accounted.
 //! - [`store`]: verifying and writing chunks, and saving the resume state.
+//! - [`ongoing`]: one download per file and folder; a second one waits for the first.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -30,6 +31,7 @@ use crate::storage::PartialError;
 use crate::throttle::Throttle;
 
 mod lane;
+mod ongoing;
 mod opening;
 mod requests;
 mod run;

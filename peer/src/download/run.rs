@@ -12,6 +12,7 @@ use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 
 use super::lane::Lane;
+use super::ongoing;
 use super::scheduler::{Order, Scheduler};
 use super::state::Shared;
 use super::store::save_periodically;
@@ -33,6 +34,18 @@ pub async fn download(
     opts: DownloadOptions,
 ) -> Result<DownloadReport, DownloadError> {
     let started = Instant::now();
+    let claim = match ongoing::claim(data_dir, manifest.id).await {
+        Ok(claim) => claim,
+        // Another download of this file here completed meanwhile: its file is the result.
+        Err(path) => {
+            return Ok(DownloadReport {
+                path,
+                fetched_chunks: 0,
+                peers: Vec::new(),
+                elapsed: started.elapsed(),
+            });
+        }
+    };
     let partial = open_partial(manifest, data_dir, &library).await?;
     let sched = Scheduler::new(partial.have().clone(), Order::random());
     let partial = Arc::new(Mutex::new(Some(partial)));
@@ -57,6 +70,7 @@ pub async fn download(
     let _ = saver.await;
     let path = finish(&shared, data_dir).await?;
     library.completed(&manifest.id, path.clone());
+    claim.completed(path.clone());
     Ok(DownloadReport {
         path,
         fetched_chunks: shared.fetched.load(Ordering::Relaxed),

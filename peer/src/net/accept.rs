@@ -3,20 +3,27 @@
 //! hole-punched QUIC connections) hands its streams to one [`Acceptor::accept`], which opens
 //! the session ([`session::open`], as the dialling side does) and gives it to the one
 //! [`Serve`] handler the node runs (the uploader). Limits on inbound work belong here, where
-//! every path passes.
+//! every path passes ([`InboundLimits`]): how many sessions in all, per remote address and per
+//! peer id; how long a session may stay silent and a frame take to arrive; how large a frame
+//! may be (an uploader is only ever asked small things); and accept errors back off.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use p2p_proto::PeerId;
+use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::identity::Identity;
 use crate::net::punch::{AcceptedStream, Puncher};
 use crate::net::relay::{Incoming, RelayClient};
-use crate::net::secure::{Role, SecureError};
+use crate::net::secure::{ReadDeadlines, Role, SecureError};
 use crate::net::session::{self, Session};
 use crate::net::ticket::PunchTicket;
 use crate::net::transport::{BoxedTransport, ConnectionPath};
@@ -81,12 +88,130 @@ impl Inbound {
 /// so a peer asking again and again cannot make us hold many sockets.
 const MAX_ANSWERING: usize = 32;
 
+/// The largest frame an inbound session may send (its body): the uploader is asked only
+/// `Hello`, `ManifestRequest`, `Request`, `Cancel`, `KeepAlive` and `Error`, none over
+/// about 1 KiB. Anything larger ends the session before it is buffered.
+pub const MAX_INBOUND_FRAME: u32 = 16 * 1024;
+/// Sessions served at once from one peer id (a download opens a few lanes, a probe one more).
+pub const MAX_PER_PEER: usize = 16;
+/// The first pause after a failed accept (doubling up to [`ACCEPT_BACKOFF_MAX`]).
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Repeated warnings (accept failures, refused connections) are logged at most this often.
+const WARN_EVERY: Duration = Duration::from_secs(1);
+
+/// Bounds on inbound work. Every inbound path counts towards them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InboundLimits {
+    /// Sessions (and handshakes) at once, in all.
+    pub max_connections: usize,
+    /// At once from one IPv4 address or IPv6 /64 (TCP), or one peer id before its handshake
+    /// (relay, QUIC).
+    pub max_per_addr: usize,
+    /// A session from which no frame began for this long is closed (downloaders send a
+    /// `KeepAlive` every [`crate::net::link::KEEPALIVE`]).
+    pub idle_timeout: Duration,
+    /// A frame must arrive whole this long after its first byte.
+    pub frame_timeout: Duration,
+}
+
+impl Default for InboundLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 512,
+            max_per_addr: 32,
+            idle_timeout: Duration::from_secs(90),
+            frame_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Who holds inbound sessions now.
+#[derive(Debug, Default)]
+struct Counts {
+    total: usize,
+    by_addr: HashMap<Source, usize>,
+    by_peer: HashMap<PeerId, usize>,
+}
+
+/// What an inbound stream is counted under before its handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Source {
+    Ip(IpAddr),
+    Peer(PeerId),
+}
+
+/// One inbound session's place in the counts, given back when it ends.
+#[derive(Debug)]
+struct Slot {
+    counts: Arc<Mutex<Counts>>,
+    source: Source,
+    peer: Option<PeerId>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut c = self.counts.lock();
+        c.total -= 1;
+        decrement(&mut c.by_addr, &self.source);
+        if let Some(peer) = &self.peer {
+            decrement(&mut c.by_peer, peer);
+        }
+    }
+}
+
+/// The address a connection from `ip` counts under: an IPv6 host usually holds a whole /64,
+/// so its connections count under that.
+fn counted_as(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(bits.into())
+        }
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        IpAddr::V4(_) => ip,
+    }
+}
+
+fn decrement<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: &K) {
+    if let Some(n) = map.get_mut(key) {
+        *n -= 1;
+        if *n == 0 {
+            map.remove(key);
+        }
+    }
+}
+
+/// A warning logged at most once per [`WARN_EVERY`], with how many were left out since.
+#[derive(Debug, Default)]
+struct RareWarning {
+    last: Mutex<Option<Instant>>,
+    left_out: AtomicU64,
+}
+
+impl RareWarning {
+    /// `Some(left out since the last one)` when it is time to log again.
+    fn due(&self) -> Option<u64> {
+        let mut last = self.last.lock();
+        let now = Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < WARN_EVERY) {
+            self.left_out.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        *last = Some(now);
+        Some(self.left_out.swap(0, Ordering::Relaxed))
+    }
+}
+
 /// Accepts inbound streams from every path and serves each with `H`. Cheap to clone.
 #[derive(Debug)]
 pub struct Acceptor<H> {
     identity: Identity,
     handler: Arc<H>,
     shutdown: CancellationToken,
+    limits: InboundLimits,
+    counts: Arc<Mutex<Counts>>,
+    refused: Arc<RareWarning>,
 }
 
 impl<H> Clone for Acceptor<H> {
@@ -95,34 +220,104 @@ impl<H> Clone for Acceptor<H> {
             identity: self.identity.clone(),
             handler: self.handler.clone(),
             shutdown: self.shutdown.clone(),
+            limits: self.limits,
+            counts: self.counts.clone(),
+            refused: self.refused.clone(),
         }
     }
 }
 
 impl<H: Serve> Acceptor<H> {
-    /// Serves as `identity` with `handler` until `shutdown`.
+    /// Serves as `identity` with `handler` until `shutdown`, within the default limits.
     pub fn new(identity: Identity, handler: Arc<H>, shutdown: CancellationToken) -> Self {
         Self {
             identity,
             handler,
             shutdown,
+            limits: InboundLimits::default(),
+            counts: Arc::default(),
+            refused: Arc::default(),
         }
     }
 
-    /// Accepts TCP connections on `listener` until shutdown.
+    /// The same within `limits`.
+    pub fn with_limits(mut self, limits: InboundLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Inbound sessions (and handshakes) open now.
+    pub fn open_sessions(&self) -> usize {
+        self.counts.lock().total
+    }
+
+    /// A place for a stream from `remote`, unless a cap is reached.
+    fn slot(&self, remote: Remote) -> Option<Slot> {
+        let source = match remote {
+            Remote::Addr(addr) => Source::Ip(counted_as(addr.ip())),
+            Remote::Relayed(peer) | Remote::Punched(peer) => Source::Peer(peer),
+        };
+        let mut c = self.counts.lock();
+        let from_source = c.by_addr.get(&source).copied().unwrap_or(0);
+        if c.total >= self.limits.max_connections || from_source >= self.limits.max_per_addr {
+            return None;
+        }
+        c.total += 1;
+        *c.by_addr.entry(source).or_default() += 1;
+        Some(Slot {
+            counts: self.counts.clone(),
+            source,
+            peer: None,
+        })
+    }
+
+    /// Counts `slot` under `peer` too, unless that peer has [`MAX_PER_PEER`] sessions.
+    fn claim_peer(&self, slot: &mut Slot, peer: PeerId) -> bool {
+        let mut c = self.counts.lock();
+        let n = c.by_peer.entry(peer).or_default();
+        if *n >= MAX_PER_PEER {
+            return false;
+        }
+        *n += 1;
+        slot.peer = Some(peer);
+        true
+    }
+
+    fn warn_refused(&self, remote: Remote, why: &str) {
+        if let Some(left_out) = self.refused.due() {
+            tracing::warn!(%remote, left_out, "inbound connection refused: {why}");
+        }
+    }
+
+    /// Accepts TCP connections on `listener` until shutdown. A failed accept (out of file
+    /// descriptors, say) pauses the loop, doubling from 5 ms to 1 s while it keeps failing,
+    /// and is logged at most once a second.
     pub fn listen(&self, listener: TcpListener) {
         let this = self.clone();
         tokio::spawn(async move {
+            let failures = RareWarning::default();
+            let mut backoff = ACCEPT_BACKOFF_MIN;
             loop {
-                let (stream, addr) = tokio::select! {
+                let accepted = tokio::select! {
                     _ = this.shutdown.cancelled() => return,
-                    accepted = listener.accept() => match accepted {
-                        Ok(a) => a,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "accept failed");
-                            continue;
+                    accepted = listener.accept() => accepted,
+                };
+                let (stream, addr) = match accepted {
+                    Ok(a) => {
+                        backoff = ACCEPT_BACKOFF_MIN;
+                        a
+                    }
+                    Err(e) => {
+                        if let Some(left_out) = failures.due() {
+                            tracing::warn!(error = %e, left_out, ?backoff, "accept failed; pausing");
                         }
-                    },
+                        tokio::select! {
+                            _ = this.shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                        continue;
+                    }
                 };
                 let _ = stream.set_nodelay(true);
                 this.accept(Inbound {
@@ -172,13 +367,28 @@ impl<H: Serve> Acceptor<H> {
 
     /// Serves `inbound` on a task of its own: opens the session, then hands it to the handler,
     /// until the peer leaves or shutdown. Every inbound path ends here.
+    /// Refused at once (the stream dropped) when a cap of [`InboundLimits`] is reached.
     pub fn accept(&self, inbound: Inbound) {
+        let Some(mut slot) = self.slot(inbound.remote) else {
+            self.warn_refused(inbound.remote, "too many connections");
+            return;
+        };
         let this = self.clone();
         tokio::spawn(async move {
             let path = inbound.path();
             let Inbound { stream, remote } = inbound;
             let served = async {
-                let session = session::open(stream, &this.identity, Role::Responder, None).await?;
+                let mut session =
+                    session::open(stream, &this.identity, Role::Responder, None).await?;
+                if !this.claim_peer(&mut slot, session.remote) {
+                    this.warn_refused(remote, "too many connections from one peer");
+                    return Ok(());
+                }
+                session.reader.frame_cap().set(MAX_INBOUND_FRAME);
+                session.reader.set_deadlines(ReadDeadlines {
+                    idle: Some(this.limits.idle_timeout),
+                    frame: Some(this.limits.frame_timeout),
+                });
                 tracing::debug!(%remote, peer = %session.remote, "peer connected");
                 this.handler.serve(session, path).await
             };
@@ -188,6 +398,7 @@ impl<H: Serve> Acceptor<H> {
                     tracing::debug!(%remote, error = %e, "connection ended");
                 }
             }
+            drop(slot);
         });
     }
 }
@@ -226,4 +437,78 @@ pub fn answer_punches(
             });
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Nothing;
+
+    impl Serve for Nothing {
+        async fn serve(&self, _: Session, _: ConnectionPath) -> Result<(), SecureError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn caps_count_in_all_per_address_and_per_peer() {
+        let limits = InboundLimits {
+            max_connections: 5,
+            max_per_addr: 2,
+            ..InboundLimits::default()
+        };
+        let acceptor = Acceptor::new(
+            Identity::generate().unwrap(),
+            Arc::new(Nothing),
+            CancellationToken::new(),
+        )
+        .with_limits(limits);
+        let from = |host: u8| Remote::Addr(SocketAddr::from(([127, 0, 0, host], 1000)));
+        let v6 = |addr: &str| counted_as(addr.parse().unwrap());
+        assert_eq!(v6("2001:db8:1:2:3:4:5:6"), v6("2001:db8:1:2::9"), "one /64");
+        assert_ne!(v6("2001:db8:1:2::1"), v6("2001:db8:1:3::1"));
+        assert_eq!(v6("::ffff:10.0.0.1"), v6("10.0.0.1"));
+        let a1 = acceptor.slot(from(2)).unwrap();
+        let a2 = acceptor.slot(from(2)).unwrap();
+        assert!(acceptor.slot(from(2)).is_none(), "per address");
+        let relayed = Remote::Relayed(PeerId([9; 32]));
+        let r1 = acceptor.slot(relayed).unwrap();
+        let r2 = acceptor.slot(relayed).unwrap();
+        assert!(acceptor.slot(relayed).is_none(), "per relayed peer");
+        let b1 = acceptor.slot(from(3)).unwrap();
+        assert!(acceptor.slot(from(4)).is_none(), "in all");
+        assert_eq!(acceptor.open_sessions(), 5);
+        drop(a1);
+        let mut a3 = acceptor.slot(from(2)).unwrap();
+        assert_eq!(acceptor.open_sessions(), 5);
+
+        // Per peer id, after the handshake.
+        let peer = PeerId([7; 32]);
+        drop((a2, r1, r2, b1));
+        let mut held = Vec::new();
+        assert!(acceptor.claim_peer(&mut a3, peer));
+        let limits = InboundLimits {
+            max_connections: 100,
+            max_per_addr: 100,
+            ..limits
+        };
+        let acceptor = acceptor.with_limits(limits);
+        for _ in 1..MAX_PER_PEER {
+            let mut s = acceptor.slot(from(5)).unwrap();
+            assert!(acceptor.claim_peer(&mut s, peer));
+            held.push(s);
+        }
+        let mut one_more = acceptor.slot(from(5)).unwrap();
+        assert!(!acceptor.claim_peer(&mut one_more, peer));
+        drop(a3);
+        assert!(
+            acceptor.claim_peer(&mut one_more, peer),
+            "a place came free"
+        );
+        drop((held, one_more));
+        assert_eq!(acceptor.open_sessions(), 0);
+        assert!(acceptor.counts.lock().by_peer.is_empty());
+        assert!(acceptor.counts.lock().by_addr.is_empty());
+    }
 }

@@ -2,7 +2,7 @@
 //! who the peer is, which the Noise handshake proves, and hints of where it may be reached. The
 //! hints are only hints: a wrong address costs a failed attempt, never a wrong peer.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use p2p_proto::PeerId;
@@ -71,9 +71,72 @@ impl PeerAddr {
     }
 }
 
+/// Whether `ip` is one only this machine or its link reaches: loopback, link-local
+/// (169.254.0.0/16, fe80::/10, where cloud metadata services answer), unspecified, multicast
+/// or broadcast, also as an IPv4-mapped IPv6 address. Addresses learnt from the tracker or the
+/// DHT in these ranges are not dialled unless the user allows it: otherwise whoever runs the
+/// tracker, or anyone on the DHT, could make a peer connect to services on its own host.
+/// Private LAN ranges (RFC 1918, fc00::/7) are not local in this sense: LAN use needs them.
+pub fn is_local(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+                // 0.0.0.0/8 reaches this host on Linux.
+                || v4.octets()[0] == 0
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_local(IpAddr::V4(v4));
+            }
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_addresses_are_told_apart_from_lan_and_public_ones() {
+        for local in [
+            "127.0.0.1",
+            "127.4.5.6",
+            "169.254.169.254",
+            "0.0.0.0",
+            "0.1.2.3",
+            "224.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "::",
+            "fe80::1",
+            "febf::1",
+            "ff02::1",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+        ] {
+            assert!(is_local(local.parse().unwrap()), "{local}");
+        }
+        for remote in [
+            "10.0.0.1",
+            "172.16.5.4",
+            "192.168.1.1",
+            "8.8.8.8",
+            "fd00::1",
+            "2001:db8::1",
+            "fec0::1",
+            "::ffff:192.168.1.1",
+        ] {
+            assert!(!is_local(remote.parse().unwrap()), "{remote}");
+        }
+    }
 
     #[test]
     fn merging_adds_new_addresses_and_a_missing_relay() {

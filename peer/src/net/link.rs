@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use p2p_proto::wire::Frame;
+use p2p_proto::wire::{self, Frame};
 use p2p_proto::{FileId, PeerId};
 use parking_lot::Mutex;
 use tokio::io::WriteHalf;
@@ -25,12 +25,16 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::identity::Identity;
-use crate::net::secure::{Role, SecureError, SecureReader, SecureWriter};
+use crate::net::secure::{FrameCap, Role, SecureError, SecureReader, SecureWriter};
 use crate::net::session::{self, Session};
 use crate::net::transport::{BoxedTransport, ConnectionPath};
 
 /// A link without downloads closes after this.
 pub const LINK_IDLE: Duration = Duration::from_secs(60);
+/// A link that has sent nothing for this long sends a `KeepAlive`, so the uploader (which
+/// closes sessions idle for its idle timeout, 90 s by default) keeps a link that waits for
+/// news of new chunks.
+pub const KEEPALIVE: Duration = Duration::from_secs(30);
 /// Frames queued for one download before the link's reader waits for it.
 const SUBSCRIPTION_QUEUE: usize = 64;
 
@@ -72,6 +76,8 @@ pub struct Link {
     last_rx_ms: AtomicU64,
     started: tokio::time::Instant,
     closed: CancellationToken,
+    /// The reader's frame cap: a manifest's size only while a manifest request waits.
+    frame_cap: FrameCap,
 }
 
 impl Link {
@@ -88,6 +94,7 @@ impl Link {
             ..
         } = session::open(stream, identity, Role::Initiator, Some(peer)).await?;
         let (writes, queue) = mpsc::unbounded_channel();
+        let frame_cap = rx.frame_cap().clone();
         let link = Arc::new(Self {
             peer,
             path,
@@ -100,6 +107,7 @@ impl Link {
             last_rx_ms: AtomicU64::new(0),
             started: tokio::time::Instant::now(),
             closed: CancellationToken::new(),
+            frame_cap,
         });
         tokio::spawn(write(tx, queue, link.closed.clone()));
         tokio::spawn(route(Arc::downgrade(&link), rx, link.closed.clone()));
@@ -160,6 +168,7 @@ impl Link {
                 }
                 Frame::ManifestRequest { file_id } => {
                     routes.manifests.push_back((*file_id, sub));
+                    self.frame_cap.set(wire::MAX_MANIFEST_FRAME_LEN);
                 }
                 _ => {}
             }
@@ -173,6 +182,14 @@ impl Link {
     /// file (`Manifest`, `Bitfield`, `Have`) to every subscription of that file.
     fn route_of(&self, frame: &Frame) -> Vec<mpsc::Sender<LinkEvent>> {
         let mut r = self.routes.lock();
+        let targets = self.route_locked(&mut r, frame);
+        if r.manifests.is_empty() {
+            self.frame_cap.set(wire::MAX_FRAME_LEN);
+        }
+        targets
+    }
+
+    fn route_locked(&self, r: &mut Routes, frame: &Frame) -> Vec<mpsc::Sender<LinkEvent>> {
         let to_sub = |r: &Routes, id: Option<u64>| -> Vec<mpsc::Sender<LinkEvent>> {
             id.and_then(|id| r.subs.get(&id))
                 .map(|(_, tx)| tx.clone())
@@ -192,11 +209,11 @@ impl Link {
                 if *request_id != 0 =>
             {
                 let sub = r.requests.remove(request_id);
-                return to_sub(&r, sub);
+                return to_sub(r, sub);
             }
             Frame::Reject { .. } => {
                 let sub = r.manifests.pop_front().map(|(_, sub)| sub);
-                return to_sub(&r, sub);
+                return to_sub(r, sub);
             }
             Frame::Error { .. } => return r.subs.values().map(|(_, tx)| tx.clone()).collect(),
             _ => return Vec::new(),
@@ -216,6 +233,7 @@ async fn write(
     mut queue: mpsc::UnboundedReceiver<Write>,
     closed: CancellationToken,
 ) {
+    let mut last_write = tokio::time::Instant::now();
     loop {
         let frames = tokio::select! {
             _ = closed.cancelled() => return,
@@ -223,7 +241,9 @@ async fn write(
                 Some(w) => w,
                 None => return,
             },
+            _ = tokio::time::sleep_until(last_write + KEEPALIVE) => vec![Frame::KeepAlive],
         };
+        last_write = tokio::time::Instant::now();
         for f in &frames {
             tx.feed(f);
         }

@@ -47,6 +47,11 @@ const PIPE_BUFFER: usize = 256 * 1024;
 const OUTBOUND_QUEUE: usize = 256;
 /// Incoming streams not yet picked up.
 const INCOMING_QUEUE: usize = 64;
+/// Incoming streams open at once, in all and from one peer: more are closed at once with
+/// [`CloseCode::LimitExceeded`], so a peer opening stream after stream through the hub cannot
+/// make us hold a pipe and two tasks for each.
+pub const MAX_INCOMING_STREAMS: usize = 128;
+pub const MAX_INCOMING_PER_PEER: usize = 8;
 /// Punch invitations not yet picked up.
 const INVITE_QUEUE: usize = 16;
 /// How long the hub has to answer a punch request.
@@ -168,6 +173,8 @@ enum Command {
 /// The driver's view of one stream.
 #[derive(Debug)]
 struct StreamEntry {
+    /// Who opened it, for a stream another peer opened to us.
+    opened_by: Option<PeerId>,
     inbound: mpsc::UnboundedSender<Bytes>,
     credit: Arc<Semaphore>,
     closed: Arc<OnceLock<CloseCode>>,
@@ -321,6 +328,7 @@ fn new_stream(peer: PeerId) -> (RelayStream, StreamEntry, Far) {
             closed: closed.clone(),
         },
         StreamEntry {
+            opened_by: None,
             inbound,
             credit: credit.clone(),
             closed,
@@ -655,7 +663,21 @@ impl Attached<'_> {
     /// Another peer opened a stream to us: handed to whoever takes incoming streams, or closed
     /// when too many wait.
     async fn on_incoming(&mut self, stream: u32, from: PeerId) {
-        let (app, entry, far) = new_stream(from);
+        let (mut total, mut theirs) = (0, 0);
+        for e in self.streams.values() {
+            if let Some(by) = e.opened_by {
+                total += 1;
+                theirs += usize::from(by == from);
+            }
+        }
+        if total >= MAX_INCOMING_STREAMS || theirs >= MAX_INCOMING_PER_PEER {
+            tracing::debug!(peer = %from, total, theirs, "too many relayed streams; closed");
+            let code = CloseCode::LimitExceeded;
+            let _ = send(&self.out.frames, &RelayFrame::Close { stream, code }).await;
+            return;
+        }
+        let (app, mut entry, far) = new_stream(from);
+        entry.opened_by = Some(from);
         match self.incoming.try_send(Incoming { from, stream: app }) {
             Ok(()) => {
                 self.streams.insert(stream, entry);

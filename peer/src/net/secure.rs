@@ -13,6 +13,8 @@
 //! arrived, so a chunk is copied by the kernel and by the cipher and by nothing else.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -20,6 +22,7 @@ use p2p_proto::PeerId;
 use p2p_proto::wire::{self, Frame, WireError};
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::time::Instant;
 
 use crate::identity::Identity;
 use crate::storage::ChunkBuf;
@@ -56,6 +59,16 @@ pub enum SecureError {
     Wire(#[from] WireError),
     #[error("connection closed in the middle of a frame")]
     Truncated,
+    /// A frame larger than the session's state allows (see [`FrameCap`]), refused before its
+    /// body was buffered.
+    #[error("frame of {len} bytes is over this session's {cap}-byte cap")]
+    FrameTooLarge { len: usize, cap: u32 },
+    /// No frame began within the idle timeout.
+    #[error("idle for {0:?}")]
+    Idle(Duration),
+    /// A frame began but did not arrive whole within the frame deadline.
+    #[error("a frame took over {0:?} to arrive")]
+    SlowFrame(Duration),
 }
 
 /// Which side of the handshake this peer plays.
@@ -346,9 +359,52 @@ impl ChunkBuf for Outbox {
     }
 }
 
+/// The largest frame body a session accepts, changeable while its reader runs (by whoever
+/// sends the requests whose answers may be large). Cheap to clone; every clone is the same
+/// cap. A frame over it is refused as soon as its length is known, before its body is
+/// buffered: an uploader never needs more than small requests, and a downloader needs a
+/// `Manifest` frame (up to [`wire::MAX_MANIFEST_FRAME_LEN`]) only after asking for one.
+#[derive(Debug, Clone)]
+pub struct FrameCap(Arc<AtomicU32>);
+
+impl FrameCap {
+    /// A cap of `max` bytes (the frame body, type byte included).
+    pub fn new(max: u32) -> Self {
+        Self(Arc::new(AtomicU32::new(max)))
+    }
+
+    pub fn set(&self, max: u32) {
+        self.0.store(max, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u32 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A session's cap until someone changes it: a chunk frame, not a manifest.
+impl Default for FrameCap {
+    fn default() -> Self {
+        Self::new(wire::MAX_FRAME_LEN)
+    }
+}
+
+/// How long a reader waits, when set (see [`SecureReader::set_deadlines`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReadDeadlines {
+    /// For the first byte of the next frame, counted from when [`SecureReader::recv`] is
+    /// called with nothing of a frame received.
+    pub idle: Option<Duration>,
+    /// For the rest of a frame once its first byte arrived.
+    pub frame: Option<Duration>,
+}
+
 /// A receive buffer's size: room for several chunk frames, so a frame rarely straddles two
 /// buffers (then its first part is copied over).
 const BUFFER: usize = 1024 * 1024;
+/// A receive buffer's size while no frame larger than a message is on its way: an idle session
+/// holds no more.
+const SMALL_BUFFER: usize = 2 * MAX_NOISE_MESSAGE + MIN_READ;
 /// The least room a read gets.
 const MIN_READ: usize = 16 * 1024;
 /// Earlier receive buffers kept for reuse once the frames cut from them are dropped.
@@ -365,8 +421,13 @@ pub struct SecureReader<R> {
     plain: usize,
     sealed: usize,
     /// Buffers given up while frames cut from them were still alive: reused once they are not,
-    /// so a long transfer cycles through the same few megabytes.
+    /// so a long transfer cycles through the same few megabytes. Only [`BUFFER`]-sized ones
+    /// are kept: a larger one (grown for a manifest) goes back to the allocator.
     spares: VecDeque<BytesMut>,
+    cap: FrameCap,
+    deadlines: ReadDeadlines,
+    /// When the frame being received began to arrive (`None` between frames).
+    frame_started: Option<Instant>,
 }
 
 impl<R> std::fmt::Debug for SecureReader<R> {
@@ -386,29 +447,93 @@ impl<R: AsyncRead + Unpin> SecureReader<R> {
             plain: 0,
             sealed: 0,
             spares: VecDeque::new(),
+            cap: FrameCap::default(),
+            deadlines: ReadDeadlines::default(),
+            frame_started: None,
+        }
+    }
+
+    /// The cap on incoming frames' size, to change it (it starts at a chunk frame's size).
+    pub fn frame_cap(&self) -> &FrameCap {
+        &self.cap
+    }
+
+    /// Sets how long [`SecureReader::recv`] waits for a frame to begin and then to arrive
+    /// whole; by default it waits forever (the caller has its own timers).
+    pub fn set_deadlines(&mut self, deadlines: ReadDeadlines) {
+        self.deadlines = deadlines;
+    }
+
+    /// Bytes this reader holds in its buffers (the receive buffer and its spares), for tests
+    /// of memory bounds.
+    pub fn buffered_capacity(&self) -> usize {
+        self.buf.capacity() + self.spares.iter().map(BytesMut::capacity).sum::<usize>()
+    }
+
+    /// Whether part of a frame has arrived (received bytes not yet handed out).
+    fn mid_frame(&self) -> bool {
+        self.plain > 0 || self.sealed < self.buf.len()
+    }
+
+    /// When the current read must have finished, by the deadlines.
+    fn read_deadline(&self, idle_from: Instant) -> Option<(Instant, SecureError)> {
+        match self.frame_started {
+            Some(start) => self
+                .deadlines
+                .frame
+                .map(|d| (start + d, SecureError::SlowFrame(d))),
+            None => self
+                .deadlines
+                .idle
+                .map(|d| (idle_from + d, SecureError::Idle(d))),
         }
     }
 
     /// The next frame, or `None` when the remote closed cleanly between frames. Cancel-safe:
     /// it only awaits the transport's read.
     pub async fn recv(&mut self) -> Result<Option<Frame>, SecureError> {
+        let idle_from = Instant::now();
+        if !self.mid_frame() {
+            self.frame_started = None;
+        }
         loop {
             let pending = Frame::frame_len(&self.buf[..self.plain])?;
-            if let Some(total) = pending
-                && total <= self.plain
-            {
-                let mut frame = self.buf.split_to(total);
-                self.plain -= total;
-                self.sealed -= total;
-                return Frame::decode(&mut frame)?
-                    .map(Some)
-                    .ok_or(SecureError::Truncated);
+            if let Some(total) = pending {
+                let cap = self.cap.get();
+                if total - 4 > cap as usize {
+                    return Err(SecureError::FrameTooLarge {
+                        len: total - 4,
+                        cap,
+                    });
+                }
+                if total <= self.plain {
+                    let mut frame = self.buf.split_to(total);
+                    self.plain -= total;
+                    self.sealed -= total;
+                    self.frame_started = self.mid_frame().then(Instant::now);
+                    self.give_back();
+                    return Frame::decode(&mut frame)?
+                        .map(Some)
+                        .ok_or(SecureError::Truncated);
+                }
             }
             if self.open_next()? {
                 continue;
             }
             self.make_room(pending.unwrap_or(0));
-            if self.io.read_buf(&mut self.buf).await? == 0 {
+            let deadline = self.read_deadline(idle_from);
+            let read = self.io.read_buf(&mut self.buf);
+            let n = match deadline {
+                Some((at, late)) => match tokio::time::timeout_at(at, read).await {
+                    Ok(n) => n?,
+                    Err(_) => return Err(late),
+                },
+                None => read.await?,
+            };
+            if n > 0 && self.frame_started.is_none() {
+                self.frame_started = Some(Instant::now());
+            }
+            if n == 0 {
                 return if self.plain == 0 && self.sealed == self.buf.len() {
                     Ok(None)
                 } else {
@@ -440,9 +565,22 @@ impl<R: AsyncRead + Unpin> SecureReader<R> {
         Ok(true)
     }
 
+    /// After a frame was cut off: a buffer grown well past [`BUFFER`] (for a manifest or a
+    /// large chunk) is given back, its few remaining bytes moved to a fresh one, so a session
+    /// holds a large buffer only while a large frame arrives.
+    fn give_back(&mut self) {
+        if self.buf.capacity() > 2 * BUFFER && self.buf.len() <= MAX_NOISE_MESSAGE * 2 {
+            let mut fresh = BytesMut::with_capacity(SMALL_BUFFER.max(self.buf.len()));
+            fresh.extend_from_slice(&self.buf);
+            self.buf = fresh;
+        }
+    }
+
     /// Makes room to read into: a read's worth at least, and enough for the rest of the frame
     /// being received (`frame` bytes in all, 0 when not known yet) to arrive in this buffer,
-    /// so its data is never copied from one buffer to another as it arrives.
+    /// so its data is never copied from one buffer to another as it arrives. Room is made
+    /// ahead for a frame up to a chunk frame's size; a larger one (a manifest) grows the
+    /// buffer as its bytes arrive, doubling, so a length prefix alone reserves nothing.
     fn make_room(&mut self, frame: usize) {
         if self.plain == 0 {
             // Nothing decrypted is waiting: the framing before the sealed bytes can go.
@@ -451,6 +589,11 @@ impl<R: AsyncRead + Unpin> SecureReader<R> {
         }
         // The rest of the frame as it travels (plus each message's framing), then at most the
         // rest of the message it ends in.
+        let frame = if frame > 4 + wire::MAX_FRAME_LEN as usize {
+            0
+        } else {
+            frame
+        };
         let rest = frame.saturating_sub(self.plain);
         let framing = (rest / MAX_PLAINTEXT + 2) * (2 + TAG_LEN);
         let need =
@@ -462,7 +605,15 @@ impl<R: AsyncRead + Unpin> SecureReader<R> {
         if self.buf.try_reclaim(need - self.buf.len()) {
             return;
         }
-        let size = BUFFER.max(need);
+        let size = if need <= SMALL_BUFFER && self.buf.capacity() < SMALL_BUFFER {
+            SMALL_BUFFER
+        } else if need <= BUFFER {
+            BUFFER
+        } else {
+            // Past a buffer's size (only a manifest gets there): doubling, so a large frame
+            // is copied O(its size) times in all as it grows.
+            need.max(self.buf.len() * 2)
+        };
         let mut next = None;
         for _ in 0..self.spares.len() {
             let Some(mut spare) = self.spares.pop_front() else {
@@ -478,6 +629,9 @@ impl<R: AsyncRead + Unpin> SecureReader<R> {
         next.extend_from_slice(&self.buf);
         let mut old = std::mem::replace(&mut self.buf, next);
         old.clear();
+        if old.capacity() < BUFFER || old.capacity() > 2 * BUFFER {
+            return;
+        }
         if self.spares.len() == SPARE_BUFFERS {
             self.spares.pop_front();
         }
@@ -830,6 +984,133 @@ mod tests {
             let want: Vec<Frame> = frames.into_iter().map(|(f, _)| f).collect();
             proptest::prop_assert_eq!(got, want);
         }
+    }
+
+    /// A reader and the raw sending side for it (a writer fed by hand, as an attacker would).
+    fn raw_pair(
+        pipe: usize,
+    ) -> (
+        SecureWriter<tokio::io::DuplexStream>,
+        SecureReader<tokio::io::DuplexStream>,
+    ) {
+        let (a, b) = tokio::io::duplex(pipe);
+        let key = [5u8; 32];
+        let tx = SecureWriter {
+            io: a,
+            cipher: Cipher::new(&key).unwrap(),
+            pending: Outbox::default(),
+        };
+        (tx, SecureReader::new(b, Cipher::new(&key).unwrap()))
+    }
+
+    /// The first bytes of a frame of `len` body bytes (type byte included) of type `tag`.
+    fn frame_start(len: u32, tag: u8) -> Vec<u8> {
+        let mut v = len.to_be_bytes().to_vec();
+        v.push(tag);
+        v
+    }
+
+    #[tokio::test]
+    async fn a_frame_over_the_cap_is_refused_from_its_length_alone() {
+        let (mut tx, mut rx) = raw_pair(1 << 20);
+        rx.frame_cap().set(16 * 1024);
+        let mut outbox = Outbox::default();
+        // A manifest's header: within the protocol's cap, over this session's.
+        outbox.put(&frame_start(wire::MAX_MANIFEST_FRAME_LEN, 0x03));
+        tx.send_outbox(&mut outbox).await.unwrap();
+        let got = rx.recv().await;
+        assert!(
+            matches!(got, Err(SecureError::FrameTooLarge { cap: 16384, .. })),
+            "{got:?}"
+        );
+        assert!(
+            rx.buffered_capacity() <= SMALL_BUFFER,
+            "nothing reserved for it"
+        );
+        // By default, a chunk frame's size: a manifest is refused too.
+        let (mut tx, mut rx) = raw_pair(1 << 20);
+        let mut outbox = Outbox::default();
+        outbox.put(&frame_start(wire::MAX_FRAME_LEN + 1, 0x03));
+        tx.send_outbox(&mut outbox).await.unwrap();
+        assert!(matches!(
+            rx.recv().await,
+            Err(SecureError::FrameTooLarge { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_large_frame_grows_the_buffer_as_it_arrives_and_gives_it_back() {
+        let (mut tx, mut rx) = raw_pair(16 << 20);
+        rx.frame_cap().set(wire::MAX_MANIFEST_FRAME_LEN);
+        // A 64 MiB frame's header, then 3 MiB of it: the buffer holds about what arrived.
+        let mut outbox = Outbox::default();
+        outbox.put(&frame_start(wire::MAX_MANIFEST_FRAME_LEN, 0x03));
+        tx.send_outbox(&mut outbox).await.unwrap();
+        for _ in 0..3 {
+            outbox.put(&vec![0u8; 1 << 20]);
+            tx.send_outbox(&mut outbox).await.unwrap();
+        }
+        let recv = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await;
+        assert!(recv.is_err(), "the frame is not whole");
+        let held = rx.buffered_capacity();
+        assert!(
+            held <= 8 << 20,
+            "{held} bytes held for 3 MiB received of a 64 MiB frame"
+        );
+        drop(tx);
+
+        // A real manifest, large, arrives whole; afterwards the buffer is small again.
+        let (mut tx, mut rx) = raw_pair(1 << 20);
+        rx.frame_cap().set(wire::MAX_MANIFEST_FRAME_LEN);
+        let chunks = 200_000u64;
+        let manifest = p2p_proto::Manifest {
+            id: FileId([1; 32]),
+            name: "big".into(),
+            size: chunks * 16 * 1024,
+            chunk_size: 16 * 1024,
+            chunk_hashes: vec![p2p_proto::Sha256Hash([2; 32]); chunks as usize],
+            merkle_root: p2p_proto::Sha256Hash([3; 32]),
+            chain: Vec::new(),
+        };
+        let frame = Frame::Manifest(manifest);
+        let sender = tokio::spawn({
+            let frame = frame.clone();
+            async move {
+                tx.feed(&frame);
+                tx.feed(&Frame::KeepAlive);
+                tx.flush().await.unwrap();
+                tx
+            }
+        });
+        assert_eq!(rx.recv().await.unwrap(), Some(frame));
+        let _tx = sender.await.unwrap();
+        assert!(
+            rx.buffered_capacity() <= 2 * BUFFER,
+            "{} bytes kept after the frame",
+            rx.buffered_capacity()
+        );
+        assert_eq!(rx.recv().await.unwrap(), Some(Frame::KeepAlive));
+    }
+
+    #[tokio::test]
+    async fn a_silent_session_and_a_slow_frame_time_out() {
+        tokio::time::pause();
+        let (mut tx, mut rx) = raw_pair(1 << 20);
+        rx.set_deadlines(ReadDeadlines {
+            idle: Some(Duration::from_secs(5)),
+            frame: Some(Duration::from_secs(2)),
+        });
+        tx.send(&Frame::KeepAlive).await.unwrap();
+        assert_eq!(rx.recv().await.unwrap(), Some(Frame::KeepAlive));
+        assert!(matches!(rx.recv().await, Err(SecureError::Idle(_))));
+
+        // Half a frame, then nothing: the frame deadline, shorter than the idle one.
+        let mut outbox = Outbox::default();
+        outbox.put(&frame_start(100, 0x09));
+        tx.send_outbox(&mut outbox).await.unwrap();
+        let started = Instant::now();
+        assert!(matches!(rx.recv().await, Err(SecureError::SlowFrame(_))));
+        assert!(started.elapsed() < Duration::from_secs(3));
     }
 
     #[tokio::test]

@@ -96,7 +96,8 @@ impl Peer {
             node.identity.clone(),
             node.addr,
             node.relay.as_ref().map(|r| r.url().clone()),
-        );
+        )
+        .allow_local_addrs(args.allow_local_addrs);
         Ok(Self {
             node,
             tracker,

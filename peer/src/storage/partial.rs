@@ -250,11 +250,7 @@ impl PartialDownload {
         self.file.sync_all().map_err(io_at(&self.part_path))?;
         std::fs::create_dir_all(dest_dir).map_err(io_at(dest_dir))?;
         let name = safe_file_name(&self.manifest.name, &self.manifest.id.to_string());
-        let dest = unused_path(dest_dir, &name);
-        // hard_link fails if the name was taken meanwhile, so nothing is ever overwritten.
-        std::fs::hard_link(&self.part_path, &dest)
-            .or_else(|_| std::fs::rename(&self.part_path, &dest))
-            .map_err(io_at(&dest))?;
+        let dest = place_without_overwriting(&self.part_path, dest_dir, &name)?;
         let _ = std::fs::remove_file(&self.part_path);
         let _ = std::fs::remove_file(&self.state_path);
         Ok(dest)
@@ -313,22 +309,33 @@ fn write_at(file: &std::fs::File, offset: u64, data: &[u8]) -> std::io::Result<(
     }
 }
 
-/// A file name from the network made safe to create: one path component, no control
-/// characters, no leading dots, at most 200 bytes; `download-<id>` when nothing is left.
+/// A file name from the network made safe to create: one path component; no control or
+/// Unicode format characters (bidi overrides such as U+202E, which make `exe.txt` of
+/// `txt.exe`, zero-width characters), nor characters Windows forbids; no leading dots, no
+/// trailing dots or spaces; not a name Windows reserves for a device (`CON`, `NUL`, `COM1`…,
+/// with any extension), which gets a leading `_`; at most 200 bytes; `download-<id>` when
+/// nothing is left.
 pub fn safe_file_name(name: &str, id: &str) -> String {
+    use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
     let last = name.rsplit(['/', '\\']).next().unwrap_or("");
     let cleaned: String = last
         .chars()
         .map(|c| {
-            if c.is_control() || matches!(c, ':' | '*' | '?' | '"' | '<' | '>' | '|') {
-                '_'
-            } else {
-                c
-            }
+            let unsafe_char = c.is_control()
+                || c.general_category() == GeneralCategory::Format
+                || matches!(c, ':' | '*' | '?' | '"' | '<' | '>' | '|');
+            if unsafe_char { '_' } else { c }
         })
         .collect();
-    let trimmed = cleaned.trim().trim_start_matches('.').trim();
+    let trimmed = cleaned
+        .trim()
+        .trim_start_matches('.')
+        .trim_end_matches(['.', ' '])
+        .trim();
     let mut out = String::new();
+    if is_reserved_on_windows(trimmed) {
+        out.push('_');
+    }
     for c in trimmed.chars() {
         if out.len() + c.len_utf8() > 200 {
             break;
@@ -342,26 +349,103 @@ pub fn safe_file_name(name: &str, id: &str) -> String {
     }
 }
 
-/// `dir/name`, or `dir/stem (n).ext` for the first n that is free.
-fn unused_path(dir: &Path, name: &str) -> PathBuf {
-    let first = dir.join(name);
-    if !first.exists() {
-        return first;
+/// Whether Windows takes `name` for a device: `CON`, `PRN`, `AUX`, `NUL`, `COM0`–`COM9`,
+/// `LPT0`–`LPT9` (also with superscript digits), in any case, alone or before an extension.
+fn is_reserved_on_windows(name: &str) -> bool {
+    let stem = name.split('.').next().unwrap_or("").trim_end();
+    let upper = stem.to_ascii_uppercase();
+    match upper.as_str() {
+        "CON" | "PRN" | "AUX" | "NUL" => true,
+        _ => {
+            let (Some(prefix), Some(digit)) = (upper.get(..3), upper.get(3..)) else {
+                return false;
+            };
+            matches!(prefix, "COM" | "LPT")
+                && (matches!(digit, "¹" | "²" | "³")
+                    || (digit.len() == 1 && digit.as_bytes()[0].is_ascii_digit()))
+        }
     }
+}
+
+/// Most names tried for one download (`name`, `name (1)`, … `name (999)`).
+const NAME_TRIES: usize = 1000;
+
+/// `name`, then `stem (n).ext` for n = 1, 2, …: the names a completed download may take.
+fn candidate_names(name: &str) -> impl Iterator<Item = String> + '_ {
     let (stem, ext) = match name.rsplit_once('.') {
         Some((s, e)) if !s.is_empty() => (s, format!(".{e}")),
         _ => (name, String::new()),
     };
-    (1..)
-        .map(|n| dir.join(format!("{stem} ({n}){ext}")))
-        .find(|p| !p.exists())
-        .unwrap_or(first)
+    std::iter::once(name.to_owned())
+        .chain((1..).map(move |n| format!("{stem} ({n}){ext}")))
+        .take(NAME_TRIES)
+}
+
+/// Puts `from` at `dir/name`, or the first free of [`candidate_names`], never replacing a
+/// file: a hard link fails when the name is taken (then the next name is tried); where hard
+/// links are not supported, the name is first claimed by creating it exclusively, and only
+/// that empty file of ours is replaced by the rename.
+fn place_without_overwriting(from: &Path, dir: &Path, name: &str) -> Result<PathBuf, PartialError> {
+    place(from, dir, name, true)
+}
+
+/// [`place_without_overwriting`], trying hard links first only when `links`.
+fn place(from: &Path, dir: &Path, name: &str, mut links: bool) -> Result<PathBuf, PartialError> {
+    let mut last = None;
+    for candidate in candidate_names(name) {
+        let dest = dir.join(candidate);
+        if links {
+            match std::fs::hard_link(from, &dest) {
+                Ok(()) => return Ok(dest),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    last = Some((dest, e));
+                    continue;
+                }
+                // No hard links on this file system (or not for this file): claim names.
+                Err(_) => links = false,
+            }
+        }
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&dest)
+        {
+            Ok(_) => {
+                std::fs::rename(from, &dest).map_err(io_at(&dest))?;
+                return Ok(dest);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some((dest, e)),
+            Err(e) => return Err(io_at(&dest)(e)),
+        }
+    }
+    let (path, source) =
+        last.unwrap_or_else(|| (dir.join(name), std::io::ErrorKind::AlreadyExists.into()));
+    Err(PartialError::Io { path, source })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::storage::manifest_for_file;
+
+    #[test]
+    fn completion_never_replaces_a_file_with_or_without_hard_links() {
+        for links in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("f.bin"), b"mine").unwrap();
+            std::fs::write(dir.path().join("f (1).bin"), b"mine too").unwrap();
+            let from = dir.path().join("part");
+            std::fs::write(&from, b"downloaded").unwrap();
+            let placed = place(&from, dir.path(), "f.bin", links).unwrap();
+            assert_eq!(placed, dir.path().join("f (2).bin"), "links: {links}");
+            assert_eq!(std::fs::read(&placed).unwrap(), b"downloaded");
+            assert_eq!(std::fs::read(dir.path().join("f.bin")).unwrap(), b"mine");
+            assert_eq!(
+                std::fs::read(dir.path().join("f (1).bin")).unwrap(),
+                b"mine too"
+            );
+        }
+    }
 
     #[test]
     fn resumed_chunks_are_verified_again() {
@@ -423,6 +507,32 @@ mod tests {
         assert_eq!(safe_file_name("..", "abcdef"), "download-abcdef");
         assert_eq!(safe_file_name("", "abcdef"), "download-abcdef");
         assert!(safe_file_name(&"é".repeat(300), "x").len() <= 200);
+        // Format characters: a bidi override would show `exe.txt` for `txt.exe`.
+        assert_eq!(
+            safe_file_name("photo\u{202E}gpj.exe", "ab"),
+            "photo_gpj.exe"
+        );
+        assert_eq!(
+            safe_file_name("a\u{200B}b\u{2066}c\u{FEFF}", "ab"),
+            "a_b_c_"
+        );
+        // Names Windows keeps for devices.
+        for reserved in [
+            "CON",
+            "con.txt",
+            "NUL.tar.gz",
+            "com1",
+            "LPT9.log",
+            "aux ",
+            "COM¹",
+        ] {
+            let safe = safe_file_name(reserved, "ab");
+            assert!(safe.starts_with('_'), "{reserved:?} → {safe:?}");
+        }
+        for fine in ["CONSOLE.txt", "com10", "nullable", "lpt"] {
+            assert_eq!(safe_file_name(fine, "ab"), fine);
+        }
+        assert_eq!(safe_file_name("name. . ", "ab"), "name");
     }
 
     #[test]
