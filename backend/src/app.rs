@@ -124,6 +124,7 @@ fn route_label(path: &str) -> &'static str {
         ["", "api", "files", "announce"] => "/api/files/announce",
         ["", "api", "files", _] => "/api/files/{hash}",
         ["", "api", "files", _, "peers"] => "/api/files/{hash}/peers",
+        ["", "api", "files", _, "peers", _] => "/api/files/{hash}/peers/{peer_id}",
         ["", "api", "openapi.json"] => "/api/openapi.json",
         ["", "api", "docs", ..] => "/api/docs",
         ["", "dashboard", ..] => "/dashboard",

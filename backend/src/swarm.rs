@@ -366,6 +366,27 @@ impl Swarm {
         })
     }
 
+    /// `peer` stops offering the file. An unknown peer gets the "not registered" answer (its
+    /// cue to register again), a peer that had not announced the file a plain not-found.
+    pub async fn unannounce(&self, file: &FileId, peer: &PeerId) -> SwarmResult<()> {
+        if !self.store.remove_announce(file, peer).await? {
+            if self.store.peer_presence(peer).await?.is_none() {
+                return Err(SwarmError::NotFound(format!(
+                    "peer {peer} is not registered; register again"
+                )));
+            }
+            return Err(SwarmError::NotFound(format!(
+                "peer {peer} has not announced file {file}"
+            )));
+        }
+        self.swarm_cache.invalidate(file);
+        self.events.publish(Event::FileUnannounced {
+            file_id: *file,
+            peer_id: *peer,
+        });
+        Ok(())
+    }
+
     pub async fn list_files(&self, search: &str, offset: u64, limit: u64) -> SwarmResult<FileList> {
         if search.len() > 255 {
             return Err(SwarmError::BadRequest(

@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use futures_util::StreamExt;
 use p2p_proto::Bitfield;
 use serde_json::{Value, json};
 
@@ -757,6 +758,75 @@ async fn peers_missing_heartbeats_expire_and_can_return() {
         assert_eq!(resp.status(), 200);
         let swarm = t.get_json(&format!("/api/files/{}/peers", m.id)).await;
         assert_eq!(swarm["peers"].as_array().unwrap().len(), 2);
+        t.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_peer_withdraws_one_announce() {
+    within(30, async {
+        let db = TestDb::sqlite();
+        let t = TestTracker::start(&db, serve_args()).await;
+        let (seeder, other) = (peer_id(), peer_id());
+        t.register(&seeder, 1).await;
+        t.register(&other, 2).await;
+        let m = manifest("gone.bin", &content(300_000, 21));
+        let kept = manifest("kept.bin", &content(300_000, 22));
+        for (peer, file) in [(&seeder, &m), (&other, &m), (&seeder, &kept)] {
+            assert_eq!(t.announce(peer, file, None).await.status(), 200);
+        }
+        let (mut ws, _) =
+            tokio_tungstenite::connect_async(format!("ws://{}/ws?token={KEY}", t.tracker.addr))
+                .await
+                .unwrap();
+
+        let path = format!("/api/files/{}/peers/{seeder}", m.id);
+        assert_eq!(t.delete(&path).send().await.unwrap().status(), 204);
+        // The swarm no longer lists it; its other file and the other seeder stay.
+        let swarm = t.get_json(&format!("/api/files/{}/peers", m.id)).await;
+        let ids: Vec<&Value> = swarm["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| &p["peer_id"])
+            .collect();
+        assert_eq!(ids, vec![&json!(other)]);
+        let swarm = t.get_json(&format!("/api/files/{}/peers", kept.id)).await;
+        assert_eq!(swarm["peers"][0]["peer_id"], json!(seeder));
+        assert_eq!(
+            t.get_json(&format!("/api/peers/{seeder}")).await["files"],
+            1
+        );
+
+        // The dashboard hears of it.
+        let event = loop {
+            let msg = ws.next().await.unwrap().unwrap();
+            let v: Value = serde_json::from_str(msg.to_text().unwrap()).unwrap();
+            if v["type"] == "file_unannounced" {
+                break v;
+            }
+        };
+        assert_eq!(event["file_id"], m.id.to_string());
+        assert_eq!(event["peer_id"], json!(seeder));
+
+        // Again: nothing to withdraw. An unknown peer is told to register.
+        let msg = assert_error(t.delete(&path).send().await.unwrap(), 404, "not_found").await;
+        assert!(msg.contains("has not announced"), "{msg}");
+        let stranger = peer_id();
+        let msg = assert_error(
+            t.delete(&format!("/api/files/{}/peers/{stranger}", m.id))
+                .send()
+                .await
+                .unwrap(),
+            404,
+            "not_found",
+        )
+        .await;
+        assert!(msg.contains("not registered"), "{msg}");
+        // Like every peer-changing route it needs credentials.
+        let resp = t.http.delete(t.url(&path)).send().await.unwrap();
+        assert_error(resp, 401, "unauthorized").await;
         t.stop().await;
     })
     .await;

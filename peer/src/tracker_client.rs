@@ -227,6 +227,17 @@ impl TrackerClient {
         self.call(req, true).await
     }
 
+    /// `DELETE /api/files/{hash}/peers/{peer_id}`: this peer stops offering the file.
+    /// [`TrackerError::NotFound`]: the peer had not announced the file (nothing to undo);
+    /// [`TrackerError::UnknownPeer`]: the tracker does not know the peer (register again).
+    pub async fn unannounce(&self, peer_id: &PeerId, file_id: &FileId) -> Result<(), TrackerError> {
+        let req = self.request(
+            Method::DELETE,
+            &format!("/api/files/{file_id}/peers/{peer_id}"),
+        );
+        self.send(req, true).await.map(drop)
+    }
+
     /// `GET /api/files`: known files, newest first; `search` is a name substring ("" for all).
     pub async fn list_files(
         &self,

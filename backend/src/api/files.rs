@@ -4,15 +4,22 @@ use std::sync::Arc;
 
 use p2p_proto::api::{AnnounceRequest, AnnounceResponse, FileDetails, FileList, FilePeers};
 use p2p_proto::{FileId, PeerId};
-use poem_openapi::OpenApi;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, OpenApi};
 
 use super::{ApiTags, Auth};
 use crate::app::AppState;
 use crate::error::ApiError;
 
 pub struct FilesApi(pub Arc<AppState>);
+
+#[derive(ApiResponse)]
+pub enum Unannounced {
+    /// The peer no longer offers the file.
+    #[oai(status = 204)]
+    NoContent,
+}
 
 #[OpenApi(tag = "ApiTags::Files")]
 impl FilesApi {
@@ -82,5 +89,23 @@ impl FilesApi {
                 .file_peers(&hash.0, exclude.0.as_ref(), limit.0)
                 .await?,
         ))
+    }
+
+    /// The announcing peer stops offering one file: its claim to the file is removed (the file
+    /// itself stays known). 404 when the peer is not registered ("not registered") or had not
+    /// announced the file.
+    #[oai(
+        path = "/api/files/:hash/peers/:peer_id",
+        method = "delete",
+        operation_id = "unannounce_file"
+    )]
+    async fn unannounce(
+        &self,
+        _auth: Auth,
+        hash: Path<FileId>,
+        peer_id: Path<PeerId>,
+    ) -> Result<Unannounced, ApiError> {
+        self.0.swarm.unannounce(&hash.0, &peer_id.0).await?;
+        Ok(Unannounced::NoContent)
     }
 }
