@@ -831,3 +831,38 @@ async fn a_peer_withdraws_one_announce() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn bad_path_parameters_are_reported_by_name() {
+    within(30, async {
+        let db = TestDb::sqlite();
+        let t = TestTracker::start(&db, serve_args()).await;
+        let file = manifest("x.bin", &content(10, 1)).id;
+        for (path, name) in [
+            ("/api/files/nothex".to_owned(), "hash"),
+            ("/api/files/nothex/peers".to_owned(), "hash"),
+            ("/api/peers/nothex".to_owned(), "id"),
+            (format!("/api/files/{file}/peers/nothex"), "peer_id"),
+        ] {
+            let resp = if path.matches('/').count() == 5 {
+                t.delete(&path).send().await.unwrap()
+            } else {
+                t.get(&path).send().await.unwrap()
+            };
+            let msg = assert_error(resp, 400, "bad_request").await;
+            assert!(msg.contains(&format!("`{name}`")), "{path}: {msg}");
+            assert!(!msg.contains("param0"), "{path}: {msg}");
+        }
+        let spec = t.get_json("/api/openapi.json").await;
+        let params = &spec["paths"]["/api/files/{hash}/peers/{peer_id}"]["delete"]["parameters"];
+        let names: Vec<&str> = params
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["hash", "peer_id"]);
+        t.stop().await;
+    })
+    .await;
+}

@@ -4,10 +4,11 @@ use std::sync::Arc;
 
 use p2p_proto::api::{AnnounceRequest, AnnounceResponse, FileDetails, FileList, FilePeers};
 use p2p_proto::{FileId, PeerId};
-use poem_openapi::param::{Path, Query};
+use poem_openapi::param::Query;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
 
+use super::param::{Hash, Path, PeerIdName};
 use super::{ApiTags, Auth};
 use crate::app::AppState;
 use crate::error::ApiError;
@@ -62,7 +63,11 @@ impl FilesApi {
 
     /// A file's manifest (chunk hashes, Merkle root) and swarm figures.
     #[oai(path = "/api/files/:hash", method = "get", operation_id = "get_file")]
-    async fn get(&self, _auth: Auth, hash: Path<FileId>) -> Result<Json<FileDetails>, ApiError> {
+    async fn get(
+        &self,
+        _auth: Auth,
+        hash: Path<FileId, Hash>,
+    ) -> Result<Json<FileDetails>, ApiError> {
         Ok(Json(self.0.swarm.file(&hash.0).await?))
     }
 
@@ -76,7 +81,7 @@ impl FilesApi {
     async fn peers(
         &self,
         _auth: Auth,
-        hash: Path<FileId>,
+        hash: Path<FileId, Hash>,
         /// Leave this peer out (the asking peer itself).
         exclude: Query<Option<PeerId>>,
         /// Most peers to return (default 50, at most 500).
@@ -102,8 +107,8 @@ impl FilesApi {
     async fn unannounce(
         &self,
         _auth: Auth,
-        hash: Path<FileId>,
-        peer_id: Path<PeerId>,
+        hash: Path<FileId, Hash>,
+        peer_id: Path<PeerId, PeerIdName>,
     ) -> Result<Unannounced, ApiError> {
         self.0.swarm.unannounce(&hash.0, &peer_id.0).await?;
         Ok(Unannounced::NoContent)

@@ -17,6 +17,7 @@ use crate::error::ApiError;
 pub mod auth;
 pub mod files;
 pub mod health;
+mod param;
 pub mod peers;
 
 #[derive(Tags)]
