@@ -116,7 +116,9 @@ async fn openapi_spec_lists_every_route_with_security() {
         }
         // Error responses are documented with the JSON error body.
         let announce = &paths["/api/files/announce"]["post"]["responses"];
-        for status in ["200", "400", "401", "404", "409", "429"] {
+        for status in [
+            "200", "400", "401", "404", "408", "409", "413", "415", "429",
+        ] {
             assert!(
                 announce.get(status).is_some(),
                 "announce documents {status}"
@@ -633,6 +635,18 @@ async fn bad_announces_are_rejected_and_nothing_is_stored() {
         let stored = t.get_json(&format!("/api/files/{}", m.id)).await;
         assert_eq!(stored["size"], 600_000);
         assert_eq!(stored["merkle_root"], m.merkle_root.to_string());
+
+        // A body that is not JSON: 415, as the spec says.
+        let resp = t
+            .http
+            .post(t.url("/api/files/announce"))
+            .header("X-API-Key", KEY)
+            .header("Content-Type", "text/plain")
+            .body("hello")
+            .send()
+            .await
+            .unwrap();
+        assert_error(resp, 415, "unsupported_media_type").await;
 
         // Unknown routes and bodies that are too big get JSON errors too.
         assert_error(

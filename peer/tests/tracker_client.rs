@@ -45,6 +45,7 @@ fn serve_args(addr: SocketAddr) -> ServeArgs {
         max_body_bytes: 1 << 26,
         udp_addr: None,
         relay: Default::default(),
+        guard: Default::default(),
     }
 }
 

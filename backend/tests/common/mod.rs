@@ -126,6 +126,7 @@ pub fn serve_args() -> ServeArgs {
         max_body_bytes: 8 * 1024 * 1024,
         udp_addr: None,
         relay: Default::default(),
+        guard: Default::default(),
     }
 }
 
