@@ -876,6 +876,24 @@ async fn bad_path_parameters_are_reported_by_name() {
             .map(|p| p["name"].as_str().unwrap())
             .collect();
         assert_eq!(names, ["hash", "peer_id"]);
+        // The constraints the API enforces are in the spec: hex ids, the search length.
+        assert_eq!(params[0]["schema"]["pattern"], "^[0-9a-fA-F]{64}$");
+        let search = spec["paths"]["/api/files"]["get"]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "search")
+            .unwrap()
+            .clone();
+        assert_eq!(search["schema"]["maxLength"], 255);
+        let long = "x".repeat(256);
+        let resp = t
+            .get(&format!("/api/files?search={long}"))
+            .send()
+            .await
+            .unwrap();
+        let msg = assert_error(resp, 400, "bad_request").await;
+        assert!(msg.contains("search"), "{msg}");
         t.stop().await;
     })
     .await;

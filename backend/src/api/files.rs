@@ -45,8 +45,8 @@ impl FilesApi {
     async fn list(
         &self,
         _auth: Auth,
-        /// Substring of the file name.
-        #[oai(default)]
+        /// Substring of the file name (case-insensitive), at most 255 bytes.
+        #[oai(default, validator(max_length = 255))]
         search: Query<String>,
         #[oai(default)] offset: Query<u64>,
         /// Page size (default 50, at most 500).
