@@ -5,8 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use poem::endpoint::BoxEndpoint;
-use poem::listener::{Acceptor, Listener, TcpListener};
-use poem::{Endpoint, EndpointExt, IntoResponse, Route, Server};
+use poem::{Endpoint, EndpointExt, IntoResponse, Route};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -41,7 +40,12 @@ pub struct AppState {
     pub events: EventBus,
     /// The relay hub behind `/relay`.
     pub relay: Arc<RelayHub>,
-    pub trust_proxy: bool,
+    /// Trusted reverse proxies in front of the tracker (`--trust-proxy`), if any.
+    pub trust_proxy: Option<u8>,
+    /// What `/metrics` asks for (`--metrics-token`), if anything.
+    pub metrics_token: Option<String>,
+    /// WebSockets still waiting for credentials or a key proof (one permit each).
+    pub pending_auth: Arc<tokio::sync::Semaphore>,
     /// Cancelled when the tracker shuts down; long-lived connections watch it.
     pub shutdown: CancellationToken,
 }
@@ -190,6 +194,7 @@ fn route_label(path: &str) -> &'static str {
         ["", "api", "files", "announce"] => "/api/files/announce",
         ["", "api", "files", _] => "/api/files/{hash}",
         ["", "api", "files", _, "peers"] => "/api/files/{hash}/peers",
+        ["", "api", "files", _, "peers", _] => "/api/files/{hash}/peers/{peer_id}",
         ["", "api", "openapi.json"] => "/api/openapi.json",
         ["", "api", "docs", ..] => "/api/docs",
         ["", "dashboard", ..] => "/dashboard",
@@ -207,7 +212,7 @@ pub fn routes(state: Arc<AppState>, serve: &ServeArgs) -> BoxEndpoint<'static> {
     let limiter = RateLimit::new(
         serve.rate_limit_rps,
         serve.rate_limit_burst,
-        serve.trust_proxy,
+        serve.trust_proxy.then_some(serve.guard.trusted_proxy_hops),
         metrics.clone(),
     );
     if let Some(limiter) = &limiter {
@@ -241,6 +246,7 @@ pub fn routes(state: Arc<AppState>, serve: &ServeArgs) -> BoxEndpoint<'static> {
         .with_if(limiter.is_some(), limiter.unwrap_or_else(unlimited))
         .with(crate::body_limit::BodyLimit {
             max: serve.max_body_bytes,
+            timeout: Duration::from_secs(serve.guard.body_timeout_secs),
         })
         .data(state)
         .catch_all_error(crate::error::render_any_error)
@@ -262,7 +268,7 @@ pub fn routes(state: Arc<AppState>, serve: &ServeArgs) -> BoxEndpoint<'static> {
 /// A never-used placeholder for `with_if(false, …)`.
 fn unlimited() -> RateLimit {
     // Only constructed when the limit is off, and then `with_if` does not apply it.
-    RateLimit::new(u32::MAX, None, false, Arc::new(Metrics::new()))
+    RateLimit::new(u32::MAX, None, None, Arc::new(Metrics::new()))
         .unwrap_or_else(|| unreachable!("u32::MAX is non-zero"))
 }
 
@@ -360,14 +366,21 @@ pub async fn start(
             peer_ttl_secs: serve.peer_ttl_secs(),
             sweep_interval: opts.sweep_interval,
             swarm_cache_ttl: Duration::from_millis(serve.swarm_cache_ms),
+            max_file_bytes: serve.guard.max_file_bytes,
         },
         shutdown.clone(),
     );
-    let auth = Arc::new(Authenticator::new(
-        store,
-        &serve.api_keys,
-        JwtKeys::new(&secret, serve.jwt_ttl_secs),
-    ));
+    let auth = Arc::new(
+        Authenticator::new(
+            store,
+            &serve.api_keys,
+            JwtKeys::new(&secret, serve.jwt_ttl_secs),
+        )
+        .with_login_limits(
+            serve.guard.login_concurrency as usize,
+            serve.guard.login_failures_per_minute,
+        ),
+    );
     let relay = Arc::new(RelayHub::new(
         RelayLimits::from(&serve.relay),
         metrics.clone(),
@@ -380,20 +393,25 @@ pub async fn start(
         metrics,
         events,
         relay,
-        trust_proxy: serve.trust_proxy,
+        trust_proxy: serve.trust_proxy.then_some(serve.guard.trusted_proxy_hops),
+        metrics_token: serve.guard.metrics_token.clone().filter(|t| !t.is_empty()),
+        pending_auth: Arc::new(tokio::sync::Semaphore::new(
+            serve.guard.max_pending_auth as usize,
+        )),
         shutdown: shutdown.clone(),
     });
     let (app, metrics_app) = split_metrics(routes(state.clone(), serve), serve.metrics_addr);
-    let acceptor = TcpListener::bind(serve.addr).into_acceptor().await?;
-    let addr = acceptor
-        .local_addr()
-        .first()
-        .and_then(|a| a.as_socket_addr().copied())
-        .ok_or_else(|| StartError::Config("listener has no address".into()))?;
+    let listener = tokio::net::TcpListener::bind(serve.addr).await?;
+    let addr = listener.local_addr()?;
+    let limits = crate::server::ConnectionLimits {
+        max_connections: serve.guard.max_connections as usize,
+        header_read_timeout: Duration::from_secs(serve.guard.header_timeout_secs),
+    }
+    .fitted_to_fd_limit();
     let grace = opts.shutdown_grace;
     let (metrics_addr, metrics_server) = match metrics_app {
         Some((at, app)) => {
-            let (addr, server) = serve_metrics(at, app, &shutdown, grace).await?;
+            let (addr, server) = serve_metrics(at, app, limits, &shutdown, grace).await?;
             (Some(addr), Some(server))
         }
         None => (None, None),
@@ -402,12 +420,13 @@ pub async fn start(
         shutdown.cancel(); // stops the metrics listener, if any
         return Err(e);
     }
-    let stop = shutdown.clone();
-    let server = tokio::spawn(async move {
-        Server::new_with_acceptor(acceptor)
-            .run_with_graceful_shutdown(app, stop.cancelled_owned(), Some(grace))
-            .await
-    });
+    let server = tokio::spawn(crate::server::serve(
+        listener,
+        app,
+        limits,
+        shutdown.clone(),
+        grace,
+    ));
     Ok(RunningTracker {
         addr,
         metrics_addr,
@@ -444,22 +463,20 @@ fn split_metrics(
 async fn serve_metrics(
     at: SocketAddr,
     app: BoxEndpoint<'static>,
+    limits: crate::server::ConnectionLimits,
     shutdown: &CancellationToken,
     grace: Duration,
 ) -> Result<(SocketAddr, JoinHandle<std::io::Result<()>>), StartError> {
-    let acceptor = TcpListener::bind(at).into_acceptor().await?;
-    let addr = acceptor
-        .local_addr()
-        .first()
-        .and_then(|a| a.as_socket_addr().copied())
-        .ok_or_else(|| StartError::Config("metrics listener has no address".into()))?;
+    let listener = tokio::net::TcpListener::bind(at).await?;
+    let addr = listener.local_addr()?;
     tracing::info!(%addr, "/metrics listening");
-    let stop = shutdown.clone();
-    let server = tokio::spawn(async move {
-        Server::new_with_acceptor(acceptor)
-            .run_with_graceful_shutdown(app, stop.cancelled_owned(), Some(grace))
-            .await
-    });
+    let server = tokio::spawn(crate::server::serve(
+        listener,
+        app,
+        limits,
+        shutdown.clone(),
+        grace,
+    ));
     Ok((addr, server))
 }
 

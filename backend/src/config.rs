@@ -139,7 +139,8 @@ pub struct ServeArgs {
     /// Burst allowance per client IP (default: twice the rate).
     #[arg(long, env = "RATE_LIMIT_BURST")]
     pub rate_limit_burst: Option<u32>,
-    /// Take the client IP from X-Forwarded-For / X-Real-IP (behind a trusted reverse proxy).
+    /// Take the client IP from X-Forwarded-For / X-Real-IP (behind trusted reverse proxies; see
+    /// --trusted-proxy-hops).
     #[arg(long, env = "P2P_TRUST_PROXY", default_value_t = false)]
     pub trust_proxy: bool,
     /// Seconds between peer heartbeats.
@@ -178,6 +179,70 @@ pub struct ServeArgs {
     pub metrics_addr: Option<SocketAddr>,
     #[command(flatten)]
     pub relay: RelayArgs,
+    #[command(flatten)]
+    pub guard: GuardArgs,
+}
+
+/// How the tracker guards itself against its clients: bounds on connections, time, sockets
+/// waiting to authenticate and password checks; which proxies it trusts; who may scrape.
+#[derive(Debug, Clone, Args)]
+pub struct GuardArgs {
+    /// Most client connections open at once (lowered to fit under the open-file limit).
+    #[arg(long, env = "P2P_MAX_CONNECTIONS", default_value_t = 4096,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// Seconds a client has to send a request's headers; an idle keep-alive connection is
+    /// closed after as long.
+    #[arg(long, env = "P2P_HEADER_TIMEOUT_SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_timeout_secs: u64,
+    /// Seconds a client has to send a request body.
+    #[arg(long, env = "P2P_BODY_TIMEOUT_SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_timeout_secs: u64,
+    /// WebSockets (`/ws`, `/relay`) that may wait for credentials or a key proof at once;
+    /// more are refused with 429.
+    #[arg(long, env = "P2P_MAX_PENDING_AUTH", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_pending_auth: u32,
+    /// Password checks (argon2id, 19 MiB each) running at once; more wait their turn.
+    #[arg(long, env = "P2P_LOGIN_CONCURRENCY", default_value_t = 2,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub login_concurrency: u32,
+    /// Failed logins per account per minute; past it, logins to that account get 429 until
+    /// the minute is over.
+    #[arg(long, env = "P2P_LOGIN_FAILURES_PER_MINUTE", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub login_failures_per_minute: u32,
+    /// With --trust-proxy: how many reverse proxies in front of the tracker append to
+    /// X-Forwarded-For. The client address is that many entries from the right; entries further
+    /// left were written by the client and are ignored.
+    #[arg(long, env = "P2P_TRUSTED_PROXY_HOPS", default_value_t = 1,
+          value_parser = clap::value_parser!(u8).range(1..))]
+    pub trusted_proxy_hops: u8,
+    /// Largest file a manifest may describe, in bytes (manifests always use the protocol's
+    /// 256 KiB chunks, so this also bounds what one announce stores: 64 bytes per chunk).
+    #[arg(long, env = "P2P_MAX_FILE_BYTES", default_value_t = 64 << 30)]
+    pub max_file_bytes: u64,
+    /// When set, `/metrics` needs `Authorization: Bearer <this token>`.
+    #[arg(long, env = "P2P_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+}
+
+impl Default for GuardArgs {
+    fn default() -> Self {
+        Self {
+            max_connections: 4096,
+            header_timeout_secs: 10,
+            body_timeout_secs: 60,
+            max_pending_auth: 256,
+            login_concurrency: 2,
+            login_failures_per_minute: 10,
+            trusted_proxy_hops: 1,
+            max_file_bytes: 64 << 30,
+            metrics_token: None,
+        }
+    }
 }
 
 /// Where the hole-punch rendezvous listens.
@@ -209,6 +274,20 @@ pub struct RelayArgs {
     #[arg(long, env = "P2P_RELAY_IDLE_SECS", default_value_t = 120,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub relay_idle_secs: u64,
+    /// Tunnels one relay connection may have open at once (opened or accepted).
+    #[arg(long, env = "P2P_RELAY_MAX_TUNNELS", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub relay_max_tunnels: u32,
+    /// Peer ids one credential (API key or user) may have attached to the relay at once.
+    /// Deployments where many peers share one API key need this as high as their peer count.
+    #[arg(long, env = "P2P_RELAY_MAX_PEERS_PER_KEY", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub relay_max_peers_per_key: u32,
+    /// Bytes queued towards one relay connection before the hub drops it as too slow a reader
+    /// (its own tunnels close; no other peer waits for it).
+    #[arg(long, env = "P2P_RELAY_MAX_QUEUED_BYTES", default_value_t = 32 << 20,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub relay_max_queued_bytes: u64,
 }
 
 impl Default for RelayArgs {
@@ -217,6 +296,9 @@ impl Default for RelayArgs {
             relay_max_tunnel_bytes: 16 << 30,
             relay_max_total_bytes: 0,
             relay_idle_secs: 120,
+            relay_max_tunnels: 64,
+            relay_max_peers_per_key: 64,
+            relay_max_queued_bytes: 32 << 20,
         }
     }
 }

@@ -32,12 +32,18 @@ pub enum ApiError {
     /// No such peer, file or route.
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
+    /// The request body did not arrive in time.
+    #[oai(status = 408)]
+    RequestTimeout(Json<ErrorBody>),
     /// The request contradicts what the tracker already stores.
     #[oai(status = 409)]
     Conflict(Json<ErrorBody>),
     /// The body is larger than the tracker accepts.
     #[oai(status = 413)]
     PayloadTooLarge(Json<ErrorBody>),
+    /// The body is not JSON (`Content-Type` must be `application/json`).
+    #[oai(status = 415)]
+    UnsupportedMediaType(Json<ErrorBody>),
     /// Over the rate limit; retry after the given number of seconds.
     #[oai(status = 429)]
     TooManyRequests(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
@@ -60,6 +66,13 @@ impl ApiError {
 
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::NotFound(body("not_found", message))
+    }
+
+    pub fn request_timeout() -> Self {
+        Self::RequestTimeout(body(
+            "request_timeout",
+            "the request body did not arrive in time",
+        ))
     }
 
     pub fn conflict(message: impl Into<String>) -> Self {
@@ -90,6 +103,10 @@ impl ApiError {
 
     /// Turns a request that poem-openapi could not parse into a JSON 400.
     fn from_parse_error(err: poem::Error) -> Self {
+        // poem-openapi reports a wrong Content-Type as a 400; it is a 415.
+        if err.is::<poem_openapi::error::ContentTypeError>() {
+            return Self::UnsupportedMediaType(body("unsupported_media_type", err.to_string()));
+        }
         if err.status() == StatusCode::PAYLOAD_TOO_LARGE {
             return Self::PayloadTooLarge(body("payload_too_large", err.to_string()));
         }
@@ -131,6 +148,7 @@ pub async fn render_any_error(err: poem::Error) -> Response {
         StatusCode::NOT_FOUND => "not_found",
         StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
         StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
         StatusCode::UNAUTHORIZED => "unauthorized",
         s if s.is_client_error() => "bad_request",
         _ => "internal",

@@ -9,7 +9,8 @@
 //! - [`auth`]: API keys, argon2 passwords, JWTs and the request authenticator.
 //! - [`ws`]: the live event feed (`/ws`).
 //! - [`dashboard`]: serves the WASM dashboard at `/dashboard/` (embedded or from a folder).
-//! - [`ratelimit`], [`metrics`], [`clock`], [`error`]: the cross-cutting pieces.
+//! - [`server`]: the HTTP server (connection cap, accept back-off, header-read timeout).
+//! - [`ratelimit`], [`body_limit`], [`metrics`], [`clock`], [`error`]: the cross-cutting pieces.
 //! - [`cli`]: the `serve`, `user` and `key` subcommands.
 
 pub mod api;
@@ -24,6 +25,7 @@ pub mod error;
 pub mod events;
 pub mod metrics;
 pub mod ratelimit;
+pub mod server;
 pub mod store;
 pub mod swarm;
 pub mod swarm_cache;

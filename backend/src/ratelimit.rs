@@ -11,15 +11,19 @@ use poem::{Endpoint, IntoResponse, Middleware, Request, Response, Result};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 
-/// The client's IP: the socket peer, or with `trust_proxy` the first `X-Forwarded-For` entry
-/// (then `X-Real-IP`), as set by a reverse proxy in front of the tracker.
-pub fn client_ip(req: &Request, trust_proxy: bool) -> Option<IpAddr> {
-    if trust_proxy {
-        let forwarded = req
-            .header("x-forwarded-for")
-            .and_then(|v| v.split(',').next())
-            .or_else(|| req.header("x-real-ip"))
-            .and_then(|v| v.trim().parse().ok());
+/// The client's IP: the socket peer, or behind `trust_proxy` trusted reverse proxies the
+/// `X-Forwarded-For` entry that many from the right (then `X-Real-IP`). Each proxy appends the
+/// address it was connected from, so entries further left come from the client and prove
+/// nothing; the leftmost one is never used.
+pub fn client_ip(req: &Request, trust_proxy: Option<u8>) -> Option<IpAddr> {
+    if let Some(hops) = trust_proxy {
+        let forwarded = match req.header("x-forwarded-for") {
+            Some(list) => list
+                .rsplit(',')
+                .nth(usize::from(hops.max(1)) - 1)
+                .and_then(|v| v.trim().parse().ok()),
+            None => req.header("x-real-ip").and_then(|v| v.trim().parse().ok()),
+        };
         if forwarded.is_some() {
             return forwarded;
         }
@@ -31,7 +35,7 @@ pub fn client_ip(req: &Request, trust_proxy: bool) -> Option<IpAddr> {
 #[derive(Debug, Clone)]
 pub struct RateLimit {
     limiter: Arc<DefaultKeyedRateLimiter<IpAddr>>,
-    trust_proxy: bool,
+    trust_proxy: Option<u8>,
     metrics: Arc<Metrics>,
 }
 
@@ -40,7 +44,7 @@ impl RateLimit {
     pub fn new(
         rps: u32,
         burst: Option<u32>,
-        trust_proxy: bool,
+        trust_proxy: Option<u8>,
         metrics: Arc<Metrics>,
     ) -> Option<Self> {
         let rate = NonZeroU32::new(rps)?;
@@ -94,5 +98,25 @@ impl<E: Endpoint> Endpoint for RateLimitEndpoint<E> {
             return Ok(ApiError::too_many_requests(secs.max(1)).into_response());
         }
         self.inner.call(req).await.map(IntoResponse::into_response)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::client_ip;
+    use poem::Request;
+
+    fn from(xff: &str) -> Request {
+        Request::builder().header("x-forwarded-for", xff).finish()
+    }
+
+    #[test]
+    fn the_client_is_counted_from_the_right() {
+        let req = from("6.6.6.6, 1.2.3.4, 10.0.0.1");
+        assert_eq!(client_ip(&req, Some(1)), Some("10.0.0.1".parse().unwrap()));
+        assert_eq!(client_ip(&req, Some(2)), Some("1.2.3.4".parse().unwrap()));
+        // Fewer entries than hops: not from behind the proxies; the socket address counts.
+        assert_eq!(client_ip(&from("6.6.6.6"), Some(2)), None);
+        assert_eq!(client_ip(&req, None), None);
     }
 }

@@ -10,7 +10,7 @@ use p2p_proto::api::{
     HeartbeatResponse, LeaveReason, MAX_PEER_CONNECTIONS, PeerList, RegisterPeerRequest,
     RegisterPeerResponse, Stats,
 };
-use p2p_proto::{Bitfield, FileId, PeerId};
+use p2p_proto::{Bitfield, CHUNK_SIZE, FileId, PeerId};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -27,6 +27,8 @@ pub const MAX_ADDRESSES: usize = 16;
 /// Default and largest page sizes of listings.
 pub const DEFAULT_PAGE: u64 = 50;
 pub const MAX_PAGE: u64 = 500;
+/// How long the stored-state gauges of `/metrics` are served without asking the database.
+pub const GAUGES_FRESH_FOR: Duration = Duration::from_secs(1);
 /// Heartbeats written in one batch at most.
 const MAX_BATCH: usize = 2048;
 
@@ -67,6 +69,8 @@ pub struct SwarmConfig {
     pub sweep_interval: Duration,
     /// How long a file's swarm is served from memory (zero: always ask the database).
     pub swarm_cache_ttl: Duration,
+    /// Largest file a manifest may describe.
+    pub max_file_bytes: u64,
 }
 
 /// A heartbeat waiting for its batch; answered with the peer's prior presence.
@@ -85,6 +89,8 @@ pub struct Swarm {
     config: SwarmConfig,
     beats: mpsc::Sender<PendingBeat>,
     swarm_cache: SwarmCache,
+    /// When the `/metrics` gauges were last refreshed.
+    gauges_refreshed: tokio::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl std::fmt::Debug for PendingBeat {
@@ -113,6 +119,7 @@ impl Swarm {
             config,
             beats: tx,
             swarm_cache: SwarmCache::new(config.swarm_cache_ttl),
+            gauges_refreshed: tokio::sync::Mutex::new(None),
         });
         tokio::spawn(write_beats(swarm.store.clone(), swarm.metrics.clone(), rx));
         let sweeper = swarm.clone();
@@ -318,6 +325,18 @@ impl Swarm {
 
     pub async fn announce(&self, req: AnnounceRequest) -> SwarmResult<AnnounceResponse> {
         let manifest = req.file;
+        // Bound what one announce stores before looking at the rest.
+        if manifest.chunk_size != CHUNK_SIZE {
+            return Err(SwarmError::BadRequest(format!(
+                "invalid manifest: chunk_size must be {CHUNK_SIZE} (the protocol's chunk size)"
+            )));
+        }
+        if manifest.size > self.config.max_file_bytes {
+            return Err(SwarmError::BadRequest(format!(
+                "invalid manifest: this tracker takes files of at most {} bytes",
+                self.config.max_file_bytes
+            )));
+        }
         manifest
             .validate()
             .map_err(|e| SwarmError::BadRequest(format!("invalid manifest: {e}")))?;
@@ -366,6 +385,27 @@ impl Swarm {
             chunks_have,
             complete,
         })
+    }
+
+    /// `peer` stops offering the file. An unknown peer gets the "not registered" answer (its
+    /// cue to register again), a peer that had not announced the file a plain not-found.
+    pub async fn unannounce(&self, file: &FileId, peer: &PeerId) -> SwarmResult<()> {
+        if !self.store.remove_announce(file, peer).await? {
+            if self.store.peer_presence(peer).await?.is_none() {
+                return Err(SwarmError::NotFound(format!(
+                    "peer {peer} is not registered; register again"
+                )));
+            }
+            return Err(SwarmError::NotFound(format!(
+                "peer {peer} has not announced file {file}"
+            )));
+        }
+        self.swarm_cache.invalidate(file);
+        self.events.publish(Event::FileUnannounced {
+            file_id: *file,
+            peer_id: *peer,
+        });
+        Ok(())
     }
 
     pub async fn list_files(&self, search: &str, offset: u64, limit: u64) -> SwarmResult<FileList> {
@@ -448,7 +488,20 @@ impl Swarm {
         Ok(stats)
     }
 
-    /// Refreshes the gauges that mirror stored state (called at each scrape).
+    /// Refreshes the gauges that mirror stored state unless that was done in the last
+    /// [`GAUGES_FRESH_FOR`]: scrapes, however many, cost at most one stats query a second.
+    /// Concurrent callers wait for one refresh rather than each running the query.
+    pub async fn refresh_gauges_cached(&self) -> SwarmResult<()> {
+        let mut last = self.gauges_refreshed.lock().await;
+        if last.is_some_and(|at| at.elapsed() < GAUGES_FRESH_FOR) {
+            return Ok(());
+        }
+        self.refresh_gauges().await?;
+        *last = Some(std::time::Instant::now());
+        Ok(())
+    }
+
+    /// Refreshes the gauges that mirror stored state.
     pub async fn refresh_gauges(&self) -> SwarmResult<()> {
         let stats = self.store.stats(self.cutoff_ms()).await?;
         let set = |g: &prometheus_client::metrics::gauge::Gauge, v: u64| {

@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use futures_util::StreamExt;
 use p2p_proto::Bitfield;
 use serde_json::{Value, json};
 
@@ -115,7 +116,9 @@ async fn openapi_spec_lists_every_route_with_security() {
         }
         // Error responses are documented with the JSON error body.
         let announce = &paths["/api/files/announce"]["post"]["responses"];
-        for status in ["200", "400", "401", "404", "409", "429"] {
+        for status in [
+            "200", "400", "401", "404", "408", "409", "413", "415", "429",
+        ] {
             assert!(
                 announce.get(status).is_some(),
                 "announce documents {status}"
@@ -633,6 +636,18 @@ async fn bad_announces_are_rejected_and_nothing_is_stored() {
         assert_eq!(stored["size"], 600_000);
         assert_eq!(stored["merkle_root"], m.merkle_root.to_string());
 
+        // A body that is not JSON: 415, as the spec says.
+        let resp = t
+            .http
+            .post(t.url("/api/files/announce"))
+            .header("X-API-Key", KEY)
+            .header("Content-Type", "text/plain")
+            .body("hello")
+            .send()
+            .await
+            .unwrap();
+        assert_error(resp, 415, "unsupported_media_type").await;
+
         // Unknown routes and bodies that are too big get JSON errors too.
         assert_error(
             t.get("/api/nothing").send().await.unwrap(),
@@ -757,6 +772,128 @@ async fn peers_missing_heartbeats_expire_and_can_return() {
         assert_eq!(resp.status(), 200);
         let swarm = t.get_json(&format!("/api/files/{}/peers", m.id)).await;
         assert_eq!(swarm["peers"].as_array().unwrap().len(), 2);
+        t.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_peer_withdraws_one_announce() {
+    within(30, async {
+        let db = TestDb::sqlite();
+        let t = TestTracker::start(&db, serve_args()).await;
+        let (seeder, other) = (peer_id(), peer_id());
+        t.register(&seeder, 1).await;
+        t.register(&other, 2).await;
+        let m = manifest("gone.bin", &content(300_000, 21));
+        let kept = manifest("kept.bin", &content(300_000, 22));
+        for (peer, file) in [(&seeder, &m), (&other, &m), (&seeder, &kept)] {
+            assert_eq!(t.announce(peer, file, None).await.status(), 200);
+        }
+        let (mut ws, _) =
+            tokio_tungstenite::connect_async(format!("ws://{}/ws?token={KEY}", t.tracker.addr))
+                .await
+                .unwrap();
+
+        let path = format!("/api/files/{}/peers/{seeder}", m.id);
+        assert_eq!(t.delete(&path).send().await.unwrap().status(), 204);
+        // The swarm no longer lists it; its other file and the other seeder stay.
+        let swarm = t.get_json(&format!("/api/files/{}/peers", m.id)).await;
+        let ids: Vec<&Value> = swarm["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| &p["peer_id"])
+            .collect();
+        assert_eq!(ids, vec![&json!(other)]);
+        let swarm = t.get_json(&format!("/api/files/{}/peers", kept.id)).await;
+        assert_eq!(swarm["peers"][0]["peer_id"], json!(seeder));
+        assert_eq!(
+            t.get_json(&format!("/api/peers/{seeder}")).await["files"],
+            1
+        );
+
+        // The dashboard hears of it.
+        let event = loop {
+            let msg = ws.next().await.unwrap().unwrap();
+            let v: Value = serde_json::from_str(msg.to_text().unwrap()).unwrap();
+            if v["type"] == "file_unannounced" {
+                break v;
+            }
+        };
+        assert_eq!(event["file_id"], m.id.to_string());
+        assert_eq!(event["peer_id"], json!(seeder));
+
+        // Again: nothing to withdraw. An unknown peer is told to register.
+        let msg = assert_error(t.delete(&path).send().await.unwrap(), 404, "not_found").await;
+        assert!(msg.contains("has not announced"), "{msg}");
+        let stranger = peer_id();
+        let msg = assert_error(
+            t.delete(&format!("/api/files/{}/peers/{stranger}", m.id))
+                .send()
+                .await
+                .unwrap(),
+            404,
+            "not_found",
+        )
+        .await;
+        assert!(msg.contains("not registered"), "{msg}");
+        // Like every peer-changing route it needs credentials.
+        let resp = t.http.delete(t.url(&path)).send().await.unwrap();
+        assert_error(resp, 401, "unauthorized").await;
+        t.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn bad_path_parameters_are_reported_by_name() {
+    within(30, async {
+        let db = TestDb::sqlite();
+        let t = TestTracker::start(&db, serve_args()).await;
+        let file = manifest("x.bin", &content(10, 1)).id;
+        for (path, name) in [
+            ("/api/files/nothex".to_owned(), "hash"),
+            ("/api/files/nothex/peers".to_owned(), "hash"),
+            ("/api/peers/nothex".to_owned(), "id"),
+            (format!("/api/files/{file}/peers/nothex"), "peer_id"),
+        ] {
+            let resp = if path.matches('/').count() == 5 {
+                t.delete(&path).send().await.unwrap()
+            } else {
+                t.get(&path).send().await.unwrap()
+            };
+            let msg = assert_error(resp, 400, "bad_request").await;
+            assert!(msg.contains(&format!("`{name}`")), "{path}: {msg}");
+            assert!(!msg.contains("param0"), "{path}: {msg}");
+        }
+        let spec = t.get_json("/api/openapi.json").await;
+        let params = &spec["paths"]["/api/files/{hash}/peers/{peer_id}"]["delete"]["parameters"];
+        let names: Vec<&str> = params
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["hash", "peer_id"]);
+        // The constraints the API enforces are in the spec: hex ids, the search length.
+        assert_eq!(params[0]["schema"]["pattern"], "^[0-9a-fA-F]{64}$");
+        let search = spec["paths"]["/api/files"]["get"]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "search")
+            .unwrap()
+            .clone();
+        assert_eq!(search["schema"]["maxLength"], 255);
+        let long = "x".repeat(256);
+        let resp = t
+            .get(&format!("/api/files?search={long}"))
+            .send()
+            .await
+            .unwrap();
+        let msg = assert_error(resp, 400, "bad_request").await;
+        assert!(msg.contains("search"), "{msg}");
         t.stop().await;
     })
     .await;

@@ -227,6 +227,17 @@ impl TrackerClient {
         self.call(req, true).await
     }
 
+    /// `DELETE /api/files/{hash}/peers/{peer_id}`: this peer stops offering the file.
+    /// [`TrackerError::NotFound`]: the peer had not announced the file (nothing to undo);
+    /// [`TrackerError::UnknownPeer`]: the tracker does not know the peer (register again).
+    pub async fn unannounce(&self, peer_id: &PeerId, file_id: &FileId) -> Result<(), TrackerError> {
+        let req = self.request(
+            Method::DELETE,
+            &format!("/api/files/{file_id}/peers/{peer_id}"),
+        );
+        self.send(req, true).await.map(drop)
+    }
+
     /// `GET /api/files`: known files, newest first; `search` is a name substring ("" for all).
     pub async fn list_files(
         &self,
@@ -556,10 +567,33 @@ impl Session {
         announced: &mut HashMap<FileId, Announced>,
     ) -> Option<Round> {
         let files = (self.announcements)();
-        // Files that left the library (a shared file deleted from the folder): the tracker keeps
-        // listing this peer for them until it unregisters or expires.
+        // Files that left the library (a shared file deleted from the folder): the tracker stops
+        // listing this peer for them.
         let current: HashSet<FileId> = files.iter().map(|f| f.file.id).collect();
-        announced.retain(|id, _| current.contains(id));
+        let gone: Vec<FileId> = announced
+            .keys()
+            .filter(|id| !current.contains(id))
+            .copied()
+            .collect();
+        for id in gone {
+            let peer_id = self.register.peer_id;
+            match self
+                .or_shutdown(self.client.unannounce(&peer_id, &id))
+                .await?
+            {
+                // NotFound: the tracker had already forgotten the announce.
+                Ok(()) | Err(TrackerError::NotFound(_)) => {
+                    self.succeeded();
+                    announced.remove(&id);
+                }
+                Err(TrackerError::UnknownPeer(_)) => return Some(Round::Forgotten),
+                Err(e) => {
+                    self.failed("withdrawing an announce failed", &e);
+                    self.set(SessionStatus::Retrying);
+                    return Some(Round::Retry);
+                }
+            }
+        }
         for req in files {
             let now = Announced {
                 name: req.file.name.clone(),

@@ -39,6 +39,7 @@ fn serve_args(addr: SocketAddr) -> ServeArgs {
         udp_addr: None,
         metrics_addr: None,
         relay: Default::default(),
+        guard: Default::default(),
     }
 }
 
@@ -575,10 +576,24 @@ async fn a_daemon_stops_serving_removed_files_and_announces_renamed_ones_by_thei
     .await;
     assert_eq!(daemon.count(HASHED), 3, "{}", daemon.log());
 
-    // Removed: no longer served (the tracker may still list the peer for it until it learns
-    // otherwise; a download from it fails).
+    // Removed: no longer served, and withdrawn from the tracker, which lists nobody for it.
     std::fs::remove_file(share.join("gone.bin")).unwrap();
     daemon.wait_for(&["no longer shared", "gone.bin"]).await;
+    tracker_event(
+        &mut feed,
+        |e| matches!(e, Event::FileUnannounced { file_id, .. } if file_id.0[..] == gone_id[..]),
+    )
+    .await;
+    let swarm: serde_json::Value = reqwest::Client::new()
+        .get(format!("{url}/api/files/{}/peers", hex::encode(gone_id)))
+        .header("X-API-Key", KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(swarm["peers"], serde_json::json!([]), "{swarm}");
     let leech = work.path().join("leech");
     let out = download(&url, &leech, &hex::encode(gone_id)).await;
     assert!(!out.status.success(), "the removed file was still served");

@@ -46,6 +46,7 @@ fn serve_args(addr: SocketAddr) -> ServeArgs {
         udp_addr: None,
         metrics_addr: None,
         relay: Default::default(),
+        guard: Default::default(),
     }
 }
 
@@ -277,6 +278,42 @@ async fn unknown_peer_bad_manifest_and_conflict_are_told_apart() {
             c.announce(&bad_have).await,
             Err(TrackerError::BadRequest(_))
         ));
+    })
+    .await;
+    t.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn unannounce_tells_not_announced_from_unknown_peer() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = tracker(dir.path()).await;
+    let c = client(&t);
+    within(20, async {
+        let peer = peer_id(6);
+        c.register(&register_request(peer)).await.unwrap();
+        let m = manifest("withdrawn.bin", 1000, 6);
+        c.announce(&AnnounceRequest {
+            peer_id: peer,
+            file: m.clone(),
+            have: None,
+        })
+        .await
+        .unwrap();
+        c.unannounce(&peer, &m.id).await.unwrap();
+        assert!(
+            c.file_peers(&m.id, None, 10)
+                .await
+                .unwrap()
+                .peers
+                .is_empty()
+        );
+        let again = c.unannounce(&peer, &m.id).await.unwrap_err();
+        assert!(matches!(again, TrackerError::NotFound(_)), "{again:?}");
+        let stranger = c.unannounce(&peer_id(7), &m.id).await.unwrap_err();
+        assert!(
+            matches!(stranger, TrackerError::UnknownPeer(_)),
+            "{stranger:?}"
+        );
     })
     .await;
     t.stop().await.unwrap();

@@ -371,6 +371,11 @@ pub enum Event {
         /// The file was new to the tracker.
         created: bool,
     },
+    /// `peer_id` no longer offers the file (it withdrew its announce).
+    FileUnannounced {
+        file_id: FileId,
+        peer_id: PeerId,
+    },
     RelayConnected {
         peer_id: PeerId,
     },

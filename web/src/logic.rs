@@ -188,6 +188,14 @@ pub fn describe(event: &Event) -> Option<(&'static str, String)> {
                 ),
             )
         }
+        Event::FileUnannounced { file_id, peer_id } => (
+            "announce",
+            format!(
+                "peer {} stopped sharing file {}",
+                short_id(&peer_id.to_string()),
+                short_id(&file_id.to_string())
+            ),
+        ),
         Event::RelayConnected { peer_id } => (
             "relay",
             format!(

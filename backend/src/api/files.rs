@@ -4,15 +4,23 @@ use std::sync::Arc;
 
 use p2p_proto::api::{AnnounceRequest, AnnounceResponse, FileDetails, FileList, FilePeers};
 use p2p_proto::{FileId, PeerId};
-use poem_openapi::OpenApi;
-use poem_openapi::param::{Path, Query};
+use poem_openapi::param::Query;
 use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, OpenApi};
 
+use super::param::{Hash, Path, PeerIdName};
 use super::{ApiTags, Auth};
 use crate::app::AppState;
 use crate::error::ApiError;
 
 pub struct FilesApi(pub Arc<AppState>);
+
+#[derive(ApiResponse)]
+pub enum Unannounced {
+    /// The peer no longer offers the file.
+    #[oai(status = 204)]
+    NoContent,
+}
 
 #[OpenApi(tag = "ApiTags::Files")]
 impl FilesApi {
@@ -37,8 +45,8 @@ impl FilesApi {
     async fn list(
         &self,
         _auth: Auth,
-        /// Substring of the file name.
-        #[oai(default)]
+        /// Substring of the file name (case-insensitive), at most 255 bytes.
+        #[oai(default, validator(max_length = 255))]
         search: Query<String>,
         #[oai(default)] offset: Query<u64>,
         /// Page size (default 50, at most 500).
@@ -55,7 +63,11 @@ impl FilesApi {
 
     /// A file's manifest (chunk hashes, Merkle root) and swarm figures.
     #[oai(path = "/api/files/:hash", method = "get", operation_id = "get_file")]
-    async fn get(&self, _auth: Auth, hash: Path<FileId>) -> Result<Json<FileDetails>, ApiError> {
+    async fn get(
+        &self,
+        _auth: Auth,
+        hash: Path<FileId, Hash>,
+    ) -> Result<Json<FileDetails>, ApiError> {
         Ok(Json(self.0.swarm.file(&hash.0).await?))
     }
 
@@ -69,7 +81,7 @@ impl FilesApi {
     async fn peers(
         &self,
         _auth: Auth,
-        hash: Path<FileId>,
+        hash: Path<FileId, Hash>,
         /// Leave this peer out (the asking peer itself).
         exclude: Query<Option<PeerId>>,
         /// Most peers to return (default 50, at most 500).
@@ -82,5 +94,23 @@ impl FilesApi {
                 .file_peers(&hash.0, exclude.0.as_ref(), limit.0)
                 .await?,
         ))
+    }
+
+    /// The announcing peer stops offering one file: its claim to the file is removed (the file
+    /// itself stays known). 404 when the peer is not registered ("not registered") or had not
+    /// announced the file.
+    #[oai(
+        path = "/api/files/:hash/peers/:peer_id",
+        method = "delete",
+        operation_id = "unannounce_file"
+    )]
+    async fn unannounce(
+        &self,
+        _auth: Auth,
+        hash: Path<FileId, Hash>,
+        peer_id: Path<PeerId, PeerIdName>,
+    ) -> Result<Unannounced, ApiError> {
+        self.0.swarm.unannounce(&hash.0, &peer_id.0).await?;
+        Ok(Unannounced::NoContent)
     }
 }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use p2p_proto::api::{Health, Stats};
+use poem::Request;
 use poem_openapi::payload::{Json, PlainText};
 use poem_openapi::{ApiResponse, OpenApi};
 
@@ -31,6 +32,9 @@ pub enum MetricsResponse {
         content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8"
     )]
     Ok(PlainText<String>),
+    /// `--metrics-token` is set and the request does not carry it.
+    #[oai(status = 401)]
+    Unauthorized(Json<p2p_proto::api::ErrorBody>),
 }
 
 #[derive(ApiResponse)]
@@ -69,10 +73,25 @@ impl HealthApi {
         }
     }
 
-    /// Prometheus metrics (no authentication).
+    /// Prometheus metrics; the figures from the database are at most a second old. Needs
+    /// `Authorization: Bearer <token>` when the tracker runs with `--metrics-token`.
     #[oai(path = "/metrics", method = "get", operation_id = "metrics")]
-    async fn metrics(&self) -> MetricsResponse {
-        if let Err(e) = self.0.swarm.refresh_gauges().await {
+    async fn metrics(&self, req: &Request) -> MetricsResponse {
+        if let Some(want) = &self.0.metrics_token {
+            let given = req
+                .header("authorization")
+                .and_then(|v| v.split_once(' '))
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map(|(_, token)| token.trim());
+            let digest = crate::auth::keys::digest;
+            if given.is_none_or(|g| digest(g) != digest(want)) {
+                return MetricsResponse::Unauthorized(Json(p2p_proto::api::ErrorBody {
+                    error: "unauthorized".into(),
+                    message: "/metrics needs Authorization: Bearer <metrics token>".into(),
+                }));
+            }
+        }
+        if let Err(e) = self.0.swarm.refresh_gauges_cached().await {
             tracing::warn!(error = %e, "could not refresh gauges for /metrics");
         }
         MetricsResponse::Ok(PlainText(self.0.metrics.encode()))

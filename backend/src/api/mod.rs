@@ -17,6 +17,7 @@ use crate::error::ApiError;
 pub mod auth;
 pub mod files;
 pub mod health;
+mod param;
 pub mod peers;
 
 #[derive(Tags)]
@@ -39,6 +40,7 @@ impl From<AuthError> for ApiError {
             AuthError::Store(e) => e.into(),
             AuthError::Internal => ApiError::internal(),
             AuthError::BadLoginRequest => ApiError::bad_request(e.to_string()),
+            AuthError::Throttled(secs) => ApiError::too_many_requests(secs),
             other => ApiError::unauthorized(other.to_string()),
         }
     }

@@ -8,10 +8,11 @@ use p2p_proto::api::{
     RegisterPeerResponse,
 };
 use poem::Request;
-use poem_openapi::param::{Path, Query};
+use poem_openapi::param::Query;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
 
+use super::param::{Id, Path};
 use super::{ApiTags, Auth};
 use crate::app::AppState;
 use crate::error::ApiError;
@@ -65,14 +66,14 @@ impl PeersApi {
         method = "delete",
         operation_id = "unregister_peer"
     )]
-    async fn unregister(&self, _auth: Auth, id: Path<PeerId>) -> Result<Deleted, ApiError> {
+    async fn unregister(&self, _auth: Auth, id: Path<PeerId, Id>) -> Result<Deleted, ApiError> {
         self.0.swarm.unregister(&id.0).await?;
         Ok(Deleted::NoContent)
     }
 
     /// One peer.
     #[oai(path = "/api/peers/:id", method = "get", operation_id = "get_peer")]
-    async fn get(&self, _auth: Auth, id: Path<PeerId>) -> Result<Json<PeerInfo>, ApiError> {
+    async fn get(&self, _auth: Auth, id: Path<PeerId, Id>) -> Result<Json<PeerInfo>, ApiError> {
         Ok(Json(self.0.swarm.peer(&id.0).await?))
     }
 

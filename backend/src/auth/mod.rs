@@ -11,9 +11,11 @@ use crate::store::{Store, StoreError};
 
 pub mod jwt;
 pub mod keys;
+pub mod login_guard;
 pub mod password;
 
 pub use jwt::JwtKeys;
+pub use login_guard::LoginGuard;
 
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +41,9 @@ pub enum AuthError {
     BadCredentials,
     #[error("send either api_key, or username and password")]
     BadLoginRequest,
+    /// Too many failed logins to this account, or too many logins waiting.
+    #[error("too many login attempts; retry after {0} s")]
+    Throttled(u64),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("internal error")]
@@ -58,6 +63,7 @@ pub struct Authenticator {
     env_keys: HashSet<[u8; 32]>,
     jwt: JwtKeys,
     key_cache: Mutex<HashMap<[u8; 32], (Principal, Instant)>>,
+    logins: LoginGuard,
 }
 
 impl Authenticator {
@@ -73,7 +79,14 @@ impl Authenticator {
             env_keys,
             jwt,
             key_cache: Mutex::new(HashMap::new()),
+            logins: LoginGuard::new(2, 10),
         }
+    }
+
+    /// Bounds password checks: `concurrency` at once, `failures_per_minute` per account.
+    pub fn with_login_limits(mut self, concurrency: usize, failures_per_minute: u32) -> Self {
+        self.logins = LoginGuard::new(concurrency, failures_per_minute);
+        self
     }
 
     /// Authenticates a bearer credential: a JWT (three dot-separated parts) or an API key.
@@ -145,6 +158,11 @@ impl Authenticator {
     }
 
     async fn check_password(&self, username: &str, password: &str) -> Result<Principal, AuthError> {
+        let _turn = self
+            .logins
+            .turn(username)
+            .await
+            .map_err(|t| AuthError::Throttled(t.retry_after_secs))?;
         let user = self.store.get_user(username).await?;
         // Verify against a dummy hash when the user does not exist, so the response time does
         // not tell which user names exist.
@@ -153,15 +171,20 @@ impl Authenticator {
             None => (password::dummy_hash().to_owned(), String::new()),
         };
         let password = password.to_owned();
-        let ok = tokio::task::spawn_blocking(move || password::verify(&password, &hash))
+        let ok = self
+            .logins
+            .run(move || password::verify(&password, &hash))
             .await
-            .map_err(|_| AuthError::Internal)?;
+            .ok_or(AuthError::Internal)?;
         match (ok, user) {
             (true, Some(u)) => Ok(Principal {
                 subject: u.username,
                 role,
             }),
-            _ => Err(AuthError::BadCredentials),
+            _ => {
+                self.logins.failed(username);
+                Err(AuthError::BadCredentials)
+            }
         }
     }
 }

@@ -226,6 +226,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         have: Option<&Bitfield>,
         now_ms: u64,
     ) -> StoreResult<AnnounceOutcome>;
+    /// Forgets that `peer` has the file; `false` when it had not announced it.
+    async fn remove_announce(&self, file: &FileId, peer: &PeerId) -> StoreResult<bool>;
     async fn get_file(&self, id: &FileId, cutoff_ms: u64) -> StoreResult<Option<FileRecord>>;
     async fn list_files(&self, query: &FileQuery) -> StoreResult<Page<FileSummary>>;
     /// Online peers with the file (whole ones first), or `None` for an unknown file. The second
@@ -498,6 +500,19 @@ macro_rules! sql_store_impl {
                 } else {
                     AnnounceOutcome::Existing
                 })
+            }
+
+            async fn remove_announce(
+                &self,
+                file: &p2p_proto::FileId,
+                peer: &p2p_proto::PeerId,
+            ) -> $crate::store::StoreResult<bool> {
+                let done = sqlx::query($crate::store::sql::DELETE_FILE_PEER)
+                    .bind(file.to_string())
+                    .bind(peer.to_string())
+                    .execute(self.writer())
+                    .await?;
+                Ok(done.rows_affected() > 0)
             }
 
             async fn get_file(

@@ -85,6 +85,9 @@ VALUES ($1, $2, $3, $4, $5)
 ON CONFLICT (file_id, peer_id) DO UPDATE SET
     have = excluded.have, chunks_have = excluded.chunks_have, updated_at = excluded.updated_at";
 
+pub(super) const DELETE_FILE_PEER: &str =
+    "DELETE FROM file_peers WHERE file_id = $1 AND peer_id = $2";
+
 /// Seeders and leechers of `f.id` among peers live at cutoff `$n`.
 macro_rules! swarm_counts {
     ($cutoff:literal) => {

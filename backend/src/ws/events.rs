@@ -23,6 +23,8 @@ use crate::error::ApiError;
 
 /// How long a client has to send its token after connecting.
 pub const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest message a client may send (it only ever sends its credentials).
+const MAX_CLIENT_MESSAGE: usize = 8 * 1024;
 /// Pings keep idle connections open through proxies.
 const PING_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -44,26 +46,44 @@ impl EventsApi {
     ) -> Result<WebSocketUpgraded<WsCallback>, ApiError> {
         let state = self.0.clone();
         let principal = super::credentials(&state, req, token.0).await?;
-        let callback: WsCallback =
-            Box::new(move |stream| Box::pin(serve(state, stream, principal)));
-        Ok(ws.on_upgrade(callback))
+        // Without credentials yet, the socket waits for them in the bounded waiting room.
+        let waiting = match principal {
+            Some(_) => None,
+            None => Some(super::waiting_room(&state)?),
+        };
+        let callback: WsCallback = Box::new(move |stream| {
+            Box::pin(async move {
+                serve(state, stream, principal, waiting).await;
+            })
+        });
+        Ok(ws
+            .config(super::socket_config(MAX_CLIENT_MESSAGE))
+            .on_upgrade(callback))
     }
 }
 
-async fn serve(state: Arc<AppState>, stream: WebSocketStream, principal: Option<Principal>) {
+async fn serve(
+    state: Arc<AppState>,
+    stream: WebSocketStream,
+    principal: Option<Principal>,
+    waiting: Option<tokio::sync::OwnedSemaphorePermit>,
+) {
     let (mut tx, mut rx) = stream.split();
     let principal = match principal {
         Some(p) => p,
         None => match first_message_auth(&state, &mut rx).await {
             Ok(p) => p,
             Err(reason) => {
-                let _ = tx
-                    .send(Message::Close(Some((CloseCode::Policy, reason))))
-                    .await;
+                let _ = tokio::time::timeout(
+                    AUTH_TIMEOUT,
+                    tx.send(Message::Close(Some((CloseCode::Policy, reason)))),
+                )
+                .await;
                 return;
             }
         },
     };
+    drop(waiting);
     tracing::debug!(subject = %principal.subject, "event feed client connected");
     state.metrics.ws_clients.inc();
     let (recent, mut events) = state.events.subscribe();

@@ -5,6 +5,8 @@ pub mod punch;
 pub mod relay;
 
 use poem::Request;
+use poem::web::websocket::WebSocketConfig;
+use tokio::sync::OwnedSemaphorePermit;
 
 pub use events::EventsApi;
 pub use relay::{RelayApi, RelayHub, RelayLimits};
@@ -31,5 +33,24 @@ async fn credentials(
             .await?,
         ),
         None => None,
+    })
+}
+
+/// A WebSocket's buffers and caps: messages and frames up to `max_message` bytes, small read
+/// and write buffers, and at most `4 * max_message` bytes waiting to be written.
+fn socket_config(max_message: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(16 * 1024)
+        .write_buffer_size(16 * 1024)
+        .max_write_buffer_size(4 * max_message.max(16 * 1024))
+        .max_message_size(Some(max_message))
+        .max_frame_size(Some(max_message))
+}
+
+/// A place among the sockets waiting to authenticate, or 429 when they are all taken.
+fn waiting_room(state: &AppState) -> Result<OwnedSemaphorePermit, ApiError> {
+    state.pending_auth.clone().try_acquire_owned().map_err(|_| {
+        state.metrics.rate_limited.inc();
+        ApiError::too_many_requests(1)
     })
 }

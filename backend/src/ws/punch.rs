@@ -28,6 +28,9 @@ pub const SESSION_TTL: Duration = Duration::from_secs(30);
 pub const MAX_SESSIONS: usize = 4096;
 /// Sessions one peer may have asked for at once.
 pub const MAX_SESSIONS_PER_PEER: usize = 64;
+/// Sessions the peers of one credential may have asked for at once, so that ids made up
+/// under one API key cannot fill the table.
+pub const MAX_SESSIONS_PER_PRINCIPAL: usize = MAX_SESSIONS / 16;
 
 /// Why a punch cannot be set up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -49,6 +52,8 @@ pub struct Ticket {
 struct Session {
     /// The asker, then the invited peer.
     peers: [PeerId; 2],
+    /// The credential the asker attached with.
+    principal: String,
     /// The asker's request id.
     request: u32,
     addrs: [Option<SocketAddr>; 2],
@@ -98,15 +103,17 @@ impl Rendezvous {
     pub fn open(
         &self,
         asker: PeerId,
+        principal: &str,
         request: u32,
         target: PeerId,
     ) -> Result<[Ticket; 2], PunchRefusal> {
-        self.open_at(asker, request, target, Instant::now())
+        self.open_at(asker, principal, request, target, Instant::now())
     }
 
     fn open_at(
         &self,
         asker: PeerId,
+        principal: &str,
         request: u32,
         target: PeerId,
         now: Instant,
@@ -117,7 +124,15 @@ impl Rendezvous {
         let mut t = self.table.lock().map_err(|_| PunchRefusal::Busy)?;
         expire(&mut t, now);
         let asked = t.sessions.values().filter(|s| s.peers[0] == asker).count();
-        if t.sessions.len() >= MAX_SESSIONS || asked >= MAX_SESSIONS_PER_PEER {
+        let by_principal = t
+            .sessions
+            .values()
+            .filter(|s| s.principal == principal)
+            .count();
+        if t.sessions.len() >= MAX_SESSIONS
+            || asked >= MAX_SESSIONS_PER_PEER
+            || by_principal >= MAX_SESSIONS_PER_PRINCIPAL
+        {
             return Err(PunchRefusal::Busy);
         }
         let session = random16();
@@ -126,6 +141,7 @@ impl Rendezvous {
             session,
             Session {
                 peers: [asker, target],
+                principal: principal.to_owned(),
                 request,
                 addrs: [None, None],
                 created: now,
@@ -252,9 +268,9 @@ mod tests {
     fn both_sides_learn_the_other_address_once() {
         let r = Rendezvous::default();
         let (a, b) = (PeerId([1; 32]), PeerId([2; 32]));
-        assert_eq!(r.open(a, 1, b), Err(PunchRefusal::Disabled));
+        assert_eq!(r.open(a, "k", 1, b), Err(PunchRefusal::Disabled));
         r.enable(8080);
-        let [ta, tb] = r.open(a, 1, b).unwrap();
+        let [ta, tb] = r.open(a, "k", 1, b).unwrap();
         assert_eq!(ta.session, tb.session);
         assert_ne!(ta.token, tb.token);
         assert!(r.bind(&ta.token, addr("203.0.113.5:4000")).is_none());
@@ -289,7 +305,7 @@ mod tests {
         let r = Rendezvous::default();
         r.enable(1);
         let (a, b) = (PeerId([1; 32]), PeerId([2; 32]));
-        let [ta, _] = r.open(a, 7, b).unwrap();
+        let [ta, _] = r.open(a, "k", 7, b).unwrap();
         assert_eq!(r.decline(&ta.session, &a), None, "the asker cannot decline");
         assert_eq!(r.decline(&ta.session, &b), Some((a, 7)));
         assert!(!r.knows(&ta.token));
@@ -302,29 +318,51 @@ mod tests {
         r.enable(1);
         let now = Instant::now();
         let (a, b) = (PeerId([1; 32]), PeerId([2; 32]));
-        let [ta, _] = r.open_at(a, 1, b, now).unwrap();
+        let [ta, _] = r.open_at(a, "k", 1, b, now).unwrap();
         assert!(r.knows(&ta.token));
         let later = now + SESSION_TTL + Duration::from_secs(1);
         assert!(r.bind_at(&ta.token, addr("1.2.3.4:5"), later).is_none());
         assert!(!r.knows(&ta.token));
         assert_eq!(r.sessions(), 0);
         for _ in 0..MAX_SESSIONS_PER_PEER {
-            r.open_at(a, 1, b, later).unwrap();
+            r.open_at(a, "k", 1, b, later).unwrap();
         }
-        assert_eq!(r.open_at(a, 1, b, later), Err(PunchRefusal::Busy));
-        let mut asker = 0u16;
-        while r.sessions() < MAX_SESSIONS {
-            asker += 1;
+        assert_eq!(r.open_at(a, "k", 1, b, later), Err(PunchRefusal::Busy));
+        // Made-up ids under one credential stop at its share of the table.
+        let id = |n: u16| {
             let mut id = [0u8; 32];
-            id[..2].copy_from_slice(&asker.to_be_bytes());
+            id[..2].copy_from_slice(&n.to_be_bytes());
+            PeerId(id)
+        };
+        let mut opened = MAX_SESSIONS_PER_PEER;
+        for n in 1..=(MAX_SESSIONS_PER_PRINCIPAL / MAX_SESSIONS_PER_PEER) as u16 {
             for _ in 0..MAX_SESSIONS_PER_PEER {
-                if r.sessions() < MAX_SESSIONS {
-                    r.open_at(PeerId(id), 1, b, later).unwrap();
+                if r.open_at(id(n), "k", 1, b, later).is_ok() {
+                    opened += 1;
+                }
+            }
+        }
+        assert_eq!(opened, MAX_SESSIONS_PER_PRINCIPAL);
+        assert_eq!(
+            r.open_at(id(999), "k", 1, b, later),
+            Err(PunchRefusal::Busy)
+        );
+        // Other credentials fill the rest, and then the table is full.
+        let mut key = 0u32;
+        while r.sessions() < MAX_SESSIONS {
+            key += 1;
+            let principal = format!("key-{key}");
+            for n in 0..(MAX_SESSIONS_PER_PRINCIPAL / MAX_SESSIONS_PER_PEER) as u16 {
+                for _ in 0..MAX_SESSIONS_PER_PEER {
+                    if r.sessions() < MAX_SESSIONS {
+                        r.open_at(id(1000 + key as u16 * 16 + n), &principal, 1, b, later)
+                            .unwrap();
+                    }
                 }
             }
         }
         assert_eq!(
-            r.open_at(PeerId([0xff; 32]), 1, b, later),
+            r.open_at(PeerId([0xff; 32]), "other", 1, b, later),
             Err(PunchRefusal::Busy)
         );
     }

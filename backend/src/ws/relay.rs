@@ -9,8 +9,14 @@
 //!
 //! Flow control is per stream and enforced here: a side may send [`INITIAL_WINDOW`] bytes plus
 //! what the receiver granted with `Window`; more is a protocol violation that closes the tunnel.
-//! So the hub queues at most one window per stream direction, and a receiver that stops reading
-//! stops its sender. Per-tunnel and total byte limits and an idle timeout close tunnels.
+//! Per-tunnel and total byte limits and an idle timeout close tunnels.
+//!
+//! Fairness: the hub never waits for a peer's queue. Frames for a peer go into its queue at
+//! once or, when it holds more than `max_queued_bytes` (or [`OUTBOUND_QUEUE`] frames), the peer
+//! is dropped as too slow a reader: its own tunnels close, and nobody else waited for it.
+//! One connection holds at most `max_tunnels` tunnels, one credential attaches at most
+//! `max_peers_per_key` ids, empty `Data` and zero `Window` frames are protocol violations, and
+//! tunnel events reach the live feed at most [`TUNNEL_EVENTS_PER_SEC`] a second.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
@@ -24,7 +30,8 @@ use futures_util::{SinkExt, StreamExt};
 use p2p_proto::PeerId;
 use p2p_proto::api::Event;
 use p2p_proto::relay::{
-    CloseCode, INCOMING_STREAM_BIT, INITIAL_WINDOW, RelayFrame, error_code, macs_equal, proof_mac,
+    CloseCode, INCOMING_STREAM_BIT, INITIAL_WINDOW, MAX_RELAY_FRAME_LEN, RelayFrame, error_code,
+    macs_equal, proof_mac,
 };
 use poem::Request;
 use poem::web::websocket::WebSocketUpgraded;
@@ -44,8 +51,10 @@ use crate::ws::punch::{PunchRefusal, Rendezvous, Ticket};
 
 /// How long a peer has to answer the challenge.
 pub const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
-/// Frames queued towards one attached peer before senders to it wait.
-const OUTBOUND_QUEUE: usize = 256;
+/// Frames queued towards one attached peer before it counts as too slow a reader.
+const OUTBOUND_QUEUE: usize = 4096;
+/// Tunnel events published a second at most (with a burst of as many); more are not shown.
+const TUNNEL_EVENTS_PER_SEC: u32 = 50;
 /// Largest grant a receiver may accumulate for one stream.
 const MAX_ALLOWANCE: i64 = 64 * INITIAL_WINDOW as i64;
 
@@ -73,10 +82,17 @@ impl RelayApi {
             .ok_or_else(|| ApiError::from(crate::auth::AuthError::Missing))?;
         tracing::debug!(subject = %principal.subject, peer = %peer_id.0, "relay attach");
         let claimed = peer_id.0;
+        // Until its key proof is checked the socket holds a place in the waiting room.
+        let waiting = super::waiting_room(&state)?;
         let callback: WsCallback = Box::new(move |stream| {
-            Box::pin(async move { state.relay.clone().serve(stream, claimed).await })
+            Box::pin(async move {
+                let hub = state.relay.clone();
+                hub.serve(stream, claimed, principal.subject, waiting).await;
+            })
         });
-        Ok(ws.on_upgrade(callback))
+        Ok(ws
+            .config(super::socket_config(MAX_RELAY_FRAME_LEN))
+            .on_upgrade(callback))
     }
 }
 
@@ -86,6 +102,9 @@ pub struct RelayLimits {
     pub max_tunnel_bytes: u64,
     pub max_total_bytes: u64,
     pub idle: Duration,
+    pub max_tunnels: usize,
+    pub max_peers_per_key: usize,
+    pub max_queued_bytes: u64,
 }
 
 impl From<&RelayArgs> for RelayLimits {
@@ -94,6 +113,9 @@ impl From<&RelayArgs> for RelayLimits {
             max_tunnel_bytes: a.relay_max_tunnel_bytes,
             max_total_bytes: a.relay_max_total_bytes,
             idle: Duration::from_secs(a.relay_idle_secs),
+            max_tunnels: a.relay_max_tunnels as usize,
+            max_peers_per_key: a.relay_max_peers_per_key as usize,
+            max_queued_bytes: a.relay_max_queued_bytes,
         }
     }
 }
@@ -109,6 +131,10 @@ pub struct RelayHub {
     events: EventBus,
     shutdown: CancellationToken,
     started: Instant,
+    /// Attached connections per credential (principal subject).
+    per_key: Mutex<HashMap<String, usize>>,
+    /// Paces tunnel events on the live feed.
+    tunnel_events: governor::DefaultDirectRateLimiter,
     /// Hole-punch sessions coordinated over the attached WebSockets.
     pub punch: Rendezvous,
 }
@@ -118,8 +144,15 @@ pub struct RelayHub {
 struct Conn {
     id: u64,
     peer_id: PeerId,
-    /// Encoded frames and the tunnel bytes in each (for the queued-bytes gauge).
+    /// Who attached it (the credential's subject).
+    principal: String,
+    /// Encoded frames, with the tunnel bytes in each (for the queued-bytes gauge).
     out: mpsc::Sender<(Vec<u8>, i64)>,
+    /// Bytes of frames queued in `out`.
+    queued: AtomicI64,
+    max_queued: i64,
+    /// Fired when the peer reads too slowly to keep up with what is queued for it.
+    slow: CancellationToken,
     routes: Mutex<HashMap<u32, Route>>,
     next_incoming: AtomicU32,
     /// Fired when another attach replaces this one.
@@ -166,21 +199,38 @@ enum Verdict {
 }
 
 impl Conn {
-    /// Queues a frame for this peer, waiting while its queue is full.
+    /// Queues a frame for this peer without waiting. When its queue is full the peer reads
+    /// too slowly: it is dropped (`slow` fires) and the frame with it.
     async fn send(&self, frame: &RelayFrame, metrics: &Metrics) {
-        let queued = match frame {
-            RelayFrame::Data { data, .. } => data.len() as i64,
-            _ => 0,
-        };
-        metrics.relay_queued_bytes.inc_by(queued);
-        if self.out.send((frame.to_vec(), queued)).await.is_err() {
-            metrics.relay_queued_bytes.dec_by(queued);
+        if !self.try_send_metered(frame, metrics) && !self.slow.is_cancelled() {
+            tracing::info!(peer = %self.peer_id, "relay peer reads too slowly; dropping it");
+            self.slow.cancel();
         }
     }
 
+    fn try_send_metered(&self, frame: &RelayFrame, metrics: &Metrics) -> bool {
+        let bytes = frame.to_vec();
+        let len = bytes.len() as i64;
+        let data = match frame {
+            RelayFrame::Data { data, .. } => data.len() as i64,
+            _ => 0,
+        };
+        if self.queued.fetch_add(len, Ordering::AcqRel) + len > self.max_queued {
+            self.queued.fetch_sub(len, Ordering::AcqRel);
+            return false;
+        }
+        metrics.relay_queued_bytes.inc_by(data);
+        if self.out.try_send((bytes, data)).is_err() {
+            self.queued.fetch_sub(len, Ordering::AcqRel);
+            metrics.relay_queued_bytes.dec_by(data);
+            return false;
+        }
+        true
+    }
+
     /// Queues a control frame without waiting; dropped when the peer's queue is full.
-    fn try_send(&self, frame: &RelayFrame) -> bool {
-        self.out.try_send((frame.to_vec(), 0)).is_ok()
+    fn try_send(&self, frame: &RelayFrame, metrics: &Metrics) -> bool {
+        self.try_send_metered(frame, metrics)
     }
 
     fn route(&self, stream: u32) -> Option<Route> {
@@ -189,6 +239,11 @@ impl Conn {
 
     fn take_route(&self, stream: u32) -> Option<Route> {
         self.routes.lock().ok()?.remove(&stream)
+    }
+
+    /// Tunnels open through this connection (opened by it or to it).
+    fn tunnels(&self) -> usize {
+        self.routes.lock().map(|r| r.len()).unwrap_or(usize::MAX)
     }
 }
 
@@ -208,6 +263,11 @@ impl RelayHub {
             events,
             shutdown,
             started: Instant::now(),
+            per_key: Mutex::new(HashMap::new()),
+            tunnel_events: governor::RateLimiter::direct(governor::Quota::per_second(
+                std::num::NonZeroU32::new(TUNNEL_EVENTS_PER_SEC)
+                    .unwrap_or(std::num::NonZeroU32::MIN),
+            )),
             punch: Rendezvous::default(),
         }
     }
@@ -230,7 +290,7 @@ impl RelayHub {
     pub fn try_send_to(&self, peer: &PeerId, frame: &RelayFrame) {
         let conn = self.peers.lock().ok().and_then(|p| p.get(peer).cloned());
         if let Some(conn) = conn
-            && !conn.try_send(frame)
+            && !conn.try_send(frame, &self.metrics)
         {
             tracing::debug!(%peer, "relay queue full; punch frame dropped");
         }
@@ -261,7 +321,7 @@ impl RelayHub {
                 return;
             }
         };
-        let [mine, theirs] = match self.punch.open(conn.peer_id, request, to) {
+        let [mine, theirs] = match self.punch.open(conn.peer_id, &conn.principal, request, to) {
             Ok(t) => t,
             Err(e) => {
                 tracing::debug!(error = %e, "punch refused");
@@ -287,6 +347,21 @@ impl RelayHub {
         conn.send(&bind(request, to, mine), &self.metrics).await;
     }
 
+    /// One of `principal`'s places for an attached peer id, released when dropped; `None` when
+    /// it has them all.
+    fn key_slot(self: &Arc<Self>, principal: &str) -> Option<KeySlot> {
+        let mut per_key = self.per_key.lock().ok()?;
+        let n = per_key.entry(principal.to_owned()).or_insert(0);
+        if *n >= self.limits.max_peers_per_key {
+            return None;
+        }
+        *n += 1;
+        Some(KeySlot {
+            hub: self.clone(),
+            principal: principal.to_owned(),
+        })
+    }
+
     /// Whether `peer` is attached now.
     pub fn is_attached(&self, peer: &PeerId) -> bool {
         self.peers.lock().is_ok_and(|p| p.contains_key(peer))
@@ -297,7 +372,13 @@ impl RelayHub {
     }
 
     /// Runs one WebSocket: the attach proof, then frames until it closes.
-    pub async fn serve(self: Arc<Self>, stream: WebSocketStream, claimed: PeerId) {
+    pub async fn serve(
+        self: Arc<Self>,
+        stream: WebSocketStream,
+        claimed: PeerId,
+        principal: String,
+        waiting: tokio::sync::OwnedSemaphorePermit,
+    ) {
         let (mut sink, mut source) = stream.split();
         let peer_id = match attach(&mut sink, &mut source, claimed).await {
             Ok(id) => id,
@@ -306,18 +387,42 @@ impl RelayHub {
                     code: error_code::BAD_PROOF,
                     message: reason.clone(),
                 };
-                let _ = sink.send(Message::Binary(refusal.to_vec())).await;
-                let _ = sink
-                    .send(Message::Close(Some((WsCloseCode::Policy, reason))))
-                    .await;
+                // A peer that does not read holds up nothing but this task, and not for long.
+                let _ = tokio::time::timeout(ATTACH_TIMEOUT, async {
+                    let _ = sink.send(Message::Binary(refusal.to_vec())).await;
+                    let _ = sink
+                        .send(Message::Close(Some((WsCloseCode::Policy, reason))))
+                        .await;
+                })
+                .await;
                 return;
             }
+        };
+        drop(waiting);
+        let Some(_key_slot) = self.key_slot(&principal) else {
+            let refusal = RelayFrame::Error {
+                code: error_code::PROTOCOL,
+                message: format!(
+                    "this credential has {} peer ids attached already",
+                    self.limits.max_peers_per_key
+                ),
+            };
+            let _ = tokio::time::timeout(ATTACH_TIMEOUT, async {
+                let _ = sink.send(Message::Binary(refusal.to_vec())).await;
+                let _ = sink.close().await;
+            })
+            .await;
+            return;
         };
         let (out, mut outbound) = mpsc::channel::<(Vec<u8>, i64)>(OUTBOUND_QUEUE);
         let conn = Arc::new(Conn {
             id: self.next_conn.fetch_add(1, Ordering::Relaxed),
             peer_id,
+            principal,
             out,
+            queued: AtomicI64::new(0),
+            max_queued: i64::try_from(self.limits.max_queued_bytes).unwrap_or(i64::MAX),
+            slow: CancellationToken::new(),
             routes: Mutex::new(HashMap::new()),
             next_incoming: AtomicU32::new(0),
             replaced: CancellationToken::new(),
@@ -337,14 +442,19 @@ impl RelayHub {
 
         // The writer: drains the queue into the WebSocket.
         let metrics = self.metrics.clone();
+        let writer_conn = Arc::downgrade(&conn);
         let writer = tokio::spawn(async move {
             let first = RelayFrame::Attached.to_vec();
             if sink.send(Message::Binary(first)).await.is_err() {
                 return sink;
             }
-            while let Some((bytes, queued)) = outbound.recv().await {
+            while let Some((bytes, data)) = outbound.recv().await {
+                let len = bytes.len() as i64;
                 let sent = sink.send(Message::Binary(bytes)).await;
-                metrics.relay_queued_bytes.dec_by(queued);
+                metrics.relay_queued_bytes.dec_by(data);
+                if let Some(c) = writer_conn.upgrade() {
+                    c.queued.fetch_sub(len, Ordering::AcqRel);
+                }
                 if sent.is_err() {
                     break;
                 }
@@ -356,9 +466,11 @@ impl RelayHub {
         let mut sweep = tokio::time::interval(sweep_every);
         sweep.tick().await;
         let replaced = conn.replaced.clone();
+        let slow = conn.slow.clone();
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => break,
+                _ = slow.cancelled() => break,
                 _ = replaced.cancelled() => {
                     conn.send(&RelayFrame::Error {
                         code: error_code::REPLACED,
@@ -429,7 +541,13 @@ impl RelayHub {
                     // Late data for a stream the hub already closed: dropped.
                     return;
                 };
-                match self.account(&route, data.len()) {
+                // An empty frame carries nothing but would cost a forward: not allowed.
+                let verdict = if data.is_empty() {
+                    Verdict::Close(CloseCode::ProtocolViolation)
+                } else {
+                    self.account(&route, data.len())
+                };
+                match verdict {
                     Verdict::Forward => {
                         route
                             .peer
@@ -453,7 +571,7 @@ impl RelayHub {
                 };
                 let after =
                     route.grant.fetch_add(i64::from(credit), Ordering::AcqRel) + i64::from(credit);
-                if after > MAX_ALLOWANCE {
+                if credit == 0 || after > MAX_ALLOWANCE {
                     self.close_tunnel(
                         conn,
                         stream,
@@ -518,12 +636,16 @@ impl RelayHub {
             .ok()
             .and_then(|p| p.get(&to).cloned())
             .filter(|t| t.peer_id != conn.peer_id);
-        let over_budget = self.limits.max_total_bytes > 0
-            && self.relayed.load(Ordering::Relaxed) >= self.limits.max_total_bytes;
+        let over_budget = (self.limits.max_total_bytes > 0
+            && self.relayed.load(Ordering::Relaxed) >= self.limits.max_total_bytes)
+            || conn.tunnels() >= self.limits.max_tunnels
+            || target
+                .as_ref()
+                .is_some_and(|t| t.tunnels() >= self.limits.max_tunnels);
         let target = match target {
             Some(t) if !over_budget => t,
-            _ => {
-                let code = if over_budget {
+            found => {
+                let code = if found.is_some() || over_budget {
                     CloseCode::LimitExceeded
                 } else {
                     CloseCode::UnknownPeer
@@ -569,10 +691,12 @@ impl RelayHub {
             );
         }
         self.metrics.relay_tunnels.inc();
-        self.events.publish(Event::TunnelOpened {
-            from: conn.peer_id,
-            to,
-        });
+        if self.tunnel_events.check().is_ok() {
+            self.events.publish(Event::TunnelOpened {
+                from: conn.peer_id,
+                to,
+            });
+        }
         target
             .send(
                 &RelayFrame::Incoming {
@@ -635,6 +759,9 @@ impl RelayHub {
         if !route.tunnel.closed.swap(true, Ordering::AcqRel) {
             self.metrics.relay_tunnels.dec();
             let reason = near_code.unwrap_or(far_code).to_string();
+            if self.tunnel_events.check().is_err() {
+                return;
+            }
             self.events.publish(Event::TunnelClosed {
                 from: route.tunnel.opener,
                 to: route.tunnel.target,
@@ -663,6 +790,25 @@ impl RelayHub {
         for stream in idle {
             self.close_tunnel(conn, stream, Some(CloseCode::Idle), CloseCode::Idle)
                 .await;
+        }
+    }
+}
+
+/// A credential's place for one attached peer id.
+struct KeySlot {
+    hub: Arc<RelayHub>,
+    principal: String,
+}
+
+impl Drop for KeySlot {
+    fn drop(&mut self) {
+        if let Ok(mut per_key) = self.hub.per_key.lock()
+            && let Some(n) = per_key.get_mut(&self.principal)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                per_key.remove(&self.principal);
+            }
         }
     }
 }

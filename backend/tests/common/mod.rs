@@ -127,6 +127,7 @@ pub fn serve_args() -> ServeArgs {
         udp_addr: None,
         metrics_addr: None,
         relay: Default::default(),
+        guard: Default::default(),
     }
 }
 

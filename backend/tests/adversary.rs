@@ -1,0 +1,1060 @@
+//! The tracker under attack (issue #18): one test per attack, over real sockets on loopback,
+//! in bounded loops. Each asserts that the tracker's memory grows by less than a documented
+//! bound, that `/health` answers within 100 ms while the attack runs, and that the honest
+//! action still works.
+//!
+//! The tests share one process, so they run one at a time (`SERIAL`) and memory is the
+//! process's resident set. To measure another tracker instead (e.g. an older build for a
+//! before/after table), set `P2P_ADVERSARY_URL=http://127.0.0.1:PORT` and
+//! `P2P_ADVERSARY_PID=<its pid>`; it must accept the API key and admin password of
+//! `common`. Then each test prints its figures (`FIGURE …`) and asserts nothing.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use p2p_tracker::config::ServeArgs;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// One attack at a time: memory is measured for the whole process.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const MIB: u64 = 1024 * 1024;
+/// How fast `/health` must answer during an attack.
+const HEALTH_WITHIN: Duration = Duration::from_millis(100);
+
+/// The tracker under attack: one started here, or an external one.
+struct Target {
+    base: String,
+    addr: SocketAddr,
+    /// The external tracker's process, whose memory is measured.
+    pid: Option<u32>,
+    local: Option<(TestTracker, TestDb)>,
+}
+
+impl Target {
+    async fn start(args: ServeArgs) -> Self {
+        if let Ok(base) = std::env::var("P2P_ADVERSARY_URL") {
+            let addr = base
+                .trim_start_matches("http://")
+                .trim_end_matches('/')
+                .parse()
+                .expect("P2P_ADVERSARY_URL is http://IP:PORT");
+            let pid = std::env::var("P2P_ADVERSARY_PID")
+                .ok()
+                .and_then(|p| p.parse().ok());
+            return Self {
+                base,
+                addr,
+                pid,
+                local: None,
+            };
+        }
+        let db = TestDb::sqlite();
+        let t = TestTracker::start(&db, args).await;
+        Self {
+            base: t.base.clone(),
+            addr: t.tracker.addr,
+            pid: None,
+            local: Some((t, db)),
+        }
+    }
+
+    fn external(&self) -> bool {
+        self.local.is_none()
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Resident memory of the tracker's process.
+    fn rss(&self) -> u64 {
+        let path = match self.pid {
+            Some(pid) => format!("/proc/{pid}/status"),
+            None => "/proc/self/status".to_owned(),
+        };
+        let status = std::fs::read_to_string(path).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    }
+
+    async fn stop(self) {
+        if let Some((t, db)) = self.local {
+            t.stop().await;
+            db.cleanup().await;
+        }
+    }
+}
+
+/// Samples memory and `/health` latency (a fresh connection each time) until stopped. Each
+/// round asks twice and keeps the faster answer: the machine running the tests is shared, and
+/// one request descheduled for a moment says nothing about the tracker; a tracker that is slow
+/// during the attack is slow both times.
+struct Watch {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<(u64, Duration, u32)>,
+    base_rss: u64,
+}
+
+impl Watch {
+    fn start(target: &Target) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let base_rss = target.rss();
+        let (pid, url) = (target.pid, target.url("/health"));
+        let rss = move || {
+            Target {
+                base: String::new(),
+                addr: "127.0.0.1:1".parse().unwrap(),
+                pid,
+                local: None,
+            }
+            .rss()
+        };
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let (mut peak, mut slowest, mut failures) = (0u64, Duration::ZERO, 0u32);
+            while !flag.load(Ordering::Relaxed) {
+                peak = peak.max(rss());
+                let mut best = Duration::MAX;
+                let mut ok = false;
+                for _ in 0..2 {
+                    let client = reqwest::Client::builder()
+                        .pool_max_idle_per_host(0)
+                        .build()
+                        .unwrap();
+                    let started = Instant::now();
+                    let answer =
+                        tokio::time::timeout(Duration::from_secs(5), client.get(&url).send()).await;
+                    if matches!(&answer, Ok(Ok(r)) if r.status() == 200) {
+                        ok = true;
+                        best = best.min(started.elapsed());
+                    }
+                }
+                if ok {
+                    slowest = slowest.max(best);
+                } else {
+                    failures += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            (peak.max(rss()), slowest, failures)
+        });
+        Self {
+            stop,
+            task,
+            base_rss,
+        }
+    }
+
+    /// Stops, prints the figures and, for a tracker started here, checks them.
+    async fn finish(self, target: &Target, attack: &str, max_growth: u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        let (peak, slowest, failures) = self.task.await.unwrap();
+        let growth = peak.saturating_sub(self.base_rss);
+        println!(
+            "FIGURE attack={attack} rss_growth_mib={:.1} health_max_ms={} health_failures={failures}",
+            growth as f64 / MIB as f64,
+            slowest.as_millis()
+        );
+        if target.external() {
+            return;
+        }
+        assert!(
+            growth < max_growth,
+            "{attack}: memory grew {} MiB (bound {} MiB)",
+            growth / MIB,
+            max_growth / MIB
+        );
+        assert_eq!(failures, 0, "{attack}: /health failed during the attack");
+        assert!(
+            slowest < HEALTH_WITHIN,
+            "{attack}: /health took {slowest:?} during the attack"
+        );
+    }
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+/// Registers a peer and announces a small file with the API key: the honest action.
+async fn honest_announce(target: &Target) {
+    let c = http();
+    let peer = peer_id();
+    let resp = c
+        .post(target.url("/api/peers/register"))
+        .header("X-API-Key", KEY)
+        .json(&json!({"peer_id": peer, "addresses": ["127.0.0.1"], "port": 7000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "honest register");
+    let m = manifest("honest.bin", &content(100_000, 7));
+    let resp = c
+        .post(target.url("/api/files/announce"))
+        .header("X-API-Key", KEY)
+        .json(&json!({"peer_id": peer, "file": m}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "honest announce");
+}
+
+/// Reads until the peer closes (or `within` passes); whether it closed.
+async fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_bodies_cost_nothing_before_authentication() {
+    let _serial = SERIAL.lock().await;
+    within(60, async {
+        let mut args = serve_args();
+        args.max_body_bytes = 64 * MIB as usize;
+        let target = Target::start(args).await;
+        let watch = Watch::start(&target);
+        // 24 sockets, each streaming up to 16 MiB of chunked body to an authenticated route
+        // without credentials. The tracker answers 401 without reading; a tracker that
+        // buffers bodies first holds 24 × 16 MiB.
+        let sent = Arc::new(AtomicU64::new(0));
+        let attackers: Vec<_> = (0..24)
+            .map(|_| {
+                let (addr, sent) = (target.addr, sent.clone());
+                tokio::spawn(async move {
+                    let mut s = TcpStream::connect(addr).await.unwrap();
+                    let head = "POST /api/files/announce HTTP/1.1\r\nHost: t\r\n\
+                                Content-Type: application/json\r\n\
+                                Transfer-Encoding: chunked\r\n\r\n";
+                    if s.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    let mut chunk = b"10000\r\n".to_vec();
+                    chunk.extend(std::iter::repeat_n(b' ', 0x10000));
+                    chunk.extend(b"\r\n");
+                    for _ in 0..256 {
+                        let write = s.write_all(&chunk);
+                        match tokio::time::timeout(Duration::from_secs(2), write).await {
+                            Ok(Ok(())) => sent.fetch_add(0x10000, Ordering::Relaxed),
+                            _ => return,
+                        };
+                    }
+                })
+            })
+            .collect();
+        for a in attackers {
+            a.await.unwrap();
+        }
+        honest_announce(&target).await;
+        watch
+            .finish(&target, "chunked-body-before-auth", 32 * MIB)
+            .await;
+        println!(
+            "FIGURE chunked-body-before-auth sent_mib={}",
+            sent.load(Ordering::Relaxed) / MIB
+        );
+        target.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authenticated_chunked_body_is_cut_at_the_cap_while_streaming() {
+    let _serial = SERIAL.lock().await;
+    within(60, async {
+        let mut args = serve_args();
+        args.max_body_bytes = MIB as usize;
+        let target = Target::start(args).await;
+        if target.external() {
+            return target.stop().await;
+        }
+        let watch = Watch::start(&target);
+        let mut s = TcpStream::connect(target.addr).await.unwrap();
+        let head = format!(
+            "POST /api/files/announce HTTP/1.1\r\nHost: t\r\nX-API-Key: {KEY}\r\n\
+             Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        let mut chunk = b"10000\r\n".to_vec();
+        chunk.extend(std::iter::repeat_n(b' ', 0x10000));
+        chunk.extend(b"\r\n");
+        for _ in 0..64 {
+            if s.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+        let mut answer = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer[..n]);
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+        assert!(answer.contains("payload_too_large"), "{answer}");
+        honest_announce(&target).await;
+        watch
+            .finish(&target, "chunked-body-over-cap", 16 * MIB)
+            .await;
+        target.stop().await;
+    })
+    .await;
+}
+
+/// A WebSocket handshake on a raw socket; the socket, upgraded (or not: the status line).
+async fn raw_ws(addr: SocketAddr, path: &str) -> (TcpStream, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "GET {path} HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") && got.len() < 8192 {
+        if s.read(&mut byte).await.unwrap_or(0) == 0 {
+            break;
+        }
+        got.push(byte[0]);
+    }
+    let status = String::from_utf8_lossy(&got)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    (s, status)
+}
+
+/// A masked client frame (mask key zero, so the payload goes as is).
+fn ws_frame(first: bool, fin: bool, payload: &[u8]) -> Vec<u8> {
+    let opcode = if first { 0x2 } else { 0x0 };
+    let mut f = vec![if fin { 0x80 } else { 0 } | opcode];
+    f.push(0x80 | 126);
+    f.extend((payload.len() as u16).to_be_bytes());
+    f.extend([0, 0, 0, 0]);
+    f.extend(payload);
+    f
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_websockets_cannot_send_big_messages() {
+    let _serial = SERIAL.lock().await;
+    within(60, async {
+        let target = Target::start(serve_args()).await;
+        let watch = Watch::start(&target);
+        // 12 sockets without credentials, each sending a 16 MiB first message in 60 000-byte
+        // fragments. The feed takes 8 KiB messages; an uncapped one buffers them all.
+        let attackers: Vec<_> = (0..12)
+            .map(|_| {
+                let addr = target.addr;
+                tokio::spawn(async move {
+                    let (mut s, status) = raw_ws(addr, "/ws").await;
+                    assert!(status.contains("101"), "{status}");
+                    let payload = vec![b'x'; 60_000];
+                    for i in 0..280 {
+                        let frame = ws_frame(i == 0, false, &payload);
+                        let write = s.write_all(&frame);
+                        match tokio::time::timeout(Duration::from_secs(2), write).await {
+                            Ok(Ok(())) => {}
+                            _ => return,
+                        }
+                    }
+                })
+            })
+            .collect();
+        for a in attackers {
+            a.await.unwrap();
+        }
+        // The honest client: the feed with a token.
+        let (mut ws, _) =
+            tokio_tungstenite::connect_async(format!("ws://{}/ws?token={KEY}", target.addr))
+                .await
+                .unwrap();
+        use futures_util::StreamExt;
+        let hello = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(hello.to_text().unwrap().contains("hello"));
+        watch
+            .finish(&target, "ws-fragmented-first-message", 32 * MIB)
+            .await;
+        target.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockets_waiting_to_authenticate_are_capped() {
+    let _serial = SERIAL.lock().await;
+    within(60, async {
+        let mut args = serve_args();
+        args.guard.max_pending_auth = 64;
+        let target = Target::start(args).await;
+        let watch = Watch::start(&target);
+        let mut waiting = Vec::new();
+        let mut refused = 0;
+        for _ in 0..200 {
+            let (s, status) = raw_ws(target.addr, "/ws").await;
+            if status.contains("101") {
+                waiting.push(s);
+            } else {
+                assert!(status.contains("429"), "{status}");
+                refused += 1;
+            }
+        }
+        println!(
+            "FIGURE pending-auth-cap waiting={} refused={refused}",
+            waiting.len()
+        );
+        if !target.external() {
+            assert_eq!(waiting.len(), 64);
+        }
+        // Credentials in the URL need no waiting room.
+        let (_ws, _) =
+            tokio_tungstenite::connect_async(format!("ws://{}/ws?token={KEY}", target.addr))
+                .await
+                .unwrap();
+        watch.finish(&target, "ws-pending-auth", 16 * MIB).await;
+        target.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_guessing_is_bounded_and_throttled() {
+    let _serial = SERIAL.lock().await;
+    within(90, async {
+        let target = Target::start(serve_args()).await;
+        let watch = Watch::start(&target);
+        // 150 concurrent wrong passwords for one account. Each check is argon2id (19 MiB);
+        // unbounded, they all run at once.
+        let c = http();
+        let guesses: Vec<_> = (0..150)
+            .map(|i| {
+                let (c, url) = (c.clone(), target.url("/api/auth/login"));
+                tokio::spawn(async move {
+                    c.post(url)
+                        .json(&json!({"username": ADMIN, "password": format!("guess {i}")}))
+                        .send()
+                        .await
+                        .map(|r| r.status().as_u16())
+                        .unwrap_or(0)
+                })
+            })
+            .collect();
+        let mut statuses = Vec::new();
+        for g in guesses {
+            statuses.push(g.await.unwrap());
+        }
+        let throttled = statuses.iter().filter(|s| **s == 429).count();
+        println!(
+            "FIGURE login-flood throttled={throttled} refused={}",
+            statuses.iter().filter(|s| **s == 401).count()
+        );
+        // Other accounts and API keys still log in.
+        let resp = c
+            .post(target.url("/api/auth/login"))
+            .json(&json!({"api_key": KEY}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        // Two argon2 checks at a time hold 2 × 19 MiB; what the allocator keeps around them
+        // measured about 200 MiB here (2.9 GiB unbounded, issue #18).
+        watch.finish(&target, "login-flood", 256 * MIB).await;
+        if !target.external() {
+            assert!(throttled >= 100, "{statuses:?}");
+            assert!(
+                statuses.iter().all(|s| *s == 401 || *s == 429),
+                "{statuses:?}"
+            );
+        }
+        target.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_silent_connections_are_closed() {
+    let _serial = SERIAL.lock().await;
+    within(60, async {
+        let mut args = serve_args();
+        args.guard.header_timeout_secs = 1;
+        let target = Target::start(args).await;
+        let watch = Watch::start(&target);
+        // 300 sockets sending a request head one byte at a time, 100 saying nothing.
+        let window = 8;
+        let attackers: Vec<_> = (0..400)
+            .map(|i| {
+                let addr = target.addr;
+                tokio::spawn(async move {
+                    let mut s = TcpStream::connect(addr).await.unwrap();
+                    let started = Instant::now();
+                    if i >= 300 {
+                        return closed_within(&mut s, Duration::from_secs(window)).await;
+                    }
+                    let head = b"GET /api/stats HTTP/1.1\r\nHost: t\r\nX-Padding: ";
+                    for byte in head.iter().chain(std::iter::repeat(&b'a')) {
+                        if started.elapsed() > Duration::from_secs(window) {
+                            return false;
+                        }
+                        if s.write_all(&[*byte]).await.is_err()
+                            || closed_within(&mut s, Duration::from_millis(250)).await
+                        {
+                            return true;
+                        }
+                    }
+                    false
+                })
+            })
+            .collect();
+        let (mut closed, mut silent_closed) = (0, 0);
+        for (i, a) in attackers.into_iter().enumerate() {
+            let c = usize::from(a.await.unwrap());
+            closed += c;
+            silent_closed += if i >= 300 { c } else { 0 };
+        }
+        println!("FIGURE slowloris closed={closed}/400 silent_closed={silent_closed}/100 within_s={window}");
+        honest_announce(&target).await;
+        watch.finish(&target, "slowloris", 16 * MIB).await;
+        if !target.external() {
+            // On a loaded machine (the test's own 400 sockets share two cores with the
+            // tracker and other builds) one in a hundred was seen still open at the end of the
+            // window; a tracker without the timeout leaves them all open.
+            assert!(silent_closed >= 98, "silent sockets left open: {}", 100 - silent_closed);
+            assert!(closed >= 392, "slow sockets left open: {}", 400 - closed);
+        }
+        target.stop().await;
+    })
+    .await;
+}
+
+/// CPU time (user + system) of this process.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 (11 and 12 after the command name), in 1/100 s.
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_cap_wait_without_spinning() {
+    let _serial = SERIAL.lock().await;
+    within(60, async {
+        let mut args = serve_args();
+        args.guard.max_connections = 32;
+        args.guard.header_timeout_secs = 1;
+        let target = Target::start(args).await;
+        if target.external() {
+            return target.stop().await;
+        }
+        let mut held = Vec::new();
+        for _ in 0..96 {
+            held.push(TcpStream::connect(target.addr).await.unwrap());
+        }
+        let before = cpu_time();
+        let started = Instant::now();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let busy =
+            cpu_time().saturating_sub(before).as_secs_f64() / started.elapsed().as_secs_f64();
+        println!("FIGURE connection-cap cpu_share={busy:.2}");
+        assert!(
+            busy < 0.5,
+            "the server spins at the cap: {busy:.2} of a core"
+        );
+        // The silent sockets time out slot by slot; honest work then goes through.
+        drop(held);
+        honest_announce(&target).await;
+        target.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_forwarded_for_entries_do_not_dodge_the_rate_limit() {
+    let _serial = SERIAL.lock().await;
+    within(30, async {
+        let mut args = serve_args();
+        args.trust_proxy = true;
+        args.rate_limit_rps = 1;
+        args.rate_limit_burst = Some(3);
+        let target = Target::start(args).await;
+        let c = http();
+        let mut limited = 0;
+        for i in 0..20 {
+            let resp = c
+                .get(target.url("/api/stats"))
+                .header("X-API-Key", KEY)
+                // What the client wrote, then what the (one) trusted proxy appended.
+                .header("X-Forwarded-For", format!("10.9.{i}.1, 192.0.2.7"))
+                .send()
+                .await
+                .unwrap();
+            limited += usize::from(resp.status() == 429);
+        }
+        println!("FIGURE forwarded-for-rotation limited={limited}/20");
+        if !target.external() {
+            assert!(limited >= 15, "only {limited} of 20 were limited");
+            // Another client behind the proxy is not.
+            let resp = c
+                .get(target.url("/api/stats"))
+                .header("X-API-Key", KEY)
+                .header("X-Forwarded-For", "192.0.2.8")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+        }
+        target.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_scrapes_share_one_query_a_second_and_can_need_a_token() {
+    let _serial = SERIAL.lock().await;
+    within(30, async {
+        let mut args = serve_args();
+        args.guard.metrics_token = Some("scrape-secret".into());
+        let target = Target::start(args).await;
+        if target.external() {
+            return target.stop().await;
+        }
+        let c = http();
+        let scrape = || async {
+            c.get(target.url("/metrics"))
+                .bearer_auth("scrape-secret")
+                .send()
+                .await
+                .unwrap()
+        };
+        let total = |text: &str| {
+            text.lines()
+                .find(|l| l.starts_with("p2p_tracker_peers "))
+                .and_then(|l| l.split_whitespace().last())
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap()
+        };
+        let first = total(&scrape().await.text().await.unwrap());
+        // A burst of scrapes is cheap: at most one stats query a second.
+        let watch = Watch::start(&target);
+        let burst: Vec<_> = (0..200)
+            .map(|_| {
+                let (c, url) = (c.clone(), target.url("/metrics"));
+                tokio::spawn(async move {
+                    c.get(url)
+                        .bearer_auth("scrape-secret")
+                        .send()
+                        .await
+                        .unwrap()
+                        .status()
+                })
+            })
+            .collect();
+        for b in burst {
+            assert_eq!(b.await.unwrap(), 200);
+        }
+        watch
+            .finish(&target, "metrics-scrape-burst", 32 * MIB)
+            .await;
+        // The figure is cached: a new peer shows up only once the second has passed.
+        honest_announce(&target).await;
+        let started = Instant::now();
+        let mut seen = first;
+        while seen == first && started.elapsed() < Duration::from_secs(5) {
+            seen = total(&scrape().await.text().await.unwrap());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(seen, first + 1);
+        // Without the token: 401.
+        let resp = c.get(target.url("/metrics")).send().await.unwrap();
+        assert_error(resp, 401, "unauthorized").await;
+        target.stop().await;
+    })
+    .await;
+}
+
+mod relay {
+    //! Attacks on the relay hub, with raw relay clients.
+
+    use super::*;
+    use curve25519_dalek::montgomery::MontgomeryPoint;
+    use futures_util::{SinkExt, StreamExt};
+    use p2p_proto::PeerId;
+    use p2p_proto::relay::{CloseCode, RelayFrame, proof_mac};
+    use tokio_tungstenite::tungstenite::Message;
+
+    type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
+    /// A peer's static key, from a seed.
+    pub fn identity(seed: u64) -> ([u8; 32], PeerId) {
+        // Not in the first byte: clamping clears its low bits.
+        let mut secret = [7u8; 32];
+        secret[8..16].copy_from_slice(&seed.to_le_bytes());
+        (
+            secret,
+            PeerId(MontgomeryPoint::mul_base_clamped(secret).to_bytes()),
+        )
+    }
+
+    pub async fn next(ws: &mut Ws) -> Option<RelayFrame> {
+        loop {
+            match ws.next().await? {
+                Ok(Message::Binary(b)) => return RelayFrame::decode(b).ok(),
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => continue,
+            }
+        }
+    }
+
+    pub async fn send(ws: &mut Ws, frame: &RelayFrame) -> bool {
+        ws.send(Message::Binary(frame.to_vec().into()))
+            .await
+            .is_ok()
+    }
+
+    /// Attaches as the peer of `seed`; the socket and what the hub said after the proof.
+    pub async fn attach(addr: SocketAddr, seed: u64) -> (Ws, Option<RelayFrame>) {
+        let (secret, id) = identity(seed);
+        let url = format!("ws://{addr}/relay?peer_id={id}&token={KEY}");
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        let Some(RelayFrame::Challenge { server_key, nonce }) = next(&mut ws).await else {
+            panic!("no challenge");
+        };
+        let shared = MontgomeryPoint(server_key).mul_clamped(secret).to_bytes();
+        let mac = proof_mac(&shared, &server_key, &nonce, &id);
+        send(&mut ws, &RelayFrame::Proof { peer_id: id, mac }).await;
+        let answer = next(&mut ws).await;
+        (ws, answer)
+    }
+
+    /// Opens a stream from `a` to `b`, sends `payload` and checks that `b` gets it.
+    pub async fn honest_tunnel(a: &mut Ws, b: &mut Ws, to: PeerId, stream: u32) {
+        send(a, &RelayFrame::Open { stream, to }).await;
+        let data = bytes::Bytes::from_static(b"honest bytes");
+        send(
+            a,
+            &RelayFrame::Data {
+                stream,
+                data: data.clone(),
+            },
+        )
+        .await;
+        let mut far = None;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), next(b))
+                .await
+                .unwrap()
+            {
+                Some(RelayFrame::Incoming { stream, .. }) => far = Some(stream),
+                Some(RelayFrame::Data { stream, data: got }) if Some(stream) == far => {
+                    assert_eq!(got, data);
+                    return;
+                }
+                Some(_) => {}
+                None => panic!("the honest peer's relay connection closed"),
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flood_of_opens_is_capped_per_connection() {
+        let _serial = SERIAL.lock().await;
+        within(60, async {
+            let target = Target::start(serve_args()).await;
+            if target.external() {
+                return target.stop().await;
+            }
+            let (mut victim, _) = attach(target.addr, 1).await;
+            let (mut attacker, _) = attach(target.addr, 2).await;
+            let victim_id = identity(1).1;
+            let (mut feed, _) =
+                tokio_tungstenite::connect_async(format!("ws://{}/ws?token={KEY}", target.addr))
+                    .await
+                    .unwrap();
+            let watch = Watch::start(&target);
+            // 100 000 Opens on one connection (the issue sent a million): one tunnel each,
+            // and an event each to every feed client, without a cap.
+            let sender = tokio::spawn(async move {
+                for stream in 0..100_000u32 {
+                    if !send(
+                        &mut attacker,
+                        &RelayFrame::Open {
+                            stream,
+                            to: victim_id,
+                        },
+                    )
+                    .await
+                    {
+                        break;
+                    }
+                }
+                attacker
+            });
+            let mut attacker = sender.await.unwrap();
+            // Drain what the victim got (Incoming for the tunnels that opened).
+            let mut incoming = 0;
+            while let Ok(Some(frame)) =
+                tokio::time::timeout(Duration::from_millis(300), next(&mut victim)).await
+            {
+                incoming += usize::from(matches!(frame, RelayFrame::Incoming { .. }));
+            }
+            let tunnels = target
+                .local
+                .as_ref()
+                .unwrap()
+                .0
+                .tracker
+                .state
+                .metrics
+                .relay_tunnels
+                .get();
+            println!("FIGURE relay-open-flood tunnels={tunnels} incoming={incoming}");
+            assert!(tunnels <= 64, "{tunnels} tunnels open");
+            // Events on the feed are paced.
+            let mut events = 0;
+            while let Ok(Some(Ok(_))) =
+                tokio::time::timeout(Duration::from_millis(300), feed.next()).await
+            {
+                events += 1;
+            }
+            assert!(events < 400, "{events} events reached the feed");
+            // Honest peers still tunnel.
+            let (mut a, _) = attach(target.addr, 3).await;
+            let (mut b, _) = attach(target.addr, 4).await;
+            honest_tunnel(&mut a, &mut b, identity(4).1, 1).await;
+            let _ = send(
+                &mut attacker,
+                &RelayFrame::Close {
+                    stream: 0,
+                    code: CloseCode::Gone,
+                },
+            )
+            .await;
+            watch.finish(&target, "relay-open-flood", 64 * MIB).await;
+            target.stop().await;
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reader_that_stops_stalls_nobody_else() {
+        let _serial = SERIAL.lock().await;
+        within(60, async {
+            let target = Target::start(serve_args()).await;
+            if target.external() {
+                return target.stop().await;
+            }
+            let (mut sender, _) = attach(target.addr, 11).await;
+            let (_stalled, _) = attach(target.addr, 12).await; // never read again
+            let (mut honest, _) = attach(target.addr, 13).await;
+            let watch = Watch::start(&target);
+            // Fill the stalled peer: eight streams of a full window each (64 MiB).
+            let stalled_id = identity(12).1;
+            let chunk = bytes::Bytes::from(vec![0u8; 64 * 1024]);
+            for stream in 0..8u32 {
+                send(
+                    &mut sender,
+                    &RelayFrame::Open {
+                        stream,
+                        to: stalled_id,
+                    },
+                )
+                .await;
+                for _ in 0..128 {
+                    let data = chunk.clone();
+                    if !send(&mut sender, &RelayFrame::Data { stream, data }).await {
+                        break;
+                    }
+                }
+            }
+            // The same sender's tunnel to an honest peer still carries bytes at once.
+            honest_tunnel(&mut sender, &mut honest, identity(13).1, 100).await;
+            watch.finish(&target, "relay-slow-reader", 64 * MIB).await;
+            target.stop().await;
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_key_attaches_a_bounded_number_of_ids() {
+        let _serial = SERIAL.lock().await;
+        within(60, async {
+            let mut args = serve_args();
+            args.relay.relay_max_peers_per_key = 16;
+            let target = Target::start(args).await;
+            if target.external() {
+                return target.stop().await;
+            }
+            let watch = Watch::start(&target);
+            let mut held = Vec::new();
+            let mut refused = 0;
+            for seed in 100..140 {
+                let (ws, answer) = attach(target.addr, seed).await;
+                match answer {
+                    Some(RelayFrame::Attached) => held.push(ws),
+                    _ => refused += 1,
+                }
+            }
+            println!(
+                "FIGURE relay-ids-per-key attached={} refused={refused}",
+                held.len()
+            );
+            assert_eq!(held.len(), 16);
+            // Once one leaves, another may attach.
+            drop(held.pop());
+            let mut attached = false;
+            for _ in 0..50 {
+                if matches!(attach(target.addr, 200).await.1, Some(RelayFrame::Attached)) {
+                    attached = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert!(attached);
+            watch.finish(&target, "relay-ids-per-key", 32 * MIB).await;
+            target.stop().await;
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn empty_data_frames_close_their_tunnel() {
+        let _serial = SERIAL.lock().await;
+        within(60, async {
+            let target = Target::start(serve_args()).await;
+            if target.external() {
+                return target.stop().await;
+            }
+            let (mut a, _) = attach(target.addr, 21).await;
+            let (mut b, _) = attach(target.addr, 22).await;
+            send(
+                &mut a,
+                &RelayFrame::Open {
+                    stream: 1,
+                    to: identity(22).1,
+                },
+            )
+            .await;
+            let empty = bytes::Bytes::new();
+            send(
+                &mut a,
+                &RelayFrame::Data {
+                    stream: 1,
+                    data: empty,
+                },
+            )
+            .await;
+            let closed = loop {
+                match tokio::time::timeout(Duration::from_secs(5), next(&mut a))
+                    .await
+                    .unwrap()
+                {
+                    Some(RelayFrame::Close { stream: 1, code }) => break code,
+                    Some(_) => {}
+                    None => panic!("connection closed"),
+                }
+            };
+            assert_eq!(closed, CloseCode::ProtocolViolation);
+            honest_tunnel(&mut a, &mut b, identity(22).1, 3).await;
+            target.stop().await;
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_announce_stores_a_bounded_manifest() {
+    let _serial = SERIAL.lock().await;
+    within(60, async {
+        let mut args = serve_args();
+        args.guard.max_file_bytes = 1 << 30;
+        args.max_body_bytes = 64 * MIB as usize;
+        let target = Target::start(args).await;
+        let c = http();
+        let peer = peer_id();
+        c.post(target.url("/api/peers/register"))
+            .header("X-API-Key", KEY)
+            .json(&json!({"peer_id": peer, "addresses": ["127.0.0.1"], "port": 7000}))
+            .send()
+            .await
+            .unwrap();
+        let watch = Watch::start(&target);
+        // 200 000 chunks of 16 MiB (3.2 TiB), as in the issue: a 13 MB body.
+        let hashes: Vec<String> = (0..200_000u32)
+            .map(|i| format!("{:064x}", u128::from(i) + 1))
+            .collect();
+        let chain: Vec<&String> = hashes.iter().skip(1).collect();
+        let body = json!({
+            "peer_id": peer,
+            "file": {
+                "id": "ab".repeat(32),
+                "name": "huge.bin",
+                "size": 200_000u64 * (16 << 20),
+                "chunk_size": 16 << 20,
+                "chunk_hashes": hashes,
+                "merkle_root": "cd".repeat(32),
+                "chain": chain,
+            }
+        });
+        let resp = c
+            .post(target.url("/api/files/announce"))
+            .header("X-API-Key", KEY)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        println!("FIGURE huge-manifest status={status}");
+        // The same size in protocol chunks is over this tracker's file size limit.
+        let mut m = manifest("big.bin", &content(10, 1));
+        m.size = 2 << 30;
+        let resp = c
+            .post(target.url("/api/files/announce"))
+            .header("X-API-Key", KEY)
+            .json(&json!({"peer_id": peer, "file": m}))
+            .send()
+            .await
+            .unwrap();
+        if !target.external() {
+            assert_eq!(status, 400);
+            let msg = assert_error(resp, 400, "bad_request").await;
+            assert!(msg.contains("at most"), "{msg}");
+        }
+        honest_announce(&target).await;
+        // An authenticated 27 MB body is read and parsed before its chunk size is refused:
+        // bounded by --max-body-bytes, not by the manifest it claims.
+        watch.finish(&target, "huge-manifest", 256 * MIB).await;
+        target.stop().await;
+    })
+    .await;
+}
