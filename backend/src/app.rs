@@ -409,10 +409,21 @@ pub async fn start(
     }
     .fitted_to_fd_limit();
     let grace = opts.shutdown_grace;
+    let spawn_server = |listener, app| {
+        tokio::spawn(crate::server::serve(
+            listener,
+            app,
+            limits,
+            shutdown.clone(),
+            grace,
+        ))
+    };
     let (metrics_addr, metrics_server) = match metrics_app {
         Some((at, app)) => {
-            let (addr, server) = serve_metrics(at, app, limits, &shutdown, grace).await?;
-            (Some(addr), Some(server))
+            let listener = tokio::net::TcpListener::bind(at).await?;
+            let at = listener.local_addr()?;
+            tracing::info!(addr = %at, "/metrics listening");
+            (Some(at), Some(spawn_server(listener, app)))
         }
         None => (None, None),
     };
@@ -420,13 +431,7 @@ pub async fn start(
         shutdown.cancel(); // stops the metrics listener, if any
         return Err(e);
     }
-    let server = tokio::spawn(crate::server::serve(
-        listener,
-        app,
-        limits,
-        shutdown.clone(),
-        grace,
-    ));
+    let server = spawn_server(listener, app);
     Ok(RunningTracker {
         addr,
         metrics_addr,
@@ -457,27 +462,6 @@ fn split_metrics(
         .boxed();
     let metrics = Route::new().at("/metrics", app).boxed();
     (main, Some((at, metrics)))
-}
-
-/// Binds the metrics listener and serves `app` on it until `shutdown`.
-async fn serve_metrics(
-    at: SocketAddr,
-    app: BoxEndpoint<'static>,
-    limits: crate::server::ConnectionLimits,
-    shutdown: &CancellationToken,
-    grace: Duration,
-) -> Result<(SocketAddr, JoinHandle<std::io::Result<()>>), StartError> {
-    let listener = tokio::net::TcpListener::bind(at).await?;
-    let addr = listener.local_addr()?;
-    tracing::info!(%addr, "/metrics listening");
-    let server = tokio::spawn(crate::server::serve(
-        listener,
-        app,
-        limits,
-        shutdown.clone(),
-        grace,
-    ));
-    Ok((addr, server))
 }
 
 /// Binds the hole-punch rendezvous (by default on the HTTP address and port, over UDP). Only an

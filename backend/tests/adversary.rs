@@ -190,6 +190,28 @@ fn http() -> reqwest::Client {
 }
 
 /// Registers a peer and announces a small file with the API key: the honest action.
+/// Runs one attack (alone: memory is measured for the whole process) against a tracker started
+/// with `args`, within `secs` seconds, and stops the tracker after it.
+async fn attack(secs: u64, args: ServeArgs, run: impl AsyncFnOnce(&Target)) {
+    let _serial = SERIAL.lock().await;
+    within(secs, async {
+        let target = Target::start(args).await;
+        run(&target).await;
+        target.stop().await;
+    })
+    .await;
+}
+
+/// [`attack`] for attacks measured only in process: skipped against an external tracker.
+async fn in_process(secs: u64, args: ServeArgs, run: impl AsyncFnOnce(&Target)) {
+    attack(secs, args, async |target| {
+        if !target.external() {
+            run(target).await;
+        }
+    })
+    .await;
+}
+
 async fn honest_announce(target: &Target) {
     let c = http();
     let peer = peer_id();
@@ -227,12 +249,10 @@ async fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunked_bodies_cost_nothing_before_authentication() {
-    let _serial = SERIAL.lock().await;
-    within(60, async {
-        let mut args = serve_args();
-        args.max_body_bytes = 64 * MIB as usize;
-        let target = Target::start(args).await;
-        let watch = Watch::start(&target);
+    let mut args = serve_args();
+    args.max_body_bytes = 64 * MIB as usize;
+    attack(60, args, async |target| {
+        let watch = Watch::start(target);
         // 24 sockets, each streaming up to 16 MiB of chunked body to an authenticated route
         // without credentials. The tracker answers 401 without reading; a tracker that
         // buffers bodies first holds 24 × 16 MiB.
@@ -264,30 +284,24 @@ async fn chunked_bodies_cost_nothing_before_authentication() {
         for a in attackers {
             a.await.unwrap();
         }
-        honest_announce(&target).await;
+        honest_announce(target).await;
         watch
-            .finish(&target, "chunked-body-before-auth", 32 * MIB)
+            .finish(target, "chunked-body-before-auth", 32 * MIB)
             .await;
         println!(
             "FIGURE chunked-body-before-auth sent_mib={}",
             sent.load(Ordering::Relaxed) / MIB
         );
-        target.stop().await;
     })
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_authenticated_chunked_body_is_cut_at_the_cap_while_streaming() {
-    let _serial = SERIAL.lock().await;
-    within(60, async {
-        let mut args = serve_args();
-        args.max_body_bytes = MIB as usize;
-        let target = Target::start(args).await;
-        if target.external() {
-            return target.stop().await;
-        }
-        let watch = Watch::start(&target);
+    let mut args = serve_args();
+    args.max_body_bytes = MIB as usize;
+    in_process(60, args, async |target| {
+        let watch = Watch::start(target);
         let mut s = TcpStream::connect(target.addr).await.unwrap();
         let head = format!(
             "POST /api/files/announce HTTP/1.1\r\nHost: t\r\nX-API-Key: {KEY}\r\n\
@@ -310,11 +324,10 @@ async fn an_authenticated_chunked_body_is_cut_at_the_cap_while_streaming() {
         let answer = String::from_utf8_lossy(&answer[..n]);
         assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
         assert!(answer.contains("payload_too_large"), "{answer}");
-        honest_announce(&target).await;
+        honest_announce(target).await;
         watch
-            .finish(&target, "chunked-body-over-cap", 16 * MIB)
+            .finish(target, "chunked-body-over-cap", 16 * MIB)
             .await;
-        target.stop().await;
     })
     .await;
 }
@@ -356,10 +369,8 @@ fn ws_frame(first: bool, fin: bool, payload: &[u8]) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unauthenticated_websockets_cannot_send_big_messages() {
-    let _serial = SERIAL.lock().await;
-    within(60, async {
-        let target = Target::start(serve_args()).await;
-        let watch = Watch::start(&target);
+    attack(60, serve_args(), async |target| {
+        let watch = Watch::start(target);
         // 12 sockets without credentials, each sending a 16 MiB first message in 60 000-byte
         // fragments. The feed takes 8 KiB messages; an uncapped one buffers them all.
         let attackers: Vec<_> = (0..12)
@@ -396,21 +407,18 @@ async fn unauthenticated_websockets_cannot_send_big_messages() {
             .unwrap();
         assert!(hello.to_text().unwrap().contains("hello"));
         watch
-            .finish(&target, "ws-fragmented-first-message", 32 * MIB)
+            .finish(target, "ws-fragmented-first-message", 32 * MIB)
             .await;
-        target.stop().await;
     })
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sockets_waiting_to_authenticate_are_capped() {
-    let _serial = SERIAL.lock().await;
-    within(60, async {
-        let mut args = serve_args();
-        args.guard.max_pending_auth = 64;
-        let target = Target::start(args).await;
-        let watch = Watch::start(&target);
+    let mut args = serve_args();
+    args.guard.max_pending_auth = 64;
+    attack(60, args, async |target| {
+        let watch = Watch::start(target);
         let mut waiting = Vec::new();
         let mut refused = 0;
         for _ in 0..200 {
@@ -434,18 +442,15 @@ async fn sockets_waiting_to_authenticate_are_capped() {
             tokio_tungstenite::connect_async(format!("ws://{}/ws?token={KEY}", target.addr))
                 .await
                 .unwrap();
-        watch.finish(&target, "ws-pending-auth", 16 * MIB).await;
-        target.stop().await;
+        watch.finish(target, "ws-pending-auth", 16 * MIB).await;
     })
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn password_guessing_is_bounded_and_throttled() {
-    let _serial = SERIAL.lock().await;
-    within(90, async {
-        let target = Target::start(serve_args()).await;
-        let watch = Watch::start(&target);
+    attack(90, serve_args(), async |target| {
+        let watch = Watch::start(target);
         // 150 concurrent wrong passwords for one account. Each check is argon2id (19 MiB);
         // unbounded, they all run at once.
         let c = http();
@@ -481,7 +486,7 @@ async fn password_guessing_is_bounded_and_throttled() {
         assert_eq!(resp.status(), 200);
         // Two argon2 checks at a time hold 2 × 19 MiB; what the allocator keeps around them
         // measured about 200 MiB here (2.9 GiB unbounded, issue #18).
-        watch.finish(&target, "login-flood", 256 * MIB).await;
+        watch.finish(target, "login-flood", 256 * MIB).await;
         if !target.external() {
             assert!(throttled >= 100, "{statuses:?}");
             assert!(
@@ -489,19 +494,16 @@ async fn password_guessing_is_bounded_and_throttled() {
                 "{statuses:?}"
             );
         }
-        target.stop().await;
     })
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_and_silent_connections_are_closed() {
-    let _serial = SERIAL.lock().await;
-    within(60, async {
-        let mut args = serve_args();
-        args.guard.header_timeout_secs = 1;
-        let target = Target::start(args).await;
-        let watch = Watch::start(&target);
+    let mut args = serve_args();
+    args.guard.header_timeout_secs = 1;
+    attack(60, args, async |target| {
+        let watch = Watch::start(target);
         // 300 sockets sending a request head one byte at a time, 100 saying nothing.
         let window = 8;
         let attackers: Vec<_> = (0..400)
@@ -535,8 +537,8 @@ async fn slow_and_silent_connections_are_closed() {
             silent_closed += if i >= 300 { c } else { 0 };
         }
         println!("FIGURE slowloris closed={closed}/400 silent_closed={silent_closed}/100 within_s={window}");
-        honest_announce(&target).await;
-        watch.finish(&target, "slowloris", 16 * MIB).await;
+        honest_announce(target).await;
+        watch.finish(target, "slowloris", 16 * MIB).await;
         if !target.external() {
             // On a loaded machine (the test's own 400 sockets share two cores with the
             // tracker and other builds) one in a hundred was seen still open at the end of the
@@ -544,7 +546,6 @@ async fn slow_and_silent_connections_are_closed() {
             assert!(silent_closed >= 98, "silent sockets left open: {}", 100 - silent_closed);
             assert!(closed >= 392, "slow sockets left open: {}", 400 - closed);
         }
-        target.stop().await;
     })
     .await;
 }
@@ -568,15 +569,10 @@ fn cpu_time() -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_the_cap_wait_without_spinning() {
-    let _serial = SERIAL.lock().await;
-    within(60, async {
-        let mut args = serve_args();
-        args.guard.max_connections = 32;
-        args.guard.header_timeout_secs = 1;
-        let target = Target::start(args).await;
-        if target.external() {
-            return target.stop().await;
-        }
+    let mut args = serve_args();
+    args.guard.max_connections = 32;
+    args.guard.header_timeout_secs = 1;
+    in_process(60, args, async |target| {
         let mut held = Vec::new();
         for _ in 0..96 {
             held.push(TcpStream::connect(target.addr).await.unwrap());
@@ -593,21 +589,18 @@ async fn connections_over_the_cap_wait_without_spinning() {
         );
         // The silent sockets time out slot by slot; honest work then goes through.
         drop(held);
-        honest_announce(&target).await;
-        target.stop().await;
+        honest_announce(target).await;
     })
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_forwarded_for_entries_do_not_dodge_the_rate_limit() {
-    let _serial = SERIAL.lock().await;
-    within(30, async {
-        let mut args = serve_args();
-        args.trust_proxy = true;
-        args.rate_limit_rps = 1;
-        args.rate_limit_burst = Some(3);
-        let target = Target::start(args).await;
+    let mut args = serve_args();
+    args.trust_proxy = true;
+    args.rate_limit_rps = 1;
+    args.rate_limit_burst = Some(3);
+    attack(30, args, async |target| {
         let c = http();
         let mut limited = 0;
         for i in 0..20 {
@@ -634,21 +627,15 @@ async fn forged_forwarded_for_entries_do_not_dodge_the_rate_limit() {
                 .unwrap();
             assert_eq!(resp.status(), 200);
         }
-        target.stop().await;
     })
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_scrapes_share_one_query_a_second_and_can_need_a_token() {
-    let _serial = SERIAL.lock().await;
-    within(30, async {
-        let mut args = serve_args();
-        args.guard.metrics_token = Some("scrape-secret".into());
-        let target = Target::start(args).await;
-        if target.external() {
-            return target.stop().await;
-        }
+    let mut args = serve_args();
+    args.guard.metrics_token = Some("scrape-secret".into());
+    in_process(30, args, async |target| {
         let c = http();
         let scrape = || async {
             c.get(target.url("/metrics"))
@@ -666,7 +653,7 @@ async fn metrics_scrapes_share_one_query_a_second_and_can_need_a_token() {
         };
         let first = total(&scrape().await.text().await.unwrap());
         // A burst of scrapes is cheap: at most one stats query a second.
-        let watch = Watch::start(&target);
+        let watch = Watch::start(target);
         let burst: Vec<_> = (0..200)
             .map(|_| {
                 let (c, url) = (c.clone(), target.url("/metrics"));
@@ -683,11 +670,9 @@ async fn metrics_scrapes_share_one_query_a_second_and_can_need_a_token() {
         for b in burst {
             assert_eq!(b.await.unwrap(), 200);
         }
-        watch
-            .finish(&target, "metrics-scrape-burst", 32 * MIB)
-            .await;
+        watch.finish(target, "metrics-scrape-burst", 32 * MIB).await;
         // The figure is cached: a new peer shows up only once the second has passed.
-        honest_announce(&target).await;
+        honest_announce(target).await;
         let started = Instant::now();
         let mut seen = first;
         while seen == first && started.elapsed() < Duration::from_secs(5) {
@@ -698,7 +683,6 @@ async fn metrics_scrapes_share_one_query_a_second_and_can_need_a_token() {
         // Without the token: 401.
         let resp = c.get(target.url("/metrics")).send().await.unwrap();
         assert_error(resp, 401, "unauthorized").await;
-        target.stop().await;
     })
     .await;
 }
@@ -788,12 +772,7 @@ mod relay {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_flood_of_opens_is_capped_per_connection() {
-        let _serial = SERIAL.lock().await;
-        within(60, async {
-            let target = Target::start(serve_args()).await;
-            if target.external() {
-                return target.stop().await;
-            }
+        in_process(60, serve_args(), async |target| {
             let (mut victim, _) = attach(target.addr, 1).await;
             let (mut attacker, _) = attach(target.addr, 2).await;
             let victim_id = identity(1).1;
@@ -801,7 +780,7 @@ mod relay {
                 tokio_tungstenite::connect_async(format!("ws://{}/ws?token={KEY}", target.addr))
                     .await
                     .unwrap();
-            let watch = Watch::start(&target);
+            let watch = Watch::start(target);
             // 100 000 Opens on one connection (the issue sent a million): one tunnel each,
             // and an event each to every feed client, without a cap.
             let sender = tokio::spawn(async move {
@@ -860,24 +839,18 @@ mod relay {
                 },
             )
             .await;
-            watch.finish(&target, "relay-open-flood", 64 * MIB).await;
-            target.stop().await;
+            watch.finish(target, "relay-open-flood", 64 * MIB).await;
         })
         .await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_reader_that_stops_stalls_nobody_else() {
-        let _serial = SERIAL.lock().await;
-        within(60, async {
-            let target = Target::start(serve_args()).await;
-            if target.external() {
-                return target.stop().await;
-            }
+        in_process(60, serve_args(), async |target| {
             let (mut sender, _) = attach(target.addr, 11).await;
             let (_stalled, _) = attach(target.addr, 12).await; // never read again
             let (mut honest, _) = attach(target.addr, 13).await;
-            let watch = Watch::start(&target);
+            let watch = Watch::start(target);
             // Fill the stalled peer: eight streams of a full window each (64 MiB).
             let stalled_id = identity(12).1;
             let chunk = bytes::Bytes::from(vec![0u8; 64 * 1024]);
@@ -899,23 +872,17 @@ mod relay {
             }
             // The same sender's tunnel to an honest peer still carries bytes at once.
             honest_tunnel(&mut sender, &mut honest, identity(13).1, 100).await;
-            watch.finish(&target, "relay-slow-reader", 64 * MIB).await;
-            target.stop().await;
+            watch.finish(target, "relay-slow-reader", 64 * MIB).await;
         })
         .await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn one_key_attaches_a_bounded_number_of_ids() {
-        let _serial = SERIAL.lock().await;
-        within(60, async {
-            let mut args = serve_args();
-            args.relay.relay_max_peers_per_key = 16;
-            let target = Target::start(args).await;
-            if target.external() {
-                return target.stop().await;
-            }
-            let watch = Watch::start(&target);
+        let mut args = serve_args();
+        args.relay.relay_max_peers_per_key = 16;
+        in_process(60, args, async |target| {
+            let watch = Watch::start(target);
             let mut held = Vec::new();
             let mut refused = 0;
             for seed in 100..140 {
@@ -941,20 +908,14 @@ mod relay {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             assert!(attached);
-            watch.finish(&target, "relay-ids-per-key", 32 * MIB).await;
-            target.stop().await;
+            watch.finish(target, "relay-ids-per-key", 32 * MIB).await;
         })
         .await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn empty_data_frames_close_their_tunnel() {
-        let _serial = SERIAL.lock().await;
-        within(60, async {
-            let target = Target::start(serve_args()).await;
-            if target.external() {
-                return target.stop().await;
-            }
+        in_process(60, serve_args(), async |target| {
             let (mut a, _) = attach(target.addr, 21).await;
             let (mut b, _) = attach(target.addr, 22).await;
             send(
@@ -986,7 +947,6 @@ mod relay {
             };
             assert_eq!(closed, CloseCode::ProtocolViolation);
             honest_tunnel(&mut a, &mut b, identity(22).1, 3).await;
-            target.stop().await;
         })
         .await;
     }
@@ -994,12 +954,10 @@ mod relay {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_announce_stores_a_bounded_manifest() {
-    let _serial = SERIAL.lock().await;
-    within(60, async {
-        let mut args = serve_args();
-        args.guard.max_file_bytes = 1 << 30;
-        args.max_body_bytes = 64 * MIB as usize;
-        let target = Target::start(args).await;
+    let mut args = serve_args();
+    args.guard.max_file_bytes = 1 << 30;
+    args.max_body_bytes = 64 * MIB as usize;
+    attack(60, args, async |target| {
         let c = http();
         let peer = peer_id();
         c.post(target.url("/api/peers/register"))
@@ -1008,7 +966,7 @@ async fn an_announce_stores_a_bounded_manifest() {
             .send()
             .await
             .unwrap();
-        let watch = Watch::start(&target);
+        let watch = Watch::start(target);
         // 200 000 chunks of 16 MiB (3.2 TiB), as in the issue: a 13 MB body.
         let hashes: Vec<String> = (0..200_000u32)
             .map(|i| format!("{:064x}", u128::from(i) + 1))
@@ -1050,11 +1008,10 @@ async fn an_announce_stores_a_bounded_manifest() {
             let msg = assert_error(resp, 400, "bad_request").await;
             assert!(msg.contains("at most"), "{msg}");
         }
-        honest_announce(&target).await;
+        honest_announce(target).await;
         // An authenticated 27 MB body is read and parsed before its chunk size is refused:
         // bounded by --max-body-bytes, not by the manifest it claims.
-        watch.finish(&target, "huge-manifest", 256 * MIB).await;
-        target.stop().await;
+        watch.finish(target, "huge-manifest", 256 * MIB).await;
     })
     .await;
 }
