@@ -25,7 +25,7 @@ use p2p_peer::net::relay::{self, RelayConfig, RelayStream};
 use p2p_peer::net::secure::{self, Outbox, Role, SecureReader};
 use p2p_peer::storage::{ChunkBuf, Library, manifest_for_file};
 use p2p_proto::wire::MAX_MANIFEST_FRAME_LEN;
-use p2p_proto::{Manifest, PeerId};
+use p2p_proto::{CHUNK_SIZE, Manifest, PeerId};
 use tokio::io::ReadHalf;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -619,7 +619,7 @@ async fn the_tracker_cannot_make_a_peer_dial_local_addresses() {
             .await
             .unwrap();
         let data = support::content(100_000, 3);
-        let manifest = Manifest::of_bytes("bait.bin", &data, 16 * 1024).unwrap();
+        let manifest = Manifest::of_bytes("bait.bin", &data, CHUNK_SIZE).unwrap();
         client
             .announce(&AnnounceRequest {
                 peer_id: fake,
