@@ -14,6 +14,7 @@ use crate::net::relay::RelayStatus;
 use crate::node::Peer;
 use crate::shell::{self, ShellCommand};
 use crate::storage::safe_file_name;
+use crate::tracker_client::SessionStatus;
 
 mod prompt;
 
@@ -180,14 +181,14 @@ fn status(peer: &Peer) {
     let complete = files.iter().filter(|(_, h)| h.is_complete()).count();
     println!("peer id    {}", peer.node.identity.peer_id());
     println!("listening  {}", peer.node.addr);
-    println!(
-        "tracker    {}",
-        if peer.session.is_registered() {
-            "registered"
-        } else {
-            "not reachable (retrying)"
-        }
-    );
+    let tracker = match peer.session.status() {
+        SessionStatus::Registered => "registered",
+        // At start, or again after the tracker forgot this peer (retrying while unreachable).
+        SessionStatus::Registering => "registering",
+        SessionStatus::Retrying => "not reachable (retrying)",
+        SessionStatus::Stopped => "stopped",
+    };
+    println!("tracker    {tracker}");
     match &peer.node.dht {
         Some(dht) => println!("dht        udp {}", dht.local_addr()),
         None => println!("dht        off"),
