@@ -188,3 +188,25 @@ impl Authenticator {
         }
     }
 }
+
+/// Checks an `X-API-Key` value or an `Authorization` header.
+pub async fn authenticate(
+    auth: &Authenticator,
+    api_key: Option<&str>,
+    authorization: Option<&str>,
+) -> Result<Principal, AuthError> {
+    if let Some(key) = api_key {
+        return auth.authenticate_key(key).await;
+    }
+    let Some(value) = authorization else {
+        return Err(AuthError::Missing);
+    };
+    match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
+            auth.authenticate_bearer(token).await
+        }
+        _ => Err(AuthError::InvalidToken(
+            "the Authorization header must be 'Bearer <token>'".into(),
+        )),
+    }
+}
