@@ -19,8 +19,8 @@
 //! tunnel events reach the live feed at most [`TUNNEL_EVENTS_PER_SEC`] a second.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -31,6 +31,7 @@ use p2p_proto::api::Event;
 use p2p_proto::relay::{
     CloseCode, INCOMING_STREAM_BIT, INITIAL_WINDOW, RelayFrame, error_code, macs_equal, proof_mac,
 };
+use parking_lot::Mutex;
 use poem::web::websocket::{CloseCode as WsCloseCode, Message, WebSocketStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -189,16 +190,16 @@ impl Conn {
     }
 
     fn route(&self, stream: u32) -> Option<Route> {
-        self.routes.lock().ok()?.get(&stream).cloned()
+        self.routes.lock().get(&stream).cloned()
     }
 
     fn take_route(&self, stream: u32) -> Option<Route> {
-        self.routes.lock().ok()?.remove(&stream)
+        self.routes.lock().remove(&stream)
     }
 
     /// Tunnels open through this connection (opened by it or to it).
     fn tunnels(&self) -> usize {
-        self.routes.lock().map(|r| r.len()).unwrap_or(usize::MAX)
+        self.routes.lock().len()
     }
 }
 
@@ -233,7 +234,7 @@ impl RelayHub {
 
     /// Queues `frame` for `peer` when it is attached.
     pub async fn send_to(&self, peer: &PeerId, frame: &RelayFrame) {
-        let conn = self.peers.lock().ok().and_then(|p| p.get(peer).cloned());
+        let conn = self.peers.lock().get(peer).cloned();
         if let Some(conn) = conn {
             conn.send(frame, &self.metrics).await;
         }
@@ -243,7 +244,7 @@ impl RelayHub {
     /// WebSocket must not hold up the caller (the rendezvous serves every punch on one task).
     /// The frame is dropped when its queue is full; that punch then times out.
     pub fn try_send_to(&self, peer: &PeerId, frame: &RelayFrame) {
-        let conn = self.peers.lock().ok().and_then(|p| p.get(peer).cloned());
+        let conn = self.peers.lock().get(peer).cloned();
         if let Some(conn) = conn
             && !conn.try_send(frame, &self.metrics)
         {
@@ -254,7 +255,7 @@ impl RelayHub {
     /// A punch request: both peers get their ticket, or the asker hears why not.
     async fn punch_request(&self, conn: &Arc<Conn>, request: u32, to: PeerId) {
         self.metrics.punch_requests.inc();
-        let target = self.peers.lock().ok().and_then(|p| p.get(&to).cloned());
+        let target = self.peers.lock().get(&to).cloned();
         let (target, udp_port) = match (target, self.punch.udp_port()) {
             (Some(t), Some(port)) if request != 0 && to != conn.peer_id => (t, port),
             (None, _) => {
@@ -305,7 +306,7 @@ impl RelayHub {
     /// One of `principal`'s places for an attached peer id, released when dropped; `None` when
     /// it has them all.
     fn key_slot(self: &Arc<Self>, principal: &str) -> Option<KeySlot> {
-        let mut per_key = self.per_key.lock().ok()?;
+        let mut per_key = self.per_key.lock();
         let n = per_key.entry(principal.to_owned()).or_insert(0);
         if *n >= self.limits.max_peers_per_key {
             return None;
@@ -319,7 +320,7 @@ impl RelayHub {
 
     /// Whether `peer` is attached now.
     pub fn is_attached(&self, peer: &PeerId) -> bool {
-        self.peers.lock().is_ok_and(|p| p.contains_key(peer))
+        self.peers.lock().contains_key(peer)
     }
 
     fn now_ms(&self) -> u64 {
@@ -382,11 +383,7 @@ impl RelayHub {
             next_incoming: AtomicU32::new(0),
             replaced: CancellationToken::new(),
         });
-        let previous = self
-            .peers
-            .lock()
-            .ok()
-            .and_then(|mut p| p.insert(peer_id, conn.clone()));
+        let previous = self.peers.lock().insert(peer_id, conn.clone());
         if let Some(old) = previous {
             old.replaced.cancel();
         } else {
@@ -454,27 +451,20 @@ impl RelayHub {
         }
 
         // Detach: end every tunnel of this connection, then stop writing.
-        let routes: Vec<u32> = conn
-            .routes
-            .lock()
-            .map(|r| r.keys().copied().collect())
-            .unwrap_or_default();
+        let routes: Vec<u32> = conn.routes.lock().keys().copied().collect();
         for stream in routes {
             self.close_tunnel(&conn, stream, None, CloseCode::Gone)
                 .await;
         }
-        let still_us = self
-            .peers
-            .lock()
-            .map(|mut p| {
-                if p.get(&peer_id).is_some_and(|c| c.id == conn.id) {
-                    p.remove(&peer_id);
-                    true
-                } else {
-                    false
-                }
-            })
-            .unwrap_or(false);
+        let still_us = {
+            let mut p = self.peers.lock();
+            if p.get(&peer_id).is_some_and(|c| c.id == conn.id) {
+                p.remove(&peer_id);
+                true
+            } else {
+                false
+            }
+        };
         if still_us {
             self.metrics.relay_connections.dec();
             self.events.publish(Event::RelayDisconnected { peer_id });
@@ -588,8 +578,8 @@ impl RelayHub {
         let target = self
             .peers
             .lock()
-            .ok()
-            .and_then(|p| p.get(&to).cloned())
+            .get(&to)
+            .cloned()
             .filter(|t| t.peer_id != conn.peer_id);
         let over_budget = (self.limits.max_total_bytes > 0
             && self.relayed.load(Ordering::Relaxed) >= self.limits.max_total_bytes)
@@ -621,7 +611,8 @@ impl RelayHub {
         });
         let near_allowance = Arc::new(AtomicI64::new(i64::from(INITIAL_WINDOW)));
         let far_allowance = Arc::new(AtomicI64::new(i64::from(INITIAL_WINDOW)));
-        if let Ok(mut r) = conn.routes.lock() {
+        {
+            let mut r = conn.routes.lock();
             r.insert(
                 stream,
                 Route {
@@ -633,7 +624,8 @@ impl RelayHub {
                 },
             );
         }
-        if let Ok(mut r) = target.routes.lock() {
+        {
+            let mut r = target.routes.lock();
             r.insert(
                 far,
                 Route {
@@ -732,16 +724,12 @@ impl RelayHub {
         let idle: Vec<u32> = conn
             .routes
             .lock()
-            .map(|r| {
-                r.iter()
-                    .filter(|(_, route)| {
-                        now.saturating_sub(route.tunnel.last_active_ms.load(Ordering::Relaxed))
-                            >= idle_ms
-                    })
-                    .map(|(s, _)| *s)
-                    .collect()
+            .iter()
+            .filter(|(_, route)| {
+                now.saturating_sub(route.tunnel.last_active_ms.load(Ordering::Relaxed)) >= idle_ms
             })
-            .unwrap_or_default();
+            .map(|(s, _)| *s)
+            .collect();
         for stream in idle {
             self.close_tunnel(conn, stream, Some(CloseCode::Idle), CloseCode::Idle)
                 .await;
@@ -757,9 +745,8 @@ struct KeySlot {
 
 impl Drop for KeySlot {
     fn drop(&mut self) {
-        if let Ok(mut per_key) = self.hub.per_key.lock()
-            && let Some(n) = per_key.get_mut(&self.principal)
-        {
+        let mut per_key = self.hub.per_key.lock();
+        if let Some(n) = per_key.get_mut(&self.principal) {
             *n = n.saturating_sub(1);
             if *n == 0 {
                 per_key.remove(&self.principal);
