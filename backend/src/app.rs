@@ -31,6 +31,16 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("cannot listen: {0}")]
     Io(#[from] std::io::Error),
+    #[error("cannot bind the UDP rendezvous on {at}")]
+    Rendezvous {
+        at: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot create the admin user from P2P_ADMIN_USER")]
+    AdminPassword(#[from] password::HashError),
+    #[error("the password hashing task failed")]
+    Task(#[from] tokio::task::JoinError),
     #[error("{0}")]
     Config(String),
 }
@@ -145,10 +155,7 @@ async fn ensure_admin(store: &dyn Store, serve: &ServeArgs, now_ms: u64) -> Resu
         return Ok(());
     }
     let pass = pass.clone();
-    let hash = tokio::task::spawn_blocking(move || password::hash(&pass))
-        .await
-        .map_err(|e| StartError::Config(e.to_string()))?
-        .map_err(|e| StartError::Config(e.to_string()))?;
+    let hash = tokio::task::spawn_blocking(move || password::hash(&pass)).await??;
     let record = UserRecord {
         username: user.clone(),
         password_hash: hash,
@@ -511,10 +518,8 @@ async fn start_rendezvous(
     };
     let socket = match tokio::net::UdpSocket::bind(at).await {
         Ok(s) => s,
-        Err(e) if configured.is_some() => {
-            return Err(StartError::Config(format!(
-                "cannot bind the UDP rendezvous on {at}: {e}"
-            )));
+        Err(source) if configured.is_some() => {
+            return Err(StartError::Rendezvous { at, source });
         }
         Err(e) => {
             tracing::warn!(%at, error = %e, "hole punching off: cannot bind the UDP rendezvous");
