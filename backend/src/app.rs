@@ -1,4 +1,5 @@
-//! Assembles the tracker: state, routes, middleware, background tasks, and the server.
+//! Assembles the tracker: state, routes (the REST API and the WebSocket endpoints, here and
+//! nowhere else), middleware, background tasks, and the server.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -6,18 +7,21 @@ use std::time::{Duration, Instant};
 
 use poem::endpoint::BoxEndpoint;
 use poem::{Endpoint, EndpointExt, IntoResponse, Route};
+use poem_openapi::OpenApiService;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::api;
 use crate::auth::{Authenticator, JwtKeys, keys, password};
 use crate::clock::Clock;
 use crate::config::{Database, DbArgs, ServeArgs, UdpAddr};
 use crate::events::EventBus;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimit;
+use crate::relay::{RelayHub, RelayLimits};
+use crate::state::AppState;
 use crate::store::{PgStore, SqliteStore, Store, StoreError, UserRecord};
 use crate::swarm::{Swarm, SwarmConfig};
-use crate::ws::{RelayHub, RelayLimits};
 
 /// Why the tracker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -27,27 +31,18 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("cannot listen: {0}")]
     Io(#[from] std::io::Error),
+    #[error("cannot bind the UDP rendezvous on {at}")]
+    Rendezvous {
+        at: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot create the admin user from P2P_ADMIN_USER")]
+    AdminPassword(#[from] password::HashError),
+    #[error("the password hashing task failed")]
+    Task(#[from] tokio::task::JoinError),
     #[error("{0}")]
     Config(String),
-}
-
-/// What every handler can reach.
-#[derive(Debug)]
-pub struct AppState {
-    pub swarm: Arc<Swarm>,
-    pub auth: Arc<Authenticator>,
-    pub metrics: Arc<Metrics>,
-    pub events: EventBus,
-    /// The relay hub behind `/relay`.
-    pub relay: Arc<RelayHub>,
-    /// Trusted reverse proxies in front of the tracker (`--trust-proxy`), if any.
-    pub trust_proxy: Option<u8>,
-    /// What `/metrics` asks for (`--metrics-token`), if anything.
-    pub metrics_token: Option<String>,
-    /// WebSockets still waiting for credentials or a key proof (one permit each).
-    pub pending_auth: Arc<tokio::sync::Semaphore>,
-    /// Cancelled when the tracker shuts down; long-lived connections watch it.
-    pub shutdown: CancellationToken,
 }
 
 /// Opens the configured database and runs its migrations. A PostgreSQL server that cannot be
@@ -160,10 +155,7 @@ async fn ensure_admin(store: &dyn Store, serve: &ServeArgs, now_ms: u64) -> Resu
         return Ok(());
     }
     let pass = pass.clone();
-    let hash = tokio::task::spawn_blocking(move || password::hash(&pass))
-        .await
-        .map_err(|e| StartError::Config(e.to_string()))?
-        .map_err(|e| StartError::Config(e.to_string()))?;
+    let hash = tokio::task::spawn_blocking(move || password::hash(&pass)).await??;
     let record = UserRecord {
         username: user.clone(),
         password_hash: hash,
@@ -203,9 +195,39 @@ fn route_label(path: &str) -> &'static str {
     }
 }
 
+/// The API operations, all under one generated spec.
+pub type Apis = (
+    api::health::HealthApi,
+    api::auth::AuthApi,
+    api::peers::PeersApi,
+    api::files::FilesApi,
+    crate::ws::EventsApi,
+    crate::ws::RelayApi,
+);
+
+/// Builds the OpenAPI service with every operation.
+pub fn service(state: Arc<AppState>) -> OpenApiService<Apis, ()> {
+    OpenApiService::new(
+        (
+            api::health::HealthApi(state.clone()),
+            api::auth::AuthApi(state.clone()),
+            api::peers::PeersApi(state.clone()),
+            api::files::FilesApi(state.clone()),
+            crate::ws::EventsApi(state.clone()),
+            crate::ws::RelayApi(state),
+        ),
+        "p2p tracker",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description(
+        "Tracker of the p2p file-sharing system. Every /api route except /api/auth/login needs \
+         an API key (X-API-Key, or Authorization: Bearer) or a JWT from /api/auth/login.",
+    )
+}
+
 /// Builds the whole HTTP application.
 pub fn routes(state: Arc<AppState>, serve: &ServeArgs) -> BoxEndpoint<'static> {
-    let api = crate::api::service(state.clone());
+    let api = service(state.clone());
     let spec = api.spec_endpoint();
     let docs = api.swagger_ui();
     let metrics = state.metrics.clone();
@@ -480,10 +502,8 @@ async fn start_rendezvous(
     };
     let socket = match tokio::net::UdpSocket::bind(at).await {
         Ok(s) => s,
-        Err(e) if configured.is_some() => {
-            return Err(StartError::Config(format!(
-                "cannot bind the UDP rendezvous on {at}: {e}"
-            )));
+        Err(source) if configured.is_some() => {
+            return Err(StartError::Rendezvous { at, source });
         }
         Err(e) => {
             tracing::warn!(%at, error = %e, "hole punching off: cannot bind the UDP rendezvous");
@@ -493,7 +513,7 @@ async fn start_rendezvous(
     let port = socket.local_addr().map(|a| a.port()).unwrap_or(at.port());
     relay.punch.enable(port);
     tracing::info!(addr = %SocketAddr::new(at.ip(), port), "hole-punch rendezvous listening (UDP)");
-    tokio::spawn(crate::ws::punch::serve_udp(
+    tokio::spawn(crate::relay::punch::serve_udp(
         socket,
         relay.clone(),
         shutdown.clone(),

@@ -10,6 +10,7 @@ use poem::{IntoResponse, Response};
 use poem_openapi::ApiResponse;
 use poem_openapi::payload::Json;
 
+use crate::auth::AuthError;
 use crate::store::StoreError;
 
 fn body(error: &str, message: impl Into<String>) -> Json<ErrorBody> {
@@ -165,4 +166,16 @@ pub async fn render_any_error(err: poem::Error) -> Response {
     })
     .with_status(status)
     .into_response()
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Store(e) => e.into(),
+            AuthError::Internal => ApiError::internal(),
+            AuthError::BadLoginRequest => ApiError::bad_request(e.to_string()),
+            AuthError::Throttled(secs) => ApiError::too_many_requests(secs),
+            other => ApiError::unauthorized(other.to_string()),
+        }
+    }
 }

@@ -7,7 +7,9 @@
 //! While the database cannot take an event, it is delivered to this tracker's clients only.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -157,7 +159,8 @@ impl EventBus {
 
     /// Hands an event to this tracker's clients and keeps it in the recent history.
     fn deliver(&self, json: Arc<str>) {
-        if let Ok(mut recent) = self.recent.lock() {
+        {
+            let mut recent = self.recent.lock();
             if recent.len() == HISTORY {
                 recent.pop_front();
             }
@@ -169,10 +172,8 @@ impl EventBus {
     /// A receiver of future events plus the recent ones, oldest first. Subscribing under the
     /// history lock means no event is both missed and absent from the history.
     pub fn subscribe(&self) -> (Vec<Arc<str>>, broadcast::Receiver<Arc<str>>) {
-        match self.recent.lock() {
-            Ok(recent) => (recent.iter().cloned().collect(), self.tx.subscribe()),
-            Err(_) => (Vec::new(), self.tx.subscribe()),
-        }
+        let recent = self.recent.lock();
+        (recent.iter().cloned().collect(), self.tx.subscribe())
     }
 
     /// A JSON message built now (for per-client messages such as `hello` and `lagged`).

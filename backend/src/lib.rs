@@ -6,8 +6,10 @@
 //! - [`api`]: the REST handlers, one module per resource; they parse, call [`swarm`], map.
 //! - [`swarm`]: the tracker's rules: registration, heartbeats and expiry, announces, events.
 //! - [`store`]: the storage trait with its SQLite and PostgreSQL backends; all SQL lives here.
-//! - [`auth`]: API keys, argon2 passwords, JWTs and the request authenticator.
-//! - [`ws`]: the live event feed (`/ws`).
+//! - [`auth`]: API keys, argon2 passwords, JWTs and the request authenticator ([`auth::authenticate`]).
+//! - [`state`]: [`AppState`](state::AppState), what every handler can reach.
+//! - [`ws`]: the WebSocket endpoints: the live event feed (`/ws`) and the relay upgrade (`/relay`).
+//! - [`relay`]: the relay hub (attached peers, tunnels, caps) and the hole-punch rendezvous.
 //! - [`dashboard`]: serves the WASM dashboard at `/dashboard/` (embedded or from a folder).
 //! - [`server`]: the HTTP server (connection cap, accept back-off, header-read timeout).
 //! - [`ratelimit`], [`body_limit`], [`metrics`], [`clock`], [`error`]: the cross-cutting pieces.
@@ -25,7 +27,9 @@ pub mod error;
 pub mod events;
 pub mod metrics;
 pub mod ratelimit;
+pub mod relay;
 pub mod server;
+pub mod state;
 pub mod store;
 pub mod swarm;
 pub mod swarm_cache;

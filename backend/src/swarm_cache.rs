@@ -8,7 +8,9 @@
 //! through another tracker shows here within the time-to-live.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use p2p_proto::FileId;
@@ -39,7 +41,7 @@ impl SwarmCache {
         if self.ttl.is_zero() {
             return None;
         }
-        let entries = self.entries.lock().ok()?;
+        let entries = self.entries.lock();
         let (at, swarm) = entries.get(id)?;
         (at.elapsed() < self.ttl).then(|| swarm.clone())
     }
@@ -48,24 +50,19 @@ impl SwarmCache {
         if self.ttl.is_zero() {
             return;
         }
-        if let Ok(mut entries) = self.entries.lock() {
-            if entries.len() >= MAX_ENTRIES {
-                entries.clear();
-            }
-            entries.insert(id, (Instant::now(), swarm));
+        let mut entries = self.entries.lock();
+        if entries.len() >= MAX_ENTRIES {
+            entries.clear();
         }
+        entries.insert(id, (Instant::now(), swarm));
     }
 
     pub fn invalidate(&self, id: &FileId) {
-        if let Ok(mut entries) = self.entries.lock() {
-            entries.remove(id);
-        }
+        self.entries.lock().remove(id);
     }
 
     pub fn clear(&self) {
-        if let Ok(mut entries) = self.entries.lock() {
-            entries.clear();
-        }
+        self.entries.lock().clear();
     }
 }
 

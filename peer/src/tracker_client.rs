@@ -33,16 +33,21 @@ const MIN_BACKOFF: Duration = Duration::from_millis(10);
 const NOT_REGISTERED: &str = "not registered";
 
 /// Why a tracker call failed. Variants from an answer carry the tracker's `message`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum TrackerError {
     /// The base URL or API key cannot be used.
     #[error("invalid tracker client settings: {0}")]
     Config(String),
-    /// No answer: connection refused or reset, timeout, or a gateway saying the tracker (or
-    /// its database) is down. Worth retrying later.
+    /// No answer: connection refused or reset, or a timeout. Worth retrying later. The message
+    /// names the causes too (reqwest's own text is only the outer layer), so a log line that
+    /// prints it alone still says why.
+    #[error("tracker unreachable: {}", with_causes(.0))]
+    Unreachable(#[source] Arc<reqwest::Error>),
+    /// A gateway saying the tracker (or its database) is down, with its status and message.
+    /// Worth retrying later.
     #[error("tracker unreachable: {0}")]
-    Unreachable(String),
+    Unavailable(String),
     /// A heartbeat or announce for a peer the tracker does not know: register again.
     #[error("the tracker does not know this peer: {0}")]
     UnknownPeer(String),
@@ -68,7 +73,7 @@ pub enum TrackerError {
 impl TrackerError {
     /// Whether the tracker could not be reached at all (as opposed to answering with an error).
     pub fn is_unreachable(&self) -> bool {
-        matches!(self, Self::Unreachable(_))
+        matches!(self, Self::Unreachable(_) | Self::Unavailable(_))
     }
 
     /// Maps an error status. `peer_scoped`: a 404 may mean the peer itself is unknown.
@@ -86,27 +91,31 @@ impl TrackerError {
             StatusCode::CONFLICT => Self::Conflict(message),
             StatusCode::BAD_GATEWAY
             | StatusCode::SERVICE_UNAVAILABLE
-            | StatusCode::GATEWAY_TIMEOUT => Self::Unreachable(format!("{status}: {message}")),
+            | StatusCode::GATEWAY_TIMEOUT => Self::Unavailable(format!("{status}: {message}")),
             s => Self::Server(s.as_u16(), message),
         }
     }
 
-    fn transport(e: &reqwest::Error) -> Self {
-        // reqwest's own text is only the outer layer ("error sending request"); the cause
-        // ("connection refused") is further down the chain.
-        let mut text = e.to_string();
-        let mut source = e.source();
-        while let Some(cause) = source {
-            text.push_str(": ");
-            text.push_str(&cause.to_string());
-            source = cause.source();
-        }
+    fn transport(e: reqwest::Error) -> Self {
         if e.is_builder() {
-            Self::Config(text)
+            Self::Config(with_causes(&e))
         } else {
-            Self::Unreachable(text)
+            Self::Unreachable(Arc::new(e))
         }
     }
+}
+
+/// A reqwest error with its causes: reqwest's own text is only the outer layer ("error
+/// sending request"); the cause ("connection refused") is further down the chain.
+fn with_causes(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// A client of one tracker. Cheap to clone (one shared connection pool).
@@ -170,7 +179,7 @@ impl TrackerClient {
         req: RequestBuilder,
         peer_scoped: bool,
     ) -> Result<reqwest::Response, TrackerError> {
-        let resp = req.send().await.map_err(|e| TrackerError::transport(&e))?;
+        let resp = req.send().await.map_err(TrackerError::transport)?;
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);
@@ -185,10 +194,7 @@ impl TrackerClient {
         peer_scoped: bool,
     ) -> Result<T, TrackerError> {
         let resp = self.send(req, peer_scoped).await?;
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| TrackerError::transport(&e))?;
+        let body = resp.bytes().await.map_err(TrackerError::transport)?;
         serde_json::from_slice(&body).map_err(|e| TrackerError::InvalidResponse(e.to_string()))
     }
 
@@ -748,18 +754,18 @@ mod tests {
     fn statuses_map_to_errors_with_the_tracker_message() {
         let body =
             br#"{"error":"not_found","message":"peer ab is not registered; register again"}"#;
-        assert_eq!(
+        assert!(matches!(
             TrackerError::from_status(StatusCode::NOT_FOUND, body, true),
-            TrackerError::UnknownPeer("peer ab is not registered; register again".into())
-        );
+            TrackerError::UnknownPeer(m) if m == "peer ab is not registered; register again"
+        ));
         assert!(matches!(
             TrackerError::from_status(StatusCode::NOT_FOUND, body, false),
             TrackerError::NotFound(_)
         ));
-        assert_eq!(
+        assert!(matches!(
             TrackerError::from_status(StatusCode::INTERNAL_SERVER_ERROR, b"oops", false),
-            TrackerError::Server(500, "Internal Server Error".into())
-        );
+            TrackerError::Server(500, m) if m == "Internal Server Error"
+        ));
         assert!(
             TrackerError::from_status(StatusCode::SERVICE_UNAVAILABLE, b"", false).is_unreachable()
         );

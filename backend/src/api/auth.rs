@@ -7,8 +7,8 @@ use poem_openapi::OpenApi;
 use poem_openapi::payload::Json;
 
 use super::ApiTags;
-use crate::app::AppState;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 pub struct AuthApi(pub Arc<AppState>);
 

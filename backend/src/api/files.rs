@@ -10,8 +10,8 @@ use poem_openapi::{ApiResponse, OpenApi};
 
 use super::param::{Hash, Path, PeerIdName};
 use super::{ApiTags, Auth};
-use crate::app::AppState;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 pub struct FilesApi(pub Arc<AppState>);
 

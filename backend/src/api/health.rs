@@ -9,8 +9,8 @@ use poem_openapi::payload::{Json, PlainText};
 use poem_openapi::{ApiResponse, OpenApi};
 
 use super::{ApiTags, Auth};
-use crate::app::AppState;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 pub struct HealthApi(pub Arc<AppState>);
 

@@ -14,9 +14,9 @@ use poem_openapi::{ApiResponse, OpenApi};
 
 use super::param::{Id, Path};
 use super::{ApiTags, Auth};
-use crate::app::AppState;
 use crate::error::ApiError;
 use crate::ratelimit::client_ip;
+use crate::state::AppState;
 
 pub struct PeersApi(pub Arc<AppState>);
 

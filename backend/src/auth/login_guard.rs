@@ -5,7 +5,9 @@
 //! until its minute is over, without checking anything.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, mpsc};
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, SemaphorePermit, oneshot};
@@ -46,10 +48,7 @@ impl LoginGuard {
                 .spawn(move || {
                     loop {
                         // Hold the lock only to take a job, not while running it.
-                        let job = match rx.lock() {
-                            Ok(r) => r.recv(),
-                            Err(_) => return,
-                        };
+                        let job = rx.lock().recv();
                         match job {
                             Ok(job) => job(),
                             Err(_) => return,
@@ -95,14 +94,12 @@ impl LoginGuard {
         let job: Check = Box::new(move || {
             let _ = done.send(check());
         });
-        self.workers.lock().ok()?.send(job).ok()?;
+        self.workers.lock().send(job).ok()?;
         result.await.ok()
     }
 
     fn check_account(&self, account: &str) -> Result<(), Throttled> {
-        let Ok(failures) = self.failures.lock() else {
-            return Ok(());
-        };
+        let failures = self.failures.lock();
         match failures.get(account) {
             Some((start, n)) if *n >= self.failures_per_window && start.elapsed() < WINDOW => {
                 let left = WINDOW.saturating_sub(start.elapsed());
@@ -116,9 +113,7 @@ impl LoginGuard {
 
     /// Counts a wrong password for `account`.
     pub fn failed(&self, account: &str) {
-        let Ok(mut failures) = self.failures.lock() else {
-            return;
-        };
+        let mut failures = self.failures.lock();
         if failures.len() >= MAX_TRACKED && !failures.contains_key(account) {
             failures.retain(|_, (start, _)| start.elapsed() < WINDOW);
             if failures.len() >= MAX_TRACKED {

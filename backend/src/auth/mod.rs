@@ -2,10 +2,11 @@
 //! by `/api/auth/login`, and dashboard users with argon2 password hashes.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use p2p_proto::api::{LoginRequest, LoginResponse};
+use parking_lot::Mutex;
 
 use crate::store::{Store, StoreError};
 
@@ -131,19 +132,18 @@ impl Authenticator {
     }
 
     fn cached(&self, digest: &[u8; 32]) -> Option<Principal> {
-        let cache = self.key_cache.lock().ok()?;
+        let cache = self.key_cache.lock();
         let (principal, at) = cache.get(digest)?;
         (at.elapsed() < KEY_CACHE_TTL).then(|| principal.clone())
     }
 
     fn remember(&self, digest: [u8; 32], principal: Principal) {
-        if let Ok(mut cache) = self.key_cache.lock() {
-            if cache.len() >= KEY_CACHE_MAX {
-                cache.retain(|_, (_, at)| at.elapsed() < KEY_CACHE_TTL);
-            }
-            if cache.len() < KEY_CACHE_MAX {
-                cache.insert(digest, (principal, Instant::now()));
-            }
+        let mut cache = self.key_cache.lock();
+        if cache.len() >= KEY_CACHE_MAX {
+            cache.retain(|_, (_, at)| at.elapsed() < KEY_CACHE_TTL);
+        }
+        if cache.len() < KEY_CACHE_MAX {
+            cache.insert(digest, (principal, Instant::now()));
         }
     }
 
@@ -186,5 +186,27 @@ impl Authenticator {
                 Err(AuthError::BadCredentials)
             }
         }
+    }
+}
+
+/// Checks an `X-API-Key` value or an `Authorization` header.
+pub async fn authenticate(
+    auth: &Authenticator,
+    api_key: Option<&str>,
+    authorization: Option<&str>,
+) -> Result<Principal, AuthError> {
+    if let Some(key) = api_key {
+        return auth.authenticate_key(key).await;
+    }
+    let Some(value) = authorization else {
+        return Err(AuthError::Missing);
+    };
+    match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
+            auth.authenticate_bearer(token).await
+        }
+        _ => Err(AuthError::InvalidToken(
+            "the Authorization header must be 'Bearer <token>'".into(),
+        )),
     }
 }

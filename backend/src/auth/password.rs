@@ -6,8 +6,8 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 
 /// Why a password could not be hashed.
 #[derive(Debug, thiserror::Error)]
-#[error("could not hash the password: {0}")]
-pub struct HashError(String);
+#[error("could not hash the password")]
+pub struct HashError(#[source] argon2::password_hash::Error);
 
 /// Shortest password accepted for dashboard users.
 pub const MIN_PASSWORD_LEN: usize = 8;
@@ -19,7 +19,7 @@ pub fn hash(password: &str) -> Result<String, HashError> {
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
-        .map_err(|e| HashError(e.to_string()))
+        .map_err(HashError)
 }
 
 /// Checks a password against a stored hash; a malformed hash never matches.

@@ -17,9 +17,9 @@ use poem_openapi::param::Query;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::api::ApiTags;
-use crate::app::AppState;
 use crate::auth::Principal;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 /// How long a client has to send its token after connecting.
 pub const AUTH_TIMEOUT: Duration = Duration::from_secs(10);

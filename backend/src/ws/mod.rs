@@ -1,19 +1,19 @@
-//! WebSocket endpoints: the live event feed (`/ws`) and the relay hub (`/relay`).
+//! WebSocket endpoints: the live event feed (`/ws`) and the upgrade into the relay hub
+//! (`/relay`; the hub itself is [`relay`](crate::relay)).
 
 mod events;
-pub mod punch;
-pub mod relay;
+mod relay;
 
 use poem::Request;
 use poem::web::websocket::WebSocketConfig;
 use tokio::sync::OwnedSemaphorePermit;
 
 pub use events::EventsApi;
-pub use relay::{RelayApi, RelayHub, RelayLimits};
+pub use relay::RelayApi;
 
-use crate::app::AppState;
 use crate::auth::Principal;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 /// Credentials given at upgrade time: `?token=` (a JWT or an API key) or the usual
 /// `X-API-Key` / `Authorization` headers. `None` when none were sent.
@@ -25,7 +25,7 @@ async fn credentials(
     Ok(match token {
         Some(t) => Some(state.auth.authenticate_bearer(&t).await?),
         None if req.header("x-api-key").is_some() || req.header("authorization").is_some() => Some(
-            crate::api::authenticate(
+            crate::auth::authenticate(
                 &state.auth,
                 req.header("x-api-key"),
                 req.header("authorization"),

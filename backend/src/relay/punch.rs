@@ -11,12 +11,13 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use p2p_proto::PeerId;
 use p2p_proto::punch::{MAX_PUNCH_PACKET_LEN, Nonce16, PunchPacket};
 use p2p_proto::relay::RelayFrame;
+use parking_lot::Mutex;
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
@@ -121,7 +122,7 @@ impl Rendezvous {
         if self.udp_port().is_none() {
             return Err(PunchRefusal::Disabled);
         }
-        let mut t = self.table.lock().map_err(|_| PunchRefusal::Busy)?;
+        let mut t = self.table.lock();
         expire(&mut t, now);
         let asked = t.sessions.values().filter(|s| s.peers[0] == asker).count();
         let by_principal = t
@@ -166,7 +167,7 @@ impl Rendezvous {
         addr: SocketAddr,
         now: Instant,
     ) -> Option<[(PeerId, RelayFrame); 2]> {
-        let mut t = self.table.lock().ok()?;
+        let mut t = self.table.lock();
         expire(&mut t, now);
         let (session_id, side) = *t.tokens.get(token)?;
         let s = t.sessions.get_mut(&session_id)?;
@@ -188,7 +189,7 @@ impl Rendezvous {
     /// The invited peer `decliner` will not punch in `session`: the session ends, and the
     /// asker and its request id are returned so it can be told.
     pub fn decline(&self, session: &Nonce16, decliner: &PeerId) -> Option<(PeerId, u32)> {
-        let mut t = self.table.lock().ok()?;
+        let mut t = self.table.lock();
         if t.sessions.get(session)?.peers[1] != *decliner {
             return None;
         }
@@ -199,14 +200,12 @@ impl Rendezvous {
 
     /// Whether `token` belongs to a live session.
     pub fn knows(&self, token: &Nonce16) -> bool {
-        self.table
-            .lock()
-            .is_ok_and(|t| t.tokens.contains_key(token))
+        self.table.lock().tokens.contains_key(token)
     }
 
     /// Sessions in progress (for tests and metrics).
     pub fn sessions(&self) -> usize {
-        self.table.lock().map(|t| t.sessions.len()).unwrap_or(0)
+        self.table.lock().sessions.len()
     }
 }
 

@@ -1,0 +1,30 @@
+//! What every handler can reach: the tracker's services, built once by [`app`](crate::app).
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Authenticator;
+use crate::events::EventBus;
+use crate::metrics::Metrics;
+use crate::relay::RelayHub;
+use crate::swarm::Swarm;
+
+/// What every handler can reach.
+#[derive(Debug)]
+pub struct AppState {
+    pub swarm: Arc<Swarm>,
+    pub auth: Arc<Authenticator>,
+    pub metrics: Arc<Metrics>,
+    pub events: EventBus,
+    /// The relay hub behind `/relay`.
+    pub relay: Arc<RelayHub>,
+    /// Trusted reverse proxies in front of the tracker (`--trust-proxy`), if any.
+    pub trust_proxy: Option<u8>,
+    /// What `/metrics` asks for (`--metrics-token`), if anything.
+    pub metrics_token: Option<String>,
+    /// WebSockets still waiting for credentials or a key proof (one permit each).
+    pub pending_auth: Arc<tokio::sync::Semaphore>,
+    /// Cancelled when the tracker shuts down; long-lived connections watch it.
+    pub shutdown: CancellationToken,
+}
