@@ -11,11 +11,10 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use p2p_peer::Identity;
@@ -41,7 +40,7 @@ const KEY: &str = "adversary-test-key";
 /// A `p2p-peer --daemon` sharing one file, with its log.
 struct Daemon {
     child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
+    log: support::Log,
     addr: SocketAddr,
     peer: PeerId,
     manifest: Manifest,
@@ -99,25 +98,16 @@ impl Daemon {
             .arg(dir.path())
             .args(kept)
             .env("RUST_LOG", "info")
+            // Builds before colour followed the terminal (P2P_ADVERSARY_BIN) honour NO_COLOR.
             .env("NO_COLOR", "1")
             .env_remove("P2P_TRACKER")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        std::thread::spawn({
-            let lines = lines.clone();
-            move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    lines.lock().unwrap().push(strip_ansi(&line));
-                }
-            }
-        });
+        let log = support::Log::capture(child.stderr.take().unwrap());
         let mut daemon = Self {
             child,
-            lines,
+            log,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             peer: PeerId([0; 32]),
             manifest,
@@ -139,41 +129,21 @@ impl Daemon {
 
     /// Waits (at most 30 s) for a log line containing `what`; returns it.
     async fn wait_for(&mut self, what: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(l) = self.lines.lock().unwrap().iter().find(|l| l.contains(what)) {
-                return l.clone();
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("the daemon exited ({status}):\n{}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {what:?} in the log:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let within = Duration::from_secs(30);
+        self.log.wait_for(&mut self.child, &[what], within).await
     }
 
     fn log(&self) -> String {
-        let lines = self.lines.lock().unwrap();
-        let skip = lines.len().saturating_sub(40);
-        lines[skip..].join("\n")
+        self.log.tail(40)
     }
 
     fn count(&self, what: &str) -> usize {
-        self.lines
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains(what))
-            .count()
+        self.log.count(what)
     }
 
     /// Lines logged so far.
     fn logged(&self) -> usize {
-        self.lines.lock().unwrap().len()
+        self.log.len()
     }
 
     /// Asserts the daemon logged at most a few lines a second since `since` lines (`started`):
@@ -260,23 +230,6 @@ fn clock_ticks_per_second() -> u64 {
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(100)
-}
-
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// Asserts the growth from `before` to `after` is within [`RSS_GROWTH_BOUND_KIB`], and prints

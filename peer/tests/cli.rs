@@ -5,11 +5,10 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use p2p_proto::api::{Event, EventMessage};
@@ -261,10 +260,10 @@ async fn killed_download_resumes_and_survives_a_tracker_restart() {
 }
 
 /// A `p2p-peer --daemon` (`--dht off --no-relay`) whose log the test reads: stderr, line by
-/// line, colours stripped.
+/// line.
 struct LoggedDaemon {
     child: Killed,
-    lines: Arc<Mutex<Vec<String>>>,
+    log: support::Log,
 }
 
 /// Logged once per file hashed (at debug level, which these daemons log).
@@ -281,20 +280,10 @@ impl LoggedDaemon {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        std::thread::spawn({
-            let lines = lines.clone();
-            move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    lines.lock().unwrap().push(line);
-                }
-            }
-        });
+        let log = support::Log::capture(child.stderr.take().unwrap());
         Self {
             child: Killed(child),
-            lines,
+            log,
         }
     }
 
@@ -303,35 +292,17 @@ impl LoggedDaemon {
     }
 
     fn count(&self, text: &str) -> usize {
-        let lines = self.lines.lock().unwrap();
-        lines.iter().filter(|l| l.contains(text)).count()
+        self.log.count(text)
     }
 
     fn log(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
+        self.log.tail(usize::MAX)
     }
 
     /// Waits (at most 2 minutes) for a log line containing all of `texts`.
     async fn wait_for(&mut self, texts: &[&str]) {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let found = {
-                let lines = self.lines.lock().unwrap();
-                lines.iter().any(|l| texts.iter().all(|t| l.contains(t)))
-            };
-            if found {
-                return;
-            }
-            if let Some(status) = self.child.0.try_wait().unwrap() {
-                panic!("the daemon exited ({status}):\n{}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no log line with {texts:?}:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let within = Duration::from_secs(120);
+        self.log.wait_for(&mut self.child.0, texts, within).await;
     }
 
     /// Stops it with SIGTERM; it must exit cleanly.

@@ -21,3 +21,72 @@ pub fn skip(what: &str, why: &str) {
     }
     println!("SKIPPED: {what}: {why}");
 }
+
+/// A child process's stderr, line by line as it arrives (read on a thread of its own).
+#[derive(Clone, Default)]
+pub struct Log(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Log {
+    /// Starts reading `stderr` into the log.
+    pub fn capture(stderr: std::process::ChildStderr) -> Self {
+        use std::io::BufRead;
+        let log = Self::default();
+        let lines = log.0.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                lines.lock().unwrap().push(line);
+            }
+        });
+        log
+    }
+
+    /// Lines logged so far.
+    pub fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+
+    /// Lines containing `text`.
+    pub fn count(&self, text: &str) -> usize {
+        let lines = self.0.lock().unwrap();
+        lines.iter().filter(|l| l.contains(text)).count()
+    }
+
+    /// The last `n` lines, for failure messages.
+    pub fn tail(&self, n: usize) -> String {
+        let lines = self.0.lock().unwrap();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// Waits (at most `within`) for a line containing all of `texts` and returns it; panics if
+    /// `child` exits first.
+    pub async fn wait_for(
+        &self,
+        child: &mut std::process::Child,
+        texts: &[&str],
+        within: std::time::Duration,
+    ) -> String {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let found = {
+                let lines = self.0.lock().unwrap();
+                lines
+                    .iter()
+                    .find(|l| texts.iter().all(|t| l.contains(t)))
+                    .cloned()
+            };
+            if let Some(line) = found {
+                return line;
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("the process exited ({status}):\n{}", self.tail(usize::MAX));
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no log line with {texts:?}:\n{}",
+                self.tail(usize::MAX)
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}
