@@ -933,9 +933,9 @@ async fn bad_path_parameters_are_reported_by_name() {
             .iter()
             .map(|p| p["name"].as_str().unwrap())
             .collect();
-        assert_eq!(names, ["hash", "peer_id"]);
+        assert_eq!(names, ["X-Peer-Token", "hash", "peer_id"]);
         // The constraints the API enforces are in the spec: hex ids, the search length.
-        assert_eq!(params[0]["schema"]["pattern"], "^[0-9a-fA-F]{64}$");
+        assert_eq!(params[1]["schema"]["pattern"], "^[0-9a-fA-F]{64}$");
         let search = spec["paths"]["/api/files"]["get"]["parameters"]
             .as_array()
             .unwrap()
