@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::api;
-use crate::auth::{Authenticator, JwtKeys, keys, password};
+use crate::auth::{Authenticator, JwtKeys, PeerAuth, keys, password};
 use crate::clock::Clock;
 use crate::config::{Database, DbArgs, ServeArgs, UdpAddr};
 use crate::events::EventBus;
@@ -181,6 +181,7 @@ fn route_label(path: &str) -> &'static str {
         ["", "api", "peers"] => "/api/peers",
         ["", "api", "peers", "register"] => "/api/peers/register",
         ["", "api", "peers", "heartbeat"] => "/api/peers/heartbeat",
+        ["", "api", "peers", "challenge"] => "/api/peers/challenge",
         ["", "api", "peers", _] => "/api/peers/{id}",
         ["", "api", "files"] => "/api/files",
         ["", "api", "files", "announce"] => "/api/files/announce",
@@ -221,7 +222,11 @@ pub fn service(state: Arc<AppState>) -> OpenApiService<Apis, ()> {
     )
     .description(
         "Tracker of the p2p file-sharing system. Every /api route except /api/auth/login needs \
-         an API key (X-API-Key, or Authorization: Bearer) or a JWT from /api/auth/login.",
+         an API key (X-API-Key, or Authorization: Bearer) or a JWT from /api/auth/login. \
+         Requests that change a peer's entry also prove which peer they speak for: a \
+         registration answers a challenge from /api/peers/challenge with a proof made with the \
+         peer id's private key, and gets a peer token that heartbeats, announces, unannounces \
+         and unregistrations send as X-Peer-Token (docs/protocol.md §8).",
     )
 }
 
@@ -378,6 +383,12 @@ pub async fn start(
         // Trackers sharing the database share their events too (PostgreSQL LISTEN/NOTIFY).
         events = events.with_fanout(fanout, shutdown.clone()).await?;
     }
+    // Derived from the same secret, so replicas sharing it accept each other's peer proofs.
+    let peer_auth = Arc::new(PeerAuth::new(
+        &secret,
+        Duration::from_secs(serve.guard.peer_token_ttl_secs),
+        clock.clone(),
+    ));
     let swarm = Swarm::start(
         store.clone(),
         events.clone(),
@@ -412,6 +423,7 @@ pub async fn start(
     let state = Arc::new(AppState {
         swarm,
         auth,
+        peer_auth,
         metrics,
         events,
         relay,

@@ -227,6 +227,11 @@ pub struct GuardArgs {
     /// When set, `/metrics` needs `Authorization: Bearer <this token>`.
     #[arg(long, env = "P2P_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,
+    /// Lifetime of a peer token (issued at registration for a proof of the peer id's private
+    /// key), in seconds; heartbeats renew it when half of it is left.
+    #[arg(long, env = "P2P_PEER_TOKEN_TTL_SECS", default_value_t = 3600,
+          value_parser = clap::value_parser!(u64).range(10..))]
+    pub peer_token_ttl_secs: u64,
 }
 
 impl Default for GuardArgs {
@@ -241,6 +246,7 @@ impl Default for GuardArgs {
             trusted_proxy_hops: 1,
             max_file_bytes: 64 << 30,
             metrics_token: None,
+            peer_token_ttl_secs: 3600,
         }
     }
 }

@@ -10,7 +10,7 @@ use poem::{IntoResponse, Response};
 use poem_openapi::ApiResponse;
 use poem_openapi::payload::Json;
 
-use crate::auth::AuthError;
+use crate::auth::{AuthError, PeerAuthError};
 use crate::store::StoreError;
 
 fn body(error: &str, message: impl Into<String>) -> Json<ErrorBody> {
@@ -27,9 +27,14 @@ pub enum ApiError {
     /// The request is malformed: bad JSON, a bad id, size or chunk list.
     #[oai(status = 400)]
     BadRequest(Json<ErrorBody>),
-    /// Missing or invalid credentials.
+    /// Missing or invalid credentials: the API key or JWT (`unauthorized`), the proof of a
+    /// peer id's private key in a registration (`peer_proof`), or the `X-Peer-Token` of a
+    /// request that changes a peer's entry (`peer_token`; register again for a fresh one).
     #[oai(status = 401)]
     Unauthorized(Json<ErrorBody>),
+    /// The credentials are good but do not cover this: an `X-Peer-Token` of another peer id.
+    #[oai(status = 403)]
+    Forbidden(Json<ErrorBody>),
     /// No such peer, file or route.
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
@@ -166,6 +171,16 @@ pub async fn render_any_error(err: poem::Error) -> Response {
     })
     .with_status(status)
     .into_response()
+}
+
+impl From<PeerAuthError> for ApiError {
+    fn from(e: PeerAuthError) -> Self {
+        match e {
+            PeerAuthError::WrongPeer { .. } => Self::Forbidden(body("forbidden", e.to_string())),
+            e if e.is_token_error() => Self::Unauthorized(body("peer_token", e.to_string())),
+            e => Self::Unauthorized(body("peer_proof", e.to_string())),
+        }
+    }
 }
 
 impl From<AuthError> for ApiError {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::Authenticator;
+use crate::auth::{Authenticator, PeerAuth};
 use crate::events::EventBus;
 use crate::metrics::Metrics;
 use crate::relay::RelayHub;
@@ -15,6 +15,8 @@ use crate::swarm::Swarm;
 pub struct AppState {
     pub swarm: Arc<Swarm>,
     pub auth: Arc<Authenticator>,
+    /// Challenges, registration proofs and peer tokens: which peer a request speaks for.
+    pub peer_auth: Arc<PeerAuth>,
     pub metrics: Arc<Metrics>,
     pub events: EventBus,
     /// The relay hub behind `/relay`.

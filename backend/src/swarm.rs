@@ -199,6 +199,9 @@ impl Swarm {
             observed_ip,
             heartbeat_interval_secs: self.config.heartbeat_interval_secs,
             peer_ttl_secs: self.config.peer_ttl_secs,
+            // Filled in by the handler, which checked the proof and issues the token.
+            peer_token: String::new(),
+            peer_token_expires_in_secs: 0,
         })
     }
 
@@ -248,6 +251,8 @@ impl Swarm {
         }
         Ok(HeartbeatResponse {
             next_heartbeat_secs: self.config.heartbeat_interval_secs,
+            peer_token: None,
+            peer_token_expires_in_secs: None,
         })
     }
 

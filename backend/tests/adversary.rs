@@ -213,25 +213,27 @@ async fn in_process(secs: u64, args: ServeArgs, run: impl AsyncFnOnce(&Target)) 
 }
 
 async fn honest_announce(target: &Target) {
-    let c = http();
-    let peer = peer_id();
-    let resp = c
-        .post(target.url("/api/peers/register"))
-        .header("X-API-Key", KEY)
-        .json(&json!({"peer_id": peer, "addresses": ["127.0.0.1"], "port": 7000}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200, "honest register");
+    let (peer, token) = register_peer(target, 7000).await;
     let m = manifest("honest.bin", &content(100_000, 7));
-    let resp = c
+    let resp = http()
         .post(target.url("/api/files/announce"))
         .header("X-API-Key", KEY)
+        .header("X-Peer-Token", &token)
         .json(&json!({"peer_id": peer, "file": m}))
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 200, "honest announce");
+}
+
+/// Registers a fresh peer at 127.0.0.1:`port` with a proof of its key: its id and token.
+async fn register_peer(target: &Target, port: u16) -> (p2p_proto::PeerId, String) {
+    let peer = peer_id();
+    let body = json!({"peer_id": peer, "addresses": ["127.0.0.1"], "port": port});
+    let resp = register_proven(&http(), &target.base, KEY, &peer, body).await;
+    assert_eq!(resp.status(), 200, "honest register");
+    let answer: serde_json::Value = resp.json().await.unwrap();
+    (peer, answer["peer_token"].as_str().unwrap().to_owned())
 }
 
 /// Reads until the peer closes (or `within` passes); whether it closed.
@@ -959,13 +961,7 @@ async fn an_announce_stores_a_bounded_manifest() {
     args.max_body_bytes = 64 * MIB as usize;
     attack(60, args, async |target| {
         let c = http();
-        let peer = peer_id();
-        c.post(target.url("/api/peers/register"))
-            .header("X-API-Key", KEY)
-            .json(&json!({"peer_id": peer, "addresses": ["127.0.0.1"], "port": 7000}))
-            .send()
-            .await
-            .unwrap();
+        let (peer, token) = register_peer(target, 7000).await;
         let watch = Watch::start(target);
         // 200 000 chunks of 16 MiB (3.2 TiB), as in the issue: a 13 MB body.
         let hashes: Vec<String> = (0..200_000u32)
@@ -987,6 +983,7 @@ async fn an_announce_stores_a_bounded_manifest() {
         let resp = c
             .post(target.url("/api/files/announce"))
             .header("X-API-Key", KEY)
+            .header("X-Peer-Token", &token)
             .json(&body)
             .send()
             .await
@@ -999,6 +996,7 @@ async fn an_announce_stores_a_bounded_manifest() {
         let resp = c
             .post(target.url("/api/files/announce"))
             .header("X-API-Key", KEY)
+            .header("X-Peer-Token", &token)
             .json(&json!({"peer_id": peer, "file": m}))
             .send()
             .await
@@ -1012,6 +1010,216 @@ async fn an_announce_stores_a_bounded_manifest() {
         // An authenticated 27 MB body is read and parsed before its chunk size is refused:
         // bounded by --max-body-bytes, not by the manifest it claims.
         watch.finish(target, "huge-manifest", 256 * MIB).await;
+    })
+    .await;
+}
+
+/// Issue #18, "a peer's state belongs to its key": an API-key holder tries to take over
+/// another peer's entry (re-register it elsewhere, heartbeat, announce and unannounce for it,
+/// delete it) with no proof, its own key's proof, a proof for another id, a replayed proof,
+/// no token, its own token and a forged one. Each is refused (401 `peer_proof` / `peer_token`,
+/// 403 `forbidden`), the honest entry is unchanged, and the honest peer carries on. Also: a
+/// flood of challenges costs no memory, stale nonces and tokens are refused, and an admin may
+/// still remove a peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_peers_entry_cannot_be_taken_over() {
+    in_process(120, serve_args(), async |target| {
+        let (t, _) = target.local.as_ref().unwrap();
+        let c = http();
+        let victim = peer_id();
+        let challenge_json = challenge(&c, &target.base, KEY, &victim).await;
+        let honest_proof = prove(peer_secret(&victim), &challenge_json);
+        let body = json!({"peer_id": victim, "addresses": ["127.0.0.1"], "port": 7000,
+                          "proof": honest_proof});
+        let resp = t.post("/api/peers/register", &body).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let victim_token = resp.json::<serde_json::Value>().await.unwrap()["peer_token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let m = manifest("victim.bin", &content(100_000, 9));
+        let announce = |token: &str, peer: &p2p_proto::PeerId, m: &p2p_proto::Manifest| {
+            t.post("/api/files/announce", &json!({"peer_id": peer, "file": m}))
+                .header("X-Peer-Token", token)
+                .send()
+        };
+        assert_eq!(
+            announce(&victim_token, &victim, &m).await.unwrap().status(),
+            200
+        );
+        let entry = || async {
+            let mut info = t.get_json(&format!("/api/peers/{victim}")).await;
+            let swarm = t.get_json(&format!("/api/files/{}/peers", m.id)).await;
+            // What the attacker must not change (last_seen moves only with the clock).
+            for volatile in ["last_seen_ms", "online"] {
+                info.as_object_mut().unwrap().remove(volatile);
+            }
+            (info, swarm)
+        };
+        let before = entry().await;
+        assert_eq!(before.0["addresses"], json!(["127.0.0.1"]));
+
+        let mallory = peer_id();
+        let (_, mallory_token) = {
+            let answer = t.register(&mallory, 6666).await;
+            (mallory, answer["peer_token"].as_str().unwrap().to_owned())
+        };
+        // Mallory's token with the victim's id put in: the MAC no longer matches.
+        let forged = format!("{}{}", hex::encode(victim.0), &mallory_token[64..]);
+        let watch = Watch::start(target);
+        let elsewhere = json!({"peer_id": victim, "addresses": ["127.66.66.66"], "port": 1});
+        let with_proof = |proof: serde_json::Value| {
+            let mut body = elsewhere.clone();
+            body["proof"] = proof;
+            body
+        };
+        let mut refused = std::collections::BTreeMap::<String, usize>::new();
+        for round in 0..20 {
+            let victim_challenge = challenge(&c, &target.base, KEY, &victim).await;
+            let mallory_challenge = challenge(&c, &target.base, KEY, &mallory).await;
+            let mut own_nonce = prove(peer_secret(&mallory), &mallory_challenge);
+            own_nonce["mac"] = prove(peer_secret(&mallory), &victim_challenge)["mac"].clone();
+            let registrations = [
+                (
+                    "register-no-proof",
+                    elsewhere.clone(),
+                    401,
+                    "peer_proof",
+                    "missing proof",
+                ),
+                (
+                    "register-wrong-key",
+                    with_proof(prove(peer_secret(&mallory), &victim_challenge)),
+                    401,
+                    "peer_proof",
+                    "does not match",
+                ),
+                (
+                    "register-other-ids-nonce",
+                    with_proof(own_nonce),
+                    401,
+                    "peer_proof",
+                    "not issued by this tracker for this peer id",
+                ),
+                (
+                    "register-replayed-proof",
+                    with_proof(honest_proof.clone()),
+                    401,
+                    "peer_proof",
+                    "already used",
+                ),
+            ];
+            for (name, body, status, code, says) in registrations {
+                let resp = t.post("/api/peers/register", &body).send().await.unwrap();
+                let msg = assert_error(resp, status, code).await;
+                assert!(msg.contains(says), "{name}: {msg}");
+                *refused.entry(name.to_owned()).or_default() += 1;
+            }
+            let beat =
+                json!({"peer_id": victim, "connections": [{"peer_id": mallory, "path": "direct"}]});
+            let bogus = manifest(&format!("bogus-{round}.bin"), &content(1000, round));
+            let unannounce = format!("/api/files/{}/peers/{victim}", m.id);
+            for (token, status, code) in [
+                (None, 401, "peer_token"),
+                (Some(mallory_token.as_str()), 403, "forbidden"),
+                (Some(forged.as_str()), 401, "peer_token"),
+            ] {
+                let with = |r: reqwest::RequestBuilder| match token {
+                    Some(tok) => r.header("X-Peer-Token", tok),
+                    None => r,
+                };
+                let attempts = [
+                    ("heartbeat", with(t.post("/api/peers/heartbeat", &beat))),
+                    (
+                        "announce",
+                        with(t.post(
+                            "/api/files/announce",
+                            &json!({"peer_id": victim, "file": bogus}),
+                        )),
+                    ),
+                    ("unannounce", with(t.delete(&unannounce))),
+                    ("delete", with(t.delete(&format!("/api/peers/{victim}")))),
+                ];
+                for (name, req) in attempts {
+                    let resp = req.send().await.unwrap();
+                    assert_error(resp, status, code).await;
+                    *refused
+                        .entry(format!("{name}-{}", token.map_or("none", |_| "token")))
+                        .or_default() += 1;
+                }
+            }
+        }
+        // A flood of challenges: nothing is kept per challenge.
+        let flood = futures_util::future::join_all((0..8).map(|_| {
+            let (c, base) = (c.clone(), target.base.clone());
+            async move {
+                for _ in 0..500 {
+                    challenge(&c, &base, KEY, &peer_id()).await;
+                }
+            }
+        }));
+        flood.await;
+        watch.finish(target, "peer-takeover", 16 * MIB).await;
+        for (name, n) in &refused {
+            println!("FIGURE attack=peer-takeover-{name} refused={n}");
+        }
+
+        // The victim's entry is as it was, and it carries on.
+        assert_eq!(entry().await, before, "the honest entry is unchanged");
+        let resp = t
+            .post("/api/peers/heartbeat", &json!({"peer_id": victim}))
+            .header("X-Peer-Token", &victim_token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "the honest heartbeat");
+        let own = manifest("victim-2.bin", &content(50_000, 10));
+        assert_eq!(
+            announce(&victim_token, &victim, &own)
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+
+        // A nonce is good for a minute.
+        let stale = challenge(&c, &target.base, KEY, &victim).await;
+        t.clock.advance_ms(60_000);
+        let mut body = json!({"peer_id": victim, "addresses": ["127.0.0.1"], "port": 7000});
+        body["proof"] = prove(peer_secret(&victim), &stale);
+        let resp = t.post("/api/peers/register", &body).send().await.unwrap();
+        let msg = assert_error(resp, 401, "peer_proof").await;
+        assert!(msg.contains("expired"), "{msg}");
+        // A token for its lifetime: then the peer proves its key again.
+        t.clock.advance_ms(3_600_000);
+        let resp = t
+            .post("/api/peers/heartbeat", &json!({"peer_id": victim}))
+            .header("X-Peer-Token", &victim_token)
+            .send()
+            .await
+            .unwrap();
+        let msg = assert_error(resp, 401, "peer_token").await;
+        assert!(msg.contains("expired"), "{msg}");
+        let fresh = register_proven(&c, &target.base, KEY, &victim, body).await;
+        assert_eq!(fresh.status(), 200, "a fresh proof registers again");
+
+        // A dashboard admin may remove any peer without its token.
+        let login: serde_json::Value = c
+            .post(target.url("/api/auth/login"))
+            .json(&json!({"username": ADMIN, "password": ADMIN_PASSWORD}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let resp = c
+            .delete(target.url(&format!("/api/peers/{mallory}")))
+            .bearer_auth(login["token"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 204, "admins remove peers");
     })
     .await;
 }

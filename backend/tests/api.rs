@@ -83,6 +83,7 @@ async fn openapi_spec_lists_every_route_with_security() {
             ("/api/auth/login", "post"),
             ("/api/stats", "get"),
             ("/api/peers", "get"),
+            ("/api/peers/challenge", "post"),
             ("/api/peers/register", "post"),
             ("/api/peers/heartbeat", "post"),
             ("/api/peers/{id}", "delete"),
@@ -117,13 +118,30 @@ async fn openapi_spec_lists_every_route_with_security() {
         // Error responses are documented with the JSON error body.
         let announce = &paths["/api/files/announce"]["post"]["responses"];
         for status in [
-            "200", "400", "401", "404", "408", "409", "413", "415", "429",
+            "200", "400", "401", "403", "404", "408", "409", "413", "415", "429",
         ] {
             assert!(
                 announce.get(status).is_some(),
                 "announce documents {status}"
             );
         }
+        // The routes that change a peer's entry document the peer token they need.
+        for (path, method) in [
+            ("/api/peers/heartbeat", "post"),
+            ("/api/peers/{id}", "delete"),
+            ("/api/files/announce", "post"),
+            ("/api/files/{hash}/peers/{peer_id}", "delete"),
+        ] {
+            let params = paths[path][method]["parameters"].as_array().unwrap();
+            assert!(
+                params
+                    .iter()
+                    .any(|p| p["name"] == "X-Peer-Token" && p["in"] == "header"),
+                "{method} {path} documents X-Peer-Token: {params:?}"
+            );
+        }
+        let register = &schemas["RegisterPeerRequest"]["properties"];
+        assert!(register["proof"].is_object(), "registrations carry a proof");
         t.stop().await;
     })
     .await;
@@ -263,10 +281,12 @@ async fn register_heartbeat_list_and_unregister_peers() {
         assert_eq!(reg["observed_ip"], "127.0.0.1");
         assert_eq!(reg["heartbeat_interval_secs"], 30);
         assert_eq!(reg["peer_ttl_secs"], 90);
+        assert_eq!(reg["peer_token_expires_in_secs"], 3600);
 
         t.clock.advance_ms(10_000);
         let resp = t
-            .post(
+            .peer_post(
+                &peer,
                 "/api/peers/heartbeat",
                 &json!({"peer_id": peer, "uploaded": 5, "downloaded": 7}),
             )
@@ -289,26 +309,27 @@ async fn register_heartbeat_list_and_unregister_peers() {
         assert_eq!(list["total"], 1);
         assert_eq!(list["peers"][0]["peer_id"], json!(peer));
 
-        // Unknown peers must register again.
+        // Peers that never registered have no token.
         let stranger = peer_id();
-        assert_error(
+        let msg = assert_error(
             t.post("/api/peers/heartbeat", &json!({"peer_id": stranger}))
                 .send()
                 .await
                 .unwrap(),
-            404,
-            "not_found",
+            401,
+            "peer_token",
         )
         .await;
+        assert!(msg.contains("X-Peer-Token"), "{msg}");
 
         let resp = t
-            .delete(&format!("/api/peers/{peer}"))
+            .peer_delete(&peer, &format!("/api/peers/{peer}"))
             .send()
             .await
             .unwrap();
         assert_eq!(resp.status(), 204);
         assert_error(
-            t.delete(&format!("/api/peers/{peer}"))
+            t.peer_delete(&peer, &format!("/api/peers/{peer}"))
                 .send()
                 .await
                 .unwrap(),
@@ -316,6 +337,17 @@ async fn register_heartbeat_list_and_unregister_peers() {
             "not_found",
         )
         .await;
+        // Peers the tracker forgot must register again.
+        let msg = assert_error(
+            t.peer_post(&peer, "/api/peers/heartbeat", &json!({"peer_id": peer}))
+                .send()
+                .await
+                .unwrap(),
+            404,
+            "not_found",
+        )
+        .await;
+        assert!(msg.contains("register again"), "{msg}");
         assert_error(
             t.delete("/api/peers/not-hex").send().await.unwrap(),
             400,
@@ -338,7 +370,7 @@ async fn heartbeats_report_how_a_peer_is_connected() {
             {"peer_id": other, "path": "direct"},
             {"peer_id": third, "path": "relayed"},
         ]);
-        let beat = |body: &Value| t.post("/api/peers/heartbeat", body).send();
+        let beat = |body: &Value| t.peer_post(&peer, "/api/peers/heartbeat", body).send();
         let listed = || async {
             let list = t.get_json("/api/peers").await;
             assert_eq!(
@@ -391,25 +423,27 @@ async fn malformed_registrations_are_rejected() {
         for body in [
             json!({"peer_id": "abc", "port": 1}),
             json!({"peer_id": peer, "port": 70000}),
-            json!({"peer_id": peer, "port": 0}),
             json!({"peer_id": peer}),
-            json!({"peer_id": peer, "port": 1, "addresses": ["http://evil"]}),
-            json!({"peer_id": peer, "port": 1, "addresses": vec!["1.1.1.1"; 17]}),
-            json!({"peer_id": peer, "port": 1, "name": "x".repeat(200)}),
         ] {
             let resp = t.post("/api/peers/register", &body).send().await.unwrap();
             assert_error(resp, 400, "bad_request").await;
         }
+        // Well-formed but invalid: refused with a good proof too.
+        for body in [
+            json!({"peer_id": peer, "port": 0}),
+            json!({"peer_id": peer, "port": 1, "addresses": ["http://evil"]}),
+            json!({"peer_id": peer, "port": 1, "addresses": vec!["1.1.1.1"; 17]}),
+            json!({"peer_id": peer, "port": 1, "name": "x".repeat(200)}),
+        ] {
+            let resp = register_proven(&t.http, &t.base, KEY, &peer, body).await;
+            assert_error(resp, 400, "bad_request").await;
+        }
         // Relay-only peers may register without a port.
-        let resp = t
-            .post(
-                "/api/peers/register",
-                &json!({"peer_id": peer, "port": 0, "relay_only": true}),
-            )
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
+        t.register_with(
+            &peer,
+            json!({"peer_id": peer, "port": 0, "relay_only": true}),
+        )
+        .await;
         t.stop().await;
     })
     .await;
@@ -505,7 +539,7 @@ async fn announce_list_get_and_file_peers() {
 
         // Unregistering the seeder removes it from the swarm.
         assert_eq!(
-            t.delete(&format!("/api/peers/{seeder}"))
+            t.peer_delete(&seeder, &format!("/api/peers/{seeder}"))
                 .send()
                 .await
                 .unwrap()
@@ -573,7 +607,10 @@ async fn bad_announces_are_rejected_and_nothing_is_stored() {
             let mut body = json!({"peer_id": peer, "file": m});
             body["file"]["id"] = json!(bad_id);
             assert_error(
-                t.post("/api/files/announce", &body).send().await.unwrap(),
+                t.peer_post(&peer, "/api/files/announce", &body)
+                    .send()
+                    .await
+                    .unwrap(),
                 400,
                 "bad_request",
             )
@@ -582,20 +619,31 @@ async fn bad_announces_are_rejected_and_nothing_is_stored() {
         let mut body = json!({"peer_id": peer, "file": m});
         body["file"]["size"] = json!(-5);
         assert_error(
-            t.post("/api/files/announce", &body).send().await.unwrap(),
+            t.peer_post(&peer, "/api/files/announce", &body)
+                .send()
+                .await
+                .unwrap(),
             400,
             "bad_request",
         )
         .await;
         body["file"]["size"] = json!("big");
         assert_error(
-            t.post("/api/files/announce", &body).send().await.unwrap(),
+            t.peer_post(&peer, "/api/files/announce", &body)
+                .send()
+                .await
+                .unwrap(),
             400,
             "bad_request",
         )
         .await;
 
-        let msg = assert_error(t.announce(&peer_id(), &m, None).await, 404, "not_found").await;
+        // A peer the tracker forgot (its token still valid) is told to register.
+        let gone = peer_id();
+        t.register(&gone, 6882).await;
+        let resp = t.peer_delete(&gone, &format!("/api/peers/{gone}")).send();
+        assert_eq!(resp.await.unwrap().status(), 204);
+        let msg = assert_error(t.announce(&gone, &m, None).await, 404, "not_found").await;
         assert!(msg.contains("register"), "{msg}");
 
         assert_error(
@@ -741,7 +789,7 @@ async fn peers_missing_heartbeats_expire_and_can_return() {
         for _ in 0..4 {
             t.clock.advance_ms(25_000);
             let resp = t
-                .post("/api/peers/heartbeat", &json!({"peer_id": b}))
+                .peer_post(&b, "/api/peers/heartbeat", &json!({"peer_id": b}))
                 .send()
                 .await
                 .unwrap();
@@ -765,7 +813,7 @@ async fn peers_missing_heartbeats_expire_and_can_return() {
 
         // A heartbeat brings it back, with what it announced before.
         let resp = t
-            .post("/api/peers/heartbeat", &json!({"peer_id": a}))
+            .peer_post(&a, "/api/peers/heartbeat", &json!({"peer_id": a}))
             .send()
             .await
             .unwrap();
@@ -796,7 +844,8 @@ async fn a_peer_withdraws_one_announce() {
                 .unwrap();
 
         let path = format!("/api/files/{}/peers/{seeder}", m.id);
-        assert_eq!(t.delete(&path).send().await.unwrap().status(), 204);
+        let unannounce = || t.peer_delete(&seeder, &path).send();
+        assert_eq!(unannounce().await.unwrap().status(), 204);
         // The swarm no longer lists it; its other file and the other seeder stay.
         let swarm = t.get_json(&format!("/api/files/{}/peers", m.id)).await;
         let ids: Vec<&Value> = swarm["peers"]
@@ -825,11 +874,14 @@ async fn a_peer_withdraws_one_announce() {
         assert_eq!(event["peer_id"], json!(seeder));
 
         // Again: nothing to withdraw. An unknown peer is told to register.
-        let msg = assert_error(t.delete(&path).send().await.unwrap(), 404, "not_found").await;
+        let msg = assert_error(unannounce().await.unwrap(), 404, "not_found").await;
         assert!(msg.contains("has not announced"), "{msg}");
         let stranger = peer_id();
+        t.register(&stranger, 3).await;
+        let resp = t.peer_delete(&stranger, &format!("/api/peers/{stranger}"));
+        assert_eq!(resp.send().await.unwrap().status(), 204);
         let msg = assert_error(
-            t.delete(&format!("/api/files/{}/peers/{stranger}", m.id))
+            t.peer_delete(&stranger, &format!("/api/files/{}/peers/{stranger}", m.id))
                 .send()
                 .await
                 .unwrap(),
@@ -838,6 +890,12 @@ async fn a_peer_withdraws_one_announce() {
         )
         .await;
         assert!(msg.contains("not registered"), "{msg}");
+        // Without the peer's token, or with another peer's, nothing is withdrawn.
+        let kept_path = format!("/api/files/{}/peers/{seeder}", kept.id);
+        let resp = t.delete(&kept_path).send().await.unwrap();
+        assert_error(resp, 401, "peer_token").await;
+        let resp = t.peer_delete(&other, &kept_path).send().await.unwrap();
+        assert_error(resp, 403, "forbidden").await;
         // Like every peer-changing route it needs credentials.
         let resp = t.http.delete(t.url(&path)).send().await.unwrap();
         assert_error(resp, 401, "unauthorized").await;
@@ -875,9 +933,9 @@ async fn bad_path_parameters_are_reported_by_name() {
             .iter()
             .map(|p| p["name"].as_str().unwrap())
             .collect();
-        assert_eq!(names, ["hash", "peer_id"]);
+        assert_eq!(names, ["X-Peer-Token", "hash", "peer_id"]);
         // The constraints the API enforces are in the spec: hex ids, the search length.
-        assert_eq!(params[0]["schema"]["pattern"], "^[0-9a-fA-F]{64}$");
+        assert_eq!(params[1]["schema"]["pattern"], "^[0-9a-fA-F]{64}$");
         let search = spec["paths"]["/api/files"]["get"]["parameters"]
             .as_array()
             .unwrap()

@@ -29,6 +29,7 @@ async fn survives_restart(db: TestDb) {
         .await
         .unwrap();
     let jwt = login["token"].as_str().unwrap().to_owned();
+    let peer_token = t.token(&peer);
     let clock = t.clock.clone();
     t.stop().await;
 
@@ -55,6 +56,14 @@ async fn survives_restart(db: TestDb) {
     let swarm = t.get_json(&format!("/api/files/{}/peers", m.id)).await;
     assert_eq!(swarm["peers"][0]["peer_id"], json!(peer));
     assert_eq!(swarm["peers"][0]["port"], 7000);
+    // The peer-token key derives from the persisted secret: the peer's token still works.
+    let resp = t
+        .post("/api/peers/heartbeat", &json!({"peer_id": peer}))
+        .header("X-Peer-Token", &peer_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "peer tokens survive the restart");
     let resp = t
         .http
         .post(t.url("/api/auth/login"))
@@ -191,13 +200,15 @@ async fn binary_cli_users_keys_and_sigterm() {
     let peer = peer_id();
     let resp = within(
         10,
-        http.post(format!("{base}/api/peers/register"))
-            .header("X-API-Key", &key)
-            .json(&json!({"peer_id": peer, "port": 6881}))
-            .send(),
+        register_proven(
+            &http,
+            &base,
+            &key,
+            &peer,
+            json!({"peer_id": peer, "port": 6881}),
+        ),
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(resp.status(), 200);
     let resp = http
         .post(format!("{base}/api/auth/login"))

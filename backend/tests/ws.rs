@@ -72,7 +72,7 @@ async fn events_arrive_for_register_announce_and_leave() {
 
         t.register(&peer, 6881).await;
         next_of_type(&mut ws, "peer_joined").await;
-        t.delete(&format!("/api/peers/{peer}"))
+        t.peer_delete(&peer, &format!("/api/peers/{peer}"))
             .send()
             .await
             .unwrap();

@@ -61,9 +61,10 @@ declare -A RESULT
 bench_backend() { # $1 = name, rest = env for the database
   local name=$1; shift
   start_tracker "$@"
-  read -r FILE_ID PEER_ID < <("$SEED" "$BASE" "$KEY" "$PEERS" "$FILES" "$PER_FILE")
+  read -r FILE_ID PEER_ID PEER_TOKEN < <("$SEED" "$BASE" "$KEY" "$PEERS" "$FILES" "$PER_FILE")
   RESULT[$name-peers]=$(oha_measure -H "X-API-Key: $KEY" "$BASE/api/files/$FILE_ID/peers")
-  RESULT[$name-heartbeat]=$(oha_measure -m POST -H "X-API-Key: $KEY" -H 'content-type: application/json' \
+  RESULT[$name-heartbeat]=$(oha_measure -m POST -H "X-API-Key: $KEY" -H "X-Peer-Token: $PEER_TOKEN" \
+    -H 'content-type: application/json' \
     -d "{\"peer_id\":\"$PEER_ID\"}" "$BASE/api/peers/heartbeat")
   stop_tracker
 }

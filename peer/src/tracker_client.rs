@@ -1,18 +1,24 @@
 //! The tracker's REST API from the peer's side ([`TrackerClient`]), and the session
 //! ([`spawn_session`]) that keeps the peer registered: heartbeats (with how the peer reaches
 //! the others), re-registration when the tracker forgot the peer (restart on fresh data,
-//! expiry, removal), and announces of what the peer has.
+//! expiry, removal) or wants a fresh proof, and announces of what the peer has.
+//!
+//! Registering proves possession of the peer id's private key (a challenge answered with
+//! [`p2p_proto::peer_auth::proof_mac`]) and yields a peer token; the calls that change the
+//! peer's entry (heartbeat, announce, unannounce, unregister) send it as `X-Peer-Token`.
 
 use std::collections::{HashMap, HashSet};
 use std::error::Error as _;
 use std::sync::Arc;
 use std::time::Duration;
 
+use curve25519_dalek::montgomery::MontgomeryPoint;
 use p2p_proto::api::{
     AnnounceRequest, AnnounceResponse, ErrorBody, FileDetails, FileList, FilePeers,
-    HeartbeatRequest, HeartbeatResponse, MAX_PEER_CONNECTIONS, PeerConnection, PeerInfo, PeerList,
-    RegisterPeerRequest, RegisterPeerResponse,
+    HeartbeatRequest, HeartbeatResponse, MAX_PEER_CONNECTIONS, PeerChallenge, PeerChallengeRequest,
+    PeerConnection, PeerInfo, PeerList, PeerProof, RegisterPeerRequest, RegisterPeerResponse,
 };
+use p2p_proto::peer_auth::{NONCE_LEN, PEER_TOKEN_HEADER, proof_mac};
 use p2p_proto::{FileId, PeerId};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, RequestBuilder, StatusCode, Url};
@@ -20,6 +26,8 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use crate::identity::Identity;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
@@ -31,6 +39,8 @@ const MIN_HEARTBEAT: Duration = Duration::from_secs(1);
 const MIN_BACKOFF: Duration = Duration::from_millis(10);
 /// How the tracker says a peer is unknown (`swarm.rs`: "peer … is not registered; …").
 const NOT_REGISTERED: &str = "not registered";
+/// The error code of a 401 for a missing, expired or foreign peer token (register again).
+const PEER_TOKEN_CODE: &str = "peer_token";
 
 /// Why a tracker call failed. Variants from an answer carry the tracker's `message`.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -57,9 +67,13 @@ pub enum TrackerError {
     /// different content).
     #[error("conflict: {0}")]
     Conflict(String),
-    /// Missing or wrong API key.
+    /// Missing or wrong API key, a refused registration proof, or a token of another peer.
     #[error("unauthorized: {0}")]
     Unauthorized(String),
+    /// The peer token is missing, expired or not the tracker's: register again (with a fresh
+    /// proof) for a new one.
+    #[error("the tracker refused the peer token: {0}")]
+    PeerToken(String),
     #[error("bad request: {0}")]
     BadRequest(String),
     /// Any other error status.
@@ -78,11 +92,15 @@ impl TrackerError {
 
     /// Maps an error status. `peer_scoped`: a 404 may mean the peer itself is unknown.
     fn from_status(status: StatusCode, body: &[u8], peer_scoped: bool) -> Self {
-        let message = serde_json::from_slice::<ErrorBody>(body)
-            .map(|b| b.message)
-            .unwrap_or_else(|_| status.canonical_reason().unwrap_or("").to_owned());
+        let (code, message) = serde_json::from_slice::<ErrorBody>(body)
+            .map(|b| (b.error, b.message))
+            .unwrap_or_else(|_| {
+                let reason = status.canonical_reason().unwrap_or("");
+                (String::new(), reason.to_owned())
+            });
         match status {
             StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => Self::BadRequest(message),
+            StatusCode::UNAUTHORIZED if code == PEER_TOKEN_CODE => Self::PeerToken(message),
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Self::Unauthorized(message),
             StatusCode::NOT_FOUND if peer_scoped && message.contains(NOT_REGISTERED) => {
                 Self::UnknownPeer(message)
@@ -198,49 +216,85 @@ impl TrackerClient {
         serde_json::from_slice(&body).map_err(|e| TrackerError::InvalidResponse(e.to_string()))
     }
 
-    /// `POST /api/peers/register`: registers the peer, or updates its addresses.
-    pub async fn register(
-        &self,
-        req: &RegisterPeerRequest,
-    ) -> Result<RegisterPeerResponse, TrackerError> {
-        let req = self.request(Method::POST, "/api/peers/register").json(req);
+    /// `POST /api/peers/challenge`: a challenge for registering `peer_id`.
+    pub async fn challenge(&self, peer_id: &PeerId) -> Result<PeerChallenge, TrackerError> {
+        let req = self
+            .request(Method::POST, "/api/peers/challenge")
+            .json(&PeerChallengeRequest { peer_id: *peer_id });
         self.call(req, false).await
     }
 
-    /// `POST /api/peers/heartbeat`. [`TrackerError::UnknownPeer`]: register again.
+    /// `POST /api/peers/register` as `identity` (whose id replaces `req.peer_id`): fetches a
+    /// challenge and registers with the proof; the answer carries the peer token.
+    pub async fn register(
+        &self,
+        identity: &Identity,
+        req: &RegisterPeerRequest,
+    ) -> Result<RegisterPeerResponse, TrackerError> {
+        let challenge = self.challenge(&identity.peer_id()).await?;
+        let mut req = req.clone();
+        req.peer_id = identity.peer_id();
+        req.proof = Some(prove(identity, &challenge)?);
+        let req = self.request(Method::POST, "/api/peers/register").json(&req);
+        self.call(req, false).await
+    }
+
+    /// `POST /api/peers/heartbeat` with the peer's token. [`TrackerError::UnknownPeer`] and
+    /// [`TrackerError::PeerToken`]: register again. A fresh token may come with the answer.
     pub async fn heartbeat(
         &self,
+        token: &str,
         req: &HeartbeatRequest,
     ) -> Result<HeartbeatResponse, TrackerError> {
-        let req = self.request(Method::POST, "/api/peers/heartbeat").json(req);
+        let req = self
+            .request(Method::POST, "/api/peers/heartbeat")
+            .header(PEER_TOKEN_HEADER, token)
+            .json(req);
         self.call(req, true).await
     }
 
-    /// `DELETE /api/peers/{id}`: the peer leaves and its announces are forgotten. A peer the
-    /// tracker does not know counts as unregistered.
-    pub async fn unregister(&self, id: &PeerId) -> Result<(), TrackerError> {
-        let req = self.request(Method::DELETE, &format!("/api/peers/{id}"));
+    /// `DELETE /api/peers/{id}` with the peer's token: the peer leaves and its announces are
+    /// forgotten. A peer the tracker does not know counts as unregistered.
+    pub async fn unregister(&self, token: &str, id: &PeerId) -> Result<(), TrackerError> {
+        let req = self
+            .request(Method::DELETE, &format!("/api/peers/{id}"))
+            .header(PEER_TOKEN_HEADER, token);
         match self.send(req, true).await {
             Ok(_) | Err(TrackerError::UnknownPeer(_)) => Ok(()),
             Err(e) => Err(e),
         }
     }
 
-    /// `POST /api/files/announce`: this peer has the file, whole or in part.
-    /// [`TrackerError::UnknownPeer`]: register again.
-    pub async fn announce(&self, req: &AnnounceRequest) -> Result<AnnounceResponse, TrackerError> {
-        let req = self.request(Method::POST, "/api/files/announce").json(req);
+    /// `POST /api/files/announce` with the peer's token: this peer has the file, whole or in
+    /// part. [`TrackerError::UnknownPeer`] and [`TrackerError::PeerToken`]: register again.
+    pub async fn announce(
+        &self,
+        token: &str,
+        req: &AnnounceRequest,
+    ) -> Result<AnnounceResponse, TrackerError> {
+        let req = self
+            .request(Method::POST, "/api/files/announce")
+            .header(PEER_TOKEN_HEADER, token)
+            .json(req);
         self.call(req, true).await
     }
 
-    /// `DELETE /api/files/{hash}/peers/{peer_id}`: this peer stops offering the file.
-    /// [`TrackerError::NotFound`]: the peer had not announced the file (nothing to undo);
-    /// [`TrackerError::UnknownPeer`]: the tracker does not know the peer (register again).
-    pub async fn unannounce(&self, peer_id: &PeerId, file_id: &FileId) -> Result<(), TrackerError> {
-        let req = self.request(
-            Method::DELETE,
-            &format!("/api/files/{file_id}/peers/{peer_id}"),
-        );
+    /// `DELETE /api/files/{hash}/peers/{peer_id}` with the peer's token: this peer stops
+    /// offering the file. [`TrackerError::NotFound`]: the peer had not announced the file
+    /// (nothing to undo); [`TrackerError::UnknownPeer`]: the tracker does not know the peer
+    /// (register again).
+    pub async fn unannounce(
+        &self,
+        token: &str,
+        peer_id: &PeerId,
+        file_id: &FileId,
+    ) -> Result<(), TrackerError> {
+        let req = self
+            .request(
+                Method::DELETE,
+                &format!("/api/files/{file_id}/peers/{peer_id}"),
+            )
+            .header(PEER_TOKEN_HEADER, token);
         self.send(req, true).await.map(drop)
     }
 
@@ -303,6 +357,32 @@ impl TrackerClient {
         )
         .await
     }
+}
+
+/// The answer to `challenge`, made with `identity`'s private key.
+fn prove(identity: &Identity, challenge: &PeerChallenge) -> Result<PeerProof, TrackerError> {
+    let bad = |what: &str| TrackerError::InvalidResponse(format!("challenge {what}"));
+    if challenge.peer_id != identity.peer_id() {
+        return Err(bad("for another peer id"));
+    }
+    let mut tracker_key = [0u8; 32];
+    hex::decode_to_slice(&challenge.tracker_key, &mut tracker_key)
+        .map_err(|_| bad("key is not 64 hex characters"))?;
+    let mut nonce = [0u8; NONCE_LEN];
+    hex::decode_to_slice(&challenge.nonce, &mut nonce)
+        .map_err(|_| bad("nonce is not 64 hex characters"))?;
+    let shared = MontgomeryPoint(tracker_key)
+        .mul_clamped(*identity.secret())
+        .to_bytes();
+    Ok(PeerProof {
+        nonce: challenge.nonce.clone(),
+        mac: hex::encode(proof_mac(
+            &shared,
+            &tracker_key,
+            &nonce,
+            &identity.peer_id(),
+        )),
+    })
 }
 
 /// What the session announces: every file this peer has, whole or partial. Called on the
@@ -389,12 +469,14 @@ impl SessionHandle {
 /// Keeps the peer registered until `shutdown`: registers (retrying with capped exponential
 /// backoff while the tracker is unreachable), announces `announcements`, heartbeats (carrying
 /// `connections` whenever they changed), and starts over when the tracker no longer knows the
-/// peer. On shutdown it unregisters.
+/// peer or refuses its token. It registers as `identity` (proving its key; `register.peer_id`
+/// is replaced by its id). On shutdown it unregisters.
 ///
 /// Failures are logged once per outage (then at debug level) and recovery once.
 pub fn spawn_session(
     client: TrackerClient,
-    register: RegisterPeerRequest,
+    identity: Identity,
+    mut register: RegisterPeerRequest,
     announcements: Announcements,
     connections: Connections,
     timing: SessionTiming,
@@ -402,8 +484,11 @@ pub fn spawn_session(
 ) -> SessionHandle {
     let (status_tx, status) = watch::channel(SessionStatus::Registering);
     let announce = Arc::new(Notify::new());
+    register.peer_id = identity.peer_id();
     let session = Session {
         client,
+        identity,
+        token: String::new(),
         register,
         announcements,
         connections,
@@ -419,6 +504,9 @@ pub fn spawn_session(
 
 struct Session {
     client: TrackerClient,
+    identity: Identity,
+    /// The peer token of the last registration (or heartbeat that renewed it).
+    token: String,
     register: RegisterPeerRequest,
     announcements: Announcements,
     connections: Connections,
@@ -435,6 +523,8 @@ enum Ended {
     Shutdown,
     /// The tracker no longer knows the peer.
     Forgotten,
+    /// The tracker refused the peer token (expired, or from a tracker with another secret).
+    TokenRefused,
 }
 
 /// What the tracker was last told of one file: its name (a renamed file is announced again
@@ -451,6 +541,7 @@ enum Round {
     /// The tracker had trouble; try the rest later.
     Retry,
     Forgotten,
+    TokenRefused,
 }
 
 impl Session {
@@ -464,10 +555,14 @@ impl Session {
                     tracing::info!("the tracker no longer knows this peer; registering again");
                     self.set(SessionStatus::Registering);
                 }
+                Ended::TokenRefused => {
+                    tracing::info!("the tracker refused the peer token; proving the key again");
+                    self.set(SessionStatus::Registering);
+                }
             }
         }
         if registered_once {
-            let unregister = self.client.unregister(&self.register.peer_id);
+            let unregister = self.client.unregister(&self.token, &self.register.peer_id);
             match tokio::time::timeout(UNREGISTER_TIMEOUT, unregister).await {
                 Ok(Ok(())) => tracing::debug!("unregistered from the tracker"),
                 Ok(Err(e)) => tracing::debug!(error = %e, "could not unregister"),
@@ -483,10 +578,11 @@ impl Session {
         let mut backoff = Backoff::new(&self.timing);
         loop {
             let result = self
-                .or_shutdown(self.client.register(&self.register))
+                .or_shutdown(self.client.register(&self.identity, &self.register))
                 .await?;
             match result {
                 Ok(resp) => {
+                    self.token = resp.peer_token;
                     self.succeeded();
                     tracing::info!(peer = %resp.peer_id, observed_ip = %resp.observed_ip, "registered with the tracker");
                     self.set(SessionStatus::Registered);
@@ -530,6 +626,7 @@ impl Session {
                     }
                     Round::Retry => announce_at = Some(Instant::now() + announce_backoff.next()),
                     Round::Forgotten => return Ended::Forgotten,
+                    Round::TokenRefused => return Ended::TokenRefused,
                 }
             }
             if beat_at <= Instant::now() {
@@ -541,11 +638,17 @@ impl Session {
                     // Only a change: the tracker keeps the list it was sent last.
                     connections: (reported.as_ref() != Some(&connections)).then_some(connections),
                 };
-                let Some(result) = self.or_shutdown(self.client.heartbeat(&beat)).await else {
+                let Some(result) = self
+                    .or_shutdown(self.client.heartbeat(&self.token, &beat))
+                    .await
+                else {
                     return Ended::Shutdown;
                 };
                 match result {
                     Ok(resp) => {
+                        if let Some(fresh) = resp.peer_token {
+                            self.token = fresh;
+                        }
                         if beat.connections.is_some() {
                             reported = beat.connections;
                         }
@@ -556,6 +659,7 @@ impl Session {
                         beat_at = Instant::now() + interval;
                     }
                     Err(TrackerError::UnknownPeer(_)) => return Ended::Forgotten,
+                    Err(TrackerError::PeerToken(_)) => return Ended::TokenRefused,
                     Err(e) => {
                         self.failed("heartbeat failed", &e);
                         self.set(SessionStatus::Retrying);
@@ -584,7 +688,7 @@ impl Session {
         for id in gone {
             let peer_id = self.register.peer_id;
             match self
-                .or_shutdown(self.client.unannounce(&peer_id, &id))
+                .or_shutdown(self.client.unannounce(&self.token, &peer_id, &id))
                 .await?
             {
                 // NotFound: the tracker had already forgotten the announce.
@@ -593,6 +697,7 @@ impl Session {
                     announced.remove(&id);
                 }
                 Err(TrackerError::UnknownPeer(_)) => return Some(Round::Forgotten),
+                Err(TrackerError::PeerToken(_)) => return Some(Round::TokenRefused),
                 Err(e) => {
                     self.failed("withdrawing an announce failed", &e);
                     self.set(SessionStatus::Retrying);
@@ -608,13 +713,17 @@ impl Session {
             if announced.get(&req.file.id) == Some(&now) {
                 continue;
             }
-            match self.or_shutdown(self.client.announce(&req)).await? {
+            match self
+                .or_shutdown(self.client.announce(&self.token, &req))
+                .await?
+            {
                 Ok(_) => {
                     self.succeeded();
                     self.set(SessionStatus::Registered);
                     announced.insert(req.file.id, now);
                 }
                 Err(TrackerError::UnknownPeer(_)) => return Some(Round::Forgotten),
+                Err(TrackerError::PeerToken(_)) => return Some(Round::TokenRefused),
                 Err(
                     e @ (TrackerError::Conflict(_)
                     | TrackerError::BadRequest(_)

@@ -556,29 +556,38 @@ async fn the_tracker_cannot_make_a_peer_dial_local_addresses() {
                 }
             }
         });
-        let fake = Identity::generate().unwrap().peer_id();
+        let fake_identity = Identity::generate().unwrap();
+        let fake = fake_identity.peer_id();
         let mut addresses = vec!["127.0.0.1", "169.254.169.254", "::1", "fe80::1"];
         addresses.push("localhost");
-        client
-            .register(&RegisterPeerRequest {
-                peer_id: fake,
-                addresses: addresses.iter().map(|a| (*a).to_owned()).collect(),
-                port,
-                udp_port: None,
-                relay_only: false,
-                name: None,
-                version: None,
-            })
+        let token = client
+            .register(
+                &fake_identity,
+                &RegisterPeerRequest {
+                    peer_id: fake,
+                    addresses: addresses.iter().map(|a| (*a).to_owned()).collect(),
+                    port,
+                    udp_port: None,
+                    relay_only: false,
+                    name: None,
+                    version: None,
+                    proof: None,
+                },
+            )
             .await
-            .unwrap();
+            .unwrap()
+            .peer_token;
         let data = support::content(100_000, 3);
         let manifest = Manifest::of_bytes("bait.bin", &data, CHUNK_SIZE).unwrap();
         client
-            .announce(&AnnounceRequest {
-                peer_id: fake,
-                file: manifest.clone(),
-                have: None,
-            })
+            .announce(
+                &token,
+                &AnnounceRequest {
+                    peer_id: fake,
+                    file: manifest.clone(),
+                    have: None,
+                },
+            )
             .await
             .unwrap();
         let me = Identity::generate().unwrap();

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use p2p_peer::identity::Identity;
 use p2p_peer::tracker_client::{
     Announcements, Connections, SessionHandle, SessionStatus, SessionTiming, TrackerClient,
     TrackerError, spawn_session,
@@ -52,8 +53,12 @@ fn serve_args(addr: SocketAddr) -> ServeArgs {
 
 /// A tracker on `addr` (port 0 for any) keeping its database in `dir`.
 async fn tracker_at(dir: &Path, addr: SocketAddr) -> RunningTracker {
+    tracker_with(dir, serve_args(addr)).await
+}
+
+async fn tracker_with(dir: &Path, args: ServeArgs) -> RunningTracker {
     let store = Arc::new(SqliteStore::open(&dir.join("tracker.db"), 4).await.unwrap());
-    app::start(store, &serve_args(addr), RuntimeOptions::default())
+    app::start(store, &args, RuntimeOptions::default())
         .await
         .unwrap()
 }
@@ -73,8 +78,21 @@ async fn within<F: Future>(secs: u64, f: F) -> F::Output {
         .expect("test timed out")
 }
 
+/// Test peer `n`'s key pair.
+fn identity(n: u8) -> Identity {
+    Identity::from_secret(Sha256::digest([b'p', n, std::process::id() as u8]).into())
+}
+
 fn peer_id(n: u8) -> PeerId {
-    PeerId(Sha256::digest([b'p', n, std::process::id() as u8]).into())
+    identity(n).peer_id()
+}
+
+/// Registers test peer `n` (proving its key); its peer token.
+async fn registered(c: &TrackerClient, n: u8) -> String {
+    c.register(&identity(n), &register_request(peer_id(n)))
+        .await
+        .unwrap()
+        .peer_token
 }
 
 fn register_request(peer: PeerId) -> RegisterPeerRequest {
@@ -86,6 +104,7 @@ fn register_request(peer: PeerId) -> RegisterPeerRequest {
         relay_only: false,
         name: Some("test peer".into()),
         version: None,
+        proof: None,
     }
 }
 
@@ -153,22 +172,40 @@ async fn register_heartbeat_announce_and_swarm_round_trip() {
     let c = client(&t);
     within(20, async {
         let (seeder, leecher) = (peer_id(1), peer_id(2));
-        let reg = c.register(&register_request(seeder)).await.unwrap();
+        let reg = c
+            .register(&identity(1), &register_request(seeder))
+            .await
+            .unwrap();
         assert_eq!(reg.peer_id, seeder);
         assert_eq!(reg.heartbeat_interval_secs, 30);
         assert_eq!(reg.observed_ip, "127.0.0.1");
-        c.register(&register_request(leecher)).await.unwrap();
-        let beat = c.heartbeat(&heartbeat(seeder)).await.unwrap();
+        assert_eq!(reg.peer_token_expires_in_secs, 3600);
+        let seeder_token = reg.peer_token;
+        let leecher_token = registered(&c, 2).await;
+        let beat = c
+            .heartbeat(&seeder_token, &heartbeat(seeder))
+            .await
+            .unwrap();
         assert_eq!(beat.next_heartbeat_secs, 30);
+        assert_eq!(beat.peer_token, None, "a fresh token is not renewed");
+        // The token speaks for its own peer only.
+        let err = c
+            .heartbeat(&seeder_token, &heartbeat(leecher))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, TrackerError::Unauthorized(_)), "{err:?}");
 
         // Three chunks: the seeder has all, the leecher only the first.
         let m = manifest("round trip.bin", 2 * CHUNK_SIZE as usize + 100, 1);
         let a = c
-            .announce(&AnnounceRequest {
-                peer_id: seeder,
-                file: m.clone(),
-                have: None,
-            })
+            .announce(
+                &seeder_token,
+                &AnnounceRequest {
+                    peer_id: seeder,
+                    file: m.clone(),
+                    have: None,
+                },
+            )
             .await
             .unwrap();
         assert!(a.created && a.complete);
@@ -176,11 +213,14 @@ async fn register_heartbeat_announce_and_swarm_round_trip() {
         let mut have = Bitfield::new(3);
         have.set(0);
         let a = c
-            .announce(&AnnounceRequest {
-                peer_id: leecher,
-                file: m.clone(),
-                have: Some(have.to_base64()),
-            })
+            .announce(
+                &leecher_token,
+                &AnnounceRequest {
+                    peer_id: leecher,
+                    file: m.clone(),
+                    have: Some(have.to_base64()),
+                },
+            )
             .await
             .unwrap();
         assert!(!a.created && !a.complete);
@@ -215,13 +255,13 @@ async fn register_heartbeat_announce_and_swarm_round_trip() {
             Err(TrackerError::NotFound(_))
         ));
 
-        c.unregister(&seeder).await.unwrap();
+        c.unregister(&seeder_token, &seeder).await.unwrap();
         assert!(matches!(
             c.peer(&seeder).await,
             Err(TrackerError::NotFound(_))
         ));
         // Unregistering twice is fine.
-        c.unregister(&seeder).await.unwrap();
+        c.unregister(&seeder_token, &seeder).await.unwrap();
     })
     .await;
     t.stop().await.unwrap();
@@ -233,8 +273,14 @@ async fn unknown_peer_bad_manifest_and_conflict_are_told_apart() {
     let t = tracker(dir.path()).await;
     let c = client(&t);
     within(20, async {
+        // A peer the tracker forgot (its token still good) is told to register again.
         let stranger = peer_id(3);
-        let err = c.heartbeat(&heartbeat(stranger)).await.unwrap_err();
+        let stranger_token = registered(&c, 3).await;
+        c.unregister(&stranger_token, &stranger).await.unwrap();
+        let err = c
+            .heartbeat(&stranger_token, &heartbeat(stranger))
+            .await
+            .unwrap_err();
         let TrackerError::UnknownPeer(message) = &err else {
             panic!("{err:?}")
         };
@@ -251,31 +297,36 @@ async fn unknown_peer_bad_manifest_and_conflict_are_told_apart() {
             have: None,
         };
         assert!(matches!(
-            c.announce(&announce(stranger, &m)).await,
+            c.announce(&stranger_token, &announce(stranger, &m)).await,
             Err(TrackerError::UnknownPeer(_))
+        ));
+        // Without a token: register (with a proof) for one.
+        assert!(matches!(
+            c.announce("", &announce(stranger, &m)).await,
+            Err(TrackerError::PeerToken(_))
         ));
 
         let peer = peer_id(4);
-        c.register(&register_request(peer)).await.unwrap();
-        c.announce(&announce(peer, &m)).await.unwrap();
+        let token = registered(&c, 4).await;
+        c.announce(&token, &announce(peer, &m)).await.unwrap();
         // Same id, other content.
         let mut other = manifest("a.bin", 2000, 3);
         other.id = m.id;
         assert!(matches!(
-            c.announce(&announce(peer, &other)).await,
+            c.announce(&token, &announce(peer, &other)).await,
             Err(TrackerError::Conflict(_))
         ));
         // A Merkle root that does not match the chunk hashes.
         let mut bad = manifest("b.bin", 1000, 4);
         bad.merkle_root = m.merkle_root;
         assert!(matches!(
-            c.announce(&announce(peer, &bad)).await,
+            c.announce(&token, &announce(peer, &bad)).await,
             Err(TrackerError::BadRequest(_))
         ));
         let mut bad_have = announce(peer, &manifest("c.bin", 1000, 5));
         bad_have.have = Some("not base64!".into());
         assert!(matches!(
-            c.announce(&bad_have).await,
+            c.announce(&token, &bad_have).await,
             Err(TrackerError::BadRequest(_))
         ));
     })
@@ -290,16 +341,19 @@ async fn unannounce_tells_not_announced_from_unknown_peer() {
     let c = client(&t);
     within(20, async {
         let peer = peer_id(6);
-        c.register(&register_request(peer)).await.unwrap();
+        let token = registered(&c, 6).await;
         let m = manifest("withdrawn.bin", 1000, 6);
-        c.announce(&AnnounceRequest {
-            peer_id: peer,
-            file: m.clone(),
-            have: None,
-        })
+        c.announce(
+            &token,
+            &AnnounceRequest {
+                peer_id: peer,
+                file: m.clone(),
+                have: None,
+            },
+        )
         .await
         .unwrap();
-        c.unannounce(&peer, &m.id).await.unwrap();
+        c.unannounce(&token, &peer, &m.id).await.unwrap();
         assert!(
             c.file_peers(&m.id, None, 10)
                 .await
@@ -307,9 +361,14 @@ async fn unannounce_tells_not_announced_from_unknown_peer() {
                 .peers
                 .is_empty()
         );
-        let again = c.unannounce(&peer, &m.id).await.unwrap_err();
+        let again = c.unannounce(&token, &peer, &m.id).await.unwrap_err();
         assert!(matches!(again, TrackerError::NotFound(_)), "{again:?}");
-        let stranger = c.unannounce(&peer_id(7), &m.id).await.unwrap_err();
+        let other_token = registered(&c, 7).await;
+        c.unregister(&other_token, &peer_id(7)).await.unwrap();
+        let stranger = c
+            .unannounce(&other_token, &peer_id(7), &m.id)
+            .await
+            .unwrap_err();
         assert!(
             matches!(stranger, TrackerError::UnknownPeer(_)),
             "{stranger:?}"
@@ -326,7 +385,10 @@ async fn wrong_or_missing_api_key_is_unauthorized() {
     within(20, async {
         for key in [Some("wrong-key".to_owned()), None] {
             let c = TrackerClient::new(&t.base_url(), key).unwrap();
-            let err = c.register(&register_request(peer_id(5))).await.unwrap_err();
+            let err = c
+                .register(&identity(5), &register_request(peer_id(5)))
+                .await
+                .unwrap_err();
             assert!(matches!(err, TrackerError::Unauthorized(_)), "{err:?}");
             assert!(matches!(
                 c.list_files("", 0, 10).await,
@@ -342,16 +404,19 @@ async fn wrong_or_missing_api_key_is_unauthorized() {
 async fn a_closed_port_is_unreachable() {
     let c = TrackerClient::new(&format!("http://{}", closed_port()), Some(KEY.into())).unwrap();
     within(20, async {
-        let err = c.register(&register_request(peer_id(6))).await.unwrap_err();
+        let err = c
+            .register(&identity(6), &register_request(peer_id(6)))
+            .await
+            .unwrap_err();
         assert!(err.is_unreachable(), "{err:?}");
         assert!(
-            c.heartbeat(&heartbeat(peer_id(6)))
+            c.heartbeat("token", &heartbeat(peer_id(6)))
                 .await
                 .unwrap_err()
                 .is_unreachable()
         );
         assert!(
-            c.unregister(&peer_id(6))
+            c.unregister("token", &peer_id(6))
                 .await
                 .unwrap_err()
                 .is_unreachable()
@@ -395,16 +460,18 @@ async fn listed_until(c: &TrackerClient, peer: PeerId, want: impl Fn(&PeerInfo) 
     }
 }
 
-/// A session of `peer` announcing `files`, with fast timing and no connections to report.
+/// A session of test peer `n` announcing `files`, with fast timing and no connections to
+/// report.
 fn files_session(
     c: &TrackerClient,
-    peer: PeerId,
+    n: u8,
     files: &Files,
     shutdown: &CancellationToken,
 ) -> SessionHandle {
     spawn_session(
         c.clone(),
-        register_request(peer),
+        identity(n),
+        register_request(peer_id(n)),
         files.source(),
         no_connections(),
         fast(),
@@ -432,7 +499,7 @@ async fn session_announces_reregisters_when_forgotten_and_unregisters_on_shutdow
     let shutdown = CancellationToken::new();
     within(20, async {
         let mut feed = events(&t);
-        let session = files_session(&c, peer, &files, &shutdown);
+        let session = files_session(&c, 7, &files, &shutdown);
         feed.next(|e| announced_by(e, peer, first.id)).await;
         session
             .subscribe()
@@ -448,7 +515,8 @@ async fn session_announces_reregisters_when_forgotten_and_unregisters_on_shutdow
 
         // The tracker forgets the peer and its announces (as after an expiry or a restart on
         // fresh data): the next heartbeat gets 404, the session registers and announces again.
-        c.unregister(&peer).await.unwrap();
+        let token = registered(&c, 7).await;
+        c.unregister(&token, &peer).await.unwrap();
         feed.next(|e| matches!(e, Event::PeerLeft { peer_id, .. } if *peer_id == peer))
             .await;
         feed.next(|e| matches!(e, Event::PeerJoined { peer_id, .. } if *peer_id == peer))
@@ -486,7 +554,7 @@ async fn session_announces_a_renamed_file_again_under_its_new_name() {
     let shutdown = CancellationToken::new();
     within(20, async {
         let mut feed = events(&t);
-        let session = files_session(&c, peer, &files, &shutdown);
+        let session = files_session(&c, 9, &files, &shutdown);
         feed.next(|e| announced_by(e, peer, file.id)).await;
         feed.next(|e| announced_by(e, peer, other.id)).await;
 
@@ -538,7 +606,7 @@ async fn session_retries_until_the_tracker_comes_up() {
     files.add(peer, &file);
     let shutdown = CancellationToken::new();
     within(20, async {
-        let session = files_session(&c, peer, &files, &shutdown);
+        let session = files_session(&c, 8, &files, &shutdown);
         let (conn, _) = stand_in.accept().await.unwrap();
         drop(conn);
         drop(stand_in);
@@ -576,6 +644,7 @@ async fn session_stops_while_the_tracker_is_unreachable() {
     let shutdown = CancellationToken::new();
     let session = spawn_session(
         c,
+        identity(9),
         register_request(peer_id(9)),
         Files::default().source(),
         no_connections(),
@@ -611,6 +680,7 @@ async fn session_reports_connections_with_heartbeats() {
         let mut feed = events(&t);
         let session = spawn_session(
             c.clone(),
+            identity(10),
             register_request(peer),
             Files::default().source(),
             connections,
@@ -636,7 +706,8 @@ async fn session_reports_connections_with_heartbeats() {
         // did not change.
         *current.lock().unwrap() = vec![direct];
         listed_until(&c, peer, |p| p.connections == [direct]).await;
-        c.unregister(&peer).await.unwrap();
+        let token = registered(&c, 10).await;
+        c.unregister(&token, &peer).await.unwrap();
         feed.next(|e| matches!(e, Event::PeerLeft { peer_id, .. } if *peer_id == peer))
             .await;
         feed.next(|e| matches!(e, Event::PeerJoined { peer_id, .. } if *peer_id == peer))
@@ -648,4 +719,46 @@ async fn session_reports_connections_with_heartbeats() {
     })
     .await;
     t.stop().await.unwrap();
+}
+
+/// The tracker comes back with another secret (as after a rotation): it knows the peer but
+/// refuses its token. The session proves its key again, gets a fresh token and carries on
+/// (its announce, which needs the token, arrives).
+#[tokio::test]
+async fn session_proves_its_key_again_when_the_token_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = serve_args("127.0.0.1:0".parse().unwrap());
+    args.jwt_secret = Some("the first secret of this tracker, 32+ bytes".into());
+    let t = tracker_with(dir.path(), args.clone()).await;
+    let addr = t.addr;
+    let c = client(&t);
+    let (peer, file) = (peer_id(13), manifest("kept", 4000, 13));
+    let files = Files::default();
+    files.add(peer, &file);
+    let shutdown = CancellationToken::new();
+    within(20, async {
+        let mut feed = events(&t);
+        let session = files_session(&c, 13, &files, &shutdown);
+        feed.next(|e| announced_by(e, peer, file.id)).await;
+        t.stop().await.unwrap();
+
+        args.addr = addr;
+        args.jwt_secret = Some("another secret, so other token keys, 32+ bytes".into());
+        let t = tracker_with(dir.path(), args).await;
+        let mut feed = events(&t);
+        feed.next(|e| announced_by(e, peer, file.id)).await;
+        session
+            .subscribe()
+            .wait_for(|s| *s == SessionStatus::Registered)
+            .await
+            .unwrap();
+        shutdown.cancel();
+        session.stopped().await;
+        assert!(
+            matches!(c.peer(&peer).await, Err(TrackerError::NotFound(_))),
+            "it unregistered with its new token"
+        );
+        t.stop().await.unwrap();
+    })
+    .await;
 }

@@ -80,6 +80,44 @@ pub struct RegisterPeerRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", oai(skip_serializing_if_is_none))]
     pub version: Option<String>,
+    /// Proof of possession of `peer_id`'s private key, answering a challenge from
+    /// `POST /api/peers/challenge`. Required: a registration without one is refused with 401.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", oai(skip_serializing_if_is_none))]
+    pub proof: Option<PeerProof>,
+}
+
+/// `POST /api/peers/challenge`: the peer id that is about to register.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
+#[cfg_attr(feature = "openapi", oai(rename_all = "snake_case"))]
+pub struct PeerChallengeRequest {
+    pub peer_id: PeerId,
+}
+
+/// A challenge to prove possession of a peer id's private key (see [`crate::peer_auth`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
+#[cfg_attr(feature = "openapi", oai(rename_all = "snake_case"))]
+pub struct PeerChallenge {
+    pub peer_id: PeerId,
+    /// The tracker's long-lived X25519 public key, 64 hex characters.
+    pub tracker_key: String,
+    /// 64 hex characters, opaque to the peer; valid for `peer_id` only.
+    pub nonce: String,
+    /// Seconds the nonce stays valid.
+    pub expires_in_secs: u64,
+}
+
+/// The answer to a [`PeerChallenge`], sent with the registration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
+#[cfg_attr(feature = "openapi", oai(rename_all = "snake_case"))]
+pub struct PeerProof {
+    /// The challenge's nonce, as received (64 hex characters).
+    pub nonce: String,
+    /// [`crate::peer_auth::proof_mac`], 64 hex characters.
+    pub mac: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,6 +131,11 @@ pub struct RegisterPeerResponse {
     pub heartbeat_interval_secs: u32,
     /// A peer not heard from for this long is offline.
     pub peer_ttl_secs: u32,
+    /// Send this in the `X-Peer-Token` header of heartbeats, announces, unannounces and the
+    /// unregistration of this peer id.
+    pub peer_token: String,
+    /// Seconds until `peer_token` expires; heartbeats hand out a fresh one before then.
+    pub peer_token_expires_in_secs: u64,
 }
 
 /// `POST /api/peers/heartbeat`.
@@ -158,6 +201,15 @@ pub struct PeerConnection {
 #[cfg_attr(feature = "openapi", oai(rename_all = "snake_case"))]
 pub struct HeartbeatResponse {
     pub next_heartbeat_secs: u32,
+    /// A fresh peer token when the one sent has less than half its lifetime left; send it from
+    /// now on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", oai(skip_serializing_if_is_none))]
+    pub peer_token: Option<String>,
+    /// Seconds until the fresh `peer_token` expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", oai(skip_serializing_if_is_none))]
+    pub peer_token_expires_in_secs: Option<u64>,
 }
 
 /// A registered peer, as listed by `GET /api/peers`.

@@ -10,6 +10,8 @@
 //! - [`bitfield`]: which chunks a peer has.
 //! - [`api`]: tracker REST and WebSocket types.
 //! - [`wire`]: peer-to-peer frames (manifest, bitfield, have, request, chunk, reject…).
+//! - [`peer_auth`]: the proof that a tracker request speaks for a peer id (registration proof,
+//!   HMAC-SHA256).
 //! - [`relay`]: relay hub frames (attach proof, streams, flow-control windows, punch control).
 //! - [`punch`]: UDP hole-punching packets (rendezvous binding and probes).
 //! - [`sha256_lanes`]: SHA-256 compression over up to four independent inputs at once (SHA-NI).
@@ -23,6 +25,7 @@ pub mod ids;
 pub mod manifest;
 #[cfg(feature = "openapi")]
 mod openapi;
+pub mod peer_auth;
 pub mod punch;
 pub mod relay;
 pub mod sha256_lanes;

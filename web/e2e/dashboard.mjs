@@ -1,6 +1,6 @@
 // Drives the dashboard in headless Chromium against a running tracker.
 // Env: BASE_URL, API_KEY, ADMIN_USER, ADMIN_PASSWORD, SCREENSHOT_DIR, CHROMIUM.
-import { createHash } from 'node:crypto';
+import { createHash, createHmac, createPrivateKey, createPublicKey, diffieHellman } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { chromium } from 'playwright-core';
 
@@ -10,21 +10,40 @@ mkdirSync(SHOTS, { recursive: true });
 
 const sha = (...parts) => { const h = createHash('sha256'); for (const p of parts) h.update(p); return h.digest(); };
 
-async function api(path, body) {
-  const resp = await fetch(BASE_URL + path, {
-    method: 'POST',
-    headers: { 'X-API-Key': API_KEY, 'content-type': 'application/json' },
-    body: JSON.stringify(body),
-  });
+async function api(path, body, peerToken) {
+  const headers = { 'X-API-Key': API_KEY, 'content-type': 'application/json' };
+  if (peerToken) headers['X-Peer-Token'] = peerToken;
+  const resp = await fetch(BASE_URL + path, { method: 'POST', headers, body: JSON.stringify(body) });
   if (!resp.ok) throw new Error(`${path}: ${resp.status} ${await resp.text()}`);
   return resp.json();
 }
 
-function peerId(n) { return sha(`e2e-peer-${n}`).toString('hex'); }
+// Peer n's X25519 key pair (its public key is its peer id), from raw bytes via DER.
+const X25519_PKCS8 = Buffer.from('302e020100300506032b656e04220420', 'hex');
+const X25519_SPKI = Buffer.from('302a300506032b656e032100', 'hex');
+const peerKey = (n) => createPrivateKey({ key: Buffer.concat([X25519_PKCS8, sha(`e2e-peer-${n}`)]), format: 'der', type: 'pkcs8' });
+function peerId(n) {
+  return createPublicKey(peerKey(n)).export({ format: 'der', type: 'spki' }).subarray(-32).toString('hex');
+}
+const tokens = new Map();
+
+/** Registers peer n with a proof of its key (docs/protocol.md §8); keeps its peer token. */
+async function register(n, body) {
+  const challenge = await api('/api/peers/challenge', { peer_id: peerId(n) });
+  const trackerKey = Buffer.from(challenge.tracker_key, 'hex');
+  const shared = diffieHellman({
+    privateKey: peerKey(n),
+    publicKey: createPublicKey({ key: Buffer.concat([X25519_SPKI, trackerKey]), format: 'der', type: 'spki' }),
+  });
+  const mac = createHmac('sha256', shared).update('p2p-tracker/1 peer proof').update(trackerKey)
+    .update(Buffer.from(challenge.nonce, 'hex')).update(Buffer.from(peerId(n), 'hex')).digest('hex');
+  const answer = await api('/api/peers/register', { ...body, peer_id: peerId(n), proof: { nonce: challenge.nonce, mac } });
+  tokens.set(n, answer.peer_token);
+}
 
 /** Registers peer n and announces a one-chunk file named `name`. */
 async function share(n, name) {
-  await api('/api/peers/register', { peer_id: peerId(n), addresses: [`192.0.2.${n}`], port: 6880 + n });
+  await register(n, { addresses: [`192.0.2.${n}`], port: 6880 + n });
   const data = Buffer.from(`content of ${name} `.repeat(1000));
   const chunk = sha(data);
   const root = sha(Buffer.from([0]), chunk);
@@ -34,7 +53,7 @@ async function share(n, name) {
       id: sha(data).toString('hex'), name, size: data.length, chunk_size: 262144,
       chunk_hashes: [chunk.toString('hex')], merkle_root: root.toString('hex'),
     },
-  });
+  }, tokens.get(n));
 }
 
 const browser = await chromium.launch({
@@ -50,7 +69,7 @@ try {
 
   await share(1, 'first-file.iso');
   // Peer 1 reports reaching peer 2 through a hole punch (the peers table shows it).
-  await api('/api/peers/heartbeat', { peer_id: peerId(1), connections: [{ peer_id: peerId(2), path: 'hole_punched' }] });
+  await api('/api/peers/heartbeat', { peer_id: peerId(1), connections: [{ peer_id: peerId(2), path: 'hole_punched' }] }, tokens.get(1));
 
   // Nothing but the login page without a session.
   await page.goto(BASE_URL + '/dashboard/');
@@ -90,7 +109,7 @@ try {
   console.log(`ok: new peer and file shown after ${took} ms without reload`);
 
   // A peer that registers no address is shown where the tracker saw it, not as "?".
-  await api('/api/peers/register', { peer_id: peerId(3), addresses: [], port: 6883 });
+  await register(3, { addresses: [], port: 6883 });
   const observed = new URL(BASE_URL).hostname.replace(/^\[|\]$/g, '');
   await page.getByTestId('event-log').filter({ hasText: `joined at ${observed}:6883` }).waitFor({ timeout: 2000 });
   if (await page.getByTestId('event-log').filter({ hasText: '?:' }).count() !== 0) throw new Error('an event names an unknown address');

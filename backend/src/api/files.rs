@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use p2p_proto::api::{AnnounceRequest, AnnounceResponse, FileDetails, FileList, FilePeers};
 use p2p_proto::{FileId, PeerId};
-use poem_openapi::param::Query;
+use poem_openapi::param::{Header, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
 
@@ -26,7 +26,8 @@ pub enum Unannounced {
 impl FilesApi {
     /// A peer announces a file it has, whole or in part (`have`). The manifest is checked
     /// (chunk count, Merkle root); one that contradicts the stored manifest of the same id is
-    /// refused with 409.
+    /// refused with 409. Needs the announcing peer's token (401 `peer_token` without a valid
+    /// one, 403 with another peer's).
     #[oai(
         path = "/api/files/announce",
         method = "post",
@@ -35,8 +36,14 @@ impl FilesApi {
     async fn announce(
         &self,
         _auth: Auth,
+        /// The announcing peer's token, from its registration.
+        #[oai(name = "X-Peer-Token")]
+        peer_token: Header<Option<String>>,
         body: Json<AnnounceRequest>,
     ) -> Result<Json<AnnounceResponse>, ApiError> {
+        self.0
+            .peer_auth
+            .check_token(peer_token.0.as_deref(), &body.0.peer_id)?;
         Ok(Json(self.0.swarm.announce(body.0).await?))
     }
 
@@ -98,7 +105,7 @@ impl FilesApi {
 
     /// The announcing peer stops offering one file: its claim to the file is removed (the file
     /// itself stays known). 404 when the peer is not registered ("not registered") or had not
-    /// announced the file.
+    /// announced the file. Needs the peer's token (401 `peer_token`, 403 another peer's).
     #[oai(
         path = "/api/files/:hash/peers/:peer_id",
         method = "delete",
@@ -107,9 +114,15 @@ impl FilesApi {
     async fn unannounce(
         &self,
         _auth: Auth,
+        /// The peer's token, from its registration.
+        #[oai(name = "X-Peer-Token")]
+        peer_token: Header<Option<String>>,
         hash: Path<FileId, Hash>,
         peer_id: Path<PeerId, PeerIdName>,
     ) -> Result<Unannounced, ApiError> {
+        self.0
+            .peer_auth
+            .check_token(peer_token.0.as_deref(), &peer_id.0)?;
         self.0.swarm.unannounce(&hash.0, &peer_id.0).await?;
         Ok(Unannounced::NoContent)
     }

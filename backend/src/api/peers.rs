@@ -1,14 +1,18 @@
-//! `/api/peers/*`: registration, heartbeats, unregistration and listing.
+//! `/api/peers/*`: challenges, registration, heartbeats, unregistration and listing.
+//!
+//! Registration proves possession of the peer id's private key and gets a peer token;
+//! heartbeats and unregistration send that token (`X-Peer-Token`). See
+//! [`crate::auth::peer_proof`].
 
 use std::sync::Arc;
 
 use p2p_proto::PeerId;
 use p2p_proto::api::{
-    HeartbeatRequest, HeartbeatResponse, PeerInfo, PeerList, RegisterPeerRequest,
-    RegisterPeerResponse,
+    HeartbeatRequest, HeartbeatResponse, PeerChallenge, PeerChallengeRequest, PeerInfo, PeerList,
+    RegisterPeerRequest, RegisterPeerResponse,
 };
 use poem::Request;
-use poem_openapi::param::Query;
+use poem_openapi::param::{Header, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
 
@@ -27,9 +31,33 @@ pub enum Deleted {
     NoContent,
 }
 
+/// The role whose callers may remove any peer without its token (dashboard admins).
+const ADMIN_ROLE: &str = "admin";
+
 #[OpenApi(tag = "ApiTags::Peers")]
 impl PeersApi {
-    /// Registers a peer (or updates its addresses) and marks it online.
+    /// A challenge for registering `peer_id`: the tracker's X25519 key and a nonce, valid for
+    /// `expires_in_secs`. Answer it in the registration's `proof` (docs/protocol.md §8).
+    #[oai(
+        path = "/api/peers/challenge",
+        method = "post",
+        operation_id = "peer_challenge"
+    )]
+    async fn challenge(
+        &self,
+        _auth: Auth,
+        body: Json<PeerChallengeRequest>,
+    ) -> Result<Json<PeerChallenge>, ApiError> {
+        let challenge = self.0.peer_auth.challenge(&body.0.peer_id).map_err(|e| {
+            tracing::error!(error = %e, "no randomness for a challenge");
+            ApiError::internal()
+        })?;
+        Ok(Json(challenge))
+    }
+
+    /// Registers a peer (or updates its addresses) and marks it online. `proof` must answer a
+    /// challenge with the peer id's private key: 401 (`peer_proof`) when it is missing, stale,
+    /// used before or wrong. The answer carries the peer token for the peer's later requests.
     #[oai(
         path = "/api/peers/register",
         method = "post",
@@ -41,12 +69,21 @@ impl PeersApi {
         _auth: Auth,
         body: Json<RegisterPeerRequest>,
     ) -> Result<Json<RegisterPeerResponse>, ApiError> {
+        let peer_id = body.0.peer_id;
+        self.0
+            .peer_auth
+            .verify_proof(&peer_id, body.0.proof.as_ref())?;
         let observed = client_ip(req, self.0.trust_proxy);
-        Ok(Json(self.0.swarm.register(body.0, observed).await?))
+        let mut resp = self.0.swarm.register(body.0, observed).await?;
+        let token = self.0.peer_auth.issue_token(&peer_id);
+        resp.peer_token = token.token;
+        resp.peer_token_expires_in_secs = token.expires_in_secs;
+        Ok(Json(resp))
     }
 
-    /// Keeps a peer online; send one every `heartbeat_interval_secs`. 404 means the tracker
-    /// does not know the peer (any more): register again.
+    /// Keeps a peer online; send one every `heartbeat_interval_secs`, with the peer's token.
+    /// 404 means the tracker does not know the peer (any more), and 401 (`peer_token`) that
+    /// the token is missing or expired: register again. 403: the token is another peer's.
     #[oai(
         path = "/api/peers/heartbeat",
         method = "post",
@@ -55,18 +92,42 @@ impl PeersApi {
     async fn heartbeat(
         &self,
         _auth: Auth,
+        /// The peer token from the registration (or a later heartbeat).
+        #[oai(name = "X-Peer-Token")]
+        peer_token: Header<Option<String>>,
         body: Json<HeartbeatRequest>,
     ) -> Result<Json<HeartbeatResponse>, ApiError> {
-        Ok(Json(self.0.swarm.heartbeat(body.0).await?))
+        let peer_id = body.0.peer_id;
+        let auth = &self.0.peer_auth;
+        let valid = auth.check_token(peer_token.0.as_deref(), &peer_id)?;
+        let mut resp = self.0.swarm.heartbeat(body.0).await?;
+        if let Some(fresh) = auth.renewal(&peer_id, valid) {
+            resp.peer_token = Some(fresh.token);
+            resp.peer_token_expires_in_secs = Some(fresh.expires_in_secs);
+        }
+        Ok(Json(resp))
     }
 
-    /// Unregisters a peer and forgets what it announced.
+    /// Unregisters a peer and forgets what it announced. Needs the peer's token, except for
+    /// dashboard admins (JWT with the `admin` role), who may remove any peer.
     #[oai(
         path = "/api/peers/:id",
         method = "delete",
         operation_id = "unregister_peer"
     )]
-    async fn unregister(&self, _auth: Auth, id: Path<PeerId, Id>) -> Result<Deleted, ApiError> {
+    async fn unregister(
+        &self,
+        auth: Auth,
+        /// The peer token (not needed by admins).
+        #[oai(name = "X-Peer-Token")]
+        peer_token: Header<Option<String>>,
+        id: Path<PeerId, Id>,
+    ) -> Result<Deleted, ApiError> {
+        if auth.0.role != ADMIN_ROLE {
+            self.0
+                .peer_auth
+                .check_token(peer_token.0.as_deref(), &id.0)?;
+        }
         self.0.swarm.unregister(&id.0).await?;
         Ok(Deleted::NoContent)
     }

@@ -1,5 +1,6 @@
 //! Who may call the API: API keys (sent as `X-API-Key` or `Authorization: Bearer`), JWTs issued
-//! by `/api/auth/login`, and dashboard users with argon2 password hashes.
+//! by `/api/auth/login`, and dashboard users with argon2 password hashes; and which peer a
+//! request speaks for ([`peer_proof`]: challenges, registration proofs, peer tokens).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -14,9 +15,11 @@ pub mod jwt;
 pub mod keys;
 pub mod login_guard;
 pub mod password;
+pub mod peer_proof;
 
 pub use jwt::JwtKeys;
 pub use login_guard::LoginGuard;
+pub use peer_proof::{PeerAuth, PeerAuthError};
 
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,16 +1,21 @@
 //! Shared test harness: trackers on port 0 over SQLite temp files or PostgreSQL schemas,
-//! HTTP and WebSocket clients, and builders for manifests.
+//! HTTP and WebSocket clients, builders for manifests, and test peers with real X25519 keys
+//! that register with a proof (challenge → proof → peer token).
 #![allow(dead_code)]
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
+use curve25519_dalek::montgomery::MontgomeryPoint;
+use p2p_proto::peer_auth::{PEER_TOKEN_HEADER, proof_mac};
 use p2p_proto::{CHUNK_SIZE, Manifest, PeerId};
 use p2p_tracker::app::{self, RunningTracker, RuntimeOptions};
 use p2p_tracker::clock::ManualClock;
 use p2p_tracker::config::ServeArgs;
 use p2p_tracker::store::{PgStore, SqliteStore, Store};
+use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 
 pub const KEY: &str = "test-key-0123456789";
@@ -137,6 +142,8 @@ pub struct TestTracker {
     pub clock: ManualClock,
     pub http: reqwest::Client,
     pub base: String,
+    /// The peer token of each peer registered with [`TestTracker::register`].
+    tokens: Mutex<HashMap<PeerId, String>>,
 }
 
 pub const T0: u64 = 1_800_000_000_000;
@@ -165,6 +172,7 @@ impl TestTracker {
             clock,
             http: reqwest::Client::new(),
             base,
+            tokens: Mutex::new(HashMap::new()),
         }
     }
 
@@ -194,17 +202,49 @@ impl TestTracker {
         self.http.delete(self.url(path)).header("X-API-Key", KEY)
     }
 
+    /// Registers a [`peer_id`] at 10.1.2.3:`port` with a proof; keeps its peer token.
     pub async fn register(&self, peer: &PeerId, port: u16) -> serde_json::Value {
-        let resp = self
-            .post(
-                "/api/peers/register",
-                &serde_json::json!({"peer_id": peer, "addresses": ["10.1.2.3"], "port": port}),
-            )
-            .send()
-            .await
-            .unwrap();
+        self.register_with(
+            peer,
+            serde_json::json!({"peer_id": peer, "addresses": ["10.1.2.3"], "port": port}),
+        )
+        .await
+    }
+
+    /// Registers `peer` with `body` (its proof added), expecting 200; keeps its peer token.
+    pub async fn register_with(&self, peer: &PeerId, body: serde_json::Value) -> serde_json::Value {
+        let resp = register_proven(&self.http, &self.base, KEY, peer, body).await;
         assert_eq!(resp.status(), 200, "register: {:?}", resp.text().await);
-        resp.json().await.unwrap()
+        let answer: serde_json::Value = resp.json().await.unwrap();
+        let token = answer["peer_token"].as_str().expect("a peer token");
+        self.tokens.lock().insert(*peer, token.to_owned());
+        answer
+    }
+
+    /// The peer token of a peer registered here.
+    pub fn token(&self, peer: &PeerId) -> String {
+        self.tokens
+            .lock()
+            .get(peer)
+            .cloned()
+            .unwrap_or_else(|| panic!("peer {peer} was not registered by this test"))
+    }
+
+    /// POST with the API key and `peer`'s token (heartbeats, announces).
+    pub fn peer_post(
+        &self,
+        peer: &PeerId,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> reqwest::RequestBuilder {
+        self.post(path, body)
+            .header(PEER_TOKEN_HEADER, self.token(peer))
+    }
+
+    /// DELETE with the API key and `peer`'s token (unregister, unannounce).
+    pub fn peer_delete(&self, peer: &PeerId, path: &str) -> reqwest::RequestBuilder {
+        self.delete(path)
+            .header(PEER_TOKEN_HEADER, self.token(peer))
     }
 
     pub async fn announce(
@@ -217,7 +257,7 @@ impl TestTracker {
         if let Some(h) = have {
             body["have"] = serde_json::json!(h);
         }
-        self.post("/api/files/announce", &body)
+        self.peer_post(peer, "/api/files/announce", &body)
             .send()
             .await
             .unwrap()
@@ -228,11 +268,81 @@ impl TestTracker {
     }
 }
 
-/// A distinct peer id per call.
+/// The private keys of the peers [`peer_id`] made, so tests can prove them.
+static SECRETS: LazyLock<Mutex<HashMap<PeerId, [u8; 32]>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// A distinct peer id per call: the X25519 public key of a fresh private key, kept for
+/// [`peer_secret`].
 pub fn peer_id() -> PeerId {
     static N: AtomicU64 = AtomicU64::new(1);
     let n = N.fetch_add(1, Ordering::SeqCst);
-    PeerId(Sha256::digest(format!("peer-{n}-{}", std::process::id())).into())
+    let secret: [u8; 32] = Sha256::digest(format!("peer-{n}-{}", std::process::id())).into();
+    let id = PeerId(MontgomeryPoint::mul_base_clamped(secret).to_bytes());
+    SECRETS.lock().insert(id, secret);
+    id
+}
+
+/// The private key of a peer id from [`peer_id`].
+pub fn peer_secret(peer: &PeerId) -> [u8; 32] {
+    *SECRETS
+        .lock()
+        .get(peer)
+        .unwrap_or_else(|| panic!("{peer} was not made by peer_id()"))
+}
+
+/// The proof `{nonce, mac}` answering `challenge` (the JSON of `POST /api/peers/challenge`)
+/// made with `secret`.
+pub fn prove(secret: [u8; 32], challenge: &serde_json::Value) -> serde_json::Value {
+    let hex32 = |field: &str| {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(challenge[field].as_str().unwrap(), &mut out).unwrap();
+        out
+    };
+    let (tracker_key, nonce) = (hex32("tracker_key"), hex32("nonce"));
+    let peer: PeerId = challenge["peer_id"].as_str().unwrap().parse().unwrap();
+    let shared = MontgomeryPoint(tracker_key).mul_clamped(secret).to_bytes();
+    serde_json::json!({
+        "nonce": challenge["nonce"],
+        "mac": hex::encode(proof_mac(&shared, &tracker_key, &nonce, &peer)),
+    })
+}
+
+/// `POST /api/peers/challenge` for `peer` with `api_key`, expecting 200.
+pub async fn challenge(
+    http: &reqwest::Client,
+    base: &str,
+    api_key: &str,
+    peer: &PeerId,
+) -> serde_json::Value {
+    let resp = http
+        .post(format!("{base}/api/peers/challenge"))
+        .header("X-API-Key", api_key)
+        .json(&serde_json::json!({"peer_id": peer}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "challenge: {:?}", resp.text().await);
+    resp.json().await.unwrap()
+}
+
+/// Registers `peer` (from [`peer_id`]) with `body` at the tracker at `base`: a challenge, then
+/// the registration with its proof. The answer, whatever its status.
+pub async fn register_proven(
+    http: &reqwest::Client,
+    base: &str,
+    api_key: &str,
+    peer: &PeerId,
+    mut body: serde_json::Value,
+) -> reqwest::Response {
+    let challenge = challenge(http, base, api_key, peer).await;
+    body["proof"] = prove(peer_secret(peer), &challenge);
+    http.post(format!("{base}/api/peers/register"))
+        .header("X-API-Key", api_key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
 }
 
 /// Deterministic pseudo-random content.

@@ -81,9 +81,11 @@ impl Peer {
             relay_only: args.relay_only,
             name: None,
             version: Some(env!("CARGO_PKG_VERSION").to_owned()),
+            proof: None,
         };
         let session = spawn_session(
             tracker.clone(),
+            node.identity.clone(),
             register,
             announcements(&node),
             connections(&node),
