@@ -652,7 +652,7 @@ mod tests {
             idle: Duration::from_secs(60),
             max_tunnels: 4,
             max_peers_per_key: 8,
-            max_queued_bytes: 1 << 20,
+            max_queued_bytes: 64 << 20,
         }
     }
 
@@ -680,6 +680,11 @@ mod tests {
             frames.push(RelayFrame::decode(bytes::Bytes::from(bytes)).unwrap());
         }
         frames
+    }
+
+    /// The hub told this attachment, and nothing else, that `stream` closed with `code`.
+    fn expect_close(out: &mut Outbound, stream: u32, code: CloseCode) {
+        assert_eq!(drain(out), [RelayFrame::Close { stream, code }]);
     }
 
     fn data(stream: u32, len: usize) -> RelayFrame {
@@ -739,14 +744,8 @@ mod tests {
         // One byte past the window ends the tunnel on both sides.
         hub.handle(&a.conn, data(1, 1));
         let code = CloseCode::ProtocolViolation;
-        assert_eq!(
-            drain(&mut a.outbound),
-            [RelayFrame::Close { stream: 1, code }]
-        );
-        assert_eq!(
-            drain(&mut b.outbound),
-            [RelayFrame::Close { stream: far, code }]
-        );
+        expect_close(&mut a.outbound, 1, code);
+        expect_close(&mut b.outbound, far, code);
         assert_eq!(hub.metrics.relay_tunnels.get(), 0);
         // Late data for the closed stream is dropped quietly.
         hub.handle(&a.conn, data(1, 1));
@@ -754,10 +753,7 @@ mod tests {
         // An empty frame is not free: it closes its tunnel.
         let far = open(&hub, &a, &mut b);
         hub.handle(&a.conn, data(1, 0));
-        assert_eq!(
-            drain(&mut b.outbound),
-            [RelayFrame::Close { stream: far, code }]
-        );
+        expect_close(&mut b.outbound, far, code);
     }
 
     #[test]
@@ -795,22 +791,13 @@ mod tests {
             },
         );
         let code = CloseCode::ProtocolViolation;
-        assert_eq!(
-            drain(&mut b.outbound),
-            [RelayFrame::Close { stream: far, code }]
-        );
-        assert_eq!(
-            drain(&mut a.outbound),
-            [RelayFrame::Close { stream: 1, code }]
-        );
+        expect_close(&mut b.outbound, far, code);
+        expect_close(&mut a.outbound, 1, code);
         // So is granting more than the largest allowance.
         let far = open(&hub, &a, &mut b);
         let credit = u32::try_from(MAX_ALLOWANCE).unwrap();
         hub.handle(&b.conn, RelayFrame::Window { stream: far, credit });
-        assert_eq!(
-            drain(&mut b.outbound),
-            [RelayFrame::Close { stream: far, code }]
-        );
+        expect_close(&mut b.outbound, far, code);
     }
 
     #[test]
@@ -848,13 +835,7 @@ mod tests {
         hub.handle(&c.conn, RelayFrame::Open { stream: 1, to: id(2) });
         drop(drain(&mut b.outbound));
         let mut c = c;
-        assert_eq!(
-            drain(&mut c.outbound),
-            [RelayFrame::Close {
-                stream: 1,
-                code: CloseCode::LimitExceeded
-            }]
-        );
+        expect_close(&mut c.outbound, 1, CloseCode::LimitExceeded);
     }
 
     #[test]
@@ -868,26 +849,15 @@ mod tests {
         open(&hub, &a, &mut b);
         hub.handle(&a.conn, data(1, 1000));
         hub.handle(&a.conn, data(1, 1));
-        assert_eq!(
-            drain(&mut a.outbound),
-            [RelayFrame::Close {
-                stream: 1,
-                code: CloseCode::LimitExceeded
-            }]
-        );
+        expect_close(&mut a.outbound, 1, CloseCode::LimitExceeded);
+        drop(drain(&mut b.outbound));
         let far = open(&hub, &a, &mut b);
         hub.close_idle_at(&a.conn, hub.now_ms() + 1);
         assert!(drain(&mut a.outbound).is_empty(), "not idle yet");
         hub.close_idle_at(&a.conn, hub.now_ms() + 60_000);
         let code = CloseCode::Idle;
-        assert_eq!(
-            drain(&mut a.outbound),
-            [RelayFrame::Close { stream: 1, code }]
-        );
-        assert_eq!(
-            drain(&mut b.outbound),
-            [RelayFrame::Close { stream: far, code }]
-        );
+        expect_close(&mut a.outbound, 1, code);
+        expect_close(&mut b.outbound, far, code);
     }
 
     #[test]
@@ -900,13 +870,7 @@ mod tests {
         assert!(a.conn.replaced.is_cancelled());
         // The replaced connection's detach ends its tunnels but leaves the new attachment.
         hub.detach(&a.conn);
-        assert_eq!(
-            drain(&mut b.outbound),
-            [RelayFrame::Close {
-                stream: far,
-                code: CloseCode::Gone
-            }]
-        );
+        expect_close(&mut b.outbound, far, CloseCode::Gone);
         assert!(hub.is_attached(&id(1)));
         assert_eq!(hub.metrics.relay_connections.get(), 2);
         hub.detach(&again.conn);
