@@ -1113,8 +1113,14 @@ mod relay {
                 went.map(|(addr, _)| addr)
             );
             if !target.external() {
-                assert!(one_bind <= 1, "one forged Bind: {one_bind} datagrams at the victim");
-                assert!(went.is_none(), "the hub sent the victim's address: {went:?}");
+                assert!(
+                    one_bind <= 1,
+                    "one forged Bind: {one_bind} datagrams at the victim"
+                );
+                assert!(
+                    went.is_none(),
+                    "the hub sent the victim's address: {went:?}"
+                );
                 assert!(
                     hundred_binds <= usize::from(p2p_tracker::relay::punch::MAX_CHECKS_PER_SIDE),
                     "{hundred_binds} datagrams at the victim"
@@ -1169,9 +1175,7 @@ mod relay {
                 }
                 held.push(ws);
             }
-            println!(
-                "FIGURE attack=punch-table-fill sessions_granted={granted} refused={refused}"
-            );
+            println!("FIGURE attack=punch-table-fill sessions_granted={granted} refused={refused}");
             if !target.external() {
                 assert!(
                     granted <= p2p_tracker::relay::punch::MAX_SESSIONS_PER_PRINCIPAL,

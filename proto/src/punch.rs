@@ -294,8 +294,14 @@ pub(crate) mod tests {
         assert_eq!(c, bind_cookie(&[1; 32], &[2; 16], &a));
         assert_ne!(c, bind_cookie(&[9; 32], &[2; 16], &a));
         assert_ne!(c, bind_cookie(&[1; 32], &[3; 16], &a));
-        assert_ne!(c, bind_cookie(&[1; 32], &[2; 16], &"203.0.113.9:6882".parse().unwrap()));
-        assert_ne!(c, bind_cookie(&[1; 32], &[2; 16], &"203.0.113.8:6881".parse().unwrap()));
+        assert_ne!(
+            c,
+            bind_cookie(&[1; 32], &[2; 16], &"203.0.113.9:6882".parse().unwrap())
+        );
+        assert_ne!(
+            c,
+            bind_cookie(&[1; 32], &[2; 16], &"203.0.113.8:6881".parse().unwrap())
+        );
         assert!(nonces_equal(&c, &c));
         assert!(!nonces_equal(&c, &[0; 16]));
     }

@@ -736,10 +736,7 @@ mod tests {
         let far = open(&hub, &a, &mut b);
         assert_ne!(far & INCOMING_STREAM_BIT, 0);
         send_bytes(&hub, &a, 1, INITIAL_WINDOW as usize);
-        assert_eq!(
-            data_bytes(&drain(&mut b.outbound)),
-            INITIAL_WINDOW as usize
-        );
+        assert_eq!(data_bytes(&drain(&mut b.outbound)), INITIAL_WINDOW as usize);
         assert_eq!(hub.metrics.relay_bytes.get(), u64::from(INITIAL_WINDOW));
         // One byte past the window ends the tunnel on both sides.
         hub.handle(&a.conn, data(1, 1));
@@ -796,7 +793,13 @@ mod tests {
         // So is granting more than the largest allowance.
         let far = open(&hub, &a, &mut b);
         let credit = u32::try_from(MAX_ALLOWANCE).unwrap();
-        hub.handle(&b.conn, RelayFrame::Window { stream: far, credit });
+        hub.handle(
+            &b.conn,
+            RelayFrame::Window {
+                stream: far,
+                credit,
+            },
+        );
         expect_close(&mut b.outbound, far, code);
     }
 
@@ -832,7 +835,13 @@ mod tests {
         assert_eq!(hub.metrics.relay_tunnels.get(), 4);
         // The target's tunnels count too: a third peer cannot open to the full one.
         let c = hub.attach(id(3), "k".into()).unwrap();
-        hub.handle(&c.conn, RelayFrame::Open { stream: 1, to: id(2) });
+        hub.handle(
+            &c.conn,
+            RelayFrame::Open {
+                stream: 1,
+                to: id(2),
+            },
+        );
         drop(drain(&mut b.outbound));
         let mut c = c;
         expect_close(&mut c.outbound, 1, CloseCode::LimitExceeded);
@@ -893,7 +902,10 @@ mod tests {
         assert!(hub.attach(id(3), "other".into()).is_ok(), "another key");
         hub.detach(&first.conn);
         drop(first);
-        assert!(hub.attach(id(3), "k".into()).is_ok(), "the place is free again");
+        assert!(
+            hub.attach(id(3), "k".into()).is_ok(),
+            "the place is free again"
+        );
     }
 
     #[test]
@@ -912,7 +924,10 @@ mod tests {
         }
         assert!(b.conn.slow.is_cancelled());
         assert!(!a.conn.slow.is_cancelled());
-        assert!(drain(&mut a.outbound).is_empty(), "the sender heard nothing bad");
+        assert!(
+            drain(&mut a.outbound).is_empty(),
+            "the sender heard nothing bad"
+        );
         // The queue never held more than its bound.
         assert!(b.conn.queued.load(Ordering::Relaxed) <= 4 * MAX_DATA_LEN as i64);
         drop(drain(&mut b.outbound));

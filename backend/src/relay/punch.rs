@@ -424,7 +424,10 @@ mod tests {
         // One token gets a bounded number of checks, wherever its Binds claim to come from.
         let mut checks = 2;
         for port in 0..100 {
-            checks += usize::from(r.check(&ta.token, addr(&format!("192.0.2.1:{port}"))).is_some());
+            checks += usize::from(
+                r.check(&ta.token, addr(&format!("192.0.2.1:{port}")))
+                    .is_some(),
+            );
         }
         assert_eq!(checks, usize::from(MAX_CHECKS_PER_SIDE));
         assert_eq!(r.sessions(), 1);
