@@ -131,7 +131,7 @@ impl Metrics {
         );
         registry.register(
             "punch_ready",
-            "Hole punches where both peers bound their UDP socket and were told to probe",
+            "Hole punches where both peers confirmed their UDP address and were told to probe",
             m.punch_ready.clone(),
         );
         registry.register(

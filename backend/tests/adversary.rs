@@ -730,8 +730,13 @@ mod relay {
 
     /// Attaches as the peer of `seed`; the socket and what the hub said after the proof.
     pub async fn attach(addr: SocketAddr, seed: u64) -> (Ws, Option<RelayFrame>) {
+        attach_with(addr, seed, KEY).await
+    }
+
+    /// [`attach`] with the API key `key`.
+    pub async fn attach_with(addr: SocketAddr, seed: u64, key: &str) -> (Ws, Option<RelayFrame>) {
         let (secret, id) = identity(seed);
-        let url = format!("ws://{addr}/relay?peer_id={id}&token={KEY}");
+        let url = format!("ws://{addr}/relay?peer_id={id}&token={key}");
         let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
         let Some(RelayFrame::Challenge { server_key, nonce }) = next(&mut ws).await else {
             panic!("no challenge");
@@ -949,6 +954,241 @@ mod relay {
             };
             assert_eq!(closed, CloseCode::ProtocolViolation);
             honest_tunnel(&mut a, &mut b, identity(22).1, 3).await;
+        })
+        .await;
+    }
+
+    /// One side's part of a punch, from its `PunchBind`.
+    #[derive(Debug, Clone, Copy)]
+    pub struct PunchTicket {
+        pub session: [u8; 16],
+        pub token: [u8; 16],
+        pub rendezvous: SocketAddr,
+    }
+
+    /// Waits for the `PunchBind` on `ws` (an answer to our request, or an invitation).
+    pub async fn punch_ticket(ws: &mut Ws, tracker: SocketAddr) -> PunchTicket {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), next(ws))
+                .await
+                .expect("a PunchBind in time")
+            {
+                Some(RelayFrame::PunchBind {
+                    session,
+                    token,
+                    udp_port,
+                    ..
+                }) => {
+                    return PunchTicket {
+                        session,
+                        token,
+                        rendezvous: SocketAddr::new(tracker.ip(), udp_port),
+                    };
+                }
+                Some(_) => {}
+                None => panic!("relay connection closed"),
+            }
+        }
+    }
+
+    /// The honest side of a punch, as the peer runs it (peer/src/net/punch.rs): `Bind` every
+    /// 200 ms until `Check`, `Confirm` until `Bound` (a tracker without checks answers `Bound`
+    /// to the `Bind`), then on the hub's `PunchGo` a probe to its address every 50 ms until the
+    /// other side's probe arrives or 3 s pass. No go within 5 s: `None`. Otherwise the go's
+    /// address and whether a probe came back from it.
+    pub async fn honest_punch(ws: &mut Ws, t: PunchTicket) -> Option<(SocketAddr, bool)> {
+        use p2p_proto::punch::PunchPacket;
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut packet = PunchPacket::Bind { token: t.token }.to_vec();
+        let mut bound = false;
+        let mut buf = [0u8; 128];
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        let bind_deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let go = loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(bind_deadline) => return None,
+                _ = tick.tick(), if !bound => {
+                    socket.send_to(&packet, t.rendezvous).await.unwrap();
+                }
+                frame = next(ws) => match frame {
+                    Some(RelayFrame::PunchGo { session, addr }) if session == t.session => break addr,
+                    Some(_) => {}
+                    None => return None,
+                },
+                r = socket.recv_from(&mut buf) => {
+                    let (n, _) = r.unwrap();
+                    match PunchPacket::decode(&buf[..n]) {
+                        Ok(PunchPacket::Check { cookie }) => {
+                            packet = PunchPacket::Confirm { token: t.token, cookie }.to_vec();
+                            socket.send_to(&packet, t.rendezvous).await.unwrap();
+                        }
+                        Ok(PunchPacket::Bound { .. }) => bound = true,
+                        _ => {}
+                    }
+                }
+            }
+        };
+        let probe = PunchPacket::Probe { session: t.session }.to_vec();
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => return Some((go, false)),
+                _ = tick.tick() => { let _ = socket.send_to(&probe, go).await; }
+                r = socket.recv_from(&mut buf) => {
+                    if let Ok((n, from)) = r
+                        && from == go
+                        && PunchPacket::decode(&buf[..n]) == Ok(PunchPacket::Probe { session: t.session })
+                    {
+                        // Let the other side hear us too, as the peer does.
+                        for _ in 0..3 {
+                            let _ = socket.send_to(&probe, go).await;
+                        }
+                        return Some((go, true));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Two honest peers punch to each other through the tracker; each learns the other's
+    /// address and hears its probe.
+    pub async fn honest_punch_pair(target: &Target, key: &str, seeds: (u64, u64)) {
+        let (mut a, _) = attach_with(target.addr, seeds.0, key).await;
+        let (mut b, _) = attach_with(target.addr, seeds.1, key).await;
+        let to = identity(seeds.1).1;
+        send(&mut a, &RelayFrame::PunchRequest { request: 1, to }).await;
+        let ta = punch_ticket(&mut a, target.addr).await;
+        let tb = punch_ticket(&mut b, target.addr).await;
+        let (ra, rb) = tokio::join!(honest_punch(&mut a, ta), honest_punch(&mut b, tb));
+        let (ra, rb) = (ra.expect("a got its go"), rb.expect("b got its go"));
+        assert!(ra.1 && rb.1, "both heard the other's probe: {ra:?} {rb:?}");
+    }
+
+    /// Datagrams that reach `socket` until it has been quiet for 500 ms.
+    async fn count_datagrams(socket: &tokio::net::UdpSocket) -> usize {
+        let mut buf = [0u8; 2048];
+        let mut n = 0;
+        while let Ok(Ok(_)) =
+            tokio::time::timeout(Duration::from_millis(500), socket.recv_from(&mut buf)).await
+        {
+            n += 1;
+        }
+        n
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_forged_bind_aims_nothing_at_a_third_party() {
+        attack(60, serve_args(), async |target| {
+            let watch = Watch::start(target);
+            let (mut attacker, _) = attach(target.addr, 31).await;
+            let (mut honest, _) = attach(target.addr, 32).await;
+            // The third party: any address the attacker names, here a socket of our own.
+            let victim = tokio::net::UdpSocket::bind("127.0.0.77:0").await.unwrap();
+            let to = identity(32).1;
+            send(&mut attacker, &RelayFrame::PunchRequest { request: 1, to }).await;
+            let forged = punch_ticket(&mut attacker, target.addr).await;
+            let invited = punch_ticket(&mut honest, target.addr).await;
+            // The attacker's Bind with the victim's source address (sent from the victim's
+            // socket: to the tracker that is what a forged source looks like). The invited
+            // peer binds honestly and probes wherever the hub says.
+            let bind = p2p_proto::punch::PunchPacket::Bind {
+                token: forged.token,
+            };
+            victim
+                .send_to(&bind.to_vec(), forged.rendezvous)
+                .await
+                .unwrap();
+            let went = honest_punch(&mut honest, invited).await;
+            let one_bind = count_datagrams(&victim).await;
+            // A hundred more forged Binds on the same token.
+            for _ in 0..100 {
+                victim
+                    .send_to(&bind.to_vec(), forged.rendezvous)
+                    .await
+                    .unwrap();
+            }
+            let hundred_binds = count_datagrams(&victim).await;
+            println!(
+                "FIGURE attack=punch-forged-bind victim_datagrams_one_bind={one_bind} \
+                 victim_datagrams_100_more_binds={hundred_binds} honest_go={:?}",
+                went.map(|(addr, _)| addr)
+            );
+            if !target.external() {
+                assert!(
+                    one_bind <= 1,
+                    "one forged Bind: {one_bind} datagrams at the victim"
+                );
+                assert!(
+                    went.is_none(),
+                    "the hub sent the victim's address: {went:?}"
+                );
+                assert!(
+                    hundred_binds <= usize::from(p2p_tracker::relay::punch::MAX_CHECKS_PER_SIDE),
+                    "{hundred_binds} datagrams at the victim"
+                );
+            }
+            // Honest peers still punch.
+            honest_punch_pair(target, KEY, (33, 34)).await;
+            watch.finish(target, "punch-forged-bind", 32 * MIB).await;
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_credential_cannot_fill_the_punch_table() {
+        const OTHER_KEY: &str = "test-key-other-principal";
+        let mut args = serve_args();
+        args.api_keys.push(OTHER_KEY.to_owned());
+        args.relay.relay_max_peers_per_key = 100;
+        attack(90, args, async |target| {
+            let watch = Watch::start(target);
+            // The issue's attack: 65 made-up ids under one key, 64 punch requests each, all
+            // to one more id of the same key (which reads what it gets).
+            let (mut sink, _) = attach(target.addr, 500).await;
+            let to = identity(500).1;
+            let drain = tokio::spawn(async move { while next(&mut sink).await.is_some() {} });
+            let mut granted = 0usize;
+            let mut refused = 0usize;
+            let mut held = Vec::new();
+            for seed in 501..566 {
+                let (mut ws, answer) = attach(target.addr, seed).await;
+                assert!(matches!(answer, Some(RelayFrame::Attached)), "{answer:?}");
+                for request in 1..=64u32 {
+                    send(&mut ws, &RelayFrame::PunchRequest { request, to }).await;
+                }
+                let mut answered = 0;
+                while answered < 64 {
+                    match tokio::time::timeout(Duration::from_secs(5), next(&mut ws))
+                        .await
+                        .expect("an answer to each request")
+                    {
+                        Some(RelayFrame::PunchBind { request, .. }) if request != 0 => {
+                            granted += 1;
+                            answered += 1;
+                        }
+                        Some(RelayFrame::PunchFailed { .. }) => {
+                            refused += 1;
+                            answered += 1;
+                        }
+                        Some(_) => {}
+                        None => panic!("attacker connection closed"),
+                    }
+                }
+                held.push(ws);
+            }
+            println!("FIGURE attack=punch-table-fill sessions_granted={granted} refused={refused}");
+            if !target.external() {
+                assert!(
+                    granted <= p2p_tracker::relay::punch::MAX_SESSIONS_PER_PRINCIPAL,
+                    "one credential holds {granted} sessions"
+                );
+            }
+            // Another credential's peers still punch, at once.
+            honest_punch_pair(target, OTHER_KEY, (600, 601)).await;
+            drop(held);
+            drain.abort();
+            watch.finish(target, "punch-table-fill", 32 * MIB).await;
         })
         .await;
     }

@@ -506,7 +506,7 @@ fn id32(r: &mut Bytes, what: &'static str) -> Result<[u8; 32], RelayFrameError> 
 
 /// HMAC-SHA256 (RFC 2104) with a 32-byte key; sha2 is already here, and one function does not
 /// justify another dependency.
-fn hmac_sha256(key: &[u8; 32], parts: &[&[u8]]) -> [u8; 32] {
+pub(crate) fn hmac_sha256(key: &[u8; 32], parts: &[&[u8]]) -> [u8; 32] {
     let mut ipad = [0x36u8; 64];
     let mut opad = [0x5cu8; 64];
     for (i, k) in key.iter().enumerate() {

@@ -3,11 +3,20 @@
 //!
 //! A peer attached to the hub asks to punch to another attached peer; [`Rendezvous::open`]
 //! makes a session with a fresh token per side, and the hub sends each side its token. Each
-//! side sends its token from the UDP socket it will punch with to [`serve_udp`]; the source
-//! address of that datagram is the socket's public address as NATs rewrote it (its reflexive
-//! address). When both sides are bound the hub tells each the other's address, and the peers
-//! probe each other directly. Tokens only travel over the authenticated WebSocket, so a bound
-//! address is known to belong to the peer the session names.
+//! side sends its token in a `Bind` from the UDP socket it will punch with to [`serve_udp`];
+//! the source address of that datagram is the socket's public address as NATs rewrote it (its
+//! reflexive address). Tokens only travel over the authenticated WebSocket, so only the peer
+//! the session names can bind, but a peer can forge the source address of its `Bind`. So the
+//! address is not believed yet: the rendezvous answers a `Check` with a cookie at that address
+//! ([`bind_cookie`]: a MAC of token and address, nothing stored), and records the address only
+//! when a `Confirm` brings the cookie back from it. When both sides are confirmed the hub tells
+//! each the other's address, and the peers probe each other directly. A forged `Bind` thus
+//! costs its target one `Check` (no larger than the `Bind`), and at most [`MAX_CHECKS_PER_SIDE`]
+//! per session side, and never a probe.
+//!
+//! Fairness: a session counts against the peer that asked and its credential, each with a
+//! share of the table, and leaves the table as soon as both sides are told to probe (or after
+//! [`SESSION_TTL`]), so one credential cannot keep others from punching.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use p2p_proto::PeerId;
-use p2p_proto::punch::{MAX_PUNCH_PACKET_LEN, Nonce16, PunchPacket};
+use p2p_proto::punch::{MAX_PUNCH_PACKET_LEN, Nonce16, PunchPacket, bind_cookie, nonces_equal};
 use p2p_proto::relay::RelayFrame;
 use parking_lot::Mutex;
 use tokio::net::UdpSocket;
@@ -23,15 +32,18 @@ use tokio_util::sync::CancellationToken;
 
 use super::RelayHub;
 
-/// How long a session waits for both sides to bind.
-pub const SESSION_TTL: Duration = Duration::from_secs(30);
-/// Sessions open at once; more requests are refused until some expire.
+/// How long a session waits for both sides to confirm (peers give up binding after 5 s).
+pub const SESSION_TTL: Duration = Duration::from_secs(10);
+/// Sessions open at once; more requests are refused until some end.
 pub const MAX_SESSIONS: usize = 4096;
 /// Sessions one peer may have asked for at once.
 pub const MAX_SESSIONS_PER_PEER: usize = 64;
 /// Sessions the peers of one credential may have asked for at once, so that ids made up
 /// under one API key cannot fill the table.
 pub const MAX_SESSIONS_PER_PRINCIPAL: usize = MAX_SESSIONS / 16;
+/// `Check`s sent for one side of a session: a peer resends `Bind` until one arrives, so a few
+/// cover loss; more would let one token aim datagrams at an address it does not own.
+pub const MAX_CHECKS_PER_SIDE: u8 = 8;
 
 /// Why a punch cannot be set up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -49,6 +61,15 @@ pub struct Ticket {
     pub token: Nonce16,
 }
 
+/// What a good `Confirm` leads to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Confirmed {
+    /// The address is recorded; the other side has not confirmed yet.
+    Waiting,
+    /// Both sides are confirmed: the `PunchGo` for each peer. The session is over.
+    Ready(Box<[(PeerId, RelayFrame); 2]>),
+}
+
 #[derive(Debug)]
 struct Session {
     /// The asker, then the invited peer.
@@ -57,9 +78,11 @@ struct Session {
     principal: String,
     /// The asker's request id.
     request: u32,
+    /// Confirmed addresses.
     addrs: [Option<SocketAddr>; 2],
+    /// `Check`s sent per side.
+    checks: [u8; 2],
     created: Instant,
-    go_sent: bool,
 }
 
 #[derive(Debug, Default)]
@@ -69,12 +92,35 @@ struct Table {
     tokens: HashMap<Nonce16, (Nonce16, usize)>,
 }
 
+impl Table {
+    fn remove(&mut self, session: &Nonce16) -> Option<Session> {
+        let s = self.sessions.remove(session)?;
+        self.tokens.retain(|_, (id, _)| id != session);
+        Some(s)
+    }
+}
+
 /// Punch sessions in progress.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Rendezvous {
     table: Mutex<Table>,
     /// The UDP port peers bind on; 0 while hole punching is off.
     udp_port: std::sync::atomic::AtomicU16,
+    /// Keys the cookies of `Check`; made at start, never leaves the tracker.
+    cookie_key: [u8; 32],
+}
+
+impl Default for Rendezvous {
+    fn default() -> Self {
+        let mut cookie_key = [0u8; 32];
+        // See `random16`: zeros only on a platform without an OS RNG.
+        let _ = getrandom::fill(&mut cookie_key);
+        Self {
+            table: Mutex::default(),
+            udp_port: Default::default(),
+            cookie_key,
+        }
+    }
 }
 
 fn random16() -> Nonce16 {
@@ -145,8 +191,8 @@ impl Rendezvous {
                 principal: principal.to_owned(),
                 request,
                 addrs: [None, None],
+                checks: [0, 0],
                 created: now,
-                go_sent: false,
             },
         );
         for (side, token) in tokens.iter().enumerate() {
@@ -155,35 +201,65 @@ impl Rendezvous {
         Ok(tokens.map(|token| Ticket { session, token }))
     }
 
-    /// Records that `token`'s socket is at `addr`. When that completes the session (the first
-    /// time), returns the `PunchGo` frame for each peer: each learns the other's address.
-    pub fn bind(&self, token: &Nonce16, addr: SocketAddr) -> Option<[(PeerId, RelayFrame); 2]> {
-        self.bind_at(token, addr, Instant::now())
+    /// The answer to a `Bind` of `token` from `from`: a `Check` to send there, unless the
+    /// token is unknown or its side had its share of checks.
+    pub fn check(&self, token: &Nonce16, from: SocketAddr) -> Option<PunchPacket> {
+        self.check_at(token, from, Instant::now())
     }
 
-    fn bind_at(
+    fn check_at(&self, token: &Nonce16, from: SocketAddr, now: Instant) -> Option<PunchPacket> {
+        let mut t = self.table.lock();
+        expire(&mut t, now);
+        let (session, side) = *t.tokens.get(token)?;
+        let s = t.sessions.get_mut(&session)?;
+        if s.checks[side] >= MAX_CHECKS_PER_SIDE {
+            return None;
+        }
+        s.checks[side] += 1;
+        let cookie = bind_cookie(&self.cookie_key, token, &from);
+        Some(PunchPacket::Check { cookie })
+    }
+
+    /// A `Confirm` of `token` with `cookie` from `from`: records `from` as that side's address
+    /// when the cookie is the one sent to `from`. `None`: unknown token or wrong cookie.
+    pub fn confirm(
         &self,
         token: &Nonce16,
-        addr: SocketAddr,
+        cookie: &Nonce16,
+        from: SocketAddr,
+    ) -> Option<Confirmed> {
+        self.confirm_at(token, cookie, from, Instant::now())
+    }
+
+    fn confirm_at(
+        &self,
+        token: &Nonce16,
+        cookie: &Nonce16,
+        from: SocketAddr,
         now: Instant,
-    ) -> Option<[(PeerId, RelayFrame); 2]> {
+    ) -> Option<Confirmed> {
+        if !nonces_equal(cookie, &bind_cookie(&self.cookie_key, token, &from)) {
+            return None;
+        }
         let mut t = self.table.lock();
         expire(&mut t, now);
         let (session_id, side) = *t.tokens.get(token)?;
         let s = t.sessions.get_mut(&session_id)?;
-        s.addrs[side] = Some(addr);
+        s.addrs[side] = Some(from);
         let [Some(a), Some(b)] = s.addrs else {
-            return None;
+            return Some(Confirmed::Waiting);
         };
-        if s.go_sent {
-            return None;
-        }
-        s.go_sent = true;
+        let peers = s.peers;
+        // Both sides know where to probe: nothing is left for the rendezvous to do.
+        t.remove(&session_id);
         let go = |addr| RelayFrame::PunchGo {
             session: session_id,
             addr,
         };
-        Some([(s.peers[0], go(b)), (s.peers[1], go(a))])
+        Some(Confirmed::Ready(Box::new([
+            (peers[0], go(b)),
+            (peers[1], go(a)),
+        ])))
     }
 
     /// The invited peer `decliner` will not punch in `session`: the session ends, and the
@@ -193,8 +269,7 @@ impl Rendezvous {
         if t.sessions.get(session)?.peers[1] != *decliner {
             return None;
         }
-        let s = t.sessions.remove(session)?;
-        t.tokens.retain(|_, (id, _)| id != session);
+        let s = t.remove(session)?;
         Some((s.peers[0], s.request))
     }
 
@@ -219,8 +294,9 @@ fn expire(t: &mut Table, now: Instant) {
     }
 }
 
-/// Answers `Bind` datagrams on `socket` until `shutdown`: replies `Bound` with the address the
-/// datagram came from and, once both sides of a session are bound, sends them `PunchGo`.
+/// Answers datagrams on `socket` until `shutdown`: a `Bind` gets a `Check` at its source
+/// address, a good `Confirm` gets `Bound` and, once both sides of a session are confirmed,
+/// sends them `PunchGo`. Anything else gets nothing, so the port reflects no traffic.
 pub async fn serve_udp(socket: UdpSocket, hub: Arc<RelayHub>, shutdown: CancellationToken) {
     let mut buf = [0u8; MAX_PUNCH_PACKET_LEN + 1];
     loop {
@@ -235,22 +311,27 @@ pub async fn serve_udp(socket: UdpSocket, hub: Arc<RelayHub>, shutdown: Cancella
                 }
             },
         };
-        let Ok(PunchPacket::Bind { token }) = PunchPacket::decode(&buf[..len]) else {
-            continue;
-        };
-        // The reply goes only to a known token, so the port cannot reflect traffic at others.
-        if !hub.punch.knows(&token) {
-            continue;
-        }
         let from = SocketAddr::new(from.ip().to_canonical(), from.port());
-        let _ = socket
-            .send_to(&PunchPacket::Bound { addr: from }.to_vec(), from)
-            .await;
-        if let Some(go) = hub.punch.bind(&token, from) {
-            hub.metrics().punch_ready.inc();
-            for (peer, frame) in go {
-                hub.try_send_to(&peer, &frame);
+        let reply = match PunchPacket::decode(&buf[..len]) {
+            Ok(PunchPacket::Bind { token }) => hub.punch.check(&token, from),
+            Ok(PunchPacket::Confirm { token, cookie }) => {
+                match hub.punch.confirm(&token, &cookie, from) {
+                    None => None,
+                    Some(confirmed) => {
+                        if let Confirmed::Ready(go) = confirmed {
+                            hub.metrics().punch_ready.inc();
+                            for (peer, frame) in *go {
+                                hub.try_send_to(&peer, &frame);
+                            }
+                        }
+                        Some(PunchPacket::Bound { addr: from })
+                    }
+                }
             }
+            _ => None,
+        };
+        if let Some(reply) = reply {
+            let _ = socket.send_to(&reply.to_vec(), from).await;
         }
     }
 }
@@ -263,8 +344,16 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// Binds `ticket`'s side at `at` the honest way: `Bind`, `Check`, `Confirm`.
+    fn bind(r: &Rendezvous, ticket: &Ticket, at: SocketAddr) -> Option<Confirmed> {
+        let Some(PunchPacket::Check { cookie }) = r.check(&ticket.token, at) else {
+            panic!("no check for a live token");
+        };
+        r.confirm(&ticket.token, &cookie, at)
+    }
+
     #[test]
-    fn both_sides_learn_the_other_address_once() {
+    fn both_sides_learn_the_other_confirmed_address_once() {
         let r = Rendezvous::default();
         let (a, b) = (PeerId([1; 32]), PeerId([2; 32]));
         assert_eq!(r.open(a, "k", 1, b), Err(PunchRefusal::Disabled));
@@ -272,13 +361,19 @@ mod tests {
         let [ta, tb] = r.open(a, "k", 1, b).unwrap();
         assert_eq!(ta.session, tb.session);
         assert_ne!(ta.token, tb.token);
-        assert!(r.bind(&ta.token, addr("203.0.113.5:4000")).is_none());
-        // A repeated bind (the datagram is resent until the go) moves the address.
-        assert!(r.bind(&ta.token, addr("203.0.113.5:4001")).is_none());
-        let go = r.bind(&tb.token, addr("198.51.100.7:5000")).unwrap();
+        assert_eq!(
+            bind(&r, &ta, addr("203.0.113.5:4000")),
+            Some(Confirmed::Waiting)
+        );
+        // A later confirmation (the socket moved) moves the address.
+        assert_eq!(
+            bind(&r, &ta, addr("203.0.113.5:4001")),
+            Some(Confirmed::Waiting)
+        );
+        let go = bind(&r, &tb, addr("198.51.100.7:5000"));
         assert_eq!(
             go,
-            [
+            Some(Confirmed::Ready(Box::new([
                 (
                     a,
                     RelayFrame::PunchGo {
@@ -293,10 +388,49 @@ mod tests {
                         addr: addr("203.0.113.5:4001")
                     }
                 ),
-            ]
+            ])))
         );
-        assert!(r.bind(&tb.token, addr("198.51.100.7:5000")).is_none());
-        assert!(r.bind(&[9; 16], addr("198.51.100.7:5000")).is_none());
+        // The session is over: it holds no place in the table, and its tokens are dead.
+        assert_eq!(r.sessions(), 0);
+        assert!(r.check(&tb.token, addr("198.51.100.7:5000")).is_none());
+        assert!(r.check(&[9; 16], addr("198.51.100.7:5000")).is_none());
+    }
+
+    #[test]
+    fn a_forged_source_address_is_never_confirmed() {
+        let r = Rendezvous::default();
+        r.enable(1);
+        let (a, b) = (PeerId([1; 32]), PeerId([2; 32]));
+        let [ta, tb] = r.open(a, "k", 1, b).unwrap();
+        let victim = addr("192.0.2.1:53");
+        let attacker = addr("198.51.100.66:4000");
+        // A Bind "from" the victim: the cookie goes to the victim, and the attacker's guesses
+        // (or the cookie of another address or token) confirm nothing.
+        let Some(PunchPacket::Check { cookie }) = r.check(&ta.token, victim) else {
+            panic!("no check");
+        };
+        assert_eq!(r.confirm(&ta.token, &[0; 16], victim), None);
+        assert_eq!(r.confirm(&ta.token, &cookie, attacker), None);
+        assert_eq!(r.confirm(&tb.token, &cookie, victim), None);
+        let Some(PunchPacket::Check { cookie: own }) = r.check(&ta.token, attacker) else {
+            panic!("no check");
+        };
+        assert_eq!(r.confirm(&ta.token, &own, victim), None);
+        // The other side confirms; without A's confirmation nobody is told to probe.
+        assert_eq!(
+            bind(&r, &tb, addr("203.0.113.5:4000")),
+            Some(Confirmed::Waiting)
+        );
+        // One token gets a bounded number of checks, wherever its Binds claim to come from.
+        let mut checks = 2;
+        for port in 0..100 {
+            checks += usize::from(
+                r.check(&ta.token, addr(&format!("192.0.2.1:{port}")))
+                    .is_some(),
+            );
+        }
+        assert_eq!(checks, usize::from(MAX_CHECKS_PER_SIDE));
+        assert_eq!(r.sessions(), 1);
     }
 
     #[test]
@@ -320,7 +454,7 @@ mod tests {
         let [ta, _] = r.open_at(a, "k", 1, b, now).unwrap();
         assert!(r.knows(&ta.token));
         let later = now + SESSION_TTL + Duration::from_secs(1);
-        assert!(r.bind_at(&ta.token, addr("1.2.3.4:5"), later).is_none());
+        assert!(r.check_at(&ta.token, addr("1.2.3.4:5"), later).is_none());
         assert!(!r.knows(&ta.token));
         assert_eq!(r.sessions(), 0);
         for _ in 0..MAX_SESSIONS_PER_PEER {

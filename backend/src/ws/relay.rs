@@ -1,5 +1,5 @@
 //! `/relay?peer_id=…`: the WebSocket upgrade into the [relay hub](crate::relay). This endpoint
-//! checks the credentials and hands the socket to [`RelayHub::serve`](crate::relay::RelayHub::serve).
+//! checks the credentials and hands the socket to [`relay::serve`](crate::relay::serve).
 
 use std::sync::Arc;
 
@@ -44,7 +44,7 @@ impl RelayApi {
         let callback: WsCallback = Box::new(move |stream| {
             Box::pin(async move {
                 let hub = state.relay.clone();
-                hub.serve(stream, claimed, principal.subject, waiting).await;
+                crate::relay::serve(hub, stream, claimed, principal.subject, waiting).await;
             })
         });
         Ok(ws

@@ -4,13 +4,17 @@
 //! (see [`p2p_proto::relay`]): one side asks for a punch, and each side gets a session id and a
 //! token. Each side then:
 //!
-//! 1. binds a fresh UDP socket and sends `Bind { token }` to the tracker's UDP port until the hub
-//!    says go: the tracker saw where the datagram came from, which is this socket's address as
-//!    the NATs rewrote it, and hands it to the other side;
+//! 1. binds a fresh UDP socket and sends `Bind { token }` to the tracker's UDP port: the tracker
+//!    sees where the datagram came from, which is this socket's address as the NATs rewrote it,
+//!    and answers `Check { cookie }` there; the socket sends `Confirm { token, cookie }` back, so
+//!    the tracker knows the address is really ours, until `Bound`, and waits for the hub's go,
+//!    which carries the other side's address, confirmed the same way;
 //! 2. sends `Probe { session }` to the other side's address every [`PROBE_EVERY`]. Its own
 //!    outbound probe opens its NAT for replies from that address; once a probe from the other
-//!    side arrives, both NATs are open. A probe may come from an address other than the one the
-//!    tracker saw (a NAT that maps per destination): the probe's source wins, as in ICE;
+//!    side arrives, both NATs are open. A probe may come from another port than the one the
+//!    tracker saw (a NAT that maps per destination): the probe's source wins, as in ICE, but
+//!    only at the IP the tracker confirmed, so a probe with a forged source cannot send our
+//!    probes and QUIC packets to a third party;
 //! 3. hands the socket to a QUIC endpoint. The asker connects; the invited side accepts.
 //!
 //! QUIC gives a reliable, congestion-controlled stream over the punched path, and the peer
@@ -332,8 +336,12 @@ async fn punch_path(
     let mut buf = [0u8; MAX_PUNCH_PACKET_LEN + 1];
     let mut go = ticket.go;
 
-    // 1. Bind until the go. The other side may get its go first and probe us already.
+    // 1. Bind until the go: `Bind` until the rendezvous answers `Check` at our public address,
+    // then `Confirm` with its cookie until it answers `Bound` (it believes the address only
+    // then). The other side may get its go first and probe us already.
     let mut early: Option<SocketAddr> = None;
+    let mut confirm: Option<Vec<u8>> = None;
+    let mut bound = false;
     let mut tick = tokio::time::interval(BIND_EVERY);
     let bind_deadline = tokio::time::sleep(BIND_TIMEOUT);
     tokio::pin!(bind_deadline);
@@ -345,19 +353,31 @@ async fn punch_path(
                 Ok(Err(code)) => return Err(PunchError::Declined(code)),
                 Err(_) => return Err(PunchError::BindTimeout),
             },
-            _ = tick.tick() => { socket.send_to(&bind, rendezvous).await?; }
+            _ = tick.tick(), if !bound => {
+                socket.send_to(confirm.as_deref().unwrap_or(&bind), rendezvous).await?;
+            }
             r = socket.recv_from(&mut buf) => {
-                if let Ok((n, from)) = r
-                    && PunchPacket::decode(&buf[..n]) == Ok(PunchPacket::Probe { session: ticket.session })
-                {
-                    early = Some(from);
+                let Ok((n, from)) = r else { continue };
+                match PunchPacket::decode(&buf[..n]) {
+                    Ok(PunchPacket::Probe { session }) if session == ticket.session => {
+                        early = Some(from);
+                    }
+                    Ok(PunchPacket::Check { cookie }) if from == rendezvous && !bound => {
+                        let packet = PunchPacket::Confirm { token: ticket.token, cookie }.to_vec();
+                        socket.send_to(&packet, rendezvous).await?;
+                        confirm = Some(packet);
+                    }
+                    Ok(PunchPacket::Bound { .. }) if from == rendezvous => bound = true,
+                    _ => {}
                 }
             }
         }
     };
 
-    // 2. Probe until the other side's probe arrives.
-    if let Some(from) = early {
+    // 2. Probe until the other side's probe arrives. Its source wins over the address the
+    // tracker confirmed only at that address's IP (a NAT that maps per destination picks
+    // another port, not another address): a forged source cannot turn us to a third party.
+    if let Some(from) = early.filter(|from| from.ip() == target.ip()) {
         target = from;
     } else {
         let mut tick = tokio::time::interval(PROBE_EVERY);
@@ -372,6 +392,7 @@ async fn punch_path(
                 }
                 r = socket.recv_from(&mut buf) => {
                     if let Ok((n, from)) = r
+                        && from.ip() == target.ip()
                         && PunchPacket::decode(&buf[..n]) == Ok(PunchPacket::Probe { session: ticket.session })
                     {
                         break from;
@@ -567,15 +588,30 @@ mod tests {
         let (a_addr, b_addr) = (a.local_addr().unwrap(), b.local_addr().unwrap());
         let (ta, go_a) = ticket([1; 16], [2; 16]);
         let (tb, go_b) = ticket([1; 16], [3; 16]);
-        // The rendezvous sees both binds, then says go with each other's address.
+        // The rendezvous checks each bind with a cookie, believes an address once its cookie
+        // comes back from it, then says go with each other's address.
         let coordinator = tokio::spawn(async move {
+            let cookie = |token: [u8; 16], from: SocketAddr| {
+                let mut c = token;
+                c[..2].copy_from_slice(&from.port().to_be_bytes());
+                c
+            };
             let mut seen = HashMap::new();
             let mut buf = [0u8; 64];
             while seen.len() < 2 {
                 let (n, from) = rv.recv_from(&mut buf).await.unwrap();
-                if let Ok(PunchPacket::Bind { token }) = PunchPacket::decode(&buf[..n]) {
-                    seen.insert(token, from);
-                }
+                let reply = match PunchPacket::decode(&buf[..n]) {
+                    Ok(PunchPacket::Bind { token }) => PunchPacket::Check {
+                        cookie: cookie(token, from),
+                    },
+                    Ok(PunchPacket::Confirm { token, cookie: c }) => {
+                        assert_eq!(c, cookie(token, from), "the cookie sent to this socket");
+                        seen.insert(token, from);
+                        PunchPacket::Bound { addr: from }
+                    }
+                    other => panic!("unexpected {other:?}"),
+                };
+                rv.send_to(&reply.to_vec(), from).await.unwrap();
             }
             go_a.send(Ok(seen[&[3; 16]])).unwrap();
             go_b.send(Ok(seen[&[2; 16]])).unwrap();
@@ -584,6 +620,47 @@ mod tests {
         coordinator.await.unwrap();
         assert_eq!(ra.unwrap(), b_addr);
         assert_eq!(rb.unwrap(), a_addr);
+    }
+
+    #[tokio::test]
+    async fn a_probe_from_another_ip_does_not_redirect_the_punch() {
+        let (_rv, rv_addr) = rendezvous().await;
+        let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let a_addr = a.local_addr().unwrap();
+        // The confirmed address never answers; a probe of the session comes from elsewhere.
+        let confirmed = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let third = UdpSocket::bind("127.0.0.2:0").await.unwrap();
+        let (ta, go) = ticket([1; 16], [2; 16]);
+        let session = ta.session;
+        go.send(Ok(confirmed.local_addr().unwrap())).unwrap();
+        let forger = tokio::spawn(async move {
+            let probe = PunchPacket::Probe { session }.to_vec();
+            for _ in 0..20 {
+                third.send_to(&probe, a_addr).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            // What reached the third party: nothing.
+            let mut buf = [0u8; 64];
+            tokio::time::timeout(Duration::from_millis(200), third.recv_from(&mut buf))
+                .await
+                .is_ok()
+        });
+        assert!(matches!(
+            punch_path(&a, rv_addr, ta).await,
+            Err(PunchError::NoPath)
+        ));
+        assert!(!forger.await.unwrap(), "a datagram reached the third party");
+        // Another port at the confirmed IP (a NAT mapping per destination) does win.
+        let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let b_addr = b.local_addr().unwrap();
+        let (ta, go) = ticket([1; 16], [2; 16]);
+        go.send(Ok(confirmed.local_addr().unwrap())).unwrap();
+        let other_port = tokio::spawn(async move {
+            let probe = PunchPacket::Probe { session }.to_vec();
+            b.send_to(&probe, a_addr).await.unwrap();
+        });
+        assert_eq!(punch_path(&a, rv_addr, ta).await.unwrap(), b_addr);
+        other_port.await.unwrap();
     }
 
     #[tokio::test]
