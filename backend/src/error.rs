@@ -11,6 +11,7 @@ use poem_openapi::ApiResponse;
 use poem_openapi::payload::Json;
 
 use crate::auth::AuthError;
+use crate::auth::accounts::AccountError;
 use crate::store::StoreError;
 
 fn body(error: &str, message: impl Into<String>) -> Json<ErrorBody> {
@@ -30,6 +31,9 @@ pub enum ApiError {
     /// Missing or invalid credentials.
     #[oai(status = 401)]
     Unauthorized(Json<ErrorBody>),
+    /// The caller may not do this (management needs an admin account).
+    #[oai(status = 403)]
+    Forbidden(Json<ErrorBody>),
     /// No such peer, file or route.
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
@@ -63,6 +67,10 @@ impl ApiError {
 
     pub fn unauthorized(message: impl Into<String>) -> Self {
         Self::Unauthorized(body("unauthorized", message))
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::Forbidden(body("forbidden", message))
     }
 
     pub fn not_found(message: impl Into<String>) -> Self {
@@ -176,6 +184,24 @@ impl From<AuthError> for ApiError {
             AuthError::BadLoginRequest => ApiError::bad_request(e.to_string()),
             AuthError::Throttled(secs) => ApiError::too_many_requests(secs),
             other => ApiError::unauthorized(other.to_string()),
+        }
+    }
+}
+
+impl From<AccountError> for ApiError {
+    fn from(e: AccountError) -> Self {
+        match e {
+            AccountError::BadName { .. }
+            | AccountError::ShortPassword
+            | AccountError::BadRole
+            | AccountError::OwnAccount => ApiError::bad_request(e.to_string()),
+            AccountError::UserExists(_) => ApiError::conflict(e.to_string()),
+            AccountError::NoUser(_) | AccountError::NoKey(_) => ApiError::not_found(e.to_string()),
+            AccountError::Auth(e) => e.into(),
+            AccountError::Random(_) | AccountError::Hash(_) | AccountError::Task(_) => {
+                tracing::error!(error = ?e, "account change failed");
+                ApiError::internal()
+            }
         }
     }
 }

@@ -60,14 +60,21 @@ impl PeersApi {
         Ok(Json(self.0.swarm.heartbeat(body.0).await?))
     }
 
-    /// Unregisters a peer and forgets what it announced.
+    /// Unregisters a peer and forgets what it announced. An admin (a user with the admin
+    /// role) may remove any peer: the `peer_left` event then gives the reason `removed`. 404
+    /// when the peer is not registered.
     #[oai(
         path = "/api/peers/:id",
         method = "delete",
         operation_id = "unregister_peer"
     )]
-    async fn unregister(&self, _auth: Auth, id: Path<PeerId, Id>) -> Result<Deleted, ApiError> {
-        self.0.swarm.unregister(&id.0).await?;
+    async fn unregister(&self, auth: Auth, id: Path<PeerId, Id>) -> Result<Deleted, ApiError> {
+        if auth.0.is_admin() {
+            self.0.swarm.remove_peer(&id.0).await?;
+            tracing::info!(by = %auth.0.subject, peer = %id.0, "peer removed");
+        } else {
+            self.0.swarm.unregister(&id.0).await?;
+        }
         Ok(Deleted::NoContent)
     }
 
