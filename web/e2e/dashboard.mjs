@@ -159,7 +159,6 @@ try {
   console.log('ok: file removed, gone from the list and the count');
 
   await page.setViewportSize({ width: 390, height: 844 });
-  await page.getByRole('button', { name: '← All files' }).click();
   await page.getByRole('button', { name: 'Overview' }).click();
   await page.screenshot({ path: `${SHOTS}/7-phone.png`, fullPage: true });
 
