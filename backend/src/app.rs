@@ -184,6 +184,10 @@ fn route_label(path: &str) -> &'static str {
         ["", "api", "peers", "challenge"] => "/api/peers/challenge",
         ["", "api", "peers", _] => "/api/peers/{id}",
         ["", "api", "files"] => "/api/files",
+        ["", "api", "keys"] => "/api/keys",
+        ["", "api", "keys", _] => "/api/keys/{key_id}",
+        ["", "api", "users"] => "/api/users",
+        ["", "api", "users", _] => "/api/users/{username}",
         ["", "api", "files", "announce"] => "/api/files/announce",
         ["", "api", "files", _] => "/api/files/{hash}",
         ["", "api", "files", _, "peers"] => "/api/files/{hash}/peers",
@@ -204,6 +208,7 @@ pub type Apis = (
     api::files::FilesApi,
     crate::ws::EventsApi,
     crate::ws::RelayApi,
+    api::admin::AdminApi,
 );
 
 /// Builds the OpenAPI service with every operation.
@@ -215,7 +220,8 @@ pub fn service(state: Arc<AppState>) -> OpenApiService<Apis, ()> {
             api::peers::PeersApi(state.clone()),
             api::files::FilesApi(state.clone()),
             crate::ws::EventsApi(state.clone()),
-            crate::ws::RelayApi(state),
+            crate::ws::RelayApi(state.clone()),
+            api::admin::AdminApi(state),
         ),
         "p2p tracker",
         env!("CARGO_PKG_VERSION"),

@@ -5,7 +5,7 @@ use std::io::BufRead;
 use anyhow::{Context, bail};
 
 use crate::app::{self, RuntimeOptions};
-use crate::auth::{keys, password};
+use crate::auth::{accounts, keys};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Cli, Command, KeyCommand, UserCommand};
 use crate::store::{ApiKeyRecord, UserRecord};
@@ -77,17 +77,10 @@ async fn user(db: &crate::config::DbArgs, cmd: UserCommand) -> anyhow::Result<()
     let store = app::open_store(db).await.context("opening the database")?;
     match cmd {
         UserCommand::Add { name, role } => {
-            if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
-                bail!("user names are 1-64 characters without control characters");
-            }
+            accounts::check_name("a user name", &name)?;
             let pass = read_password()?;
-            if pass.chars().count() < password::MIN_PASSWORD_LEN {
-                bail!(
-                    "the password must have at least {} characters",
-                    password::MIN_PASSWORD_LEN
-                );
-            }
-            let hash = tokio::task::spawn_blocking(move || password::hash(&pass)).await??;
+            accounts::check_password(&pass)?;
+            let hash = accounts::hash_password(pass).await?;
             store
                 .put_user(&UserRecord {
                     username: name.clone(),

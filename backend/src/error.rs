@@ -10,6 +10,7 @@ use poem::{IntoResponse, Response};
 use poem_openapi::ApiResponse;
 use poem_openapi::payload::Json;
 
+use crate::auth::accounts::AccountError;
 use crate::auth::{AuthError, PeerAuthError};
 use crate::store::StoreError;
 
@@ -32,7 +33,8 @@ pub enum ApiError {
     /// request that changes a peer's entry (`peer_token`; register again for a fresh one).
     #[oai(status = 401)]
     Unauthorized(Json<ErrorBody>),
-    /// The credentials are good but do not cover this: an `X-Peer-Token` of another peer id.
+    /// The credentials are good but do not cover this: an `X-Peer-Token` of another peer id, or
+    /// management without an admin account.
     #[oai(status = 403)]
     Forbidden(Json<ErrorBody>),
     /// No such peer, file or route.
@@ -68,6 +70,10 @@ impl ApiError {
 
     pub fn unauthorized(message: impl Into<String>) -> Self {
         Self::Unauthorized(body("unauthorized", message))
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::Forbidden(body("forbidden", message))
     }
 
     pub fn not_found(message: impl Into<String>) -> Self {
@@ -191,6 +197,24 @@ impl From<AuthError> for ApiError {
             AuthError::BadLoginRequest => ApiError::bad_request(e.to_string()),
             AuthError::Throttled(secs) => ApiError::too_many_requests(secs),
             other => ApiError::unauthorized(other.to_string()),
+        }
+    }
+}
+
+impl From<AccountError> for ApiError {
+    fn from(e: AccountError) -> Self {
+        match e {
+            AccountError::BadName { .. }
+            | AccountError::ShortPassword
+            | AccountError::BadRole
+            | AccountError::OwnAccount => ApiError::bad_request(e.to_string()),
+            AccountError::UserExists(_) => ApiError::conflict(e.to_string()),
+            AccountError::NoUser(_) | AccountError::NoKey(_) => ApiError::not_found(e.to_string()),
+            AccountError::Auth(e) => e.into(),
+            AccountError::Random(_) | AccountError::Hash(_) | AccountError::Task(_) => {
+                tracing::error!(error = ?e, "account change failed");
+                ApiError::internal()
+            }
         }
     }
 }

@@ -148,6 +148,11 @@ impl Swarm {
         &self.config
     }
 
+    /// The tracker's time (Unix ms).
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
     /// Heartbeats at or after this time count as online.
     pub fn cutoff_ms(&self) -> u64 {
         self.clock
@@ -277,13 +282,23 @@ impl Swarm {
     }
 
     pub async fn unregister(&self, id: &PeerId) -> SwarmResult<()> {
+        self.delete_peer(id, LeaveReason::Unregistered).await
+    }
+
+    /// An admin removes a peer and its announces. (A peer still running registers again at
+    /// its next heartbeat; revoke its API key to keep it out.)
+    pub async fn remove_peer(&self, id: &PeerId) -> SwarmResult<()> {
+        self.delete_peer(id, LeaveReason::Removed).await
+    }
+
+    async fn delete_peer(&self, id: &PeerId, reason: LeaveReason) -> SwarmResult<()> {
         if !self.store.delete_peer(id).await? {
             return Err(SwarmError::NotFound(format!("peer {id} is not registered")));
         }
         self.swarm_cache.clear();
         self.events.publish(Event::PeerLeft {
             peer_id: *id,
-            reason: LeaveReason::Unregistered,
+            reason,
         });
         Ok(())
     }
@@ -409,6 +424,22 @@ impl Swarm {
         self.events.publish(Event::FileUnannounced {
             file_id: *file,
             peer_id: *peer,
+        });
+        Ok(())
+    }
+
+    /// An admin removes a file for everyone: every announce of it and the file itself. A
+    /// peer that still has it and announces it again brings it back.
+    pub async fn remove_file(&self, file: &FileId) -> SwarmResult<()> {
+        let name = self
+            .store
+            .delete_file(file)
+            .await?
+            .ok_or_else(|| unknown_file(file))?;
+        self.swarm_cache.invalidate(file);
+        self.events.publish(Event::FileRemoved {
+            file_id: *file,
+            name,
         });
         Ok(())
     }

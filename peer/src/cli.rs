@@ -139,6 +139,7 @@ async fn shell_loop(peer: &Peer) -> anyhow::Result<()> {
             },
             ShellCommand::List => list(peer).await,
             ShellCommand::Download(id) => fetch(peer, &id).await.map(|r| print_report(&r)),
+            ShellCommand::Unshare(prefix) => unshare(peer, &prefix).await,
             ShellCommand::Status => {
                 status(peer);
                 Ok(())
@@ -160,6 +161,47 @@ async fn shell_loop(peer: &Peer) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// How long `unshare` waits to see the tracker stop listing this peer for the file.
+const WITHDRAW_WAIT: Duration = Duration::from_secs(5);
+
+/// Stops serving the file whose id starts with `prefix`; the tracker session withdraws its
+/// announce and the DHT announcer stops announcing it (both follow the library).
+async fn unshare(peer: &Peer, prefix: &str) -> anyhow::Result<()> {
+    let files = peer.node.library.list();
+    let (id, name) =
+        shell::resolve_shared(prefix, files.iter().map(|(m, _)| (m.id, m.name.as_str())))
+            .map_err(anyhow::Error::msg)?;
+    if peer.node.library.withdraw(&id).is_none() {
+        anyhow::bail!("{name} is no longer shared");
+    }
+    peer.announce_now();
+    println!("no longer sharing {name}\n  id {id}");
+    if withdrawn(peer, &id).await {
+        println!("  the tracker no longer lists this peer for it");
+    } else {
+        println!("  the tracker will be told once it answers");
+    }
+    Ok(())
+}
+
+/// Whether the tracker stops listing this peer for `id` within [`WITHDRAW_WAIT`].
+async fn withdrawn(peer: &Peer, id: &FileId) -> bool {
+    let me = peer.node.identity.peer_id();
+    let deadline = tokio::time::Instant::now() + WITHDRAW_WAIT;
+    loop {
+        match peer.tracker.file_peers(id, None, 500).await {
+            Ok(swarm) if !swarm.peers.iter().any(|p| p.peer_id == me) => return true,
+            // The tracker forgot the file altogether (an admin removed it).
+            Err(crate::tracker_client::TrackerError::NotFound(_)) => return true,
+            _ => {}
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn list(peer: &Peer) -> anyhow::Result<()> {

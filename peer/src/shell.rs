@@ -10,6 +10,8 @@ pub enum ShellCommand {
     Share(PathBuf),
     List,
     Download(FileId),
+    /// Stops sharing the file whose id starts with these hex characters (lower case).
+    Unshare(String),
     Status,
     Peers,
     /// Sets the upload (`up`) or download (`down`) limit in bytes/s; `None` lifts it.
@@ -29,6 +31,8 @@ commands:
   share <path>       share a file (hashes it and announces it to the tracker)
   list               files known to the tracker
   download <hash>    download a file by its id (64 hex characters)
+  unshare <id>       stop sharing a file and withdraw it from the tracker; the id may be
+                     shortened to its first characters (at least 4)
   status             this peer: id, port, shared files, transfers
   peers              peers online in the swarm
   limit up|down <rate|off>
@@ -53,6 +57,8 @@ pub fn parse(line: &str) -> Result<ShellCommand, String> {
             .parse()
             .map(ShellCommand::Download)
             .map_err(|e| format!("not a file id: {e}")),
+        ("unshare", "") => Err("usage: unshare <id> (the file id, or its first characters)".into()),
+        ("unshare", id) => parse_id_prefix(id).map(ShellCommand::Unshare),
         ("status", "") => Ok(ShellCommand::Status),
         ("peers", "") => Ok(ShellCommand::Peers),
         ("limit", args) => {
@@ -72,6 +78,64 @@ pub fn parse(line: &str) -> Result<ShellCommand, String> {
         ("help" | "?", _) => Ok(ShellCommand::Help),
         ("quit" | "exit", "") => Ok(ShellCommand::Quit),
         (w, _) => Err(format!("unknown command {w:?}; type help")),
+    }
+}
+
+/// Fewest characters of an id that `unshare` takes.
+pub const MIN_ID_PREFIX: usize = 4;
+
+/// A file id or its first characters: 4 to 64 hex characters, returned in lower case.
+fn parse_id_prefix(text: &str) -> Result<String, String> {
+    if let Some(c) = text.chars().find(|c| !c.is_ascii_hexdigit()) {
+        return Err(format!(
+            "not a file id: {c:?} is not a hex character (give the id, or its first characters)"
+        ));
+    }
+    if text.len() < MIN_ID_PREFIX {
+        return Err(format!(
+            "give at least {MIN_ID_PREFIX} characters of the file id, not {}",
+            text.len()
+        ));
+    }
+    if text.len() > 64 {
+        return Err(format!(
+            "not a file id: expected at most 64 hex characters, got {}",
+            text.len()
+        ));
+    }
+    Ok(text.to_ascii_lowercase())
+}
+
+/// The one file among `shared` (id and name) whose id starts with `prefix`; the error says
+/// why there is none or which ones it could be.
+pub fn resolve_shared<'a>(
+    prefix: &str,
+    shared: impl IntoIterator<Item = (FileId, &'a str)>,
+) -> Result<(FileId, &'a str), String> {
+    let mut matches: Vec<(FileId, &str)> = shared
+        .into_iter()
+        .filter(|(id, _)| id.to_string().starts_with(prefix))
+        .collect();
+    matches.sort_by(|a, b| a.1.cmp(b.1).then(a.0.cmp(&b.0)));
+    match matches.as_slice() {
+        [] => Err(format!(
+            "this peer shares no file whose id starts with {prefix} (share prints a file's id)"
+        )),
+        [one] => Ok(*one),
+        many => {
+            let names: Vec<String> = many
+                .iter()
+                .map(|(id, name)| {
+                    let id = id.to_string();
+                    format!("{name} {}", &id[..(prefix.len() + 4).min(id.len())])
+                })
+                .collect();
+            Err(format!(
+                "{prefix} starts the ids of {} shared files ({}); give more of the id",
+                many.len(),
+                names.join(", ")
+            ))
+        }
     }
 }
 
@@ -114,5 +178,52 @@ mod tests {
         );
         assert!(parse("limit sideways 1M").is_err());
         assert!(parse("frobnicate").unwrap_err().contains("help"));
+    }
+
+    #[test]
+    fn unshare_takes_an_id_or_its_start() {
+        let hash = "AB".repeat(32);
+        assert_eq!(
+            parse(&format!("unshare {hash}")),
+            Ok(ShellCommand::Unshare(hash.to_ascii_lowercase()))
+        );
+        assert_eq!(
+            parse("unshare 0f1e"),
+            Ok(ShellCommand::Unshare("0f1e".into()))
+        );
+        assert!(parse("unshare").unwrap_err().starts_with("usage: unshare"));
+        assert_eq!(
+            parse("unshare 0f1").unwrap_err(),
+            "give at least 4 characters of the file id, not 3"
+        );
+        assert!(
+            parse("unshare notes.txt")
+                .unwrap_err()
+                .contains("'n' is not a hex character")
+        );
+        assert!(
+            parse(&format!("unshare {hash}00"))
+                .unwrap_err()
+                .contains("at most 64")
+        );
+        assert!(HELP.contains("unshare <id>"));
+    }
+
+    #[test]
+    fn unshare_finds_the_one_file_an_id_start_names() {
+        let id = |s: &str| -> FileId { s.repeat(32).parse().unwrap() };
+        let (a, b, c) = (id("0a"), id("0b"), id("c0"));
+        let shared = [(a, "a.txt"), (b, "b.bin"), (c, "c.iso")];
+        assert_eq!(resolve_shared("c0c0", shared), Ok((c, "c.iso")));
+        assert_eq!(resolve_shared(&a.to_string(), shared), Ok((a, "a.txt")));
+        let none = resolve_shared("ffff", shared).unwrap_err();
+        assert!(none.contains("no file whose id starts with ffff"), "{none}");
+        // Two ids start with 0: both are named so the user can pick.
+        let ids = [(id("0a"), "a.txt"), (id("0b"), "b.bin")];
+        let many = resolve_shared("0", ids).unwrap_err();
+        assert_eq!(
+            many,
+            "0 starts the ids of 2 shared files (a.txt 0a0a0, b.bin 0b0b0); give more of the id"
+        );
     }
 }

@@ -704,3 +704,115 @@ async fn the_shell_on_a_pipe_answers_plainly_and_names_each_cause_once() {
     );
     assert!(out.contains("  1 file (this peer)"), "{out}");
 }
+
+/// `unshare` in the shell: an unknown or malformed id is refused with a message that says why;
+/// an id's first characters stop serving that file, and the tracker stops listing the peer for
+/// it (while it still lists the peer for the other file); `help` lists the command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shell_unshares_a_file_by_the_start_of_its_id() {
+    use std::io::Write;
+    let work = tempfile::tempdir().unwrap();
+    let t = tracker(work.path()).await;
+    let url = t.base_url();
+    let data = work.path().join("shell");
+    std::fs::create_dir_all(&data).unwrap();
+    let (gone, kept) = (support::content(20_000, 7), support::content(30_000, 8));
+    std::fs::write(data.join("gone.txt"), &gone).unwrap();
+    std::fs::write(data.join("kept.txt"), &kept).unwrap();
+    let (gone_id, kept_id) = (
+        hex::encode(Sha256::digest(&gone)),
+        hex::encode(Sha256::digest(&kept)),
+    );
+    // Four hex characters that start neither id.
+    let unknown = (0..=u16::MAX)
+        .map(|n| format!("{n:04x}"))
+        .find(|p| !gone_id.starts_with(p) && !kept_id.starts_with(p))
+        .unwrap();
+    let mut child = Killed(
+        peer_cmd(env!("CARGO_BIN_EXE_p2p-peer"), &url, &data)
+            .args(["--dht", "off", "--no-relay"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let out = support::Log::capture(child.0.stdout.take().unwrap());
+    tracker_lists(&url, 2).await;
+    let me = {
+        let line = out
+            .wait_for(
+                &mut child.0,
+                &["p2p peer", "listening on"],
+                Duration::from_secs(30),
+            )
+            .await;
+        line.split_whitespace().nth(2).unwrap().to_owned()
+    };
+    let listed = |id: String| {
+        let url = url.clone();
+        async move {
+            let swarm: serde_json::Value = reqwest::Client::new()
+                .get(format!("{url}/api/files/{id}/peers"))
+                .header("X-API-Key", KEY)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            swarm["peers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["peer_id"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(listed(gone_id.clone()).await, vec![me.clone()]);
+
+    let mut stdin = child.0.stdin.take().unwrap();
+    writeln!(stdin, "unshare gone.txt").unwrap();
+    writeln!(stdin, "unshare {unknown}").unwrap();
+    writeln!(stdin, "unshare {}", &gone_id[..6].to_ascii_uppercase()).unwrap();
+    let wait = Duration::from_secs(30);
+    out.wait_for(&mut child.0, &["'g' is not a hex character"], wait)
+        .await;
+    out.wait_for(
+        &mut child.0,
+        &["no file whose id starts with", &unknown],
+        wait,
+    )
+    .await;
+    out.wait_for(&mut child.0, &["no longer sharing gone.txt"], wait)
+        .await;
+    out.wait_for(
+        &mut child.0,
+        &["the tracker no longer lists this peer"],
+        wait,
+    )
+    .await;
+    assert_eq!(listed(gone_id.clone()).await, Vec::<String>::new());
+    assert_eq!(listed(kept_id.clone()).await, vec![me.clone()]);
+    // No longer served: a download finds nobody with it.
+    let leech = work.path().join("leech");
+    let fetched = download(&url, &leech, &gone_id).await;
+    assert!(
+        !fetched.status.success(),
+        "the unshared file was still served"
+    );
+    // Not shared any more, so not found again; help lists the command.
+    writeln!(stdin, "unshare {}", &gone_id[..6]).unwrap();
+    writeln!(stdin, "help").unwrap();
+    out.wait_for(
+        &mut child.0,
+        &["no file whose id starts with", &gone_id[..6]],
+        wait,
+    )
+    .await;
+    out.wait_for(&mut child.0, &["unshare <id>"], wait).await;
+    writeln!(stdin, "quit").unwrap();
+    drop(stdin);
+    assert!(child.0.wait().unwrap().success(), "{}", out.tail(40));
+    t.stop().await.unwrap();
+}

@@ -381,6 +381,93 @@ pub struct Stats {
     pub ws_clients: u64,
 }
 
+/// Roles of dashboard users and API keys.
+pub mod role {
+    /// May manage API keys, users, files and peers.
+    pub const ADMIN: &str = "admin";
+    /// A dashboard user who sees everything and changes nothing.
+    pub const VIEWER: &str = "viewer";
+    /// What API keys act as: peers registering, announcing and looking up.
+    pub const PEER: &str = "peer";
+}
+
+/// An API key as listed: never the key itself, which only its creator sees once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
+#[cfg_attr(feature = "openapi", oai(rename_all = "snake_case"))]
+pub struct ApiKeyInfo {
+    /// 12 hex characters; the principal of a request made with the key is `api-key:<id>`.
+    pub id: String,
+    pub name: String,
+    pub created_at_ms: u64,
+    /// Set once the key is revoked; it is refused from then on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", oai(skip_serializing_if_is_none))]
+    pub revoked_at_ms: Option<u64>,
+}
+
+/// `GET /api/keys`: every API key stored in the database, revoked ones included (keys from
+/// the tracker's `API_KEYS` setting are not listed).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
+#[cfg_attr(feature = "openapi", oai(rename_all = "snake_case"))]
+pub struct ApiKeyList {
+    pub keys: Vec<ApiKeyInfo>,
+}
+
+/// `POST /api/keys`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
+#[cfg_attr(feature = "openapi", oai(rename_all = "snake_case"))]
+pub struct CreateApiKeyRequest {
+    /// What the key is for (1-64 characters, no control characters), e.g. the peer's host.
+    pub name: String,
+}
+
+/// A new API key: `key` is shown this once; the tracker keeps only its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
+#[cfg_attr(feature = "openapi", oai(rename_all = "snake_case"))]
+pub struct CreatedApiKey {
+    /// `p2pk_` and 64 hex characters: give it to a peer (`--api-key`).
+    pub key: String,
+    pub id: String,
+    pub name: String,
+    pub created_at_ms: u64,
+}
+
+/// A dashboard user (never the password hash).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
+#[cfg_attr(feature = "openapi", oai(rename_all = "snake_case"))]
+pub struct UserInfo {
+    pub username: String,
+    /// `admin` or `viewer` (see [`role`]).
+    pub role: String,
+    pub created_at_ms: u64,
+}
+
+/// `GET /api/users`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
+#[cfg_attr(feature = "openapi", oai(rename_all = "snake_case"))]
+pub struct UserList {
+    pub users: Vec<UserInfo>,
+}
+
+/// `POST /api/users`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
+#[cfg_attr(feature = "openapi", oai(rename_all = "snake_case"))]
+pub struct CreateUserRequest {
+    /// 1-64 characters without control characters.
+    pub username: String,
+    /// At least 8 characters.
+    pub password: String,
+    /// `admin` or `viewer`.
+    pub role: String,
+}
+
 /// Why a peer left the swarm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -389,6 +476,8 @@ pub enum LeaveReason {
     Unregistered,
     /// It missed its heartbeats.
     Expired,
+    /// An admin removed it (`DELETE /api/peers/{id}`).
+    Removed,
 }
 
 /// A live event on `/ws`, sent as a JSON text message.
@@ -427,6 +516,12 @@ pub enum Event {
     FileUnannounced {
         file_id: FileId,
         peer_id: PeerId,
+    },
+    /// An admin removed the file for everyone (`DELETE /api/files/{hash}`): no peer is listed
+    /// for it any more and it left the listings.
+    FileRemoved {
+        file_id: FileId,
+        name: String,
     },
     RelayConnected {
         peer_id: PeerId,

@@ -1,5 +1,7 @@
 // Drives the dashboard in headless Chromium against a running tracker.
 // Env: BASE_URL, API_KEY, ADMIN_USER, ADMIN_PASSWORD, SCREENSHOT_DIR, CHROMIUM.
+// Management (admins): API keys created and revoked, a viewer created, a file removed; the
+// viewer then sees no management and the tracker refuses its changes with 403.
 import { createHash, createHmac, createPrivateKey, createPublicKey, diffieHellman } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { chromium } from 'playwright-core';
@@ -66,6 +68,8 @@ try {
   const page = await browser.newPage({ viewport: { width: 1280, height: 860 } });
   page.on('console', (m) => { if (m.type() === 'error') problems.push(`console: ${m.text()}`); });
   page.on('pageerror', (e) => problems.push(`page error: ${e}`));
+  // Removals and revocations ask for confirmation; the test says yes.
+  page.on('dialog', (d) => d.accept());
 
   await share(1, 'first-file.iso');
   // Peer 1 reports reaching peer 2 through a hole punch (the peers table shows it).
@@ -131,8 +135,49 @@ try {
   await page.screenshot({ path: `${SHOTS}/6-file-detail.png` });
   console.log('ok: peers table, file search and file detail');
 
-  await page.setViewportSize({ width: 390, height: 844 });
+  // An admin creates an API key: shown once, listed, working; then revokes it.
+  const status = async (path, headers) => (await fetch(BASE_URL + path, { headers })).status;
   await page.getByRole('button', { name: '← All files' }).click();
+  await page.getByRole('button', { name: 'Manage' }).click();
+  await page.locator('#key-name').fill('e2e-laptop');
+  await page.getByRole('button', { name: 'Create key' }).click();
+  const newKey = (await page.getByTestId('new-key').textContent({ timeout: 10000 })).trim();
+  if (!/^p2pk_[0-9a-f]{64}$/.test(newKey)) throw new Error(`not a key: ${newKey}`);
+  const keyRow = page.getByTestId('keys-table').locator('tr', { hasText: 'e2e-laptop' });
+  await keyRow.getByText('active').waitFor({ timeout: 5000 });
+  if (await page.getByRole('button', { name: 'Copy key' }).count() !== 1) throw new Error('no copy button');
+  if (await status('/api/stats', { 'X-API-Key': newKey }) !== 200) throw new Error('the new key does not work');
+  await page.screenshot({ path: `${SHOTS}/10-key-created.png`, fullPage: true });
+  await page.getByRole('button', { name: 'Done' }).click();
+  if (await page.getByTestId('new-key').count() !== 0) throw new Error('the key is still shown');
+  await page.getByRole('button', { name: 'Revoke key e2e-laptop' }).click();
+  await keyRow.getByText(/revoked/).waitFor({ timeout: 5000 });
+  if (await status('/api/stats', { 'X-API-Key': newKey }) !== 401) throw new Error('the revoked key still works');
+  console.log('ok: API key created (shown once, working), listed and revoked (refused)');
+
+  // A viewer is created.
+  await page.locator('#new-user').fill('watcher');
+  await page.locator('#new-password').fill('watcher-password');
+  await page.locator('#new-role').selectOption('viewer');
+  await page.getByRole('button', { name: 'Create user' }).click();
+  await page.getByTestId('users-table').locator('tr', { hasText: 'watcher' }).getByText('viewer').waitFor({ timeout: 10000 });
+  if (await page.getByRole('button', { name: `Delete user ${ADMIN_USER}` }).count() !== 0) throw new Error('admins may delete themselves');
+  await page.screenshot({ path: `${SHOTS}/11-manage.png`, fullPage: true });
+  console.log('ok: viewer created');
+
+  // A file removed for everyone leaves the list and the count, and the event log says so.
+  await page.getByRole('button', { name: 'Files', exact: true }).click();
+  await page.getByTestId('files-table').getByText('first-file.iso').waitFor({ timeout: 5000 });
+  await page.getByRole('button', { name: 'Remove first-file.iso' }).click();
+  await page.waitForFunction(() => !document.querySelector('[data-testid="files-table"]')?.textContent?.includes('first-file.iso'), null, { timeout: 5000 });
+  await page.getByTestId('files-table').getByText('second-file.mkv').waitFor({ timeout: 5000 });
+  await page.screenshot({ path: `${SHOTS}/12-file-removed.png` });
+  await page.getByRole('button', { name: 'Overview' }).click();
+  await expectText('files-shared', '1', 5000);
+  await page.getByTestId('event-log').filter({ hasText: 'file first-file.iso' }).filter({ hasText: 'removed by an admin' }).waitFor({ timeout: 5000 });
+  console.log('ok: file removed, gone from the list and the count');
+
+  await page.setViewportSize({ width: 390, height: 844 });
   await page.getByRole('button', { name: 'Overview' }).click();
   await page.screenshot({ path: `${SHOTS}/7-phone.png`, fullPage: true });
 
@@ -157,6 +202,25 @@ try {
   await page.getByLabel('Username').waitFor({ timeout: 5000 });
   await page.screenshot({ path: `${SHOTS}/9-session-expired.png` });
   console.log('ok: expired and refused sessions return to the login page');
+
+  // The viewer sees everything but no management, and the tracker refuses its changes.
+  await page.getByLabel('Username').fill('watcher');
+  await page.getByLabel('Password').fill('watcher-password');
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await expectText('files-shared', '1', 10000);
+  if (await page.getByRole('button', { name: 'Manage' }).count() !== 0) throw new Error('a viewer sees Manage');
+  await page.getByRole('button', { name: 'Files', exact: true }).click();
+  await page.getByTestId('files-table').getByText('second-file.mkv').waitFor({ timeout: 5000 });
+  await page.getByRole('button', { name: 'Peers' }).click();
+  await page.getByTestId('peers-table').getByText('192.0.2.2:6882').waitFor({ timeout: 5000 });
+  if (await page.getByRole('button', { name: /^(Remove|Revoke|Delete)/ }).count() !== 0) throw new Error('a viewer sees management buttons');
+  await page.screenshot({ path: `${SHOTS}/13-viewer-peers.png` });
+  const viewer = await page.evaluate(() => JSON.parse(sessionStorage.getItem('p2p-session')).token);
+  const second = sha(Buffer.from('content of second-file.mkv '.repeat(1000))).toString('hex');
+  const refused = await fetch(`${BASE_URL}/api/files/${second}`, { method: 'DELETE', headers: { Authorization: `Bearer ${viewer}` } });
+  if (refused.status !== 403) throw new Error(`a viewer's removal answered ${refused.status}`);
+  if (await status('/api/keys', { Authorization: `Bearer ${viewer}` }) !== 403) throw new Error('a viewer lists keys');
+  console.log('ok: a viewer sees no management buttons and is refused with 403');
 
   // The only console errors allowed are the browser's own report of the refused login (401).
   const unexpected = problems.filter((p) => !p.includes('401'));

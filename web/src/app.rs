@@ -9,7 +9,10 @@ use gloo_net::websocket::Message;
 use gloo_net::websocket::futures::WebSocket;
 use leptos::prelude::*;
 use leptos::task::spawn_local;
-use p2p_proto::api::{EventMessage, FileDetails, FilePeer, FileSummary, PeerInfo, Stats};
+use p2p_proto::api::{
+    ApiKeyInfo, CreateUserRequest, CreatedApiKey, EventMessage, FileDetails, FilePeer, FileSummary,
+    PeerInfo, Stats, UserInfo, role,
+};
 
 use crate::api::{self, ApiError};
 use crate::logic::{
@@ -69,6 +72,43 @@ impl Auth {
         self.session
             .with_untracked(|s| s.as_ref().map(|s| s.token.clone()))
     }
+
+    /// Whether to offer management (reactive); the tracker refuses others with 403 anyway.
+    fn is_admin(&self) -> bool {
+        self.session
+            .with(|s| s.as_ref().is_some_and(Session::is_admin))
+    }
+}
+
+const EXPIRED: &str = "Your session has expired. Please sign in again.";
+
+/// Sends a change to the tracker; its refusal is shown in `error`, and `then` runs on success.
+fn change<Fut>(
+    auth: Auth,
+    error: RwSignal<Option<String>>,
+    call: impl FnOnce(String) -> Fut + 'static,
+    then: impl FnOnce() + 'static,
+) where
+    Fut: Future<Output = Result<(), ApiError>> + 'static,
+{
+    let Some(token) = auth.token() else { return };
+    spawn_local(async move {
+        match call(token).await {
+            Ok(()) => {
+                let _ = error.try_set(None);
+                then();
+            }
+            Err(ApiError::Unauthorized(_)) => auth.logout(Some(EXPIRED.into())),
+            Err(ApiError::Other(m)) => {
+                let _ = error.try_set(Some(m));
+            }
+        }
+    });
+}
+
+/// Asks the user to confirm a change that cannot be undone.
+fn confirmed(question: &str) -> bool {
+    web_sys::window().is_some_and(|w| w.confirm_with_message(question).unwrap_or(false))
 }
 
 #[component]
@@ -153,6 +193,8 @@ enum Tab {
     Peers,
     Files,
     Events,
+    /// Keys and users; admins only.
+    Manage,
 }
 
 /// Everything the dashboard shows, shared by its pages.
@@ -342,15 +384,18 @@ fn Dashboard(auth: Auth) -> impl IntoView {
             {tab_button(Tab::Peers, "Peers")}
             {tab_button(Tab::Files, "Files")}
             {tab_button(Tab::Events, "Events")}
+            {move || auth.is_admin().then(|| tab_button(Tab::Manage, "Manage"))}
         </nav>
         {move || data.error.get().map(|e| view! { <p class="error banner" role="alert">{e}</p> })}
         <main class="content">
             {move || match (tab.get(), selected.get()) {
                 (_, Some(id)) => view! { <FileDetail auth=auth id=id selected=selected /> }.into_any(),
                 (Tab::Overview, None) => view! { <Overview data=data /> }.into_any(),
-                (Tab::Peers, None) => view! { <PeersTable data=data /> }.into_any(),
-                (Tab::Files, None) => view! { <FilesTable data=data selected=selected /> }.into_any(),
+                (Tab::Peers, None) => view! { <PeersTable auth=auth data=data /> }.into_any(),
+                (Tab::Files, None) => view! { <FilesTable auth=auth data=data selected=selected /> }.into_any(),
                 (Tab::Events, None) => view! { <EventList data=data limit=200 /> }.into_any(),
+                (Tab::Manage, None) if auth.is_admin() => view! { <Manage auth=auth /> }.into_any(),
+                (Tab::Manage, None) => view! { <Overview data=data /> }.into_any(),
             }}
         </main>
     }
@@ -441,7 +486,26 @@ fn EventList(data: Data, limit: usize) -> impl IntoView {
 }
 
 #[component]
-fn PeersTable(data: Data) -> impl IntoView {
+fn PeersTable(auth: Auth, data: Data) -> impl IntoView {
+    let remove = move |id: String| {
+        if !confirmed(&format!(
+            "Remove peer {}? It registers again at its next heartbeat unless its API key is revoked.",
+            short_id(&id)
+        )) {
+            return;
+        }
+        let gone = id.clone();
+        change(
+            auth,
+            data.error,
+            move |token| async move { api::remove_peer(&token, &id).await },
+            move || {
+                let _ = data
+                    .peers
+                    .try_update(|peers| peers.retain(|p| p.peer_id.to_string() != gone));
+            },
+        );
+    };
     view! {
         <section class="card">
             <h2>{move || format!("Peers ({})", data.peers.with(Vec::len))}</h2>
@@ -456,6 +520,7 @@ fn PeersTable(data: Data) -> impl IntoView {
                             <th scope="col">"Files"</th>
                             <th scope="col">"Reach"</th>
                             <th scope="col" title="How this peer last reached the peers it connected to">"Connections"</th>
+                            {move || auth.is_admin().then(|| view! { <th scope="col"><span class="visually-hidden">"Actions"</span></th> })}
                         </tr>
                     </thead>
                     <tbody>
@@ -483,6 +548,20 @@ fn PeersTable(data: Data) -> impl IntoView {
                                         <td>{p.files}</td>
                                         <td>{if p.relay_only { "relay-only" } else { "reachable" }}</td>
                                         <td>{format_connections(&p.connections)}</td>
+                                        {move || auth.is_admin().then(|| {
+                                            let id = id.clone();
+                                            view! {
+                                                <td>
+                                                    <button
+                                                        class="danger"
+                                                        aria-label=format!("Remove peer {}", short_id(&id))
+                                                        on:click=move |_| remove(id.clone())
+                                                    >
+                                                        "Remove"
+                                                    </button>
+                                                </td>
+                                            }
+                                        })}
                                     </tr>
                                 }
                             }
@@ -501,7 +580,25 @@ fn copy_to_clipboard(text: &str) {
 }
 
 #[component]
-fn FilesTable(data: Data, selected: RwSignal<Option<String>>) -> impl IntoView {
+fn FilesTable(auth: Auth, data: Data, selected: RwSignal<Option<String>>) -> impl IntoView {
+    let remove = move |id: String, name: String| {
+        if !confirmed(&format!(
+            "Remove {name} for everyone? Peers that still have it may announce it again."
+        )) {
+            return;
+        }
+        let gone = id.clone();
+        change(
+            auth,
+            data.error,
+            move |token| async move { api::remove_file(&token, &id).await },
+            move || {
+                let _ = data
+                    .files
+                    .try_update(|files| files.retain(|f| f.id.to_string() != gone));
+            },
+        );
+    };
     let query = RwSignal::new(String::new());
     let sort = RwSignal::new((FileSort::Newest, true));
     let rows = move || {
@@ -555,6 +652,7 @@ fn FilesTable(data: Data, selected: RwSignal<Option<String>>) -> impl IntoView {
                             <th scope="col">"Id"</th>
                             {header("Seeders", FileSort::Seeders)}
                             {header("Chunks", FileSort::Chunks)}
+                            {move || auth.is_admin().then(|| view! { <th scope="col"><span class="visually-hidden">"Actions"</span></th> })}
                         </tr>
                     </thead>
                     <tbody>
@@ -585,6 +683,20 @@ fn FilesTable(data: Data, selected: RwSignal<Option<String>>) -> impl IntoView {
                                         </td>
                                         <td>{f.seeders}{(f.leechers > 0).then(|| format!(" (+{} partial)", f.leechers))}</td>
                                         <td>{f.chunk_count}</td>
+                                        {move || auth.is_admin().then(|| {
+                                            let (id, name) = (id.clone(), f.name.clone());
+                                            view! {
+                                                <td>
+                                                    <button
+                                                        class="danger"
+                                                        aria-label=format!("Remove {name}")
+                                                        on:click=move |_| remove(id.clone(), name.clone())
+                                                    >
+                                                        "Remove"
+                                                    </button>
+                                                </td>
+                                            }
+                                        })}
                                     </tr>
                                 }
                             }
@@ -669,6 +781,263 @@ fn FileDetail(auth: Auth, id: String, selected: RwSignal<Option<String>>) -> imp
                     }.into_any()
                 }
             }}
+        </section>
+    }
+}
+
+/// Management, for admins: API keys (a new key is shown once, with a copy button) and users.
+#[component]
+fn Manage(auth: Auth) -> impl IntoView {
+    let keys = RwSignal::new(Vec::<ApiKeyInfo>::new());
+    let users = RwSignal::new(Vec::<UserInfo>::new());
+    let error = RwSignal::new(None::<String>);
+    let fresh_key = RwSignal::new(None::<CreatedApiKey>);
+    let key_name = RwSignal::new(String::new());
+    let (new_user, new_password, new_role) = (
+        RwSignal::new(String::new()),
+        RwSignal::new(String::new()),
+        RwSignal::new(role::VIEWER.to_owned()),
+    );
+    let me = auth
+        .session
+        .with_untracked(|s| s.as_ref().map(|s| s.subject.clone()).unwrap_or_default());
+    let reload = move || {
+        let Some(token) = auth.token() else { return };
+        spawn_local(async move {
+            let result = async {
+                let k = api::keys(&token).await?;
+                let u = api::users(&token).await?;
+                Ok::<_, ApiError>((k.keys, u.users))
+            }
+            .await;
+            match result {
+                Ok((k, u)) => {
+                    let _ = keys.try_set(k);
+                    let _ = users.try_set(u);
+                }
+                Err(ApiError::Unauthorized(_)) => auth.logout(Some(EXPIRED.into())),
+                Err(ApiError::Other(m)) => {
+                    let _ = error.try_set(Some(m));
+                }
+            }
+        });
+    };
+    reload();
+
+    let create_key = move |ev: leptos::ev::SubmitEvent| {
+        ev.prevent_default();
+        let Some(token) = auth.token() else { return };
+        let name = key_name.get_untracked();
+        spawn_local(async move {
+            match api::create_key(&token, &name).await {
+                Ok(created) => {
+                    let _ = fresh_key.try_set(Some(created));
+                    let _ = key_name.try_set(String::new());
+                    let _ = error.try_set(None);
+                    reload();
+                }
+                Err(ApiError::Unauthorized(_)) => auth.logout(Some(EXPIRED.into())),
+                Err(ApiError::Other(m)) => {
+                    let _ = error.try_set(Some(m));
+                }
+            }
+        });
+    };
+    let revoke = move |id: String, name: String| {
+        if confirmed(&format!(
+            "Revoke the API key {name}? Peers using it are refused from now on."
+        )) {
+            change(
+                auth,
+                error,
+                move |token| async move { api::revoke_key(&token, &id).await },
+                reload,
+            );
+        }
+    };
+    let create_user = move |ev: leptos::ev::SubmitEvent| {
+        ev.prevent_default();
+        let req = CreateUserRequest {
+            username: new_user.get_untracked(),
+            password: new_password.get_untracked(),
+            role: new_role.get_untracked(),
+        };
+        change(
+            auth,
+            error,
+            move |token| async move { api::create_user(&token, &req).await.map(drop) },
+            move || {
+                let _ = new_user.try_set(String::new());
+                let _ = new_password.try_set(String::new());
+                reload();
+            },
+        );
+    };
+    let delete_user = move |name: String| {
+        if confirmed(&format!("Delete the user {name}?")) {
+            change(
+                auth,
+                error,
+                move |token| async move { api::delete_user(&token, &name).await },
+                reload,
+            );
+        }
+    };
+
+    view! {
+        {move || error.get().map(|e| view! { <p class="error" role="alert">{e}</p> })}
+        <section class="card" aria-labelledby="keys-title">
+            <h2 id="keys-title">"API keys"</h2>
+            <p class="muted">"Peers sign in with an API key (p2p-peer --api-key)."</p>
+            <form class="inline-form" on:submit=create_key>
+                <label for="key-name">"Name of the new key"</label>
+                <input
+                    id="key-name"
+                    required
+                    maxlength="64"
+                    placeholder="e.g. laptop"
+                    prop:value=move || key_name.get()
+                    on:input=move |ev| key_name.set(event_target_value(&ev))
+                />
+                <button type="submit">"Create key"</button>
+            </form>
+            {move || fresh_key.get().map(|k| {
+                let copy = k.key.clone();
+                view! {
+                    <div class="new-key" role="status">
+                        <p>"New key "<strong>{k.name.clone()}</strong>": copy it now, it is not shown again."</p>
+                        <code class="mono" data-testid="new-key">{k.key.clone()}</code>
+                        <div class="row">
+                            <button on:click=move |_| copy_to_clipboard(&copy)>"Copy key"</button>
+                            <button class="secondary" on:click=move |_| fresh_key.set(None)>"Done"</button>
+                        </div>
+                    </div>
+                }
+            })}
+            <div class="table-wrap">
+                <table data-testid="keys-table">
+                    <thead>
+                        <tr>
+                            <th scope="col">"Name"</th>
+                            <th scope="col">"Id"</th>
+                            <th scope="col">"Created"</th>
+                            <th scope="col">"Status"</th>
+                            <th scope="col"><span class="visually-hidden">"Actions"</span></th>
+                        </tr>
+                    </thead>
+                    <tbody>
+                        <For
+                            each=move || keys.get()
+                            key=|k| (k.id.clone(), k.revoked_at_ms)
+                            children=move |k: ApiKeyInfo| {
+                                let now = now_ms();
+                                let (id, name) = (k.id.clone(), k.name.clone());
+                                let live = k.revoked_at_ms.is_none();
+                                view! {
+                                    <tr>
+                                        <td>{k.name.clone()}</td>
+                                        <td class="mono">{k.id.clone()}</td>
+                                        <td>{format_ago(now, k.created_at_ms)}</td>
+                                        <td>
+                                            {match k.revoked_at_ms {
+                                                None => view! { <span class="pill ok">"active"</span> }.into_any(),
+                                                Some(at) => view! { <span class="pill off">{format!("revoked {}", format_ago(now, at))}</span> }.into_any(),
+                                            }}
+                                        </td>
+                                        <td>
+                                            {live.then(|| view! {
+                                                <button
+                                                    class="danger"
+                                                    aria-label=format!("Revoke key {name}")
+                                                    on:click=move |_| revoke(id.clone(), name.clone())
+                                                >
+                                                    "Revoke"
+                                                </button>
+                                            })}
+                                        </td>
+                                    </tr>
+                                }
+                            }
+                        />
+                    </tbody>
+                </table>
+            </div>
+        </section>
+        <section class="card" aria-labelledby="users-title">
+            <h2 id="users-title">"Users"</h2>
+            <p class="muted">"Admins manage; viewers see everything and change nothing."</p>
+            <form class="inline-form" on:submit=create_user>
+                <label for="new-user">"Username"</label>
+                <input
+                    id="new-user"
+                    required
+                    maxlength="64"
+                    autocomplete="off"
+                    prop:value=move || new_user.get()
+                    on:input=move |ev| new_user.set(event_target_value(&ev))
+                />
+                <label for="new-password">"Password"</label>
+                <input
+                    id="new-password"
+                    type="password"
+                    required
+                    minlength="8"
+                    autocomplete="new-password"
+                    prop:value=move || new_password.get()
+                    on:input=move |ev| new_password.set(event_target_value(&ev))
+                />
+                <label for="new-role">"Role"</label>
+                <select
+                    id="new-role"
+                    prop:value=move || new_role.get()
+                    on:change=move |ev| new_role.set(event_target_value(&ev))
+                >
+                    <option value={role::VIEWER}>"viewer"</option>
+                    <option value={role::ADMIN}>"admin"</option>
+                </select>
+                <button type="submit">"Create user"</button>
+            </form>
+            <div class="table-wrap">
+                <table data-testid="users-table">
+                    <thead>
+                        <tr>
+                            <th scope="col">"Username"</th>
+                            <th scope="col">"Role"</th>
+                            <th scope="col">"Created"</th>
+                            <th scope="col"><span class="visually-hidden">"Actions"</span></th>
+                        </tr>
+                    </thead>
+                    <tbody>
+                        <For
+                            each=move || users.get()
+                            key=|u| (u.username.clone(), u.role.clone())
+                            children=move |u: UserInfo| {
+                                let now = now_ms();
+                                let name = u.username.clone();
+                                let other = name != me;
+                                view! {
+                                    <tr>
+                                        <td>{u.username.clone()}{(!other).then_some(" (you)")}</td>
+                                        <td>{u.role.clone()}</td>
+                                        <td>{format_ago(now, u.created_at_ms)}</td>
+                                        <td>
+                                            {other.then(|| view! {
+                                                <button
+                                                    class="danger"
+                                                    aria-label=format!("Delete user {name}")
+                                                    on:click=move |_| delete_user(name.clone())
+                                                >
+                                                    "Delete"
+                                                </button>
+                                            })}
+                                        </td>
+                                    </tr>
+                                }
+                            }
+                        />
+                    </tbody>
+                </table>
+            </div>
         </section>
     }
 }

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 
 use p2p_proto::api::{
     ConnectionPathKind, Event, EventMessage, FileSummary, LeaveReason, LoginResponse,
-    PeerConnection,
+    PeerConnection, role,
 };
 use serde::{Deserialize, Serialize};
 
@@ -75,6 +75,9 @@ pub struct Session {
     pub token: String,
     pub subject: String,
     pub expires_at_ms: u64,
+    /// `admin` manages; anything else only looks (a session stored before roles: no role).
+    #[serde(default)]
+    pub role: String,
 }
 
 impl Session {
@@ -83,7 +86,13 @@ impl Session {
             token: resp.token.clone(),
             subject: resp.subject.clone(),
             expires_at_ms: resp.expires_at_ms,
+            role: resp.role.clone(),
         }
+    }
+
+    /// Whether the dashboard offers management (the tracker checks again on every change).
+    pub fn is_admin(&self) -> bool {
+        self.role == role::ADMIN
     }
 
     /// Expired, or expiring within the next 5 seconds.
@@ -159,6 +168,7 @@ pub fn describe(event: &Event) -> Option<(&'static str, String)> {
             let why = match reason {
                 LeaveReason::Unregistered => "left",
                 LeaveReason::Expired => "timed out",
+                LeaveReason::Removed => "was removed by an admin",
             };
             (
                 "leave",
@@ -193,6 +203,13 @@ pub fn describe(event: &Event) -> Option<(&'static str, String)> {
             format!(
                 "peer {} stopped sharing file {}",
                 short_id(&peer_id.to_string()),
+                short_id(&file_id.to_string())
+            ),
+        ),
+        Event::FileRemoved { file_id, name } => (
+            "remove",
+            format!(
+                "file {name} ({}) was removed by an admin",
                 short_id(&file_id.to_string())
             ),
         ),
@@ -463,7 +480,9 @@ mod tests {
             token: "a.b+c".into(),
             subject: "admin".into(),
             expires_at_ms: 100_000,
+            role: "viewer".into(),
         };
+        assert!(!s.is_admin());
         assert!(!s.is_expired(90_000));
         assert!(s.is_expired(96_000));
         assert_eq!(
@@ -471,6 +490,40 @@ mod tests {
             "ws://h:8080/ws?token=a.b%2Bc"
         );
         assert_eq!(ws_url("https://x.org", "t"), "wss://x.org/ws?token=t");
+    }
+
+    #[test]
+    fn sessions_know_admins_and_old_ones_are_viewers() {
+        let login = LoginResponse {
+            token: "t".into(),
+            token_type: "Bearer".into(),
+            expires_in: 60,
+            expires_at_ms: 60_000,
+            subject: "root".into(),
+            role: "admin".into(),
+        };
+        assert!(Session::from_login(&login).is_admin());
+        // A session stored before sessions kept their role does not manage.
+        let old: Session =
+            serde_json::from_str(r#"{"token":"t","subject":"admin","expires_at_ms":1}"#).unwrap();
+        assert!(!old.is_admin());
+    }
+
+    #[test]
+    fn removals_are_told_in_words() {
+        let (kind, text) = describe(&Event::FileRemoved {
+            file_id: FileId([7; 32]),
+            name: "old.iso".into(),
+        })
+        .unwrap();
+        assert_eq!(kind, "remove");
+        assert_eq!(text, "file old.iso (07070707…0707) was removed by an admin");
+        let (_, text) = describe(&Event::PeerLeft {
+            peer_id: PeerId([9; 32]),
+            reason: LeaveReason::Removed,
+        })
+        .unwrap();
+        assert_eq!(text, "peer 09090909…0909 was removed by an admin");
     }
 
     fn msg(event: Event) -> EventMessage {

@@ -22,6 +22,13 @@ pub enum Unannounced {
     NoContent,
 }
 
+#[derive(ApiResponse)]
+pub enum Removed {
+    /// The file and every announce of it are gone (a `file_removed` event tells `/ws`).
+    #[oai(status = 204)]
+    NoContent,
+}
+
 #[OpenApi(tag = "ApiTags::Files")]
 impl FilesApi {
     /// A peer announces a file it has, whole or in part (`have`). The manifest is checked
@@ -76,6 +83,21 @@ impl FilesApi {
         hash: Path<FileId, Hash>,
     ) -> Result<Json<FileDetails>, ApiError> {
         Ok(Json(self.0.swarm.file(&hash.0).await?))
+    }
+
+    /// An admin removes a file for everyone: every peer's announce of it and the file itself
+    /// (it leaves the listings; a peer that announces it again brings it back). 403 unless the
+    /// caller is an admin, 404 for an unknown file.
+    #[oai(
+        path = "/api/files/:hash",
+        method = "delete",
+        operation_id = "remove_file"
+    )]
+    async fn remove(&self, auth: Auth, hash: Path<FileId, Hash>) -> Result<Removed, ApiError> {
+        let admin = auth.admin()?;
+        self.0.swarm.remove_file(&hash.0).await?;
+        tracing::info!(by = %admin.subject, file = %hash.0, "file removed");
+        Ok(Removed::NoContent)
     }
 
     /// Online peers that have the file, whole ones first, with the chunks each has and where

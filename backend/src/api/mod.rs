@@ -13,6 +13,7 @@ use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::state::AppState;
 
+pub mod admin;
 pub mod auth;
 pub mod files;
 pub mod health;
@@ -31,6 +32,8 @@ pub enum ApiTags {
     Files,
     /// The live event feed.
     Events,
+    /// Managing API keys and dashboard users (admins only).
+    Admin,
 }
 
 /// Documents the `X-API-Key` header (never extracted directly: see [`Auth`]).
@@ -56,6 +59,20 @@ struct BearerScheme(Bearer);
 /// key, not as a missing `Authorization` header.
 #[derive(Debug, Clone)]
 pub struct Auth(pub Principal);
+
+impl Auth {
+    /// The caller, when it is an admin; 403 otherwise.
+    pub fn admin(&self) -> Result<&Principal, ApiError> {
+        if self.0.is_admin() {
+            Ok(&self.0)
+        } else {
+            Err(ApiError::forbidden(format!(
+                "this needs an admin account; {} has the role '{}'",
+                self.0.subject, self.0.role
+            )))
+        }
+    }
+}
 
 impl<'a> ApiExtractor<'a> for Auth {
     const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::SecurityScheme];

@@ -25,6 +25,10 @@ pub enum Hash {}
 pub enum Id {}
 /// `{peer_id}`: a peer id after another parameter.
 pub enum PeerIdName {}
+/// `{key_id}`: an API key's id.
+pub enum KeyId {}
+/// `{username}`: a dashboard user's name.
+pub enum Username {}
 
 impl ParamName for Hash {
     const NAME: &'static str = "hash";
@@ -34,6 +38,12 @@ impl ParamName for Id {
 }
 impl ParamName for PeerIdName {
     const NAME: &'static str = "peer_id";
+}
+impl ParamName for KeyId {
+    const NAME: &'static str = "key_id";
+}
+impl ParamName for Username {
+    const NAME: &'static str = "username";
 }
 
 /// A path parameter of type `T` named `N::NAME` in errors.

@@ -31,9 +31,6 @@ pub enum Deleted {
     NoContent,
 }
 
-/// The role whose callers may remove any peer without its token (dashboard admins).
-const ADMIN_ROLE: &str = "admin";
-
 #[OpenApi(tag = "ApiTags::Peers")]
 impl PeersApi {
     /// A challenge for registering `peer_id`: the tracker's X25519 key and a nonce, valid for
@@ -109,7 +106,8 @@ impl PeersApi {
     }
 
     /// Unregisters a peer and forgets what it announced. Needs the peer's token, except for
-    /// dashboard admins (JWT with the `admin` role), who may remove any peer.
+    /// dashboard admins (JWT with the `admin` role), who may remove any peer: the `peer_left`
+    /// event then gives the reason `removed`. 404 when the peer is not registered.
     #[oai(
         path = "/api/peers/:id",
         method = "delete",
@@ -123,12 +121,15 @@ impl PeersApi {
         peer_token: Header<Option<String>>,
         id: Path<PeerId, Id>,
     ) -> Result<Deleted, ApiError> {
-        if auth.0.role != ADMIN_ROLE {
+        if auth.0.is_admin() {
+            self.0.swarm.remove_peer(&id.0).await?;
+            tracing::info!(by = %auth.0.subject, peer = %id.0, "peer removed");
+        } else {
             self.0
                 .peer_auth
                 .check_token(peer_token.0.as_deref(), &id.0)?;
+            self.0.swarm.unregister(&id.0).await?;
         }
-        self.0.swarm.unregister(&id.0).await?;
         Ok(Deleted::NoContent)
     }
 

@@ -6,11 +6,12 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use p2p_proto::api::{LoginRequest, LoginResponse};
+use p2p_proto::api::{LoginRequest, LoginResponse, role};
 use parking_lot::Mutex;
 
 use crate::store::{Store, StoreError};
 
+pub mod accounts;
 pub mod jwt;
 pub mod keys;
 pub mod login_guard;
@@ -27,6 +28,13 @@ pub struct Principal {
     /// A user name, or `api-key:<id>`.
     pub subject: String,
     pub role: String,
+}
+
+impl Principal {
+    /// May manage keys, users, files and peers for everyone.
+    pub fn is_admin(&self) -> bool {
+        self.role == role::ADMIN
+    }
 }
 
 /// Why a request is not authenticated. The text is safe to show to the client.
@@ -115,7 +123,7 @@ impl Authenticator {
         if self.env_keys.contains(&digest) {
             return Ok(Principal {
                 subject: format!("api-key:env-{}", &hex::encode(digest)[..8]),
-                role: "peer".to_owned(),
+                role: role::PEER.to_owned(),
             });
         }
         if let Some(p) = self.cached(&digest) {
@@ -125,7 +133,7 @@ impl Authenticator {
             Some(record) => {
                 let principal = Principal {
                     subject: format!("api-key:{}", record.id),
-                    role: "peer".to_owned(),
+                    role: role::PEER.to_owned(),
                 };
                 self.remember(digest, principal.clone());
                 Ok(principal)

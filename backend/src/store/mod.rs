@@ -228,6 +228,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     ) -> StoreResult<AnnounceOutcome>;
     /// Forgets that `peer` has the file; `false` when it had not announced it.
     async fn remove_announce(&self, file: &FileId, peer: &PeerId) -> StoreResult<bool>;
+    /// Forgets a file and every announce of it; its name, or `None` when it was not known.
+    async fn delete_file(&self, file: &FileId) -> StoreResult<Option<String>>;
     async fn get_file(&self, id: &FileId, cutoff_ms: u64) -> StoreResult<Option<FileRecord>>;
     async fn list_files(&self, query: &FileQuery) -> StoreResult<Page<FileSummary>>;
     /// Online peers with the file (whole ones first), or `None` for an unknown file. The second
@@ -513,6 +515,25 @@ macro_rules! sql_store_impl {
                     .execute(self.writer())
                     .await?;
                 Ok(done.rows_affected() > 0)
+            }
+
+            async fn delete_file(
+                &self,
+                file: &p2p_proto::FileId,
+            ) -> $crate::store::StoreResult<Option<String>> {
+                use $crate::store::sql;
+                let id = file.to_string();
+                let mut tx = self.writer().begin().await?;
+                sqlx::query(sql::DELETE_FILE_PEERS)
+                    .bind(&id)
+                    .execute(&mut *tx)
+                    .await?;
+                let name: Option<(String,)> = sqlx::query_as(sql::DELETE_FILE)
+                    .bind(&id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(name.map(|n| n.0))
             }
 
             async fn get_file(

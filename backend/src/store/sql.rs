@@ -85,6 +85,10 @@ VALUES ($1, $2, $3, $4, $5)
 ON CONFLICT (file_id, peer_id) DO UPDATE SET
     have = excluded.have, chunks_have = excluded.chunks_have, updated_at = excluded.updated_at";
 
+pub(super) const DELETE_FILE_PEERS: &str = "DELETE FROM file_peers WHERE file_id = $1";
+
+pub(super) const DELETE_FILE: &str = "DELETE FROM files WHERE id = $1 RETURNING name";
+
 pub(super) const DELETE_FILE_PEER: &str =
     "DELETE FROM file_peers WHERE file_id = $1 AND peer_id = $2";
 

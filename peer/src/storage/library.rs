@@ -207,6 +207,13 @@ impl Library {
         here && files.remove(id).is_some()
     }
 
+    /// Stops offering `id`, wherever it lives (the shell's `unshare`); its manifest, or `None`
+    /// when it was not on offer. The file on disk stays.
+    pub fn withdraw(&self, id: &FileId) -> Option<Manifest> {
+        let entry = self.files.write().remove(id)?;
+        Some(entry.manifest.clone())
+    }
+
     /// Where each file on offer lives.
     pub fn paths(&self) -> HashMap<PathBuf, FileId> {
         self.files

@@ -22,13 +22,14 @@ pub fn skip(what: &str, why: &str) {
     println!("SKIPPED: {what}: {why}");
 }
 
-/// A child process's stderr, line by line as it arrives (read on a thread of its own).
+/// A child process's output (stderr, or stdout), line by line as it arrives (read on a thread
+/// of its own).
 #[derive(Clone, Default)]
 pub struct Log(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
 
 impl Log {
-    /// Starts reading `stderr` into the log.
-    pub fn capture(stderr: std::process::ChildStderr) -> Self {
+    /// Starts reading `stderr` (or any pipe) into the log.
+    pub fn capture(stderr: impl std::io::Read + Send + 'static) -> Self {
         use std::io::BufRead;
         let log = Self::default();
         let lines = log.0.clone();
