@@ -144,6 +144,15 @@ async fn the_feed_needs_credentials() {
             .await
             .unwrap();
         assert!(metrics.contains("p2p_tracker_ws_clients 1"), "{metrics}");
+
+        // The largest first message a client may send (8 KiB; the socket reads it through a
+        // 1 KiB buffer) still gets through.
+        let (mut big, _) = connect_async(ws_url(&t, "")).await.unwrap();
+        let mut padded = json!({"token": KEY}).to_string();
+        padded.insert_str(1, &" ".repeat(8 * 1024 - padded.len()));
+        assert_eq!(padded.len(), 8 * 1024);
+        big.send(Message::Text(padded.into())).await.unwrap();
+        assert_eq!(next_event(&mut big).await["type"], "hello");
         t.stop().await;
     })
     .await;

@@ -230,7 +230,19 @@ fn status(peer: &Peer) {
         SessionStatus::Retrying => "not reachable (retrying)",
         SessionStatus::Stopped => "stopped",
     };
-    println!("tracker    {tracker}");
+    // Which tracker is in use: with several, the client moves on when one cannot be reached.
+    let urls = peer.tracker.base_urls();
+    let current = peer.tracker.current_index();
+    let using = &urls[current];
+    if urls.len() > 1 {
+        println!(
+            "tracker    {tracker}, {using} ({} of {})",
+            current + 1,
+            urls.len()
+        );
+    } else {
+        println!("tracker    {tracker}, {using}");
+    }
     match &peer.node.dht {
         Some(dht) => println!("dht        udp {}", dht.local_addr()),
         None => println!("dht        off"),

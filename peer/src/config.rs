@@ -6,6 +6,9 @@ use std::path::PathBuf;
 use clap::{ArgAction, Args, Parser, Subcommand};
 use p2p_proto::FileId;
 
+/// The tracker a peer uses when not told otherwise.
+pub const DEFAULT_TRACKER: &str = "http://localhost:8080";
+
 /// A peer of the p2p file-sharing system: shares files and downloads them from other peers.
 #[derive(Debug, Parser)]
 #[command(name = "p2p-peer", version, about, long_about = None)]
@@ -42,9 +45,15 @@ pub struct DownloadCli {
 /// Options every peer binary shares.
 #[derive(Debug, Clone, Args)]
 pub struct NodeArgs {
-    /// Tracker URL.
-    #[arg(long, env = "P2P_TRACKER", default_value = "http://localhost:8080")]
-    pub tracker: String,
+    /// Tracker URL. Several (the flag repeated, or comma-separated): the first that answers
+    /// is used, and the next when it cannot be reached.
+    #[arg(
+        long,
+        env = "P2P_TRACKER",
+        default_value = DEFAULT_TRACKER,
+        value_delimiter = ','
+    )]
+    pub tracker: Vec<String>,
     /// TCP port for the peer protocol (0: any free port).
     #[arg(long, env = "P2P_PORT", default_value_t = 6881)]
     pub port: u16,
@@ -128,6 +137,11 @@ pub struct NodeArgs {
 }
 
 impl NodeArgs {
+    /// The first tracker given: where the relay and the hole-punch rendezvous are.
+    pub fn primary_tracker(&self) -> &str {
+        self.tracker.first().map_or(DEFAULT_TRACKER, String::as_str)
+    }
+
     /// The bounds on inbound work these flags set.
     pub fn inbound_limits(&self) -> crate::net::accept::InboundLimits {
         crate::net::accept::InboundLimits {
@@ -201,7 +215,7 @@ mod tests {
     #[test]
     fn original_flags_and_defaults() {
         let cli = PeerCli::try_parse_from(["p2p-peer"]).unwrap();
-        assert_eq!(cli.node.tracker, "http://localhost:8080");
+        assert_eq!(cli.node.tracker, vec!["http://localhost:8080"]);
         assert_eq!(cli.node.port, 6881);
         assert_eq!(cli.node.data, PathBuf::from("./data"));
         assert!(!cli.daemon);
@@ -222,6 +236,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!((cli.node.port, cli.daemon), (7000, true));
+        assert_eq!(cli.node.tracker, vec!["http://t:1"]);
         let cli = PeerCli::try_parse_from([
             "p2p-peer",
             "--dht",
@@ -239,6 +254,26 @@ mod tests {
         let d = DownloadCli::try_parse_from(["p2p-download", &hash]).unwrap();
         assert_eq!(d.hash.to_string(), hash);
         assert!(DownloadCli::try_parse_from(["p2p-download", "nothex"]).is_err());
+    }
+
+    #[test]
+    fn several_trackers_by_repeating_the_flag_or_with_commas() {
+        let cli = PeerCli::try_parse_from([
+            "p2p-peer",
+            "--tracker",
+            "http://a:1",
+            "--tracker",
+            "http://b:2,http://c:3",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.node.tracker,
+            vec!["http://a:1", "http://b:2", "http://c:3"]
+        );
+        assert_eq!(cli.node.primary_tracker(), "http://a:1");
+        let hash = "ab".repeat(32);
+        let d = DownloadCli::try_parse_from(["p2p-download", "--tracker", "a,b", &hash]).unwrap();
+        assert_eq!(d.node.tracker, vec!["a", "b"]);
     }
 
     #[test]

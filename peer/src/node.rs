@@ -165,7 +165,7 @@ fn start_paths(
         return Ok((None, Arc::new(Connector::new(None, args.relay_only))));
     }
     let config = RelayConfig {
-        url: relay::relay_url(&args.tracker)?,
+        url: relay::relay_url(args.primary_tracker())?,
         token: args.api_key.clone(),
     };
     let (client, incoming, invites) =
@@ -175,7 +175,7 @@ fn start_paths(
     // Without punching, the invitations' receiver is dropped here: the relay client declines
     // them, and their askers fall back to the relay at once.
     if !args.no_punch {
-        let host = relay::tracker_host(&args.tracker)?;
+        let host = relay::tracker_host(args.primary_tracker())?;
         let (puncher, accepted) = Puncher::new(host, shutdown.clone())?;
         acceptor.punched(accepted);
         accept::answer_punches(invites, puncher.clone(), client.clone(), shutdown.clone());
@@ -241,7 +241,7 @@ mod tests {
         std::fs::write(dir.path().join(".hidden"), b"no").unwrap();
         std::fs::create_dir(dir.path().join("sub")).unwrap();
         let args = NodeArgs {
-            tracker: "http://127.0.0.1:1".into(),
+            tracker: vec!["http://127.0.0.1:1".into()],
             port: 0,
             data: dir.path().to_owned(),
             share_dir: None,

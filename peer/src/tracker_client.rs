@@ -6,6 +6,13 @@
 //! Registering proves possession of the peer id's private key (a challenge answered with
 //! [`p2p_proto::peer_auth::proof_mac`]) and yields a peer token; the calls that change the
 //! peer's entry (heartbeat, announce, unannounce, unregister) send it as `X-Peer-Token`.
+//!
+//! A client may be given several trackers ([`TrackerClient::with_failover`]): it uses one at a
+//! time, the first that answers, and moves on to the next when the one in use cannot be reached
+//! (no connection, a timeout, or a gateway's 502/503/504). A tracker that failed is skipped for
+//! a while (doubling from [`ENDPOINT_MIN_BACKOFF`] to [`ENDPOINT_MAX_BACKOFF`]). The client stays
+//! with the tracker that answers; the session registers again (a fresh proof and token) and
+//! re-announces when the new one does not know the peer or its token.
 
 use std::collections::{HashMap, HashSet};
 use std::error::Error as _;
@@ -20,6 +27,7 @@ use p2p_proto::api::{
 };
 use p2p_proto::peer_auth::{NONCE_LEN, PEER_TOKEN_HEADER, proof_mac};
 use p2p_proto::{FileId, PeerId};
+use parking_lot::Mutex;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, RequestBuilder, StatusCode, Url};
 use serde::de::DeserializeOwned;
@@ -37,6 +45,11 @@ const UNREGISTER_TIMEOUT: Duration = Duration::from_secs(2);
 const MIN_HEARTBEAT: Duration = Duration::from_secs(1);
 /// Shortest wait between retries, whatever the timing says (no busy loops).
 const MIN_BACKOFF: Duration = Duration::from_millis(10);
+/// How long a tracker that could not be reached is skipped at first, when there are others;
+/// doubles with each further failure.
+pub const ENDPOINT_MIN_BACKOFF: Duration = Duration::from_secs(1);
+/// Longest a failed tracker is skipped.
+pub const ENDPOINT_MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// How the tracker says a peer is unknown (`swarm.rs`: "peer … is not registered; …").
 const NOT_REGISTERED: &str = "not registered";
 /// The error code of a 401 for a missing, expired or foreign peer token (register again).
@@ -136,30 +149,118 @@ fn with_causes(e: &reqwest::Error) -> String {
     text
 }
 
-/// A client of one tracker. Cheap to clone (one shared connection pool).
+/// A client of the tracker, or of one of several ([`TrackerClient::with_failover`]). Cheap to
+/// clone: clones share one connection pool and the choice of tracker.
 #[derive(Debug, Clone)]
 pub struct TrackerClient {
     http: reqwest::Client,
-    /// Without a trailing slash; may have a path prefix (a tracker behind a proxy).
-    base: String,
+    endpoints: Arc<Endpoints>,
+}
+
+/// The trackers a client may use, in the order given, and which one it uses now.
+#[derive(Debug)]
+struct Endpoints {
+    /// Base URLs without a trailing slash; may have a path prefix (a tracker behind a proxy).
+    bases: Vec<String>,
+    state: Mutex<Failover>,
+}
+
+#[derive(Debug)]
+struct Failover {
+    /// The tracker requests go to first.
+    current: usize,
+    /// Per tracker: failures in a row, and until when it is skipped.
+    down: Vec<(u32, Option<Instant>)>,
+}
+
+impl Endpoints {
+    /// The trackers to try, in order: the current one and those after it (wrapping), leaving
+    /// out those still backing off. When all are, the one free soonest: a caller that retries
+    /// still reaches a tracker, at the caller's own pace (with one tracker, every call tries it).
+    fn candidates(&self, now: Instant) -> Vec<usize> {
+        let state = self.state.lock();
+        let n = self.bases.len();
+        let up: Vec<usize> = (0..n)
+            .map(|k| (state.current + k) % n)
+            .filter(|&i| state.down[i].1.is_none_or(|until| until <= now))
+            .collect();
+        if !up.is_empty() {
+            return up;
+        }
+        let soonest = (0..n).min_by_key(|&i| state.down[i].1);
+        vec![soonest.unwrap_or(state.current)]
+    }
+
+    /// Tracker `i` answered: it is the one to use from now on.
+    fn answered(&self, i: usize) {
+        let mut state = self.state.lock();
+        state.down[i] = (0, None);
+        if state.current != i {
+            state.current = i;
+            tracing::info!(tracker = %self.bases[i], "now using this tracker");
+        }
+    }
+
+    /// Tracker `i` could not be reached: skip it for a while.
+    fn failed(&self, i: usize, error: &TrackerError) {
+        if self.bases.len() == 1 {
+            return; // nothing to fail over to; the caller's own backoff paces the retries
+        }
+        let mut state = self.state.lock();
+        let (failures, until) = &mut state.down[i];
+        *failures = failures.saturating_add(1);
+        let wait = ENDPOINT_MIN_BACKOFF
+            .saturating_mul(1 << (*failures - 1).min(16))
+            .min(ENDPOINT_MAX_BACKOFF);
+        *until = Some(Instant::now() + wait);
+        if *failures == 1 {
+            tracing::warn!(tracker = %self.bases[i], %error, "tracker unreachable; trying the next");
+        } else {
+            tracing::debug!(tracker = %self.bases[i], %error, retry_in_ms = wait.as_millis() as u64, "tracker still unreachable");
+        }
+    }
+}
+
+/// `base_url` normalised: a scheme (`http` when missing), no trailing slash.
+fn normalise_base(base_url: &str) -> Result<String, TrackerError> {
+    let base_url = base_url.trim();
+    let with_scheme = if base_url.contains("://") {
+        base_url.to_owned()
+    } else {
+        format!("http://{base_url}")
+    };
+    let url = Url::parse(&with_scheme)
+        .map_err(|e| TrackerError::Config(format!("tracker URL {base_url:?}: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
+        return Err(TrackerError::Config(format!(
+            "tracker URL {base_url:?}: expected http://host:port"
+        )));
+    }
+    Ok(url.as_str().trim_end_matches('/').to_owned())
 }
 
 impl TrackerClient {
     /// A client of the tracker at `base_url` (`http://host:port`, a missing scheme means
     /// `http`). The API key, if any, is sent as `X-API-Key` on every request.
     pub fn new(base_url: &str, api_key: Option<String>) -> Result<Self, TrackerError> {
-        let base_url = base_url.trim();
-        let with_scheme = if base_url.contains("://") {
-            base_url.to_owned()
-        } else {
-            format!("http://{base_url}")
-        };
-        let url = Url::parse(&with_scheme)
-            .map_err(|e| TrackerError::Config(format!("tracker URL {base_url:?}: {e}")))?;
-        if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
-            return Err(TrackerError::Config(format!(
-                "tracker URL {base_url:?}: expected http://host:port"
-            )));
+        Self::with_failover(&[base_url], api_key)
+    }
+
+    /// A client of the first of `base_urls` that answers, failing over to the next when the
+    /// one in use cannot be reached (see the module docs). Repeated URLs count once.
+    pub fn with_failover(
+        base_urls: &[impl AsRef<str>],
+        api_key: Option<String>,
+    ) -> Result<Self, TrackerError> {
+        let mut bases: Vec<String> = Vec::with_capacity(base_urls.len());
+        for url in base_urls {
+            let base = normalise_base(url.as_ref())?;
+            if !bases.contains(&base) {
+                bases.push(base);
+            }
+        }
+        if bases.is_empty() {
+            return Err(TrackerError::Config("no tracker URL given".into()));
         }
         let mut headers = HeaderMap::new();
         if let Some(key) = api_key.filter(|k| !k.is_empty()) {
@@ -176,34 +277,87 @@ impl TrackerClient {
             .default_headers(headers)
             .build()
             .map_err(|e| TrackerError::Config(e.to_string()))?;
+        let state = Failover {
+            current: 0,
+            down: vec![(0, None); bases.len()],
+        };
         Ok(Self {
             http,
-            base: url.as_str().trim_end_matches('/').to_owned(),
+            endpoints: Arc::new(Endpoints {
+                bases,
+                state: Mutex::new(state),
+            }),
         })
     }
 
-    /// The tracker's base URL, normalised.
+    /// The base URL of the tracker in use (the first until one fails), normalised.
     pub fn base_url(&self) -> &str {
-        &self.base
+        &self.endpoints.bases[self.current_index()]
     }
 
+    /// Every tracker this client may use, in the order given, normalised.
+    pub fn base_urls(&self) -> &[String] {
+        &self.endpoints.bases
+    }
+
+    /// The index in [`TrackerClient::base_urls`] of the tracker in use.
+    pub fn current_index(&self) -> usize {
+        self.endpoints.state.lock().current
+    }
+
+    /// A request to `path`, addressed to the first tracker; [`TrackerClient::send`] moves it
+    /// to the one it tries.
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        self.http.request(method, format!("{}{path}", self.base))
+        self.http
+            .request(method, format!("{}{path}", self.endpoints.bases[0]))
     }
 
-    /// Sends `req`; any non-success status becomes an error.
+    /// Sends `req` to the tracker in use, and to the next ones while a tracker cannot be
+    /// reached; any non-success status becomes an error.
     async fn send(
         &self,
         req: RequestBuilder,
         peer_scoped: bool,
     ) -> Result<reqwest::Response, TrackerError> {
-        let resp = req.send().await.map_err(TrackerError::transport)?;
-        let status = resp.status();
-        if status.is_success() {
-            return Ok(resp);
+        let template = req.build().map_err(TrackerError::transport)?;
+        let bases = &self.endpoints.bases;
+        // What follows the base: the path and the query.
+        let rest = template
+            .url()
+            .as_str()
+            .strip_prefix(bases[0].as_str())
+            .ok_or_else(|| TrackerError::Config(format!("request URL {}", template.url())))?
+            .to_owned();
+        let mut last = None;
+        for i in self.endpoints.candidates(Instant::now()) {
+            // Every body here is JSON in memory, so a request can be sent again.
+            let mut attempt = template.try_clone().ok_or_else(|| {
+                TrackerError::Config("a request whose body cannot be sent twice".into())
+            })?;
+            *attempt.url_mut() = Url::parse(&format!("{}{rest}", bases[i]))
+                .map_err(|e| TrackerError::Config(format!("tracker URL {}: {e}", bases[i])))?;
+            let result = match self.http.execute(attempt).await {
+                Ok(resp) if resp.status().is_success() => Ok(resp),
+                Ok(resp) => {
+                    let status = resp.status();
+                    let body = resp.bytes().await.unwrap_or_default();
+                    Err(TrackerError::from_status(status, &body, peer_scoped))
+                }
+                Err(e) => Err(TrackerError::transport(e)),
+            };
+            match result {
+                Err(e) if e.is_unreachable() => {
+                    self.endpoints.failed(i, &e);
+                    last = Some(e);
+                }
+                Err(e @ TrackerError::Config(_)) => return Err(e),
+                answer => {
+                    self.endpoints.answered(i);
+                    return answer;
+                }
+            }
         }
-        let body = resp.bytes().await.unwrap_or_default();
-        Err(TrackerError::from_status(status, &body, peer_scoped))
+        Err(last.unwrap_or_else(|| TrackerError::Config("no tracker to ask".into())))
     }
 
     async fn call<T: DeserializeOwned>(
@@ -584,7 +738,7 @@ impl Session {
                 Ok(resp) => {
                     self.token = resp.peer_token;
                     self.succeeded();
-                    tracing::info!(peer = %resp.peer_id, observed_ip = %resp.observed_ip, "registered with the tracker");
+                    tracing::info!(peer = %resp.peer_id, observed_ip = %resp.observed_ip, tracker = %self.client.base_url(), "registered with the tracker");
                     self.set(SessionStatus::Registered);
                     return Some(self.interval(resp.heartbeat_interval_secs));
                 }
@@ -896,6 +1050,46 @@ mod tests {
             TrackerClient::new("http://t", Some("bad\nkey".into())),
             Err(TrackerError::Config(_))
         ));
+    }
+
+    #[test]
+    fn failed_trackers_are_skipped_with_backoff_and_the_one_that_answers_stays() {
+        let c = TrackerClient::with_failover(&["http://a", "http://b", "http://c"], None).unwrap();
+        let e = &c.endpoints;
+        // `t` is taken before the failures, so each failed tracker is still backing off at `t`
+        // however slowly the test runs.
+        let t = Instant::now();
+        assert_eq!(e.candidates(t), [0, 1, 2]);
+        let down = TrackerError::Unavailable("503".into());
+        e.failed(0, &down);
+        assert_eq!(e.candidates(t), [1, 2]);
+        e.answered(1);
+        assert_eq!(c.base_url(), "http://b");
+        // From the one in use on, wrapping; a is still backing off.
+        assert_eq!(e.candidates(t), [1, 2]);
+        e.failed(1, &down);
+        e.failed(2, &down);
+        // All backing off: the one free soonest (a, which failed first) is still tried.
+        assert_eq!(e.candidates(t), [0]);
+        // Once their backoff is over they are tried again, from the one in use (b) on.
+        let later = Instant::now() + ENDPOINT_MIN_BACKOFF;
+        assert_eq!(e.candidates(later), [1, 2, 0]);
+        // Each failure in a row doubles the wait, up to the cap.
+        let t = Instant::now();
+        for _ in 0..10 {
+            e.failed(0, &down);
+        }
+        let until = e.state.lock().down[0].1.unwrap();
+        assert!(until <= Instant::now() + ENDPOINT_MAX_BACKOFF);
+        assert!(until >= t + ENDPOINT_MAX_BACKOFF);
+        assert_eq!(e.candidates(t + ENDPOINT_MIN_BACKOFF * 4), [1, 2]);
+        e.answered(0);
+        assert_eq!(e.candidates(t + ENDPOINT_MIN_BACKOFF * 4), [0, 1, 2]);
+
+        // One tracker: never skipped, as before there was failover.
+        let one = TrackerClient::new("http://a", None).unwrap();
+        one.endpoints.failed(0, &down);
+        assert_eq!(one.endpoints.candidates(Instant::now()), [0]);
     }
 
     #[test]

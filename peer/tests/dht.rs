@@ -40,7 +40,7 @@ async fn loopback_dht(bootstrap: &[String]) -> Dht {
 
 fn node_args(data: &Path, bootstrap: &[String]) -> NodeArgs {
     NodeArgs {
-        tracker: NO_TRACKER.into(),
+        tracker: vec![NO_TRACKER.into()],
         port: 0,
         data: data.to_owned(),
         share_dir: None,

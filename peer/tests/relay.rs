@@ -476,7 +476,7 @@ async fn node(t: &RunningTracker, dir: &Path) -> Node {
 /// As [`node`], uploading at most `upload_limit` bytes/s.
 async fn node_limited(t: &RunningTracker, dir: &Path, upload_limit: Option<u64>) -> Node {
     let args = NodeArgs {
-        tracker: t.base_url(),
+        tracker: vec![t.base_url()],
         port: 0,
         data: dir.to_owned(),
         share_dir: None,

@@ -762,3 +762,143 @@ async fn session_proves_its_key_again_when_the_token_is_refused() {
     })
     .await;
 }
+
+/// A gateway whose tracker is down: answers every request with `503` (as a proxy does).
+async fn gateway_503() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                // The request head and its small body arrive together on loopback.
+                let _ = s.read(&mut buf).await;
+                let body = r#"{"error":"unavailable","message":"no upstream"}"#;
+                let resp = format!(
+                    "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+                     content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn client_uses_the_first_tracker_that_answers_and_fails_over() {
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (t1, t2) = (tracker(d1.path()).await, tracker(d2.path()).await);
+    let dead = format!("http://{}", closed_port());
+    let gateway = format!("http://{}", gateway_503().await);
+    let c = TrackerClient::with_failover(
+        &[dead.clone(), gateway.clone(), t1.base_url(), t2.base_url()],
+        Some(KEY.into()),
+    )
+    .unwrap();
+    assert_eq!(c.base_urls().len(), 4);
+    assert_eq!(c.base_url(), dead);
+    within(30, async {
+        // Refused, then a 503: both skipped; the first that answers is used, and stays in use.
+        let token = registered(&c, 40).await;
+        assert_eq!(c.base_url(), t1.base_url());
+        assert_eq!(c.current_index(), 2);
+        c.heartbeat(&token, &heartbeat(peer_id(40))).await.unwrap();
+        assert_eq!(c.base_url(), t1.base_url());
+        // An answer that is an error is still an answer: no failover on a 401.
+        assert!(matches!(
+            c.heartbeat("not a token", &heartbeat(peer_id(40))).await,
+            Err(TrackerError::PeerToken(_))
+        ));
+        assert_eq!(c.base_url(), t1.base_url());
+        t1.stop().await.unwrap();
+        // Tracker 1 is gone: the call goes on to the next in the list, tracker 2, which does
+        // not know the peer (nor tracker 1's tokens: its own database and secret).
+        assert!(matches!(
+            c.heartbeat(&token, &heartbeat(peer_id(40))).await,
+            Err(TrackerError::UnknownPeer(_) | TrackerError::PeerToken(_))
+        ));
+        assert_eq!(c.base_url(), t2.base_url());
+        registered(&c, 40).await;
+        let on_t2 = TrackerClient::new(&t2.base_url(), Some(KEY.into())).unwrap();
+        on_t2.peer(&peer_id(40)).await.unwrap();
+    })
+    .await;
+    t2.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn every_tracker_down_is_unreachable_and_one_tracker_behaves_as_before() {
+    let dead = [closed_port(), closed_port()].map(|a| format!("http://{a}"));
+    let c = TrackerClient::with_failover(&dead, Some(KEY.into())).unwrap();
+    within(20, async {
+        let err = c
+            .register(&identity(42), &register_request(peer_id(42)))
+            .await
+            .unwrap_err();
+        assert!(err.is_unreachable(), "{err:?}");
+        // Both back off now; a retry still tries one of them rather than failing without asking.
+        let err = c
+            .heartbeat("token", &heartbeat(peer_id(42)))
+            .await
+            .unwrap_err();
+        assert!(err.is_unreachable(), "{err:?}");
+    })
+    .await;
+    assert!(matches!(
+        TrackerClient::with_failover(&[] as &[&str], None),
+        Err(TrackerError::Config(_))
+    ));
+    assert!(matches!(
+        TrackerClient::with_failover(&["http://t:1", "ftp://t"], None),
+        Err(TrackerError::Config(_))
+    ));
+    let same = TrackerClient::with_failover(&["http://t:1/", "t:1"], None).unwrap();
+    assert_eq!(same.base_urls(), ["http://t:1"]);
+}
+
+#[tokio::test]
+async fn session_moves_to_the_next_tracker_and_registers_and_announces_there() {
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (t1, t2) = (tracker(d1.path()).await, tracker(d2.path()).await);
+    let c =
+        TrackerClient::with_failover(&[t1.base_url(), t2.base_url()], Some(KEY.into())).unwrap();
+    let peer = peer_id(43);
+    let file = manifest("failover", 7000, 43);
+    let files = Files::default();
+    files.add(peer, &file);
+    let shutdown = CancellationToken::new();
+    within(30, async {
+        let mut feed1 = events(&t1);
+        let mut feed2 = events(&t2);
+        let session = files_session(&c, 43, &files, &shutdown);
+        feed1.next(|e| announced_by(e, peer, file.id)).await;
+        assert_eq!(c.base_url(), t1.base_url());
+        t1.stop().await.unwrap();
+        // The next heartbeat cannot reach tracker 1; tracker 2 does not know the peer (its own
+        // database): the session registers there and announces the library again.
+        feed2
+            .next(|e| matches!(e, Event::PeerJoined { peer_id, .. } if *peer_id == peer))
+            .await;
+        feed2.next(|e| announced_by(e, peer, file.id)).await;
+        session
+            .subscribe()
+            .wait_for(|s| *s == SessionStatus::Registered)
+            .await
+            .unwrap();
+        assert_eq!(c.base_url(), t2.base_url());
+        let swarm = c.file_peers(&file.id, None, 10).await.unwrap();
+        assert_eq!(swarm.peers.len(), 1);
+        shutdown.cancel();
+        session.stopped().await;
+        // It unregistered from the tracker it was using.
+        assert!(matches!(
+            c.peer(&peer).await,
+            Err(TrackerError::NotFound(_))
+        ));
+    })
+    .await;
+    t2.stop().await.unwrap();
+}

@@ -27,6 +27,11 @@ pub const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_CLIENT_MESSAGE: usize = 8 * 1024;
 /// Pings keep idle connections open through proxies.
 const PING_INTERVAL: Duration = Duration::from_secs(30);
+/// Read buffer of one feed socket. tungstenite allocates it whole when the socket opens and
+/// keeps it while the socket lives; clients send only their credentials (up to
+/// [`MAX_CLIENT_MESSAGE`], read in several pieces then), pongs and a close, so 1 KiB does. At
+/// the shared 16 KiB it was most of an idle socket's memory (`bench/ws`).
+const READ_BUFFER: usize = 1024;
 
 type WsCallback = Box<dyn FnOnce(WebSocketStream) -> BoxFuture<'static, ()> + Send + Sync>;
 
@@ -57,7 +62,7 @@ impl EventsApi {
             })
         });
         Ok(ws
-            .config(super::socket_config(MAX_CLIENT_MESSAGE))
+            .config(super::socket_config(MAX_CLIENT_MESSAGE).read_buffer_size(READ_BUFFER))
             .on_upgrade(callback))
     }
 }

@@ -72,7 +72,7 @@ impl Peer {
             }
             Err(e) => return Err(e.into()),
         };
-        let tracker = TrackerClient::new(&args.tracker, args.api_key.clone())?;
+        let tracker = TrackerClient::with_failover(&args.tracker, args.api_key.clone())?;
         let register = RegisterPeerRequest {
             peer_id: node.identity.peer_id(),
             addresses: args.announce_addrs.clone(),
