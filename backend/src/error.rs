@@ -30,6 +30,9 @@ pub enum ApiError {
     /// Missing or invalid credentials.
     #[oai(status = 401)]
     Unauthorized(Json<ErrorBody>),
+    /// Not allowed: the caller has stored all its quota allows (`quota_exceeded`).
+    #[oai(status = 403)]
+    Forbidden(Json<ErrorBody>),
     /// No such peer, file or route.
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
@@ -74,6 +77,10 @@ impl ApiError {
             "request_timeout",
             "the request body did not arrive in time",
         ))
+    }
+
+    pub fn quota_exceeded(message: impl Into<String>) -> Self {
+        Self::Forbidden(body("quota_exceeded", message))
     }
 
     pub fn conflict(message: impl Into<String>) -> Self {

@@ -53,10 +53,13 @@ pub enum TrackerError {
     UnknownPeer(String),
     #[error("not found: {0}")]
     NotFound(String),
-    /// The request contradicts what the tracker stores (a manifest with the same id but
-    /// different content).
+    /// The request contradicts what the tracker stores (a file with as many differing
+    /// manifests as it keeps, each with online announcers).
     #[error("conflict: {0}")]
     Conflict(String),
+    /// The caller has stored all the tracker's quota allows (403 `quota_exceeded`).
+    #[error("quota exceeded: {0}")]
+    QuotaExceeded(String),
     /// Missing or wrong API key.
     #[error("unauthorized: {0}")]
     Unauthorized(String),
@@ -78,10 +81,13 @@ impl TrackerError {
 
     /// Maps an error status. `peer_scoped`: a 404 may mean the peer itself is unknown.
     fn from_status(status: StatusCode, body: &[u8], peer_scoped: bool) -> Self {
-        let message = serde_json::from_slice::<ErrorBody>(body)
+        let parsed = serde_json::from_slice::<ErrorBody>(body).ok();
+        let code = parsed.as_ref().map(|b| b.error.clone()).unwrap_or_default();
+        let message = parsed
             .map(|b| b.message)
-            .unwrap_or_else(|_| status.canonical_reason().unwrap_or("").to_owned());
+            .unwrap_or_else(|| status.canonical_reason().unwrap_or("").to_owned());
         match status {
+            StatusCode::FORBIDDEN if code == "quota_exceeded" => Self::QuotaExceeded(message),
             StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => Self::BadRequest(message),
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Self::Unauthorized(message),
             StatusCode::NOT_FOUND if peer_scoped && message.contains(NOT_REGISTERED) => {
@@ -277,6 +283,40 @@ impl TrackerClient {
         limit: u64,
     ) -> Result<FilePeers, TrackerError> {
         let mut query = vec![("limit", limit.to_string())];
+        if let Some(p) = exclude {
+            query.push(("exclude", p.to_string()));
+        }
+        let req = self
+            .request(Method::GET, &format!("/api/files/{id}/peers"))
+            .query(&query);
+        self.call(req, false).await
+    }
+
+    /// `GET /api/files/{hash}?variant=N`: the file with the manifest of one of its variants.
+    pub async fn file_variant(
+        &self,
+        id: &FileId,
+        variant: u32,
+    ) -> Result<FileDetails, TrackerError> {
+        let req = self
+            .request(Method::GET, &format!("/api/files/{id}"))
+            .query(&[("variant", variant.to_string())]);
+        self.call(req, false).await
+    }
+
+    /// `GET /api/files/{hash}/peers?variant=N`: online peers that announced one manifest
+    /// variant of the file, leaving out `exclude`.
+    pub async fn variant_peers(
+        &self,
+        id: &FileId,
+        variant: u32,
+        exclude: Option<&PeerId>,
+        limit: u64,
+    ) -> Result<FilePeers, TrackerError> {
+        let mut query = vec![
+            ("limit", limit.to_string()),
+            ("variant", variant.to_string()),
+        ];
         if let Some(p) = exclude {
             query.push(("exclude", p.to_string()));
         }
@@ -617,6 +657,7 @@ impl Session {
                 Err(TrackerError::UnknownPeer(_)) => return Some(Round::Forgotten),
                 Err(
                     e @ (TrackerError::Conflict(_)
+                    | TrackerError::QuotaExceeded(_)
                     | TrackerError::BadRequest(_)
                     | TrackerError::NotFound(_)),
                 ) => {

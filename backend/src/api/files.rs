@@ -25,8 +25,12 @@ pub enum Unannounced {
 #[OpenApi(tag = "ApiTags::Files")]
 impl FilesApi {
     /// A peer announces a file it has, whole or in part (`have`). The manifest is checked
-    /// (chunk count, Merkle root); one that contradicts the stored manifest of the same id is
-    /// refused with 409.
+    /// (chunk size, file size limit, chunk count, Merkle root). The tracker cannot check it
+    /// against the content, so a manifest that differs from those stored under the same id is
+    /// kept as a further variant with its own announcers (`variant` in the answer); downloaders
+    /// verify and fall back. A new variant counts against the caller's quota (403
+    /// `quota_exceeded`); a file whose every variant (at most `--max-manifest-variants`) has
+    /// online announcers refuses more with 409.
     #[oai(
         path = "/api/files/announce",
         method = "post",
@@ -34,10 +38,10 @@ impl FilesApi {
     )]
     async fn announce(
         &self,
-        _auth: Auth,
+        auth: Auth,
         body: Json<AnnounceRequest>,
     ) -> Result<Json<AnnounceResponse>, ApiError> {
-        Ok(Json(self.0.swarm.announce(body.0).await?))
+        Ok(Json(self.0.swarm.announce(body.0, &auth.0).await?))
     }
 
     /// Known files, newest first, with an optional case-insensitive name search.
@@ -61,18 +65,21 @@ impl FilesApi {
         ))
     }
 
-    /// A file's manifest (chunk hashes, Merkle root) and swarm figures.
+    /// A file's manifest (chunk hashes, Merkle root, chain), its manifest variants and swarm
+    /// figures. Without `variant`, the manifest is the variant with the most online announcers.
     #[oai(path = "/api/files/:hash", method = "get", operation_id = "get_file")]
     async fn get(
         &self,
         _auth: Auth,
         hash: Path<FileId, Hash>,
+        /// The manifest variant to return (see `variants`); 404 if the file has none such.
+        variant: Query<Option<u32>>,
     ) -> Result<Json<FileDetails>, ApiError> {
-        Ok(Json(self.0.swarm.file(&hash.0).await?))
+        Ok(Json(self.0.swarm.file(&hash.0, variant.0).await?))
     }
 
-    /// Online peers that have the file, whole ones first, with the chunks each has and where
-    /// to reach it.
+    /// Online peers that have the file, whole ones first, with the chunks each has, where to
+    /// reach it and which manifest variant it announced.
     #[oai(
         path = "/api/files/:hash/peers",
         method = "get",
@@ -87,11 +94,13 @@ impl FilesApi {
         /// Most peers to return (default 50, at most 500).
         #[oai(default)]
         limit: Query<u64>,
+        /// Only peers that announced this manifest variant; 404 if the file has none such.
+        variant: Query<Option<u32>>,
     ) -> Result<Json<FilePeers>, ApiError> {
         Ok(Json(
             self.0
                 .swarm
-                .file_peers(&hash.0, exclude.0.as_ref(), limit.0)
+                .file_peers(&hash.0, exclude.0.as_ref(), limit.0, variant.0)
                 .await?,
         ))
     }
