@@ -406,6 +406,8 @@ pub async fn start(
             sweep_interval: opts.sweep_interval,
             swarm_cache_ttl: Duration::from_millis(serve.swarm_cache_ms),
             max_file_bytes: serve.guard.max_file_bytes,
+            max_variants_per_file: serve.guard.max_manifest_variants,
+            max_manifests_per_principal: serve.guard.max_manifests_per_principal,
         },
         shutdown.clone(),
     );

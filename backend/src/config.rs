@@ -224,6 +224,18 @@ pub struct GuardArgs {
     /// 256 KiB chunks, so this also bounds what one announce stores: 64 bytes per chunk).
     #[arg(long, env = "P2P_MAX_FILE_BYTES", default_value_t = 64 << 30)]
     pub max_file_bytes: u64,
+    /// Most different manifests kept for one file id (each is a "variant" with its own
+    /// announcers). A new one past it replaces variants no online peer announces; if every
+    /// variant has online announcers, the announce gets 409.
+    #[arg(long, env = "P2P_MAX_MANIFEST_VARIANTS", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub max_manifest_variants: u32,
+    /// Most manifests (variants, over all files) one principal (an API key, or a user) may have
+    /// stored; announcing a new one past it gets 403 `quota_exceeded`. Announcing a manifest
+    /// that is already stored costs nothing.
+    #[arg(long, env = "P2P_MAX_MANIFESTS_PER_PRINCIPAL", default_value_t = 100_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_manifests_per_principal: u64,
     /// When set, `/metrics` needs `Authorization: Bearer <this token>`.
     #[arg(long, env = "P2P_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,
@@ -245,6 +257,8 @@ impl Default for GuardArgs {
             login_failures_per_minute: 10,
             trusted_proxy_hops: 1,
             max_file_bytes: 64 << 30,
+            max_manifest_variants: 4,
+            max_manifests_per_principal: 100_000,
             metrics_token: None,
             peer_token_ttl_secs: 3600,
         }

@@ -33,8 +33,9 @@ pub enum ApiError {
     /// request that changes a peer's entry (`peer_token`; register again for a fresh one).
     #[oai(status = 401)]
     Unauthorized(Json<ErrorBody>),
-    /// The credentials are good but do not cover this: an `X-Peer-Token` of another peer id, or
-    /// management without an admin account.
+    /// The credentials are good but do not cover this: an `X-Peer-Token` of another peer id,
+    /// management without an admin account, or a caller that has stored all its quota allows
+    /// (`quota_exceeded`).
     #[oai(status = 403)]
     Forbidden(Json<ErrorBody>),
     /// No such peer, file or route.
@@ -85,6 +86,10 @@ impl ApiError {
             "request_timeout",
             "the request body did not arrive in time",
         ))
+    }
+
+    pub fn quota_exceeded(message: impl Into<String>) -> Self {
+        Self::Forbidden(body("quota_exceeded", message))
     }
 
     pub fn conflict(message: impl Into<String>) -> Self {

@@ -14,11 +14,13 @@ use p2p_proto::{Bitfield, CHUNK_SIZE, FileId, PeerId};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Principal;
 use crate::clock::Clock;
 use crate::events::EventBus;
 use crate::metrics::Metrics;
 use crate::store::{
-    AnnounceOutcome, Beat, FileQuery, NewPeer, PeerQuery, Presence, Store, StoreError,
+    AnnounceOutcome, AnnounceRules, Beat, FileQuery, NewPeer, PeerQuery, Presence, Store,
+    StoreError,
 };
 use crate::swarm_cache::SwarmCache;
 
@@ -42,6 +44,9 @@ pub enum SwarmError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// The caller has stored all it may (a quota).
+    #[error("{0}")]
+    QuotaExceeded(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -52,6 +57,7 @@ impl From<SwarmError> for crate::error::ApiError {
             SwarmError::BadRequest(m) => Self::bad_request(m),
             SwarmError::NotFound(m) => Self::not_found(m),
             SwarmError::Conflict(m) => Self::conflict(m),
+            SwarmError::QuotaExceeded(m) => Self::quota_exceeded(m),
             SwarmError::Store(e) => e.into(),
         }
     }
@@ -71,6 +77,10 @@ pub struct SwarmConfig {
     pub swarm_cache_ttl: Duration,
     /// Largest file a manifest may describe.
     pub max_file_bytes: u64,
+    /// Most distinct manifests (variants) one file id may have.
+    pub max_variants_per_file: u32,
+    /// Most manifests one principal (API key or user) may have stored.
+    pub max_manifests_per_principal: u64,
 }
 
 /// A heartbeat waiting for its batch; answered with the peer's prior presence.
@@ -343,7 +353,14 @@ impl Swarm {
         })
     }
 
-    pub async fn announce(&self, req: AnnounceRequest) -> SwarmResult<AnnounceResponse> {
+    /// Records `principal`'s announce. A manifest that differs from those stored under its id
+    /// is kept as a further variant (the tracker cannot tell which is true; downloaders can),
+    /// within the bounds of [`SwarmConfig`].
+    pub async fn announce(
+        &self,
+        req: AnnounceRequest,
+        principal: &Principal,
+    ) -> SwarmResult<AnnounceResponse> {
         let manifest = req.file;
         // Bound what one announce stores before looking at the rest.
         if manifest.chunk_size != CHUNK_SIZE {
@@ -367,23 +384,44 @@ impl Swarm {
             .map(|b| Bitfield::from_base64(b, chunks))
             .transpose()
             .map_err(|e| SwarmError::BadRequest(format!("invalid have bitfield: {e}")))?;
+        let rules = AnnounceRules {
+            principal: &principal.subject,
+            max_variants_per_file: self.config.max_variants_per_file,
+            max_variants_per_principal: self.config.max_manifests_per_principal,
+            cutoff_ms: self.cutoff_ms(),
+        };
         let outcome = self
             .store
-            .announce(&req.peer_id, &manifest, have.as_ref(), self.clock.now_ms())
+            .announce(
+                &req.peer_id,
+                &manifest,
+                have.as_ref(),
+                self.clock.now_ms(),
+                &rules,
+            )
             .await?;
-        let created = match outcome {
-            AnnounceOutcome::Created => true,
-            AnnounceOutcome::Existing => false,
+        let (variant, created) = match outcome {
+            AnnounceOutcome::Stored {
+                variant,
+                file_created,
+                ..
+            } => (variant, file_created),
             AnnounceOutcome::UnknownPeer => {
                 return Err(SwarmError::NotFound(format!(
                     "peer {} is not registered; register before announcing",
                     req.peer_id
                 )));
             }
-            AnnounceOutcome::Conflict => {
+            AnnounceOutcome::TooManyVariants => {
                 return Err(SwarmError::Conflict(format!(
-                    "file {} is already known with a different size, chunk size or Merkle root",
-                    manifest.id
+                    "file {} already has {} different manifests, each announced by online peers",
+                    manifest.id, self.config.max_variants_per_file
+                )));
+            }
+            AnnounceOutcome::QuotaExceeded => {
+                return Err(SwarmError::QuotaExceeded(format!(
+                    "{} has stored its quota of {} manifests; unannounce files to store new ones",
+                    principal.subject, self.config.max_manifests_per_principal
                 )));
             }
         };
@@ -404,6 +442,7 @@ impl Swarm {
             created,
             chunks_have,
             complete,
+            variant,
         })
     }
 
@@ -435,7 +474,7 @@ impl Swarm {
             .store
             .delete_file(file)
             .await?
-            .ok_or_else(|| unknown_file(file))?;
+            .ok_or_else(|| unknown_file(file, None))?;
         self.swarm_cache.invalidate(file);
         self.events.publish(Event::FileRemoved {
             file_id: *file,
@@ -468,39 +507,45 @@ impl Swarm {
         })
     }
 
-    pub async fn file(&self, id: &FileId) -> SwarmResult<FileDetails> {
+    /// The file with the manifest of `variant`, by default of the variant most online peers
+    /// announced.
+    pub async fn file(&self, id: &FileId, variant: Option<u32>) -> SwarmResult<FileDetails> {
         let record = self
             .store
-            .get_file(id, self.cutoff_ms())
+            .get_file(id, self.cutoff_ms(), variant)
             .await?
-            .ok_or_else(|| unknown_file(id))?;
+            .ok_or_else(|| unknown_file(id, variant))?;
         Ok(FileDetails {
             chunk_count: record.manifest.chunk_count(),
             manifest: record.manifest,
             seeders: record.seeders,
             leechers: record.leechers,
             created_at_ms: record.created_at_ms,
+            variant: record.variant,
+            variants: record.variants,
         })
     }
 
-    /// Online peers with the file, whole copies first, from the swarm cache when fresh.
+    /// Online peers with the file (only those that announced `variant`, if given), whole copies
+    /// first, from the swarm cache when fresh.
     pub async fn file_peers(
         &self,
         id: &FileId,
         exclude: Option<&PeerId>,
         limit: u64,
+        variant: Option<u32>,
     ) -> SwarmResult<FilePeers> {
         let cutoff = self.cutoff_ms();
-        let (chunk_count, all) = match self.swarm_cache.get(id) {
+        let (chunk_count, all) = match self.swarm_cache.get(id, variant) {
             Some(swarm) => swarm,
             None => {
                 let (chunks, peers) = self
                     .store
-                    .file_peers(id, cutoff, None, MAX_PAGE)
+                    .file_peers(id, cutoff, None, MAX_PAGE, variant)
                     .await?
-                    .ok_or_else(|| unknown_file(id))?;
+                    .ok_or_else(|| unknown_file(id, variant))?;
                 let swarm = (chunks, Arc::new(peers));
-                self.swarm_cache.put(*id, swarm.clone());
+                self.swarm_cache.put(*id, variant, swarm.clone());
                 swarm
             }
         };
@@ -551,8 +596,11 @@ impl Swarm {
     }
 }
 
-fn unknown_file(id: &FileId) -> SwarmError {
-    SwarmError::NotFound(format!("file {id} is not known to this tracker"))
+fn unknown_file(id: &FileId, variant: Option<u32>) -> SwarmError {
+    SwarmError::NotFound(match variant {
+        None => format!("file {id} is not known to this tracker"),
+        Some(v) => format!("file {id} has no manifest variant {v} on this tracker"),
+    })
 }
 
 fn page_size(limit: u64) -> u64 {

@@ -1463,3 +1463,316 @@ async fn another_peers_entry_cannot_be_taken_over() {
     })
     .await;
 }
+
+/// Manifest squatting: a file id is the SHA-256 of the content, so the tracker cannot check a
+/// manifest's chunk hashes or chain; it keeps every distinct manifest (variant) with its
+/// announcers, and downloaders verify and fall back.
+mod squatting {
+    use super::*;
+
+    use bytes::Bytes;
+    use clap::Parser;
+    use p2p_peer::Identity;
+    use p2p_peer::config::DownloadCli;
+    use p2p_peer::net::secure::{self, Role};
+    use p2p_proto::wire::Frame;
+    use p2p_proto::{Bitfield, FileId, Manifest, PeerId};
+    use tokio::net::TcpListener;
+
+    /// A second API key: another principal (the squatter's).
+    pub const KEY2: &str = "squatter-key-9876543210";
+
+    /// A manifest under `id` with other content's chunk hashes, Merkle root and chain:
+    /// self-consistent, so the tracker takes it, but no content hashes to it.
+    pub fn bogus(id: FileId, seed: u64) -> Manifest {
+        let mut m = manifest("shared.bin", &content(500_000 + seed as usize * 4096, seed));
+        m.id = id;
+        m
+    }
+
+    /// A peer that offers every chunk of `m` and answers each request with garbage; counts
+    /// the chunks it sent.
+    pub async fn garbage_seeder(m: Manifest, served: Arc<AtomicU64>) -> (PeerId, u16) {
+        let identity = Identity::from_secret(peer_secret(&peer_id()));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let id = identity.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (id, m, served) = (id.clone(), m.clone(), served.clone());
+                tokio::spawn(async move {
+                    let (mut rx, mut tx, _) =
+                        secure::handshake(stream, &id, Role::Responder, None).await?;
+                    while let Some(frame) = rx.recv().await? {
+                        match frame {
+                            Frame::ManifestRequest { file_id } => {
+                                let all = Bitfield::full(m.chunk_count());
+                                tx.feed(&Frame::Manifest(m.clone()));
+                                tx.feed(&Frame::Bitfield {
+                                    file_id,
+                                    chunk_count: all.len() as u32,
+                                    bits: all.into_bytes().into(),
+                                });
+                                tx.flush().await?;
+                            }
+                            Frame::Request {
+                                request_id,
+                                file_id,
+                                index,
+                            } => {
+                                let len = m.chunk_len(u64::from(index)) as usize;
+                                served.fetch_add(1, Ordering::SeqCst);
+                                tx.send(&Frame::Chunk {
+                                    request_id,
+                                    file_id,
+                                    index,
+                                    data: Bytes::from(vec![0xee; len]),
+                                })
+                                .await?;
+                            }
+                            _ => {}
+                        }
+                    }
+                    Ok::<_, secure::SecureError>(())
+                });
+            }
+        });
+        (identity.peer_id(), port)
+    }
+
+    /// Registers `peer` (a [`peer_id`], with the proof of its key) at 127.0.0.1:`port` and
+    /// announces `m` for it with `key`: the announce's status and the peer's token.
+    pub async fn claim(
+        target: &Target,
+        key: &str,
+        peer: &PeerId,
+        port: u16,
+        m: &Manifest,
+    ) -> (u16, String) {
+        let c = http();
+        let body = json!({"peer_id": peer, "addresses": ["127.0.0.1"], "port": port});
+        let resp = register_proven(&c, &target.base, key, peer, body).await;
+        assert_eq!(resp.status(), 200, "register");
+        let answer: serde_json::Value = resp.json().await.unwrap();
+        let token = answer["peer_token"].as_str().unwrap().to_owned();
+        let resp = c
+            .post(target.url("/api/files/announce"))
+            .header("X-API-Key", key)
+            .header("X-Peer-Token", &token)
+            .json(&json!({"peer_id": peer, "file": m}))
+            .send()
+            .await
+            .unwrap();
+        (resp.status().as_u16(), token)
+    }
+
+    /// Peer arguments for the tracker at `base` with the honest key, data in `data`.
+    pub fn node_cli(base: &str, data: &std::path::Path, hash: &FileId) -> DownloadCli {
+        DownloadCli::try_parse_from([
+            "p2p-download",
+            "--tracker",
+            base,
+            "--api-key",
+            KEY,
+            "--data",
+            data.to_str().unwrap(),
+            "--port",
+            "0",
+            "--listen",
+            "127.0.0.1",
+            "--dht",
+            "off",
+            "--no-relay",
+            "--no-punch",
+            "--allow-local-addrs",
+            &hash.to_string(),
+        ])
+        .unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_squatted_file_id_still_downloads_from_its_honest_seeder() {
+    use squatting::*;
+    let mut args = serve_args();
+    args.api_keys.push(KEY2.to_owned());
+    attack(120, args, async |target| {
+        let data = content(600_000, 41);
+        let honest = manifest("shared.bin", &data);
+        let watch = Watch::start(target);
+        // The squatter announces first, with another principal's key, as many different
+        // manifests of the honest file's id as the tracker keeps (4), from four peers: the
+        // first serves garbage, the others listen nowhere.
+        let served = Arc::new(AtomicU64::new(0));
+        let (rogue, rogue_port) = garbage_seeder(bogus(honest.id, 1), served.clone()).await;
+        let nowhere = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let squatter_peers = [
+            (rogue, rogue_port),
+            (peer_id(), nowhere),
+            (peer_id(), nowhere),
+            (peer_id(), nowhere),
+        ];
+        for (seed, (peer, port)) in (1..).zip(&squatter_peers) {
+            let (status, _) = claim(target, KEY2, peer, *port, &bogus(honest.id, seed)).await;
+            assert_eq!(status, 200, "squatter's announce {seed}");
+        }
+        // The honest announce (another principal) is accepted.
+        let probe = peer_id();
+        let (status, probe_token) = claim(target, KEY, &probe, 9, &honest).await;
+        println!("FIGURE squatting honest_announce_status={status}");
+        if target.external() {
+            watch.finish(target, "manifest-squatting", 96 * MIB).await;
+            return;
+        }
+        assert_eq!(status, 200, "the honest announce after the squatter's");
+        let resp = http()
+            .delete(target.url(&format!("/api/peers/{probe}")))
+            .header("X-API-Key", KEY)
+            .header("X-Peer-Token", &probe_token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 204);
+
+        // A real seeder of the honest file, and a real download of it.
+        let seed_dir = tempfile::tempdir().unwrap();
+        std::fs::write(seed_dir.path().join("shared.bin"), &data).unwrap();
+        let seeder = p2p_peer::node::Peer::start(
+            &node_cli(&target.base, seed_dir.path(), &honest.id).node,
+            true,
+        )
+        .await
+        .unwrap();
+        for (_, shared) in seeder.node.share_data_dir().await {
+            assert_eq!(shared.unwrap().id, honest.id);
+        }
+        seeder.announce_now();
+        let details = loop {
+            let d: serde_json::Value = http()
+                .get(target.url(&format!("/api/files/{}", honest.id)))
+                .header("X-API-Key", KEY)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let seeded =
+                d["variants"].as_array().unwrap().iter().any(|v| {
+                    v["merkle_root"] == honest.merkle_root.to_string() && v["seeders"] == 1
+                });
+            if seeded {
+                break d;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        // Every variant has one online announcer: the squatter's older ones come first.
+        let order: Vec<String> = details["variants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["merkle_root"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(order.len(), 4, "{details}");
+        assert_eq!(order[0], bogus(honest.id, 1).merkle_root.to_string());
+        assert_eq!(order[3], honest.merkle_root.to_string());
+
+        let down_dir = tempfile::tempdir().unwrap();
+        p2p_peer::cli::run_download(node_cli(&target.base, down_dir.path(), &honest.id))
+            .await
+            .expect("the honest file downloads");
+        assert_eq!(
+            std::fs::read(down_dir.path().join("shared.bin")).unwrap(),
+            data
+        );
+        assert!(
+            served.load(Ordering::SeqCst) > 0,
+            "the squatter's variant was tried first"
+        );
+
+        // The squatter cannot push the honest variant out: at the cap, with every variant
+        // announced by online peers, its next one is refused.
+        let (status, _) = claim(target, KEY2, &peer_id(), nowhere, &bogus(honest.id, 9)).await;
+        assert_eq!(status, 409);
+        let d: serde_json::Value = http()
+            .get(target.url(&format!("/api/files/{}", honest.id)))
+            .header("X-API-Key", KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(
+            d["variants"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|v| v["merkle_root"] == honest.merkle_root.to_string())
+        );
+        seeder.stop().await;
+        watch.finish(target, "manifest-squatting", 96 * MIB).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_principal_stores_at_most_its_quota_of_manifests() {
+    use squatting::*;
+    let mut args = serve_args();
+    args.api_keys.push(KEY2.to_owned());
+    args.guard.max_manifests_per_principal = 50;
+    attack(60, args, async |target| {
+        let c = http();
+        let squatter = peer_id();
+        let watch = Watch::start(target);
+        let (mut stored, mut refused) = (0u32, 0u32);
+        let mut token = String::new();
+        for i in 0..600u64 {
+            let m = manifest(&format!("spam-{i}.bin"), &content(1000, 1_000 + i));
+            let status = if i == 0 {
+                let (status, t) = claim(target, KEY2, &squatter, 7000, &m).await;
+                token = t;
+                status
+            } else {
+                c.post(target.url("/api/files/announce"))
+                    .header("X-API-Key", KEY2)
+                    .header("X-Peer-Token", &token)
+                    .json(&json!({"peer_id": squatter, "file": m}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            };
+            match status {
+                200 => stored += 1,
+                403 => refused += 1,
+                other => panic!("announce {i}: status {other}"),
+            }
+        }
+        println!("FIGURE manifest-quota stored={stored} refused={refused}");
+        if !target.external() {
+            assert_eq!((stored, refused), (50, 550));
+            let m = manifest("one-more.bin", &content(1000, 5));
+            let resp = c
+                .post(target.url("/api/files/announce"))
+                .header("X-API-Key", KEY2)
+                .header("X-Peer-Token", &token)
+                .json(&json!({"peer_id": squatter, "file": m}))
+                .send()
+                .await
+                .unwrap();
+            let msg = assert_error(resp, 403, "quota_exceeded").await;
+            assert!(msg.contains("quota of 50"), "{msg}");
+        }
+        // Another principal is not affected.
+        honest_announce(target).await;
+        watch.finish(target, "manifest-quota", 64 * MIB).await;
+    })
+    .await;
+}

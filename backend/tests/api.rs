@@ -668,21 +668,44 @@ async fn bad_announces_are_rejected_and_nothing_is_stored() {
         )
         .await;
 
-        // A contradicting announce of a stored file is refused, and the stored one is kept.
+        // A contradicting announce of a stored file is kept as a second variant, beside the
+        // stored one; the file's manifest is still the first (a tie in announcers: the older).
         assert_eq!(t.announce(&peer, &m, None).await.status(), 200);
         let other = manifest("a.bin", &content(700_000, 3));
         let mut contradicting = other.clone();
         contradicting.id = m.id;
-        let msg = assert_error(
-            t.announce(&peer, &contradicting, None).await,
-            409,
-            "conflict",
-        )
-        .await;
-        assert!(msg.contains(&m.id.to_string()), "{msg}");
+        let second = peer_id();
+        t.register(&second, 6883).await;
+        let resp = t.announce(&second, &contradicting, None).await;
+        assert_eq!(resp.status(), 200);
+        let answer: Value = resp.json().await.unwrap();
+        assert_eq!(
+            (answer["variant"].as_u64(), answer["created"].as_bool()),
+            (Some(2), Some(false))
+        );
         let stored = t.get_json(&format!("/api/files/{}", m.id)).await;
         assert_eq!(stored["size"], 600_000);
         assert_eq!(stored["merkle_root"], m.merkle_root.to_string());
+        assert_eq!(stored["variant"], 1);
+        assert_eq!(stored["variants"].as_array().unwrap().len(), 2);
+        let v2 = t.get_json(&format!("/api/files/{}?variant=2", m.id)).await;
+        assert_eq!(v2["merkle_root"], contradicting.merkle_root.to_string());
+        let peers = t
+            .get_json(&format!("/api/files/{}/peers?variant=2", m.id))
+            .await;
+        assert_eq!(peers["peers"][0]["peer_id"], second.to_string());
+        assert_eq!(peers["peers"][0]["variant"], 2);
+        assert_eq!(peers["peers"].as_array().unwrap().len(), 1);
+        let msg = assert_error(
+            t.get(&format!("/api/files/{}?variant=3", m.id))
+                .send()
+                .await
+                .unwrap(),
+            404,
+            "not_found",
+        )
+        .await;
+        assert!(msg.contains("variant 3"), "{msg}");
 
         // A body that is not JSON: 415, as the spec says.
         let resp = t

@@ -10,9 +10,42 @@ use common::*;
 use p2p_proto::api::{ConnectionPathKind, PeerConnection};
 use p2p_proto::{Bitfield, PeerId};
 use p2p_tracker::store::{
-    AnnounceOutcome, ApiKeyRecord, Backend, Beat, FileQuery, NewPeer, PeerQuery, Presence, Store,
-    UserRecord,
+    AnnounceOutcome, AnnounceRules, ApiKeyRecord, Backend, Beat, FileQuery, NewPeer, PeerQuery,
+    Presence, Store, UserRecord,
 };
+
+/// Generous bounds, as one principal.
+const RULES: AnnounceRules<'static> = AnnounceRules {
+    principal: "api-key:test",
+    max_variants_per_file: 4,
+    max_variants_per_principal: 1000,
+    cutoff_ms: 0,
+};
+
+/// The outcome of an announce that stored the file (and its variant 1).
+const CREATED: AnnounceOutcome = AnnounceOutcome::Stored {
+    variant: 1,
+    file_created: true,
+    variant_created: true,
+};
+
+/// The outcome of an announce of a stored manifest, `variant` of its file.
+fn existing(variant: u32) -> AnnounceOutcome {
+    AnnounceOutcome::Stored {
+        variant,
+        file_created: false,
+        variant_created: false,
+    }
+}
+
+/// The outcome of an announce that stored a new variant of a known file.
+fn new_variant(variant: u32) -> AnnounceOutcome {
+    AnnounceOutcome::Stored {
+        variant,
+        file_created: false,
+        variant_created: true,
+    }
+}
 
 fn new_peer(id: PeerId) -> NewPeer {
     NewPeer {
@@ -234,39 +267,37 @@ async fn announces_and_swarms(s: Arc<dyn Store>) {
     }
     let m = manifest("data.bin", &content(700_000, 1));
     assert_eq!(
-        s.announce(&a, &m, None, 1000).await.unwrap(),
-        AnnounceOutcome::Created
+        s.announce(&a, &m, None, 1000, &RULES).await.unwrap(),
+        CREATED
     );
     assert_eq!(
-        s.announce(&a, &m, None, 1001).await.unwrap(),
-        AnnounceOutcome::Existing
+        s.announce(&a, &m, None, 1001, &RULES).await.unwrap(),
+        existing(1)
     );
     let mut have = Bitfield::new(m.chunk_count());
     have.set(2);
     assert_eq!(
-        s.announce(&b, &m, Some(&have), 1002).await.unwrap(),
-        AnnounceOutcome::Existing
+        s.announce(&b, &m, Some(&have), 1002, &RULES).await.unwrap(),
+        existing(1)
     );
     // A full bitfield is stored as complete.
     let full = Bitfield::full(m.chunk_count());
-    s.announce(&c, &m, Some(&full), 1003).await.unwrap();
+    s.announce(&c, &m, Some(&full), 1003, &RULES).await.unwrap();
     assert_eq!(
-        s.announce(&peer_id(), &m, None, 1).await.unwrap(),
+        s.announce(&peer_id(), &m, None, 1, &RULES).await.unwrap(),
         AnnounceOutcome::UnknownPeer
     );
-    let mut other = manifest("data.bin", &content(800_000, 2));
-    other.id = m.id;
-    assert_eq!(
-        s.announce(&a, &other, None, 1).await.unwrap(),
-        AnnounceOutcome::Conflict
-    );
 
-    let rec = s.get_file(&m.id, 0).await.unwrap().unwrap();
+    let rec = s.get_file(&m.id, 0, None).await.unwrap().unwrap();
     assert_eq!(rec.manifest, m, "manifest round-trips exactly");
     assert_eq!((rec.seeders, rec.leechers), (2, 1));
     assert_eq!(rec.created_at_ms, 1000);
 
-    let (chunks, peers) = s.file_peers(&m.id, 0, None, 10).await.unwrap().unwrap();
+    let (chunks, peers) = s
+        .file_peers(&m.id, 0, None, 10, None)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(chunks, 3);
     assert_eq!(peers.len(), 3);
     assert!(peers[0].complete && peers[1].complete && !peers[2].complete);
@@ -277,12 +308,22 @@ async fn announces_and_swarms(s: Arc<dyn Store>) {
         peers[0].addresses.last().map(String::as_str),
         Some("198.51.100.7")
     );
-    let (_, peers) = s.file_peers(&m.id, 0, Some(&a), 10).await.unwrap().unwrap();
+    let (_, peers) = s
+        .file_peers(&m.id, 0, Some(&a), 10, None)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(peers.iter().all(|p| p.peer_id != a));
-    let (_, peers) = s.file_peers(&m.id, 0, None, 1).await.unwrap().unwrap();
+    let (_, peers) = s
+        .file_peers(&m.id, 0, None, 1, None)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(peers.len(), 1);
     assert_eq!(
-        s.file_peers(&peer_file_id(), 0, None, 10).await.unwrap(),
+        s.file_peers(&peer_file_id(), 0, None, 10, None)
+            .await
+            .unwrap(),
         None
     );
 
@@ -296,15 +337,211 @@ async fn announces_and_swarms(s: Arc<dyn Store>) {
     }])
     .await
     .unwrap();
-    let (_, peers) = s.file_peers(&m.id, 5000, None, 10).await.unwrap().unwrap();
+    let (_, peers) = s
+        .file_peers(&m.id, 5000, None, 10, None)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(peers.iter().map(|p| p.peer_id).collect::<Vec<_>>(), vec![a]);
-    let rec = s.get_file(&m.id, 5000).await.unwrap().unwrap();
+    let rec = s.get_file(&m.id, 5000, None).await.unwrap().unwrap();
     assert_eq!((rec.seeders, rec.leechers), (1, 0));
 
     // Deleting a peer removes its announces, not the file.
     s.delete_peer(&a).await.unwrap();
-    let (_, peers) = s.file_peers(&m.id, 0, None, 10).await.unwrap().unwrap();
+    let (_, peers) = s
+        .file_peers(&m.id, 0, None, 10, None)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(peers.len(), 2);
+}
+
+/// A manifest under `m`'s id that is not `m`'s: what a squatter announces.
+fn squatted(m: &p2p_proto::Manifest, seed: u64) -> p2p_proto::Manifest {
+    let mut other = manifest(&m.name, &content(800_000, seed));
+    other.id = m.id;
+    other
+}
+
+/// Differing manifests of one id are kept side by side, each with its announcers; the file's
+/// manifest is the one most live peers announced; variants are bounded per file (room is made
+/// from variants no live peer holds) and per principal.
+async fn manifest_variants_and_quotas(s: Arc<dyn Store>) {
+    let (squatter, h1, h2, late) = (peer_id(), peer_id(), peer_id(), peer_id());
+    for p in [squatter, h1, h2, late] {
+        s.register_peer(&new_peer(p), 1000).await.unwrap();
+    }
+    let m = manifest("data.bin", &content(700_000, 5));
+    let bogus = squatted(&m, 6);
+    assert_eq!(
+        s.announce(&squatter, &bogus, None, 1000, &RULES)
+            .await
+            .unwrap(),
+        CREATED
+    );
+    assert_eq!(
+        s.announce(&h1, &m, None, 1001, &RULES).await.unwrap(),
+        new_variant(2),
+        "the honest announce is accepted beside the squatter's"
+    );
+    assert_eq!(
+        s.announce(&h2, &m, None, 1002, &RULES).await.unwrap(),
+        existing(2)
+    );
+
+    let rec = s.get_file(&m.id, 0, None).await.unwrap().unwrap();
+    assert_eq!(
+        (rec.variant, &rec.manifest),
+        (2, &m),
+        "most announcers first"
+    );
+    assert_eq!(
+        rec.variants
+            .iter()
+            .map(|v| (v.variant, v.seeders, v.size))
+            .collect::<Vec<_>>(),
+        vec![(2, 2, m.size), (1, 1, bogus.size)]
+    );
+    assert_eq!((rec.seeders, rec.leechers), (3, 0));
+    let first = s.get_file(&m.id, 0, Some(1)).await.unwrap().unwrap();
+    assert_eq!((first.variant, &first.manifest), (1, &bogus));
+    assert_eq!(s.get_file(&m.id, 0, Some(9)).await.unwrap(), None);
+
+    let ids = |peers: &[p2p_proto::api::FilePeer]| {
+        let mut ids: Vec<_> = peers.iter().map(|p| (p.peer_id, p.variant)).collect();
+        ids.sort();
+        ids
+    };
+    let (chunks, peers) = s
+        .file_peers(&m.id, 0, None, 10, Some(1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (chunks, ids(&peers)),
+        (bogus.chunk_count(), vec![(squatter, Some(1))])
+    );
+    let (chunks, peers) = s
+        .file_peers(&m.id, 0, None, 10, Some(2))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut honest = vec![(h1, Some(2)), (h2, Some(2))];
+    honest.sort();
+    assert_eq!((chunks, ids(&peers)), (m.chunk_count(), honest));
+    let (_, peers) = s
+        .file_peers(&m.id, 0, None, 10, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(peers.len(), 3);
+    assert_eq!(
+        s.file_peers(&m.id, 0, None, 10, Some(9)).await.unwrap(),
+        None
+    );
+
+    // At the cap, with every variant held by a live peer, a new one from the principal that
+    // stored them is refused…
+    let two = AnnounceRules {
+        max_variants_per_file: 2,
+        ..RULES
+    };
+    let third = squatted(&m, 7);
+    assert_eq!(
+        s.announce(&late, &third, None, 2000, &two).await.unwrap(),
+        AnnounceOutcome::TooManyVariants
+    );
+    // … while one from another principal takes the place of that principal's variant with
+    // the fewest live announcers: one principal cannot lock others out.
+    let bob = AnnounceRules {
+        principal: "user:bob",
+        ..two
+    };
+    assert_eq!(
+        s.announce(&late, &third, None, 2001, &bob).await.unwrap(),
+        new_variant(3),
+        "variant numbers are not reused"
+    );
+    assert_eq!(s.get_file(&m.id, 0, Some(1)).await.unwrap(), None);
+    let (_, peers) = s
+        .file_peers(&m.id, 0, None, 10, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        peers.iter().all(|p| p.peer_id != squatter),
+        "the dropped variant's claims go with it"
+    );
+    assert_eq!(
+        s.announce(&late, &squatted(&m, 8), None, 2002, &bob)
+            .await
+            .unwrap(),
+        AnnounceOutcome::TooManyVariants,
+        "no principal has several variants to give up"
+    );
+    // A variant no live peer holds makes room: `late` went silent.
+    let fresh = peer_id();
+    s.register_peer(&new_peer(fresh), 9000).await.unwrap();
+    let beat = |peer_id| Beat {
+        peer_id,
+        at_ms: 9000,
+        uploaded: None,
+        downloaded: None,
+        connections: None,
+    };
+    s.record_beats(&[beat(h1), beat(h2)]).await.unwrap();
+    let two_live = AnnounceRules {
+        cutoff_ms: 5000,
+        ..two
+    };
+    assert_eq!(
+        s.announce(&fresh, &squatted(&m, 9), None, 9000, &two_live)
+            .await
+            .unwrap(),
+        new_variant(4)
+    );
+    assert_eq!(s.get_file(&m.id, 0, Some(3)).await.unwrap(), None);
+    // A peer announcing another variant moves its claim there.
+    assert_eq!(
+        s.announce(&fresh, &m, None, 9001, &two_live).await.unwrap(),
+        existing(2)
+    );
+    let rec = s.get_file(&m.id, 5000, None).await.unwrap().unwrap();
+    assert_eq!(
+        rec.variants
+            .iter()
+            .map(|v| (v.variant, v.online()))
+            .collect::<Vec<_>>(),
+        vec![(2, 3), (4, 0)]
+    );
+
+    // Per principal: new variants count against its quota, known ones do not; other
+    // principals are not affected.
+    let one = AnnounceRules {
+        principal: "user:mallory",
+        max_variants_per_principal: 1,
+        ..RULES
+    };
+    let a = manifest("a.bin", &content(1000, 18));
+    let b = manifest("b.bin", &content(1000, 19));
+    assert_eq!(
+        s.announce(&late, &a, None, 9002, &one).await.unwrap(),
+        CREATED
+    );
+    assert_eq!(
+        s.announce(&late, &b, None, 9003, &one).await.unwrap(),
+        AnnounceOutcome::QuotaExceeded
+    );
+    assert_eq!(s.get_file(&b.id, 0, None).await.unwrap(), None);
+    assert_eq!(
+        s.announce(&late, &m, None, 9004, &one).await.unwrap(),
+        existing(2),
+        "a stored manifest costs no quota"
+    );
+    assert_eq!(
+        s.announce(&h1, &b, None, 9005, &RULES).await.unwrap(),
+        CREATED
+    );
 }
 
 fn peer_file_id() -> p2p_proto::FileId {
@@ -319,7 +556,9 @@ async fn listing_and_stats(s: Arc<dyn Store>) {
         .enumerate()
     {
         let m = manifest(name, &content(1000 * (i + 1), i as u64));
-        s.announce(&p, &m, None, 100 + i as u64).await.unwrap();
+        s.announce(&p, &m, None, 100 + i as u64, &RULES)
+            .await
+            .unwrap();
     }
     let q = |search: &str, offset, limit| FileQuery {
         search: search.into(),
@@ -467,6 +706,7 @@ suite!(
     heartbeat_batches,
     peer_connections,
     announces_and_swarms,
+    manifest_variants_and_quotas,
     listing_and_stats,
     users_keys_and_settings
 );
@@ -478,20 +718,34 @@ async fn a_file_stored_without_a_chain_gets_one(db: &TestDb) {
     let peer = peer_id();
     s.register_peer(&new_peer(peer), 1000).await.unwrap();
     let m = manifest("old.bin", &content(700_000, 3));
-    s.announce(&peer, &m, None, 1000).await.unwrap();
-    db.execute_raw("UPDATE files SET chain = $1", Vec::new())
+    s.announce(&peer, &m, None, 1000, &RULES).await.unwrap();
+    db.execute_raw("UPDATE file_variants SET chain = $1", Vec::new())
         .await;
-    let stored = s.get_file(&m.id, 0).await.unwrap().unwrap().manifest;
+    let stored = s.get_file(&m.id, 0, None).await.unwrap().unwrap().manifest;
     assert!(stored.chain.is_empty() && stored.validate().is_err());
     assert_eq!(
-        s.announce(&peer, &m, None, 2000).await.unwrap(),
-        AnnounceOutcome::Existing
+        s.announce(&peer, &m, None, 2000, &RULES).await.unwrap(),
+        existing(1)
     );
-    assert_eq!(s.get_file(&m.id, 0).await.unwrap().unwrap().manifest, m);
+    assert_eq!(
+        s.get_file(&m.id, 0, None).await.unwrap().unwrap().manifest,
+        m
+    );
+    // Another chain is another variant; the stored one stays.
     let mut other = m.clone();
     other.chain[0].0[0] ^= 1;
-    s.announce(&peer, &other, None, 3000).await.unwrap();
-    assert_eq!(s.get_file(&m.id, 0).await.unwrap().unwrap().manifest, m);
+    assert_eq!(
+        s.announce(&peer, &other, None, 3000, &RULES).await.unwrap(),
+        new_variant(2)
+    );
+    assert_eq!(
+        s.get_file(&m.id, 0, Some(1))
+            .await
+            .unwrap()
+            .unwrap()
+            .manifest,
+        m
+    );
 }
 
 #[tokio::test]

@@ -9,7 +9,8 @@ use p2p_proto::{FileId, Manifest};
 
 use crate::config::{DownloadCli, PeerCli, PeerCommand};
 use crate::daemon::{self, DaemonConfig};
-use crate::download::{Contributions, DownloadReport};
+use crate::download::{Contributions, DownloadError, DownloadReport};
+use crate::net::PeerAddr;
 use crate::net::relay::RelayStatus;
 use crate::node::Peer;
 use crate::shell::{self, ShellCommand};
@@ -316,9 +317,36 @@ async fn peers(peer: &Peer) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Downloads `id`, showing a progress bar with each peer's share.
+/// Downloads `id`, showing a progress bar with each peer's share. When the download fails
+/// for its manifest, the next manifest variant peers announced for the id is tried.
 async fn fetch(peer: &Peer, id: &FileId) -> anyhow::Result<DownloadReport> {
-    let (manifest, sources) = peer.find(id).await?;
+    let found = peer.find(id).await?;
+    let (mut manifest, mut sources, mut fallbacks) =
+        (found.manifest, found.sources, found.fallbacks);
+    loop {
+        match fetch_manifest(peer, &manifest, &sources).await {
+            Err(e) if e.variant_failed() => {
+                let Some((next, more)) = peer.next_variant(id, &mut fallbacks).await else {
+                    return Err(e.into());
+                };
+                tracing::warn!(
+                    file = %id,
+                    error = %error_chain(&e),
+                    "the peers of this manifest did not deliver the file; trying another manifest announced for it"
+                );
+                (manifest, sources) = (next, more);
+            }
+            result => return Ok(result?),
+        }
+    }
+}
+
+/// Downloads `manifest` from `sources` with a progress bar.
+async fn fetch_manifest(
+    peer: &Peer,
+    manifest: &Manifest,
+    sources: &[PeerAddr],
+) -> Result<DownloadReport, DownloadError> {
     let name = safe_file_name(&manifest.name, &manifest.id.to_string());
     let bar = ProgressBar::new(manifest.size);
     bar.set_style(
@@ -338,13 +366,13 @@ async fn fetch(peer: &Peer, id: &FileId) -> anyhow::Result<DownloadReport> {
         name,
         contributions.clone(),
     ));
-    let result = peer.download(&manifest, &sources, contributions).await;
+    let result = peer.download(manifest, sources, contributions).await;
     progress.abort();
     match &result {
         Ok(_) => bar.finish(),
         Err(_) => bar.abandon(),
     }
-    Ok(result?)
+    result
 }
 
 /// Updates `bar` with the bytes of `manifest` the library has, and the message with the

@@ -5,6 +5,12 @@
 //! tracker the manifest comes from a peer. When the tracker has peers, the DHT may add to them
 //! only within [`DHT_GRACE`].
 //!
+//! A file id is the SHA-256 of the content, so a tracker cannot check a manifest announced
+//! under it, and keeps each distinct one (a *variant*) with the peers that announced it.
+//! [`Discovery::find`] takes the variant most online peers announced and its peers only; the
+//! others stay as fallbacks ([`Found::fallbacks`], [`Discovery::variant`]) for when a download
+//! with it fails verification.
+//!
 //! The DHT says only where someone claims to have a file; [`probe`] connects there, learns the
 //! peer's id from the Noise handshake and asks it for the manifest. Whoever answers, the
 //! content stays safe: the manifest must be self-consistent and carry the requested id
@@ -14,6 +20,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use p2p_proto::api::FilePeer;
 use p2p_proto::wire::{self, Frame};
 use p2p_proto::{FileId, Manifest, ManifestError, PeerId};
 use tokio::net::TcpStream;
@@ -193,8 +200,20 @@ pub fn merge_sources(sources: &mut Vec<PeerAddr>, more: impl IntoIterator<Item =
 
 /// How long a DHT lookup may add to a download the tracker already found peers for.
 pub const DHT_GRACE: Duration = Duration::from_secs(3);
-/// Peers asked of the tracker per file.
+/// Peers asked of the tracker per file (per manifest variant).
 const TRACKER_PEERS: u64 = 50;
+/// Manifest variants of one file tried at most (the tracker keeps a few; this bounds what a
+/// tracker that keeps more can make a download try).
+pub const MAX_VARIANTS_TRIED: usize = 8;
+
+/// A manifest of the file asked for, the peers offering it, and the tracker's other manifest
+/// variants of the file to fall back to, best first.
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub manifest: Manifest,
+    pub sources: Vec<PeerAddr>,
+    pub fallbacks: Vec<u32>,
+}
 
 /// Why no manifest (or no way to ask for peers) was found. Each says what it was doing; its
 /// cause is the source.
@@ -256,7 +275,7 @@ impl Discovery {
     /// The manifest of `id` and the peers to fetch it from: the tracker's and the DHT's
     /// together (one entry per peer). Either alone is enough; with no tracker the manifest
     /// comes from a peer.
-    pub async fn find(&self, id: &FileId) -> Result<(Manifest, Vec<PeerAddr>), FindError> {
+    pub async fn find(&self, id: &FileId) -> Result<Found, FindError> {
         let lookup = self.dht.clone().map(|dht| {
             let (identity, own, id) = (self.identity.clone(), self.own, *id);
             let allow_local = self.allow_local;
@@ -269,7 +288,7 @@ impl Discovery {
         let found = match &from_tracker {
             // The tracker has peers: the DHT only adds to them, and may not hold the download
             // up.
-            Ok((_, sources)) if !sources.is_empty() => {
+            Ok(known) if !known.sources.is_empty() => {
                 match tokio::time::timeout(DHT_GRACE, lookup).await {
                     Ok(found) => found.unwrap_or_default(),
                     Err(_) => DhtFind::default(),
@@ -282,10 +301,14 @@ impl Discovery {
             usable = found.sources.len(),
             "DHT lookup"
         );
-        let (manifest, mut sources) = match from_tracker {
+        let mut known = match from_tracker {
             Ok(known) => known,
             Err(e) => match found.manifest.clone() {
-                Some(m) => (m, Vec::new()),
+                Some(manifest) => Found {
+                    manifest,
+                    sources: Vec::new(),
+                    fallbacks: Vec::new(),
+                },
                 None => return Err(FindError::Nowhere(Box::new(e))),
             },
         };
@@ -293,28 +316,109 @@ impl Discovery {
         if found
             .manifest
             .as_ref()
-            .is_some_and(|m| m.same_content(&manifest))
+            .is_some_and(|m| m.same_content(&known.manifest))
         {
-            merge_sources(&mut sources, found.sources);
+            merge_sources(&mut known.sources, found.sources);
         }
-        Ok((manifest, sources))
+        Ok(known)
     }
 
-    /// The tracker's manifest of `id` and its peers, as download sources.
-    async fn tracker_sources(&self, id: &FileId) -> Result<(Manifest, Vec<PeerAddr>), FindError> {
+    /// The tracker's manifest of `id` and its peers, as download sources: of the variant the
+    /// most online peers announced that has a peer this node can reach; the other variants
+    /// are the fallbacks.
+    async fn tracker_sources(&self, id: &FileId) -> Result<Found, FindError> {
         let details = self.tracker.file(id).await.map_err(FindError::File)?;
-        let manifest: Manifest = details.manifest;
-        if manifest.id != *id {
-            return Err(FindError::OtherFile);
+        check_tracker_manifest(&details.manifest, id)?;
+        if details.variants.is_empty() {
+            // A tracker that keeps one manifest per file.
+            let swarm = self
+                .tracker
+                .file_peers(id, Some(&self.identity.peer_id()), TRACKER_PEERS)
+                .await
+                .map_err(FindError::Peers)?;
+            return Ok(Found {
+                manifest: details.manifest,
+                sources: self.sources(swarm.peers).await,
+                fallbacks: Vec::new(),
+            });
         }
-        manifest.validate().map_err(FindError::Manifest)?;
+        let mut order = details.variants.clone();
+        order.sort_by_key(|v| (std::cmp::Reverse(v.online()), v.variant));
+        let mut fallbacks: Vec<u32> = order
+            .iter()
+            .map(|v| v.variant)
+            .filter(|v| *v != details.variant)
+            .take(MAX_VARIANTS_TRIED - 1)
+            .collect();
         let swarm = self
             .tracker
-            .file_peers(id, Some(&self.identity.peer_id()), TRACKER_PEERS)
+            .variant_peers(
+                id,
+                details.variant,
+                Some(&self.identity.peer_id()),
+                TRACKER_PEERS,
+            )
             .await
             .map_err(FindError::Peers)?;
+        let sources = self.sources(swarm.peers).await;
+        if sources.is_empty()
+            && let Some((manifest, sources)) = self.next_variant(id, &mut fallbacks).await
+        {
+            return Ok(Found {
+                manifest,
+                sources,
+                fallbacks,
+            });
+        }
+        Ok(Found {
+            manifest: details.manifest,
+            sources,
+            fallbacks,
+        })
+    }
+
+    /// The first of `fallbacks` (taken off the front) whose manifest is consistent and that has
+    /// a peer to fetch it from; `None` when none is left.
+    pub async fn next_variant(
+        &self,
+        id: &FileId,
+        fallbacks: &mut Vec<u32>,
+    ) -> Option<(Manifest, Vec<PeerAddr>)> {
+        while !fallbacks.is_empty() {
+            let variant = fallbacks.remove(0);
+            match self.variant(id, variant).await {
+                Ok((manifest, sources)) if !sources.is_empty() => return Some((manifest, sources)),
+                Ok(_) => tracing::debug!(file = %id, variant, "no online peer has this variant"),
+                Err(e) => tracing::warn!(file = %id, variant, error = %e, "unusable variant"),
+            }
+        }
+        None
+    }
+
+    /// The tracker's manifest variant `variant` of `id` and the peers that announced it.
+    pub async fn variant(
+        &self,
+        id: &FileId,
+        variant: u32,
+    ) -> Result<(Manifest, Vec<PeerAddr>), FindError> {
+        let details = self
+            .tracker
+            .file_variant(id, variant)
+            .await
+            .map_err(FindError::File)?;
+        check_tracker_manifest(&details.manifest, id)?;
+        let swarm = self
+            .tracker
+            .variant_peers(id, variant, Some(&self.identity.peer_id()), TRACKER_PEERS)
+            .await
+            .map_err(FindError::Peers)?;
+        Ok((details.manifest, self.sources(swarm.peers).await))
+    }
+
+    /// The tracker's peers as download sources.
+    async fn sources(&self, peers: Vec<FilePeer>) -> Vec<PeerAddr> {
         let mut sources = Vec::new();
-        for p in swarm.peers {
+        for p in peers {
             // A relay-only peer has no address worth dialling; without our own relay, a peer
             // without addresses cannot be reached at all.
             let addrs = if p.relay_only {
@@ -329,8 +433,16 @@ impl Discovery {
                 None => {}
             }
         }
-        Ok((manifest, sources))
+        sources
     }
+}
+
+/// Accepts a manifest from the tracker only if it is of the file asked for and self-consistent.
+fn check_tracker_manifest(manifest: &Manifest, id: &FileId) -> Result<(), FindError> {
+    if manifest.id != *id {
+        return Err(FindError::OtherFile);
+    }
+    manifest.validate().map_err(FindError::Manifest)
 }
 
 /// The addresses of `addrs` this node may dial: all with `allow_local`, else those not

@@ -76,10 +76,13 @@ pub enum TrackerError {
     UnknownPeer(String),
     #[error("not found: {0}")]
     NotFound(String),
-    /// The request contradicts what the tracker stores (a manifest with the same id but
-    /// different content).
+    /// The request contradicts what the tracker stores (a file with as many differing
+    /// manifests as it keeps, each with online announcers).
     #[error("conflict: {0}")]
     Conflict(String),
+    /// The caller has stored all the tracker's quota allows (403 `quota_exceeded`).
+    #[error("quota exceeded: {0}")]
+    QuotaExceeded(String),
     /// Missing or wrong API key, a refused registration proof, or a token of another peer.
     #[error("unauthorized: {0}")]
     Unauthorized(String),
@@ -112,6 +115,7 @@ impl TrackerError {
                 (String::new(), reason.to_owned())
             });
         match status {
+            StatusCode::FORBIDDEN if code == "quota_exceeded" => Self::QuotaExceeded(message),
             StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => Self::BadRequest(message),
             StatusCode::UNAUTHORIZED if code == PEER_TOKEN_CODE => Self::PeerToken(message),
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Self::Unauthorized(message),
@@ -485,6 +489,40 @@ impl TrackerClient {
         limit: u64,
     ) -> Result<FilePeers, TrackerError> {
         let mut query = vec![("limit", limit.to_string())];
+        if let Some(p) = exclude {
+            query.push(("exclude", p.to_string()));
+        }
+        let req = self
+            .request(Method::GET, &format!("/api/files/{id}/peers"))
+            .query(&query);
+        self.call(req, false).await
+    }
+
+    /// `GET /api/files/{hash}?variant=N`: the file with the manifest of one of its variants.
+    pub async fn file_variant(
+        &self,
+        id: &FileId,
+        variant: u32,
+    ) -> Result<FileDetails, TrackerError> {
+        let req = self
+            .request(Method::GET, &format!("/api/files/{id}"))
+            .query(&[("variant", variant.to_string())]);
+        self.call(req, false).await
+    }
+
+    /// `GET /api/files/{hash}/peers?variant=N`: online peers that announced one manifest
+    /// variant of the file, leaving out `exclude`.
+    pub async fn variant_peers(
+        &self,
+        id: &FileId,
+        variant: u32,
+        exclude: Option<&PeerId>,
+        limit: u64,
+    ) -> Result<FilePeers, TrackerError> {
+        let mut query = vec![
+            ("limit", limit.to_string()),
+            ("variant", variant.to_string()),
+        ];
         if let Some(p) = exclude {
             query.push(("exclude", p.to_string()));
         }
@@ -880,6 +918,7 @@ impl Session {
                 Err(TrackerError::PeerToken(_)) => return Some(Round::TokenRefused),
                 Err(
                     e @ (TrackerError::Conflict(_)
+                    | TrackerError::QuotaExceeded(_)
                     | TrackerError::BadRequest(_)
                     | TrackerError::NotFound(_)),
                 ) => {

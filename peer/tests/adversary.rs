@@ -593,13 +593,13 @@ async fn the_tracker_cannot_make_a_peer_dial_local_addresses() {
         let me = Identity::generate().unwrap();
         let own = SocketAddr::from(([127, 0, 0, 1], 9));
         let discovery = Discovery::new(client.clone(), None, me.clone(), own, None);
-        let (_, sources) = discovery.find(&manifest.id).await.unwrap();
+        let sources = discovery.find(&manifest.id).await.unwrap().sources;
         assert!(sources.is_empty(), "local addresses offered: {sources:?}");
         assert_eq!(dialled.load(std::sync::atomic::Ordering::SeqCst), 0);
 
         // Allowed, the tracker's loopback address is what it says.
         let discovery = discovery.allow_local_addrs(true);
-        let (_, sources) = discovery.find(&manifest.id).await.unwrap();
+        let sources = discovery.find(&manifest.id).await.unwrap().sources;
         let addrs = &sources[0].addrs;
         assert!(
             addrs.contains(&SocketAddr::from(([127, 0, 0, 1], port))),

@@ -268,7 +268,7 @@ async fn register_heartbeat_announce_and_swarm_round_trip() {
 }
 
 #[tokio::test]
-async fn unknown_peer_bad_manifest_and_conflict_are_told_apart() {
+async fn unknown_peer_bad_manifest_and_manifest_variants_are_told_apart() {
     let dir = tempfile::tempdir().unwrap();
     let t = tracker(dir.path()).await;
     let c = client(&t);
@@ -309,12 +309,27 @@ async fn unknown_peer_bad_manifest_and_conflict_are_told_apart() {
         let peer = peer_id(4);
         let token = registered(&c, 4).await;
         c.announce(&token, &announce(peer, &m)).await.unwrap();
-        // Same id, other content.
+        // Same id, other content: kept as a second manifest variant, with its own peers.
         let mut other = manifest("a.bin", 2000, 3);
         other.id = m.id;
+        assert_eq!(
+            c.announce(&token, &announce(peer, &other))
+                .await
+                .unwrap()
+                .variant,
+            2
+        );
+        let details = c.file_variant(&m.id, 2).await.unwrap();
+        assert_eq!((details.variant, details.manifest.size), (2, other.size));
+        let swarm = c.variant_peers(&m.id, 2, None, 10).await.unwrap();
+        assert_eq!(swarm.peers[0].variant, Some(2));
         assert!(matches!(
-            c.announce(&token, &announce(peer, &other)).await,
-            Err(TrackerError::Conflict(_))
+            c.variant_peers(&m.id, 1, None, 10).await,
+            Ok(s) if s.peers.is_empty()
+        ));
+        assert!(matches!(
+            c.file_variant(&m.id, 7).await,
+            Err(TrackerError::NotFound(_))
         ));
         // A Merkle root that does not match the chunk hashes.
         let mut bad = manifest("b.bin", 1000, 4);

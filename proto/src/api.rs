@@ -276,6 +276,11 @@ pub struct AnnounceResponse {
     pub created: bool,
     pub chunks_have: u64,
     pub complete: bool,
+    /// The manifest variant the peer's claim is filed under (see [`ManifestVariant`]); 0 from
+    /// trackers that keep one manifest per file.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", oai(default))]
+    pub variant: u32,
 }
 
 /// One file in `GET /api/files`.
@@ -307,7 +312,12 @@ pub struct FileList {
     pub limit: u64,
 }
 
-/// `GET /api/files/{hash}`: the manifest plus swarm figures.
+/// `GET /api/files/{hash}`: a manifest of the file plus swarm figures.
+///
+/// A file id is the SHA-256 of the content, so the tracker cannot tell a true manifest from a
+/// false one: it keeps each distinct manifest announced under an id (a *variant*) with the
+/// peers that announced it. The manifest here is the asked-for variant, by default the one
+/// with the most online announcers; `variants` lists them all, best first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
 #[cfg_attr(feature = "openapi", oai(rename_all = "snake_case"))]
@@ -316,9 +326,44 @@ pub struct FileDetails {
     #[cfg_attr(feature = "openapi", oai(flatten))]
     pub manifest: Manifest,
     pub chunk_count: u64,
+    /// Online peers with the whole file, over all variants.
     pub seeders: u64,
+    /// Online peers with part of it, over all variants.
     pub leechers: u64,
     pub created_at_ms: u64,
+    /// Which variant `manifest` is; 0 from trackers that keep one manifest per file.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", oai(default))]
+    pub variant: u32,
+    /// Every variant of the file, most online announcers first (ties: the oldest first).
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", oai(default))]
+    pub variants: Vec<ManifestVariant>,
+}
+
+/// One distinct manifest announced under a file id, and who announced it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
+#[cfg_attr(feature = "openapi", oai(rename_all = "snake_case"))]
+pub struct ManifestVariant {
+    /// Its number within the file (`?variant=` of `GET /api/files/{hash}` and its peers).
+    pub variant: u32,
+    pub name: String,
+    pub size: u64,
+    pub chunk_count: u64,
+    pub merkle_root: Sha256Hash,
+    /// Online announcers with the whole file.
+    pub seeders: u64,
+    /// Online announcers with part of it.
+    pub leechers: u64,
+    pub created_at_ms: u64,
+}
+
+impl ManifestVariant {
+    /// Its online announcers.
+    pub fn online(&self) -> u64 {
+        self.seeders + self.leechers
+    }
 }
 
 /// One online peer that has (part of) a file.
@@ -342,6 +387,11 @@ pub struct FilePeer {
     pub have: Option<String>,
     pub chunks_have: u64,
     pub last_seen_ms: u64,
+    /// The manifest variant the peer announced (see [`ManifestVariant`]); absent from trackers
+    /// that keep one manifest per file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", oai(skip_serializing_if_is_none))]
+    pub variant: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -349,6 +399,8 @@ pub struct FilePeer {
 #[cfg_attr(feature = "openapi", oai(rename_all = "snake_case"))]
 pub struct FilePeers {
     pub file_id: FileId,
+    /// Chunks of the asked-for variant (without `variant`: of the manifest the file is listed
+    /// with); each peer's `have` has its own variant's chunk count.
     pub chunk_count: u64,
     pub peers: Vec<FilePeer>,
 }

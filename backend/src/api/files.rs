@@ -32,9 +32,13 @@ pub enum Removed {
 #[OpenApi(tag = "ApiTags::Files")]
 impl FilesApi {
     /// A peer announces a file it has, whole or in part (`have`). The manifest is checked
-    /// (chunk count, Merkle root); one that contradicts the stored manifest of the same id is
-    /// refused with 409. Needs the announcing peer's token (401 `peer_token` without a valid
-    /// one, 403 with another peer's).
+    /// (chunk size, file size limit, chunk count, Merkle root). The tracker cannot check it
+    /// against the content, so a manifest that differs from those stored under the same id is
+    /// kept as a further variant with its own announcers (`variant` in the answer); downloaders
+    /// verify and fall back. A new variant counts against the caller's quota (403
+    /// `quota_exceeded`); a file whose every variant (at most `--max-manifest-variants`) has
+    /// online announcers refuses more with 409. Needs the announcing peer's token (401
+    /// `peer_token` without a valid one, 403 with another peer's).
     #[oai(
         path = "/api/files/announce",
         method = "post",
@@ -42,7 +46,7 @@ impl FilesApi {
     )]
     async fn announce(
         &self,
-        _auth: Auth,
+        auth: Auth,
         /// The announcing peer's token, from its registration.
         #[oai(name = "X-Peer-Token")]
         peer_token: Header<Option<String>>,
@@ -51,7 +55,7 @@ impl FilesApi {
         self.0
             .peer_auth
             .check_token(peer_token.0.as_deref(), &body.0.peer_id)?;
-        Ok(Json(self.0.swarm.announce(body.0).await?))
+        Ok(Json(self.0.swarm.announce(body.0, &auth.0).await?))
     }
 
     /// Known files, newest first, with an optional case-insensitive name search.
@@ -75,19 +79,22 @@ impl FilesApi {
         ))
     }
 
-    /// A file's manifest (chunk hashes, Merkle root) and swarm figures.
+    /// A file's manifest (chunk hashes, Merkle root, chain), its manifest variants and swarm
+    /// figures. Without `variant`, the manifest is the variant with the most online announcers.
     #[oai(path = "/api/files/:hash", method = "get", operation_id = "get_file")]
     async fn get(
         &self,
         _auth: Auth,
         hash: Path<FileId, Hash>,
+        /// The manifest variant to return (see `variants`); 404 if the file has none such.
+        variant: Query<Option<u32>>,
     ) -> Result<Json<FileDetails>, ApiError> {
-        Ok(Json(self.0.swarm.file(&hash.0).await?))
+        Ok(Json(self.0.swarm.file(&hash.0, variant.0).await?))
     }
 
-    /// An admin removes a file for everyone: every peer's announce of it and the file itself
-    /// (it leaves the listings; a peer that announces it again brings it back). 403 unless the
-    /// caller is an admin, 404 for an unknown file.
+    /// An admin removes a file for everyone: every peer's announce of it, every manifest
+    /// variant and the file itself (it leaves the listings; a peer that announces it again
+    /// brings it back). 403 unless the caller is an admin, 404 for an unknown file.
     #[oai(
         path = "/api/files/:hash",
         method = "delete",
@@ -100,8 +107,8 @@ impl FilesApi {
         Ok(Removed::NoContent)
     }
 
-    /// Online peers that have the file, whole ones first, with the chunks each has and where
-    /// to reach it.
+    /// Online peers that have the file, whole ones first, with the chunks each has, where to
+    /// reach it and which manifest variant it announced.
     #[oai(
         path = "/api/files/:hash/peers",
         method = "get",
@@ -116,11 +123,13 @@ impl FilesApi {
         /// Most peers to return (default 50, at most 500).
         #[oai(default)]
         limit: Query<u64>,
+        /// Only peers that announced this manifest variant; 404 if the file has none such.
+        variant: Query<Option<u32>>,
     ) -> Result<Json<FilePeers>, ApiError> {
         Ok(Json(
             self.0
                 .swarm
-                .file_peers(&hash.0, exclude.0.as_ref(), limit.0)
+                .file_peers(&hash.0, exclude.0.as_ref(), limit.0, variant.0)
                 .await?,
         ))
     }

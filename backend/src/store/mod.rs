@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures_util::stream::BoxStream;
-use p2p_proto::api::{FilePeer, FileSummary, PeerConnection, PeerInfo, Stats};
+use p2p_proto::api::{FilePeer, FileSummary, ManifestVariant, PeerConnection, PeerInfo, Stats};
 use p2p_proto::{Bitfield, FileId, Manifest, PeerId};
 
 mod postgres;
@@ -107,24 +107,52 @@ pub struct Beat {
     pub connections: Option<Vec<PeerConnection>>,
 }
 
+/// What an announce may make the store keep: each distinct manifest of a file id is a variant,
+/// and variants are bounded per file and per principal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnnounceRules<'a> {
+    /// Who announces (`Principal::subject`): the owner of a variant it stores.
+    pub principal: &'a str,
+    /// Most variants one file id may have. A new one past it takes the place of variants no
+    /// live peer claims, else of one of another principal that stored several variants of the
+    /// file (so one principal cannot lock others out); with neither it is refused.
+    pub max_variants_per_file: u32,
+    /// Most variants (over all files) one principal may have stored at once.
+    pub max_variants_per_principal: u64,
+    /// Peers heard from before this do not hold a variant in place.
+    pub cutoff_ms: u64,
+}
+
 /// What an announce did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AnnounceOutcome {
-    /// The file was new; it is stored now.
-    Created,
-    /// The file was known with the same content.
-    Existing,
+    /// The peer's claim is stored under `variant`.
+    Stored {
+        variant: u32,
+        /// The file id was new to the tracker.
+        file_created: bool,
+        /// The manifest was new for the file id (a new variant).
+        variant_created: bool,
+    },
     /// The announcing peer is not registered.
     UnknownPeer,
-    /// A file with this id is stored with a different size, chunk size or Merkle root.
-    Conflict,
+    /// The manifest would be a new variant, but the file has its maximum of variants, live
+    /// peers claim each, and no other principal stored more than one.
+    TooManyVariants,
+    /// The manifest would be a new variant, but the principal has its maximum stored.
+    QuotaExceeded,
 }
 
-/// A stored file: its manifest and swarm figures.
+/// A stored file: one of its manifests, its variants and swarm figures.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileRecord {
     pub manifest: Manifest,
+    /// Which variant `manifest` is.
+    pub variant: u32,
+    /// Every variant, most live announcers first (ties: the oldest first).
+    pub variants: Vec<ManifestVariant>,
     pub created_at_ms: u64,
+    /// Over all variants.
     pub seeders: u64,
     pub leechers: u64,
 }
@@ -217,29 +245,42 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn list_peers(&self, query: &PeerQuery) -> StoreResult<Page<PeerInfo>>;
     async fn get_peer(&self, id: &PeerId, cutoff_ms: u64) -> StoreResult<Option<PeerInfo>>;
 
-    /// Records that `peer` has `manifest` (whole when `have` is `None`). The manifest must
-    /// already be validated.
+    /// Records that `peer` has `manifest` (whole when `have` is `None`), under the variant
+    /// with that manifest's content, stored now if there is none (within `rules`). A peer has
+    /// one claim per file: announcing another variant moves it. The manifest must already be
+    /// validated.
     async fn announce(
         &self,
         peer: &PeerId,
         manifest: &Manifest,
         have: Option<&Bitfield>,
         now_ms: u64,
+        rules: &AnnounceRules<'_>,
     ) -> StoreResult<AnnounceOutcome>;
     /// Forgets that `peer` has the file; `false` when it had not announced it.
     async fn remove_announce(&self, file: &FileId, peer: &PeerId) -> StoreResult<bool>;
-    /// Forgets a file and every announce of it; its name, or `None` when it was not known.
+    /// Forgets a file, every variant of it and every announce of it; its name, or `None` when
+    /// it was not known.
     async fn delete_file(&self, file: &FileId) -> StoreResult<Option<String>>;
-    async fn get_file(&self, id: &FileId, cutoff_ms: u64) -> StoreResult<Option<FileRecord>>;
+    /// The file with the manifest of `variant`, by default of the variant with the most live
+    /// announcers; `None` for an unknown file or variant.
+    async fn get_file(
+        &self,
+        id: &FileId,
+        cutoff_ms: u64,
+        variant: Option<u32>,
+    ) -> StoreResult<Option<FileRecord>>;
     async fn list_files(&self, query: &FileQuery) -> StoreResult<Page<FileSummary>>;
-    /// Online peers with the file (whole ones first), or `None` for an unknown file. The second
-    /// value is the file's chunk count.
+    /// Online peers with the file (whole ones first), only those of `variant` if given, or
+    /// `None` for an unknown file or variant. The second value is the chunk count of `variant`
+    /// (without one, of the manifest the file is listed with).
     async fn file_peers(
         &self,
         id: &FileId,
         cutoff_ms: u64,
         exclude: Option<&PeerId>,
         limit: u64,
+        variant: Option<u32>,
     ) -> StoreResult<Option<(u64, Vec<FilePeer>)>>;
     /// Counts for the overview (relay and WebSocket figures are left at zero).
     async fn stats(&self, cutoff_ms: u64) -> StoreResult<Stats>;
@@ -431,10 +472,12 @@ macro_rules! sql_store_impl {
                 m: &p2p_proto::Manifest,
                 have: Option<&p2p_proto::Bitfield>,
                 now_ms: u64,
+                rules: &$crate::store::AnnounceRules<'_>,
             ) -> $crate::store::StoreResult<$crate::store::AnnounceOutcome> {
                 use $crate::store::{AnnounceOutcome, rows, sql, to_i64};
                 let file_id = m.id.to_string();
                 let peer_id = peer.to_string();
+                let chain = rows::hashes_blob(&m.chain);
                 let mut tx = self.writer().begin().await?;
                 if sqlx::query_as::<_, rows::PresenceRow>(sql::PEER_PRESENCE)
                     .bind(&peer_id)
@@ -444,46 +487,145 @@ macro_rules! sql_store_impl {
                 {
                     return Ok(AnnounceOutcome::UnknownPeer);
                 }
-                let mut created = false;
-                loop {
-                    let stored = sqlx::query_as::<_, rows::LayoutRow>(sql::FILE_LAYOUT)
-                        .bind(&file_id)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                    match stored {
-                        Some(s) if !s.matches(m) => return Ok(AnnounceOutcome::Conflict),
-                        Some(s) => {
-                            if s.lacks_chain(m) {
-                                sqlx::query(sql::FILL_CHAIN)
-                                    .bind(&file_id)
-                                    .bind(rows::hashes_blob(&m.chain))
-                                    .execute(&mut *tx)
-                                    .await?;
-                            }
-                            break;
-                        }
-                        None => {
-                            let hashes = rows::hashes_blob(&m.chunk_hashes);
-                            let inserted = sqlx::query(sql::INSERT_FILE)
+                let (mut file_created, mut variant_created) = (false, false);
+                let found = sqlx::query_as::<_, rows::VariantMatchRow>(sql::FIND_VARIANT)
+                    .bind(&file_id)
+                    .bind(to_i64(m.size))
+                    .bind(i64::from(m.chunk_size))
+                    .bind(m.merkle_root.to_string())
+                    .bind(&chain)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let variant = match found {
+                    Some(v) => {
+                        if v.lacks_chain(m) {
+                            sqlx::query(sql::FILL_CHAIN)
                                 .bind(&file_id)
+                                .bind(v.variant)
+                                .bind(&chain)
+                                .execute(&mut *tx)
+                                .await?;
+                        }
+                        v.variant
+                    }
+                    None => {
+                        let (stored,): (i64,) = sqlx::query_as(sql::COUNT_PRINCIPAL_VARIANTS)
+                            .bind(rules.principal)
+                            .fetch_one(&mut *tx)
+                            .await?;
+                        if stored.max(0) as u64 >= rules.max_variants_per_principal {
+                            return Ok(AnnounceOutcome::QuotaExceeded);
+                        }
+                        let inserted = sqlx::query(sql::INSERT_FILE)
+                            .bind(&file_id)
+                            .bind(&m.name)
+                            .bind(to_i64(m.size))
+                            .bind(i64::from(m.chunk_size))
+                            .bind(to_i64(m.chunk_count()))
+                            .bind(m.merkle_root.to_string())
+                            .bind(Vec::<u8>::new())
+                            .bind(to_i64(now_ms))
+                            .execute(&mut *tx)
+                            .await?;
+                        if inserted.rows_affected() > 0 {
+                            sqlx::query(sql::INSERT_VARIANT)
+                                .bind(&file_id)
+                                .bind(1i64)
                                 .bind(&m.name)
                                 .bind(to_i64(m.size))
                                 .bind(i64::from(m.chunk_size))
                                 .bind(to_i64(m.chunk_count()))
                                 .bind(m.merkle_root.to_string())
-                                .bind(hashes)
-                                .bind(rows::hashes_blob(&m.chain))
+                                .bind(rows::hashes_blob(&m.chunk_hashes))
+                                .bind(&chain)
+                                .bind(rules.principal)
                                 .bind(to_i64(now_ms))
                                 .execute(&mut *tx)
                                 .await?;
-                            // Zero rows: another tracker stored it meanwhile; compare again.
-                            created = inserted.rows_affected() > 0;
-                            if created {
-                                break;
+                            file_created = true;
+                            variant_created = true;
+                            1
+                        } else {
+                            // A known file: number a new variant. Taking the number locks the
+                            // file's row, so look again afterwards: another tracker may have
+                            // stored this manifest meanwhile.
+                            let (number,): (i64,) = sqlx::query_as(sql::NEXT_VARIANT)
+                                .bind(&file_id)
+                                .fetch_one(&mut *tx)
+                                .await?;
+                            let found =
+                                sqlx::query_as::<_, rows::VariantMatchRow>(sql::FIND_VARIANT)
+                                    .bind(&file_id)
+                                    .bind(to_i64(m.size))
+                                    .bind(i64::from(m.chunk_size))
+                                    .bind(m.merkle_root.to_string())
+                                    .bind(&chain)
+                                    .fetch_optional(&mut *tx)
+                                    .await?;
+                            match found {
+                                Some(v) => v.variant,
+                                None => {
+                                    let max = u64::from(rules.max_variants_per_file);
+                                    let (count,): (i64,) = sqlx::query_as(sql::COUNT_FILE_VARIANTS)
+                                        .bind(&file_id)
+                                        .fetch_one(&mut *tx)
+                                        .await?;
+                                    if count.max(0) as u64 >= max {
+                                        // Full: make room from the variants no live peer holds,
+                                        // else from a principal that stored several.
+                                        sqlx::query(sql::DROP_IDLE_VARIANTS)
+                                            .bind(&file_id)
+                                            .bind(to_i64(rules.cutoff_ms))
+                                            .execute(&mut *tx)
+                                            .await?;
+                                        let (count,): (i64,) =
+                                            sqlx::query_as(sql::COUNT_FILE_VARIANTS)
+                                                .bind(&file_id)
+                                                .fetch_one(&mut *tx)
+                                                .await?;
+                                        if count.max(0) as u64 >= max {
+                                            let crowded =
+                                                sqlx::query_as::<_, (i64,)>(sql::CROWDED_VARIANT)
+                                                    .bind(&file_id)
+                                                    .bind(rules.principal)
+                                                    .bind(to_i64(rules.cutoff_ms))
+                                                    .fetch_optional(&mut *tx)
+                                                    .await?;
+                                            let Some((crowded,)) = crowded else {
+                                                return Ok(AnnounceOutcome::TooManyVariants);
+                                            };
+                                            sqlx::query(sql::DELETE_VARIANT)
+                                                .bind(&file_id)
+                                                .bind(crowded)
+                                                .execute(&mut *tx)
+                                                .await?;
+                                        }
+                                        sqlx::query(sql::DROP_ORPHAN_CLAIMS)
+                                            .bind(&file_id)
+                                            .execute(&mut *tx)
+                                            .await?;
+                                    }
+                                    sqlx::query(sql::INSERT_VARIANT)
+                                        .bind(&file_id)
+                                        .bind(number)
+                                        .bind(&m.name)
+                                        .bind(to_i64(m.size))
+                                        .bind(i64::from(m.chunk_size))
+                                        .bind(to_i64(m.chunk_count()))
+                                        .bind(m.merkle_root.to_string())
+                                        .bind(rows::hashes_blob(&m.chunk_hashes))
+                                        .bind(&chain)
+                                        .bind(rules.principal)
+                                        .bind(to_i64(now_ms))
+                                        .execute(&mut *tx)
+                                        .await?;
+                                    variant_created = true;
+                                    number
+                                }
                             }
                         }
                     }
-                }
+                };
                 let (have_bytes, chunks_have) = match have {
                     Some(b) if !b.is_complete() => (Some(b.as_bytes().to_vec()), b.count_ones()),
                     _ => (None, m.chunk_count()),
@@ -494,13 +636,14 @@ macro_rules! sql_store_impl {
                     .bind(have_bytes)
                     .bind(to_i64(chunks_have))
                     .bind(to_i64(now_ms))
+                    .bind(variant)
                     .execute(&mut *tx)
                     .await?;
                 tx.commit().await?;
-                Ok(if created {
-                    AnnounceOutcome::Created
-                } else {
-                    AnnounceOutcome::Existing
+                Ok(AnnounceOutcome::Stored {
+                    variant: rows::to_variant(variant)?,
+                    file_created,
+                    variant_created,
                 })
             }
 
@@ -540,14 +683,48 @@ macro_rules! sql_store_impl {
                 &self,
                 id: &p2p_proto::FileId,
                 cutoff_ms: u64,
+                variant: Option<u32>,
             ) -> $crate::store::StoreResult<Option<$crate::store::FileRecord>> {
                 use $crate::store::{rows, sql, to_i64};
-                let row = sqlx::query_as::<_, rows::FileRow>(sql::GET_FILE)
-                    .bind(id.to_string())
-                    .bind(to_i64(cutoff_ms))
+                let file_id = id.to_string();
+                let Some((created_at,)) = sqlx::query_as::<_, (i64,)>(sql::FILE_CREATED_AT)
+                    .bind(&file_id)
                     .fetch_optional(self.reader())
-                    .await?;
-                row.map(TryInto::try_into).transpose()
+                    .await?
+                else {
+                    return Ok(None);
+                };
+                let mut variants: Vec<p2p_proto::api::ManifestVariant> =
+                    sqlx::query_as::<_, rows::VariantRow>(sql::FILE_VARIANTS)
+                        .bind(&file_id)
+                        .bind(to_i64(cutoff_ms))
+                        .fetch_all(self.reader())
+                        .await?
+                        .into_iter()
+                        .map(TryInto::try_into)
+                        .collect::<Result<_, _>>()?;
+                // Most live announcers first; the oldest first among equals.
+                variants.sort_by_key(|v| (std::cmp::Reverse(v.online()), v.variant));
+                let Some(chosen) = variant.or_else(|| variants.first().map(|v| v.variant)) else {
+                    return Ok(None);
+                };
+                let Some(row) =
+                    sqlx::query_as::<_, rows::VariantManifestRow>(sql::VARIANT_MANIFEST)
+                        .bind(&file_id)
+                        .bind(i64::from(chosen))
+                        .fetch_optional(self.reader())
+                        .await?
+                else {
+                    return Ok(None);
+                };
+                Ok(Some($crate::store::FileRecord {
+                    manifest: row.into_manifest(*id)?,
+                    variant: chosen,
+                    seeders: variants.iter().map(|v| v.seeders).sum(),
+                    leechers: variants.iter().map(|v| v.leechers).sum(),
+                    variants,
+                    created_at_ms: created_at.max(0) as u64,
+                }))
             }
 
             async fn list_files(
@@ -582,14 +759,26 @@ macro_rules! sql_store_impl {
                 cutoff_ms: u64,
                 exclude: Option<&p2p_proto::PeerId>,
                 limit: u64,
+                variant: Option<u32>,
             ) -> $crate::store::StoreResult<Option<(u64, Vec<p2p_proto::api::FilePeer>)>> {
                 use $crate::store::{rows, sql, to_i64};
                 let file_id = id.to_string();
-                let Some(count) = sqlx::query_as::<_, (i64,)>(sql::FILE_CHUNK_COUNT)
-                    .bind(&file_id)
-                    .fetch_optional(self.reader())
-                    .await?
-                else {
+                let count = match variant {
+                    Some(v) => {
+                        sqlx::query_as::<_, (i64,)>(sql::VARIANT_CHUNK_COUNT)
+                            .bind(&file_id)
+                            .bind(i64::from(v))
+                            .fetch_optional(self.reader())
+                            .await?
+                    }
+                    None => {
+                        sqlx::query_as::<_, (i64,)>(sql::FILE_CHUNK_COUNT)
+                            .bind(&file_id)
+                            .fetch_optional(self.reader())
+                            .await?
+                    }
+                };
+                let Some(count) = count else {
                     return Ok(None);
                 };
                 let chunk_count = count.0.max(0) as u64;
@@ -598,11 +787,12 @@ macro_rules! sql_store_impl {
                     .bind(to_i64(cutoff_ms))
                     .bind(exclude.map(|p| p.to_string()).unwrap_or_default())
                     .bind(to_i64(limit))
+                    .bind(variant.map_or(-1, i64::from))
                     .fetch_all(self.reader())
                     .await?;
                 let peers = found
                     .into_iter()
-                    .map(|r| r.into_api(chunk_count))
+                    .map(rows::FilePeerRow::into_api)
                     .collect::<Result<_, _>>()?;
                 Ok(Some((chunk_count, peers)))
             }

@@ -2,10 +2,10 @@
 //!
 //! The `FromRow` derives are generic over the row type, so both backends share these.
 
-use p2p_proto::api::{FilePeer, FileSummary, PeerConnection, PeerInfo, Stats};
+use p2p_proto::api::{FilePeer, FileSummary, ManifestVariant, PeerConnection, PeerInfo, Stats};
 use p2p_proto::{Bitfield, FileId, Manifest, Sha256Hash};
 
-use super::{ApiKeyRecord, FileRecord, Presence, StoreError, UserRecord};
+use super::{ApiKeyRecord, Presence, StoreError, UserRecord};
 
 fn corrupt(what: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(what.to_string())
@@ -123,28 +123,24 @@ impl TryFrom<PeerRow> for PeerInfo {
     }
 }
 
+/// A stored variant that has an announced manifest's content.
 #[derive(sqlx::FromRow)]
-pub(super) struct LayoutRow {
-    size: i64,
-    chunk_size: i64,
-    merkle_root: String,
+pub(super) struct VariantMatchRow {
+    pub variant: i64,
     chain_len: i64,
 }
 
-impl LayoutRow {
-    /// Whether the stored file has the manifest's content. The stored root was checked against
-    /// the stored chunk hashes when it was written, so comparing roots compares the hashes.
-    pub fn matches(&self, m: &Manifest) -> bool {
-        to_u64(self.size) == m.size
-            && to_u64(self.chunk_size) == u64::from(m.chunk_size)
-            && self.merkle_root == m.merkle_root.to_string()
-    }
-
-    /// Whether the stored file has no chain yet (it was stored before chains were kept) while
-    /// `m` brings one.
+impl VariantMatchRow {
+    /// Whether the variant has no chain yet (it was stored before chains were kept) while `m`
+    /// brings one.
     pub fn lacks_chain(&self, m: &Manifest) -> bool {
         self.chain_len == 0 && !m.chain.is_empty()
     }
+}
+
+/// A variant number as stored.
+pub(super) fn to_variant(v: i64) -> Result<u32, StoreError> {
+    u32::try_from(v).map_err(|_| corrupt(format_args!("bad variant number {v}")))
 }
 
 /// A list of 32-byte values stored as one blob.
@@ -169,38 +165,54 @@ fn hashes_of_blob(blob: &[u8], what: &str) -> Result<Vec<Sha256Hash>, StoreError
 }
 
 #[derive(sqlx::FromRow)]
-pub(super) struct FileRow {
-    id: String,
+pub(super) struct VariantRow {
+    variant: i64,
+    name: String,
+    size: i64,
+    chunk_count: i64,
+    merkle_root: String,
+    created_at: i64,
+    seeders: i64,
+    leechers: i64,
+}
+
+impl TryFrom<VariantRow> for ManifestVariant {
+    type Error = StoreError;
+
+    fn try_from(r: VariantRow) -> Result<Self, StoreError> {
+        Ok(ManifestVariant {
+            variant: to_variant(r.variant)?,
+            name: r.name,
+            size: to_u64(r.size),
+            chunk_count: to_u64(r.chunk_count),
+            merkle_root: parse_id(&r.merkle_root)?,
+            seeders: to_u64(r.seeders),
+            leechers: to_u64(r.leechers),
+            created_at_ms: to_u64(r.created_at),
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct VariantManifestRow {
     name: String,
     size: i64,
     chunk_size: i64,
     merkle_root: String,
     chunk_hashes: Vec<u8>,
     chain: Vec<u8>,
-    created_at: i64,
-    seeders: i64,
-    leechers: i64,
 }
 
-impl TryFrom<FileRow> for FileRecord {
-    type Error = StoreError;
-
-    fn try_from(r: FileRow) -> Result<Self, StoreError> {
-        let chunk_hashes = hashes_of_blob(&r.chunk_hashes, "chunk hash")?;
-        let chain = hashes_of_blob(&r.chain, "chain")?;
-        Ok(FileRecord {
-            manifest: Manifest {
-                id: parse_id(&r.id)?,
-                name: r.name,
-                size: to_u64(r.size),
-                chunk_size: u32::try_from(r.chunk_size).map_err(|_| corrupt("bad chunk size"))?,
-                chunk_hashes,
-                merkle_root: parse_id(&r.merkle_root)?,
-                chain,
-            },
-            created_at_ms: to_u64(r.created_at),
-            seeders: to_u64(r.seeders),
-            leechers: to_u64(r.leechers),
+impl VariantManifestRow {
+    pub fn into_manifest(self, id: FileId) -> Result<Manifest, StoreError> {
+        Ok(Manifest {
+            id,
+            name: self.name,
+            size: to_u64(self.size),
+            chunk_size: u32::try_from(self.chunk_size).map_err(|_| corrupt("bad chunk size"))?,
+            chunk_hashes: hashes_of_blob(&self.chunk_hashes, "chunk hash")?,
+            merkle_root: parse_id(&self.merkle_root)?,
+            chain: hashes_of_blob(&self.chain, "chain")?,
         })
     }
 }
@@ -247,10 +259,14 @@ pub(super) struct FilePeerRow {
     have: Option<Vec<u8>>,
     chunks_have: i64,
     last_seen: i64,
+    variant: i64,
+    /// Chunks of the claim's variant.
+    chunk_count: i64,
 }
 
 impl FilePeerRow {
-    pub fn into_api(self, chunk_count: u64) -> Result<FilePeer, StoreError> {
+    pub fn into_api(self) -> Result<FilePeer, StoreError> {
+        let chunk_count = to_u64(self.chunk_count);
         let mut addresses = parse_addresses(&self.addresses)?;
         // The address the tracker saw comes last: announced addresses may be more direct
         // (a LAN address), the observed one works across NAT for outbound-capable peers.
@@ -275,6 +291,7 @@ impl FilePeerRow {
             have,
             chunks_have: to_u64(self.chunks_have),
             last_seen_ms: to_u64(self.last_seen),
+            variant: Some(to_variant(self.variant)?),
         })
     }
 }

@@ -66,24 +66,83 @@ pub(super) const COUNT_PEERS: &str = concat!(
     ")"
 );
 
-pub(super) const FILE_LAYOUT: &str =
-    "SELECT size, chunk_size, merkle_root, CAST(length(chain) AS BIGINT) AS chain_len
-     FROM files WHERE id = $1";
-
+/// Creates a file's listing row (its first variant goes into `file_variants`).
 pub(super) const INSERT_FILE: &str = "\
-INSERT INTO files (id, name, size, chunk_size, chunk_count, merkle_root, chunk_hashes, chain, created_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+INSERT INTO files (id, name, size, chunk_size, chunk_count, merkle_root, chunk_hashes, chain,
+                   created_at, variants_made)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, 1)
 ON CONFLICT (id) DO NOTHING";
 
-/// Gives a file stored before chains were kept the chain a peer announced with it.
+/// The variant of file `$1` with the manifest's content: the same size, chunk size and Merkle
+/// root (so the same chunk hashes) and the same chain, or no chain yet (a variant stored before
+/// chains were kept); an exact match first.
+pub(super) const FIND_VARIANT: &str = "\
+SELECT variant, CAST(length(chain) AS BIGINT) AS chain_len FROM file_variants
+WHERE file_id = $1 AND size = $2 AND chunk_size = $3 AND merkle_root = $4
+  AND (chain = $5 OR length(chain) = 0)
+ORDER BY length(chain) DESC, variant
+LIMIT 1";
+
+/// Gives a variant stored before chains were kept the chain a peer announced with it.
 pub(super) const FILL_CHAIN: &str =
-    "UPDATE files SET chain = $2 WHERE id = $1 AND length(chain) = 0";
+    "UPDATE file_variants SET chain = $3 WHERE file_id = $1 AND variant = $2 AND length(chain) = 0";
+
+/// Takes the next variant number of a file. The row lock it takes (PostgreSQL) holds other
+/// trackers' new variants of the file back until this transaction ends, so two announces of one
+/// new manifest cannot store it twice.
+pub(super) const NEXT_VARIANT: &str =
+    "UPDATE files SET variants_made = variants_made + 1 WHERE id = $1 RETURNING variants_made";
+
+pub(super) const INSERT_VARIANT: &str = "\
+INSERT INTO file_variants (file_id, variant, name, size, chunk_size, chunk_count, merkle_root,
+                           chunk_hashes, chain, principal, created_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+
+pub(super) const COUNT_PRINCIPAL_VARIANTS: &str =
+    "SELECT COUNT(*) FROM file_variants WHERE principal = $1";
+
+pub(super) const COUNT_FILE_VARIANTS: &str =
+    "SELECT COUNT(*) FROM file_variants WHERE file_id = $1";
+
+/// Drops the variants of file `$1` that no peer live at cutoff `$2` claims.
+pub(super) const DROP_IDLE_VARIANTS: &str = concat!(
+    "DELETE FROM file_variants WHERE file_id = $1 AND NOT EXISTS (
+        SELECT 1 FROM file_peers fp JOIN peers p ON p.id = fp.peer_id
+        WHERE fp.file_id = file_variants.file_id AND fp.variant = file_variants.variant AND ",
+    live_peer!("p", "$2"),
+    ")"
+);
+
+/// The variant of file `$1` to give up for a new one from principal `$2` when every variant
+/// has live announcers (cutoff `$3`): one stored by another principal that stored several
+/// variants of this file (an honest principal's peers agree on one manifest), the one with the
+/// fewest live announcers, the newest among those.
+pub(super) const CROWDED_VARIANT: &str = concat!(
+    "SELECT v.variant FROM file_variants v
+    WHERE v.file_id = $1 AND v.principal <> $2
+      AND (SELECT COUNT(*) FROM file_variants o
+           WHERE o.file_id = v.file_id AND o.principal = v.principal) > 1
+    ORDER BY (SELECT COUNT(*) FROM file_peers fp JOIN peers p ON p.id = fp.peer_id
+              WHERE fp.file_id = v.file_id AND fp.variant = v.variant AND ",
+    live_peer!("p", "$3"),
+    "), v.variant DESC
+    LIMIT 1"
+);
+
+pub(super) const DELETE_VARIANT: &str =
+    "DELETE FROM file_variants WHERE file_id = $1 AND variant = $2";
+
+/// Drops the claims of file `$1` whose variant is gone.
+pub(super) const DROP_ORPHAN_CLAIMS: &str = "\
+DELETE FROM file_peers WHERE file_id = $1 AND NOT EXISTS (
+    SELECT 1 FROM file_variants v WHERE v.file_id = file_peers.file_id AND v.variant = file_peers.variant)";
 
 pub(super) const UPSERT_FILE_PEER: &str = "\
-INSERT INTO file_peers (file_id, peer_id, have, chunks_have, updated_at)
-VALUES ($1, $2, $3, $4, $5)
+INSERT INTO file_peers (file_id, peer_id, have, chunks_have, updated_at, variant)
+VALUES ($1, $2, $3, $4, $5, $6)
 ON CONFLICT (file_id, peer_id) DO UPDATE SET
-    have = excluded.have, chunks_have = excluded.chunks_have, updated_at = excluded.updated_at";
+    have = excluded.have, chunks_have = excluded.chunks_have, updated_at = excluded.updated_at,
+    variant = excluded.variant";
 
 pub(super) const DELETE_FILE_PEERS: &str = "DELETE FROM file_peers WHERE file_id = $1";
 
@@ -108,11 +167,33 @@ macro_rules! swarm_counts {
     };
 }
 
-pub(super) const GET_FILE: &str = concat!(
-    "SELECT f.id, f.name, f.size, f.chunk_size, f.merkle_root, f.chunk_hashes, f.chain, f.created_at, ",
-    swarm_counts!("$2"),
-    " FROM files f WHERE f.id = $1"
+pub(super) const FILE_CREATED_AT: &str = "SELECT created_at FROM files WHERE id = $1";
+
+/// Seeders and leechers of variant `v` among peers live at cutoff `$n`.
+macro_rules! variant_counts {
+    ($cutoff:literal) => {
+        concat!(
+            "(SELECT COUNT(*) FROM file_peers fp JOIN peers p ON p.id = fp.peer_id
+              WHERE fp.file_id = v.file_id AND fp.variant = v.variant AND fp.have IS NULL AND ",
+            live_peer!("p", $cutoff),
+            ") AS seeders,
+             (SELECT COUNT(*) FROM file_peers fp JOIN peers p ON p.id = fp.peer_id
+              WHERE fp.file_id = v.file_id AND fp.variant = v.variant AND fp.have IS NOT NULL AND ",
+            live_peer!("p", $cutoff),
+            ") AS leechers"
+        )
+    };
+}
+
+pub(super) const FILE_VARIANTS: &str = concat!(
+    "SELECT v.variant, v.name, v.size, v.chunk_count, v.merkle_root, v.created_at, ",
+    variant_counts!("$2"),
+    " FROM file_variants v WHERE v.file_id = $1 ORDER BY v.variant"
 );
+
+pub(super) const VARIANT_MANIFEST: &str = "\
+SELECT name, size, chunk_size, merkle_root, chunk_hashes, chain FROM file_variants
+WHERE file_id = $1 AND variant = $2";
 
 pub(super) const LIST_FILES: &str = concat!(
     "SELECT f.id, f.name, f.size, f.chunk_size, f.chunk_count, f.merkle_root, f.created_at, ",
@@ -128,13 +209,18 @@ pub(super) const COUNT_FILES: &str =
 
 pub(super) const FILE_CHUNK_COUNT: &str = "SELECT chunk_count FROM files WHERE id = $1";
 
+pub(super) const VARIANT_CHUNK_COUNT: &str =
+    "SELECT chunk_count FROM file_variants WHERE file_id = $1 AND variant = $2";
+
+/// Live claims of file `$1`, of variant `$5` only unless it is negative.
 pub(super) const FILE_PEERS: &str = concat!(
     "SELECT p.id, p.addresses, p.observed_ip, p.port, p.udp_port, p.relay_only, fp.have,
-        fp.chunks_have, p.last_seen
+        fp.chunks_have, p.last_seen, fp.variant, v.chunk_count
     FROM file_peers fp JOIN peers p ON p.id = fp.peer_id
+        JOIN file_variants v ON v.file_id = fp.file_id AND v.variant = fp.variant
     WHERE fp.file_id = $1 AND ",
     live_peer!("p", "$2"),
-    " AND p.id <> $3
+    " AND p.id <> $3 AND ($5 < 0 OR fp.variant = $5)
     ORDER BY (fp.have IS NULL) DESC, p.last_seen DESC, p.id
     LIMIT $4"
 );

@@ -139,6 +139,16 @@ pub enum DownloadError {
     StoreTask,
 }
 
+impl DownloadError {
+    /// Whether the download failed for its manifest: no peer offering it delivered a chunk
+    /// that verifies against it, or it contradicts itself. Another manifest announced under
+    /// the same id (the tracker keeps every one) may do better; the disk and the like would
+    /// fail another one alike.
+    pub fn variant_failed(&self) -> bool {
+        matches!(self, Self::Stalled { .. } | Self::BadManifest(_))
+    }
+}
+
 /// What each peer did for a download.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PeerReport {

@@ -9,7 +9,7 @@ use p2p_proto::{FileId, Manifest};
 
 use super::{Node, NodeError};
 use crate::config::NodeArgs;
-use crate::discovery::{Discovery, FindError};
+use crate::discovery::{Discovery, FindError, Found};
 use crate::download::{self, Contributions, DownloadError, DownloadOptions, DownloadReport};
 use crate::net::PeerAddr;
 use crate::tracker_client::{
@@ -126,14 +126,24 @@ impl Peer {
         })
     }
 
-    /// The manifest of `id` and the peers to fetch it from (see [`Discovery::find`]); at
-    /// least one peer.
-    pub async fn find(&self, id: &FileId) -> Result<(Manifest, Vec<PeerAddr>), FetchError> {
-        let (manifest, sources) = self.discovery.find(id).await?;
-        if sources.is_empty() {
-            return Err(FetchError::NoPeers(manifest.name));
+    /// The manifest of `id` and the peers to fetch it from, with further manifest variants to
+    /// fall back to (see [`Discovery::find`]); at least one peer.
+    pub async fn find(&self, id: &FileId) -> Result<Found, FetchError> {
+        let found = self.discovery.find(id).await?;
+        if found.sources.is_empty() {
+            return Err(FetchError::NoPeers(found.manifest.name));
         }
-        Ok((manifest, sources))
+        Ok(found)
+    }
+
+    /// After a download with one manifest of `id` failed as [`DownloadError::variant_failed`]
+    /// says, the next of `fallbacks` that has peers (see [`Discovery::next_variant`]).
+    pub async fn next_variant(
+        &self,
+        id: &FileId,
+        fallbacks: &mut Vec<u32>,
+    ) -> Option<(Manifest, Vec<PeerAddr>)> {
+        self.discovery.next_variant(id, fallbacks).await
     }
 
     /// Downloads `manifest` from `sources` into the data dir, counting each peer's verified
