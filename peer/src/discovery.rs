@@ -308,6 +308,12 @@ impl Discovery {
             return Err(FindError::OtherFile);
         }
         manifest.validate().map_err(FindError::Manifest)?;
+        Ok((manifest, self.tracker_peers(id).await?))
+    }
+
+    /// The peers the tracker lists for `id` now, as sources: asked again while a download runs,
+    /// so that leechers which joined after it started are found.
+    pub async fn tracker_peers(&self, id: &FileId) -> Result<Vec<PeerAddr>, FindError> {
         let swarm = self
             .tracker
             .file_peers(id, Some(&self.identity.peer_id()), TRACKER_PEERS)
@@ -329,7 +335,7 @@ impl Discovery {
                 None => {}
             }
         }
-        Ok((manifest, sources))
+        Ok(sources)
     }
 }
 
