@@ -415,6 +415,43 @@ impl Discovery {
         Ok((details.manifest, self.sources(swarm.peers).await))
     }
 
+    /// The tracker's number for the variant of `id` whose manifest is `manifest` (the one with
+    /// its Merkle root); `None` when the tracker keeps one manifest per file or lists no such
+    /// variant.
+    pub async fn variant_of(&self, manifest: &Manifest) -> Result<Option<u32>, FindError> {
+        let details = self
+            .tracker
+            .file(&manifest.id)
+            .await
+            .map_err(FindError::File)?;
+        Ok(details
+            .variants
+            .iter()
+            .find(|v| v.merkle_root == manifest.merkle_root)
+            .map(|v| v.variant))
+    }
+
+    /// The peers the tracker lists for `id` now (those of `variant`, when given), as sources:
+    /// asked again while a download runs, so that leechers which joined after it started are
+    /// found.
+    pub async fn tracker_peers(
+        &self,
+        id: &FileId,
+        variant: Option<u32>,
+    ) -> Result<Vec<PeerAddr>, FindError> {
+        let me = Some(self.identity.peer_id());
+        let swarm = match variant {
+            Some(v) => {
+                self.tracker
+                    .variant_peers(id, v, me.as_ref(), TRACKER_PEERS)
+                    .await
+            }
+            None => self.tracker.file_peers(id, me.as_ref(), TRACKER_PEERS).await,
+        }
+        .map_err(FindError::Peers)?;
+        Ok(self.sources(swarm.peers).await)
+    }
+
     /// The tracker's peers as download sources.
     async fn sources(&self, peers: Vec<FilePeer>) -> Vec<PeerAddr> {
         let mut sources = Vec::new();

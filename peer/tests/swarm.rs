@@ -13,7 +13,7 @@ use support::content;
 
 use bytes::Bytes;
 use p2p_peer::Identity;
-use p2p_peer::download::{DownloadOptions, download};
+use p2p_peer::download::{DownloadOptions, download, download_growing};
 use p2p_peer::net::PeerAddr;
 use p2p_peer::net::accept::Acceptor;
 use p2p_peer::net::connector::Connector;
@@ -506,5 +506,47 @@ async fn a_second_download_of_the_same_file_joins_the_first() {
         a.fetched_chunks + b.fetched_chunks,
         f.manifest.chunk_count()
     );
+    f.stop.cancel();
+}
+
+/// A download uses the peers found while it runs (the tracker asked again): here the first
+/// source has only the even chunks, and the peer with the odd ones arrives later, listed with
+/// the first again (which gets no second worker).
+#[tokio::test]
+async fn peers_found_while_a_download_runs_are_fetched_from_too() {
+    let f = fixture(4 * 1024 * 1024 + 5);
+    let evens = partial_peer(&f, |i| i % 2 == 0, &f.stop).await;
+    let odds = partial_peer(&f, |i| i % 2 == 1, &f.stop).await;
+    let (found, more) = tokio::sync::mpsc::channel(1);
+    let out = tempfile::tempdir().unwrap();
+    let me = Identity::generate().unwrap();
+    let run = download_growing(
+        &me,
+        &f.manifest,
+        std::slice::from_ref(&evens),
+        Some(more),
+        out.path(),
+        Arc::new(Library::new()),
+        DownloadOptions::default(),
+    );
+    let later = async {
+        found.send(vec![evens.clone(), odds.clone()]).await.unwrap();
+        found
+    };
+    let (report, _found) =
+        tokio::time::timeout(Duration::from_secs(60), async { tokio::join!(run, later) })
+            .await
+            .expect("download finished in time");
+    let report = report.expect("download succeeded");
+    assert_eq!(std::fs::read(&report.path).unwrap(), *f.data);
+    assert_eq!(report.peers.len(), 2, "{:?}", report.peers);
+    for p in [&evens, &odds] {
+        let r = report
+            .peers
+            .iter()
+            .find(|r| r.peer_id == p.peer_id)
+            .unwrap();
+        assert!(r.bytes > 0, "{r:?}");
+    }
     f.stop.cancel();
 }

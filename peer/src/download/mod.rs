@@ -41,7 +41,7 @@ mod state;
 mod store;
 mod worker;
 
-pub use run::download;
+pub use run::{MoreSources, download, download_growing};
 pub use score::{PeerScore, Scoreboard, Sizing};
 
 /// Tuning of a download.

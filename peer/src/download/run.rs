@@ -2,13 +2,15 @@
 //! each source peer, wait until the file is complete or every worker has given up, then
 //! complete the file or save what there is for resuming.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use p2p_proto::Manifest;
+use p2p_proto::{Manifest, PeerId};
 use parking_lot::Mutex;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::lane::Lane;
@@ -23,12 +25,30 @@ use crate::identity::Identity;
 use crate::net::PeerAddr;
 use crate::storage::{Library, PartialDownload};
 
+/// Source peers found while a download runs: each message lists peers that may be new (the
+/// tracker asked again, say); peers the download already uses are skipped.
+pub type MoreSources = mpsc::Receiver<Vec<PeerAddr>>;
+
 /// Downloads `manifest` from `sources` into `data_dir` (partial data in `data_dir/.partial`,
 /// offered to other peers while it grows). Resumes from earlier partial data.
 pub async fn download(
     identity: &Identity,
     manifest: &Manifest,
     sources: &[PeerAddr],
+    data_dir: &Path,
+    library: Arc<Library>,
+    opts: DownloadOptions,
+) -> Result<DownloadReport, DownloadError> {
+    download_growing(identity, manifest, sources, None, data_dir, library, opts).await
+}
+
+/// [`download`], also fetching from the peers that `more` brings while it runs: in a swarm,
+/// the leechers that joined after this one started have chunks to offer too.
+pub async fn download_growing(
+    identity: &Identity,
+    manifest: &Manifest,
+    sources: &[PeerAddr],
+    more: Option<MoreSources>,
     data_dir: &Path,
     library: Arc<Library>,
     opts: DownloadOptions,
@@ -56,17 +76,16 @@ pub async fn download(
         library.clone(),
     ));
     let already = shared.sched.lock().complete();
-    let workers = if already {
-        Vec::new()
-    } else {
-        spawn_workers(&shared, identity, sources, &opts)
-    };
+    let mut workers = Workers::new(&shared, identity, &opts);
+    if !already {
+        workers.add(sources);
+    }
     // The resume state is saved in the background, flushing outside the download's lock.
     let saver = tokio::spawn(save_periodically(
         shared.partial.clone(),
         shared.stop.clone(),
     ));
-    let peers = wait(&shared, workers).await;
+    let peers = wait(&shared, workers, more).await;
     let _ = saver.await;
     let path = finish(&shared, data_dir).await?;
     library.completed(&manifest.id, path.clone());
@@ -103,63 +122,104 @@ async fn open_partial(
     Ok(partial)
 }
 
-/// Starts a worker per connection to each source but this node (see
-/// [`DownloadOptions::connections_per_peer`]), in order: each peer's main connection first.
-fn spawn_workers(
-    shared: &Arc<Shared>,
-    identity: &Identity,
-    sources: &[PeerAddr],
-    opts: &DownloadOptions,
-) -> Vec<JoinHandle<PeerReport>> {
-    let peers: Vec<&PeerAddr> = sources
-        .iter()
-        .filter(|s| s.peer_id != identity.peer_id())
-        .collect();
-    let lanes = opts
-        .connections_per_peer
-        .unwrap_or_else(|| connections_per_peer(peers.len()));
-    let mut workers = Vec::new();
-    for peer in peers {
-        for lane in Lane::for_peer(lanes) {
-            let (shared, identity, peer) = (shared.clone(), identity.clone(), peer.clone());
-            let opts = opts.clone();
-            workers.push(tokio::spawn(async move {
-                let mut report = PeerReport::new(peer.peer_id);
-                let result = tokio::select! {
-                    _ = shared.stop.cancelled() => Ok(()),
-                    r = worker::run(&shared, &identity, &peer, lane, &opts, &mut report) => r,
-                };
-                if let Err(e) = result {
-                    report.error = Some(e.to_string());
-                }
-                report.score = shared.scores.get(&peer.peer_id);
-                shared.workers_ended.fetch_add(1, Ordering::SeqCst);
-                shared.done.notify_one();
-                report
-            }));
-        }
-    }
-    workers
+/// The workers of a download: one per connection to each source peer but this node (see
+/// [`DownloadOptions::connections_per_peer`]), each peer's main connection first.
+struct Workers<'a> {
+    shared: &'a Arc<Shared>,
+    identity: &'a Identity,
+    opts: &'a DownloadOptions,
+    /// Peers that have workers (or are this node).
+    known: HashSet<PeerId>,
+    handles: Vec<JoinHandle<PeerReport>>,
 }
 
-/// Waits until the download is complete or every worker has given up, then stops the rest;
-/// returns one report per peer.
-async fn wait(shared: &Shared, workers: Vec<JoinHandle<PeerReport>>) -> Vec<PeerReport> {
+impl<'a> Workers<'a> {
+    fn new(shared: &'a Arc<Shared>, identity: &'a Identity, opts: &'a DownloadOptions) -> Self {
+        Self {
+            shared,
+            identity,
+            opts,
+            known: HashSet::from([identity.peer_id()]),
+            handles: Vec::new(),
+        }
+    }
+
+    /// Starts workers for the peers of `sources` that have none yet.
+    fn add(&mut self, sources: &[PeerAddr]) {
+        let new: Vec<&PeerAddr> = sources
+            .iter()
+            .filter(|s| self.known.insert(s.peer_id))
+            .collect();
+        if new.is_empty() {
+            return;
+        }
+        let lanes = self
+            .opts
+            .connections_per_peer
+            .unwrap_or_else(|| connections_per_peer(self.known.len() - 1));
+        for peer in new {
+            for lane in Lane::for_peer(lanes) {
+                self.spawn(peer.clone(), lane);
+            }
+        }
+    }
+
+    fn spawn(&mut self, peer: PeerAddr, lane: Lane) {
+        let (shared, identity) = (self.shared.clone(), self.identity.clone());
+        let opts = self.opts.clone();
+        self.handles.push(tokio::spawn(async move {
+            let mut report = PeerReport::new(peer.peer_id);
+            let result = tokio::select! {
+                _ = shared.stop.cancelled() => Ok(()),
+                r = worker::run(&shared, &identity, &peer, lane, &opts, &mut report) => r,
+            };
+            if let Err(e) = result {
+                report.error = Some(e.to_string());
+            }
+            report.score = shared.scores.get(&peer.peer_id);
+            shared.workers_ended.fetch_add(1, Ordering::SeqCst);
+            shared.done.notify_one();
+            report
+        }));
+    }
+}
+
+/// Waits until the download is complete or every worker has given up, starting workers for the
+/// new peers `more` brings meanwhile, then stops the rest; returns one report per peer.
+async fn wait(
+    shared: &Shared,
+    mut workers: Workers<'_>,
+    mut more: Option<MoreSources>,
+) -> Vec<PeerReport> {
     loop {
         let complete = shared.sched.lock().complete();
-        if complete || shared.workers_ended.load(Ordering::SeqCst) == workers.len() {
+        if complete || shared.workers_ended.load(Ordering::SeqCst) == workers.handles.len() {
             break;
         }
-        shared.done.notified().await;
+        tokio::select! {
+            () = shared.done.notified() => {}
+            found = recv(&mut more) => match found {
+                Some(sources) => workers.add(&sources),
+                None => more = None,
+            },
+        }
     }
     shared.stop.cancel();
     let mut reports = Vec::new();
-    for w in workers {
+    for w in workers.handles {
         if let Ok(r) = w.await {
             reports.push(r);
         }
     }
     merge_lanes(reports)
+}
+
+/// The next message of `more`; never, without one.
+async fn recv(more: &mut Option<MoreSources>) -> Option<Vec<PeerAddr>> {
+    match more {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// One report per peer from the reports of its connections' workers (see

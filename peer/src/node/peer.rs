@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use p2p_proto::api::{AnnounceRequest, PeerConnection, RegisterPeerRequest};
 use p2p_proto::{FileId, Manifest};
+use tokio::sync::mpsc;
 
 use super::{Node, NodeError};
 use crate::config::NodeArgs;
@@ -42,6 +43,12 @@ pub enum FetchError {
 /// How often a download in progress tells the tracker and the DHT of its progress, so that
 /// other leechers can use its chunks (the DHT announces the file once; it carries no progress).
 const PROGRESS_ANNOUNCE_EVERY: Duration = Duration::from_secs(5);
+
+/// How often a download in progress asks the tracker for the file's peers again.
+const SOURCES_REFRESH_EVERY: Duration = Duration::from_secs(2);
+
+/// When a download first tells the tracker of its progress.
+const FIRST_PROGRESS_ANNOUNCE: Duration = Duration::from_secs(1);
 
 /// How long stopping waits for the session to unregister from the tracker (a dead tracker
 /// does not hold us up).
@@ -164,7 +171,9 @@ impl Peer {
         let progress = {
             let (session, dht) = (self.session.clone(), self.node.dht_announcer.clone());
             tokio::spawn(async move {
-                let first = tokio::time::Instant::now() + PROGRESS_ANNOUNCE_EVERY;
+                // Soon after the partial file is open, so that other leechers find this one
+                // (see `refresh_sources`); then every few seconds.
+                let first = tokio::time::Instant::now() + FIRST_PROGRESS_ANNOUNCE;
                 let mut every = tokio::time::interval_at(first, PROGRESS_ANNOUNCE_EVERY);
                 loop {
                     every.tick().await;
@@ -175,16 +184,24 @@ impl Peer {
                 }
             })
         };
+        let (found, more) = mpsc::channel(1);
+        let refresh = tokio::spawn(refresh_sources(
+            self.discovery.clone(),
+            manifest.clone(),
+            found,
+        ));
         let node = &self.node;
-        let result = download::download(
+        let result = download::download_growing(
             &node.identity,
             manifest,
             sources,
+            Some(more),
             &node.data_dir,
             node.library.clone(),
             opts,
         )
         .await;
+        refresh.abort();
         progress.abort();
         self.announce_now();
         result
@@ -195,6 +212,45 @@ impl Peer {
     pub async fn stop(&self) {
         self.node.shutdown();
         let _ = tokio::time::timeout(UNREGISTER_TIMEOUT, self.session.stopped()).await;
+    }
+}
+
+/// Asks the tracker for the peers of `manifest`'s file (of its variant, when the tracker keeps
+/// several manifests per file) every [`SOURCES_REFRESH_EVERY`] and hands them to the download
+/// (which skips those it knows): leechers that joined after it started have chunks to offer,
+/// and they cannot all be found at the start. Ends when the download drops its end.
+async fn refresh_sources(
+    discovery: Discovery,
+    manifest: Manifest,
+    found: mpsc::Sender<Vec<PeerAddr>>,
+) {
+    let id = manifest.id;
+    let first = tokio::time::Instant::now() + SOURCES_REFRESH_EVERY;
+    let mut every = tokio::time::interval_at(first, SOURCES_REFRESH_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut variant = None;
+    loop {
+        every.tick().await;
+        if variant.is_none() {
+            // Once: peers of another variant offer another manifest, which the download
+            // refuses anyway.
+            match discovery.variant_of(&manifest).await {
+                Ok(v) => variant = Some(v),
+                Err(e) => {
+                    tracing::debug!(file = %id, error = %e, "cannot refresh the file's peers");
+                    continue;
+                }
+            }
+        }
+        match discovery.tracker_peers(&id, variant.flatten()).await {
+            Ok(peers) => {
+                if found.send(peers).await.is_err() {
+                    return;
+                }
+            }
+            // The download goes on with the peers it has; the next round may reach the tracker.
+            Err(e) => tracing::debug!(file = %id, error = %e, "cannot refresh the file's peers"),
+        }
     }
 }
 

@@ -1,0 +1,519 @@
+#!/usr/bin/env python3
+"""Swarm lab: one seeder and N leechers on emulated access links, in network namespaces.
+
+Every peer gets its own namespace joined to a switch (a bridge in a hub namespace, where the
+tracker runs) by a veth pair. `tbf` shapes each direction: a peer's upload on its own end of the
+pair, its download on the hub's end. The kernel here has no `netem`, so links add no latency and
+no loss: what is emulated is bandwidth and the queue in front of it (bench/README.md).
+
+For each scenario (N leechers, all starting together or joining over JOIN seconds) it runs our
+peers (`p2p-tracker`, one `p2p-peer --daemon` seeder, N `p2p-peer` shells each told to
+`download` the file and kept running afterwards so they keep uploading) and, with
+`--clients ours,rqbit`, rqbit with opentracker on the same links, and prints:
+
+- the fluid-model lower bound T* = max(F/U_seed, F/D_min, N*F/(U_seed + sum U_leech)) (for the
+  joining pattern also the last join + F/D_min), our time and time / T*;
+- the share of the N*F bytes delivered that the seeder uploaded (its interface's byte counter);
+- each leecher's completion time and peak RSS (VmHWM), the seeder's peak RSS;
+- rqbit's time in the same lab and ours / rqbit's.
+
+Every copy is compared with the original. Exit status: 0 when every run completed and verified,
+1 when one failed, 77 when the lab cannot run here (not root, or `ip`/`tc` missing).
+Only namespaces this script creates are touched (names start with p2psw<pid>), and they are
+removed on exit. Nothing talks to the outside world: addresses are in 10.77.0.0/16, inside the
+lab.
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+SKIP = 77
+KEY = "swarm-lab-key"
+TRACKER_IP = "10.77.0.1"
+TRACKER_PORT = 8080
+OT_PORT = 6969
+PEER_PORT = 7000
+RQ_API_PORT = 3030
+
+
+def die(msg, code=1):
+    print(f"swarm lab: {msg}", file=sys.stderr)
+    sys.exit(code)
+
+
+def sh(*args, check=True, **kw):
+    return subprocess.run(args, check=check, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def preflight():
+    if os.geteuid() != 0:
+        return "needs root (network namespaces)"
+    for tool in ("ip", "tc", "curl"):
+        if shutil.which(tool) is None:
+            return f"needs `{tool}` (Debian: iproute2, curl)"
+    probe = f"p2pswprobe{os.getpid()}"
+    try:
+        sh("ip", "netns", "add", probe)
+        sh("ip", "-n", probe, "link", "add", "name", "a", "type", "veth", "peer", "name", "b")
+        sh("ip", "netns", "exec", probe, "tc", "qdisc", "add", "dev", "a", "root", "tbf",
+           "rate", "10mbit", "burst", "64kb", "latency", "50ms")
+    except subprocess.CalledProcessError as e:
+        return f"cannot build a namespace with a tbf qdisc: {e.stderr.strip()}"
+    finally:
+        sh("ip", "netns", "del", probe, check=False)
+    return None
+
+
+class Lab:
+    """Namespaces, links and processes of one scenario; `close` removes them all."""
+
+    def __init__(self, work, args, n):
+        self.work = work
+        self.args = args
+        self.n = n
+        self.prefix = f"p2psw{os.getpid()}"
+        self.hub = f"{self.prefix}h"
+        self.namespaces = []
+        self.procs = []
+        self.links = {}  # ns -> (ip, up_mbit, down_mbit)
+
+    def ns_name(self, role):
+        return f"{self.prefix}{role}"
+
+    def build(self):
+        self.add_ns(self.hub)
+        sh("ip", "-n", self.hub, "link", "add", "name", "br0", "type", "bridge")
+        sh("ip", "-n", self.hub, "addr", "add", f"{TRACKER_IP}/16", "dev", "br0")
+        sh("ip", "-n", self.hub, "link", "set", "br0", "up")
+        sh("ip", "-n", self.hub, "link", "set", "lo", "up")
+        self.link("s", "10.77.1.1", self.args.seed_up, self.args.seed_down)
+        for i in range(1, self.n + 1):
+            self.link(f"l{i}", f"10.77.2.{i}", self.args.leech_up, self.args.leech_down)
+
+    def add_ns(self, ns):
+        sh("ip", "netns", "add", ns)
+        self.namespaces.append(ns)
+
+    def link(self, role, ip, up, down):
+        ns = self.ns_name(role)
+        self.add_ns(ns)
+        port = f"p{role}"
+        sh("ip", "-n", self.hub, "link", "add", "name", port, "type", "veth", "peer", "name", "eth0", "netns", ns)
+        sh("ip", "-n", self.hub, "link", "set", port, "master", "br0", "up")
+        sh("ip", "-n", ns, "addr", "add", f"{ip}/16", "dev", "eth0")
+        sh("ip", "-n", ns, "link", "set", "eth0", "up")
+        sh("ip", "-n", ns, "link", "set", "lo", "up")
+        # Upload: what leaves the peer's end. Download: what the switch sends it.
+        shape(ns, "eth0", up)
+        shape(self.hub, port, down)
+        self.links[ns] = (ip, up, down)
+
+    def spawn(self, name, ns, argv, stdin=None, env=None):
+        out = open(os.path.join(self.work, f"{name}.out"), "w")
+        err = open(os.path.join(self.work, f"{name}.err"), "w")
+        p = subprocess.Popen(["ip", "netns", "exec", ns, *argv], stdin=stdin, stdout=out, stderr=err,
+                             env=env, start_new_session=True)
+        p.lab_name = name
+        self.procs.append(p)
+        return p
+
+    def tx_bytes(self, ns):
+        return int(sh("ip", "netns", "exec", ns, "cat", "/sys/class/net/eth0/statistics/tx_bytes").stdout)
+
+    def curl(self, url, ns=None, headers=()):
+        cmd = ["ip", "netns", "exec", ns or self.hub, "curl", "-sf", "-m", "2"]
+        for h in headers:
+            cmd += ["-H", h]
+        r = subprocess.run(cmd + [url], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        return r.stdout if r.returncode == 0 else None
+
+    def log_tail(self, name, lines=8):
+        try:
+            with open(os.path.join(self.work, f"{name}.err")) as f:
+                return "".join(f.readlines()[-lines:])
+        except OSError:
+            return ""
+
+    def close(self):
+        for p in self.procs:
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        for p in self.procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        for ns in self.namespaces:
+            # Anything still running in it (children that left the process group) goes too.
+            pids = sh("ip", "netns", "pids", ns, check=False).stdout.split()
+            for pid in pids:
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
+            sh("ip", "netns", "del", ns, check=False)
+
+
+def shape(ns, dev, mbit):
+    # burst: at least a few full-size packets at this rate per timer tick; limit: ~50 ms of queue,
+    # a home router's buffer rather than an unbounded one.
+    sh("ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate", f"{mbit}mbit",
+       "burst", "64kb", "latency", "50ms")
+
+
+def wait_until(what, timeout, probe, lab, interval=0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = probe()
+        if got:
+            return got
+        for p in lab.procs:
+            if getattr(p, "must_live", False) and p.poll() is not None:
+                raise LabError(f"{p.lab_name} exited ({p.returncode}) while waiting: {what}\n{lab.log_tail(p.lab_name)}")
+        time.sleep(interval)
+    raise LabError(f"timed out after {timeout} s: {what}")
+
+
+class LabError(Exception):
+    pass
+
+
+def peak_rss_mib(pid):
+    """VmHWM of a process (`ip netns exec` execs its command, so the pid is the program's)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def fluid_bound(args, n, size, joins):
+    mbps = 1e6 / 8
+    u_seed = args.seed_up * mbps
+    d_min = args.leech_down * mbps
+    total_up = u_seed + n * args.leech_up * mbps
+    t = max(size / u_seed, size / d_min, n * size / total_up)
+    return max(t, max(joins) + size / d_min)
+
+
+def run_ours(lab, args, n, pattern, original, size, name, file_id):
+    bins = args.bin_dir
+    tracker_data = os.path.join(lab.work, "tracker")
+    os.makedirs(tracker_data)
+    t = lab.spawn("tracker", lab.hub, [os.path.join(bins, "p2p-tracker"), "--addr", f"{TRACKER_IP}:{TRACKER_PORT}",
+                                       "--api-keys", KEY, "--rate-limit-rps", "0", "--data-dir", tracker_data])
+    t.must_live = True
+    api = f"http://{TRACKER_IP}:{TRACKER_PORT}"
+    wait_until("the tracker answers /health", 60, lambda: lab.curl(f"{api}/health"), lab)
+
+    def peer_args(data):
+        return ["--tracker", api, "--api-key", KEY, "--port", str(PEER_PORT), "--dht", "off", "--data", data,
+                *args.peer_arg]
+
+    seed_dir = os.path.join(lab.work, "seed")
+    os.makedirs(seed_dir)
+    os.link(original, os.path.join(seed_dir, name))  # a hard link: no second copy in memory
+    # The seeder trusts a file's hashes once it has been unchanged for two seconds.
+    past = time.time() - 60
+    os.utime(os.path.join(seed_dir, name), (past, past))
+    seed_ns = lab.ns_name("s")
+    s = lab.spawn("seeder", seed_ns, [os.path.join(bins, "p2p-peer"), *peer_args(seed_dir), "--daemon"])
+    s.must_live = True
+
+    def seeder_listed():
+        body = lab.curl(f"{api}/api/files/{file_id}/peers", headers=[f"X-API-Key: {KEY}"])
+        return body and json.loads(body).get("peers")
+
+    wait_until("the tracker lists the seeder", 120, seeder_listed, lab)
+    seed_tx0 = lab.tx_bytes(seed_ns)
+
+    joins = join_times(args, n, pattern)
+    leechers = []
+    start = time.monotonic()
+    for i in range(1, n + 1):
+        delay = start + joins[i - 1] - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        data = os.path.join(lab.work, f"l{i}")
+        os.makedirs(data)
+        p = lab.spawn(f"leecher{i}", lab.ns_name(f"l{i}"), [os.path.join(bins, "p2p-peer"), *peer_args(data)],
+                      stdin=subprocess.PIPE, env={**os.environ, "NO_COLOR": "1"})
+        p.must_live = True
+        p.stdin.write(f"download {file_id}\n".encode())
+        p.stdin.flush()
+        leechers.append({"i": i, "proc": p, "path": os.path.join(data, name), "joined": time.monotonic() - start})
+
+    pending = {l["i"] for l in leechers}
+
+    def all_done():
+        now = time.monotonic() - start
+        for l in leechers:
+            if l["i"] in pending and os.path.exists(l["path"]):
+                l["done"] = now
+                pending.discard(l["i"])
+        return not pending
+
+    wait_until(f"all {n} leechers complete", args.timeout, all_done, lab, interval=0.05)
+    took = max(l["done"] for l in leechers)
+    seed_up = lab.tx_bytes(seed_ns) - seed_tx0
+    for l in leechers:
+        verify(l["path"], original, f"our leecher {l['i']}")
+        l["rss"] = peak_rss_mib(l["proc"].pid)
+    return {
+        "time": took,
+        "joins": joins,
+        "seed_share": seed_up / (n * size),
+        "leechers": [(l["i"], l["joined"], l["done"], l["rss"]) for l in leechers],
+        "seed_rss": peak_rss_mib(s.pid),
+    }
+
+
+def run_rqbit(lab, args, n, pattern, original, size, name):
+    seed_dir = os.path.join(lab.work, "rq-seed")
+    os.makedirs(seed_dir)
+    os.link(original, os.path.join(seed_dir, name))  # a hard link: no second copy in memory
+    torrent = os.path.join(lab.work, "f.torrent")
+    sh(args.mktorrent, "-p", "-l", "18", "-a", f"http://{TRACKER_IP}:{OT_PORT}/announce", "-o", torrent,
+       os.path.join(seed_dir, name))
+    info_hash = torrent_info_hash(torrent)
+    ot_dir = os.path.join(lab.work, "ot")
+    os.makedirs(ot_dir)
+    os.chmod(ot_dir, 0o755)
+    with open(os.path.join(ot_dir, "whitelist"), "w") as f:
+        f.write(info_hash + "\n")
+    os.chmod(os.path.join(ot_dir, "whitelist"), 0o644)
+    # Debian's opentracker serves only whitelisted info-hashes; -w is relative to -d, its chroot.
+    ot = lab.spawn("opentracker", lab.hub, [args.opentracker, "-i", TRACKER_IP, "-p", str(OT_PORT), "-P",
+                                            str(OT_PORT), "-d", ot_dir, "-w", "whitelist"])
+    ot.must_live = True
+    wait_until("opentracker answers", 30,
+               lambda: lab.curl(f"http://{TRACKER_IP}:{OT_PORT}/stats") is not None or ot.poll() is None, lab)
+
+    common = ["--disable-dht", "--disable-dht-persistence", "--disable-upnp-port-forward", "--disable-lsd",
+              "--ipv4-only", "-v", "warn", "--listen-port", str(PEER_PORT)]
+    seed_ns = lab.ns_name("s")
+    seed_ip = lab.links[seed_ns][0]
+    env = {**os.environ, "HOME": seed_dir}
+    s = lab.spawn("rq-seeder", seed_ns, [args.rqbit, *common, "--http-api-listen-addr", f"{seed_ip}:{RQ_API_PORT}",
+                                         "download", "-o", seed_dir, "--overwrite", torrent], env=env)
+    s.must_live = True
+
+    def stats(ip, ns):
+        body = lab.curl(f"http://{ip}:{RQ_API_PORT}/torrents/0/stats/v1", ns=ns)
+        return json.loads(body) if body else None
+
+    wait_until("the rqbit seeder is live", 120,
+               lambda: (stats(seed_ip, seed_ns) or {}).get("state") == "live", lab)
+    seed_tx0 = lab.tx_bytes(seed_ns)
+    joins = join_times(args, n, pattern)
+    leechers = []
+    start = time.monotonic()
+    for i in range(1, n + 1):
+        delay = start + joins[i - 1] - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        ns = lab.ns_name(f"l{i}")
+        ip = lab.links[ns][0]
+        data = os.path.join(lab.work, f"rq-l{i}")
+        os.makedirs(data)
+        p = lab.spawn(f"rq-leecher{i}", ns, [args.rqbit, *common, "--http-api-listen-addr", f"{ip}:{RQ_API_PORT}",
+                                             "download", "-o", data, torrent], env={**os.environ, "HOME": data})
+        p.must_live = True
+        leechers.append({"i": i, "proc": p, "ns": ns, "ip": ip, "path": os.path.join(data, name),
+                         "joined": time.monotonic() - start})
+    pending = {l["i"] for l in leechers}
+
+    def all_done():
+        now = time.monotonic() - start
+        for l in leechers:
+            if l["i"] in pending:
+                st = stats(l["ip"], l["ns"])
+                if st and st.get("finished"):
+                    l["done"] = now
+                    l["uploaded"] = st.get("uploaded_bytes", 0)
+                    pending.discard(l["i"])
+        return not pending
+
+    wait_until(f"all {n} rqbit leechers complete", args.timeout, all_done, lab, interval=0.2)
+    took = max(l["done"] for l in leechers)
+    seed_up = lab.tx_bytes(seed_ns) - seed_tx0
+    for l in leechers:
+        verify(l["path"], original, f"rqbit leecher {l['i']}")
+        l["rss"] = peak_rss_mib(l["proc"].pid)
+    return {
+        "time": took,
+        "seed_share": seed_up / (n * size),
+        "leechers": [(l["i"], l["joined"], l["done"], l["rss"]) for l in leechers],
+        "seed_rss": peak_rss_mib(s.pid),
+    }
+
+
+def join_times(args, n, pattern):
+    if pattern == "together":
+        return [0.0] * n
+    return [args.join_secs * i / n for i in range(n)]
+
+
+def verify(path, original, who):
+    with open(path, "rb") as a, open(original, "rb") as b:
+        while True:
+            x, y = a.read(1 << 20), b.read(1 << 20)
+            if x != y:
+                raise LabError(f"{who}'s copy differs from the original")
+            if not x:
+                return
+
+
+def bdecode(data, i=0):
+    c = data[i:i + 1]
+    if c == b"i":
+        j = data.index(b"e", i)
+        return int(data[i + 1:j]), j + 1
+    if c in (b"l", b"d"):
+        i += 1
+        items = []
+        while data[i:i + 1] != b"e":
+            v, i = bdecode(data, i)
+            items.append(v)
+        if c == b"l":
+            return items, i + 1
+        return dict(zip(items[::2], items[1::2])), i + 1
+    j = data.index(b":", i)
+    length = int(data[i:j])
+    return data[j + 1:j + 1 + length], j + 1 + length
+
+
+def torrent_info_hash(path):
+    data = open(path, "rb").read()
+    # The info dictionary's bytes as they are in the file: find where its value starts and ends.
+    key = b"4:info"
+    start = data.index(key) + len(key)
+    _, end = bdecode(data, start)
+    return hashlib.sha1(data[start:end]).hexdigest()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--bin-dir", required=True, help="directory with p2p-tracker and p2p-peer")
+    ap.add_argument("--leechers", default="8,16,32", help="comma-separated N")
+    ap.add_argument("--patterns", default="together,joining", help="together and/or joining")
+    ap.add_argument("--join-secs", type=float, default=10.0)
+    ap.add_argument("--size-mib", type=int, default=64)
+    ap.add_argument("--seed-up", type=float, default=100, help="Mbit/s")
+    ap.add_argument("--seed-down", type=float, default=100, help="Mbit/s")
+    ap.add_argument("--leech-up", type=float, default=20, help="Mbit/s")
+    ap.add_argument("--leech-down", type=float, default=100, help="Mbit/s")
+    ap.add_argument("--clients", default="ours", help="ours and/or rqbit")
+    ap.add_argument("--rqbit")
+    ap.add_argument("--opentracker")
+    ap.add_argument("--mktorrent")
+    ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument("--peer-arg", action="append", default=[], help="extra argument for every p2p-peer")
+    ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    args = ap.parse_args()
+
+    why = preflight()
+    if why:
+        die(f"SKIPPED: {why}", SKIP)
+    clients = args.clients.split(",")
+    if "rqbit" in clients and not (args.rqbit and args.opentracker and args.mktorrent):
+        die("--clients rqbit needs --rqbit, --opentracker and --mktorrent")
+
+    root = tempfile.mkdtemp(prefix="p2p-swarm-", dir=os.environ.get("TMPDIR", "/tmp"))
+    os.chmod(root, 0o755)  # opentracker drops root and must still read its whitelist
+    size = args.size_mib << 20
+    original = os.path.join(root, "file.bin")
+    with open(original, "wb") as f:
+        left = size
+        while left:
+            chunk = os.urandom(min(left, 1 << 20))
+            f.write(chunk)
+            left -= len(chunk)
+    with open(original, "rb") as f:
+        file_id = hashlib.file_digest(f, "sha256").hexdigest()
+    name = "swarm.bin"
+    print(f"swarm lab: {args.size_mib} MiB, seeder {args.seed_up:g}/{args.seed_down:g} Mbit/s up/down, "
+          f"leechers {args.leech_up:g}/{args.leech_down:g} Mbit/s, no added latency or loss, "
+          f"{os.cpu_count()} cores", flush=True)
+    results = []
+    failed = False
+    try:
+        for n in [int(x) for x in args.leechers.split(",")]:
+            for pattern in args.patterns.split(","):
+                if pattern not in ("together", "joining"):
+                    die(f"unknown pattern {pattern}")
+                row = {"n": n, "pattern": pattern}
+                row["bound"] = fluid_bound(args, n, size, join_times(args, n, pattern))
+                for client in clients:
+                    work = os.path.join(root, f"{client}-{n}-{pattern}")
+                    os.makedirs(work)
+                    lab = Lab(work, args, n)
+                    try:
+                        lab.build()
+                        if client == "ours":
+                            row[client] = run_ours(lab, args, n, pattern, original, size, name, file_id)
+                        else:
+                            row[client] = run_rqbit(lab, args, n, pattern, original, size, name)
+                    except (LabError, subprocess.CalledProcessError) as e:
+                        detail = e.stderr if isinstance(e, subprocess.CalledProcessError) else ""
+                        print(f"swarm lab: {client} N={n} {pattern}: FAILED: {e} {detail}", file=sys.stderr)
+                        row[client] = {"error": str(e)}
+                        failed = True
+                    finally:
+                        lab.close()
+                        for d in os.listdir(work):
+                            p = os.path.join(work, d)
+                            if os.path.isdir(p) and not args.keep:
+                                shutil.rmtree(p, ignore_errors=True)
+                report(row, clients)
+                results.append(row)
+    finally:
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(results, f, indent=1)
+        if args.keep:
+            print(f"swarm lab: logs kept in {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    sys.exit(1 if failed else 0)
+
+
+def report(row, clients):
+    n, bound = row["n"], row["bound"]
+    line = f"N={n:<3} {row['pattern']:<8} T*={bound:6.2f} s"
+    ours = row.get("ours")
+    if ours and "time" in ours:
+        line += f" | ours {ours['time']:6.2f} s = {ours['time'] / bound:.2f} T*, seeder sent {ours['seed_share']:.0%}"
+        rss = [l[3] for l in ours["leechers"] if l[3]]
+        if rss:
+            line += f", RSS leecher max {max(rss):.0f} MiB, seeder {ours['seed_rss'] or 0:.0f} MiB"
+    rq = row.get("rqbit")
+    if rq and "time" in rq:
+        line += f" | rqbit {rq['time']:6.2f} s = {rq['time'] / bound:.2f} T*, seeder sent {rq['seed_share']:.0%}"
+        if ours and "time" in ours:
+            line += f" | ours/rqbit {ours['time'] / rq['time']:.2f}"
+    print(line, flush=True)
+    for client in clients:
+        r = row.get(client)
+        if r and "leechers" in r:
+            done = " ".join(f"{l[2]:.1f}" for l in sorted(r["leechers"], key=lambda l: l[2]))
+            print(f"        {client} completions (s): {done}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+//! The swarm lab in small (bench/swarm/lab.py, whose full run is `bench/swarm/run.sh`): one
+//! seeder and four leechers on shaped links in network namespaces (the seeder 40 Mbit/s up,
+//! each leecher 20 Mbit/s up and 100 Mbit/s down), real `p2p-tracker` and `p2p-peer` processes,
+//! all leechers starting together. It checks what must hold on any machine, not how fast:
+//! every leecher ends with a byte-identical copy, and the leechers' uploads carried part of the
+//! swarm (the seeder sent less than all of the bytes delivered; the seeder alone would have
+//! had to send 4 copies).
+//!
+//! Needs root, `ip` and `tc` (iproute2), `curl` and python3; without them it prints
+//! `SKIPPED: swarm lab: …`, a failure under `P2P_REQUIRE_ALL=1`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+
+/// lab.py's exit status when the lab cannot be built here.
+const CANNOT_RUN: i32 = 77;
+
+#[test]
+fn leechers_complete_and_upload_to_each_other() {
+    let bins = Path::new(env!("CARGO_BIN_EXE_p2p-peer")).parent().unwrap();
+    let tracker = bins.join("p2p-tracker");
+    assert!(
+        tracker.is_file(),
+        "the swarm lab runs {}, which is missing: build it with `cargo build -p p2p-tracker` \
+         (a workspace build makes it)",
+        tracker.display()
+    );
+    let lab = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/swarm/lab.py");
+    let work = tempfile::tempdir().unwrap();
+    let json = work.path().join("results.json");
+    let out = match Command::new("python3")
+        .arg(&lab)
+        .arg("--bin-dir")
+        .arg(bins)
+        .args([
+            "--leechers",
+            "4",
+            "--patterns",
+            "together",
+            "--size-mib",
+            "8",
+        ])
+        .args(["--seed-up", "40", "--leech-up", "20", "--leech-down", "100"])
+        .args(["--timeout", "120", "--json"])
+        .arg(&json)
+        .env("TMPDIR", work.path())
+        .output()
+    {
+        Ok(out) => out,
+        Err(e) => return support::skip("swarm lab", &format!("cannot run python3: {e}")),
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    if out.status.code() == Some(CANNOT_RUN) {
+        let why = stderr.trim().trim_start_matches("swarm lab: SKIPPED: ");
+        return support::skip("swarm lab", why);
+    }
+    assert!(
+        out.status.success(),
+        "the swarm lab failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let ours = &results[0]["ours"];
+    let leechers = ours["leechers"].as_array().unwrap();
+    assert_eq!(leechers.len(), 4, "{ours}");
+    let share = ours["seed_share"].as_f64().unwrap();
+    assert!(
+        share < 0.9,
+        "the seeder sent {:.0} % of the bytes the leechers received: the leechers did not \
+         upload to each other\n{stdout}",
+        share * 100.0
+    );
+}
