@@ -446,7 +446,11 @@ impl Discovery {
                     .variant_peers(id, v, me.as_ref(), TRACKER_PEERS)
                     .await
             }
-            None => self.tracker.file_peers(id, me.as_ref(), TRACKER_PEERS).await,
+            None => {
+                self.tracker
+                    .file_peers(id, me.as_ref(), TRACKER_PEERS)
+                    .await
+            }
         }
         .map_err(FindError::Peers)?;
         Ok(self.sources(swarm.peers).await)
