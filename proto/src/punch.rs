@@ -177,7 +177,7 @@ fn nonce(r: &mut &[u8], what: &'static str) -> Result<Nonce16, PunchPacketError>
 pub fn bind_cookie(key: &[u8; 32], token: &Nonce16, addr: &SocketAddr) -> Nonce16 {
     let mut encoded = Vec::with_capacity(ADDR_V6_LEN);
     put_addr(&mut encoded, addr);
-    let mac = crate::relay::hmac_sha256(key, &[COOKIE_CONTEXT, token, &encoded]);
+    let mac = crate::peer_auth::hmac_sha256(key, &[COOKIE_CONTEXT, token, &encoded]);
     let mut out = [0u8; 16];
     out.copy_from_slice(&mac[..16]);
     out

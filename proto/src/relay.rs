@@ -26,9 +26,11 @@
 use std::net::SocketAddr;
 
 use bytes::{Buf, BufMut, Bytes};
-use sha2::{Digest, Sha256};
 
 use crate::ids::PeerId;
+// One HMAC and one constant-time compare serve every proof and cookie (peer_auth.rs).
+use crate::peer_auth::hmac_sha256;
+pub use crate::peer_auth::macs_equal;
 use crate::punch::{self, Nonce16};
 
 /// Largest payload of one `Data` frame.
@@ -504,27 +506,6 @@ fn id32(r: &mut Bytes, what: &'static str) -> Result<[u8; 32], RelayFrameError> 
     Ok(out)
 }
 
-/// HMAC-SHA256 (RFC 2104) with a 32-byte key; sha2 is already here, and one function does not
-/// justify another dependency.
-pub(crate) fn hmac_sha256(key: &[u8; 32], parts: &[&[u8]]) -> [u8; 32] {
-    let mut ipad = [0x36u8; 64];
-    let mut opad = [0x5cu8; 64];
-    for (i, k) in key.iter().enumerate() {
-        ipad[i] ^= k;
-        opad[i] ^= k;
-    }
-    let mut inner = Sha256::new();
-    inner.update(ipad);
-    for p in parts {
-        inner.update(p);
-    }
-    let inner = inner.finalize();
-    let mut outer = Sha256::new();
-    outer.update(opad);
-    outer.update(inner);
-    outer.finalize().into()
-}
-
 /// The attach proof: HMAC-SHA256 keyed by the X25519 shared secret of the peer's static key and
 /// the hub's challenge key, over the context, the challenge key, the nonce and the claimed id.
 pub fn proof_mac(
@@ -537,11 +518,6 @@ pub fn proof_mac(
         shared_secret,
         &[PROOF_CONTEXT, server_key, nonce, &peer_id.0],
     )
-}
-
-/// Compares two MACs in time independent of where they differ.
-pub fn macs_equal(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]
