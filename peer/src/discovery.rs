@@ -331,14 +331,9 @@ impl Discovery {
         check_tracker_manifest(&details.manifest, id)?;
         if details.variants.is_empty() {
             // A tracker that keeps one manifest per file.
-            let swarm = self
-                .tracker
-                .file_peers(id, Some(&self.identity.peer_id()), TRACKER_PEERS)
-                .await
-                .map_err(FindError::Peers)?;
             return Ok(Found {
                 manifest: details.manifest,
-                sources: self.sources(swarm.peers).await,
+                sources: self.tracker_peers(id, None).await?,
                 fallbacks: Vec::new(),
             });
         }
@@ -350,17 +345,7 @@ impl Discovery {
             .filter(|v| *v != details.variant)
             .take(MAX_VARIANTS_TRIED - 1)
             .collect();
-        let swarm = self
-            .tracker
-            .variant_peers(
-                id,
-                details.variant,
-                Some(&self.identity.peer_id()),
-                TRACKER_PEERS,
-            )
-            .await
-            .map_err(FindError::Peers)?;
-        let sources = self.sources(swarm.peers).await;
+        let sources = self.tracker_peers(id, Some(details.variant)).await?;
         if sources.is_empty()
             && let Some((manifest, sources)) = self.next_variant(id, &mut fallbacks).await
         {
@@ -407,12 +392,10 @@ impl Discovery {
             .await
             .map_err(FindError::File)?;
         check_tracker_manifest(&details.manifest, id)?;
-        let swarm = self
-            .tracker
-            .variant_peers(id, variant, Some(&self.identity.peer_id()), TRACKER_PEERS)
-            .await
-            .map_err(FindError::Peers)?;
-        Ok((details.manifest, self.sources(swarm.peers).await))
+        Ok((
+            details.manifest,
+            self.tracker_peers(id, Some(variant)).await?,
+        ))
     }
 
     /// The tracker's number for the variant of `id` whose manifest is `manifest` (the one with
