@@ -443,7 +443,7 @@ pub async fn start(
         shutdown: shutdown.clone(),
     });
     let (app, metrics_app) = split_metrics(routes(state.clone(), serve), serve.metrics_addr);
-    let listener = tokio::net::TcpListener::bind(serve.addr).await?;
+    let listener = crate::server::bind(serve.addr)?;
     let addr = listener.local_addr()?;
     let limits = crate::server::ConnectionLimits {
         max_connections: serve.guard.max_connections as usize,
@@ -462,7 +462,7 @@ pub async fn start(
     };
     let (metrics_addr, metrics_server) = match metrics_app {
         Some((at, app)) => {
-            let listener = tokio::net::TcpListener::bind(at).await?;
+            let listener = crate::server::bind(at)?;
             let at = listener.local_addr()?;
             tracing::info!(addr = %at, "/metrics listening");
             (Some(at), Some(spawn_server(listener, app)))

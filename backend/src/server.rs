@@ -10,6 +10,10 @@
 //!   keep-alive connection is closed after it too (hyper starts the timer when it waits for
 //!   a head). Request bodies have their own deadline ([`crate::body_limit`]).
 //! - graceful shutdown: stop accepting, let requests finish within a grace period.
+//! - a listen backlog of [`LISTEN_BACKLOG`] (tokio's `bind` takes 128): in a burst of
+//!   connections beyond the backlog Linux drops the client's final ACK, the client believes
+//!   it is connected, and the server only takes the connection after SYN-ACK retransmits
+//!   (1 s, 2 s, 4 s ...), so it was neither served nor timed out for seconds.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -33,6 +37,24 @@ const MIN_ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 /// File descriptors kept free for the database, the UDP socket, logs and such.
 const FD_HEADROOM: u64 = 64;
+
+/// Connections the kernel completes and queues before they are accepted (capped by
+/// `net.core.somaxconn`).
+pub const LISTEN_BACKLOG: u32 = 1024;
+
+/// A TCP listener on `addr` with a backlog of [`LISTEN_BACKLOG`] and `SO_REUSEADDR`, as
+/// tokio's `TcpListener::bind` but for the backlog.
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    #[cfg(not(windows))]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
 
 /// Bounds on connections.
 #[derive(Debug, Clone, Copy)]

@@ -249,6 +249,12 @@ async fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
     }
 }
 
+/// How long after now the tracker closed `s`, if it did within `within`.
+async fn closed_after(s: &mut TcpStream, within: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    closed_within(s, within).await.then(|| started.elapsed())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunked_bodies_cost_nothing_before_authentication() {
     let mut args = serve_args();
@@ -515,38 +521,52 @@ async fn slow_and_silent_connections_are_closed() {
                     let mut s = TcpStream::connect(addr).await.unwrap();
                     let started = Instant::now();
                     if i >= 300 {
-                        return closed_within(&mut s, Duration::from_secs(window)).await;
+                        return closed_after(&mut s, Duration::from_secs(window)).await;
                     }
                     let head = b"GET /api/stats HTTP/1.1\r\nHost: t\r\nX-Padding: ";
                     for byte in head.iter().chain(std::iter::repeat(&b'a')) {
                         if started.elapsed() > Duration::from_secs(window) {
-                            return false;
+                            return None;
                         }
                         if s.write_all(&[*byte]).await.is_err()
                             || closed_within(&mut s, Duration::from_millis(250)).await
                         {
-                            return true;
+                            return Some(started.elapsed());
                         }
                     }
-                    false
+                    None
                 })
             })
             .collect();
-        let (mut closed, mut silent_closed) = (0, 0);
+        let mut closed = 0;
+        let mut silent: Vec<Option<Duration>> = Vec::new();
         for (i, a) in attackers.into_iter().enumerate() {
-            let c = usize::from(a.await.unwrap());
-            closed += c;
-            silent_closed += if i >= 300 { c } else { 0 };
+            let after = a.await.unwrap();
+            closed += usize::from(after.is_some());
+            if i >= 300 {
+                silent.push(after);
+            }
         }
-        println!("FIGURE slowloris closed={closed}/400 silent_closed={silent_closed}/100 within_s={window}");
+        let silent_closed = silent.iter().flatten().count();
+        let mut times: Vec<Duration> = silent.iter().flatten().copied().collect();
+        times.sort();
+        let at = |q: usize| times.get(times.len().saturating_sub(1) * q / 100).copied();
+        println!(
+            "FIGURE slowloris closed={closed}/400 silent_closed={silent_closed}/100 within_s={window} \
+             silent_close_p50={:?} p98={:?} max={:?}",
+            at(50),
+            at(98),
+            times.last()
+        );
         honest_announce(target).await;
         watch.finish(target, "slowloris", 16 * MIB).await;
         if !target.external() {
-            // On a loaded machine (the test's own 400 sockets share two cores with the
-            // tracker and other builds) one in a hundred was seen still open at the end of the
-            // window; a tracker without the timeout leaves them all open.
-            assert!(silent_closed >= 98, "silent sockets left open: {}", 100 - silent_closed);
-            assert!(closed >= 392, "slow sockets left open: {}", 400 - closed);
+            // Each is closed about a second after it connects. With tokio's default listen
+            // backlog (128) up to a quarter of these 400 sockets stayed open all 8 s: the
+            // kernel had dropped their final ACK and the tracker only accepted them after
+            // SYN-ACK retransmits. A tracker without the timeout leaves them all open.
+            assert_eq!(silent_closed, 100, "silent sockets left open: {}", 100 - silent_closed);
+            assert_eq!(closed, 400, "slow sockets left open: {}", 400 - closed);
         }
     })
     .await;

@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use p2p_proto::Manifest;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::NodeArgs;
@@ -87,9 +86,8 @@ impl Node {
         let identity = Identity::load_or_create(&args.data)?;
         let library = Arc::new(Library::new());
         let bind = SocketAddr::new(args.listen, args.port);
-        let listener = TcpListener::bind(bind)
-            .await
-            .map_err(|source| NodeError::Listen { addr: bind, source })?;
+        let listener =
+            accept::bind(bind).map_err(|source| NodeError::Listen { addr: bind, source })?;
         let addr = listener
             .local_addr()
             .map_err(|source| NodeError::Listen { addr: bind, source })?;

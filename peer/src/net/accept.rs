@@ -28,6 +28,25 @@ use crate::net::session::{self, Session};
 use crate::net::ticket::PunchTicket;
 use crate::net::transport::{BoxedTransport, ConnectionPath};
 
+/// Connections the kernel completes and queues before the node accepts them (capped by
+/// `net.core.somaxconn`). tokio's `TcpListener::bind` takes 128: past it, in a burst of
+/// leechers, Linux drops a client's final ACK and only takes the connection after SYN-ACK
+/// retransmits, seconds later.
+pub const LISTEN_BACKLOG: u32 = 1024;
+
+/// A TCP listener on `addr` with a backlog of [`LISTEN_BACKLOG`] and `SO_REUSEADDR`.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    #[cfg(not(windows))]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// What serves sessions other peers open to us.
 pub trait Serve: Send + Sync + 'static {
     /// Serves one authenticated session, reached over `path`, until the peer leaves.
