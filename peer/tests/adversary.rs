@@ -628,6 +628,8 @@ async fn hostile_file_names_are_not_written_as_given() {
         let data = support::content(300_000, 9);
         std::fs::write(&path, &data).unwrap();
         let library = Arc::new(Library::new());
+        // Public: this test is about the transfer, not admission (see tests/admission.rs).
+        library.visibility.set_all_public(true);
         let manifest = library.share(&path).await.unwrap();
         assert_eq!(manifest.name, hostile, "the name travels as it is");
         let stop = CancellationToken::new();
