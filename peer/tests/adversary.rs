@@ -94,6 +94,9 @@ impl Daemon {
         cmd.args(["--daemon", "--tracker", tracker, "--api-key", KEY])
             .args(["--port", "0", "--listen", "127.0.0.1", "--dht", "off"])
             .args(other.is_none().then_some("--allow-local-addrs"))
+            // Public: the honest downloader here is a bare in-process download (most of these
+            // daemons have no tracker to admit it); admissions are tests/admission.rs's.
+            .args(other.is_none().then_some("--public"))
             .arg("--data")
             .arg(dir.path())
             .args(kept)
