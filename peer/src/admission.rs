@@ -37,7 +37,10 @@ impl TrackerKeys {
     pub fn pin(&self, url: &str, key: [u8; 32]) {
         let mut keys = self.by_tracker.write();
         if keys.len() >= MAX_TRACKERS && !keys.contains_key(url) {
-            tracing::warn!(tracker = url, "too many tracker keys pinned; ignoring this one");
+            tracing::warn!(
+                tracker = url,
+                "too many tracker keys pinned; ignoring this one"
+            );
             return;
         }
         if keys.insert(url.to_owned(), key) != Some(key) {

@@ -172,7 +172,10 @@ async fn share(peer: &Peer, path: &std::path::Path, public: bool) -> anyhow::Res
     } else {
         "private: served to peers the tracker admits to it"
     };
-    println!("sharing {} ({} bytes, {how})\n  id {}", m.name, m.size, m.id);
+    println!(
+        "sharing {} ({} bytes, {how})\n  id {}",
+        m.name, m.size, m.id
+    );
     Ok(())
 }
 

@@ -460,8 +460,12 @@ impl Discovery {
         if let Some(text) = &swarm.admission {
             match Admission::from_hex(text) {
                 Ok(a) if a.file_id == *id && Some(a.peer_id) == me => self.admissions.hold(a),
-                Ok(_) => tracing::warn!(file = %id, "the tracker's admission is for another file or peer"),
-                Err(e) => tracing::warn!(file = %id, error = %e, "unreadable admission from the tracker"),
+                Ok(_) => {
+                    tracing::warn!(file = %id, "the tracker's admission is for another file or peer")
+                }
+                Err(e) => {
+                    tracing::warn!(file = %id, error = %e, "unreadable admission from the tracker")
+                }
             }
         }
         Ok(self.sources(swarm.peers).await)

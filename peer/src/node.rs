@@ -107,8 +107,9 @@ impl Node {
         let upload = Arc::new(Throttle::new(args.upload_limit));
         let download = Arc::new(Throttle::new(args.download_limit));
         let shutdown = CancellationToken::new();
-        let uploader =
-            Arc::new(Uploader::new(library.clone(), upload.clone()).with_trust(tracker_keys.clone()));
+        let uploader = Arc::new(
+            Uploader::new(library.clone(), upload.clone()).with_trust(tracker_keys.clone()),
+        );
         let acceptor = Acceptor::new(identity.clone(), uploader, shutdown.clone())
             .with_limits(args.inbound_limits());
         acceptor.listen(listener);
@@ -275,7 +276,7 @@ mod tests {
             max_connections: 512,
             max_connections_per_addr: 32,
             idle_timeout: 90,
-        public: false,
+            public: false,
         };
         let node = Node::start(&args).await.unwrap();
         assert_ne!(node.addr.port(), 0);

@@ -326,7 +326,10 @@ impl TrackerClient {
             return self.call(req, false).await;
         };
         let plain = req.try_clone();
-        match (self.call(req.header(PEER_TOKEN_HEADER, token), false).await, plain) {
+        match (
+            self.call(req.header(PEER_TOKEN_HEADER, token), false).await,
+            plain,
+        ) {
             (Err(TrackerError::PeerToken(message)), Some(plain)) => {
                 tracing::debug!(%message, "the tracker refused the peer token for a lookup; asking without");
                 self.call(plain, false).await
@@ -439,10 +442,18 @@ impl TrackerClient {
         self.keep_peer_token(&resp.peer_token);
         if let Some(keys) = &self.tracker_keys {
             let mut key = [0u8; 32];
-            match resp.admission_key.as_deref().map(|k| hex::decode_to_slice(k, &mut key)) {
+            match resp
+                .admission_key
+                .as_deref()
+                .map(|k| hex::decode_to_slice(k, &mut key))
+            {
                 Some(Ok(())) => keys.pin(self.base_url(), key),
-                Some(Err(_)) => tracing::warn!(tracker = %self.base_url(), "the tracker's admission key is not 64 hex characters; its admissions are not accepted"),
-                None => tracing::warn!(tracker = %self.base_url(), "the tracker signs no admissions (an older tracker): private files are served to no one"),
+                Some(Err(_)) => {
+                    tracing::warn!(tracker = %self.base_url(), "the tracker's admission key is not 64 hex characters; its admissions are not accepted")
+                }
+                None => {
+                    tracing::warn!(tracker = %self.base_url(), "the tracker signs no admissions (an older tracker): private files are served to no one")
+                }
             }
         }
         Ok(resp)

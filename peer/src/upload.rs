@@ -85,6 +85,10 @@ const HAVE_DELAY: std::time::Duration = std::time::Duration::from_millis(20);
 /// Files one connection may hold admissions for at once (an admission is tracker-signed, so
 /// only a peer the tracker admitted to this many files reaches it).
 const MAX_ADMITTED: usize = 256;
+/// Admissions refused on one connection after which further ones are not checked (each check
+/// of a pinned key's signature costs some 50 µs of CPU; a peer sending forgeries gets that much
+/// of it, not more).
+const MAX_REFUSED_ADMISSIONS: u32 = 64;
 
 /// Which files one connection's peer may fetch: the public ones, and the private ones it sent
 /// a valid admission for.
@@ -97,6 +101,8 @@ pub struct Gate<'a> {
     admitted: HashMap<FileId, u64>,
     /// Why the last admission sent for a file was refused, to tell the peer.
     refused: HashMap<FileId, String>,
+    /// Admissions refused on this connection so far.
+    refusals: u32,
 }
 
 impl<'a> Gate<'a> {
@@ -107,12 +113,20 @@ impl<'a> Gate<'a> {
             remote,
             admitted: HashMap::new(),
             refused: HashMap::new(),
+            refusals: 0,
         }
     }
 
     /// Takes an admission the peer sent: kept when valid, else the reason is kept.
     fn present(&mut self, admission: &Admission) {
         let file = admission.file_id;
+        if self.refusals >= MAX_REFUSED_ADMISSIONS {
+            if self.refused.len() < MAX_ADMITTED {
+                self.refused
+                    .insert(file, "too many bad admissions on this connection".into());
+            }
+            return;
+        }
         match self.trust.check(admission, &file, &self.remote) {
             Ok(()) => {
                 if self.admitted.len() >= MAX_ADMITTED && !self.admitted.contains_key(&file) {
@@ -129,6 +143,7 @@ impl<'a> Gate<'a> {
                 }
             }
             Err(e) => {
+                self.refusals += 1;
                 tracing::debug!(peer = %self.remote, %file, error = %e, "admission refused");
                 if self.refused.len() < MAX_ADMITTED || self.refused.contains_key(&file) {
                     self.refused.insert(file, e.to_string());
@@ -140,13 +155,18 @@ impl<'a> Gate<'a> {
     /// `None` when the peer may fetch `file`; else the `Reject` message saying why not.
     fn refusal(&self, file: &FileId) -> Option<String> {
         if self.library.is_public(file)
-            || self.admitted.get(file).is_some_and(|until| *until > now_ms())
+            || self
+                .admitted
+                .get(file)
+                .is_some_and(|until| *until > now_ms())
         {
             return None;
         }
         let why = match (self.refused.get(file), self.admitted.contains_key(file)) {
             (Some(why), _) => why.clone(),
-            (None, true) => "the admission expired; ask the tracker for the file's peers again".into(),
+            (None, true) => {
+                "the admission expired; ask the tracker for the file's peers again".into()
+            }
             (None, false) => "no admission sent".into(),
         };
         Some(format!(

@@ -78,7 +78,9 @@ type Writer = SecureWriter<WriteHalf<TcpStream>>;
 /// A raw client session to `addr` as `me`.
 async fn raw(me: &Identity, addr: SocketAddr) -> (Reader, Writer) {
     let stream = TcpStream::connect(addr).await.unwrap();
-    let s = session::open(stream, me, Role::Initiator, None).await.unwrap();
+    let s = session::open(stream, me, Role::Initiator, None)
+        .await
+        .unwrap();
     s.reader.frame_cap().set(wire::MAX_MANIFEST_FRAME_LEN);
     (s.reader, s.writer)
 }
@@ -95,6 +97,27 @@ async fn next(rx: &mut Reader) -> Frame {
             Frame::Hello { .. } => {}
             f => return f,
         }
+    }
+}
+
+/// Reads the answer to a `ManifestRequest`: a "not admitted" reject saying `why`.
+async fn expect_not_admitted(rx: &mut Reader, why: &str) {
+    refused_frame(next(rx).await, 0, why);
+}
+
+/// Asserts `frame` is a "not admitted" rejection of `request_id` saying `why`.
+fn refused_frame(frame: Frame, request_id: u32, why: &str) {
+    match frame {
+        Frame::Reject {
+            request_id: r,
+            code: RejectCode::NotAdmitted,
+            message,
+        } => {
+            assert_eq!(r, request_id);
+            assert!(message.contains(why), "{message:?} should say {why:?}");
+            assert!(message.contains("not admitted"), "{message}");
+        }
+        other => panic!("expected a not-admitted reject, got {other:?}"),
     }
 }
 
@@ -123,20 +146,8 @@ async fn ask(me: &Identity, s: &Seeder, admission: Option<Admission>) -> (Frame,
 
 /// Asserts both answers are "not admitted" rejections saying `why`.
 fn refused(answers: (Frame, Frame), why: &str) {
-    for (frame, request_id) in [(answers.0, 0), (answers.1, 7)] {
-        match frame {
-            Frame::Reject {
-                request_id: r,
-                code: RejectCode::NotAdmitted,
-                message,
-            } => {
-                assert_eq!(r, request_id);
-                assert!(message.contains(why), "{message:?} should say {why:?}");
-                assert!(message.contains("not admitted"), "{message}");
-            }
-            other => panic!("expected a not-admitted reject, got {other:?}"),
-        }
-    }
+    refused_frame(answers.0, 0, why);
+    refused_frame(answers.1, 7, why);
 }
 
 #[tokio::test]
@@ -185,6 +196,37 @@ async fn a_private_file_is_served_only_with_the_trackers_admission_for_this_peer
         // Made public, it is served to anyone.
         s.library.visibility.set_public(file, true).unwrap();
         let (manifest, _) = ask(&me, &s, None).await;
+        assert!(matches!(manifest, Frame::Manifest(_)), "{manifest:?}");
+        s.stop.cancel();
+    })
+    .await
+    .expect("finished in time");
+}
+
+/// A connection sending forged admissions under the pinned key gets 64 checked, then none:
+/// its next admission, even a good one, is not looked at; another connection is served.
+#[tokio::test]
+async fn forged_admissions_cost_a_bounded_number_of_signature_checks() {
+    tokio::time::timeout(OVERALL, async {
+        let tracker = AdmissionSigner::from_seed(&[4; 32]);
+        let s = seeder(&tracker).await;
+        let me = Identity::generate().unwrap();
+        let good = tracker.admit(&s.manifest.id, &me.peer_id(), now_ms() + 600_000);
+        let (mut rx, mut tx) = raw(&me, s.addr).await;
+        for i in 0..200u64 {
+            let mut forged = good;
+            forged.signature[0] ^= 1;
+            forged.expires_at_ms += i;
+            tx.feed(&Frame::Admission(forged));
+        }
+        tx.feed(&Frame::Admission(good));
+        tx.send(&Frame::ManifestRequest {
+            file_id: s.manifest.id,
+        })
+        .await
+        .unwrap();
+        expect_not_admitted(&mut rx, "too many bad admissions").await;
+        let (manifest, _) = ask(&me, &s, Some(good)).await;
         assert!(matches!(manifest, Frame::Manifest(_)), "{manifest:?}");
         s.stop.cancel();
     })
@@ -313,7 +355,8 @@ async fn through_a_real_tracker_only_admitted_peers_fetch_a_private_file() {
         std::fs::create_dir_all(&seed_dir).unwrap();
         let data = support::content(2_000_000, 11);
         std::fs::write(seed_dir.join("plans.pdf"), &data).unwrap();
-        let manifest = p2p_peer::storage::manifest_for_file(&seed_dir.join("plans.pdf"), "plans.pdf").unwrap();
+        let manifest =
+            p2p_peer::storage::manifest_for_file(&seed_dir.join("plans.pdf"), "plans.pdf").unwrap();
         let id = manifest.id;
         let _seed = Killed(
             peer_cmd(env!("CARGO_BIN_EXE_p2p-peer"), &url, &seed_dir)
@@ -341,15 +384,10 @@ async fn through_a_real_tracker_only_admitted_peers_fetch_a_private_file() {
         // A raw client with its own key, never admitted.
         let stranger = Identity::generate().unwrap();
         let (mut rx, mut tx) = raw(&stranger, seed_addr).await;
-        tx.send(&Frame::ManifestRequest { file_id: id }).await.unwrap();
-        match next(&mut rx).await {
-            Frame::Reject {
-                code: RejectCode::NotAdmitted,
-                message,
-                ..
-            } => assert!(message.contains("no admission sent"), "{message}"),
-            other => panic!("expected a not-admitted reject, got {other:?}"),
-        }
+        tx.send(&Frame::ManifestRequest { file_id: id })
+            .await
+            .unwrap();
+        expect_not_admitted(&mut rx, "no admission sent").await;
 
         // A registered peer gets an admission with its lookup; presented by another key it
         // is refused.
@@ -369,22 +407,22 @@ async fn through_a_real_tracker_only_admitted_peers_fetch_a_private_file() {
         assert_eq!(resp.admission_key.as_ref().map(String::len), Some(64));
         let swarm = registered.file_peers(&id, None, 10).await.unwrap();
         let admission = Admission::from_hex(swarm.admission.as_deref().unwrap()).unwrap();
-        assert_eq!((admission.file_id, admission.peer_id), (id, admitted.peer_id()));
+        assert_eq!(
+            (admission.file_id, admission.peer_id),
+            (id, admitted.peer_id())
+        );
         let (mut rx, mut tx) = raw(&stranger, seed_addr).await;
         tx.feed(&Frame::Admission(admission));
-        tx.send(&Frame::ManifestRequest { file_id: id }).await.unwrap();
-        match next(&mut rx).await {
-            Frame::Reject {
-                code: RejectCode::NotAdmitted,
-                message,
-                ..
-            } => assert!(message.contains("for peer"), "{message}"),
-            other => panic!("expected a not-admitted reject, got {other:?}"),
-        }
+        tx.send(&Frame::ManifestRequest { file_id: id })
+            .await
+            .unwrap();
+        expect_not_admitted(&mut rx, "for peer").await;
         // Its rightful holder is served.
         let (mut rx, mut tx) = raw(&admitted, seed_addr).await;
         tx.feed(&Frame::Admission(admission));
-        tx.send(&Frame::ManifestRequest { file_id: id }).await.unwrap();
+        tx.send(&Frame::ManifestRequest { file_id: id })
+            .await
+            .unwrap();
         assert!(matches!(next(&mut rx).await, Frame::Manifest(m) if m.id == id));
 
         // The honest download through the tracker.

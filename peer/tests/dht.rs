@@ -210,7 +210,10 @@ async fn only_public_files_are_announced_on_the_dht() {
         let node = Node::start(&args).await.unwrap();
         let mut ids = std::collections::HashMap::new();
         for (path, result) in node.share_data_dir().await {
-            ids.insert(path.file_name().unwrap().to_str().unwrap().to_owned(), result.unwrap().id);
+            ids.insert(
+                path.file_name().unwrap().to_str().unwrap().to_owned(),
+                result.unwrap().id,
+            );
         }
         let (private, public) = (ids["private.txt"], ids["public.txt"]);
         node.library.visibility.set_public(public, true).unwrap();
@@ -220,15 +223,24 @@ async fn only_public_files_are_announced_on_the_dht() {
 
         let dht = loopback_dht(&net.bootstrap).await;
         let found = dht.find_peers(&public, Duration::from_secs(30)).await;
-        assert!(found.iter().any(|a| a.port() == node.addr.port()), "{found:?}");
+        assert!(
+            found.iter().any(|a| a.port() == node.addr.port()),
+            "{found:?}"
+        );
         assert!(
             dht.find_peers(&private, Duration::from_secs(30))
                 .await
                 .is_empty()
         );
-        assert_eq!(*announced.borrow(), 1, "the private file was never announced");
+        assert_eq!(
+            *announced.borrow(),
+            1,
+            "the private file was never announced"
+        );
         let me = Identity::generate().unwrap();
-        let err = discovery::probe(&me, node.addr, &private).await.unwrap_err();
+        let err = discovery::probe(&me, node.addr, &private)
+            .await
+            .unwrap_err();
         assert!(matches!(err, ProbeError::NotAdmitted(_)), "{err}");
         node.shutdown();
     })

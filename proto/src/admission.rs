@@ -131,10 +131,13 @@ impl Admission {
         if !trusted.contains(&self.tracker_key) {
             return Err(AdmissionError::UnknownTracker);
         }
-        let key =
-            VerifyingKey::from_bytes(&self.tracker_key).map_err(|_| AdmissionError::BadSignature)?;
-        key.verify_strict(&self.signed_bytes(), &Signature::from_bytes(&self.signature))
+        let key = VerifyingKey::from_bytes(&self.tracker_key)
             .map_err(|_| AdmissionError::BadSignature)?;
+        key.verify_strict(
+            &self.signed_bytes(),
+            &Signature::from_bytes(&self.signature),
+        )
+        .map_err(|_| AdmissionError::BadSignature)?;
         if self.file_id != *file {
             return Err(AdmissionError::OtherFile {
                 admitted: self.file_id,
@@ -276,7 +279,10 @@ mod tests {
             "signed bytes {}",
             hex::encode(a.signed_bytes())
         );
-        assert_eq!(&a.signed_bytes()[..ADMISSION_CONTEXT.len()], ADMISSION_CONTEXT);
+        assert_eq!(
+            &a.signed_bytes()[..ADMISSION_CONTEXT.len()],
+            ADMISSION_CONTEXT
+        );
     }
 
     const GOLDEN_SIGNATURE: &str = "291e0797906b0a0d7b014a833158dad554112f7518211cf438ac29c53be52002\
@@ -290,7 +296,10 @@ mod tests {
         let a = s.admit(&file, &peer, NOW + 600_000);
         assert_eq!(a.check(&trusted, &file, &peer, NOW), Ok(()));
         // Within the skew past the expiry, then not.
-        assert_eq!(a.check(&trusted, &file, &peer, NOW + 600_000 + 59_999), Ok(()));
+        assert_eq!(
+            a.check(&trusted, &file, &peer, NOW + 600_000 + 59_999),
+            Ok(())
+        );
         assert_eq!(
             a.check(&trusted, &file, &peer, NOW + 660_000),
             Err(AdmissionError::Expired)
@@ -339,7 +348,10 @@ mod tests {
 
     #[test]
     fn bad_encodings_are_errors() {
-        assert_eq!(Admission::from_bytes(&[0; 10]), Err(AdmissionError::Length(10)));
+        assert_eq!(
+            Admission::from_bytes(&[0; 10]),
+            Err(AdmissionError::Length(10))
+        );
         assert_eq!(
             Admission::from_hex(&"zz".repeat(ADMISSION_LEN)),
             Err(AdmissionError::Hex)

@@ -23,8 +23,8 @@ use std::time::Duration;
 use curve25519_dalek::montgomery::MontgomeryPoint;
 use p2p_proto::admission::AdmissionSigner;
 use p2p_proto::api::{PeerChallenge, PeerProof};
-use p2p_proto::{FileId, PeerId};
 use p2p_proto::peer_auth::{NONCE_LEN, hmac_sha256, macs_equal, proof_mac};
+use p2p_proto::{FileId, PeerId};
 use parking_lot::Mutex;
 
 use crate::clock::Clock;
@@ -169,7 +169,11 @@ impl PeerAuth {
 
     /// An admission of the peer whose token `header` carries to `file`, as hex, valid for
     /// [`ADMISSION_TTL`]; `None` without a token (a dashboard, a script: nobody to admit).
-    pub fn admit(&self, header: Option<&str>, file: &FileId) -> Result<Option<String>, PeerAuthError> {
+    pub fn admit(
+        &self,
+        header: Option<&str>,
+        file: &FileId,
+    ) -> Result<Option<String>, PeerAuthError> {
         let Some(header) = header.map(str::trim).filter(|h| !h.is_empty()) else {
             return Ok(None);
         };
@@ -574,12 +578,20 @@ mod tests {
             Err(PeerAuthError::MalformedToken)
         );
         let token = a.issue_token(&alice).token;
-        let admission = Admission::from_hex(&a.admit(Some(&token), &file).unwrap().unwrap()).unwrap();
+        let admission =
+            Admission::from_hex(&a.admit(Some(&token), &file).unwrap().unwrap()).unwrap();
         assert_eq!(
-            (admission.peer_id, admission.file_id, admission.expires_at_ms),
+            (
+                admission.peer_id,
+                admission.file_id,
+                admission.expires_at_ms
+            ),
             (alice, file, T0 + ADMISSION_TTL.as_millis() as u64)
         );
-        assert_eq!(admission.check(&[a.admission_key()], &file, &alice, T0), Ok(()));
+        assert_eq!(
+            admission.check(&[a.admission_key()], &file, &alice, T0),
+            Ok(())
+        );
         clock.advance_ms(3_600_000);
         assert_eq!(
             a.admit(Some(&token), &file),
