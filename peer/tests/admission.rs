@@ -441,3 +441,108 @@ async fn through_a_real_tracker_only_admitted_peers_fetch_a_private_file() {
     .await
     .expect("finished in time");
 }
+
+/// Chunk `index` of `data`, the content `m` describes.
+fn chunk_of(m: &Manifest, data: &[u8], index: u32) -> bytes::Bytes {
+    let start = index as usize * m.chunk_size as usize;
+    let len = m.chunk_len(u64::from(index)) as usize;
+    bytes::Bytes::copy_from_slice(&data[start..start + len])
+}
+
+/// A long download sends its peers a fresher admission once the one it sent nears its expiry
+/// and a later one is held (the refreshes of the file's peers bring them). The seeder here
+/// records the admissions it is sent.
+#[tokio::test]
+async fn a_long_download_renews_its_admission_with_its_peers() {
+    use p2p_peer::net::secure;
+    tokio::time::timeout(OVERALL, async {
+        let tracker = AdmissionSigner::from_seed(&[5; 32]);
+        let dir = tempfile::tempdir().unwrap();
+        let data = Arc::new(support::content(1_500_000, 8));
+        let path = dir.path().join("long.bin");
+        std::fs::write(&path, &*data).unwrap();
+        let m = p2p_peer::storage::manifest_for_file(&path, "long.bin").unwrap();
+        let seed = Identity::generate().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(parking_lot::Mutex::new(Vec::<Admission>::new()));
+        {
+            let (seed, m, data, seen) = (seed.clone(), m.clone(), data.clone(), seen.clone());
+            tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    let (seed, m, data, seen) =
+                        (seed.clone(), m.clone(), data.clone(), seen.clone());
+                    tokio::spawn(async move {
+                        let (mut rx, mut tx, _) =
+                            secure::handshake(stream, &seed, Role::Responder, None).await?;
+                        while let Some(frame) = rx.recv().await? {
+                            match frame {
+                                Frame::Admission(a) => seen.lock().push(a),
+                                Frame::ManifestRequest { file_id } => {
+                                    let all = p2p_proto::Bitfield::full(m.chunk_count());
+                                    tx.feed(&Frame::Manifest(m.clone()));
+                                    tx.send(&Frame::Bitfield {
+                                        file_id,
+                                        chunk_count: all.len() as u32,
+                                        bits: all.into_bytes().into(),
+                                    })
+                                    .await?;
+                                }
+                                Frame::Request {
+                                    request_id,
+                                    file_id,
+                                    index,
+                                } => {
+                                    let data = chunk_of(&m, &data, index);
+                                    tx.send(&Frame::Chunk {
+                                        request_id,
+                                        file_id,
+                                        index,
+                                        data,
+                                    })
+                                    .await?;
+                                }
+                                _ => {}
+                            }
+                        }
+                        Ok::<_, secure::SecureError>(())
+                    });
+                }
+            });
+        }
+        let me = Identity::generate().unwrap();
+        let held = Arc::new(HeldAdmissions::default());
+        // Expiring within the renewal margin from the start.
+        let first = tracker.admit(&m.id, &me.peer_id(), now_ms() + 60_000);
+        held.hold(first);
+        let fresh = tracker.admit(&m.id, &me.peer_id(), now_ms() + 600_000);
+        let later = held.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            later.hold(fresh);
+        });
+        let opts = DownloadOptions {
+            admissions: held,
+            // About 3 s for the file, so the fresh admission arrives mid-download.
+            throttle: Arc::new(Throttle::new(Some(500_000))),
+            connections_per_peer: Some(1),
+            pipeline: 2,
+            ..DownloadOptions::default()
+        };
+        let out = tempfile::tempdir().unwrap();
+        let report = download(
+            &me,
+            &m,
+            &[PeerAddr::new(seed.peer_id(), vec![addr])],
+            out.path(),
+            Arc::new(Library::new()),
+            opts,
+        )
+        .await
+        .unwrap();
+        assert_eq!(std::fs::read(&report.path).unwrap(), *data);
+        assert_eq!(*seen.lock(), vec![first, fresh], "sent once, renewed once");
+    })
+    .await
+    .expect("finished in time");
+}
