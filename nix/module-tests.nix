@@ -156,6 +156,10 @@ let
       expected = "${peer}/bin/p2p-peer --daemon --tracker http://tracker:8080 --listen 0.0.0.0 --port 7000 --data /var/lib/p2p-peer"
         + " --upload-limit 10M --announce-addr 203.0.113.7,2001:db8::7 --relay-only --dht-port 6881";
     };
+    testPeerPublic = {
+      expr = (peerUnit { public = true; }).ExecStart;
+      expected = "${peer}/bin/p2p-peer --daemon --tracker http://tracker:8080 --listen 0.0.0.0 --port 6881 --data /var/lib/p2p-peer --public --dht-port 6881";
+    };
     testPeerShareDir = {
       expr = lib.getAttrs [ "ExecStart" "BindReadOnlyPaths" ] (peerUnit { shareDir = "/srv/public"; });
       expected = {

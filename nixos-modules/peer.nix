@@ -12,6 +12,7 @@ let
     ++ lib.optionals (cfg.downloadLimit != null) [ "--download-limit" cfg.downloadLimit ]
     ++ lib.optionals (cfg.announceAddresses != [ ]) [ "--announce-addr" (lib.concatStringsSep "," cfg.announceAddresses) ]
     ++ lib.optional cfg.relayOnly "--relay-only"
+    ++ lib.optional cfg.public "--public"
     ++ (if cfg.dht.enable
   then [ "--dht-port" (toString cfg.dht.port) ]
     ++ lib.optionals (cfg.dht.bootstrap != [ ]) [ "--dht-bootstrap" (lib.concatStringsSep "," cfg.dht.bootstrap) ]
@@ -64,6 +65,15 @@ in
         Open every port the peer listens on: {option}`port` (TCP) so other peers can fetch
         chunks, and {option}`dht.port` (UDP) when the DHT is on. Hole punching needs no open
         port (its UDP socket sends first, so the replies are part of a known flow).
+      '';
+    };
+
+    public = mkOption {
+      type = types.bool;
+      default = false;
+      description = ''
+        Share every file publicly: served to anyone who asks and announced on the DHT
+        (`--public`). By default files are private: served only to peers the tracker admitted.
       '';
     };
 

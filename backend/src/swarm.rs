@@ -217,6 +217,7 @@ impl Swarm {
             // Filled in by the handler, which checked the proof and issues the token.
             peer_token: String::new(),
             peer_token_expires_in_secs: 0,
+            admission_key: None,
         })
     }
 
@@ -559,6 +560,8 @@ impl Swarm {
             file_id: *id,
             chunk_count,
             peers,
+            // Signed by the handler for the asking peer.
+            admission: None,
         })
     }
 

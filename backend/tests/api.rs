@@ -979,3 +979,53 @@ async fn bad_path_parameters_are_reported_by_name() {
     })
     .await;
 }
+
+/// Private swarms (docs/protocol.md §9): the registration hands out the admission key; a lookup
+/// of a file's peers with a peer token carries that peer's admission to the file, signed by it;
+/// without a token there is none, and a bad token is a 401.
+#[tokio::test]
+async fn file_peers_with_a_peer_token_carry_a_signed_admission() {
+    use p2p_proto::admission::Admission;
+    within(30, async {
+        let db = TestDb::sqlite();
+        let t = TestTracker::start(&db, serve_args()).await;
+        let (seeder, leecher) = (peer_id(), peer_id());
+        let reg = t.register(&seeder, 6881).await;
+        let key_hex = reg["admission_key"].as_str().unwrap().to_owned();
+        let mut key = [0u8; 32];
+        hex::decode_to_slice(&key_hex, &mut key).unwrap();
+        let reg = t.register(&leecher, 6882).await;
+        assert_eq!(reg["admission_key"], json!(key_hex), "one key per tracker");
+        let m = manifest("secret.bin", &content(1000, 3));
+        let resp = t.announce(&seeder, &m, None).await;
+        assert_eq!(resp.status(), 200);
+        let variant = resp.json::<Value>().await.unwrap()["variant"].clone();
+
+        let path = format!("/api/files/{}/peers", m.id);
+        let plain = t.get_json(&path).await;
+        assert!(plain.get("admission").is_none(), "{plain}");
+        for query in [String::new(), format!("?variant={variant}")] {
+            let resp = t
+                .get(&format!("{path}{query}"))
+                .header("X-Peer-Token", t.token(&leecher))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            let body: Value = resp.json().await.unwrap();
+            let a = Admission::from_hex(body["admission"].as_str().unwrap()).unwrap();
+            assert_eq!((a.file_id, a.peer_id), (m.id, leecher));
+            assert_eq!(a.expires_at_ms, T0 + 600_000);
+            assert_eq!(a.check(&[key], &m.id, &leecher, T0), Ok(()));
+        }
+        let resp = t
+            .get(&path)
+            .header("X-Peer-Token", "00".repeat(72))
+            .send()
+            .await
+            .unwrap();
+        assert_error(resp, 401, "peer_token").await;
+        t.stop().await;
+    })
+    .await;
+}

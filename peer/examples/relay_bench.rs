@@ -54,6 +54,8 @@ async fn main() -> anyhow::Result<()> {
     // The seeder: listening on TCP and attached to the relay.
     let seeder = Identity::generate()?;
     let library = Arc::new(Library::new());
+    // Public: this test is about the transfer, not admission (see tests/admission.rs).
+    library.visibility.set_all_public(true);
     let manifest = library.share(&path).await?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;

@@ -27,6 +27,8 @@ use tokio_util::sync::CancellationToken;
 async fn peer(stop: &CancellationToken) -> anyhow::Result<(Identity, Arc<Library>, PeerAddr)> {
     let identity = Identity::generate()?;
     let library = Arc::new(Library::new());
+    // Public: this test is about the transfer, not admission (see tests/admission.rs).
+    library.visibility.set_all_public(true);
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let throttle = Arc::new(Throttle::new(None));

@@ -130,14 +130,7 @@ async fn shell_loop(peer: &Peer) -> anyhow::Result<()> {
                 Ok(())
             }
             ShellCommand::Quit => break,
-            ShellCommand::Share(path) => match peer.node.library.share(&path).await {
-                Ok(m) => {
-                    peer.announce_now();
-                    println!("sharing {} ({} bytes)\n  id {}", m.name, m.size, m.id);
-                    Ok(())
-                }
-                Err(e) => Err(anyhow::anyhow!(e)),
-            },
+            ShellCommand::Share { path, public } => share(peer, &path, public).await,
             ShellCommand::List => list(peer).await,
             ShellCommand::Download(id) => fetch(peer, &id).await.map(|r| print_report(&r)),
             ShellCommand::Unshare(prefix) => unshare(peer, &prefix).await,
@@ -161,6 +154,28 @@ async fn shell_loop(peer: &Peer) -> anyhow::Result<()> {
             println!("error: {}", error_chain(e.as_ref()));
         }
     }
+    Ok(())
+}
+
+/// Shares the file at `path`; `public` makes it public (and keeps that choice), else it keeps
+/// the node's default (private unless `--public`).
+async fn share(peer: &Peer, path: &std::path::Path, public: bool) -> anyhow::Result<()> {
+    let library = peer.node.library.clone();
+    let m = library.share(path).await?;
+    if public {
+        let id = m.id;
+        tokio::task::spawn_blocking(move || library.visibility.set_public(id, true)).await??;
+    }
+    peer.announce_now();
+    let how = if peer.node.library.is_public(&m.id) {
+        "public: anyone may fetch it, also through the DHT"
+    } else {
+        "private: served to peers the tracker admits to it"
+    };
+    println!(
+        "sharing {} ({} bytes, {how})\n  id {}",
+        m.name, m.size, m.id
+    );
     Ok(())
 }
 

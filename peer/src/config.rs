@@ -131,6 +131,11 @@ pub struct NodeArgs {
     /// through the relay or QUIC).
     #[arg(long, env = "P2P_MAX_CONNECTIONS_PER_ADDR", default_value_t = 32)]
     pub max_connections_per_addr: usize,
+    /// Make every file this peer shares public: served to anyone who asks and announced on the
+    /// DHT. Without it files are private: served only to peers the tracker admitted to them
+    /// (the shell's `share --public <path>` makes one file public).
+    #[arg(long, env = "P2P_PUBLIC", default_value_t = false)]
+    pub public: bool,
     /// Seconds an inbound connection may stay silent before it is closed.
     #[arg(long, env = "P2P_IDLE_TIMEOUT", default_value_t = 90, value_parser = clap::value_parser!(u64).range(1..))]
     pub idle_timeout: u64,

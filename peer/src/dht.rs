@@ -213,7 +213,8 @@ impl AnnouncerHandle {
     }
 }
 
-/// Announces every file in `library`, complete or partial, with the TCP `port`: new files when
+/// Announces every public file in `library` (private ones are never told to the DHT),
+/// complete or partial, with the TCP `port`: new files when
 /// woken, all of them every `every`, failed ones again after [`RETRY_INTERVAL`]. The first
 /// failure in a row is logged as a warning, the rest quietly, so a DHT that cannot join does
 /// not flood the log.
@@ -239,7 +240,11 @@ pub fn spawn_announcer(
             if full {
                 next_full = Instant::now() + every;
             }
-            let current: HashSet<FileId> = library.list().into_iter().map(|(m, _)| m.id).collect();
+            let current: HashSet<FileId> = library
+                .list_public()
+                .into_iter()
+                .map(|(m, _)| m.id)
+                .collect();
             // A file that left the library (and may come back) is no longer announced.
             done.retain(|id| current.contains(id));
             let due: Vec<FileId> = current

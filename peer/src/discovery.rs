@@ -17,14 +17,17 @@
 //! ([`check_manifest`]), every chunk is verified against it, and the whole file against its id.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use p2p_proto::admission::Admission;
 use p2p_proto::api::FilePeer;
-use p2p_proto::wire::{self, Frame};
+use p2p_proto::wire::{self, Frame, RejectCode};
 use p2p_proto::{FileId, Manifest, ManifestError, PeerId};
 use tokio::net::TcpStream;
 
+use crate::admission::HeldAdmissions;
 use crate::dht::{Dht, LOOKUP_TIMEOUT};
 use crate::identity::Identity;
 use crate::net::addr::is_local;
@@ -62,6 +65,9 @@ pub enum ProbeError {
     Myself,
     #[error("the peer does not have the file")]
     NoFile,
+    /// The file is private there (only the tracker admits to it); the DHT finds public files.
+    #[error("{0}")]
+    NotAdmitted(String),
     #[error("the peer refused: {0}")]
     Refused(String),
     #[error("the peer closed the connection")]
@@ -120,6 +126,11 @@ async fn run_probe(
                 check_manifest(&manifest, file)?;
                 return Ok((peer_id, manifest));
             }
+            Frame::Reject {
+                code: RejectCode::NotAdmitted,
+                message,
+                ..
+            } => return Err(ProbeError::NotAdmitted(message)),
             Frame::Reject { .. } => return Err(ProbeError::NoFile),
             Frame::Error { message, .. } => return Err(ProbeError::Refused(message)),
             _ => {}
@@ -246,6 +257,9 @@ pub struct Discovery {
     relay: Option<RelayUrl>,
     /// Whether local addresses from the tracker or the DHT are dialled ([`is_local`]).
     allow_local: bool,
+    /// Where the tracker's admissions of this peer to the files it looks up are kept, for
+    /// downloads to present.
+    admissions: Arc<HeldAdmissions>,
 }
 
 impl Discovery {
@@ -263,7 +277,14 @@ impl Discovery {
             own,
             relay,
             allow_local: false,
+            admissions: Arc::default(),
         }
+    }
+
+    /// Keeps the admissions the tracker's answers carry in `admissions`.
+    pub fn with_admissions(mut self, admissions: Arc<HeldAdmissions>) -> Self {
+        self.admissions = admissions;
+        self
     }
 
     /// Dials local addresses the tracker or the DHT give too (`--allow-local-addrs`).
@@ -436,6 +457,17 @@ impl Discovery {
             }
         }
         .map_err(FindError::Peers)?;
+        if let Some(text) = &swarm.admission {
+            match Admission::from_hex(text) {
+                Ok(a) if a.file_id == *id && Some(a.peer_id) == me => self.admissions.hold(a),
+                Ok(_) => {
+                    tracing::warn!(file = %id, "the tracker's admission is for another file or peer")
+                }
+                Err(e) => {
+                    tracing::warn!(file = %id, error = %e, "unreadable admission from the tracker")
+                }
+            }
+        }
         Ok(self.sources(swarm.peers).await)
     }
 

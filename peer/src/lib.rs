@@ -8,7 +8,9 @@
 //!   downloads with resume state and atomic completion, file versions, the shared folder's
 //!   index.
 //! - [`upload`]: answering manifest and chunk requests from the library (the acceptor's
-//!   handler).
+//!   handler), private files only to admitted peers.
+//! - [`admission`]: private swarms: the tracker keys pinned at registration, and the
+//!   admissions held for downloads.
 //! - [`download`]: parallel downloads from several peers with verification and bans.
 //! - [`tracker_client`]: the tracker's REST API and the registration session.
 //! - [`dht`]: a Mainline DHT node: announcing the library and looking files up without the
@@ -27,6 +29,7 @@
 //! peer id), [`config`] (the command line: flags of the original design, env on each) and
 //! [`throttle`] (upload and download bandwidth limits, changeable at run time).
 
+pub mod admission;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use p2p_proto::Manifest;
 use tokio_util::sync::CancellationToken;
 
+use crate::admission::{HeldAdmissions, TrackerKeys};
 use crate::config::NodeArgs;
 use crate::dht::{self, AnnouncerHandle, Dht, DhtConfig};
 use crate::identity::{Identity, IdentityError, KEY_FILE};
@@ -71,6 +72,11 @@ pub struct Node {
     pub relay: Option<RelayClient>,
     /// How downloads reach peers.
     pub connector: Arc<Connector>,
+    /// The admission keys of the trackers this node registered with: its private files are
+    /// served to the holders of admissions they signed.
+    pub tracker_keys: Arc<TrackerKeys>,
+    /// The admissions this node holds for its downloads.
+    pub admissions: Arc<HeldAdmissions>,
     pub shutdown: CancellationToken,
 }
 
@@ -85,6 +91,11 @@ impl Node {
         }
         let identity = Identity::load_or_create(&args.data)?;
         let library = Arc::new(Library::new());
+        library.visibility.set_all_public(args.public);
+        if let Err(e) = library.visibility.keep_in(&args.data) {
+            tracing::warn!(error = %e, "the files made public earlier are private now");
+        }
+        let tracker_keys = Arc::new(TrackerKeys::default());
         let bind = SocketAddr::new(args.listen, args.port);
         let listener =
             accept::bind(bind).map_err(|source| NodeError::Listen { addr: bind, source })?;
@@ -94,7 +105,9 @@ impl Node {
         let upload = Arc::new(Throttle::new(args.upload_limit));
         let download = Arc::new(Throttle::new(args.download_limit));
         let shutdown = CancellationToken::new();
-        let uploader = Arc::new(Uploader::new(library.clone(), upload.clone()));
+        let uploader = Arc::new(
+            Uploader::new(library.clone(), upload.clone()).with_trust(tracker_keys.clone()),
+        );
         let acceptor = Acceptor::new(identity.clone(), uploader, shutdown.clone())
             .with_limits(args.inbound_limits());
         acceptor.listen(listener);
@@ -122,6 +135,8 @@ impl Node {
             dht_announcer,
             relay,
             connector,
+            tracker_keys,
+            admissions: Arc::default(),
             shutdown,
         })
     }
@@ -259,6 +274,7 @@ mod tests {
             max_connections: 512,
             max_connections_per_addr: 32,
             idle_timeout: 90,
+            public: false,
         };
         let node = Node::start(&args).await.unwrap();
         assert_ne!(node.addr.port(), 0);

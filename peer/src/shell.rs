@@ -7,7 +7,11 @@ use p2p_proto::FileId;
 /// One shell command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ShellCommand {
-    Share(PathBuf),
+    /// Shares a file; `public`: to anyone and on the DHT, else to admitted peers only.
+    Share {
+        path: PathBuf,
+        public: bool,
+    },
     List,
     Download(FileId),
     /// Stops sharing the file whose id starts with these hex characters (lower case).
@@ -28,7 +32,10 @@ pub enum ShellCommand {
 /// Help text of the shell.
 pub const HELP: &str = "\
 commands:
-  share <path>       share a file (hashes it and announces it to the tracker)
+  share <path>       share a file (hashes it and announces it to the tracker); private:
+                     served only to peers the tracker admits to it
+  share --public <path>
+                     share a file with anyone, also through the DHT (kept across restarts)
   list               files known to the tracker
   download <hash>    download a file by its id (64 hex characters)
   unshare <id>       stop sharing a file and withdraw it from the tracker; the id may be
@@ -49,8 +56,17 @@ pub fn parse(line: &str) -> Result<ShellCommand, String> {
     };
     match (word.to_ascii_lowercase().as_str(), rest) {
         ("", _) => Ok(ShellCommand::Nothing),
-        ("share", "") => Err("usage: share <path>".into()),
-        ("share", path) => Ok(ShellCommand::Share(PathBuf::from(path))),
+        ("share", "") | ("share", "--public") => Err("usage: share [--public] <path>".into()),
+        ("share", rest) => Ok(match rest.strip_prefix("--public ") {
+            Some(path) => ShellCommand::Share {
+                path: PathBuf::from(path.trim()),
+                public: true,
+            },
+            None => ShellCommand::Share {
+                path: PathBuf::from(rest),
+                public: false,
+            },
+        }),
         ("list" | "ls", "") => Ok(ShellCommand::List),
         ("download" | "get", "") => Err("usage: download <hash>".into()),
         ("download" | "get", hash) => hash
@@ -147,8 +163,19 @@ mod tests {
     fn commands() {
         assert_eq!(
             parse("  share  /tmp/a b.txt "),
-            Ok(ShellCommand::Share("/tmp/a b.txt".into()))
+            Ok(ShellCommand::Share {
+                path: "/tmp/a b.txt".into(),
+                public: false
+            })
         );
+        assert_eq!(
+            parse("share --public  /tmp/a b.txt"),
+            Ok(ShellCommand::Share {
+                path: "/tmp/a b.txt".into(),
+                public: true
+            })
+        );
+        assert!(parse("share --public").unwrap_err().starts_with("usage"));
         assert_eq!(parse("list"), Ok(ShellCommand::List));
         assert_eq!(parse("QUIT"), Ok(ShellCommand::Quit));
         assert_eq!(parse(""), Ok(ShellCommand::Nothing));

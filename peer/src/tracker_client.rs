@@ -6,6 +6,9 @@
 //! Registering proves possession of the peer id's private key (a challenge answered with
 //! [`p2p_proto::peer_auth::proof_mac`]) and yields a peer token; the calls that change the
 //! peer's entry (heartbeat, announce, unannounce, unregister) send it as `X-Peer-Token`.
+//! Lookups of a file's peers send it too: the answer then carries the tracker's admission of
+//! this peer to the file, and the registration's answer the tracker's admission key, which the
+//! client pins ([`TrackerClient::with_tracker_keys`]; `docs/protocol.md` §9).
 //!
 //! A client may be given several trackers ([`TrackerClient::with_failover`]): it uses one at a
 //! time, the first that answers, and moves on to the next when the one in use cannot be reached
@@ -35,6 +38,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::admission::TrackerKeys;
 use crate::identity::Identity;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -159,6 +163,11 @@ fn with_causes(e: &reqwest::Error) -> String {
 pub struct TrackerClient {
     http: reqwest::Client,
     endpoints: Arc<Endpoints>,
+    /// The peer token of the latest registration (or renewal), sent on lookups of a file's
+    /// peers so that the tracker admits this peer to the file.
+    peer_token: Arc<Mutex<Option<String>>>,
+    /// Where the trackers' admission keys are pinned at registration.
+    tracker_keys: Option<Arc<TrackerKeys>>,
 }
 
 /// The trackers a client may use, in the order given, and which one it uses now.
@@ -291,7 +300,42 @@ impl TrackerClient {
                 bases,
                 state: Mutex::new(state),
             }),
+            peer_token: Arc::default(),
+            tracker_keys: None,
         })
+    }
+
+    /// Pins each tracker's admission key into `keys` when registering with it.
+    pub fn with_tracker_keys(mut self, keys: Arc<TrackerKeys>) -> Self {
+        self.tracker_keys = Some(keys);
+        self
+    }
+
+    /// Remembers the peer token to send on lookups of a file's peers (the registration and
+    /// renewing heartbeats set it).
+    fn keep_peer_token(&self, token: &str) {
+        *self.peer_token.lock() = Some(token.to_owned());
+    }
+
+    /// A lookup of a file's peers, with the peer token when there is one (the answer then
+    /// carries an admission). A token the tracker refuses (expired, or from before the tracker
+    /// changed its secret; the session registers again) does not fail the lookup: it is asked
+    /// again without one.
+    async fn admitting_call(&self, req: RequestBuilder) -> Result<FilePeers, TrackerError> {
+        let Some(token) = self.peer_token.lock().clone() else {
+            return self.call(req, false).await;
+        };
+        let plain = req.try_clone();
+        match (
+            self.call(req.header(PEER_TOKEN_HEADER, token), false).await,
+            plain,
+        ) {
+            (Err(TrackerError::PeerToken(message)), Some(plain)) => {
+                tracing::debug!(%message, "the tracker refused the peer token for a lookup; asking without");
+                self.call(plain, false).await
+            }
+            (result, _) => result,
+        }
     }
 
     /// The base URL of the tracker in use (the first until one fails), normalised.
@@ -394,7 +438,25 @@ impl TrackerClient {
         req.peer_id = identity.peer_id();
         req.proof = Some(prove(identity, &challenge)?);
         let req = self.request(Method::POST, "/api/peers/register").json(&req);
-        self.call(req, false).await
+        let resp: RegisterPeerResponse = self.call(req, false).await?;
+        self.keep_peer_token(&resp.peer_token);
+        if let Some(keys) = &self.tracker_keys {
+            let mut key = [0u8; 32];
+            match resp
+                .admission_key
+                .as_deref()
+                .map(|k| hex::decode_to_slice(k, &mut key))
+            {
+                Some(Ok(())) => keys.pin(self.base_url(), key),
+                Some(Err(_)) => {
+                    tracing::warn!(tracker = %self.base_url(), "the tracker's admission key is not 64 hex characters; its admissions are not accepted")
+                }
+                None => {
+                    tracing::warn!(tracker = %self.base_url(), "the tracker signs no admissions (an older tracker): private files are served to no one")
+                }
+            }
+        }
+        Ok(resp)
     }
 
     /// `POST /api/peers/heartbeat` with the peer's token. [`TrackerError::UnknownPeer`] and
@@ -408,7 +470,11 @@ impl TrackerClient {
             .request(Method::POST, "/api/peers/heartbeat")
             .header(PEER_TOKEN_HEADER, token)
             .json(req);
-        self.call(req, true).await
+        let resp: HeartbeatResponse = self.call(req, true).await?;
+        if let Some(fresh) = &resp.peer_token {
+            self.keep_peer_token(fresh);
+        }
+        Ok(resp)
     }
 
     /// `DELETE /api/peers/{id}` with the peer's token: the peer leaves and its announces are
@@ -481,7 +547,7 @@ impl TrackerClient {
     }
 
     /// `GET /api/files/{hash}/peers`: online peers with the file, leaving out `exclude`
-    /// (usually this peer).
+    /// (usually this peer); once registered, with this peer's admission to the file.
     pub async fn file_peers(
         &self,
         id: &FileId,
@@ -495,7 +561,7 @@ impl TrackerClient {
         let req = self
             .request(Method::GET, &format!("/api/files/{id}/peers"))
             .query(&query);
-        self.call(req, false).await
+        self.admitting_call(req).await
     }
 
     /// `GET /api/files/{hash}?variant=N`: the file with the manifest of one of its variants.
@@ -511,7 +577,8 @@ impl TrackerClient {
     }
 
     /// `GET /api/files/{hash}/peers?variant=N`: online peers that announced one manifest
-    /// variant of the file, leaving out `exclude`.
+    /// variant of the file, leaving out `exclude`; once registered, with this peer's admission
+    /// to the file.
     pub async fn variant_peers(
         &self,
         id: &FileId,
@@ -529,7 +596,7 @@ impl TrackerClient {
         let req = self
             .request(Method::GET, &format!("/api/files/{id}/peers"))
             .query(&query);
-        self.call(req, false).await
+        self.admitting_call(req).await
     }
 
     /// `GET /api/peers`: registered peers (at most 500), most recently seen first.
@@ -626,6 +693,8 @@ impl Default for SessionTiming {
 pub struct SessionHandle {
     status: watch::Receiver<SessionStatus>,
     announce: Arc<Notify>,
+    /// Registration attempts made so far, whatever their outcome.
+    attempts: watch::Receiver<u64>,
 }
 
 impl SessionHandle {
@@ -647,6 +716,14 @@ impl SessionHandle {
     /// finishing chunks). Calls while a round runs are coalesced into one more round.
     pub fn announce_now(&self) {
         self.announce.notify_one();
+    }
+
+    /// Waits until the first registration attempt has an outcome (registered, or the tracker
+    /// could not be reached or refused): lookups made after it carry the peer token, which
+    /// admits this peer to private files, when there is one.
+    pub async fn first_attempt(&self) {
+        let mut attempts = self.attempts.clone();
+        let _ = attempts.wait_for(|n| *n > 0).await;
     }
 
     /// Waits until the session has stopped (after its shutdown token was cancelled and it
@@ -675,6 +752,7 @@ pub fn spawn_session(
     shutdown: CancellationToken,
 ) -> SessionHandle {
     let (status_tx, status) = watch::channel(SessionStatus::Registering);
+    let (attempts_tx, attempts) = watch::channel(0);
     let announce = Arc::new(Notify::new());
     register.peer_id = identity.peer_id();
     let session = Session {
@@ -688,10 +766,15 @@ pub fn spawn_session(
         shutdown,
         status: status_tx,
         announce: announce.clone(),
+        attempts: attempts_tx,
         failing: false,
     };
     tokio::spawn(session.run());
-    SessionHandle { status, announce }
+    SessionHandle {
+        status,
+        announce,
+        attempts,
+    }
 }
 
 struct Session {
@@ -706,6 +789,7 @@ struct Session {
     shutdown: CancellationToken,
     status: watch::Sender<SessionStatus>,
     announce: Arc<Notify>,
+    attempts: watch::Sender<u64>,
     /// Whether the last call to the tracker failed (to log an outage once).
     failing: bool,
 }
@@ -772,6 +856,7 @@ impl Session {
             let result = self
                 .or_shutdown(self.client.register(&self.identity, &self.register))
                 .await?;
+            self.attempts.send_modify(|n| *n += 1);
             match result {
                 Ok(resp) => {
                     self.token = resp.peer_token;

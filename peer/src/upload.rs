@@ -1,19 +1,26 @@
 //! Serving chunks: the per-connection loop that answers manifest and chunk requests from the
 //! [`Library`], for every session the acceptor ([`crate::net::accept`]) opens.
+//!
+//! A public file is served to anyone; a private one (the default) only to a peer that sent an
+//! `Admission` for it signed by a tracker this peer pinned ([`TrackerKeys`]), naming the file
+//! and the peer id the handshake proved, not expired. Others get `Reject` code 5 (not
+//! admitted) with the reason, whether or not the file is here.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 
-use p2p_proto::FileId;
+use p2p_proto::admission::Admission;
 use p2p_proto::wire::{self, Frame, PROTOCOL_VERSION, RejectCode};
+use p2p_proto::{FileId, PeerId};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::admission::{TrackerKeys, now_ms};
 use crate::net::accept::Serve;
 use crate::net::secure::{Outbox, SecureError, SecureReader, SecureWriter};
 use crate::net::session::{Session, speaks_our_version};
@@ -27,11 +34,24 @@ use crate::throttle::Throttle;
 pub struct Uploader {
     library: Arc<Library>,
     throttle: Arc<Throttle>,
+    trust: Arc<TrackerKeys>,
 }
 
 impl Uploader {
+    /// Serves `library`'s public files to anyone; its private files to nobody until
+    /// [`Uploader::with_trust`] says whose admissions count.
     pub fn new(library: Arc<Library>, throttle: Arc<Throttle>) -> Self {
-        Self { library, throttle }
+        Self {
+            library,
+            throttle,
+            trust: Arc::default(),
+        }
+    }
+
+    /// Serves private files to peers that hold an admission signed by one of `trust`'s keys.
+    pub fn with_trust(mut self, trust: Arc<TrackerKeys>) -> Self {
+        self.trust = trust;
+        self
     }
 }
 
@@ -40,10 +60,11 @@ impl Serve for Uploader {
     /// (see [`crate::storage::InlineIo`] for why relayed and hole-punched streams do not).
     async fn serve(&self, session: Session, path: ConnectionPath) -> Result<(), SecureError> {
         let in_place = path == ConnectionPath::Direct;
+        let gate = Gate::new(&self.library, &self.trust, session.remote);
         serve_connection(
             session.reader,
             session.writer,
-            &self.library,
+            gate,
             &self.throttle,
             in_place,
         )
@@ -61,6 +82,99 @@ const READ_AHEAD: usize = 4;
 /// its peers in a few messages, not one message (and one wake-up at the other end) per chunk.
 const HAVE_DELAY: std::time::Duration = std::time::Duration::from_millis(20);
 
+/// Files one connection may hold admissions for at once (an admission is tracker-signed, so
+/// only a peer the tracker admitted to this many files reaches it).
+const MAX_ADMITTED: usize = 256;
+/// Admissions refused on one connection after which further ones are not checked (each check
+/// of a pinned key's signature costs some 50 µs of CPU; a peer sending forgeries gets that much
+/// of it, not more).
+const MAX_REFUSED_ADMISSIONS: u32 = 64;
+
+/// Which files one connection's peer may fetch: the public ones, and the private ones it sent
+/// a valid admission for.
+pub struct Gate<'a> {
+    library: &'a Library,
+    trust: &'a TrackerKeys,
+    /// The peer at the other end, as the handshake proved it.
+    remote: PeerId,
+    /// Files admitted, until when (the admission's expiry plus the allowed clock skew).
+    admitted: HashMap<FileId, u64>,
+    /// Why the last admission sent for a file was refused, to tell the peer.
+    refused: HashMap<FileId, String>,
+    /// Admissions refused on this connection so far.
+    refusals: u32,
+}
+
+impl<'a> Gate<'a> {
+    pub fn new(library: &'a Library, trust: &'a TrackerKeys, remote: PeerId) -> Self {
+        Self {
+            library,
+            trust,
+            remote,
+            admitted: HashMap::new(),
+            refused: HashMap::new(),
+            refusals: 0,
+        }
+    }
+
+    /// Takes an admission the peer sent: kept when valid, else the reason is kept.
+    fn present(&mut self, admission: &Admission) {
+        let file = admission.file_id;
+        if self.refusals >= MAX_REFUSED_ADMISSIONS {
+            if self.refused.len() < MAX_ADMITTED {
+                self.refused
+                    .insert(file, "too many bad admissions on this connection".into());
+            }
+            return;
+        }
+        match self.trust.check(admission, &file, &self.remote) {
+            Ok(()) => {
+                if self.admitted.len() >= MAX_ADMITTED && !self.admitted.contains_key(&file) {
+                    let now = now_ms();
+                    self.admitted.retain(|_, until| *until > now);
+                }
+                if self.admitted.len() < MAX_ADMITTED || self.admitted.contains_key(&file) {
+                    let until = admission
+                        .expires_at_ms
+                        .saturating_add(p2p_proto::admission::CLOCK_SKEW_MS);
+                    let known = self.admitted.entry(file).or_insert(until);
+                    *known = (*known).max(until);
+                    self.refused.remove(&file);
+                }
+            }
+            Err(e) => {
+                self.refusals += 1;
+                tracing::debug!(peer = %self.remote, %file, error = %e, "admission refused");
+                if self.refused.len() < MAX_ADMITTED || self.refused.contains_key(&file) {
+                    self.refused.insert(file, e.to_string());
+                }
+            }
+        }
+    }
+
+    /// `None` when the peer may fetch `file`; else the `Reject` message saying why not.
+    fn refusal(&self, file: &FileId) -> Option<String> {
+        if self.library.is_public(file)
+            || self
+                .admitted
+                .get(file)
+                .is_some_and(|until| *until > now_ms())
+        {
+            return None;
+        }
+        let why = match (self.refused.get(file), self.admitted.contains_key(file)) {
+            (Some(why), _) => why.clone(),
+            (None, true) => {
+                "the admission expired; ask the tracker for the file's peers again".into()
+            }
+            (None, false) => "no admission sent".into(),
+        };
+        Some(format!(
+            "not admitted to {file}: {why} (a private file is served to peers the tracker admitted)"
+        ))
+    }
+}
+
 /// Answers one peer, whose session is open (our `Hello` sent), until it disconnects. Frames
 /// are read on their own task (a frame read is not cancel-safe), chunk reads run ahead of
 /// sending, and answers go out in request order. With `in_place`, chunk reads run on this task
@@ -68,7 +182,7 @@ const HAVE_DELAY: std::time::Duration = std::time::Duration::from_millis(20);
 pub async fn serve_connection<R, W>(
     rx: SecureReader<R>,
     tx: SecureWriter<W>,
-    library: &Library,
+    gate: Gate<'_>,
     throttle: &Throttle,
     in_place: bool,
 ) -> Result<(), SecureError>
@@ -80,7 +194,8 @@ where
     let reader = tokio::spawn(read_frames(rx, frames_tx));
     let answering = Answering {
         tx,
-        library,
+        library: gate.library,
+        gate,
         throttle,
         outboxes: Vec::new(),
         interested: HashSet::new(),
@@ -95,6 +210,7 @@ where
 struct Answering<'a, W> {
     tx: SecureWriter<W>,
     library: &'a Library,
+    gate: Gate<'a>,
     throttle: &'a Throttle,
     /// Send buffers of answered chunks, for the next ones (at most [`READ_AHEAD`] are in use).
     outboxes: Vec<Outbox>,
@@ -173,7 +289,18 @@ impl<W: AsyncWrite + Unpin> Answering<'_, W> {
                     .await?;
                 return Ok(Step::Stop);
             }
+            Frame::Admission(admission) => self.gate.present(&admission),
             Frame::ManifestRequest { file_id } => {
+                if let Some(message) = self.gate.refusal(&file_id) {
+                    self.tx
+                        .send(&Frame::Reject {
+                            request_id: 0,
+                            code: RejectCode::NotAdmitted,
+                            message,
+                        })
+                        .await?;
+                    return Ok(Step::Continue);
+                }
                 self.interested.insert(file_id);
                 for frame in &manifest_reply(self.library, file_id) {
                     self.tx.feed(frame);
@@ -185,6 +312,16 @@ impl<W: AsyncWrite + Unpin> Answering<'_, W> {
                 file_id,
                 index,
             } => {
+                if let Some(message) = self.gate.refusal(&file_id) {
+                    self.tx
+                        .send(&Frame::Reject {
+                            request_id,
+                            code: RejectCode::NotAdmitted,
+                            message,
+                        })
+                        .await?;
+                    return Ok(Step::Continue);
+                }
                 return Ok(Step::Read {
                     request_id,
                     file_id,

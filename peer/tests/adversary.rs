@@ -94,6 +94,9 @@ impl Daemon {
         cmd.args(["--daemon", "--tracker", tracker, "--api-key", KEY])
             .args(["--port", "0", "--listen", "127.0.0.1", "--dht", "off"])
             .args(other.is_none().then_some("--allow-local-addrs"))
+            // Public: the honest downloader here is a bare in-process download (most of these
+            // daemons have no tracker to admit it); admissions are tests/admission.rs's.
+            .args(other.is_none().then_some("--public"))
             .arg("--data")
             .arg(dir.path())
             .args(kept)
@@ -628,6 +631,8 @@ async fn hostile_file_names_are_not_written_as_given() {
         let data = support::content(300_000, 9);
         std::fs::write(&path, &data).unwrap();
         let library = Arc::new(Library::new());
+        // Public: this test is about the transfer, not admission (see tests/admission.rs).
+        library.visibility.set_all_public(true);
         let manifest = library.share(&path).await.unwrap();
         assert_eq!(manifest.name, hostile, "the name travels as it is");
         let stop = CancellationToken::new();

@@ -60,6 +60,7 @@ fn node_args(data: &Path, bootstrap: &[String]) -> NodeArgs {
         max_connections: 512,
         max_connections_per_addr: 32,
         idle_timeout: 90,
+        public: true,
     }
 }
 
@@ -187,6 +188,60 @@ async fn a_dht_that_cannot_join_does_not_stop_the_node() {
                 .await
                 .is_empty()
         );
+        node.shutdown();
+    })
+    .await
+    .expect("finished in time");
+}
+
+/// Private files (the default) never go on the DHT; a file made public does, and a probe
+/// for the private one is refused as not admitted.
+#[tokio::test]
+async fn only_public_files_are_announced_on_the_dht() {
+    tokio::time::timeout(OVERALL, async {
+        let net = testnet().await;
+        let work = tempfile::tempdir().unwrap();
+        std::fs::write(work.path().join("private.txt"), b"for admitted peers only").unwrap();
+        std::fs::write(work.path().join("public.txt"), b"for anyone").unwrap();
+        let args = NodeArgs {
+            public: false,
+            ..node_args(work.path(), &net.bootstrap)
+        };
+        let node = Node::start(&args).await.unwrap();
+        let mut ids = std::collections::HashMap::new();
+        for (path, result) in node.share_data_dir().await {
+            ids.insert(
+                path.file_name().unwrap().to_str().unwrap().to_owned(),
+                result.unwrap().id,
+            );
+        }
+        let (private, public) = (ids["private.txt"], ids["public.txt"]);
+        node.library.visibility.set_public(public, true).unwrap();
+        let mut announced = node.dht_announcer.as_ref().unwrap().announced();
+        node.announce_now();
+        announced.wait_for(|n| *n >= 1).await.unwrap();
+
+        let dht = loopback_dht(&net.bootstrap).await;
+        let found = dht.find_peers(&public, Duration::from_secs(30)).await;
+        assert!(
+            found.iter().any(|a| a.port() == node.addr.port()),
+            "{found:?}"
+        );
+        assert!(
+            dht.find_peers(&private, Duration::from_secs(30))
+                .await
+                .is_empty()
+        );
+        assert_eq!(
+            *announced.borrow(),
+            1,
+            "the private file was never announced"
+        );
+        let me = Identity::generate().unwrap();
+        let err = discovery::probe(&me, node.addr, &private)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ProbeError::NotAdmitted(_)), "{err}");
         node.shutdown();
     })
     .await

@@ -332,6 +332,8 @@ async fn a_tunnel_is_cut_at_its_byte_limit() {
 async fn relayed_seeder(t: &RunningTracker, path: &Path, stop: &CancellationToken) -> Identity {
     let identity = Identity::generate().unwrap();
     let library = Arc::new(Library::new());
+    // Public: this test is about the transfer, not admission (see tests/admission.rs).
+    library.visibility.set_all_public(true);
     library.share(path).await.unwrap();
     let (_client, incoming) = attached(t, &identity, stop).await;
     let uploader = Arc::new(Uploader::new(library, Arc::new(Throttle::new(None))));
@@ -343,6 +345,8 @@ async fn relayed_seeder(t: &RunningTracker, path: &Path, stop: &CancellationToke
 async fn direct_seeder(path: &Path, stop: &CancellationToken, limit: Option<u64>) -> PeerAddr {
     let identity = Identity::generate().unwrap();
     let library = Arc::new(Library::new());
+    // Public: this test is about the transfer, not admission (see tests/admission.rs).
+    library.visibility.set_all_public(true);
     library.share(path).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -496,6 +500,9 @@ async fn node_limited(t: &RunningTracker, dir: &Path, upload_limit: Option<u64>)
         max_connections: 512,
         max_connections_per_addr: 32,
         idle_timeout: 90,
+        // These nodes never register (no tracker session pins a key): the tests are about the
+        // paths, so their files are public (admissions: tests/admission.rs).
+        public: true,
     };
     let node = Node::start(&args).await.unwrap();
     node.relay
@@ -672,6 +679,8 @@ async fn concurrent_downloads_from_one_peer_share_one_connection() {
         let stop = CancellationToken::new();
         let seeder = Identity::generate().unwrap();
         let library = Arc::new(Library::new());
+        // Public: this test is about the transfer, not admission (see tests/admission.rs).
+        library.visibility.set_all_public(true);
         let mut files = Vec::new();
         for (i, len) in [(0, 3 * 1024 * 1024 + 1), (1, 2 * 1024 * 1024 + 7)] {
             let data = content(len, i);

@@ -29,6 +29,8 @@ use tokio_util::sync::CancellationToken;
 /// A peer sharing `path`, listening on 127.0.0.1:0.
 async fn seeder(path: &Path, stop: &CancellationToken) -> PeerAddr {
     let library = Arc::new(Library::new());
+    // Public: this test is about the transfer, not admission (see tests/admission.rs).
+    library.visibility.set_all_public(true);
     library.share(path).await.unwrap();
     serving(library, stop).await
 }
@@ -451,6 +453,8 @@ async fn partial_peer(
         assert!(p.write_chunk(i, &f.data[start..end]).unwrap());
     }
     let library = Arc::new(Library::new());
+    // Public: this test is about the transfer, not admission (see tests/admission.rs).
+    library.visibility.set_all_public(true);
     library.insert(
         f.manifest.clone(),
         p.part_path().to_owned(),

@@ -136,6 +136,12 @@ pub struct RegisterPeerResponse {
     pub peer_token: String,
     /// Seconds until `peer_token` expires; heartbeats hand out a fresh one before then.
     pub peer_token_expires_in_secs: u64,
+    /// The tracker's Ed25519 public key (64 hex characters), which signs admissions to
+    /// private files (see [`crate::admission`]): the peer serves its private files to the
+    /// holders of admissions this key signed. Absent from trackers that do not admit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", oai(skip_serializing_if_is_none))]
+    pub admission_key: Option<String>,
 }
 
 /// `POST /api/peers/heartbeat`.
@@ -403,6 +409,12 @@ pub struct FilePeers {
     /// with); each peer's `have` has its own variant's chunk count.
     pub chunk_count: u64,
     pub peers: Vec<FilePeer>,
+    /// With the asking peer's `X-Peer-Token`: the tracker's admission of that peer to the file
+    /// ([`crate::admission::Admission`], 336 hex characters), which the file's peers ask for
+    /// before they serve a private file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", oai(skip_serializing_if_is_none))]
+    pub admission: Option<String>,
 }
 
 /// `GET /health`.

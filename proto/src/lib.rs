@@ -10,6 +10,7 @@
 //! - [`bitfield`]: which chunks a peer has.
 //! - [`api`]: tracker REST and WebSocket types.
 //! - [`wire`]: peer-to-peer frames (manifest, bitfield, have, request, chunk, reject…).
+//! - [`admission`]: a tracker's signed admission of a peer to a private file (Ed25519).
 //! - [`peer_auth`]: the proof that a tracker request speaks for a peer id (registration proof,
 //!   HMAC-SHA256).
 //! - [`relay`]: relay hub frames (attach proof, streams, flow-control windows, punch control).
@@ -19,6 +20,7 @@
 //! Features:
 //! - `openapi`: poem-openapi derives on the REST types (the tracker uses them to generate its spec).
 
+pub mod admission;
 pub mod api;
 pub mod bitfield;
 pub mod ids;

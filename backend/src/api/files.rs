@@ -108,7 +108,10 @@ impl FilesApi {
     }
 
     /// Online peers that have the file, whole ones first, with the chunks each has, where to
-    /// reach it and which manifest variant it announced.
+    /// reach it and which manifest variant it announced. With the asking peer's token
+    /// (`X-Peer-Token`) the answer carries the tracker's `admission` of that peer to the file
+    /// (docs/protocol.md §9), which the file's peers want before serving a private file; 401
+    /// (`peer_token`) for an invalid or expired token.
     #[oai(
         path = "/api/files/:hash/peers",
         method = "get",
@@ -117,6 +120,9 @@ impl FilesApi {
     async fn peers(
         &self,
         _auth: Auth,
+        /// The asking peer's token, from its registration: admits it to the file.
+        #[oai(name = "X-Peer-Token")]
+        peer_token: Header<Option<String>>,
         hash: Path<FileId, Hash>,
         /// Leave this peer out (the asking peer itself).
         exclude: Query<Option<PeerId>>,
@@ -126,12 +132,13 @@ impl FilesApi {
         /// Only peers that announced this manifest variant; 404 if the file has none such.
         variant: Query<Option<u32>>,
     ) -> Result<Json<FilePeers>, ApiError> {
-        Ok(Json(
-            self.0
-                .swarm
-                .file_peers(&hash.0, exclude.0.as_ref(), limit.0, variant.0)
-                .await?,
-        ))
+        let mut peers = self
+            .0
+            .swarm
+            .file_peers(&hash.0, exclude.0.as_ref(), limit.0, variant.0)
+            .await?;
+        peers.admission = self.0.peer_auth.admit(peer_token.0.as_deref(), &hash.0)?;
+        Ok(Json(peers))
     }
 
     /// The announcing peer stops offering one file: its claim to the file is removed (the file

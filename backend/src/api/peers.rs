@@ -54,7 +54,8 @@ impl PeersApi {
 
     /// Registers a peer (or updates its addresses) and marks it online. `proof` must answer a
     /// challenge with the peer id's private key: 401 (`peer_proof`) when it is missing, stale,
-    /// used before or wrong. The answer carries the peer token for the peer's later requests.
+    /// used before or wrong. The answer carries the peer token for the peer's later requests
+    /// and the tracker's admission key (docs/protocol.md §9).
     #[oai(
         path = "/api/peers/register",
         method = "post",
@@ -75,6 +76,7 @@ impl PeersApi {
         let token = self.0.peer_auth.issue_token(&peer_id);
         resp.peer_token = token.token;
         resp.peer_token_expires_in_secs = token.expires_in_secs;
+        resp.admission_key = Some(hex::encode(self.0.peer_auth.admission_key()));
         Ok(Json(resp))
     }
 

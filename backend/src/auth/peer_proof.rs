@@ -11,15 +11,20 @@
 //! and a MAC over both and the peer id. The only state is a per-replica record of the nonces of
 //! proofs accepted in the last [`NONCE_VALID`] (bounded), so a proof cannot be used twice on
 //! one tracker. Byte layouts: `docs/protocol.md` §8.
+//!
+//! The same secret gives the tracker's Ed25519 admission key: a peer that asks for a file's
+//! peers with its token gets an admission to the file ([`p2p_proto::admission`],
+//! `docs/protocol.md` §9), which the file's peers want before serving a private file.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use curve25519_dalek::montgomery::MontgomeryPoint;
-use p2p_proto::PeerId;
+use p2p_proto::admission::AdmissionSigner;
 use p2p_proto::api::{PeerChallenge, PeerProof};
 use p2p_proto::peer_auth::{NONCE_LEN, hmac_sha256, macs_equal, proof_mac};
+use p2p_proto::{FileId, PeerId};
 use parking_lot::Mutex;
 
 use crate::clock::Clock;
@@ -37,7 +42,11 @@ pub const TOKEN_LEN: usize = 32 + 8 + 32;
 /// old enough to forget, a proof is accepted without being remembered.
 const MAX_RECENT_PROOFS: usize = 100_000;
 
+/// How long an admission to a file stays valid (downloaders fetch fresh ones as they go).
+pub const ADMISSION_TTL: Duration = Duration::from_secs(600);
+
 const X25519_LABEL: &[u8] = b"p2p-tracker/1 x25519 key";
+const ADMISSION_KEY_LABEL: &[u8] = b"p2p-tracker/1 admission key";
 const NONCE_KEY_LABEL: &[u8] = b"p2p-tracker/1 nonce key";
 const TOKEN_KEY_LABEL: &[u8] = b"p2p-tracker/1 token key";
 const NONCE_CONTEXT: &[u8] = b"p2p-tracker/1 challenge nonce";
@@ -107,6 +116,7 @@ pub struct PeerAuth {
     nonce_key: [u8; 32],
     token_key: [u8; 32],
     token_ttl: Duration,
+    admissions: AdmissionSigner,
     clock: Arc<dyn Clock>,
     recent: Mutex<RecentProofs>,
 }
@@ -116,6 +126,7 @@ impl std::fmt::Debug for PeerAuth {
         f.debug_struct("PeerAuth")
             .field("tracker_key", &hex::encode(self.tracker_key))
             .field("token_ttl", &self.token_ttl)
+            .field("admission_key", &hex::encode(self.admission_key()))
             .finish_non_exhaustive()
     }
 }
@@ -137,6 +148,10 @@ impl PeerAuth {
             nonce_key: hmac_sha256(tracker_secret, &[NONCE_KEY_LABEL]),
             token_key: hmac_sha256(tracker_secret, &[TOKEN_KEY_LABEL]),
             token_ttl: token_ttl.max(Duration::from_secs(2)),
+            admissions: AdmissionSigner::from_seed(&hmac_sha256(
+                tracker_secret,
+                &[ADMISSION_KEY_LABEL],
+            )),
             clock,
             recent: Mutex::new(RecentProofs::default()),
         }
@@ -145,6 +160,31 @@ impl PeerAuth {
     /// The tracker's X25519 public key.
     pub fn tracker_key(&self) -> [u8; 32] {
         self.tracker_key
+    }
+
+    /// The tracker's Ed25519 admission key (public half), which peers pin at registration.
+    pub fn admission_key(&self) -> [u8; 32] {
+        self.admissions.public_key()
+    }
+
+    /// An admission of the peer whose token `header` carries to `file`, as hex, valid for
+    /// [`ADMISSION_TTL`]; `None` without a token (a dashboard, a script: nobody to admit).
+    pub fn admit(
+        &self,
+        header: Option<&str>,
+        file: &FileId,
+    ) -> Result<Option<String>, PeerAuthError> {
+        let Some(header) = header.map(str::trim).filter(|h| !h.is_empty()) else {
+            return Ok(None);
+        };
+        let (peer, _) = self.token_peer(header)?;
+        let expires_at_ms = self
+            .clock
+            .now_ms()
+            .saturating_add(ADMISSION_TTL.as_millis() as u64);
+        Ok(Some(
+            self.admissions.admit(file, &peer, expires_at_ms).to_hex(),
+        ))
     }
 
     /// A challenge for `peer_id`.
@@ -278,6 +318,18 @@ impl PeerAuth {
             .map(str::trim)
             .filter(|h| !h.is_empty())
             .ok_or(PeerAuthError::MissingToken)?;
+        let (token, valid) = self.token_peer(header)?;
+        if token != *wanted {
+            return Err(PeerAuthError::WrongPeer {
+                token,
+                wanted: *wanted,
+            });
+        }
+        Ok(valid)
+    }
+
+    /// The peer id a live token (a non-empty `X-Peer-Token` value) speaks for.
+    fn token_peer(&self, header: &str) -> Result<(PeerId, ValidToken), PeerAuthError> {
         let token: [u8; TOKEN_LEN] = decode_hex(header).ok_or(PeerAuthError::MalformedToken)?;
         let tag = hmac_sha256(&self.token_key, &[TOKEN_CONTEXT, &token[..40]]);
         if !macs_equal(&token[40..], &tag) {
@@ -291,14 +343,7 @@ impl PeerAuth {
         }
         let mut id = [0u8; 32];
         id.copy_from_slice(&token[..32]);
-        let token = PeerId(id);
-        if token != *wanted {
-            return Err(PeerAuthError::WrongPeer {
-                token,
-                wanted: *wanted,
-            });
-        }
-        Ok(ValidToken { expires_at_ms })
+        Ok((PeerId(id), ValidToken { expires_at_ms }))
     }
 
     /// A fresh token when `valid` has less than half its lifetime left.
@@ -511,5 +556,46 @@ mod tests {
         let later = T0 + NONCE_VALID.as_millis() as u64;
         a.remember([0xff; NONCE_LEN], later, later).unwrap();
         assert_eq!(a.recent.lock().used.len(), 1);
+    }
+
+    #[test]
+    fn admissions_name_the_token_s_peer_and_the_key_is_the_secret_s() {
+        use p2p_proto::admission::Admission;
+        let clock = ManualClock::new(T0);
+        let a = auth(b"an example tracker secret", &clock);
+        // Replicas sharing the secret sign with the same key.
+        assert_eq!(
+            a.admission_key(),
+            auth(b"an example tracker secret", &clock).admission_key()
+        );
+        assert_ne!(a.admission_key(), auth(b"another", &clock).admission_key());
+        let alice = peer([1; 32]);
+        let file = FileId([5; 32]);
+        assert_eq!(a.admit(None, &file), Ok(None));
+        assert_eq!(a.admit(Some("  "), &file), Ok(None));
+        assert_eq!(
+            a.admit(Some("00"), &file),
+            Err(PeerAuthError::MalformedToken)
+        );
+        let token = a.issue_token(&alice).token;
+        let admission =
+            Admission::from_hex(&a.admit(Some(&token), &file).unwrap().unwrap()).unwrap();
+        assert_eq!(
+            (
+                admission.peer_id,
+                admission.file_id,
+                admission.expires_at_ms
+            ),
+            (alice, file, T0 + ADMISSION_TTL.as_millis() as u64)
+        );
+        assert_eq!(
+            admission.check(&[a.admission_key()], &file, &alice, T0),
+            Ok(())
+        );
+        clock.advance_ms(3_600_000);
+        assert_eq!(
+            a.admit(Some(&token), &file),
+            Err(PeerAuthError::TokenExpired)
+        );
     }
 }

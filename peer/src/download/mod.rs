@@ -24,6 +24,7 @@ use p2p_proto::PeerId;
 use p2p_proto::manifest::ChunkError;
 use parking_lot::Mutex;
 
+use crate::admission::HeldAdmissions;
 use crate::net::connector::{ConnectError, Connector};
 use crate::net::secure::SecureError;
 use crate::net::transport::ConnectionPath;
@@ -66,6 +67,9 @@ pub struct DownloadOptions {
     pub connector: Arc<Connector>,
     /// Connections per directly reachable peer; `None` chooses (see [`connections_per_peer`]).
     pub connections_per_peer: Option<u8>,
+    /// The tracker's admissions of this peer to files: the one for the file is sent to each
+    /// peer before asking it for the file, and again, renewed, before it expires.
+    pub admissions: Arc<HeldAdmissions>,
 }
 
 impl Default for DownloadOptions {
@@ -79,6 +83,7 @@ impl Default for DownloadOptions {
             contributions: Arc::new(Contributions::default()),
             connector: Arc::new(Connector::direct()),
             connections_per_peer: None,
+            admissions: Arc::default(),
         }
     }
 }
@@ -122,6 +127,16 @@ pub enum DownloadError {
     Partial(#[from] PartialError),
     #[error("no peer could provide {missing} of {total} chunks")]
     Stalled { missing: u64, total: u64 },
+    /// The file's peers serve it privately and admitted none of this peer's requests: the
+    /// tracker did not admit it (or its peers do not trust that tracker). Not the manifest's
+    /// fault, so no other manifest variant is tried for it.
+    #[error("{missing} of {total} chunks missing: {reason}")]
+    NotAdmitted {
+        missing: u64,
+        total: u64,
+        /// What the first refusing peer said.
+        reason: String,
+    },
     /// The manifest contradicts itself; no peer can deliver the file as described.
     #[error("the manifest cannot be downloaded: {0}")]
     BadManifest(#[source] ChunkError),
@@ -159,6 +174,8 @@ pub struct PeerReport {
     pub banned: bool,
     /// Why its worker stopped early, if it did.
     pub error: Option<String>,
+    /// Whether it refused this peer as not admitted to the file (private).
+    pub not_admitted: bool,
     /// Its throughput, latency and failures as measured.
     pub score: PeerScore,
     /// How it was reached, once connected.
@@ -173,6 +190,7 @@ impl PeerReport {
             bad_chunks: 0,
             banned: false,
             error: None,
+            not_admitted: false,
             score: PeerScore::default(),
             path: None,
         }
@@ -206,6 +224,9 @@ enum WorkerError {
     Refused(String),
     #[error("peer does not have the file")]
     NoFile,
+    /// The file is private there and this peer holds no admission it accepts.
+    #[error("{0}")]
+    NotAdmitted(String),
     #[error("peer sent a different manifest")]
     WrongManifest,
     #[error("peer went silent")]

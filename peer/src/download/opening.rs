@@ -1,7 +1,7 @@
 //! A worker's first steps with its peer: connect (the pooled session, or a new one) and open
 //! (ask for the manifest, learn which chunks the peer has).
 
-use p2p_proto::wire::Frame;
+use p2p_proto::wire::{Frame, RejectCode};
 use p2p_proto::{Bitfield, FileId};
 
 use super::lane::Lane;
@@ -46,16 +46,20 @@ pub(super) async fn connect(
     Err(WorkerError::Closed)
 }
 
-/// Asks the peer for the manifest; returns which chunks it has, once it has shown the same
-/// content.
+/// Asks the peer for the manifest (after the tracker's admission to the file, when this peer
+/// holds one); returns which chunks it has, once it has shown the same content, and the
+/// expiry of the admission sent.
 pub(super) async fn open(
     shared: &Shared,
     opts: &DownloadOptions,
     sub: &mut Subscription,
-) -> Result<Bitfield, WorkerError> {
-    sub.send(vec![Frame::ManifestRequest {
-        file_id: shared.manifest.id,
-    }])?;
+) -> Result<(Bitfield, Option<u64>), WorkerError> {
+    let file_id = shared.manifest.id;
+    let admission = opts.admissions.get(&file_id);
+    let mut frames: Vec<Frame> = admission.into_iter().map(Frame::Admission).collect();
+    frames.push(Frame::ManifestRequest { file_id });
+    sub.send(frames)?;
+    let sent = admission.map(|a| a.expires_at_ms);
     loop {
         let event = tokio::time::timeout(opts.request_timeout, sub.recv())
             .await
@@ -74,8 +78,14 @@ pub(super) async fn open(
                 return Bitfield::from_bytes(bits.to_vec(), u64::from(chunk_count))
                     .ok()
                     .filter(|b| b.len() == shared.manifest.chunk_count())
+                    .map(|b| (b, sent))
                     .ok_or(WorkerError::WrongManifest);
             }
+            Frame::Reject {
+                code: RejectCode::NotAdmitted,
+                message,
+                ..
+            } => return Err(WorkerError::NotAdmitted(message)),
             Frame::Reject { .. } => return Err(WorkerError::NoFile),
             Frame::Error { message, .. } => return Err(WorkerError::Refused(message)),
             _ => {}

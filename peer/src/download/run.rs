@@ -87,7 +87,9 @@ pub async fn download_growing(
     ));
     let peers = wait(&shared, workers, more).await;
     let _ = saver.await;
-    let path = finish(&shared, data_dir).await?;
+    let path = finish(&shared, data_dir)
+        .await
+        .map_err(|e| not_admitted(e, &peers))?;
     library.completed(&manifest.id, path.clone());
     claim.completed(path.clone());
     Ok(DownloadReport {
@@ -174,6 +176,7 @@ impl<'a> Workers<'a> {
                 r = worker::run(&shared, &identity, &peer, lane, &opts, &mut report) => r,
             };
             if let Err(e) = result {
+                report.not_admitted = matches!(e, super::WorkerError::NotAdmitted(_));
                 report.error = Some(e.to_string());
             }
             report.score = shared.scores.get(&peer.peer_id);
@@ -241,6 +244,24 @@ fn merge_lanes(reports: Vec<PeerReport>) -> Vec<PeerReport> {
         }
     }
     merged
+}
+
+/// A stalled download whose peers refused it as not admitted says so, with what the first of
+/// them said.
+fn not_admitted(e: DownloadError, peers: &[PeerReport]) -> DownloadError {
+    let refused = peers.iter().find(|p| p.not_admitted);
+    match (e, refused) {
+        (DownloadError::Stalled { missing, total }, Some(p)) => DownloadError::NotAdmitted {
+            missing,
+            total,
+            reason: format!(
+                "peer {} refused: {}",
+                p.peer_id,
+                p.error.clone().unwrap_or_default()
+            ),
+        },
+        (e, _) => e,
+    }
 }
 
 /// Completes the file into `data_dir` when every chunk is there (its path); else saves the

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use p2p_proto::sha256_lanes;
-use p2p_proto::wire::Frame;
+use p2p_proto::wire::{Frame, RejectCode};
 use p2p_proto::{Bitfield, PeerId};
 use tokio::task::{JoinError, JoinSet};
 
@@ -17,6 +17,7 @@ use super::requests::{InFlight, without};
 use super::state::Shared;
 use super::store::{StoreOutcome, Stored, store_chunks};
 use super::{DownloadOptions, PeerReport, Sizing, WorkerError};
+use crate::admission::{RENEW_BEFORE, now_ms};
 use crate::identity::Identity;
 use crate::net::PeerAddr;
 use crate::net::link::{LinkEvent, Subscription};
@@ -39,8 +40,9 @@ pub(super) async fn run(
     let Some(mut sub) = connect(identity, peer, &lane, opts, report, file).await? else {
         return Ok(()); // only direct peers get further connections
     };
-    let peer_has = open(shared, opts, &mut sub).await?;
+    let (peer_has, admission_sent) = open(shared, opts, &mut sub).await?;
     let mut worker = Worker::new(shared, opts, report, sub, peer_has, lane);
+    worker.admission_sent = admission_sent;
     let result = worker.pump().await;
     worker.drain().await;
     result
@@ -71,6 +73,8 @@ struct Worker<'a> {
     stores: JoinSet<Vec<StoreOutcome>>,
     /// Chunks in `stores`, which count against the pipeline.
     storing: usize,
+    /// The expiry of the admission last sent to the peer, if one was.
+    admission_sent: Option<u64>,
 }
 
 /// What woke a worker up.
@@ -119,6 +123,27 @@ impl<'a> Worker<'a> {
             },
             stores: JoinSet::new(),
             storing: 0,
+            admission_sent: None,
+        }
+    }
+
+    /// Sends the peer a fresher admission when the one it has expires within
+    /// [`RENEW_BEFORE`] and a later one is held (the download's refreshes of the file's peers
+    /// bring them).
+    fn renew_admission(&mut self) -> Result<(), WorkerError> {
+        let Some(sent) = self.admission_sent else {
+            return Ok(());
+        };
+        if now_ms().saturating_add(RENEW_BEFORE.as_millis() as u64) < sent {
+            return Ok(());
+        }
+        match self.opts.admissions.get(&self.shared.manifest.id) {
+            Some(fresh) if fresh.expires_at_ms > sent => {
+                self.sub.send(vec![Frame::Admission(fresh)])?;
+                self.admission_sent = Some(fresh.expires_at_ms);
+                Ok(())
+            }
+            _ => Ok(()),
         }
     }
 
@@ -129,6 +154,7 @@ impl<'a> Worker<'a> {
         loop {
             // A ban seen by another connection to this peer stops this one too.
             self.shared.check_ban(self.opts, self.report)?;
+            self.renew_admission()?;
             self.top_up()?;
             let idle = self.inflight.by_id.is_empty() && self.storing == 0;
             if idle && (self.peer_has.is_complete() || self.shared.sched.lock().complete()) {
@@ -244,6 +270,18 @@ impl<'a> Worker<'a> {
                     shared.scores.record_chunk(peer, len, asked_at.elapsed());
                     batch.push((wanted, data));
                 }
+            }
+            Frame::Reject {
+                request_id,
+                code: RejectCode::NotAdmitted,
+                message,
+            } => {
+                // Not the peer's fault, nor a sign it lacks the chunk: this peer is not
+                // admitted (any more). The chunk goes back to the others.
+                if let Some((index, _)) = self.inflight.by_id.remove(&request_id) {
+                    shared.release(index);
+                }
+                return Err(WorkerError::NotAdmitted(message));
             }
             Frame::Reject { request_id, .. } => {
                 if let Some((index, _)) = self.inflight.by_id.remove(&request_id) {

@@ -50,6 +50,10 @@ const SOURCES_REFRESH_EVERY: Duration = Duration::from_secs(2);
 /// When a download first tells the tracker of its progress.
 const FIRST_PROGRESS_ANNOUNCE: Duration = Duration::from_secs(1);
 
+/// How long a lookup waits for the session's first registration attempt (the tracker answers
+/// in milliseconds, or is unreachable at once; a hanging one is not waited for).
+const FIRST_REGISTRATION_WAIT: Duration = Duration::from_secs(5);
+
 /// How long stopping waits for the session to unregister from the tracker (a dead tracker
 /// does not hold us up).
 const UNREGISTER_TIMEOUT: Duration = Duration::from_secs(3);
@@ -79,7 +83,8 @@ impl Peer {
             }
             Err(e) => return Err(e.into()),
         };
-        let tracker = TrackerClient::with_failover(&args.tracker, args.api_key.clone())?;
+        let tracker = TrackerClient::with_failover(&args.tracker, args.api_key.clone())?
+            .with_tracker_keys(node.tracker_keys.clone());
         let register = RegisterPeerRequest {
             peer_id: node.identity.peer_id(),
             addresses: args.announce_addrs.clone(),
@@ -106,7 +111,8 @@ impl Peer {
             node.addr,
             node.relay.as_ref().map(|r| r.url().clone()),
         )
-        .allow_local_addrs(args.allow_local_addrs);
+        .allow_local_addrs(args.allow_local_addrs)
+        .with_admissions(node.admissions.clone());
         Ok(Self {
             node,
             tracker,
@@ -136,6 +142,13 @@ impl Peer {
     /// The manifest of `id` and the peers to fetch it from, with further manifest variants to
     /// fall back to (see [`Discovery::find`]); at least one peer.
     pub async fn find(&self, id: &FileId) -> Result<Found, FetchError> {
+        // The lookup admits this peer to the file only once it is registered (its token).
+        if tokio::time::timeout(FIRST_REGISTRATION_WAIT, self.session.first_attempt())
+            .await
+            .is_err()
+        {
+            tracing::debug!("not registered yet; looking up without a peer token");
+        }
         let found = self.discovery.find(id).await?;
         if found.sources.is_empty() {
             return Err(FetchError::NoPeers(found.manifest.name));
@@ -166,6 +179,7 @@ impl Peer {
             throttle: self.node.download.clone(),
             contributions,
             connector: self.node.connector.clone(),
+            admissions: self.node.admissions.clone(),
             ..DownloadOptions::default()
         };
         let progress = {

@@ -24,6 +24,7 @@ use super::hashing::hash_file;
 use super::inline::InlineIo;
 use super::partial::read_at;
 use super::stamp::{FileStamp, HashedFile, SETTLE};
+use super::visibility::Visibility;
 
 /// Why a chunk cannot be served or a file cannot be shared.
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +128,8 @@ pub struct Library {
     rehashed: AtomicU64,
     /// Whether chunk reads run in place (see [`InlineIo`]).
     io: InlineIo,
+    /// Which files are public (the rest are served to admitted peers only).
+    pub visibility: Visibility,
 }
 
 impl Default for Library {
@@ -149,7 +152,13 @@ impl Library {
             settle,
             rehashed: AtomicU64::new(0),
             io: InlineIo::default(),
+            visibility: Visibility::default(),
         }
+    }
+
+    /// Whether `id` is public: served without admission and announced on the DHT.
+    pub fn is_public(&self, id: &FileId) -> bool {
+        self.visibility.is_public(id)
     }
 
     /// How many served chunks had to be hashed again.
@@ -265,6 +274,16 @@ impl Library {
 
     pub fn get(&self, id: &FileId) -> Option<Arc<SharedFile>> {
         self.files.read().get(id).cloned()
+    }
+
+    /// Manifests of the public files on offer (what the DHT is told of).
+    pub fn list_public(&self) -> Vec<(Manifest, Bitfield)> {
+        let files = self.files.read();
+        files
+            .values()
+            .filter(|e| self.is_public(&e.manifest.id))
+            .map(|e| (e.manifest.clone(), e.have()))
+            .collect()
     }
 
     /// Manifests of everything on offer.

@@ -8,6 +8,7 @@ mod inline;
 mod library;
 mod partial;
 mod stamp;
+mod visibility;
 
 pub use hashing::{hash_file, manifest_for_file, manifest_with_chunk_size};
 pub use index::{IndexError, LoadedIndex, STATE_DIR, ShareIndex};
@@ -15,3 +16,4 @@ pub use inline::InlineIo;
 pub use library::{ChunkBuf, Library, LibraryError};
 pub use partial::{PartialDownload, PartialError, ResumeSnapshot, VerifiedChunk, safe_file_name};
 pub use stamp::{FileStamp, HashedFile, SETTLE, Timestamp};
+pub use visibility::{Visibility, VisibilityError};

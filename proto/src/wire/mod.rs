@@ -7,6 +7,7 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
+use crate::admission::{ADMISSION_LEN, Admission};
 use crate::ids::{FileId, Sha256Hash};
 use crate::manifest::{MAX_CHUNK_SIZE, MAX_CHUNKS, MAX_NAME_LEN, Manifest};
 
@@ -56,6 +57,9 @@ pub enum RejectCode {
     Busy,
     /// The request makes no sense (index out of range…).
     BadRequest,
+    /// The file is private and the requester sent no valid admission for it
+    /// ([`Frame::Admission`]): ask the tracker for the file's peers (which admits) and retry.
+    NotAdmitted,
     /// Any other code, kept as sent.
     Other(u8),
 }
@@ -67,6 +71,7 @@ impl RejectCode {
             2 => Self::NotAvailable,
             3 => Self::Busy,
             4 => Self::BadRequest,
+            5 => Self::NotAdmitted,
             other => Self::Other(other),
         }
     }
@@ -77,6 +82,7 @@ impl RejectCode {
             Self::NotAvailable => 2,
             Self::Busy => 3,
             Self::BadRequest => 4,
+            Self::NotAdmitted => 5,
             Self::Other(v) => v,
         }
     }
@@ -129,6 +135,9 @@ pub enum Frame {
     Cancel { request_id: u32 },
     /// A fatal error; the sender closes the connection after it.
     Error { code: u8, message: String },
+    /// The tracker's admission of the sender to a private file, sent before asking for it (and
+    /// again, renewed, before it expires).
+    Admission(Admission),
 }
 
 mod tag {
@@ -143,6 +152,7 @@ mod tag {
     pub const REJECT: u8 = 0x08;
     pub const CANCEL: u8 = 0x09;
     pub const ERROR: u8 = 0x0a;
+    pub const ADMISSION: u8 = 0x0b;
 }
 
 /// `s` cut to at most `max` bytes, on a character boundary.
@@ -197,6 +207,7 @@ impl Frame {
             Self::Reject { .. } => tag::REJECT,
             Self::Cancel { .. } => tag::CANCEL,
             Self::Error { .. } => tag::ERROR,
+            Self::Admission(_) => tag::ADMISSION,
         }
     }
 
@@ -224,6 +235,7 @@ impl Frame {
             Self::Reject { message, .. } => 4 + 1 + 2 + clipped(message, MAX_MESSAGE_LEN).len(),
             Self::Cancel { .. } => 4,
             Self::Error { message, .. } => 1 + 2 + clipped(message, MAX_MESSAGE_LEN).len(),
+            Self::Admission(_) => ADMISSION_LEN,
         }
     }
 
@@ -303,6 +315,7 @@ impl Frame {
                 dst.put_u8(*code);
                 put_str(dst, message, MAX_MESSAGE_LEN);
             }
+            Self::Admission(a) => dst.put_slice(&a.to_bytes()),
         }
     }
 
@@ -446,6 +459,7 @@ fn decode_body(tag: u8, body: &mut BytesMut) -> Result<Frame, WireError> {
         tag::REJECT => "reject",
         tag::CANCEL => "cancel",
         tag::ERROR => "error",
+        tag::ADMISSION => "admission",
         other => return Err(WireError::UnknownType(other)),
     };
     let mut r = Reader { buf: body, what };
@@ -519,6 +533,12 @@ fn decode_body(tag: u8, body: &mut BytesMut) -> Result<Frame, WireError> {
         tag::CANCEL => Frame::Cancel {
             request_id: r.u32()?,
         },
+        tag::ADMISSION => {
+            r.need(ADMISSION_LEN)?;
+            let bytes = r.buf.split_to(ADMISSION_LEN);
+            // The length is right, and nothing else is checked here.
+            Frame::Admission(Admission::from_bytes(&bytes).map_err(|_| WireError::Truncated(what))?)
+        }
         _ => Frame::Error {
             code: r.u8()?,
             message: r.string(MAX_MESSAGE_LEN, "error message")?,

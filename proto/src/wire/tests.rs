@@ -51,6 +51,31 @@ fn golden_hello_and_keepalive() {
 }
 
 #[test]
+fn golden_admission_frame_and_not_admitted() {
+    let a = Admission {
+        tracker_key: [1; 32],
+        file_id: id(2),
+        peer_id: crate::PeerId([3; 32]),
+        expires_at_ms: 0x0102_0304_0506_0708,
+        signature: [4; 64],
+    };
+    let mut want = vec![0, 0, 0, 169, 0x0b];
+    want.extend([1; 32]);
+    want.extend([2; 32]);
+    want.extend([3; 32]);
+    want.extend([1, 2, 3, 4, 5, 6, 7, 8]);
+    want.extend([4; 64]);
+    assert_eq!(Frame::Admission(a).to_bytes().as_ref(), want.as_slice());
+    let mut short = BytesMut::from(&[0u8, 0, 0, 2, 0x0b, 0][..]);
+    assert_eq!(
+        Frame::decode(&mut short),
+        Err(WireError::Truncated("admission"))
+    );
+    assert_eq!(RejectCode::from_u8(5), RejectCode::NotAdmitted);
+    assert_eq!(RejectCode::NotAdmitted.as_u8(), 5);
+}
+
+#[test]
 fn partial_input_waits_and_consumes_nothing() {
     let bytes = Frame::Have {
         file_id: id(3),
@@ -250,6 +275,25 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
         }),
         any::<u32>().prop_map(|request_id| Frame::Cancel { request_id }),
         (any::<u8>(), ".{0,60}").prop_map(|(code, message)| Frame::Error { code, message }),
+        (
+            any::<[u8; 32]>(),
+            arb_file_id(),
+            any::<[u8; 32]>(),
+            any::<u64>(),
+            any::<[u8; 32]>()
+        )
+            .prop_map(|(tracker_key, file_id, peer, expires_at_ms, half)| {
+                let mut signature = [0u8; 64];
+                signature[..32].copy_from_slice(&half);
+                signature[32..].copy_from_slice(&tracker_key);
+                Frame::Admission(Admission {
+                    tracker_key,
+                    file_id,
+                    peer_id: crate::PeerId(peer),
+                    expires_at_ms,
+                    signature,
+                })
+            }),
     ]
 }
 
