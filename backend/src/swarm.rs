@@ -185,7 +185,8 @@ impl Swarm {
         let version = validate_label("version", req.version)?;
         let relay = req.relay.filter(|r| !r.is_empty());
         if let Some(url) = &relay {
-            crate::fleet::check_relay_url(url).map_err(|e| SwarmError::BadRequest(e.to_string()))?;
+            crate::fleet::check_relay_url(url)
+                .map_err(|e| SwarmError::BadRequest(e.to_string()))?;
         }
         let observed_ip = observed
             .map(|ip| ip.to_canonical().to_string())

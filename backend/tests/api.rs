@@ -1005,7 +1005,10 @@ async fn relay_fleet_lists_relays_and_sums_counts() {
         }
         t.register_with(&peer, json!({"peer_id": peer, "port": 1, "relay": own}))
             .await;
-        assert_eq!(t.get_json(&format!("/api/peers/{peer}")).await["relay"], own.as_str());
+        assert_eq!(
+            t.get_json(&format!("/api/peers/{peer}")).await["relay"],
+            own.as_str()
+        );
 
         // Another tracker on the database reported 5 attachments and 2 /ws clients; a third
         // did too long ago to count.

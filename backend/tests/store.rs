@@ -10,9 +10,8 @@ use common::*;
 use p2p_proto::api::{ConnectionPathKind, FilePeer, PeerConnection};
 use p2p_proto::{Bitfield, PeerId};
 use p2p_tracker::store::{
-    AnnounceOutcome, AnnounceRules, ApiKeyRecord, Backend, Beat, FileQuery, InstanceRecord, NewPeer,
-    PeerQuery,
-    Presence, Store, UserRecord,
+    AnnounceOutcome, AnnounceRules, ApiKeyRecord, Backend, Beat, FileQuery, InstanceRecord,
+    NewPeer, PeerQuery, Presence, Store, UserRecord,
 };
 
 /// Generous bounds, as one principal.
@@ -682,7 +681,10 @@ async fn relay_fleet(s: Arc<dyn Store>) {
     };
     s.register_peer(&homed(a, &relay1), 1000).await.unwrap();
     s.register_peer(&new_peer(b), 1000).await.unwrap();
-    assert_eq!(s.get_peer(&a, 0).await.unwrap().unwrap().relay, Some(relay1.clone()));
+    assert_eq!(
+        s.get_peer(&a, 0).await.unwrap().unwrap().relay,
+        Some(relay1.clone())
+    );
     assert_eq!(s.get_peer(&b, 0).await.unwrap().unwrap().relay, None);
     let m = manifest("homed.bin", &content(1000, 9));
     for p in [a, b] {
@@ -693,13 +695,21 @@ async fn relay_fleet(s: Arc<dyn Store>) {
         r.sort();
         r
     };
-    let (_, peers) = s.file_peers(&m.id, 0, None, 10, None).await.unwrap().unwrap();
+    let (_, peers) = s
+        .file_peers(&m.id, 0, None, 10, None)
+        .await
+        .unwrap()
+        .unwrap();
     let mut want = vec![(a, Some(relay1.clone())), (b, None)];
     want.sort();
     assert_eq!(relays_of(peers), want);
     // Re-homed: registering again replaces the relay (and keeps the announce).
     s.register_peer(&homed(a, &relay2), 2000).await.unwrap();
-    let (_, peers) = s.file_peers(&m.id, 0, None, 10, None).await.unwrap().unwrap();
+    let (_, peers) = s
+        .file_peers(&m.id, 0, None, 10, None)
+        .await
+        .unwrap()
+        .unwrap();
     let mut want = vec![(a, Some(relay2.clone())), (b, None)];
     want.sort();
     assert_eq!(relays_of(peers), want);
@@ -712,7 +722,12 @@ async fn relay_fleet(s: Arc<dyn Store>) {
         })
         .await
         .unwrap();
-    assert!(listed.items.iter().any(|p| p.peer_id == a && p.relay == Some(relay2.clone())));
+    assert!(
+        listed
+            .items
+            .iter()
+            .any(|p| p.peer_id == a && p.relay == Some(relay2.clone()))
+    );
 
     let report = |id: &str, relay: Option<&str>, attached, at| InstanceRecord {
         id: id.to_owned(),
@@ -722,10 +737,16 @@ async fn relay_fleet(s: Arc<dyn Store>) {
         last_seen_ms: at,
     };
     s.put_instance(&report("api", None, 0, 1000)).await.unwrap();
-    s.put_instance(&report("r1", Some(&relay1), 5, 1000)).await.unwrap();
-    s.put_instance(&report("r2", Some(&relay2), 7, 1000)).await.unwrap();
+    s.put_instance(&report("r1", Some(&relay1), 5, 1000))
+        .await
+        .unwrap();
+    s.put_instance(&report("r2", Some(&relay2), 7, 1000))
+        .await
+        .unwrap();
     // A later report replaces the earlier one.
-    s.put_instance(&report("r1", Some(&relay1), 6, 3000)).await.unwrap();
+    s.put_instance(&report("r1", Some(&relay1), 6, 3000))
+        .await
+        .unwrap();
     assert_eq!(
         s.live_instances(0).await.unwrap(),
         vec![
@@ -740,7 +761,10 @@ async fn relay_fleet(s: Arc<dyn Store>) {
     );
     // Leaving deletes the own report and the stale ones.
     s.delete_instances("api", 2000).await.unwrap();
-    assert_eq!(s.live_instances(0).await.unwrap(), vec![report("r1", Some(&relay1), 6, 3000)]);
+    assert_eq!(
+        s.live_instances(0).await.unwrap(),
+        vec![report("r1", Some(&relay1), 6, 3000)]
+    );
     s.delete_instances("r1", 0).await.unwrap();
     assert!(s.live_instances(0).await.unwrap().is_empty());
 }

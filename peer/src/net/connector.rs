@@ -468,3 +468,60 @@ async fn connect_direct(addrs: &[SocketAddr], timeout: Duration) -> Result<TcpSt
     }
     Err(last)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(port: u16) -> RelayUrl {
+        RelayUrl::from(format!("ws://127.0.0.1:{port}/relay"))
+    }
+
+    /// A connector whose home relay (and every visited one) is a closed port.
+    fn connector(shutdown: &CancellationToken) -> Connector {
+        let identity = Identity::from_secret([7; 32]);
+        let config = RelayConfig {
+            url: url(1),
+            token: Some("secret-key".into()),
+        };
+        let (home, _incoming) = relay::spawn(identity.clone(), config, shutdown.clone());
+        Connector::new(Some(home), true).with_visits(identity, None, shutdown.clone())
+    }
+
+    #[tokio::test]
+    async fn a_peer_entry_cannot_send_us_to_an_unknown_relay() {
+        let shutdown = CancellationToken::new();
+        let c = connector(&shutdown);
+        let peer = PeerAddr::new(PeerId([1; 32]), vec![]).with_relay(url(9));
+        match c.relay_for(&peer).await {
+            Err(PathError::UnknownRelay(u)) => assert_eq!(u, url(9)),
+            other => panic!("expected UnknownRelay, got {other:?}"),
+        }
+        assert!(c.visited().is_empty(), "nothing was dialled");
+        // Without a hint, or naming our own: our home relay.
+        let ours = PeerAddr::new(PeerId([1; 32]), vec![]).with_relay(url(1));
+        assert_eq!(c.relay_for(&ours).await.unwrap().url(), url(1));
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn visits_are_bounded_and_dead_ones_make_room() {
+        let shutdown = CancellationToken::new();
+        let c = connector(&shutdown);
+        let visits = c.visits.as_ref().unwrap();
+        c.set_known_relays((2..40).map(url));
+        for port in 2..40 {
+            // Closed ports: never attached, so each new visit may replace them.
+            visits.client(&url(port)).unwrap();
+            assert!(c.visited().len() <= MAX_VISITED_RELAYS);
+        }
+        // Moving home to a visited relay ends that visit (one id attached twice would
+        // replace itself back and forth).
+        let last = url(39);
+        assert!(c.visited().contains(&last));
+        c.rehome(last.clone());
+        assert!(!c.visited().contains(&last));
+        assert_eq!(c.relay().unwrap().url(), last);
+        shutdown.cancel();
+    }
+}

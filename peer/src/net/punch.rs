@@ -296,7 +296,6 @@ impl Puncher {
             pool.remove(&peer);
         }
     }
-
 }
 
 /// The rendezvous of the hub at `host`, UDP `port`.

@@ -180,6 +180,10 @@ mod tests {
             let kept: Vec<_> = order.iter().filter(|u| **u != fleet[0]).copied().collect();
             assert_eq!(fewer, kept);
         }
-        assert_eq!(firsts.len(), fleet.len(), "every relay is someone's first choice");
+        assert_eq!(
+            firsts.len(),
+            fleet.len(),
+            "every relay is someone's first choice"
+        );
     }
 }
