@@ -1045,3 +1045,27 @@ async fn relay_fleet_lists_relays_and_sums_counts() {
     })
     .await;
 }
+
+/// `--rate-limit-replicas N`: each of N replicas behind one balancer enforces 1/N of the rate
+/// and burst (rounded up), so N replicas together allow the configured budget.
+#[tokio::test]
+async fn replicas_share_the_rate_limit() {
+    within(30, async {
+        let db = TestDb::sqlite();
+        let mut args = serve_args();
+        args.rate_limit_rps = 1;
+        args.rate_limit_burst = Some(9);
+        args.rate_limit_replicas = 3;
+        let t = TestTracker::start(&db, args).await;
+        let mut passed = 0;
+        for _ in 0..9 {
+            let resp = t.get("/api/stats").send().await.unwrap();
+            passed += usize::from(resp.status() == 200);
+        }
+        // A third of the burst (3), and at most one more from the rate (1/3 per second,
+        // rounded up to 1) if a second passed.
+        assert!((3..=4).contains(&passed), "{passed} of 9 passed");
+        t.stop().await;
+    })
+    .await;
+}
