@@ -64,10 +64,12 @@ impl HomeKeeper {
         });
     }
 
-    async fn run(self) {
+    async fn run(mut self) {
         let Some(client) = self.connector.relay().cloned() else {
             return;
         };
+        // Registered as written here, so in the form the tracker accepts.
+        self.configured = self.configured.iter().map(|u| registrable(u)).collect();
         // The candidate we are homed on (`None`: the tracker's own relay).
         let mut home = self.configured.first().cloned();
         let mut fleet: Vec<String> = Vec::new();
@@ -152,6 +154,17 @@ impl HomeKeeper {
     }
 }
 
+/// A relay URL as the tracker takes it in a registration: with a scheme (`r:8080` →
+/// `http://r:8080`, as `--tracker` reads it) and no trailing slash.
+fn registrable(url: &str) -> String {
+    let url = url.trim().trim_end_matches('/');
+    if url.contains("://") {
+        url.to_owned()
+    } else {
+        format!("http://{url}")
+    }
+}
+
 /// This peer's order of preference for `url` (lowest first): a hash of both, so that peers
 /// spread over the fleet and each keeps its order while the fleet changes (rendezvous hashing).
 fn preference(peer: &PeerId, url: &str) -> u64 {
@@ -164,6 +177,18 @@ fn preference(peer: &PeerId, url: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relays_are_registered_with_a_scheme() {
+        assert_eq!(registrable("r:8080"), "http://r:8080");
+        assert_eq!(registrable("https://r/"), "https://r");
+        assert_eq!(registrable(" ws://r:1 "), "ws://r:1");
+        // The same hub either way.
+        assert_eq!(
+            relay_url("r:8080").unwrap(),
+            relay_url(&registrable("r:8080")).unwrap()
+        );
+    }
 
     #[test]
     fn peers_spread_over_the_fleet_and_keep_their_order() {
