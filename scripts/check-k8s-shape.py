@@ -10,6 +10,8 @@ problem and exits 1 if there is any. What it asserts (docs/deployment.md, "Kuber
 - the relay is a StatefulSet with a headless Service, a ClusterIP Service per pod (the
   Ingress's /relay backend) and a LoadBalancer Service per pod carrying the UDP rendezvous with
   the client's source address kept (externalTrafficPolicy Local);
+- each relay pod publishes a URL naming itself (P2P_RELAY_URL after POD_NAME); each API
+  replica's P2P_RATE_LIMIT_REPLICAS is the Deployment's replica count;
 - UDP is on no plain ClusterIP Service; the relay pods do not trust X-Forwarded-For;
 - every Secret the pods use is either rendered (generated) or one of the documented external ones.
 """
@@ -92,6 +94,19 @@ for w, pod, c, env in trackers:
     if w["kind"] == "StatefulSet":
         check(settings.get("P2P_TRUST_PROXY", "false") != "true",
               f"{name(w)}: the relay trusts X-Forwarded-For, but peers reach it directly")
+        # Each relay pod publishes its own address to the fleet: the URL names the pod, and
+        # Kubernetes expands $(POD_NAME) only when it is defined earlier in the list.
+        names = [e["name"] for e in c.get("env", [])]
+        url = settings.get("P2P_RELAY_URL") or ""
+        check("$(POD_NAME)" in url, f"{name(w)}: P2P_RELAY_URL {url!r} does not name the pod")
+        check("POD_NAME" in names and "P2P_RELAY_URL" in names
+              and names.index("POD_NAME") < names.index("P2P_RELAY_URL"),
+              f"{name(w)}: POD_NAME is not defined before P2P_RELAY_URL")
+    else:
+        # Behind one balancer: each API replica enforces its share of the rate limit.
+        check(settings.get("P2P_RATE_LIMIT_REPLICAS") == str(w["spec"].get("replicas", 1)),
+              f"{name(w)}: P2P_RATE_LIMIT_REPLICAS {settings.get('P2P_RATE_LIMIT_REPLICAS')!r} "
+              f"is not the replica count {w['spec'].get('replicas', 1)}")
 
 # The Ingress reaches only `http` ports, never the metrics port.
 for ing in of_kind("Ingress"):

@@ -16,6 +16,7 @@ use crate::auth::{Authenticator, JwtKeys, PeerAuth, keys, password};
 use crate::clock::Clock;
 use crate::config::{Database, DbArgs, ServeArgs, UdpAddr};
 use crate::events::EventBus;
+use crate::fleet::Fleet;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimit;
 use crate::relay::{RelayHub, RelayLimits};
@@ -242,9 +243,11 @@ pub fn routes(state: Arc<AppState>, serve: &ServeArgs) -> BoxEndpoint<'static> {
     let spec = api.spec_endpoint();
     let docs = api.swagger_ui();
     let metrics = state.metrics.clone();
+    // Each of N replicas behind one balancer enforces its share (docs/deployment.md).
+    let share = |v: u32| v.div_ceil(serve.rate_limit_replicas.max(1));
     let limiter = RateLimit::new(
-        serve.rate_limit_rps,
-        serve.rate_limit_burst,
+        share(serve.rate_limit_rps),
+        serve.rate_limit_burst.map(share),
         serve.trust_proxy.then_some(serve.guard.trusted_proxy_hops),
         metrics.clone(),
     );
@@ -428,6 +431,14 @@ pub async fn start(
         events.clone(),
         shutdown.clone(),
     ));
+    let fleet = Fleet::new(
+        swarm.store().clone(),
+        opts.clock.clone(),
+        metrics.clone(),
+        serve.relay_url.clone().filter(|u| !u.trim().is_empty()),
+    )
+    .map(Arc::new)
+    .map_err(|e| StartError::Config(e.to_string()))?;
     let state = Arc::new(AppState {
         swarm,
         auth,
@@ -435,6 +446,7 @@ pub async fn start(
         metrics,
         events,
         relay,
+        fleet,
         trust_proxy: serve.trust_proxy.then_some(serve.guard.trusted_proxy_hops),
         metrics_token: serve.guard.metrics_token.clone().filter(|t| !t.is_empty()),
         pending_auth: Arc::new(tokio::sync::Semaphore::new(
@@ -473,6 +485,7 @@ pub async fn start(
         shutdown.cancel(); // stops the metrics listener, if any
         return Err(e);
     }
+    state.fleet.start(addr, shutdown.clone());
     let server = spawn_server(listener, app);
     Ok(RunningTracker {
         addr,

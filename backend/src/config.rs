@@ -133,9 +133,16 @@ pub struct ServeArgs {
     /// Lifetime of issued JWTs, in seconds.
     #[arg(long, env = "P2P_JWT_TTL_SECS", default_value_t = 12 * 3600)]
     pub jwt_ttl_secs: u64,
-    /// Requests per second allowed per client IP; 0 turns rate limiting off.
+    /// Requests per second allowed per client IP; 0 turns rate limiting off. With
+    /// --rate-limit-replicas N, the budget of all N replicas together.
     #[arg(long, env = "RATE_LIMIT_RPS", default_value_t = 100)]
     pub rate_limit_rps: u32,
+    /// Tracker replicas that share the rate limit behind one load balancer that spreads each
+    /// request over them: each enforces 1/N of the rate and burst (rounded up), so a client
+    /// gets the configured budget in all (docs/deployment.md, "One budget across replicas").
+    #[arg(long, env = "P2P_RATE_LIMIT_REPLICAS", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub rate_limit_replicas: u32,
     /// Burst allowance per client IP (default: twice the rate).
     #[arg(long, env = "RATE_LIMIT_BURST")]
     pub rate_limit_burst: Option<u32>,
@@ -177,6 +184,12 @@ pub struct ServeArgs {
     /// proxy or Ingress in front of the main port does not publish it. Default: the main port.
     #[arg(long, env = "P2P_METRICS_ADDR", value_parser = parse_listen_addr)]
     pub metrics_addr: Option<SocketAddr>,
+    /// Publish this tracker's relay hub to peers as part of the relay fleet, at this URL
+    /// (`http(s)://host:port` as peers reach it; port 0: the port the tracker listens on).
+    /// Peers choose a home relay from the live ones (`GET /api/relays`). Unset: this tracker's
+    /// `/relay` still serves the peers that use it as their tracker, but is not listed.
+    #[arg(long, env = "P2P_RELAY_URL")]
+    pub relay_url: Option<String>,
     #[command(flatten)]
     pub relay: RelayArgs,
     #[command(flatten)]

@@ -10,6 +10,7 @@
 //! - [`state`]: [`AppState`](state::AppState), what every handler can reach.
 //! - [`ws`]: the WebSocket endpoints: the live event feed (`/ws`) and the relay upgrade (`/relay`).
 //! - [`relay`]: the relay hub (attached peers, tunnels, caps) and the hole-punch rendezvous.
+//! - [`fleet`]: the trackers on one database: the live relays (`/api/relays`) and summed counts.
 //! - [`dashboard`]: serves the WASM dashboard at `/dashboard/` (embedded or from a folder).
 //! - [`server`]: the HTTP server (connection cap, accept back-off, header-read timeout).
 //! - [`ratelimit`], [`body_limit`], [`metrics`], [`clock`], [`error`]: the cross-cutting pieces.
@@ -25,6 +26,7 @@ pub mod config;
 pub mod dashboard;
 pub mod error;
 pub mod events;
+pub mod fleet;
 pub mod metrics;
 pub mod ratelimit;
 pub mod relay;

@@ -6,6 +6,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Authenticator, PeerAuth};
 use crate::events::EventBus;
+use crate::fleet::Fleet;
 use crate::metrics::Metrics;
 use crate::relay::RelayHub;
 use crate::swarm::Swarm;
@@ -21,6 +22,8 @@ pub struct AppState {
     pub events: EventBus,
     /// The relay hub behind `/relay`.
     pub relay: Arc<RelayHub>,
+    /// The trackers on this database: the live relays and the summed counts.
+    pub fleet: Arc<Fleet>,
     /// Trusted reverse proxies in front of the tracker (`--trust-proxy`), if any.
     pub trust_proxy: Option<u8>,
     /// What `/metrics` asks for (`--metrics-token`), if anything.

@@ -183,6 +183,11 @@ impl Swarm {
         }
         let name = validate_label("name", req.name)?;
         let version = validate_label("version", req.version)?;
+        let relay = req.relay.filter(|r| !r.is_empty());
+        if let Some(url) = &relay {
+            crate::fleet::check_relay_url(url)
+                .map_err(|e| SwarmError::BadRequest(e.to_string()))?;
+        }
         let observed_ip = observed
             .map(|ip| ip.to_canonical().to_string())
             .unwrap_or_default();
@@ -192,6 +197,7 @@ impl Swarm {
             port: req.port,
             udp_port: req.udp_port.filter(|p| *p != 0),
             relay_only: req.relay_only,
+            relay,
             observed_ip: observed_ip.clone(),
             name,
             version,

@@ -1029,3 +1029,93 @@ async fn file_peers_with_a_peer_token_carry_a_signed_admission() {
     })
     .await;
 }
+
+/// A tracker with `--relay-url` (port 0: its own) lists itself in `GET /api/relays`; peers
+/// register a home relay (a bad URL is a 400), and `/api/stats` sums the relay and `/ws`
+/// counts of every tracker that reported in, not only the answering one's.
+#[tokio::test]
+async fn relay_fleet_lists_relays_and_sums_counts() {
+    within(30, async {
+        let db = TestDb::sqlite();
+        let args = p2p_tracker::config::ServeArgs {
+            relay_url: Some("http://127.0.0.1:0".into()),
+            ..serve_args()
+        };
+        let t = TestTracker::start(&db, args).await;
+        let own = t.base.clone();
+        let relays = t.get_json("/api/relays").await;
+        assert_eq!(relays["relays"][0]["url"], own.as_str(), "{relays}");
+        assert_eq!(relays["relays"].as_array().unwrap().len(), 1);
+
+        let peer = peer_id();
+        for bad in ["ftp://r:1", "http://r/relay", "http://u:p@r:1", "x"] {
+            let body = json!({"peer_id": peer, "port": 1, "relay": bad});
+            let resp = register_proven(&t.http, &t.base, KEY, &peer, body).await;
+            assert_error(resp, 400, "bad_request").await;
+        }
+        t.register_with(&peer, json!({"peer_id": peer, "port": 1, "relay": own}))
+            .await;
+        assert_eq!(
+            t.get_json(&format!("/api/peers/{peer}")).await["relay"],
+            own.as_str()
+        );
+
+        // Another tracker on the database reported 5 attachments and 2 /ws clients; a third
+        // did too long ago to count.
+        let store = db.open().await;
+        let report = |id: &str, url: &str, attached, at| p2p_tracker::store::InstanceRecord {
+            id: id.into(),
+            relay_url: Some(url.into()),
+            relay_attached: attached,
+            ws_clients: 2,
+            last_seen_ms: at,
+        };
+        store
+            .put_instance(&report("other", "http://r2:1", 5, T0))
+            .await
+            .unwrap();
+        store
+            .put_instance(&report("gone", "http://r3:1", 7, T0 - 60_000))
+            .await
+            .unwrap();
+        let stats = t.get_json("/api/stats").await;
+        assert_eq!(stats["relay_connections"], 5, "{stats}");
+        assert_eq!(stats["ws_clients"], 2, "{stats}");
+        let relays = t.get_json("/api/relays").await;
+        let urls: Vec<&str> = relays["relays"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["url"].as_str().unwrap())
+            .collect();
+        let mut want = vec!["http://r2:1", own.as_str()];
+        want.sort();
+        assert_eq!(urls, want);
+        t.stop().await;
+    })
+    .await;
+}
+
+/// `--rate-limit-replicas N`: each of N replicas behind one balancer enforces 1/N of the rate
+/// and burst (rounded up), so N replicas together allow the configured budget.
+#[tokio::test]
+async fn replicas_share_the_rate_limit() {
+    within(30, async {
+        let db = TestDb::sqlite();
+        let mut args = serve_args();
+        args.rate_limit_rps = 1;
+        args.rate_limit_burst = Some(9);
+        args.rate_limit_replicas = 3;
+        let t = TestTracker::start(&db, args).await;
+        let mut passed = 0;
+        for _ in 0..9 {
+            let resp = t.get("/api/stats").send().await.unwrap();
+            passed += usize::from(resp.status() == 200);
+        }
+        // A third of the burst (3), and at most one more from the rate (1/3 per second,
+        // rounded up to 1) if a second passed.
+        assert!((3..=4).contains(&passed), "{passed} of 9 passed");
+        t.stop().await;
+    })
+    .await;
+}

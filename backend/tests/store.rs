@@ -7,11 +7,11 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
-use p2p_proto::api::{ConnectionPathKind, PeerConnection};
+use p2p_proto::api::{ConnectionPathKind, FilePeer, PeerConnection};
 use p2p_proto::{Bitfield, PeerId};
 use p2p_tracker::store::{
-    AnnounceOutcome, AnnounceRules, ApiKeyRecord, Backend, Beat, FileQuery, NewPeer, PeerQuery,
-    Presence, Store, UserRecord,
+    AnnounceOutcome, AnnounceRules, ApiKeyRecord, Backend, Beat, FileQuery, InstanceRecord,
+    NewPeer, PeerQuery, Presence, Store, UserRecord,
 };
 
 /// Generous bounds, as one principal.
@@ -54,6 +54,7 @@ fn new_peer(id: PeerId) -> NewPeer {
         port: 6881,
         udp_port: Some(6882),
         relay_only: false,
+        relay: None,
         observed_ip: "198.51.100.7".into(),
         name: Some("laptop".into()),
         version: None,
@@ -407,7 +408,7 @@ async fn manifest_variants_and_quotas(s: Arc<dyn Store>) {
     assert_eq!((first.variant, &first.manifest), (1, &bogus));
     assert_eq!(s.get_file(&m.id, 0, Some(9)).await.unwrap(), None);
 
-    let ids = |peers: &[p2p_proto::api::FilePeer]| {
+    let ids = |peers: &[FilePeer]| {
         let mut ids: Vec<_> = peers.iter().map(|p| (p.peer_id, p.variant)).collect();
         ids.sort();
         ids
@@ -668,6 +669,106 @@ async fn users_keys_and_settings(s: Arc<dyn Store>) {
     s.ping().await.unwrap();
 }
 
+/// A peer's home relay is stored with its entry and shown in listings and swarms; each running
+/// tracker's report replaces its last one, and stale reports drop out.
+async fn relay_fleet(s: Arc<dyn Store>) {
+    let (a, b) = (peer_id(), peer_id());
+    let relay1 = "http://relay-1.example:8080".to_owned();
+    let relay2 = "http://relay-2.example:8080".to_owned();
+    let homed = |id, relay: &str| NewPeer {
+        relay: Some(relay.to_owned()),
+        ..new_peer(id)
+    };
+    s.register_peer(&homed(a, &relay1), 1000).await.unwrap();
+    s.register_peer(&new_peer(b), 1000).await.unwrap();
+    assert_eq!(
+        s.get_peer(&a, 0).await.unwrap().unwrap().relay,
+        Some(relay1.clone())
+    );
+    assert_eq!(s.get_peer(&b, 0).await.unwrap().unwrap().relay, None);
+    let m = manifest("homed.bin", &content(1000, 9));
+    for p in [a, b] {
+        s.announce(&p, &m, None, 1000, &RULES).await.unwrap();
+    }
+    let relays_of = |peers: Vec<FilePeer>| {
+        let mut r: Vec<_> = peers.into_iter().map(|p| (p.peer_id, p.relay)).collect();
+        r.sort();
+        r
+    };
+    let (_, peers) = s
+        .file_peers(&m.id, 0, None, 10, None)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut want = vec![(a, Some(relay1.clone())), (b, None)];
+    want.sort();
+    assert_eq!(relays_of(peers), want);
+    // Re-homed: registering again replaces the relay (and keeps the announce).
+    s.register_peer(&homed(a, &relay2), 2000).await.unwrap();
+    let (_, peers) = s
+        .file_peers(&m.id, 0, None, 10, None)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut want = vec![(a, Some(relay2.clone())), (b, None)];
+    want.sort();
+    assert_eq!(relays_of(peers), want);
+    let listed = s
+        .list_peers(&PeerQuery {
+            online_only: false,
+            offset: 0,
+            limit: 10,
+            cutoff_ms: 0,
+        })
+        .await
+        .unwrap();
+    assert!(
+        listed
+            .items
+            .iter()
+            .any(|p| p.peer_id == a && p.relay == Some(relay2.clone()))
+    );
+
+    let report = |id: &str, relay: Option<&str>, attached, at| InstanceRecord {
+        id: id.to_owned(),
+        relay_url: relay.map(str::to_owned),
+        relay_attached: attached,
+        ws_clients: 1,
+        last_seen_ms: at,
+    };
+    s.put_instance(&report("api", None, 0, 1000)).await.unwrap();
+    s.put_instance(&report("r1", Some(&relay1), 5, 1000))
+        .await
+        .unwrap();
+    s.put_instance(&report("r2", Some(&relay2), 7, 1000))
+        .await
+        .unwrap();
+    // A later report replaces the earlier one.
+    s.put_instance(&report("r1", Some(&relay1), 6, 3000))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.live_instances(0).await.unwrap(),
+        vec![
+            report("api", None, 0, 1000),
+            report("r1", Some(&relay1), 6, 3000),
+            report("r2", Some(&relay2), 7, 1000),
+        ]
+    );
+    assert_eq!(
+        s.live_instances(2000).await.unwrap(),
+        vec![report("r1", Some(&relay1), 6, 3000)]
+    );
+    // Leaving deletes the own report and the stale ones.
+    s.delete_instances("api", 2000).await.unwrap();
+    assert_eq!(
+        s.live_instances(0).await.unwrap(),
+        vec![report("r1", Some(&relay1), 6, 3000)]
+    );
+    s.delete_instances("r1", 0).await.unwrap();
+    assert!(s.live_instances(0).await.unwrap().is_empty());
+}
+
 macro_rules! suite {
     ($($case:ident),* $(,)?) => {
         mod sqlite {
@@ -708,7 +809,8 @@ suite!(
     announces_and_swarms,
     manifest_variants_and_quotas,
     listing_and_stats,
-    users_keys_and_settings
+    users_keys_and_settings,
+    relay_fleet
 );
 
 /// A file stored before chains were kept (an empty `chain`) gets the chain of the next announce

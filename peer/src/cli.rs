@@ -266,9 +266,9 @@ fn status(peer: &Peer) {
     let relay = match &peer.node.relay {
         None => "off".to_owned(),
         Some(r) => match r.status() {
-            RelayStatus::Attached => "attached".to_owned(),
-            RelayStatus::Connecting => "connecting".to_owned(),
-            RelayStatus::Disconnected(why) => format!("disconnected ({why})"),
+            RelayStatus::Attached => format!("attached to {}", r.url()),
+            RelayStatus::Connecting => format!("connecting to {}", r.url()),
+            RelayStatus::Disconnected(why) => format!("disconnected from {} ({why})", r.url()),
         },
     };
     let mode = if peer.node.connector.relay_only() {

@@ -116,6 +116,16 @@ pub struct NodeArgs {
     /// Do not attach to the tracker's relay (direct connections only).
     #[arg(long, env = "P2P_NO_RELAY", default_value_t = false)]
     pub no_relay: bool,
+    /// Home relays to attach to, in order of preference (`http(s)://host:port`; the flag
+    /// repeated, or comma-separated): the first that works, the next when it dies. Default:
+    /// the tracker's relay fleet (`GET /api/relays`), else the tracker's own relay.
+    #[arg(
+        long = "relay",
+        env = "P2P_RELAY",
+        value_delimiter = ',',
+        conflicts_with = "no_relay"
+    )]
+    pub relays: Vec<String>,
     /// Do not try UDP hole punching (it needs the relay, which coordinates it).
     #[arg(long, env = "P2P_NO_PUNCH", default_value_t = false)]
     pub no_punch: bool,

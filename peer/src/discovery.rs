@@ -31,6 +31,7 @@ use crate::admission::HeldAdmissions;
 use crate::dht::{Dht, LOOKUP_TIMEOUT};
 use crate::identity::Identity;
 use crate::net::addr::is_local;
+use crate::net::relay::relay_url;
 use crate::net::secure::{Role, SecureError};
 use crate::net::session::{self, Session};
 use crate::net::{PeerAddr, RelayUrl};
@@ -252,8 +253,8 @@ pub struct Discovery {
     identity: Identity,
     /// Our own listening address (the DHT lists it too).
     own: SocketAddr,
-    /// The relay hub this node is attached to, if any: the tracker's peers are reachable
-    /// through it.
+    /// The relay hub this node attached to first, if any: the tracker's peers are reachable
+    /// through their home relays (or, naming none, through ours).
     relay: Option<RelayUrl>,
     /// Whether local addresses from the tracker or the DHT are dialled ([`is_local`]).
     allow_local: bool,
@@ -483,10 +484,14 @@ impl Discovery {
                 dialable(addresses(&p.addresses, p.port).await, self.allow_local)
             };
             let source = PeerAddr::new(p.peer_id, addrs);
-            match &self.relay {
-                Some(relay) => sources.push(source.with_relay(relay.clone())),
-                None if !source.addrs.is_empty() => sources.push(source),
-                None => {}
+            // Its home relay, where tunnels and punches to it go; without one, ours (the
+            // connector's default). An unusable URL is no hint at all.
+            let home = p.relay.as_deref().and_then(|r| relay_url(r).ok());
+            match (&self.relay, home) {
+                (Some(_), Some(home)) => sources.push(source.with_relay(home)),
+                (Some(_), None) => sources.push(source),
+                (None, _) if !source.addrs.is_empty() => sources.push(source),
+                (None, _) => {}
             }
         }
         sources

@@ -24,6 +24,7 @@ use crate::storage::{Library, LibraryError};
 use crate::throttle::Throttle;
 use crate::upload::Uploader;
 
+mod home;
 mod peer;
 
 pub use peer::{FetchError, Peer, PeerError};
@@ -177,14 +178,25 @@ fn start_paths(
     if args.no_relay {
         return Ok((None, Arc::new(Connector::new(None, args.relay_only))));
     }
+    // The first configured home relay, else the tracker's; the peer's home keeper (see
+    // `home`) moves it to the fleet's, and on when it dies.
+    let first = args
+        .relays
+        .first()
+        .map_or(args.primary_tracker(), String::as_str);
     let config = RelayConfig {
-        url: relay::relay_url(args.primary_tracker())?,
+        url: relay::relay_url(first)?,
         token: args.api_key.clone(),
     };
     let (client, incoming, invites) =
         relay::spawn_with_punch(identity.clone(), config, shutdown.clone());
     acceptor.relayed(incoming);
-    let mut connector = Connector::new(Some(client.clone()), args.relay_only);
+    let mut connector = Connector::new(Some(client.clone()), args.relay_only).with_visits(
+        identity.clone(),
+        args.api_key.clone(),
+        shutdown.clone(),
+    );
+    connector.set_known_relays(home::configured_relays(args));
     // Without punching, the invitations' receiver is dropped here: the relay client declines
     // them, and their askers fall back to the relay at once.
     if !args.no_punch {
@@ -269,6 +281,7 @@ mod tests {
             dht_bootstrap: vec![],
             relay_only: false,
             no_relay: true,
+            relays: vec![],
             no_punch: false,
             allow_local_addrs: true,
             max_connections: 512,

@@ -27,6 +27,7 @@ use p2p_proto::api::{
     AnnounceRequest, AnnounceResponse, ErrorBody, FileDetails, FileList, FilePeers,
     HeartbeatRequest, HeartbeatResponse, MAX_PEER_CONNECTIONS, PeerChallenge, PeerChallengeRequest,
     PeerConnection, PeerInfo, PeerList, PeerProof, RegisterPeerRequest, RegisterPeerResponse,
+    RelayList,
 };
 use p2p_proto::peer_auth::{NONCE_LEN, PEER_TOKEN_HEADER, proof_mac};
 use p2p_proto::{FileId, PeerId};
@@ -608,6 +609,12 @@ impl TrackerClient {
         self.call(req, false).await
     }
 
+    /// `GET /api/relays`: the relay fleet, to choose a home relay from.
+    pub async fn relays(&self) -> Result<RelayList, TrackerError> {
+        self.call(self.request(Method::GET, "/api/relays"), false)
+            .await
+    }
+
     /// `GET /api/peers/{id}`: one peer; [`TrackerError::NotFound`] if it is not registered.
     pub async fn peer(&self, id: &PeerId) -> Result<PeerInfo, TrackerError> {
         self.call(
@@ -695,6 +702,8 @@ pub struct SessionHandle {
     announce: Arc<Notify>,
     /// Registration attempts made so far, whatever their outcome.
     attempts: watch::Receiver<u64>,
+    /// The home relay to register (`RegisterPeerRequest::relay`).
+    relay: Arc<watch::Sender<Option<String>>>,
 }
 
 impl SessionHandle {
@@ -726,6 +735,21 @@ impl SessionHandle {
         let _ = attempts.wait_for(|n| *n > 0).await;
     }
 
+    /// Registers again with `relay` as the home relay, unless it is the one registered (or
+    /// being registered) already.
+    pub fn set_relay(&self, relay: Option<String>) {
+        self.relay.send_if_modified(|current| {
+            let changed = *current != relay;
+            *current = relay;
+            changed
+        });
+    }
+
+    /// The home relay registered, or being registered.
+    pub fn relay(&self) -> Option<String> {
+        self.relay.borrow().clone()
+    }
+
     /// Waits until the session has stopped (after its shutdown token was cancelled and it
     /// tried to unregister).
     pub async fn stopped(&self) {
@@ -755,7 +779,9 @@ pub fn spawn_session(
     let (attempts_tx, attempts) = watch::channel(0);
     let announce = Arc::new(Notify::new());
     register.peer_id = identity.peer_id();
+    let (relay, relay_rx) = watch::channel(register.relay.clone());
     let session = Session {
+        relay: relay_rx,
         client,
         identity,
         token: String::new(),
@@ -774,6 +800,7 @@ pub fn spawn_session(
         status,
         announce,
         attempts,
+        relay: Arc::new(relay),
     }
 }
 
@@ -790,6 +817,8 @@ struct Session {
     status: watch::Sender<SessionStatus>,
     announce: Arc<Notify>,
     attempts: watch::Sender<u64>,
+    /// The home relay to register; a change registers again.
+    relay: watch::Receiver<Option<String>>,
     /// Whether the last call to the tracker failed (to log an outage once).
     failing: bool,
 }
@@ -801,6 +830,8 @@ enum Ended {
     Forgotten,
     /// The tracker refused the peer token (expired, or from a tracker with another secret).
     TokenRefused,
+    /// The peer moved to another home relay: register it.
+    Rehomed,
 }
 
 /// What the tracker was last told of one file: its name (a renamed file is announced again
@@ -835,6 +866,9 @@ impl Session {
                     tracing::info!("the tracker refused the peer token; proving the key again");
                     self.set(SessionStatus::Registering);
                 }
+                Ended::Rehomed => {
+                    tracing::info!(relay = ?self.relay.borrow().as_deref(), "registering the new home relay");
+                }
             }
         }
         if registered_once {
@@ -853,6 +887,7 @@ impl Session {
     async fn register_until_ok(&mut self) -> Option<Duration> {
         let mut backoff = Backoff::new(&self.timing);
         loop {
+            self.register.relay = self.relay.borrow_and_update().clone();
             let result = self
                 .or_shutdown(self.client.register(&self.identity, &self.register))
                 .await?;
@@ -890,6 +925,7 @@ impl Session {
                 biased;
                 _ = self.shutdown.cancelled() => return Ended::Shutdown,
                 _ = self.announce.notified() => announce_at = Some(Instant::now()),
+                Ok(()) = self.relay.changed() => return Ended::Rehomed,
                 _ = tokio::time::sleep_until(wake) => {}
             }
             if announce_at.is_some_and(|at| at <= Instant::now()) {

@@ -324,6 +324,7 @@ async fn tracker(dir: &Path) -> p2p_tracker::app::RunningTracker {
         jwt_ttl_secs: 3600,
         rate_limit_rps: 0,
         rate_limit_burst: None,
+        rate_limit_replicas: 1,
         trust_proxy: false,
         heartbeat_interval_secs: 30,
         heartbeat_misses: 3,
@@ -336,6 +337,7 @@ async fn tracker(dir: &Path) -> p2p_tracker::app::RunningTracker {
         metrics_addr: None,
         relay: Default::default(),
         guard: Default::default(),
+        relay_url: None,
     };
     p2p_tracker::app::start(store, &args, p2p_tracker::app::RuntimeOptions::default())
         .await

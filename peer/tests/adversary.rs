@@ -572,6 +572,7 @@ async fn the_tracker_cannot_make_a_peer_dial_local_addresses() {
                     port,
                     udp_port: None,
                     relay_only: false,
+                    relay: None,
                     name: None,
                     version: None,
                     proof: None,

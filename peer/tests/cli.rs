@@ -27,6 +27,7 @@ fn serve_args(addr: SocketAddr) -> ServeArgs {
         jwt_ttl_secs: 3600,
         rate_limit_rps: 0,
         rate_limit_burst: None,
+        rate_limit_replicas: 1,
         trust_proxy: false,
         heartbeat_interval_secs: 30,
         heartbeat_misses: 3,
@@ -37,6 +38,7 @@ fn serve_args(addr: SocketAddr) -> ServeArgs {
         max_body_bytes: 1 << 26,
         udp_addr: None,
         metrics_addr: None,
+        relay_url: None,
         relay: Default::default(),
         guard: Default::default(),
     }

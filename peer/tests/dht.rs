@@ -55,6 +55,7 @@ fn node_args(data: &Path, bootstrap: &[String]) -> NodeArgs {
         dht_bootstrap: bootstrap.to_vec(),
         relay_only: false,
         no_relay: true,
+        relays: vec![],
         no_punch: false,
         allow_local_addrs: true,
         max_connections: 512,

@@ -32,6 +32,7 @@ async fn tracker(dir: &Path) -> RunningTracker {
         jwt_ttl_secs: 3600,
         rate_limit_rps: 0,
         rate_limit_burst: None,
+        rate_limit_replicas: 1,
         trust_proxy: false,
         heartbeat_interval_secs: 1,
         heartbeat_misses: 3,
@@ -42,6 +43,7 @@ async fn tracker(dir: &Path) -> RunningTracker {
         max_body_bytes: 1 << 26,
         udp_addr: None,
         metrics_addr: None,
+        relay_url: None,
         relay: Default::default(),
         guard: Default::default(),
     };

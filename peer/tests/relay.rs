@@ -495,6 +495,7 @@ async fn node_limited(t: &RunningTracker, dir: &Path, upload_limit: Option<u64>)
         dht_bootstrap: vec![],
         relay_only: false,
         no_relay: false,
+        relays: vec![],
         no_punch: false,
         allow_local_addrs: true,
         max_connections: 512,

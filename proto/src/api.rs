@@ -72,6 +72,11 @@ pub struct RegisterPeerRequest {
     #[serde(default)]
     #[cfg_attr(feature = "openapi", oai(default))]
     pub relay_only: bool,
+    /// The peer's home relay (`http(s)://host:port`, as `GET /api/relays` lists it): where
+    /// others open tunnels and hole punches to it. Absent: the relay of the tracker it uses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", oai(skip_serializing_if_is_none))]
+    pub relay: Option<String>,
     /// A display name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", oai(skip_serializing_if_is_none))]
@@ -230,6 +235,10 @@ pub struct PeerInfo {
     #[cfg_attr(feature = "openapi", oai(skip_serializing_if_is_none))]
     pub udp_port: Option<u16>,
     pub relay_only: bool,
+    /// Its home relay, when it registered one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", oai(skip_serializing_if_is_none))]
+    pub relay: Option<String>,
     pub observed_ip: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", oai(skip_serializing_if_is_none))]
@@ -386,6 +395,11 @@ pub struct FilePeer {
     pub udp_port: Option<u16>,
     /// Reach this peer through the relay only.
     pub relay_only: bool,
+    /// Its home relay (see [`RegisterPeerRequest::relay`]): open tunnels and punches to it
+    /// there. Absent: the relay of the tracker it uses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", oai(skip_serializing_if_is_none))]
+    pub relay: Option<String>,
     pub complete: bool,
     /// Base64 bitfield of the chunks it has; absent when complete.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -417,6 +431,28 @@ pub struct FilePeers {
     pub admission: Option<String>,
 }
 
+/// One relay of the fleet: a tracker that publishes its relay hub (`--relay-url`) and has
+/// reported in recently.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
+#[cfg_attr(feature = "openapi", oai(rename_all = "snake_case"))]
+pub struct RelayInfo {
+    /// `http(s)://host:port`; its hub is at `/relay` (WebSocket) and its hole-punch rendezvous
+    /// on the same host's UDP port the hub announces.
+    pub url: String,
+    /// Peers attached to it at its last report.
+    pub attached: u64,
+    pub last_seen_ms: u64,
+}
+
+/// `GET /api/relays`: the relays peers may choose a home relay from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
+#[cfg_attr(feature = "openapi", oai(rename_all = "snake_case"))]
+pub struct RelayList {
+    pub relays: Vec<RelayInfo>,
+}
+
 /// `GET /health`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
@@ -441,7 +477,10 @@ pub struct Stats {
     pub files: u64,
     /// Sum of all files' sizes.
     pub total_bytes: u64,
+    /// Peers attached to the relay hubs of every tracker on the database (each reports every
+    /// few seconds; the answering tracker's own figure is current).
     pub relay_connections: u64,
+    /// `/ws` clients of every tracker on the database, counted as `relay_connections`.
     pub ws_clients: u64,
 }
 

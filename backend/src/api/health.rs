@@ -100,6 +100,8 @@ impl HealthApi {
     /// Counts for the dashboard overview.
     #[oai(path = "/api/stats", method = "get", operation_id = "stats")]
     async fn stats(&self, _auth: Auth) -> Result<Json<Stats>, ApiError> {
-        Ok(Json(self.0.swarm.stats().await?))
+        let mut stats = self.0.swarm.stats().await?;
+        self.0.fleet.sum_into(&mut stats).await?;
+        Ok(Json(stats))
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use p2p_proto::PeerId;
 use p2p_proto::api::{
     HeartbeatRequest, HeartbeatResponse, PeerChallenge, PeerChallengeRequest, PeerInfo, PeerList,
-    RegisterPeerRequest, RegisterPeerResponse,
+    RegisterPeerRequest, RegisterPeerResponse, RelayList,
 };
 use poem::Request;
 use poem_openapi::param::{Header, Query};
@@ -139,6 +139,14 @@ impl PeersApi {
     #[oai(path = "/api/peers/:id", method = "get", operation_id = "get_peer")]
     async fn get(&self, _auth: Auth, id: Path<PeerId, Id>) -> Result<Json<PeerInfo>, ApiError> {
         Ok(Json(self.0.swarm.peer(&id.0).await?))
+    }
+
+    /// The relay fleet: the relays that reported in during the last 10 s (trackers started
+    /// with `--relay-url`), by URL. A peer attaches to one as its home relay and names it in
+    /// its registration's `relay`.
+    #[oai(path = "/api/relays", method = "get", operation_id = "list_relays")]
+    async fn relays(&self, _auth: Auth) -> Result<Json<RelayList>, ApiError> {
+        Ok(Json(self.0.fleet.relays().await?))
     }
 
     /// Registered peers, most recently seen first.

@@ -76,9 +76,25 @@ pub struct NewPeer {
     pub port: u16,
     pub udp_port: Option<u16>,
     pub relay_only: bool,
+    /// Its home relay (a URL of the fleet), when it named one.
+    pub relay: Option<String>,
     pub observed_ip: String,
     pub name: Option<String>,
     pub version: Option<String>,
+}
+
+/// What one running tracker last reported of itself (see [`Store::put_instance`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceRecord {
+    /// Random, per process.
+    pub id: String,
+    /// The relay URL it publishes (`--relay-url`), if any.
+    pub relay_url: Option<String>,
+    /// Peers attached to its relay hub.
+    pub relay_attached: u64,
+    /// Its `/ws` clients.
+    pub ws_clients: u64,
+    pub last_seen_ms: u64,
 }
 
 /// Whether a known peer counts as online, and when it was last heard from.
@@ -302,6 +318,15 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Returns the stored value of `key`, first storing `value` if there is none. Safe when
     /// several trackers race to initialise the same key.
     async fn setting_or_init(&self, key: &str, value: &str) -> StoreResult<String>;
+
+    /// Records what a running tracker reports of itself (inserted, or replacing its last
+    /// report); `record.last_seen_ms` is the time of the report.
+    async fn put_instance(&self, record: &InstanceRecord) -> StoreResult<()>;
+    /// The trackers that reported at or after `cutoff_ms`, by id.
+    async fn live_instances(&self, cutoff_ms: u64) -> StoreResult<Vec<InstanceRecord>>;
+    /// Forgets the tracker `id` (it is stopping) and every one silent since before
+    /// `stale_before_ms`.
+    async fn delete_instances(&self, id: &str, stale_before_ms: u64) -> StoreResult<()>;
 }
 
 /// Escapes `%`, `_` and `\` for a `LIKE … ESCAPE '\'` pattern and wraps it in `%…%`.
@@ -375,6 +400,7 @@ macro_rules! sql_store_impl {
                     .bind(&peer.name)
                     .bind(&peer.version)
                     .bind(to_i64(now_ms))
+                    .bind(&peer.relay)
                     .execute(&mut *tx)
                     .await?;
                 tx.commit().await?;
@@ -937,6 +963,48 @@ macro_rules! sql_store_impl {
                     .fetch_one(self.writer())
                     .await?;
                 Ok(row.0)
+            }
+
+            async fn put_instance(
+                &self,
+                record: &$crate::store::InstanceRecord,
+            ) -> $crate::store::StoreResult<()> {
+                use $crate::store::{sql, to_i64};
+                sqlx::query(sql::PUT_INSTANCE)
+                    .bind(&record.id)
+                    .bind(&record.relay_url)
+                    .bind(to_i64(record.relay_attached))
+                    .bind(to_i64(record.ws_clients))
+                    .bind(to_i64(record.last_seen_ms))
+                    .execute(self.writer())
+                    .await?;
+                Ok(())
+            }
+
+            async fn live_instances(
+                &self,
+                cutoff_ms: u64,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::InstanceRecord>> {
+                use $crate::store::{rows, sql, to_i64};
+                let found = sqlx::query_as::<_, rows::InstanceRow>(sql::LIVE_INSTANCES)
+                    .bind(to_i64(cutoff_ms))
+                    .fetch_all(self.reader())
+                    .await?;
+                Ok(found.into_iter().map(Into::into).collect())
+            }
+
+            async fn delete_instances(
+                &self,
+                id: &str,
+                stale_before_ms: u64,
+            ) -> $crate::store::StoreResult<()> {
+                use $crate::store::{sql, to_i64};
+                sqlx::query(sql::DELETE_INSTANCES)
+                    .bind(id)
+                    .bind(to_i64(stale_before_ms))
+                    .execute(self.writer())
+                    .await?;
+                Ok(())
             }
         }
     };

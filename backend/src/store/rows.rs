@@ -87,6 +87,7 @@ pub(super) struct PeerRow {
     port: i64,
     udp_port: Option<i64>,
     relay_only: bool,
+    relay: Option<String>,
     observed_ip: String,
     name: Option<String>,
     version: Option<String>,
@@ -109,6 +110,7 @@ impl TryFrom<PeerRow> for PeerInfo {
             port: to_u16(r.port)?,
             udp_port: r.udp_port.map(to_u16).transpose()?,
             relay_only: r.relay_only,
+            relay: r.relay,
             observed_ip: r.observed_ip,
             name: r.name,
             version: r.version,
@@ -256,6 +258,7 @@ pub(super) struct FilePeerRow {
     port: i64,
     udp_port: Option<i64>,
     relay_only: bool,
+    relay: Option<String>,
     have: Option<Vec<u8>>,
     chunks_have: i64,
     last_seen: i64,
@@ -287,6 +290,7 @@ impl FilePeerRow {
             port: to_u16(self.port)?,
             udp_port: self.udp_port.map(to_u16).transpose()?,
             relay_only: self.relay_only,
+            relay: self.relay,
             complete: have.is_none(),
             have,
             chunks_have: to_u64(self.chunks_have),
@@ -351,6 +355,27 @@ impl From<ApiKeyRow> for ApiKeyRecord {
             name: r.name,
             created_at_ms: to_u64(r.created_at),
             revoked_at_ms: r.revoked_at.map(to_u64),
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct InstanceRow {
+    id: String,
+    relay_url: Option<String>,
+    relay_attached: i64,
+    ws_clients: i64,
+    last_seen: i64,
+}
+
+impl From<InstanceRow> for super::InstanceRecord {
+    fn from(r: InstanceRow) -> Self {
+        Self {
+            id: r.id,
+            relay_url: r.relay_url,
+            relay_attached: to_u64(r.relay_attached),
+            ws_clients: to_u64(r.ws_clients),
+            last_seen_ms: to_u64(r.last_seen),
         }
     }
 }

@@ -19,13 +19,13 @@ pub(super) const PEER_PRESENCE: &str = "SELECT online, last_seen FROM peers WHER
 
 pub(super) const UPSERT_PEER: &str = "\
 INSERT INTO peers (id, addresses, port, udp_port, relay_only, observed_ip, name, version,
-                   registered_at, last_seen, online)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, TRUE)
+                   registered_at, last_seen, online, relay)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, TRUE, $10)
 ON CONFLICT (id) DO UPDATE SET
     addresses = excluded.addresses, port = excluded.port, udp_port = excluded.udp_port,
     relay_only = excluded.relay_only, observed_ip = excluded.observed_ip, name = excluded.name,
     version = excluded.version, last_seen = excluded.last_seen, online = TRUE,
-    connections = '[]'";
+    connections = '[]', relay = excluded.relay";
 
 pub(super) const DELETE_PEER: &str = "DELETE FROM peers WHERE id = $1";
 
@@ -36,7 +36,7 @@ pub(super) const EXPIRE_PEERS: &str =
 macro_rules! peer_columns {
     () => {
         concat!(
-            "p.id, p.addresses, p.port, p.udp_port, p.relay_only, p.observed_ip, p.name,
+            "p.id, p.addresses, p.port, p.udp_port, p.relay_only, p.relay, p.observed_ip, p.name,
         p.version, p.registered_at, p.last_seen, ",
             live_peer!("p", "$1"),
             " AS live,
@@ -214,7 +214,7 @@ pub(super) const VARIANT_CHUNK_COUNT: &str =
 
 /// Live claims of file `$1`, of variant `$5` only unless it is negative.
 pub(super) const FILE_PEERS: &str = concat!(
-    "SELECT p.id, p.addresses, p.observed_ip, p.port, p.udp_port, p.relay_only, fp.have,
+    "SELECT p.id, p.addresses, p.observed_ip, p.port, p.udp_port, p.relay_only, p.relay, fp.have,
         fp.chunks_have, p.last_seen, fp.variant, v.chunk_count
     FROM file_peers fp JOIN peers p ON p.id = fp.peer_id
         JOIN file_variants v ON v.file_id = fp.file_id AND v.variant = fp.variant
@@ -267,3 +267,19 @@ pub(super) const INIT_SETTING: &str =
     "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING";
 
 pub(super) const GET_SETTING: &str = "SELECT value FROM settings WHERE key = $1";
+
+pub(super) const PUT_INSTANCE: &str = "\
+INSERT INTO tracker_instances (id, relay_url, relay_attached, ws_clients, last_seen)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (id) DO UPDATE SET
+    relay_url = excluded.relay_url, relay_attached = excluded.relay_attached,
+    ws_clients = excluded.ws_clients, last_seen = excluded.last_seen";
+
+pub(super) const LIVE_INSTANCES: &str = "\
+SELECT id, relay_url, relay_attached, ws_clients, last_seen FROM tracker_instances
+WHERE last_seen >= $1 ORDER BY id";
+
+/// Forgets instance `$1`, and every instance not heard from since `$2` (they stopped without
+/// saying so).
+pub(super) const DELETE_INSTANCES: &str =
+    "DELETE FROM tracker_instances WHERE id = $1 OR last_seen < $2";

@@ -121,6 +121,7 @@ pub fn serve_args() -> ServeArgs {
         jwt_ttl_secs: 3600,
         rate_limit_rps: 0,
         rate_limit_burst: None,
+        rate_limit_replicas: 1,
         trust_proxy: false,
         heartbeat_interval_secs: 30,
         heartbeat_misses: 3,
@@ -131,6 +132,7 @@ pub fn serve_args() -> ServeArgs {
         max_body_bytes: 8 * 1024 * 1024,
         udp_addr: None,
         metrics_addr: None,
+        relay_url: None,
         relay: Default::default(),
         guard: Default::default(),
     }

@@ -5,8 +5,13 @@
 //! [`crate::net::punch`]), then a tunnel through the relay itself. In relay-only mode (a peer
 //! that knows it cannot make outbound connections either) only the relay is tried. Inbound
 //! connections take the mirror path through [`crate::net::accept::Acceptor`].
+//!
+//! Punches and tunnels go through the *target's* home relay: our own when it names none or the
+//! same, else a visiting connection to its hub, opened on demand (at most
+//! [`MAX_VISITED_RELAYS`]) and only to relays we know (the fleet the tracker lists and our own
+//! configuration: a peer's entry must not make us send our credentials to any host).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,12 +19,13 @@ use std::time::Duration;
 use p2p_proto::PeerId;
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 
 use crate::identity::Identity;
-use crate::net::addr::PeerAddr;
+use crate::net::addr::{PeerAddr, RelayUrl};
 use crate::net::link::Link;
 use crate::net::punch::{PunchError, Puncher};
-use crate::net::relay::{RelayClient, RelayError};
+use crate::net::relay::{self, RelayClient, RelayConfig, RelayError, RelayStatus};
 use crate::net::secure::SecureError;
 use crate::net::transport::{BoxedTransport, ConnectionPath};
 
@@ -41,9 +47,15 @@ pub enum PathError {
     NoPuncher,
     #[error("no relay")]
     NoRelay,
-    /// The peer is attached to another hub than ours.
+    /// The peer is attached to another hub than ours, and we visit no other.
     #[error("the peer is on another relay")]
     OtherRelay,
+    /// The peer names a home relay that is not one of the fleet's.
+    #[error("the peer's relay {0} is not a known relay")]
+    UnknownRelay(RelayUrl),
+    /// As many other relays are visited already, all in use.
+    #[error("{0} other relays are visited already")]
+    TooManyRelays(usize),
     /// The hub did not set the punch up.
     #[error("relay: {0}")]
     PunchRequest(#[source] RelayError),
@@ -95,6 +107,21 @@ impl std::error::Error for ConnectError {
 /// A pooled session: the peer and the lane (0 for its main session).
 type LinkKey = (PeerId, u8);
 
+/// Other peers' home relays visited at once, at most.
+pub const MAX_VISITED_RELAYS: usize = 8;
+/// How long a visit to another relay may take to attach.
+const VISIT_ATTACH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Visiting other peers' home relays: how to attach, which relays are known, the visits.
+#[derive(Debug)]
+struct Visits {
+    identity: Identity,
+    token: Option<String>,
+    shutdown: CancellationToken,
+    known: Mutex<HashSet<RelayUrl>>,
+    clients: Mutex<HashMap<RelayUrl, (RelayClient, CancellationToken)>>,
+}
+
 /// Chooses and opens a path to a peer.
 #[derive(Debug, Default)]
 pub struct Connector {
@@ -108,6 +135,8 @@ pub struct Connector {
     link_gates: Mutex<HashMap<LinkKey, Arc<tokio::sync::Mutex<()>>>>,
     /// The path of the latest connection to each peer, for `peers` and `status`.
     last_paths: Mutex<HashMap<PeerId, ConnectionPath>>,
+    /// Connections to other peers' home relays, when enabled.
+    visits: Option<Visits>,
 }
 
 impl Connector {
@@ -130,6 +159,52 @@ impl Connector {
     pub fn with_puncher(mut self, puncher: Arc<Puncher>) -> Self {
         self.puncher = Some(puncher);
         self
+    }
+
+    /// Reaches peers homed on other relays of `known` by attaching there too, as `identity`
+    /// with `token`, until `shutdown`.
+    pub fn with_visits(
+        mut self,
+        identity: Identity,
+        token: Option<String>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        self.visits = Some(Visits {
+            identity,
+            token,
+            shutdown,
+            known: Mutex::new(HashSet::new()),
+            clients: Mutex::new(HashMap::new()),
+        });
+        self
+    }
+
+    /// Replaces the relays that may be visited (the fleet and our own configuration).
+    pub fn set_known_relays(&self, relays: impl IntoIterator<Item = RelayUrl>) {
+        if let Some(v) = &self.visits {
+            *v.known.lock() = relays.into_iter().collect();
+        }
+    }
+
+    /// Moves our home relay to `url` (see [`RelayClient::rehome`]), ending a visit there first:
+    /// one peer id attached twice to one hub would replace itself back and forth.
+    pub fn rehome(&self, url: RelayUrl) {
+        if let Some(v) = &self.visits
+            && let Some((_, stop)) = v.clients.lock().remove(&url)
+        {
+            stop.cancel();
+        }
+        if let Some(home) = &self.relay {
+            home.rehome(url);
+        }
+    }
+
+    /// The other relays visited now.
+    pub fn visited(&self) -> Vec<RelayUrl> {
+        self.visits
+            .as_ref()
+            .map(|v| v.clients.lock().keys().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// The relay client, when one is configured.
@@ -309,7 +384,8 @@ impl Connector {
                     return Ok(Box::new(stream));
                 }
                 let ticket = self
-                    .relay_for(peer)?
+                    .relay_for(peer)
+                    .await?
                     .punch(to)
                     .await
                     .map_err(PathError::PunchRequest)?;
@@ -319,19 +395,61 @@ impl Connector {
                 Ok(Box::new(stream))
             }
             ConnectionPath::Relayed => {
-                let stream = self.relay_for(peer)?.open(to).await?;
+                let stream = self.relay_for(peer).await?.open(to).await?;
                 Ok(Box::new(stream))
             }
         }
     }
 
-    /// Our relay, if `peer` can be reached through it: the peer names no relay, or ours.
-    fn relay_for(&self, peer: &PeerAddr) -> Result<&RelayClient, PathError> {
-        let relay = self.relay.as_ref().ok_or(PathError::NoRelay)?;
-        match &peer.relay {
-            Some(url) if url != relay.url() => Err(PathError::OtherRelay),
-            _ => Ok(relay),
+    /// The relay to reach `peer` through: ours when the peer names no relay or ours, else a
+    /// visit to its home relay (a known one).
+    async fn relay_for(&self, peer: &PeerAddr) -> Result<RelayClient, PathError> {
+        let home = self.relay.as_ref().ok_or(PathError::NoRelay)?;
+        let url = match &peer.relay {
+            Some(url) if *url != home.url() => url,
+            _ => return Ok(home.clone()),
+        };
+        let visits = self.visits.as_ref().ok_or(PathError::OtherRelay)?;
+        let client = visits.client(url)?;
+        client.wait_attached(VISIT_ATTACH_TIMEOUT).await?;
+        Ok(client)
+    }
+}
+
+impl Visits {
+    /// The visit to `url`, started now if there is none.
+    fn client(&self, url: &RelayUrl) -> Result<RelayClient, PathError> {
+        if !self.known.lock().contains(url) {
+            return Err(PathError::UnknownRelay(url.clone()));
         }
+        let mut clients = self.clients.lock();
+        if let Some((client, _)) = clients.get(url) {
+            return Ok(client.clone());
+        }
+        if clients.len() >= MAX_VISITED_RELAYS {
+            // Make room by ending visits that are not attached (their relay is gone).
+            clients.retain(|_, (c, stop)| {
+                let keep = c.status() == RelayStatus::Attached;
+                if !keep {
+                    stop.cancel();
+                }
+                keep
+            });
+            if clients.len() >= MAX_VISITED_RELAYS {
+                return Err(PathError::TooManyRelays(clients.len()));
+            }
+        }
+        let stop = self.shutdown.child_token();
+        let config = RelayConfig {
+            url: url.clone(),
+            token: self.token.clone(),
+        };
+        // Streams other peers open to us there are refused (the receiver is dropped): we visit
+        // to reach the peers homed there, and serve on our own home relay.
+        let (client, _incoming) = relay::spawn(self.identity.clone(), config, stop.clone());
+        tracing::debug!(%url, "visiting another peer's home relay");
+        clients.insert(url.clone(), (client.clone(), stop));
+        Ok(client)
     }
 }
 
@@ -349,4 +467,61 @@ async fn connect_direct(addrs: &[SocketAddr], timeout: Duration) -> Result<TcpSt
         }
     }
     Err(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(port: u16) -> RelayUrl {
+        RelayUrl::from(format!("ws://127.0.0.1:{port}/relay"))
+    }
+
+    /// A connector whose home relay (and every visited one) is a closed port.
+    fn connector(shutdown: &CancellationToken) -> Connector {
+        let identity = Identity::from_secret([7; 32]);
+        let config = RelayConfig {
+            url: url(1),
+            token: Some("secret-key".into()),
+        };
+        let (home, _incoming) = relay::spawn(identity.clone(), config, shutdown.clone());
+        Connector::new(Some(home), true).with_visits(identity, None, shutdown.clone())
+    }
+
+    #[tokio::test]
+    async fn a_peer_entry_cannot_send_us_to_an_unknown_relay() {
+        let shutdown = CancellationToken::new();
+        let c = connector(&shutdown);
+        let peer = PeerAddr::new(PeerId([1; 32]), vec![]).with_relay(url(9));
+        match c.relay_for(&peer).await {
+            Err(PathError::UnknownRelay(u)) => assert_eq!(u, url(9)),
+            other => panic!("expected UnknownRelay, got {other:?}"),
+        }
+        assert!(c.visited().is_empty(), "nothing was dialled");
+        // Without a hint, or naming our own: our home relay.
+        let ours = PeerAddr::new(PeerId([1; 32]), vec![]).with_relay(url(1));
+        assert_eq!(c.relay_for(&ours).await.unwrap().url(), url(1));
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn visits_are_bounded_and_dead_ones_make_room() {
+        let shutdown = CancellationToken::new();
+        let c = connector(&shutdown);
+        let visits = c.visits.as_ref().unwrap();
+        c.set_known_relays((2..40).map(url));
+        for port in 2..40 {
+            // Closed ports: never attached, so each new visit may replace them.
+            visits.client(&url(port)).unwrap();
+            assert!(c.visited().len() <= MAX_VISITED_RELAYS);
+        }
+        // Moving home to a visited relay ends that visit (one id attached twice would
+        // replace itself back and forth).
+        let last = url(39);
+        assert!(c.visited().contains(&last));
+        c.rehome(last.clone());
+        assert!(!c.visited().contains(&last));
+        assert_eq!(c.relay().unwrap().url(), last);
+        shutdown.cancel();
+    }
 }

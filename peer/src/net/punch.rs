@@ -205,7 +205,8 @@ impl Puncher {
         side: Side,
     ) -> Result<Pooled, PunchError> {
         let peer = ticket.peer;
-        let rendezvous = self.rendezvous_addr(ticket.udp_port).await?;
+        let host = ticket.host.as_deref().unwrap_or(&self.tracker_host);
+        let rendezvous = rendezvous_addr(host, ticket.udp_port).await?;
         let socket = UdpSocket::bind(match rendezvous {
             SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
             SocketAddr::V6(_) => SocketAddr::from(([0u16; 8], 0)),
@@ -295,22 +296,23 @@ impl Puncher {
             pool.remove(&peer);
         }
     }
+}
 
-    async fn rendezvous_addr(&self, port: u16) -> Result<SocketAddr, PunchError> {
-        let mut addrs = tokio::net::lookup_host((self.tracker_host.as_str(), port))
-            .await
-            .map_err(|source| PunchError::Resolve {
-                host: self.tracker_host.clone(),
-                source,
-            })?
-            .collect::<Vec<_>>();
-        // IPv4 first: that is where NATs (and so punching) matter.
-        addrs.sort_by_key(|a| a.is_ipv6());
-        addrs
-            .into_iter()
-            .next()
-            .ok_or_else(|| PunchError::NoAddress(self.tracker_host.clone()))
-    }
+/// The rendezvous of the hub at `host`, UDP `port`.
+async fn rendezvous_addr(host: &str, port: u16) -> Result<SocketAddr, PunchError> {
+    let mut addrs = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|source| PunchError::Resolve {
+            host: host.to_owned(),
+            source,
+        })?
+        .collect::<Vec<_>>();
+    // IPv4 first: that is where NATs (and so punching) matter.
+    addrs.sort_by_key(|a| a.is_ipv6());
+    addrs
+        .into_iter()
+        .next()
+        .ok_or_else(|| PunchError::NoAddress(host.to_owned()))
 }
 
 async fn open_stream(pooled: &Pooled) -> Result<QuicStream, PunchError> {
@@ -567,6 +569,7 @@ mod tests {
             peer: PeerId([0; 32]),
             session,
             token,
+            host: None,
             udp_port: 0,
             go,
         };

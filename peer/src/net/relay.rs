@@ -126,6 +126,13 @@ pub fn relay_url(tracker: &str) -> Result<RelayUrl, RelayError> {
     Ok(RelayUrl::from(url))
 }
 
+/// The host of a hub's URL (`ws://t:8080/relay` → `t`), where its UDP rendezvous is.
+fn url_host(url: &RelayUrl) -> Option<String> {
+    let url = reqwest::Url::parse(url.as_str()).ok()?;
+    url.host_str()
+        .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_owned())
+}
+
 /// The host of a tracker URL (`http://t:8080` → `t`), where its UDP rendezvous is.
 pub fn tracker_host(tracker: &str) -> Result<String, RelayError> {
     let bad = || RelayError::Url(tracker.to_owned());
@@ -147,7 +154,8 @@ pub struct Incoming {
 /// A handle on the relay connection; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct RelayClient {
-    url: RelayUrl,
+    /// The hub to attach to; [`RelayClient::rehome`] changes it.
+    url: Arc<watch::Sender<RelayUrl>>,
     commands: watch::Receiver<Option<mpsc::Sender<Command>>>,
     status: watch::Receiver<RelayStatus>,
     next_stream: Arc<AtomicU32>,
@@ -244,9 +252,19 @@ impl AsyncWrite for RelayStream {
 }
 
 impl RelayClient {
-    /// The hub this client attaches to.
-    pub fn url(&self) -> &RelayUrl {
-        &self.url
+    /// The hub this client attaches to (or tries to).
+    pub fn url(&self) -> RelayUrl {
+        self.url.borrow().clone()
+    }
+
+    /// Moves to the hub at `url`: ends the session with the current one (its streams end) and
+    /// attaches there at once. Nothing happens when `url` is the current hub.
+    pub fn rehome(&self, url: RelayUrl) {
+        self.url.send_if_modified(|current| {
+            let changed = *current != url;
+            *current = url;
+            changed
+        });
     }
 
     /// The current status.
@@ -379,16 +397,21 @@ pub fn spawn_with_punch(
     mpsc::Receiver<PunchTicket>,
 ) {
     let (invites_tx, invites_rx) = mpsc::channel(INVITE_QUEUE);
-    let url = config.url.clone();
+    let (url_tx, mut url_rx) = watch::channel(config.url.clone());
+    let url = Arc::new(url_tx);
     let (commands_tx, commands_rx) = watch::channel(None);
     let (status_tx, status_rx) = watch::channel(RelayStatus::Connecting);
     let (incoming_tx, incoming_rx) = mpsc::channel(INCOMING_QUEUE);
     tokio::spawn(async move {
         let mut backoff = BACKOFF_MIN;
+        let mut config = config;
         loop {
+            config.url = url_rx.borrow_and_update().clone();
             let _ = status_tx.send(RelayStatus::Connecting);
             let attempt = tokio::select! {
                 _ = shutdown.cancelled() => return,
+                // Moved to another hub meanwhile: try that one instead.
+                Ok(()) = url_rx.changed() => continue,
                 r = tokio::time::timeout(ATTACH_TIMEOUT, attach(&identity, &config)) => {
                     r.unwrap_or(Err(RelayError::AttachTimeout))
                 }
@@ -400,7 +423,13 @@ pub fn spawn_with_punch(
                     let _ = commands_tx.send(Some(tx.clone()));
                     let _ = status_tx.send(RelayStatus::Attached);
                     tracing::info!(url = %config.url, "attached to the relay");
-                    let why = run_session(ws, tx, rx, &incoming_tx, &invites_tx, &shutdown).await;
+                    let links = SessionLinks {
+                        incoming: &incoming_tx,
+                        invites: &invites_tx,
+                        host: url_host(&config.url),
+                        url: &mut url_rx,
+                    };
+                    let why = run_session(ws, tx, rx, links, &shutdown).await;
                     let _ = commands_tx.send(None);
                     why
                 }
@@ -411,11 +440,16 @@ pub fn spawn_with_punch(
             }
             tracing::debug!(reason = %why, "relay connection ended; retrying");
             let _ = status_tx.send(RelayStatus::Disconnected(why));
+            if *url_rx.borrow() != config.url {
+                // A new hub: no backoff, the old one's failures say nothing of it.
+                backoff = BACKOFF_MIN;
+                continue;
+            }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(backoff) => {}
+                Ok(()) = url_rx.changed() => backoff = BACKOFF_MIN,
+                _ = tokio::time::sleep(backoff) => backoff = (backoff * 2).min(BACKOFF_MAX),
             }
-            backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     });
     (
@@ -482,15 +516,29 @@ async fn next_frame(ws: &mut Ws) -> Result<Option<RelayFrame>, RelayError> {
     }
 }
 
+/// Where one session hands what arrives, and what ends it besides the WebSocket.
+struct SessionLinks<'a> {
+    incoming: &'a mpsc::Sender<Incoming>,
+    invites: &'a mpsc::Sender<PunchTicket>,
+    host: Option<String>,
+    /// A change ends the session (the client moves to another hub).
+    url: &'a mut watch::Receiver<RelayUrl>,
+}
+
 /// Serves one attached WebSocket until it ends; returns why.
 async fn run_session(
     ws: Ws,
     commands_tx: mpsc::Sender<Command>,
     mut commands: mpsc::Receiver<Command>,
-    incoming: &mpsc::Sender<Incoming>,
-    invites: &mpsc::Sender<PunchTicket>,
+    links: SessionLinks<'_>,
     shutdown: &CancellationToken,
 ) -> String {
+    let SessionLinks {
+        incoming,
+        invites,
+        host,
+        url,
+    } = links;
     let (sink, mut source) = ws.split();
     let (frames, to_send) = mpsc::channel::<Message>(OUTBOUND_QUEUE);
     let writer = tokio::spawn(write_frames(sink, to_send));
@@ -503,10 +551,12 @@ async fn run_session(
         punches: Punches::default(),
         incoming,
         invites,
+        host,
     };
     let why = loop {
         let step = tokio::select! {
             _ = shutdown.cancelled() => Err("shutting down".to_owned()),
+            Ok(()) = url.changed() => Err("moving to another relay".to_owned()),
             command = commands.recv() => match command {
                 Some(command) => session.on_command(command).await,
                 None => Err("client dropped".to_owned()),
@@ -561,6 +611,8 @@ struct Attached<'a> {
     punches: Punches,
     incoming: &'a mpsc::Sender<Incoming>,
     invites: &'a mpsc::Sender<PunchTicket>,
+    /// The hub's host, where its punch rendezvous listens.
+    host: Option<String>,
 }
 
 /// Why a session ends, for the status and the log.
@@ -638,6 +690,7 @@ impl Attached<'_> {
                     peer,
                     session,
                     token,
+                    host: self.host.clone(),
                     udp_port,
                     go,
                 };

@@ -15,7 +15,10 @@ pub struct PunchTicket {
     pub peer: PeerId,
     pub session: Nonce16,
     pub token: Nonce16,
-    /// The tracker's rendezvous port.
+    /// The host of the hub that coordinates the punch (its relay URL's host), where its
+    /// rendezvous listens; `None`: the puncher's own default (the tracker's host).
+    pub host: Option<String>,
+    /// The hub's rendezvous port.
     pub udp_port: u16,
     /// Fires with the other side's address once both are bound, or why the punch is off.
     pub go: oneshot::Receiver<Result<SocketAddr, CloseCode>>,

@@ -91,6 +91,8 @@ impl Peer {
             port: node.addr.port(),
             udp_port: None,
             relay_only: args.relay_only,
+            // Set by the home keeper once attached.
+            relay: None,
             name: None,
             version: Some(env!("CARGO_PKG_VERSION").to_owned()),
             proof: None,
@@ -104,12 +106,23 @@ impl Peer {
             SessionTiming::default(),
             node.shutdown.clone(),
         );
+        if node.relay.is_some() {
+            super::home::HomeKeeper {
+                tracker: tracker.clone(),
+                connector: node.connector.clone(),
+                session: session.clone(),
+                peer_id: node.identity.peer_id(),
+                configured: args.relays.clone(),
+                trackers: args.tracker.clone(),
+            }
+            .spawn(node.shutdown.clone());
+        }
         let discovery = Discovery::new(
             tracker.clone(),
             node.dht.clone(),
             node.identity.clone(),
             node.addr,
-            node.relay.as_ref().map(|r| r.url().clone()),
+            node.relay.as_ref().map(|r| r.url()),
         )
         .allow_local_addrs(args.allow_local_addrs)
         .with_admissions(node.admissions.clone());
