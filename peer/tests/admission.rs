@@ -401,6 +401,7 @@ async fn through_a_real_tracker_only_admitted_peers_fetch_a_private_file() {
             port: 1,
             udp_port: None,
             relay_only: true,
+            relay: None,
             name: None,
             version: None,
             proof: None,
