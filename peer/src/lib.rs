@@ -10,6 +10,8 @@
 //! - [`upload`]: answering manifest and chunk requests from the library (the acceptor's
 //!   handler).
 //! - [`download`]: parallel downloads from several peers with verification and bans.
+//! - [`folder`]: folder shares: a folder as one collection, shared and recreated (sanitised,
+//!   resumable, each file stored once).
 //! - [`tracker_client`]: the tracker's REST API and the registration session.
 //! - [`dht`]: a Mainline DHT node: announcing the library and looking files up without the
 //!   tracker.
@@ -33,6 +35,7 @@ pub mod daemon;
 pub mod dht;
 pub mod discovery;
 pub mod download;
+pub mod folder;
 pub mod identity;
 pub mod logging;
 pub mod net;

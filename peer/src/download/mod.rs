@@ -66,6 +66,9 @@ pub struct DownloadOptions {
     pub connector: Arc<Connector>,
     /// Connections per directly reachable peer; `None` chooses (see [`connections_per_peer`]).
     pub connections_per_peer: Option<u8>,
+    /// Where the finished file goes; `None`: the data dir (a folder download puts each file
+    /// in its place in the tree).
+    pub dest_dir: Option<PathBuf>,
 }
 
 impl Default for DownloadOptions {
@@ -79,6 +82,7 @@ impl Default for DownloadOptions {
             contributions: Arc::new(Contributions::default()),
             connector: Arc::new(Connector::direct()),
             connections_per_peer: None,
+            dest_dir: None,
         }
     }
 }
