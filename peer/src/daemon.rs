@@ -887,7 +887,11 @@ mod tests {
         let marker = write(dir, "marker", b"m");
         until("the marker is shared", || d.offered(&marker).is_some()).await;
         assert_eq!(d.hashed(), 4, "only the marker was hashed");
-        assert_eq!(d.library.list().len(), 6, "four files, the subfolder's file and list");
+        assert_eq!(
+            d.library.list().len(),
+            6,
+            "four files, the subfolder's file and list"
+        );
         d.stop().await;
     }
 

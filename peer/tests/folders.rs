@@ -260,7 +260,8 @@ async fn the_shell_shares_a_folder_and_a_killed_download_resumes_across_files() 
     let mut want = BTreeMap::new();
     let mut members = Vec::new();
     for i in 0..6u64 {
-        let data = support::content(3_000_000, 100 + i);
+        // Distinct contents (the generator's seed is made odd).
+        let data = support::content(3_000_000, 101 + 2 * i);
         let path = format!("day {}/img-{i}.raw", i / 2);
         std::fs::create_dir_all(folder.join(format!("day {}", i / 2))).unwrap();
         std::fs::write(folder.join(&path), &data).unwrap();
@@ -353,6 +354,10 @@ async fn the_shell_shares_a_folder_and_a_killed_download_resumes_across_files() 
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("{text}"));
     assert!((2..6).contains(&earlier), "{text}");
+    assert!(
+        text.contains(&format!("{} downloaded", 6 - earlier)),
+        "{text}"
+    );
     assert_eq!(read_tree(&leech.join("photos")), want);
     writeln!(stdin, "quit").unwrap();
     drop(stdin);

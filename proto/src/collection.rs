@@ -627,6 +627,58 @@ mod tests {
         ));
     }
 
+    /// The process's peak resident memory (`VmHWM`), in bytes; `None` off Linux.
+    fn peak_rss() -> Option<u64> {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kib * 1024)
+    }
+
+    #[test]
+    fn a_list_at_the_caps_costs_memory_in_proportion_to_its_bytes() {
+        // 100 000 entries of long paths, just under 16 MiB, refused at the very end (the last
+        // path twice): the whole list is read before the refusal.
+        // Written straight into the buffer, so building it leaves no higher peak behind.
+        let tail = "p".repeat(150);
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend([0, 1, b'f']);
+        bytes.extend((MAX_ENTRIES as u32).to_be_bytes());
+        for i in (0..MAX_ENTRIES - 1).chain([MAX_ENTRIES - 2]) {
+            let path = format!("{i:06}/{tail}");
+            bytes.push(KIND_DIR);
+            bytes.extend((path.len() as u16).to_be_bytes());
+            bytes.extend(path.as_bytes());
+        }
+        assert!(bytes.len() <= MAX_ENCODED_LEN, "{}", bytes.len());
+        let Some(before) = peak_rss() else {
+            println!("SKIPPED: peak memory: no /proc/self/status");
+            return;
+        };
+        assert!(matches!(
+            Collection::decode(&bytes),
+            Err(CollectionError::Duplicate(_))
+        ));
+        let grown = peak_rss().unwrap_or(before).saturating_sub(before);
+        println!(
+            "decoding {} bytes of list: peak memory +{} KiB",
+            bytes.len(),
+            grown >> 10
+        );
+        // The entries' strings and their index: a small multiple of the input, whatever the
+        // count claims.
+        assert!(
+            grown < 4 * MAX_ENCODED_LEN as u64,
+            "decoding took {grown} bytes"
+        );
+    }
+
     fn arb_component() -> impl Strategy<Value = String> {
         prop_oneof![
             "[a-zA-Z0-9 ._-]{1,12}",
