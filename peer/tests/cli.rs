@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use p2p_proto::api::{Event, EventMessage};
 use sha2::{Digest, Sha256};
-use support::procs::{KEY, Killed, download, peer_cmd, seeder, terminate, tracker, tracker_at};
+use support::procs::{
+    KEY, Killed, download, kill_download_when, peer_cmd, seeder, terminate, tracker, tracker_at,
+};
 
 // Multi-threaded: the test blocks on child processes while the tracker serves them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,30 +69,8 @@ async fn daemon_seeds_and_p2p_download_fetches_and_verifies() {
 
 /// Runs `p2p-download` until `dir/.partial/<id>.state` shows up, then kills it with SIGKILL.
 fn kill_mid_download(url: &str, dir: &Path, id: &str) {
-    let mut child = Killed(
-        peer_cmd(env!("CARGO_BIN_EXE_p2p-download"), url, dir)
-            .arg(id)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
     let state = dir.join(".partial").join(format!("{id}.state"));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !state.exists() {
-        assert!(
-            child.0.try_wait().unwrap().is_none(),
-            "download ended before it could be killed"
-        );
-        assert!(Instant::now() < deadline, "no progress was saved");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let status = Command::new("kill")
-        .args(["-KILL", &child.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let _ = child.0.wait();
+    kill_download_when(url, dir, id, &[], || state.exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,13 +8,15 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use p2p_proto::FileId;
 use p2p_proto::collection::{Collection, Entry};
 use sha2::{Digest, Sha256};
-use support::procs::{Killed, download, peer_cmd, seeder, tracker, wait_announced};
+use support::procs::{
+    Killed, download, kill_download_when, peer_cmd, seeder, tracker, wait_announced,
+};
 
 fn id_of(data: &[u8]) -> FileId {
     FileId(Sha256::digest(data).into())
@@ -314,35 +316,11 @@ async fn the_shell_shares_a_folder_and_a_killed_download_resumes_across_files() 
 
     // Killed once two files are in place (the progress file lists the root and two paths).
     let leech = work.path().join("leech");
-    let mut child = Killed(
-        peer_cmd(env!("CARGO_BIN_EXE_p2p-download"), &url, &leech)
-            .args(["--dht", "off", "--no-relay"])
-            .arg(&id)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
     let progress = leech.join(".partial").join(format!("{id}.folder"));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let lines = std::fs::read_to_string(&progress).map_or(0, |t| t.lines().count());
-        if lines >= 3 {
-            break;
-        }
-        assert!(
-            child.0.try_wait().unwrap().is_none(),
-            "the download ended early"
-        );
-        assert!(Instant::now() < deadline, "no file was placed");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let status = Command::new("kill")
-        .args(["-KILL", &child.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let _ = child.0.wait();
+    let placed = || std::fs::read_to_string(&progress).map_or(0, |t| t.lines().count());
+    kill_download_when(&url, &leech, &id, &["--dht", "off", "--no-relay"], || {
+        placed() >= 3
+    });
 
     let out = download(&url, &leech, &id).await;
     assert!(out.status.success(), "{}", stderr(&out));

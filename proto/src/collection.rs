@@ -534,10 +534,7 @@ mod tests {
             (vec![f("a"), f("a/b")], "lies inside"),
             (vec![Entry::empty_dir("d"), f("d/x")], "lies inside"),
             (vec![Entry::file("e", id(1), 0, false)], "empty content"),
-            (
-                vec![f(&"a/".repeat(65).trim_end_matches('/').to_owned())],
-                "deeper",
-            ),
+            (vec![f("a/".repeat(65).trim_end_matches('/'))], "deeper"),
             (vec![f(&"n".repeat(256))], "longer than 255"),
         ];
         for (entries, why) in cases {

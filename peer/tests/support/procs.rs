@@ -183,3 +183,38 @@ pub async fn download(url: &str, dir: &Path, id: &str) -> std::process::Output {
         }
     }
 }
+
+/// Runs `p2p-download <id>` (with `extra` options) into `dir` until `ready` holds (looked at
+/// every 20 ms, for at most 60 s), then kills it with SIGKILL.
+pub fn kill_download_when(
+    url: &str,
+    dir: &Path,
+    id: &str,
+    extra: &[&str],
+    ready: impl Fn() -> bool,
+) {
+    let mut child = Killed(
+        peer_cmd(env!("CARGO_BIN_EXE_p2p-download"), url, dir)
+            .args(extra)
+            .arg(id)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ready() {
+        assert!(
+            child.0.try_wait().unwrap().is_none(),
+            "download ended before it could be killed"
+        );
+        assert!(Instant::now() < deadline, "the download made no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = Command::new("kill")
+        .args(["-KILL", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let _ = child.0.wait();
+}
