@@ -209,3 +209,63 @@ fn offered(shared: &SharedFolder, data_dir: &Path) -> Offered {
         members: shared.members.clone(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The names of what the library offers, sorted.
+    fn offered(library: &Library) -> Vec<String> {
+        let mut names: Vec<String> = library.list().into_iter().map(|(m, _)| m.name).collect();
+        names.sort();
+        names
+    }
+
+    async fn until(what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn subfolders_are_shared_again_when_they_change_and_withdrawn_when_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let share = dir.path().to_owned();
+        std::fs::create_dir_all(share.join("docs/inner")).unwrap();
+        std::fs::write(share.join("docs/inner/a.txt"), b"first").unwrap();
+        std::fs::create_dir_all(share.join(".p2p")).unwrap();
+        let library = Arc::new(Library::new());
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(share_subfolders(
+            share.clone(),
+            share.clone(),
+            library.clone(),
+            Arc::new(|| {}),
+            stop.clone(),
+        ));
+        until("docs is shared", || offered(&library).len() == 2).await;
+        assert_eq!(offered(&library), ["a.txt", "docs.p2p-folder"]);
+        let first = library.list();
+        let first_list = first
+            .iter()
+            .find(|(m, _)| m.name == "docs.p2p-folder")
+            .map(|(m, _)| m.id)
+            .unwrap();
+
+        // A file added deep inside: a new collection, the old one withdrawn.
+        std::fs::write(share.join("docs/inner/b.txt"), b"second").unwrap();
+        until("docs is shared again", || {
+            offered(&library) == ["a.txt", "b.txt", "docs.p2p-folder"]
+                && library.get(&first_list).is_none()
+        })
+        .await;
+
+        // The folder removed: nothing of it is served any more.
+        std::fs::remove_dir_all(share.join("docs")).unwrap();
+        until("docs is withdrawn", || library.list().is_empty()).await;
+        stop.cancel();
+        task.await.unwrap().unwrap();
+    }
+}
