@@ -10,6 +10,7 @@ use p2p_proto::{FileId, Manifest};
 use crate::config::{DownloadCli, PeerCli, PeerCommand};
 use crate::daemon::{self, DaemonConfig};
 use crate::download::{Contributions, DownloadError, DownloadReport};
+use crate::folder::{self, FolderProgress, FolderReport};
 use crate::net::PeerAddr;
 use crate::net::relay::RelayStatus;
 use crate::node::Peer;
@@ -130,9 +131,12 @@ async fn shell_loop(peer: &Peer) -> anyhow::Result<()> {
                 Ok(())
             }
             ShellCommand::Quit => break,
+            ShellCommand::Share { path, public } if path.is_dir() => {
+                share_folder(peer, &path, public).await
+            }
             ShellCommand::Share { path, public } => share(peer, &path, public).await,
             ShellCommand::List => list(peer).await,
-            ShellCommand::Download(id) => fetch(peer, &id).await.map(|r| print_report(&r)),
+            ShellCommand::Download(id) => fetch(peer, &id).await.map(|r| print_fetched(&r)),
             ShellCommand::Unshare(prefix) => unshare(peer, &prefix).await,
             ShellCommand::Status => {
                 status(peer);
@@ -176,6 +180,36 @@ async fn share(peer: &Peer, path: &std::path::Path, public: bool) -> anyhow::Res
         "sharing {} ({} bytes, {how})\n  id {}",
         m.name, m.size, m.id
     );
+    Ok(())
+}
+
+/// Shares the folder at `path` as one collection and prints its id; `public` makes the
+/// collection and every file in it public (and keeps that choice).
+async fn share_folder(peer: &Peer, path: &std::path::Path, public: bool) -> anyhow::Result<()> {
+    let library = peer.node.library.clone();
+    let shared = folder::share_folder(&library, &peer.node.data_dir, path).await?;
+    if public {
+        let ids: Vec<_> = std::iter::once(shared.id)
+            .chain(shared.collection.files().map(|(_, id, _, _)| id))
+            .collect();
+        tokio::task::spawn_blocking(move || {
+            ids.into_iter()
+                .try_for_each(|id| library.visibility.set_public(id, true))
+        })
+        .await??;
+    }
+    peer.announce_now();
+    let c = &shared.collection;
+    println!(
+        "sharing folder {} ({}, {} bytes)\n  id {}",
+        c.name(),
+        count(c.files().count() as u64, "file"),
+        c.total_size(),
+        shared.id
+    );
+    for (path, why) in &shared.skipped {
+        println!("  left out {}: {why}", path.display());
+    }
     Ok(())
 }
 
@@ -332,10 +366,22 @@ async fn peers(peer: &Peer) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Downloads `id`, showing a progress bar with each peer's share. When the download fails
-/// for its manifest, the next manifest variant peers announced for the id is tried.
-async fn fetch(peer: &Peer, id: &FileId) -> anyhow::Result<DownloadReport> {
+/// A file or a folder in place.
+enum Fetched {
+    File(DownloadReport),
+    Folder(FolderReport),
+}
+
+/// Downloads `id`, showing a progress bar with each peer's share; a folder's collection
+/// recreates the folder. When the download of a file fails for its manifest, the next manifest
+/// variant peers announced for the id is tried.
+async fn fetch(peer: &Peer, id: &FileId) -> anyhow::Result<Fetched> {
     let found = peer.find(id).await?;
+    if p2p_proto::collection::is_collection_name(&found.manifest.name) {
+        return fetch_folder(peer, &found.manifest, &found.sources)
+            .await
+            .map(Fetched::Folder);
+    }
     let (mut manifest, mut sources, mut fallbacks) =
         (found.manifest, found.sources, found.fallbacks);
     loop {
@@ -351,9 +397,59 @@ async fn fetch(peer: &Peer, id: &FileId) -> anyhow::Result<DownloadReport> {
                 );
                 (manifest, sources) = (next, more);
             }
-            result => return Ok(result?),
+            result => return Ok(Fetched::File(result?)),
         }
     }
+}
+
+/// Downloads the folder whose collection `manifest` describes, with one progress bar over all
+/// its files.
+async fn fetch_folder(
+    peer: &Peer,
+    manifest: &Manifest,
+    sources: &[PeerAddr],
+) -> anyhow::Result<FolderReport> {
+    let name = p2p_proto::collection::folder_name(&manifest.name).unwrap_or("folder");
+    let name = safe_file_name(name, &manifest.id.to_string());
+    let bar = progress_bar(0, &format!("{name}/"));
+    let _logs_above = crate::logging::above_bar(&bar);
+    let progress = Arc::new(FolderProgress::default());
+    let contributions = Arc::new(Contributions::default());
+    let shown = tokio::spawn({
+        let (bar, progress, library) = (bar.clone(), progress.clone(), peer.node.library.clone());
+        async move {
+            loop {
+                bar.set_length(progress.total());
+                bar.set_position(progress.position(&library));
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    });
+    let result = folder::fetch_folder(peer, manifest, sources, &progress, contributions).await;
+    shown.abort();
+    match &result {
+        Ok(_) => {
+            bar.set_length(progress.total());
+            bar.set_position(progress.total());
+            bar.finish();
+        }
+        Err(_) => bar.abandon(),
+    }
+    Ok(result?)
+}
+
+/// A progress bar over `len` bytes, with `msg` before it.
+fn progress_bar(len: u64, msg: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_message(msg.to_owned());
+    bar
 }
 
 /// Downloads `manifest` from `sources` with a progress bar.
@@ -363,15 +459,7 @@ async fn fetch_manifest(
     sources: &[PeerAddr],
 ) -> Result<DownloadReport, DownloadError> {
     let name = safe_file_name(&manifest.name, &manifest.id.to_string());
-    let bar = ProgressBar::new(manifest.size);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
-    bar.set_message(name.clone());
+    let bar = progress_bar(manifest.size, &name);
     let contributions = Arc::new(Contributions::default());
     let _logs_above = crate::logging::above_bar(&bar);
     let progress = tokio::spawn(show_progress(
@@ -429,6 +517,23 @@ async fn show_progress(
     }
 }
 
+fn print_fetched(fetched: &Fetched) {
+    match fetched {
+        Fetched::File(r) => print_report(r),
+        Fetched::Folder(r) => println!(
+            "saved folder {} ({}, {} empty folders, {} bytes; {} downloaded, {} from files here, {} from an earlier run; {:.1} s)",
+            r.root.display(),
+            count(r.files, "file"),
+            r.empty_dirs,
+            r.bytes,
+            r.downloaded,
+            r.linked,
+            r.resumed,
+            r.elapsed.as_secs_f64()
+        ),
+    }
+}
+
 fn print_report(r: &DownloadReport) {
     println!(
         "saved {} ({:.1} s)",
@@ -447,7 +552,6 @@ pub async fn run_download(cli: DownloadCli) -> anyhow::Result<()> {
     let peer = Peer::start(&cli.node, true).await?;
     let result = fetch(&peer, &cli.hash).await;
     peer.stop().await;
-    let report = result?;
-    print_report(&report);
+    print_fetched(&result?);
     Ok(())
 }

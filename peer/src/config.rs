@@ -38,7 +38,8 @@ pub enum PeerCommand {
 pub struct DownloadCli {
     #[command(flatten)]
     pub node: NodeArgs,
-    /// The file's id: the SHA-256 of its content, 64 hex characters.
+    /// The file's id: the SHA-256 of its content, 64 hex characters; or a folder's collection
+    /// id, which recreates the folder in the data dir.
     pub hash: FileId,
 }
 

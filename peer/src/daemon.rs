@@ -1,5 +1,5 @@
 //! Daemon mode: every file directly in the shared folder kept on offer, each version of a file
-//! hashed once.
+//! hashed once; each subfolder shared as one collection ([`crate::folder`]).
 //!
 //! At start the folder is listed and each file looked up in the [`ShareIndex`] (the manifests
 //! of the last run, with the version of each file they describe): a file still at that version
@@ -35,6 +35,7 @@ use p2p_proto::FileId;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
+use crate::folder::share_subfolders;
 use crate::node::shareable_name;
 use crate::storage::{FileStamp, HashedFile, Library, SETTLE, ShareIndex, hash_file};
 use crate::watch::{Changes, FolderWatch, WatchError};
@@ -58,7 +59,8 @@ pub type Announce = Arc<dyn Fn() + Send + Sync>;
 /// What the daemon shares and where it keeps its index.
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
-    /// The folder whose files are shared (not its subfolders).
+    /// The folder whose files are shared (its subfolders as collections, see
+    /// [`crate::folder`]).
     pub folder: PathBuf,
     /// The data dir; the index is kept in its `.p2p/`.
     pub data_dir: PathBuf,
@@ -115,6 +117,20 @@ pub async fn run(
     // The watch starts first, so a change while the folder is listed is seen too.
     let watch = FolderWatch::start(&config.folder)?;
     tracing::info!(folder = %config.folder.display(), "daemon: sharing the folder");
+    // Subfolders are shared as collections, beside the files (see `crate::folder`).
+    let subfolders = tokio::spawn({
+        let (dir, data, library) = (
+            config.folder.clone(),
+            config.data_dir.clone(),
+            library.clone(),
+        );
+        let (announce, stop) = (announce.clone(), stop.clone());
+        async move {
+            if let Err(e) = share_subfolders(dir, data, library, announce, stop).await {
+                tracing::warn!(error = %e, "daemon: subfolders are not shared");
+            }
+        }
+    });
     let mut folder = Folder::new(config, library, announce, counters, stop.clone());
     folder.start().await?;
     let mut tick = tokio::time::interval(TICK);
@@ -135,6 +151,7 @@ pub async fn run(
     if folder.save_at.is_some() {
         folder.save().await;
     }
+    subfolders.abort();
     Ok(())
 }
 
@@ -837,11 +854,15 @@ mod tests {
         std::fs::write(dir.join(".hidden"), b"never shared").unwrap();
         std::fs::write(dir.join("half.tmp"), b"being written").unwrap();
         std::fs::create_dir(dir.join("sub")).unwrap();
-        std::fs::write(dir.join("sub").join("deep.txt"), b"not shared").unwrap();
+        std::fs::write(dir.join("sub").join("deep.txt"), b"in a collection").unwrap();
         let d = Running::start(dir);
         d.synced_after(0).await;
         assert_eq!(d.hashed(), 3);
-        assert_eq!(d.library.list().len(), 3);
+        // The subfolder is shared as a collection of its own: its file and its list.
+        until("the subfolder is shared", || d.library.list().len() == 5).await;
+        let names: Vec<String> = d.library.list().into_iter().map(|(m, _)| m.name).collect();
+        assert!(names.contains(&"sub.p2p-folder".to_owned()), "{names:?}");
+        assert!(names.contains(&"deep.txt".to_owned()), "{names:?}");
         for id in &ids {
             assert!(d.offered(id).is_some());
         }
@@ -866,7 +887,11 @@ mod tests {
         let marker = write(dir, "marker", b"m");
         until("the marker is shared", || d.offered(&marker).is_some()).await;
         assert_eq!(d.hashed(), 4, "only the marker was hashed");
-        assert_eq!(d.library.list().len(), 4);
+        assert_eq!(
+            d.library.list().len(),
+            6,
+            "four files, the subfolder's file and list"
+        );
         d.stop().await;
     }
 

@@ -12,6 +12,8 @@
 //! - [`admission`]: private swarms: the tracker keys pinned at registration, and the
 //!   admissions held for downloads.
 //! - [`download`]: parallel downloads from several peers with verification and bans.
+//! - [`folder`]: folder shares: a folder as one collection, shared and recreated (sanitised,
+//!   resumable, each file stored once).
 //! - [`tracker_client`]: the tracker's REST API and the registration session.
 //! - [`dht`]: a Mainline DHT node: announcing the library and looking files up without the
 //!   tracker.
@@ -36,6 +38,7 @@ pub mod daemon;
 pub mod dht;
 pub mod discovery;
 pub mod download;
+pub mod folder;
 pub mod identity;
 pub mod logging;
 pub mod net;

@@ -32,12 +32,14 @@ pub enum ShellCommand {
 /// Help text of the shell.
 pub const HELP: &str = "\
 commands:
-  share <path>       share a file (hashes it and announces it to the tracker); private:
-                     served only to peers the tracker admits to it
+  share <path>       share a file (hashes it and announces it to the tracker), or a
+                     folder with its subfolders as one collection (prints its id);
+                     private: served only to peers the tracker admits to it
   share --public <path>
-                     share a file with anyone, also through the DHT (kept across restarts)
+                     share a file or folder with anyone, also through the DHT (kept
+                     across restarts)
   list               files known to the tracker
-  download <hash>    download a file by its id (64 hex characters)
+  download <hash>    download a file or a folder by its id (64 hex characters)
   unshare <id>       stop sharing a file and withdraw it from the tracker; the id may be
                      shortened to its first characters (at least 4)
   status             this peer: id, port, shared files, transfers

@@ -52,7 +52,9 @@ struct Shared {
 }
 
 impl Shared {
-    fn note(&self, dir: &Path, event: notify::Result<notify::Event>) {
+    /// Notes `event`: with `subfolders`, a change anywhere below `dir` counts as a change of
+    /// the name directly in `dir` it lies under.
+    fn note(&self, dir: &Path, subfolders: bool, event: notify::Result<notify::Event>) {
         let event = match event {
             Ok(event) => event,
             Err(e) => {
@@ -69,6 +71,10 @@ impl Shared {
         let mut pending = self.pending.lock();
         let mut noted = false;
         for path in event.paths {
+            let path = match subfolders.then(|| top_level(dir, &path)) {
+                Some(Some(top)) => top,
+                _ => path,
+            };
             if path.parent() != Some(dir) {
                 // The folder itself was removed or moved: only a full look tells what is left.
                 pending.rescan |= path == dir;
@@ -125,7 +131,14 @@ pub fn changes_content_or_name(kind: &EventKind) -> bool {
     }
 }
 
-/// A running watch of one folder (not its subfolders). Dropping it stops the watch.
+/// The name directly in `dir` that `path` lies under (itself, or a subfolder's).
+fn top_level(dir: &Path, path: &Path) -> Option<PathBuf> {
+    let first = path.strip_prefix(dir).ok()?.components().next()?;
+    Some(dir.join(first))
+}
+
+/// A running watch of one folder (not its subfolders, unless started with
+/// [`FolderWatch::start_subfolders`]). Dropping it stops the watch.
 pub struct FolderWatch {
     _watcher: RecommendedWatcher,
     shared: Arc<Shared>,
@@ -140,6 +153,17 @@ impl std::fmt::Debug for FolderWatch {
 impl FolderWatch {
     /// Starts watching `dir`; changes from now on are reported by [`FolderWatch::changed`].
     pub fn start(dir: &Path) -> Result<Self, WatchError> {
+        Self::start_with(dir, false)
+    }
+
+    /// Starts watching `dir` and everything below it; a change below a subfolder is reported
+    /// as a change of that subfolder (the name directly in `dir`), so a folder share knows
+    /// which of its collections to look at again. Hidden names are left out at the top level.
+    pub fn start_subfolders(dir: &Path) -> Result<Self, WatchError> {
+        Self::start_with(dir, true)
+    }
+
+    fn start_with(dir: &Path, subfolders: bool) -> Result<Self, WatchError> {
         let error = |source| WatchError {
             path: dir.to_owned(),
             source,
@@ -152,11 +176,15 @@ impl FolderWatch {
         let shared = Arc::new(Shared::default());
         let mut watcher = {
             let (shared, dir) = (shared.clone(), dir.to_owned());
-            notify::recommended_watcher(move |event| shared.note(&dir, event)).map_err(error)?
+            notify::recommended_watcher(move |event| shared.note(&dir, subfolders, event))
+                .map_err(error)?
         };
-        watcher
-            .watch(dir, RecursiveMode::NonRecursive)
-            .map_err(error)?;
+        let mode = if subfolders {
+            RecursiveMode::Recursive
+        } else {
+            RecursiveMode::NonRecursive
+        };
+        watcher.watch(dir, mode).map_err(error)?;
         Ok(Self {
             _watcher: watcher,
             shared,

@@ -5,127 +5,16 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use p2p_proto::api::{Event, EventMessage};
-use p2p_tracker::app::{self, RunningTracker, RuntimeOptions};
-use p2p_tracker::config::ServeArgs;
-use p2p_tracker::store::SqliteStore;
 use sha2::{Digest, Sha256};
-
-const KEY: &str = "cli-test-key";
-
-fn serve_args(addr: SocketAddr) -> ServeArgs {
-    ServeArgs {
-        addr,
-        api_keys: vec![KEY.into()],
-        jwt_secret: None,
-        jwt_ttl_secs: 3600,
-        rate_limit_rps: 0,
-        rate_limit_burst: None,
-        rate_limit_replicas: 1,
-        trust_proxy: false,
-        heartbeat_interval_secs: 30,
-        heartbeat_misses: 3,
-        admin_user: None,
-        admin_password: None,
-        swarm_cache_ms: 0,
-        dashboard_dir: None,
-        max_body_bytes: 1 << 26,
-        udp_addr: None,
-        metrics_addr: None,
-        relay_url: None,
-        relay: Default::default(),
-        guard: Default::default(),
-    }
-}
-
-/// A tracker on `addr` (port 0 for any) keeping its database in `dir`.
-async fn tracker_at(dir: &Path, addr: SocketAddr) -> RunningTracker {
-    let store = Arc::new(SqliteStore::open(&dir.join("tracker.db"), 4).await.unwrap());
-    app::start(store, &serve_args(addr), RuntimeOptions::default())
-        .await
-        .unwrap()
-}
-
-async fn tracker(dir: &Path) -> RunningTracker {
-    tracker_at(dir, "127.0.0.1:0".parse().unwrap()).await
-}
-
-/// Starts `p2p-peer --daemon` sharing `dir`, and waits until the tracker lists it for `id`.
-async fn seeder(url: &str, dir: &Path, id: &str, extra: &[&str]) -> Killed {
-    let child = Killed(
-        peer_cmd(env!("CARGO_BIN_EXE_p2p-peer"), url, dir)
-            .arg("--daemon")
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let resp = http
-            .get(format!("{url}/api/files/{id}/peers"))
-            .header("X-API-Key", KEY)
-            .send()
-            .await
-            .unwrap();
-        if resp.status() == 200 {
-            let body: serde_json::Value = resp.json().await.unwrap();
-            if !body["peers"].as_array().unwrap().is_empty() {
-                return child;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the seeder never announced the file"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn peer_cmd(bin: &str, url: &str, data: &Path) -> Command {
-    let mut cmd = Command::new(bin);
-    cmd.args([
-        "--tracker",
-        url,
-        "--api-key",
-        KEY,
-        "--port",
-        "0",
-        "--listen",
-        "127.0.0.1",
-        // The tracker lists these peers at 127.0.0.1.
-        "--allow-local-addrs",
-        // A DHT that cannot join (nothing answers there) must not get in the tracker's way;
-        // it also keeps these tests off the public DHT.
-        "--dht-port",
-        "0",
-        "--dht-bootstrap",
-        "127.0.0.1:1",
-    ])
-    .arg("--data")
-    .arg(data)
-    .env("RUST_LOG", "info")
-    .env_remove("P2P_TRACKER")
-    .env_remove("P2P_PORT");
-    cmd
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use support::procs::{
+    KEY, Killed, download, kill_download_when, peer_cmd, seeder, terminate, tracker, tracker_at,
+};
 
 // Multi-threaded: the test blocks on child processes while the tracker serves them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,30 +69,8 @@ async fn daemon_seeds_and_p2p_download_fetches_and_verifies() {
 
 /// Runs `p2p-download` until `dir/.partial/<id>.state` shows up, then kills it with SIGKILL.
 fn kill_mid_download(url: &str, dir: &Path, id: &str) {
-    let mut child = Killed(
-        peer_cmd(env!("CARGO_BIN_EXE_p2p-download"), url, dir)
-            .arg(id)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
     let state = dir.join(".partial").join(format!("{id}.state"));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !state.exists() {
-        assert!(
-            child.0.try_wait().unwrap().is_none(),
-            "download ended before it could be killed"
-        );
-        assert!(Instant::now() < deadline, "no progress was saved");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let status = Command::new("kill")
-        .args(["-KILL", &child.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let _ = child.0.wait();
+    kill_download_when(url, dir, id, &[], || state.exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -310,27 +177,6 @@ impl LoggedDaemon {
     /// Stops it with SIGTERM; it must exit cleanly.
     async fn stop(mut self) {
         terminate(&mut self.child).await;
-    }
-}
-
-/// Sends SIGTERM and waits (at most 15 s) for a clean exit.
-async fn terminate(child: &mut Killed) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
-            assert!(status.success(), "{status}");
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the daemon did not stop on SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -455,44 +301,6 @@ async fn an_idle_daemon_hashes_nothing_again_and_costs_next_to_nothing() {
     assert_eq!(daemon.count(HASHED), hashed + 1, "{}", daemon.log());
     daemon.stop().await;
     t.stop().await.unwrap();
-}
-
-/// Runs `p2p-download <id>` (`--dht off --no-relay`) into `dir`, for at most a minute.
-async fn download(url: &str, dir: &Path, id: &str) -> std::process::Output {
-    let mut cmd = peer_cmd(env!("CARGO_BIN_EXE_p2p-download"), url, dir);
-    cmd.args(["--dht", "off", "--no-relay"]).arg(id);
-    let mut cmd = tokio::process::Command::from(cmd);
-    cmd.kill_on_drop(true);
-    let mut child = cmd
-        .stderr(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let err = tokio::spawn(async move {
-        let mut buf = Vec::new();
-        let _ = tokio::io::AsyncReadExt::read_to_end(&mut stderr, &mut buf).await;
-        buf
-    });
-    match tokio::time::timeout(Duration::from_secs(60), child.wait()).await {
-        Ok(status) => {
-            let mut out = Vec::new();
-            let _ = tokio::io::AsyncReadExt::read_to_end(child.stdout.as_mut().unwrap(), &mut out)
-                .await;
-            std::process::Output {
-                status: status.unwrap(),
-                stdout: out,
-                stderr: err.await.unwrap(),
-            }
-        }
-        Err(_) => {
-            child.kill().await.unwrap();
-            panic!(
-                "p2p-download hung:\n{}",
-                String::from_utf8_lossy(&err.await.unwrap())
-            );
-        }
-    }
 }
 
 /// Waits (at most 30 s) for the tracker to publish an event matching `want`.

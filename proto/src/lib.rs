@@ -8,6 +8,8 @@
 //! - [`manifest`]: chunking rules, chunk hashes, the hash chain that verifies each chunk against
 //!   the file id, the Merkle tree over the chunk hashes and manifest validation.
 //! - [`bitfield`]: which chunks a peer has.
+//! - [`collection`]: folder collections (relative path, file id, size, executable bit) and
+//!   their canonical encoding, whose SHA-256 is the collection's id.
 //! - [`api`]: tracker REST and WebSocket types.
 //! - [`wire`]: peer-to-peer frames (manifest, bitfield, have, request, chunk, reject…).
 //! - [`admission`]: a tracker's signed admission of a peer to a private file (Ed25519).
@@ -23,6 +25,7 @@
 pub mod admission;
 pub mod api;
 pub mod bitfield;
+pub mod collection;
 pub mod ids;
 pub mod manifest;
 #[cfg(feature = "openapi")]

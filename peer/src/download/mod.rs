@@ -70,6 +70,9 @@ pub struct DownloadOptions {
     /// The tracker's admissions of this peer to files: the one for the file is sent to each
     /// peer before asking it for the file, and again, renewed, before it expires.
     pub admissions: Arc<HeldAdmissions>,
+    /// Where the finished file goes; `None`: the data dir (a folder download puts each file
+    /// in its place in the tree).
+    pub dest_dir: Option<PathBuf>,
 }
 
 impl Default for DownloadOptions {
@@ -84,6 +87,7 @@ impl Default for DownloadOptions {
             connector: Arc::new(Connector::direct()),
             connections_per_peer: None,
             admissions: Arc::default(),
+            dest_dir: None,
         }
     }
 }

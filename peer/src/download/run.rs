@@ -87,7 +87,7 @@ pub async fn download_growing(
     ));
     let peers = wait(&shared, workers, more).await;
     let _ = saver.await;
-    let path = finish(&shared, data_dir)
+    let path = finish(&shared, opts.dest_dir.as_deref().unwrap_or(data_dir))
         .await
         .map_err(|e| not_admitted(e, &peers))?;
     library.completed(&manifest.id, path.clone());
@@ -264,9 +264,9 @@ fn not_admitted(e: DownloadError, peers: &[PeerReport]) -> DownloadError {
     }
 }
 
-/// Completes the file into `data_dir` when every chunk is there (its path); else saves the
+/// Completes the file into `dest_dir` when every chunk is there (its path); else saves the
 /// resume state and says why the download stopped.
-async fn finish(shared: &Shared, data_dir: &Path) -> Result<PathBuf, DownloadError> {
+async fn finish(shared: &Shared, dest_dir: &Path) -> Result<PathBuf, DownloadError> {
     let (complete, missing) = {
         let s = shared.sched.lock();
         (s.complete(), s.missing())
@@ -287,7 +287,7 @@ async fn finish(shared: &Shared, data_dir: &Path) -> Result<PathBuf, DownloadErr
             total: shared.manifest.chunk_count(),
         });
     }
-    let dest_dir = data_dir.to_owned();
+    let dest_dir = dest_dir.to_owned();
     tokio::task::spawn_blocking(move || {
         let p = partial.lock().take().ok_or(DownloadError::Ended)?;
         p.finish(&dest_dir).map_err(DownloadError::from)

@@ -1,6 +1,7 @@
 //! A node with its tracker: the registration session, discovery, and downloads that keep the
 //! tracker and the DHT told of their progress. The shell, the daemon and `p2p-download` run one.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -187,12 +188,26 @@ impl Peer {
         sources: &[PeerAddr],
         contributions: Arc<Contributions>,
     ) -> Result<DownloadReport, DownloadError> {
+        self.download_to(manifest, sources, contributions, None)
+            .await
+    }
+
+    /// [`Peer::download`], the finished file going into `dest_dir` instead of the data dir
+    /// (the partial data stays in the data dir's `.partial/`).
+    pub async fn download_to(
+        &self,
+        manifest: &Manifest,
+        sources: &[PeerAddr],
+        contributions: Arc<Contributions>,
+        dest_dir: Option<PathBuf>,
+    ) -> Result<DownloadReport, DownloadError> {
         let opts = DownloadOptions {
             pipeline: self.pipeline,
             throttle: self.node.download.clone(),
             contributions,
             connector: self.node.connector.clone(),
             admissions: self.node.admissions.clone(),
+            dest_dir,
             ..DownloadOptions::default()
         };
         let progress = {

@@ -14,6 +14,7 @@ pub use hashing::{hash_file, manifest_for_file, manifest_with_chunk_size};
 pub use index::{IndexError, LoadedIndex, STATE_DIR, ShareIndex};
 pub use inline::InlineIo;
 pub use library::{ChunkBuf, Library, LibraryError};
+pub(crate) use partial::candidate_names;
 pub use partial::{PartialDownload, PartialError, ResumeSnapshot, VerifiedChunk, safe_file_name};
 pub use stamp::{FileStamp, HashedFile, SETTLE, Timestamp};
 pub use visibility::{Visibility, VisibilityError};

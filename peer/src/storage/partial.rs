@@ -371,7 +371,7 @@ fn is_reserved_on_windows(name: &str) -> bool {
 const NAME_TRIES: usize = 1000;
 
 /// `name`, then `stem (n).ext` for n = 1, 2, …: the names a completed download may take.
-fn candidate_names(name: &str) -> impl Iterator<Item = String> + '_ {
+pub(crate) fn candidate_names(name: &str) -> impl Iterator<Item = String> + '_ {
     let (stem, ext) = match name.rsplit_once('.') {
         Some((s, e)) if !s.is_empty() => (s, format!(".{e}")),
         _ => (name, String::new()),

@@ -1,6 +1,8 @@
 //! What the peer's integration tests share. Each test binary uses part of it.
 #![allow(dead_code)]
 
+pub mod procs;
+
 /// Deterministic pseudo-random content (xorshift).
 pub fn content(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
