@@ -51,7 +51,9 @@ impl FilesApi {
         &self,
         auth: Auth,
         /// The announcing peer's token, from its registration.
-        #[oai(name = "X-Peer-Token", validator(pattern = "^[0-9a-fA-F]{144}$"))]
+        /// 144 hex characters; anything else is answered like a missing or expired token
+        /// (401 `peer_token`), which sends the peer to register again.
+        #[oai(name = "X-Peer-Token")]
         peer_token: Header<Option<String>>,
         body: Json<AnnounceRequest>,
     ) -> Result<
@@ -156,7 +158,9 @@ impl FilesApi {
         &self,
         _auth: Auth,
         /// The peer's token, from its registration.
-        #[oai(name = "X-Peer-Token", validator(pattern = "^[0-9a-fA-F]{144}$"))]
+        /// 144 hex characters; anything else is answered like a missing or expired token
+        /// (401 `peer_token`), which sends the peer to register again.
+        #[oai(name = "X-Peer-Token")]
         peer_token: Header<Option<String>>,
         hash: Path<FileId, Hash>,
         peer_id: Path<PeerId, PeerIdName>,

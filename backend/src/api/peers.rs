@@ -94,7 +94,9 @@ impl PeersApi {
         &self,
         _auth: Auth,
         /// The peer token from the registration (or a later heartbeat).
-        #[oai(name = "X-Peer-Token", validator(pattern = "^[0-9a-fA-F]{144}$"))]
+        /// 144 hex characters; anything else is answered like a missing or expired token
+        /// (401 `peer_token`), which sends the peer to register again.
+        #[oai(name = "X-Peer-Token")]
         peer_token: Header<Option<String>>,
         body: Json<HeartbeatRequest>,
     ) -> Result<
@@ -124,7 +126,9 @@ impl PeersApi {
         &self,
         auth: Auth,
         /// The peer token (not needed by admins).
-        #[oai(name = "X-Peer-Token", validator(pattern = "^[0-9a-fA-F]{144}$"))]
+        /// 144 hex characters; anything else is answered like a missing or expired token
+        /// (401 `peer_token`), which sends the peer to register again.
+        #[oai(name = "X-Peer-Token")]
         peer_token: Header<Option<String>>,
         id: Path<PeerId, Id>,
     ) -> Result<Deleted, Refusals<{ AUTHED | PARAMS | PEER_TOKEN | NOT_FOUND | STORE }>> {
