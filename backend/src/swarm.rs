@@ -491,9 +491,10 @@ impl Swarm {
     }
 
     pub async fn list_files(&self, search: &str, offset: u64, limit: u64) -> SwarmResult<FileList> {
-        if search.len() > 255 {
+        // The same limit as the spec's maxLength (characters, not bytes).
+        if search.chars().count() > 255 {
             return Err(SwarmError::BadRequest(
-                "search is longer than 255 bytes".into(),
+                "search is longer than 255 characters".into(),
             ));
         }
         let limit = page_size(limit);
@@ -659,9 +660,12 @@ fn validate_addresses(addresses: &[String]) -> SwarmResult<Vec<String>> {
 
 fn validate_label(what: &str, value: Option<String>) -> SwarmResult<Option<String>> {
     match value {
-        Some(v) if v.len() > 128 || v.chars().any(char::is_control) => Err(SwarmError::BadRequest(
-            format!("{what} must be at most 128 bytes without control characters"),
-        )),
+        // As the spec says (maxLength counts characters).
+        Some(v) if v.chars().count() > 128 || v.chars().any(char::is_control) => {
+            Err(SwarmError::BadRequest(format!(
+                "{what} must be at most 128 characters without control characters"
+            )))
+        }
         Some(v) if v.trim().is_empty() => Ok(None),
         other => Ok(other),
     }

@@ -399,7 +399,10 @@ async fn heartbeats_report_how_a_peer_is_connected() {
             .collect();
         let pigeon = json!([{"peer_id": other, "path": "carrier pigeon"}]);
         for (bad, says) in [
-            (json!(too_many), "at most 256 connections"),
+            (
+                json!(too_many),
+                "`connections` must have at most 256 entries",
+            ),
             (pigeon, "ConnectionPathKind"),
         ] {
             let resp = beat(&json!({"peer_id": peer, "connections": bad}))

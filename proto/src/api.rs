@@ -57,10 +57,14 @@ pub struct LoginResponse {
 #[cfg_attr(feature = "openapi", oai(rename_all = "snake_case"))]
 pub struct RegisterPeerRequest {
     pub peer_id: PeerId,
-    /// IP addresses or host names the peer listens on. Empty: the tracker uses the address the
-    /// request came from.
+    /// IP addresses or host names the peer listens on (at most 16, each an IP address or a
+    /// host name of at most 253 characters). Empty: the tracker uses the address the request
+    /// came from.
     #[serde(default)]
-    #[cfg_attr(feature = "openapi", oai(default))]
+    #[cfg_attr(
+        feature = "openapi",
+        oai(default, validator(max_items = 16, min_length = 1, max_length = 253))
+    )]
     pub addresses: Vec<String>,
     /// TCP port of the peer protocol.
     pub port: u16,
@@ -74,16 +78,32 @@ pub struct RegisterPeerRequest {
     pub relay_only: bool,
     /// The peer's home relay (`http(s)://host:port`, as `GET /api/relays` lists it): where
     /// others open tunnels and hole punches to it. Absent: the relay of the tracker it uses.
+    /// At most 256 bytes, no path, query or user info.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", oai(skip_serializing_if_is_none))]
+    #[cfg_attr(
+        feature = "openapi",
+        oai(skip_serializing_if_is_none, validator(max_length = 256))
+    )]
     pub relay: Option<String>,
-    /// A display name.
+    /// A display name: at most 128 characters, no control characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", oai(skip_serializing_if_is_none))]
+    #[cfg_attr(
+        feature = "openapi",
+        oai(
+            skip_serializing_if_is_none,
+            validator(max_length = 128, pattern = r"^[^\x00-\x1F\x7F-\x9F]*$")
+        )
+    )]
     pub name: Option<String>,
-    /// The peer software's version.
+    /// The peer software's version: at most 128 characters, no control characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", oai(skip_serializing_if_is_none))]
+    #[cfg_attr(
+        feature = "openapi",
+        oai(
+            skip_serializing_if_is_none,
+            validator(max_length = 128, pattern = r"^[^\x00-\x1F\x7F-\x9F]*$")
+        )
+    )]
     pub version: Option<String>,
     /// Proof of possession of `peer_id`'s private key, answering a challenge from
     /// `POST /api/peers/challenge`. Required: a registration without one is refused with 401.
@@ -120,8 +140,10 @@ pub struct PeerChallenge {
 #[cfg_attr(feature = "openapi", oai(rename_all = "snake_case"))]
 pub struct PeerProof {
     /// The challenge's nonce, as received (64 hex characters).
+    #[cfg_attr(feature = "openapi", oai(validator(pattern = "^[0-9a-fA-F]{64}$")))]
     pub nonce: String,
     /// [`crate::peer_auth::proof_mac`], 64 hex characters.
+    #[cfg_attr(feature = "openapi", oai(validator(pattern = "^[0-9a-fA-F]{64}$")))]
     pub mac: String,
 }
 
@@ -166,7 +188,10 @@ pub struct HeartbeatRequest {
     /// How the peer last reached each other peer, at most [`MAX_PEER_CONNECTIONS`] entries.
     /// Replaces the list the tracker has; absent: the list is unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", oai(skip_serializing_if_is_none))]
+    #[cfg_attr(
+        feature = "openapi",
+        oai(skip_serializing_if_is_none, validator(max_items = 256))
+    )]
     pub connections: Option<Vec<PeerConnection>>,
 }
 
@@ -276,9 +301,16 @@ pub struct PeerList {
 pub struct AnnounceRequest {
     pub peer_id: PeerId,
     pub file: Manifest,
-    /// Base64 bitfield of the chunks the peer has (most significant bit first). Absent: all.
+    /// Base64 bitfield of the chunks the peer has (most significant bit first, standard
+    /// alphabet with padding, one bit per chunk of the manifest). Absent: all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", oai(skip_serializing_if_is_none))]
+    #[cfg_attr(
+        feature = "openapi",
+        oai(
+            skip_serializing_if_is_none,
+            validator(max_length = 174764, pattern = "^[A-Za-z0-9+/]*={0,2}$")
+        )
+    )]
     pub have: Option<String>,
 }
 
@@ -524,6 +556,10 @@ pub struct ApiKeyList {
 #[cfg_attr(feature = "openapi", oai(rename_all = "snake_case"))]
 pub struct CreateApiKeyRequest {
     /// What the key is for (1-64 characters, no control characters), e.g. the peer's host.
+    #[cfg_attr(
+        feature = "openapi",
+        oai(validator(min_length = 1, max_length = 64, pattern = r"^[^\x00-\x1F\x7F-\x9F]*$"))
+    )]
     pub name: String,
 }
 
@@ -564,10 +600,16 @@ pub struct UserList {
 #[cfg_attr(feature = "openapi", oai(rename_all = "snake_case"))]
 pub struct CreateUserRequest {
     /// 1-64 characters without control characters.
+    #[cfg_attr(
+        feature = "openapi",
+        oai(validator(min_length = 1, max_length = 64, pattern = r"^[^\x00-\x1F\x7F-\x9F]*$"))
+    )]
     pub username: String,
     /// At least 8 characters.
+    #[cfg_attr(feature = "openapi", oai(validator(min_length = 8)))]
     pub password: String,
     /// `admin` or `viewer`.
+    #[cfg_attr(feature = "openapi", oai(validator(pattern = "^(admin|viewer)$")))]
     pub role: String,
 }
 

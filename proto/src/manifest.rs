@@ -388,13 +388,27 @@ pub fn verify_proof(
 pub struct Manifest {
     /// SHA-256 of the whole content.
     pub id: FileId,
-    /// The file's name: one path component, at most 255 bytes.
+    /// The file's name: one path component (no `/` or `\`, not `.` or `..`), at most 255
+    /// bytes of UTF-8, no control characters.
+    #[cfg_attr(
+        feature = "openapi",
+        oai(validator(
+            min_length = 1,
+            max_length = 255,
+            pattern = r"^[^/\\\x00-\x1F\x7F-\x9F]+$"
+        ))
+    )]
     pub name: String,
     /// Size in bytes.
     pub size: u64,
     /// Chunk size in bytes: a power of two from 16 KiB to 16 MiB (256 KiB by default).
+    #[cfg_attr(
+        feature = "openapi",
+        oai(validator(minimum(value = "16384"), maximum(value = "16777216")))
+    )]
     pub chunk_size: u32,
-    /// SHA-256 of every chunk, in order.
+    /// SHA-256 of every chunk, in order (at most 2^20 chunks).
+    #[cfg_attr(feature = "openapi", oai(validator(max_items = 1048576)))]
     pub chunk_hashes: Vec<Sha256Hash>,
     /// Merkle root over the chunk hashes (RFC 6962 layout).
     pub merkle_root: Sha256Hash,
@@ -402,7 +416,7 @@ pub struct Manifest {
     /// the chunks; none for a file of zero or one chunk, where it may be left out). Each chunk is
     /// verified against it.
     #[serde(default)]
-    #[cfg_attr(feature = "openapi", oai(default))]
+    #[cfg_attr(feature = "openapi", oai(default, validator(max_items = 1048575)))]
     pub chain: Vec<Sha256Hash>,
 }
 

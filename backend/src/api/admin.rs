@@ -12,7 +12,10 @@ use poem_openapi::{ApiResponse, OpenApi};
 
 use super::param::{KeyId, Path, Username};
 use super::{ApiTags, Auth};
-use crate::error::ApiError;
+use crate::error::Refusals;
+use crate::error::status::{
+    ADMIN, AUTHED, BAD_REQUEST, CONFLICT, INTERNAL, JSON_BODY, NOT_FOUND, PARAMS, STORE,
+};
 use crate::state::AppState;
 
 pub struct AdminApi(pub Arc<AppState>);
@@ -41,7 +44,10 @@ impl AdminApi {
     /// API keys stored in the database, newest first, revoked ones included (never the keys
     /// themselves). 403 unless the caller is an admin.
     #[oai(path = "/api/keys", method = "get", operation_id = "list_api_keys")]
-    async fn list_keys(&self, auth: Auth) -> Result<Json<ApiKeyList>, ApiError> {
+    async fn list_keys(
+        &self,
+        auth: Auth,
+    ) -> Result<Json<ApiKeyList>, Refusals<{ AUTHED | ADMIN | STORE }>> {
         auth.admin()?;
         let mut keys: Vec<ApiKeyInfo> = self.0.auth.list_keys().await?;
         keys.sort_by(|a, b| b.created_at_ms.cmp(&a.created_at_ms).then(a.id.cmp(&b.id)));
@@ -55,7 +61,7 @@ impl AdminApi {
         &self,
         auth: Auth,
         body: Json<CreateApiKeyRequest>,
-    ) -> Result<KeyCreated, ApiError> {
+    ) -> Result<KeyCreated, Refusals<{ AUTHED | JSON_BODY | ADMIN | INTERNAL | STORE }>> {
         let admin = auth.admin()?;
         let created = self
             .0
@@ -74,7 +80,13 @@ impl AdminApi {
         method = "delete",
         operation_id = "revoke_api_key"
     )]
-    async fn revoke_key(&self, auth: Auth, key_id: Path<String, KeyId>) -> Result<Done, ApiError> {
+    async fn revoke_key(
+        &self,
+        auth: Auth,
+        /// The key's id: 12 hex characters (`id` in the key list).
+        #[oai(validator(pattern = "^[0-9a-f]{12}$"))]
+        key_id: Path<String, KeyId>,
+    ) -> Result<Done, Refusals<{ AUTHED | PARAMS | ADMIN | NOT_FOUND | STORE }>> {
         let admin = auth.admin()?;
         self.0
             .auth
@@ -86,7 +98,10 @@ impl AdminApi {
 
     /// Dashboard users, by name. 403 unless the caller is an admin.
     #[oai(path = "/api/users", method = "get", operation_id = "list_users")]
-    async fn list_users(&self, auth: Auth) -> Result<Json<UserList>, ApiError> {
+    async fn list_users(
+        &self,
+        auth: Auth,
+    ) -> Result<Json<UserList>, Refusals<{ AUTHED | ADMIN | STORE }>> {
         auth.admin()?;
         Ok(Json(UserList {
             users: self.0.auth.list_users().await?,
@@ -101,7 +116,8 @@ impl AdminApi {
         &self,
         auth: Auth,
         body: Json<CreateUserRequest>,
-    ) -> Result<UserCreated, ApiError> {
+    ) -> Result<UserCreated, Refusals<{ AUTHED | JSON_BODY | ADMIN | CONFLICT | INTERNAL | STORE }>>
+    {
         let admin = auth.admin()?;
         let req = body.0;
         let user = self
@@ -129,8 +145,10 @@ impl AdminApi {
     async fn delete_user(
         &self,
         auth: Auth,
+        /// 1-64 characters.
+        #[oai(validator(min_length = 1, max_length = 64))]
         username: Path<String, Username>,
-    ) -> Result<Done, ApiError> {
+    ) -> Result<Done, Refusals<{ AUTHED | PARAMS | BAD_REQUEST | ADMIN | NOT_FOUND | STORE }>> {
         let admin = auth.admin()?;
         self.0.auth.delete_user(&username.0, &admin.subject).await?;
         tracing::info!(by = %admin.subject, user = %username.0, "user deleted");

@@ -10,7 +10,10 @@ use poem_openapi::{ApiResponse, OpenApi};
 
 use super::param::{Hash, Path, PeerIdName};
 use super::{ApiTags, Auth};
-use crate::error::ApiError;
+use crate::error::Refusals;
+use crate::error::status::{
+    ADMIN, AUTHED, CONFLICT, FORBIDDEN, JSON_BODY, NOT_FOUND, PARAMS, PEER_TOKEN, STORE,
+};
 use crate::state::AppState;
 
 pub struct FilesApi(pub Arc<AppState>);
@@ -48,10 +51,15 @@ impl FilesApi {
         &self,
         auth: Auth,
         /// The announcing peer's token, from its registration.
+        /// 144 hex characters; anything else is answered like a missing or expired token
+        /// (401 `peer_token`), which sends the peer to register again.
         #[oai(name = "X-Peer-Token")]
         peer_token: Header<Option<String>>,
         body: Json<AnnounceRequest>,
-    ) -> Result<Json<AnnounceResponse>, ApiError> {
+    ) -> Result<
+        Json<AnnounceResponse>,
+        Refusals<{ AUTHED | JSON_BODY | PEER_TOKEN | FORBIDDEN | NOT_FOUND | CONFLICT | STORE }>,
+    > {
         self.0
             .peer_auth
             .check_token(peer_token.0.as_deref(), &body.0.peer_id)?;
@@ -63,14 +71,14 @@ impl FilesApi {
     async fn list(
         &self,
         _auth: Auth,
-        /// Substring of the file name (case-insensitive), at most 255 bytes.
+        /// Substring of the file name (case-insensitive), at most 255 characters.
         #[oai(default, validator(max_length = 255))]
         search: Query<String>,
         #[oai(default)] offset: Query<u64>,
         /// Page size (default 50, at most 500).
         #[oai(default)]
         limit: Query<u64>,
-    ) -> Result<Json<FileList>, ApiError> {
+    ) -> Result<Json<FileList>, Refusals<{ AUTHED | PARAMS | STORE }>> {
         Ok(Json(
             self.0
                 .swarm
@@ -88,7 +96,7 @@ impl FilesApi {
         hash: Path<FileId, Hash>,
         /// The manifest variant to return (see `variants`); 404 if the file has none such.
         variant: Query<Option<u32>>,
-    ) -> Result<Json<FileDetails>, ApiError> {
+    ) -> Result<Json<FileDetails>, Refusals<{ AUTHED | PARAMS | NOT_FOUND | STORE }>> {
         Ok(Json(self.0.swarm.file(&hash.0, variant.0).await?))
     }
 
@@ -100,7 +108,11 @@ impl FilesApi {
         method = "delete",
         operation_id = "remove_file"
     )]
-    async fn remove(&self, auth: Auth, hash: Path<FileId, Hash>) -> Result<Removed, ApiError> {
+    async fn remove(
+        &self,
+        auth: Auth,
+        hash: Path<FileId, Hash>,
+    ) -> Result<Removed, Refusals<{ AUTHED | PARAMS | ADMIN | NOT_FOUND | STORE }>> {
         let admin = auth.admin()?;
         self.0.swarm.remove_file(&hash.0).await?;
         tracing::info!(by = %admin.subject, file = %hash.0, "file removed");
@@ -131,7 +143,7 @@ impl FilesApi {
         limit: Query<u64>,
         /// Only peers that announced this manifest variant; 404 if the file has none such.
         variant: Query<Option<u32>>,
-    ) -> Result<Json<FilePeers>, ApiError> {
+    ) -> Result<Json<FilePeers>, Refusals<{ AUTHED | PARAMS | NOT_FOUND | STORE }>> {
         let mut peers = self
             .0
             .swarm
@@ -153,11 +165,13 @@ impl FilesApi {
         &self,
         _auth: Auth,
         /// The peer's token, from its registration.
+        /// 144 hex characters; anything else is answered like a missing or expired token
+        /// (401 `peer_token`), which sends the peer to register again.
         #[oai(name = "X-Peer-Token")]
         peer_token: Header<Option<String>>,
         hash: Path<FileId, Hash>,
         peer_id: Path<PeerId, PeerIdName>,
-    ) -> Result<Unannounced, ApiError> {
+    ) -> Result<Unannounced, Refusals<{ AUTHED | PARAMS | PEER_TOKEN | NOT_FOUND | STORE }>> {
         self.0
             .peer_auth
             .check_token(peer_token.0.as_deref(), &peer_id.0)?;

@@ -9,7 +9,8 @@ use poem_openapi::payload::{Json, PlainText};
 use poem_openapi::{ApiResponse, OpenApi};
 
 use super::{ApiTags, Auth};
-use crate::error::ApiError;
+use crate::error::Refusals;
+use crate::error::status::{ANY, AUTHED, STORE};
 use crate::state::AppState;
 
 pub struct HealthApi(pub Arc<AppState>);
@@ -52,9 +53,9 @@ impl HealthApi {
         RootRedirect::SeeOther("/dashboard/".to_owned())
     }
 
-    /// Liveness and database reachability (no authentication).
+    /// Liveness and database reachability (no authentication, no rate limit).
     #[oai(path = "/health", method = "get", operation_id = "health")]
-    async fn health(&self) -> HealthResponse {
+    async fn health(&self) -> Result<HealthResponse, Refusals<ANY>> {
         let store = self.0.swarm.store();
         let db_ok = matches!(
             tokio::time::timeout(Duration::from_secs(2), store.ping()).await,
@@ -66,17 +67,17 @@ impl HealthApi {
             database: if db_ok { "ok" } else { "unreachable" }.to_owned(),
             backend: store.backend().as_str().to_owned(),
         };
-        if db_ok {
+        Ok(if db_ok {
             HealthResponse::Ok(Json(health))
         } else {
             HealthResponse::Degraded(Json(health))
-        }
+        })
     }
 
     /// Prometheus metrics; the figures from the database are at most a second old. Needs
     /// `Authorization: Bearer <token>` when the tracker runs with `--metrics-token`.
     #[oai(path = "/metrics", method = "get", operation_id = "metrics")]
-    async fn metrics(&self, req: &Request) -> MetricsResponse {
+    async fn metrics(&self, req: &Request) -> Result<MetricsResponse, Refusals<ANY>> {
         if let Some(want) = &self.0.metrics_token {
             let given = req
                 .header("authorization")
@@ -85,21 +86,23 @@ impl HealthApi {
                 .map(|(_, token)| token.trim());
             let digest = crate::auth::keys::digest;
             if given.is_none_or(|g| digest(g) != digest(want)) {
-                return MetricsResponse::Unauthorized(Json(p2p_proto::api::ErrorBody {
-                    error: "unauthorized".into(),
-                    message: "/metrics needs Authorization: Bearer <metrics token>".into(),
-                }));
+                return Ok(MetricsResponse::Unauthorized(Json(
+                    p2p_proto::api::ErrorBody {
+                        error: "unauthorized".into(),
+                        message: "/metrics needs Authorization: Bearer <metrics token>".into(),
+                    },
+                )));
             }
         }
         if let Err(e) = self.0.swarm.refresh_gauges_cached().await {
             tracing::warn!(error = %e, "could not refresh gauges for /metrics");
         }
-        MetricsResponse::Ok(PlainText(self.0.metrics.encode()))
+        Ok(MetricsResponse::Ok(PlainText(self.0.metrics.encode())))
     }
 
     /// Counts for the dashboard overview.
     #[oai(path = "/api/stats", method = "get", operation_id = "stats")]
-    async fn stats(&self, _auth: Auth) -> Result<Json<Stats>, ApiError> {
+    async fn stats(&self, _auth: Auth) -> Result<Json<Stats>, Refusals<{ AUTHED | STORE }>> {
         let mut stats = self.0.swarm.stats().await?;
         self.0.fleet.sum_into(&mut stats).await?;
         Ok(Json(stats))

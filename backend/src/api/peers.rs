@@ -18,7 +18,10 @@ use poem_openapi::{ApiResponse, OpenApi};
 
 use super::param::{Id, Path};
 use super::{ApiTags, Auth};
-use crate::error::ApiError;
+use crate::error::status::{
+    AUTHED, INTERNAL, JSON_BODY, NOT_FOUND, PARAMS, PEER_TOKEN, STORE, UNAUTHORIZED,
+};
+use crate::error::{ApiError, Refusals};
 use crate::ratelimit::client_ip;
 use crate::state::AppState;
 
@@ -44,7 +47,7 @@ impl PeersApi {
         &self,
         _auth: Auth,
         body: Json<PeerChallengeRequest>,
-    ) -> Result<Json<PeerChallenge>, ApiError> {
+    ) -> Result<Json<PeerChallenge>, Refusals<{ AUTHED | JSON_BODY | INTERNAL }>> {
         let challenge = self.0.peer_auth.challenge(&body.0.peer_id).map_err(|e| {
             tracing::error!(error = %e, "no randomness for a challenge");
             ApiError::internal()
@@ -66,7 +69,8 @@ impl PeersApi {
         req: &Request,
         _auth: Auth,
         body: Json<RegisterPeerRequest>,
-    ) -> Result<Json<RegisterPeerResponse>, ApiError> {
+    ) -> Result<Json<RegisterPeerResponse>, Refusals<{ AUTHED | JSON_BODY | UNAUTHORIZED | STORE }>>
+    {
         let peer_id = body.0.peer_id;
         self.0
             .peer_auth
@@ -92,10 +96,15 @@ impl PeersApi {
         &self,
         _auth: Auth,
         /// The peer token from the registration (or a later heartbeat).
+        /// 144 hex characters; anything else is answered like a missing or expired token
+        /// (401 `peer_token`), which sends the peer to register again.
         #[oai(name = "X-Peer-Token")]
         peer_token: Header<Option<String>>,
         body: Json<HeartbeatRequest>,
-    ) -> Result<Json<HeartbeatResponse>, ApiError> {
+    ) -> Result<
+        Json<HeartbeatResponse>,
+        Refusals<{ AUTHED | JSON_BODY | PEER_TOKEN | NOT_FOUND | STORE }>,
+    > {
         let peer_id = body.0.peer_id;
         let auth = &self.0.peer_auth;
         let valid = auth.check_token(peer_token.0.as_deref(), &peer_id)?;
@@ -119,10 +128,12 @@ impl PeersApi {
         &self,
         auth: Auth,
         /// The peer token (not needed by admins).
+        /// 144 hex characters; anything else is answered like a missing or expired token
+        /// (401 `peer_token`), which sends the peer to register again.
         #[oai(name = "X-Peer-Token")]
         peer_token: Header<Option<String>>,
         id: Path<PeerId, Id>,
-    ) -> Result<Deleted, ApiError> {
+    ) -> Result<Deleted, Refusals<{ AUTHED | PARAMS | PEER_TOKEN | NOT_FOUND | STORE }>> {
         if auth.0.is_admin() {
             self.0.swarm.remove_peer(&id.0).await?;
             tracing::info!(by = %auth.0.subject, peer = %id.0, "peer removed");
@@ -137,7 +148,11 @@ impl PeersApi {
 
     /// One peer.
     #[oai(path = "/api/peers/:id", method = "get", operation_id = "get_peer")]
-    async fn get(&self, _auth: Auth, id: Path<PeerId, Id>) -> Result<Json<PeerInfo>, ApiError> {
+    async fn get(
+        &self,
+        _auth: Auth,
+        id: Path<PeerId, Id>,
+    ) -> Result<Json<PeerInfo>, Refusals<{ AUTHED | PARAMS | NOT_FOUND | STORE }>> {
         Ok(Json(self.0.swarm.peer(&id.0).await?))
     }
 
@@ -145,7 +160,7 @@ impl PeersApi {
     /// with `--relay-url`), by URL. A peer attaches to one as its home relay and names it in
     /// its registration's `relay`.
     #[oai(path = "/api/relays", method = "get", operation_id = "list_relays")]
-    async fn relays(&self, _auth: Auth) -> Result<Json<RelayList>, ApiError> {
+    async fn relays(&self, _auth: Auth) -> Result<Json<RelayList>, Refusals<{ AUTHED | STORE }>> {
         Ok(Json(self.0.fleet.relays().await?))
     }
 
@@ -161,7 +176,7 @@ impl PeersApi {
         /// Page size (default 50, at most 500).
         #[oai(default)]
         limit: Query<u64>,
-    ) -> Result<Json<PeerList>, ApiError> {
+    ) -> Result<Json<PeerList>, Refusals<{ AUTHED | PARAMS | STORE }>> {
         Ok(Json(
             self.0.swarm.list_peers(online.0, offset.0, limit.0).await?,
         ))

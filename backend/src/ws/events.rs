@@ -18,7 +18,8 @@ use tokio::sync::broadcast::error::RecvError;
 
 use crate::api::ApiTags;
 use crate::auth::Principal;
-use crate::error::ApiError;
+use crate::error::Refusals;
+use crate::error::status::{AUTHED, PARAMS, TOO_MANY_REQUESTS};
 use crate::state::AppState;
 
 /// How long a client has to send its token after connecting.
@@ -40,7 +41,9 @@ pub struct EventsApi(pub Arc<AppState>);
 #[OpenApi(tag = "ApiTags::Events")]
 impl EventsApi {
     /// Live events (peer joined/left, file announced, relay connected…) as JSON text
-    /// messages `{"ts_ms": …, "type": "…", …}`. The recent events are sent first.
+    /// messages `{"ts_ms": …, "type": "…", …}`. The recent events are sent first. 400 for a
+    /// request that is not a WebSocket upgrade, 401 for wrong credentials, 429 when too many
+    /// sockets are waiting for theirs.
     #[oai(path = "/ws", method = "get", operation_id = "events")]
     async fn events(
         &self,
@@ -48,7 +51,8 @@ impl EventsApi {
         ws: WebSocket,
         /// A JWT or API key (or send `{"token": "…"}` as the first message).
         token: Query<Option<String>>,
-    ) -> Result<WebSocketUpgraded<WsCallback>, ApiError> {
+    ) -> Result<WebSocketUpgraded<WsCallback>, Refusals<{ AUTHED | PARAMS | TOO_MANY_REQUESTS }>>
+    {
         let state = self.0.clone();
         let principal = super::credentials(&state, req, token.0).await?;
         // Without credentials yet, the socket waits for them in the bounded waiting room.

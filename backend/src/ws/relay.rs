@@ -12,7 +12,8 @@ use poem_openapi::OpenApi;
 use poem_openapi::param::Query;
 
 use crate::api::ApiTags;
-use crate::error::ApiError;
+use crate::error::status::{AUTHED, PARAMS, TOO_MANY_REQUESTS};
+use crate::error::{ApiError, Refusals};
 use crate::state::AppState;
 
 type WsCallback = Box<dyn FnOnce(WebSocketStream) -> BoxFuture<'static, ()> + Send + Sync>;
@@ -23,6 +24,8 @@ pub struct RelayApi(pub Arc<AppState>);
 impl RelayApi {
     /// The relay hub: binary WebSocket messages, one relay frame each (docs/protocol.md §5).
     /// Needs credentials and then a proof of the peer id's key (the challenge the hub sends).
+    /// 400 for a request that is not a WebSocket upgrade or a bad `peer_id`, 401 without
+    /// valid credentials, 429 when too many sockets are waiting for their key proof.
     #[oai(path = "/relay", method = "get", operation_id = "relay")]
     async fn relay(
         &self,
@@ -32,7 +35,8 @@ impl RelayApi {
         peer_id: Query<PeerId>,
         /// A JWT or API key (or send X-API-Key / Authorization headers).
         token: Query<Option<String>>,
-    ) -> Result<WebSocketUpgraded<WsCallback>, ApiError> {
+    ) -> Result<WebSocketUpgraded<WsCallback>, Refusals<{ AUTHED | PARAMS | TOO_MANY_REQUESTS }>>
+    {
         let state = self.0.clone();
         let principal = super::credentials(&state, req, token.0)
             .await?
