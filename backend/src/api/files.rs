@@ -132,7 +132,9 @@ impl FilesApi {
     async fn peers(
         &self,
         _auth: Auth,
-        /// The asking peer's token, from its registration: admits it to the file.
+        /// The asking peer's token, from its registration: the answer then carries its
+        /// admission to the file. 144 hex characters; anything else is answered like an
+        /// expired token (401 `peer_token`); without it the answer carries no admission.
         #[oai(name = "X-Peer-Token")]
         peer_token: Header<Option<String>>,
         hash: Path<FileId, Hash>,
