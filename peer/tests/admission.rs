@@ -9,7 +9,7 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,8 @@ use p2p_proto::{FileId, Manifest, PeerId};
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+
+use support::procs::{KEY, Killed, tracker};
 
 const OVERALL: Duration = Duration::from_secs(120);
 
@@ -286,17 +288,6 @@ async fn a_download_presents_its_admission_and_without_one_says_it_was_not_admit
     .expect("finished in time");
 }
 
-const KEY: &str = "admission-test-key";
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn peer_cmd(bin: &str, url: &str, data: &Path) -> Command {
     let mut cmd = Command::new(bin);
     cmd.args(["--tracker", url, "--api-key", KEY, "--port", "0"])
@@ -309,39 +300,6 @@ fn peer_cmd(bin: &str, url: &str, data: &Path) -> Command {
         .env_remove("P2P_PORT")
         .env_remove("P2P_PUBLIC");
     cmd
-}
-
-async fn tracker(dir: &Path) -> p2p_tracker::app::RunningTracker {
-    let store = Arc::new(
-        p2p_tracker::store::SqliteStore::open(&dir.join("tracker.db"), 4)
-            .await
-            .unwrap(),
-    );
-    let args = p2p_tracker::config::ServeArgs {
-        addr: "127.0.0.1:0".parse().unwrap(),
-        api_keys: vec![KEY.into()],
-        jwt_secret: None,
-        jwt_ttl_secs: 3600,
-        rate_limit_rps: 0,
-        rate_limit_burst: None,
-        rate_limit_replicas: 1,
-        trust_proxy: false,
-        heartbeat_interval_secs: 30,
-        heartbeat_misses: 3,
-        admin_user: None,
-        admin_password: None,
-        swarm_cache_ms: 0,
-        dashboard_dir: None,
-        max_body_bytes: 1 << 26,
-        udp_addr: None,
-        metrics_addr: None,
-        relay: Default::default(),
-        guard: Default::default(),
-        relay_url: None,
-    };
-    p2p_tracker::app::start(store, &args, p2p_tracker::app::RuntimeOptions::default())
-        .await
-        .unwrap()
 }
 
 /// A real tracker, a private `p2p-peer --daemon` seeder: a peer the tracker never admitted,

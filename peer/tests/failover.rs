@@ -18,7 +18,8 @@ use p2p_tracker::config::ServeArgs;
 use p2p_tracker::store::SqliteStore;
 use sha2::{Digest, Sha256};
 
-const KEY: &str = "failover-test-key";
+use support::procs::{KEY, serve_args};
+
 /// How soon the seeder must be listed on tracker 2 after tracker 1 stops: a heartbeat (1 s
 /// here) finds tracker 1 gone, then a registration and an announce on tracker 2.
 const REANNOUNCE_WITHIN: Duration = Duration::from_secs(15);
@@ -27,25 +28,8 @@ const REANNOUNCE_WITHIN: Duration = Duration::from_secs(15);
 async fn tracker(dir: &Path) -> RunningTracker {
     let serve = ServeArgs {
         addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-        api_keys: vec![KEY.into()],
-        jwt_secret: None,
-        jwt_ttl_secs: 3600,
-        rate_limit_rps: 0,
-        rate_limit_burst: None,
-        rate_limit_replicas: 1,
-        trust_proxy: false,
         heartbeat_interval_secs: 1,
-        heartbeat_misses: 3,
-        admin_user: None,
-        admin_password: None,
-        swarm_cache_ms: 0,
-        dashboard_dir: None,
-        max_body_bytes: 1 << 26,
-        udp_addr: None,
-        metrics_addr: None,
-        relay_url: None,
-        relay: Default::default(),
-        guard: Default::default(),
+        ..serve_args(SocketAddr::from(([127, 0, 0, 1], 0)))
     };
     std::fs::create_dir_all(dir).unwrap();
     let store = Arc::new(SqliteStore::open(&dir.join("tracker.db"), 4).await.unwrap());

@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -26,32 +28,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-const KEY: &str = "tracker-client-test-key";
-
-fn serve_args(addr: SocketAddr) -> ServeArgs {
-    ServeArgs {
-        addr,
-        api_keys: vec![KEY.into()],
-        jwt_secret: None,
-        jwt_ttl_secs: 3600,
-        rate_limit_rps: 0,
-        rate_limit_burst: None,
-        rate_limit_replicas: 1,
-        trust_proxy: false,
-        heartbeat_interval_secs: 30,
-        heartbeat_misses: 3,
-        admin_user: None,
-        admin_password: None,
-        swarm_cache_ms: 0,
-        dashboard_dir: None,
-        max_body_bytes: 1 << 26,
-        udp_addr: None,
-        metrics_addr: None,
-        relay_url: None,
-        relay: Default::default(),
-        guard: Default::default(),
-    }
-}
+use support::procs::{KEY, serve_args};
 
 /// A tracker on `addr` (port 0 for any) keeping its database in `dir`.
 async fn tracker_at(dir: &Path, addr: SocketAddr) -> RunningTracker {
