@@ -333,15 +333,7 @@ async fn the_spec_documents_the_management_routes_and_their_403() {
     within(30, async {
         let db = TestDb::sqlite();
         let t = TestTracker::start(&db, serve_args()).await;
-        let spec: Value = t
-            .http
-            .get(t.url("/api/openapi.json"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let spec = t.spec().await;
         let paths = &spec["paths"];
         for (path, method, ok) in [
             ("/api/keys", "get", "200"),

@@ -65,15 +65,7 @@ async fn openapi_spec_lists_every_route_with_security() {
     within(30, async {
         let db = TestDb::sqlite();
         let t = TestTracker::start(&db, serve_args()).await;
-        let spec: Value = t
-            .http
-            .get(t.url("/api/openapi.json"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let spec = t.spec().await;
         assert!(spec["openapi"].as_str().unwrap().starts_with("3."));
         let paths = spec["paths"].as_object().unwrap();
         for (path, method) in [
@@ -951,7 +943,7 @@ async fn bad_path_parameters_are_reported_by_name() {
             assert!(msg.contains(&format!("`{name}`")), "{path}: {msg}");
             assert!(!msg.contains("param0"), "{path}: {msg}");
         }
-        let spec = t.get_json("/api/openapi.json").await;
+        let spec = t.spec().await;
         let params = &spec["paths"]["/api/files/{hash}/peers/{peer_id}"]["delete"]["parameters"];
         let names: Vec<&str> = params
             .as_array()

@@ -810,7 +810,7 @@ async fn every_status_an_operation_returns_is_in_its_spec() {
     within(120, async {
         let db = TestDb::sqlite();
         let t = TestTracker::start(&db, tracker_args()).await;
-        let spec = t.get_json("/api/openapi.json").await;
+        let spec = t.spec().await;
         let ops = operations(&spec);
         let w = world(&t).await;
         let mut ledger = Ledger::default();
@@ -886,15 +886,7 @@ async fn the_rate_limit_is_documented_where_it_applies() {
         args.rate_limit_rps = 1;
         args.rate_limit_burst = Some(1);
         let t = TestTracker::start(&db, args).await;
-        let spec: Value = t
-            .http
-            .get(t.url("/api/openapi.json"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let spec = t.spec().await;
         let mut ledger = Ledger::default();
         for op in operations(&spec) {
             let mut req = Req::new(Cred::None);
@@ -967,7 +959,7 @@ async fn the_spec_carries_the_constraints_the_api_enforces() {
 
         let db = TestDb::sqlite();
         let t = TestTracker::start(&db, serve_args()).await;
-        let spec = t.get_json("/api/openapi.json").await;
+        let spec = t.spec().await;
 
         // Every error status is documented with the JSON error body.
         for op in operations(&spec) {

@@ -193,6 +193,18 @@ impl TestTracker {
         resp.json().await.unwrap()
     }
 
+    /// The served OpenAPI spec, fetched without credentials (as a client generator would).
+    pub async fn spec(&self) -> serde_json::Value {
+        let resp = self
+            .http
+            .get(self.url("/api/openapi.json"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "GET /api/openapi.json");
+        resp.json().await.unwrap()
+    }
+
     pub fn post(&self, path: &str, body: &serde_json::Value) -> reqwest::RequestBuilder {
         self.http
             .post(self.url(path))
