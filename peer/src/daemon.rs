@@ -36,7 +36,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::folder::share_subfolders;
-use crate::node::shareable_name;
+use crate::storage::shareable_name;
 use crate::storage::{FileStamp, HashedFile, Library, SETTLE, ShareIndex, hash_file};
 use crate::watch::{Changes, FolderWatch, WatchError};
 

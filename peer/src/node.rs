@@ -15,12 +15,12 @@ use tokio_util::sync::CancellationToken;
 use crate::admission::{HeldAdmissions, TrackerKeys};
 use crate::config::NodeArgs;
 use crate::dht::{self, AnnouncerHandle, Dht, DhtConfig};
-use crate::identity::{Identity, IdentityError, KEY_FILE};
+use crate::identity::{Identity, IdentityError};
 use crate::net::accept::{self, Acceptor};
 use crate::net::connector::Connector;
 use crate::net::punch::{PunchError, Puncher};
 use crate::net::relay::{self, RelayClient, RelayConfig, RelayError};
-use crate::storage::{Library, LibraryError};
+use crate::storage::{Library, LibraryError, shareable_name};
 use crate::throttle::Throttle;
 use crate::upload::Uploader;
 
@@ -234,12 +234,6 @@ pub fn is_shareable(path: &Path) -> bool {
         && path.is_file()
 }
 
-/// Whether a file of this name in the data dir is one to share: not hidden (`.partial/`,
-/// `.p2p/`), not the key, not a file being written (`.tmp`).
-pub fn shareable_name(name: &str) -> bool {
-    !name.starts_with('.') && name != KEY_FILE && !name.ends_with(".tmp")
-}
-
 /// The shareable files directly in `dir`, sorted by name.
 pub fn shareable_files(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -291,7 +285,7 @@ mod tests {
         };
         let node = Node::start(&args).await.unwrap();
         assert_ne!(node.addr.port(), 0);
-        assert!(dir.path().join(KEY_FILE).exists());
+        assert!(dir.path().join(crate::identity::KEY_FILE).exists());
         let shared = node.share_data_dir().await;
         let names: Vec<_> = shared
             .iter()

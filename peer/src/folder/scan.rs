@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use p2p_proto::collection::{self, MAX_DEPTH, MAX_ENTRIES};
 
 use super::{FolderError, io};
-use crate::node::shareable_name;
+use crate::storage::shareable_name;
 
 /// A file or empty directory found in the folder.
 #[derive(Debug, Clone, PartialEq, Eq)]

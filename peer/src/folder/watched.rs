@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::share::{SharedFolder, share_folder};
 use super::{FolderError, io};
-use crate::node::shareable_name;
+use crate::storage::shareable_name;
 use crate::storage::{Library, hash_file};
 use crate::watch::{Changes, FolderWatch};
 

@@ -143,7 +143,7 @@ impl Peer {
     }
 
     /// [`Peer::announce_now`] as a callback (for the daemon).
-    pub fn announcer(&self) -> crate::daemon::Announce {
+    pub fn announcer(&self) -> Arc<dyn Fn() + Send + Sync> {
         let (session, dht) = (self.session.clone(), self.node.dht_announcer.clone());
         Arc::new(move || {
             session.announce_now();

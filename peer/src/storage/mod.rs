@@ -18,3 +18,9 @@ pub(crate) use partial::candidate_names;
 pub use partial::{PartialDownload, PartialError, ResumeSnapshot, VerifiedChunk, safe_file_name};
 pub use stamp::{FileStamp, HashedFile, SETTLE, Timestamp};
 pub use visibility::{Visibility, VisibilityError};
+
+/// Whether a file of this name in a shared folder is one to share: not hidden (`.partial/`,
+/// `.p2p/`), not the node's key, not a file being written (`.tmp`).
+pub fn shareable_name(name: &str) -> bool {
+    !name.starts_with('.') && name != crate::identity::KEY_FILE && !name.ends_with(".tmp")
+}
