@@ -33,7 +33,7 @@ use p2p_proto::peer_auth::{NONCE_LEN, PEER_TOKEN_HEADER, proof_mac};
 use p2p_proto::{FileId, PeerId};
 use parking_lot::Mutex;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
-use reqwest::{Method, RequestBuilder, StatusCode, Url};
+use reqwest::{Method, RequestBuilder, Response, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
@@ -46,6 +46,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a stopping session waits to unregister; shutdown is not held up by a dead tracker.
 const UNREGISTER_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most bytes of a tracker's answer held in memory. The largest is a file's details: a manifest
+/// of up to 2^20 chunk hashes, 64 hex characters each, about 70 MB of JSON.
+const MAX_ANSWER_BYTES: usize = 96 << 20;
+/// Most bytes of an error answer read (its JSON names a code and a message).
+const MAX_ERROR_BYTES: usize = 64 << 10;
 /// Used when the tracker asks for a heartbeat interval of 0.
 const MIN_HEARTBEAT: Duration = Duration::from_secs(1);
 /// Shortest wait between retries, whatever the timing says (no busy loops).
@@ -363,11 +368,7 @@ impl TrackerClient {
 
     /// Sends `req` to the tracker in use, and to the next ones while a tracker cannot be
     /// reached; any non-success status becomes an error.
-    async fn send(
-        &self,
-        req: RequestBuilder,
-        peer_scoped: bool,
-    ) -> Result<reqwest::Response, TrackerError> {
+    async fn send(&self, req: RequestBuilder, peer_scoped: bool) -> Result<Response, TrackerError> {
         let template = req.build().map_err(TrackerError::transport)?;
         let bases = &self.endpoints.bases;
         // What follows the base: the path and the query.
@@ -389,7 +390,7 @@ impl TrackerClient {
                 Ok(resp) if resp.status().is_success() => Ok(resp),
                 Ok(resp) => {
                     let status = resp.status();
-                    let body = resp.bytes().await.unwrap_or_default();
+                    let (body, _cut) = read_capped(resp, MAX_ERROR_BYTES).await.unwrap_or_default();
                     Err(TrackerError::from_status(status, &body, peer_scoped))
                 }
                 Err(e) => Err(TrackerError::transport(e)),
@@ -415,7 +416,15 @@ impl TrackerClient {
         peer_scoped: bool,
     ) -> Result<T, TrackerError> {
         let resp = self.send(req, peer_scoped).await?;
-        let body = resp.bytes().await.map_err(TrackerError::transport)?;
+        let (body, cut) = read_capped(resp, MAX_ANSWER_BYTES)
+            .await
+            .map_err(TrackerError::transport)?;
+        if cut {
+            return Err(TrackerError::InvalidResponse(format!(
+                "the answer is larger than {} MiB",
+                MAX_ANSWER_BYTES >> 20
+            )));
+        }
         serde_json::from_slice(&body).map_err(|e| TrackerError::InvalidResponse(e.to_string()))
     }
 
@@ -1137,6 +1146,22 @@ impl Backoff {
         let random = getrandom::u32().unwrap_or(0);
         step.saturating_sub(step.mul_f64(f64::from(random) / f64::from(u32::MAX) / 2.0))
     }
+}
+
+/// The body of `resp`, at most `max` bytes of it, and whether it went on past them (then it is
+/// not read further: a tracker cannot make the peer buffer more than `max`).
+async fn read_capped(mut resp: Response, max: usize) -> Result<(Vec<u8>, bool), reqwest::Error> {
+    let expected = resp
+        .content_length()
+        .map_or(0, |n| n.min(max as u64) as usize);
+    let mut body = Vec::with_capacity(expected);
+    while let Some(chunk) = resp.chunk().await? {
+        if body.len() + chunk.len() > max {
+            return Ok((body, true));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((body, false))
 }
 
 #[cfg(test)]

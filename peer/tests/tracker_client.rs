@@ -897,3 +897,63 @@ async fn session_moves_to_the_next_tracker_and_registers_and_announces_there() {
     .await;
     t2.stop().await.unwrap();
 }
+
+/// A tracker that answers with a body that never ends (chunked, 1 MiB a chunk, until the
+/// client hangs up) costs the peer at most the answer cap (96 MiB) before it gets a clear
+/// error; a real tracker still answers after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_answer_is_cut_off_at_the_cap() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    within(60, async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut head = [0u8; 4096];
+            let _ = s.read(&mut head).await.unwrap();
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+                .await
+                .unwrap();
+            let chunk = vec![b' '; 1 << 20];
+            let mut sent = 0u64;
+            // Bounded: 1 GiB at most, should the client never stop reading.
+            while sent < 1 << 30 {
+                let framed = [format!("{:x}\r\n", chunk.len()).as_bytes(), &chunk, b"\r\n"].concat();
+                if s.write_all(&framed).await.is_err() {
+                    break;
+                }
+                sent += chunk.len() as u64;
+            }
+            sent
+        });
+        // The peak resident size: what reading the answer cost at its largest.
+        let rss = || {
+            std::fs::read_to_string("/proc/self/status")
+                .unwrap_or_default()
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+                .unwrap_or(0)
+                * 1024
+        };
+        let before = rss();
+        let c = TrackerClient::new(&format!("http://{addr}"), Some(KEY.into())).unwrap();
+        let err = c.relays().await.unwrap_err();
+        let grown = rss().saturating_sub(before);
+        let sent = server.await.unwrap();
+        println!("FIGURE endless-answer sent_mib={} peak_rss_growth_mib={}", sent >> 20, grown >> 20);
+        assert!(
+            matches!(&err, TrackerError::InvalidResponse(m) if m.contains("larger than 96 MiB")),
+            "{err}"
+        );
+        assert!(sent < 1 << 30, "the client read on past the cap");
+        assert!(grown < 256 << 20, "memory grew {} MiB", grown >> 20);
+
+        let dir = tempfile::tempdir().unwrap();
+        let t = tracker(dir.path()).await;
+        let honest = client(&t);
+        honest.relays().await.unwrap();
+        t.stop().await.unwrap();
+    })
+    .await;
+}
