@@ -1,12 +1,16 @@
-//! The trackers on one database, as a fleet: each running tracker reports in every
-//! [`REPORT_EVERY`] (the relay URL it publishes with `--relay-url`, and its own relay and `/ws`
-//! counts), so that
+//! The trackers on one database, as a fleet: each running tracker reports in (the relay URL it
+//! publishes with `--relay-url`, and its own relay and `/ws` counts), so that
 //! - `GET /api/relays` lists the live relays peers choose a home relay from, whichever
 //!   replica answers, and relays join and leave by starting and stopping;
 //! - `/api/stats` sums the counts of every replica instead of showing the answering one's.
 //!
 //! A tracker that stops cleanly deletes its report; one that dies drops out of the lists after
 //! [`REPORT_TTL`] (peers attached to it notice sooner: their WebSocket drops).
+//!
+//! It looks every [`REPORT_EVERY`] but writes only what others need ([`due`]): a changed report
+//! at once, an unchanged one every [`REFRESH_EVERY`] to stay live, and nothing at all while it
+//! publishes no relay and has no relay or `/ws` clients (it would add only zeros to the sums).
+//! An idle tracker therefore writes nothing to its database.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -19,8 +23,11 @@ use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::store::{InstanceRecord, Store, StoreResult};
 
-/// How often a tracker reports in.
+/// How often a tracker looks whether to report in (a change shows this late at most).
 pub const REPORT_EVERY: Duration = Duration::from_secs(2);
+/// How often an unchanged report is written again, to stay within [`REPORT_TTL`] with a tick
+/// to spare.
+pub const REFRESH_EVERY: Duration = Duration::from_secs(4);
 /// A report older than this no longer counts (a tracker that died without deleting it).
 pub const REPORT_TTL: Duration = Duration::from_secs(10);
 /// Longest `--relay-url` accepted (peers store it with their entry).
@@ -116,12 +123,21 @@ impl Fleet {
             let mut tick = tokio::time::interval(REPORT_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut failing = false;
+            let mut last: Option<InstanceRecord> = None;
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = tick.tick() => {}
                 }
-                match fleet.report().await {
+                let own = fleet.own();
+                if !due(last.as_ref(), &own) {
+                    continue;
+                }
+                let result = fleet.store.put_instance(&own).await;
+                if result.is_ok() {
+                    last = Some(own);
+                }
+                match result {
                     Ok(()) if failing => {
                         failing = false;
                         tracing::info!("reporting to the fleet again");
@@ -155,10 +171,6 @@ impl Fleet {
             ws_clients: self.metrics.ws_clients.get().max(0) as u64,
             last_seen_ms: self.clock.now_ms(),
         }
-    }
-
-    async fn report(&self) -> StoreResult<()> {
-        self.store.put_instance(&self.own()).await
     }
 
     /// The live relays, each URL once (the latest report of it), by URL.
@@ -201,6 +213,24 @@ impl Fleet {
     }
 }
 
+/// Whether `now` must be written, `last` being the last report written (if any): when it
+/// differs from `last` (always the first time), or `last` is [`REFRESH_EVERY`] old; never when
+/// neither has anything to tell (no relay published, no relay or `/ws` clients).
+fn due(last: Option<&InstanceRecord>, now: &InstanceRecord) -> bool {
+    let telling =
+        |r: &InstanceRecord| r.relay_url.is_some() || r.relay_attached > 0 || r.ws_clients > 0;
+    let Some(last) = last else {
+        return telling(now);
+    };
+    if !telling(last) && !telling(now) {
+        return false;
+    }
+    let changed = (&last.relay_url, last.relay_attached, last.ws_clients)
+        != (&now.relay_url, now.relay_attached, now.ws_clients);
+    let refresh = u64::try_from(REFRESH_EVERY.as_millis()).unwrap_or(u64::MAX);
+    changed || now.last_seen_ms.saturating_sub(last.last_seen_ms) >= refresh
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,6 +260,40 @@ mod tests {
         ] {
             assert!(check_relay_url(bad).is_err(), "{bad:?}");
         }
+    }
+
+    fn record(relay: Option<&str>, attached: u64, ws: u64, at: u64) -> InstanceRecord {
+        InstanceRecord {
+            id: "me".into(),
+            relay_url: relay.map(str::to_owned),
+            relay_attached: attached,
+            ws_clients: ws,
+            last_seen_ms: at,
+        }
+    }
+
+    #[test]
+    fn an_idle_tracker_writes_nothing_and_a_busy_one_little() {
+        // Idle, no relay: never written, however long it runs.
+        let idle = record(None, 0, 0, 0);
+        assert!(!due(None, &idle));
+        assert!(!due(Some(&idle), &record(None, 0, 0, 3_600_000)));
+        // A /ws client arrives: written at once; then only on change or refresh.
+        let one = record(None, 0, 1, 10_000);
+        assert!(due(Some(&idle), &one));
+        assert!(!due(Some(&one), &record(None, 0, 1, 12_000)));
+        assert!(due(Some(&one), &record(None, 0, 1, 14_000)));
+        assert!(due(Some(&one), &record(None, 1, 1, 11_000)));
+        // It leaves: the zeros are written once (the sums drop at once), then nothing.
+        let gone = record(None, 0, 0, 11_000);
+        assert!(due(Some(&one), &gone));
+        assert!(!due(Some(&gone), &record(None, 0, 0, 60_000)));
+        // A relay is listed from the first tick and kept live within the TTL.
+        let relay = record(Some("http://r:1"), 0, 0, 0);
+        assert!(due(None, &relay));
+        assert!(!due(Some(&relay), &record(Some("http://r:1"), 0, 0, 2_000)));
+        assert!(due(Some(&relay), &record(Some("http://r:1"), 0, 0, 4_000)));
+        assert!(REFRESH_EVERY + REPORT_EVERY < REPORT_TTL);
     }
 
     #[test]
