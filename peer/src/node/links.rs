@@ -72,25 +72,23 @@ impl Peer {
     /// Follows `link`: lookups of its id go to its trackers (with its grant), and its peers
     /// are sources, until the returned guard is dropped.
     pub fn follow(&self, link: &ShareLink) -> Result<Following, TrackerError> {
+        let client = TrackerClient::with_failover(&link.trackers, None)?;
         let own = self.tracker.base_urls();
-        let ours = TrackerClient::with_failover(&link.trackers, None)?
-            .base_urls()
-            .iter()
-            .any(|t| own.contains(t));
-        let discovery = match (ours && self.has_api_key, link.grant) {
+        let ours = client.base_urls().iter().any(|t| own.contains(t));
+        let discovery = if ours && self.has_api_key {
             // Our own tracker, which knows us: the session's token admits us.
-            (true, _) => self.discovery.clone(),
-            (false, grant) => {
-                if !link.trackers.is_empty() && !ours && grant.is_none() {
+            self.discovery.clone()
+        } else {
+            match &link.grant {
+                Some(grant) => self
+                    .discovery
+                    .with_tracker(client.with_read_grant(grant, self.node.identity.clone())),
+                None => {
                     tracing::warn!(
-                        "the link has no read grant and names another tracker: it will ask for an API key"
+                        "the link carries no read grant and names a tracker this peer has no key for: the tracker will refuse it"
                     );
+                    self.discovery.with_tracker(client)
                 }
-                let mut client = TrackerClient::with_failover(&link.trackers, None)?;
-                if let Some(grant) = grant {
-                    client = client.with_read_grant(&grant, self.node.identity.clone());
-                }
-                self.discovery.with_tracker(client)
             }
         };
         let seeds = self.discovery.link_sources(link);
