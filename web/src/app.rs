@@ -596,9 +596,12 @@ async fn make_link(token: &str, id: &str) -> Result<(String, String), ApiError> 
     let peers = api::file_peers(token, id).await?;
     let link = ShareLink::from_swarm(info.file_id, &[origin()], &peers.peers, None, Some(&grant))
         .map_err(|e| ApiError::Other(format!("cannot make a link: {e}")))?;
+    let peers = match link.peers.len() {
+        1 => "1 peer".to_owned(),
+        n => format!("{n} peers"),
+    };
     let what = format!(
-        "{} peers; anyone with this link may download the file for {} h, without an API key",
-        link.peers.len(),
+        "{peers}; anyone with this link may download the file for {} h, without an API key",
         info.expires_in_secs / 3600
     );
     Ok((link.to_string(), what))

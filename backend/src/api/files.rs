@@ -1,7 +1,6 @@
 //! `/api/files/*`: announces, listings, manifests and swarms.
 
 use std::sync::Arc;
-
 use std::time::Duration;
 
 use p2p_proto::api::{
