@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::api;
-use crate::auth::{Authenticator, JwtKeys, PeerAuth, keys, password};
+use crate::auth::{Authenticator, JwtKeys, PeerAuth, ReadGrants, keys, password};
 use crate::clock::Clock;
 use crate::config::{Database, DbArgs, ServeArgs, UdpAddr};
 use crate::events::EventBus;
@@ -398,6 +398,7 @@ pub async fn start(
         Duration::from_secs(serve.guard.peer_token_ttl_secs),
         clock.clone(),
     ));
+    let grants = Arc::new(ReadGrants::new(&secret, clock.clone()));
     let swarm = Swarm::start(
         store.clone(),
         events.clone(),
@@ -443,6 +444,7 @@ pub async fn start(
         swarm,
         auth,
         peer_auth,
+        grants,
         metrics,
         events,
         relay,

@@ -5,6 +5,7 @@
 //! trace or secret ever reaches a client.
 
 use p2p_proto::api::ErrorBody;
+use p2p_proto::link::GrantError;
 use poem::http::StatusCode;
 use poem::{IntoResponse, Response};
 use poem_openapi::ApiResponse;
@@ -33,12 +34,13 @@ pub enum ApiError {
     BadRequest(Json<ErrorBody>),
     /// Missing or invalid credentials: the API key or JWT (`unauthorized`), the proof of a
     /// peer id's private key in a registration (`peer_proof`), or the `X-Peer-Token` of a
-    /// request that changes a peer's entry (`peer_token`; register again for a fresh one).
+    /// request that changes a peer's entry (`peer_token`; register again for a fresh one), or an
+    /// `X-Read-Grant` that is malformed, not the tracker's or expired (`read_grant`).
     #[oai(status = 401)]
     Unauthorized(Json<ErrorBody>),
     /// The credentials are good but do not cover this (`forbidden`): an `X-Peer-Token` of
-    /// another peer id, or management without an admin account; or a caller that has stored
-    /// all its quota allows (`quota_exceeded`).
+    /// another peer id, a read grant for another id, or management without an admin account;
+    /// or a caller that has stored all its quota allows (`quota_exceeded`).
     #[oai(status = 403)]
     Forbidden(Json<ErrorBody>),
     /// No such peer, file, key, user or manifest variant (`not_found`).
@@ -328,6 +330,15 @@ impl From<PeerAuthError> for ApiError {
             PeerAuthError::WrongPeer { .. } => Self::Forbidden(body("forbidden", e.to_string())),
             e if e.is_token_error() => Self::Unauthorized(body("peer_token", e.to_string())),
             e => Self::Unauthorized(body("peer_proof", e.to_string())),
+        }
+    }
+}
+
+impl From<GrantError> for ApiError {
+    fn from(e: GrantError) -> Self {
+        match e {
+            GrantError::OtherId { .. } => Self::Forbidden(body("forbidden", e.to_string())),
+            e => Self::Unauthorized(body("read_grant", e.to_string())),
         }
     }
 }

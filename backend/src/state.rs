@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{Authenticator, PeerAuth};
+use crate::auth::{Authenticator, PeerAuth, ReadGrants};
 use crate::events::EventBus;
 use crate::fleet::Fleet;
 use crate::metrics::Metrics;
@@ -18,6 +18,8 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     /// Challenges, registration proofs and peer tokens: which peer a request speaks for.
     pub peer_auth: Arc<PeerAuth>,
+    /// Read grants: reading one id without an API key (share links).
+    pub grants: Arc<ReadGrants>,
     pub metrics: Arc<Metrics>,
     pub events: EventBus,
     /// The relay hub behind `/relay`.

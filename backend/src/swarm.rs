@@ -569,6 +569,7 @@ impl Swarm {
             peers,
             // Signed by the handler for the asking peer.
             admission: None,
+            peer_token: None,
         })
     }
 

@@ -416,6 +416,7 @@ async fn valid(t: &TestTracker, w: &World, op: &Op) -> Option<(Req, u16)> {
         ),
         "get_file" => (key().param("hash", w.file.id), 200),
         "file_peers" => (key().param("hash", w.file.id), 200),
+        "create_read_grant" => (key().param("hash", w.file.id), 201),
         "remove_file" => (admin().param("hash", w.removable), 204),
         "unannounce_file" => (
             key()
@@ -541,7 +542,57 @@ async fn special(
                 add("a new file", req, None);
             }
         }
+        "create_read_grant" => {
+            add(
+                "ttl over 30 days",
+                base.clone().query("ttl_secs=2592001"),
+                Some(400),
+            );
+            add("ttl of 0", base.clone().query("ttl_secs=0"), Some(400));
+            add(
+                "ttl not a number",
+                base.clone().query("ttl_secs=x"),
+                Some(400),
+            );
+        }
         "get_file" | "file_peers" => {
+            // A read grant instead of credentials: for this id it reads, for another it is
+            // refused.
+            let resp = t
+                .post(
+                    &format!("/api/files/{}/grants", w.unannounceable),
+                    &json!({}),
+                )
+                .send()
+                .await
+                .unwrap();
+            let other: Value = resp.json().await.unwrap();
+            let grant = other["grant"].as_str().unwrap().to_owned();
+            add(
+                "a read grant of another id",
+                Req {
+                    cred: Cred::None,
+                    ..base.clone()
+                }
+                .header("X-Read-Grant", grant),
+                Some(403),
+            );
+            add(
+                "a malformed read grant",
+                Req {
+                    cred: Cred::None,
+                    ..base.clone()
+                }
+                .header("X-Read-Grant", "zz"),
+                Some(401),
+            );
+            if op.id == "file_peers" {
+                add(
+                    "a malformed peer proof",
+                    base.clone().header("X-Peer-Proof", "zz"),
+                    Some(401),
+                );
+            }
             add(
                 "no such variant",
                 base.clone().query("variant=99"),

@@ -7,7 +7,7 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressStyle};
 use p2p_proto::{FileId, Manifest};
 
-use crate::config::{DownloadCli, PeerCli, PeerCommand};
+use crate::config::{DownloadCli, PeerCli, PeerCommand, Target};
 use crate::daemon::{self, DaemonConfig};
 use crate::download::{Contributions, DownloadError, DownloadReport};
 use crate::folder::{self, FolderProgress, FolderReport};
@@ -63,10 +63,10 @@ async fn shutdown_signal() {
 
 /// `p2p-peer`: the shell, the daemon, or one download.
 pub async fn run_peer(cli: PeerCli) -> anyhow::Result<()> {
-    if let Some(PeerCommand::Download { hash }) = cli.command {
+    if let Some(PeerCommand::Download { target }) = cli.command {
         return run_download(DownloadCli {
             node: cli.node,
-            hash,
+            target,
         })
         .await;
     }
@@ -136,7 +136,19 @@ async fn shell_loop(peer: &Peer) -> anyhow::Result<()> {
             }
             ShellCommand::Share { path, public } => share(peer, &path, public).await,
             ShellCommand::List => list(peer).await,
-            ShellCommand::Download(id) => fetch(peer, &id).await.map(|r| print_fetched(&r)),
+            ShellCommand::Download(target) => {
+                fetch_target(peer, &target).await.map(|r| print_fetched(&r))
+            }
+            ShellCommand::Link(prefix) => {
+                let files = peer.node.library.list();
+                match shell::resolve_shared(
+                    &prefix,
+                    files.iter().map(|(m, _)| (m.id, m.name.as_str())),
+                ) {
+                    Ok((id, _)) => print_link(peer, &id).await,
+                    Err(msg) => Err(anyhow::Error::msg(msg)),
+                }
+            }
             ShellCommand::Unshare(prefix) => unshare(peer, &prefix).await,
             ShellCommand::Status => {
                 status(peer);
@@ -180,7 +192,45 @@ async fn share(peer: &Peer, path: &std::path::Path, public: bool) -> anyhow::Res
         "sharing {} ({} bytes, {how})\n  id {}",
         m.name, m.size, m.id
     );
+    print_link(peer, &m.id).await
+}
+
+/// Prints a share link for `id` (shared here) and what it carries; a link that cannot be made
+/// is said, not an error of the share.
+async fn print_link(peer: &Peer, id: &FileId) -> anyhow::Result<()> {
+    let ttl = Duration::from_secs(peer.link_ttl());
+    match peer.share_link(id, Some(ttl)).await {
+        Ok(made) => {
+            println!("  link {}", made.link);
+            let peers = count(made.link.peers.len() as u64, "peer");
+            let relays = count(made.link.relays.len() as u64, "relay");
+            let trackers = count(made.link.trackers.len() as u64, "tracker");
+            match (&made.grant, &made.no_grant) {
+                (Some(g), _) => println!(
+                    "  ({trackers}, {peers}, {relays}, and a read grant: anyone with the link may download this for {}, without an API key)",
+                    duration_words(g.expires_in_secs)
+                ),
+                (None, why) => println!(
+                    "  ({trackers}, {peers}, {relays}; no read grant{}: the receiver needs an API key)",
+                    why.as_ref()
+                        .map(|e| format!(" ({})", error_chain(e)))
+                        .unwrap_or_default()
+                ),
+            }
+        }
+        Err(e) => println!("  no share link: {}", error_chain(&e)),
+    }
     Ok(())
+}
+
+/// `90 s`, `15 min`, `24 h`, `30 days`.
+fn duration_words(secs: u64) -> String {
+    match secs {
+        s if s < 120 => format!("{s} s"),
+        s if s < 7200 => format!("{} min", s / 60),
+        s if s < 172_800 => format!("{} h", s / 3600),
+        s => format!("{} days", s / 86_400),
+    }
 }
 
 /// Shares the folder at `path` as one collection and prints its id; `public` makes the
@@ -210,7 +260,7 @@ async fn share_folder(peer: &Peer, path: &std::path::Path, public: bool) -> anyh
     for (path, why) in &shared.skipped {
         println!("  left out {}: {why}", path.display());
     }
-    Ok(())
+    print_link(peer, &shared.id).await
 }
 
 /// How long `unshare` waits to see the tracker stop listing this peer for the file.
@@ -547,10 +597,21 @@ fn print_report(r: &DownloadReport) {
     }
 }
 
-/// `p2p-download <hash>`: exits 0 only when the file is complete and its SHA-256 verified.
+/// Downloads by id, or by a share link: its id is looked up at its trackers (with its read
+/// grant) and its peers are sources too.
+async fn fetch_target(peer: &Peer, target: &Target) -> anyhow::Result<Fetched> {
+    let _following = match target {
+        Target::Link(link) => Some(peer.follow(link)?),
+        Target::Id(_) => None,
+    };
+    fetch(peer, &target.id()).await
+}
+
+/// `p2p-download <hash|link>`: exits 0 only when the file is complete and its SHA-256
+/// verified.
 pub async fn run_download(cli: DownloadCli) -> anyhow::Result<()> {
     let peer = Peer::start(&cli.node, true).await?;
-    let result = fetch(&peer, &cli.hash).await;
+    let result = fetch_target(&peer, &cli.target).await;
     peer.stop().await;
     print_fetched(&result?);
     Ok(())

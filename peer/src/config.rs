@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 use p2p_proto::FileId;
+use p2p_proto::link::ShareLink;
 
 /// The tracker a peer uses when not told otherwise.
 pub const DEFAULT_TRACKER: &str = "http://localhost:8080";
@@ -24,8 +25,42 @@ pub struct PeerCli {
 
 #[derive(Debug, Subcommand)]
 pub enum PeerCommand {
-    /// Download one file by its id and exit (0 only when it is complete and verified).
-    Download { hash: FileId },
+    /// Download one file or folder by its id or a share link and exit (0 only when it is
+    /// complete and verified).
+    Download { target: Target },
+}
+
+/// What to download: an id, or a share link (which says where to look and may carry a read
+/// grant, so that no API key is needed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Id(FileId),
+    Link(Box<ShareLink>),
+}
+
+impl Target {
+    /// The file or collection id.
+    pub fn id(&self) -> FileId {
+        match self {
+            Self::Id(id) => *id,
+            Self::Link(link) => link.id,
+        }
+    }
+}
+
+impl std::str::FromStr for Target {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if ShareLink::is_link(s) {
+            return ShareLink::from_text(s)
+                .map(|l| Self::Link(Box::new(l)))
+                .map_err(|e| e.to_string());
+        }
+        s.trim().parse().map(Self::Id).map_err(|e| {
+            format!("not a file id or share link: {e} (a share link starts with p2p1)")
+        })
+    }
 }
 
 /// `p2p-download <hash>`: the same node options, one download.
@@ -33,14 +68,17 @@ pub enum PeerCommand {
 #[command(
     name = "p2p-download",
     version,
-    about = "Download one file from the p2p swarm by its id"
+    about = "Download one file or folder from the p2p swarm by its id or a share link"
 )]
 pub struct DownloadCli {
     #[command(flatten)]
     pub node: NodeArgs,
     /// The file's id: the SHA-256 of its content, 64 hex characters; or a folder's collection
-    /// id, which recreates the folder in the data dir.
-    pub hash: FileId,
+    /// id, which recreates the folder in the data dir; or a share link (`p2p1…`, from the
+    /// shell's `share`), which names its trackers and peers and may carry a read grant that
+    /// stands in for the API key.
+    #[arg(value_name = "HASH|LINK")]
+    pub target: Target,
 }
 
 /// Options every peer binary shares.
@@ -65,9 +103,14 @@ pub struct NodeArgs {
     /// not given. Downloads still go to the data dir.
     #[arg(long, env = "P2P_SHARE_DIR")]
     pub share_dir: Option<PathBuf>,
-    /// API key for the tracker.
+    /// API key for the tracker. Without one the peer does not register (it can still download
+    /// by a share link that carries a read grant).
     #[arg(long, env = "P2P_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// How long the read grant in the share links `share` prints lasts, in seconds (the
+    /// tracker allows at most 30 days).
+    #[arg(long, env = "P2P_LINK_TTL", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..=2_592_000))]
+    pub link_ttl: u64,
     /// Address to listen on.
     #[arg(long, env = "P2P_LISTEN", default_value = "0.0.0.0")]
     pub listen: IpAddr,
@@ -220,7 +263,7 @@ mod tests {
         for cmd in [PeerCli::command(), DownloadCli::command()] {
             for arg in cmd.get_arguments() {
                 let id = arg.get_id().as_str();
-                if matches!(id, "help" | "version" | "hash") {
+                if matches!(id, "help" | "version" | "target") {
                     continue;
                 }
                 assert!(arg.get_env().is_some(), "--{id} has no env var");
@@ -268,8 +311,26 @@ mod tests {
         );
         let hash = "ab".repeat(32);
         let d = DownloadCli::try_parse_from(["p2p-download", &hash]).unwrap();
-        assert_eq!(d.hash.to_string(), hash);
-        assert!(DownloadCli::try_parse_from(["p2p-download", "nothex"]).is_err());
+        assert_eq!(d.target.id().to_string(), hash);
+        let err = DownloadCli::try_parse_from(["p2p-download", "nothex"]).unwrap_err();
+        assert!(
+            err.to_string().contains("not a file id or share link"),
+            "{err}"
+        );
+        let link = ShareLink {
+            id: FileId([7; 32]),
+            trackers: vec!["http://tracker.example:8080".into()],
+            relays: vec![],
+            peers: vec![],
+            grant: None,
+        };
+        let d = DownloadCli::try_parse_from(["p2p-download", &link.to_string()]).unwrap();
+        assert_eq!(d.target, Target::Link(Box::new(link.clone())));
+        let mut damaged = link.to_string();
+        let last = damaged.pop();
+        damaged.push(if last == Some('a') { 'b' } else { 'a' });
+        let err = DownloadCli::try_parse_from(["p2p-download", &damaged]).unwrap_err();
+        assert!(err.to_string().contains("the link is damaged"), "{err}");
     }
 
     #[test]

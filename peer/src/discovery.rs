@@ -23,6 +23,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use p2p_proto::admission::Admission;
 use p2p_proto::api::FilePeer;
+use p2p_proto::link::ShareLink;
 use p2p_proto::wire::{self, Frame, RejectCode};
 use p2p_proto::{FileId, Manifest, ManifestError, PeerId};
 use tokio::net::TcpStream;
@@ -286,6 +287,35 @@ impl Discovery {
     pub fn with_admissions(mut self, admissions: Arc<HeldAdmissions>) -> Self {
         self.admissions = admissions;
         self
+    }
+
+    /// This discovery asking `tracker` instead (a share link's trackers).
+    pub fn with_tracker(&self, tracker: TrackerClient) -> Self {
+        Self {
+            tracker,
+            ..self.clone()
+        }
+    }
+
+    /// A share link's peers as download sources: their addresses this node may dial, and their
+    /// home relays when this node has a relay to reach them by; not this node itself.
+    pub fn link_sources(&self, link: &ShareLink) -> Vec<PeerAddr> {
+        let me = self.identity.peer_id();
+        let mut sources = Vec::new();
+        for p in link.peers.iter().filter(|p| p.peer_id != me) {
+            let source = PeerAddr::new(p.peer_id, dialable(p.addrs.clone(), self.allow_local));
+            let home = p
+                .relay
+                .and_then(|i| link.relays.get(usize::from(i)))
+                .and_then(|r| relay_url(r).ok());
+            match (&self.relay, home) {
+                (Some(_), Some(home)) => sources.push(source.with_relay(home)),
+                (Some(_), None) => sources.push(source),
+                (None, _) if !source.addrs.is_empty() => sources.push(source),
+                (None, _) => {}
+            }
+        }
+        sources
     }
 
     /// Dials local addresses the tracker or the DHT give too (`--allow-local-addrs`).

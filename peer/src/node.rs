@@ -25,8 +25,10 @@ use crate::throttle::Throttle;
 use crate::upload::Uploader;
 
 mod home;
+mod links;
 mod peer;
 
+pub use links::{Following, MadeLink, ShareLinkError};
 pub use peer::{FetchError, Peer, PeerError};
 
 /// Why a node could not start.
@@ -175,7 +177,8 @@ fn start_paths(
     acceptor: &Acceptor<Uploader>,
     shutdown: &CancellationToken,
 ) -> Result<(Option<RelayClient>, Arc<Connector>), NodeError> {
-    if args.no_relay {
+    // The relay wants credentials: without an API key, direct connections only.
+    if args.no_relay || args.api_key.as_deref().is_none_or(|k| k.trim().is_empty()) {
         return Ok((None, Arc::new(Connector::new(None, args.relay_only))));
     }
     // The first configured home relay, else the tracker's; the peer's home keeper (see
@@ -265,6 +268,7 @@ mod tests {
             data: dir.path().to_owned(),
             share_dir: None,
             api_key: None,
+            link_ttl: 86_400,
             listen: "127.0.0.1".parse().unwrap(),
             announce_addrs: vec![],
             upload_limit: None,

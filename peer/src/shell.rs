@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use p2p_proto::FileId;
 
+use crate::config::Target;
+
 /// One shell command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ShellCommand {
@@ -13,7 +15,10 @@ pub enum ShellCommand {
         public: bool,
     },
     List,
-    Download(FileId),
+    /// Downloads by id or share link.
+    Download(Target),
+    /// Prints a share link for the file whose id starts with these hex characters.
+    Link(String),
     /// Stops sharing the file whose id starts with these hex characters (lower case).
     Unshare(String),
     Status,
@@ -33,13 +38,18 @@ pub enum ShellCommand {
 pub const HELP: &str = "\
 commands:
   share <path>       share a file (hashes it and announces it to the tracker), or a
-                     folder with its subfolders as one collection (prints its id);
-                     private: served only to peers the tracker admits to it
+                     folder with its subfolders as one collection; prints its id and a
+                     share link; private: served only to peers the tracker admits to it
   share --public <path>
                      share a file or folder with anyone, also through the DHT (kept
                      across restarts)
   list               files known to the tracker
-  download <hash>    download a file or a folder by its id (64 hex characters)
+  download <hash|link>
+                     download a file or a folder by its id (64 hex characters) or a
+                     share link (p2p1…, which may stand in for the API key)
+  link <id>          print a share link for a file this peer shares (the id may be
+                     shortened to its first characters): trackers, peers, and a read
+                     grant that lets anyone holding the link download it (--link-ttl)
   unshare <id>       stop sharing a file and withdraw it from the tracker; the id may be
                      shortened to its first characters (at least 4)
   status             this peer: id, port, shared files, transfers
@@ -70,11 +80,10 @@ pub fn parse(line: &str) -> Result<ShellCommand, String> {
             },
         }),
         ("list" | "ls", "") => Ok(ShellCommand::List),
-        ("download" | "get", "") => Err("usage: download <hash>".into()),
-        ("download" | "get", hash) => hash
-            .parse()
-            .map(ShellCommand::Download)
-            .map_err(|e| format!("not a file id: {e}")),
+        ("download" | "get", "") => Err("usage: download <hash|link>".into()),
+        ("download" | "get", target) => target.parse().map(ShellCommand::Download),
+        ("link", "") => Err("usage: link <id> (the file id, or its first characters)".into()),
+        ("link", id) => parse_id_prefix(id).map(ShellCommand::Link),
         ("unshare", "") => Err("usage: unshare <id> (the file id, or its first characters)".into()),
         ("unshare", id) => parse_id_prefix(id).map(ShellCommand::Unshare),
         ("status", "") => Ok(ShellCommand::Status),
@@ -188,8 +197,27 @@ mod tests {
         );
         assert_eq!(
             parse("download 1234").unwrap_err(),
-            "not a file id: expected 64 hex characters, got 4"
+            "not a file id or share link: expected 64 hex characters, got 4 (a share link starts with p2p1)"
         );
+        let link = p2p_proto::link::ShareLink {
+            id: FileId([3; 32]),
+            trackers: vec!["https://t.example".into()],
+            relays: vec![],
+            peers: vec![],
+            grant: None,
+        };
+        assert_eq!(
+            parse(&format!("download {link}")),
+            Ok(ShellCommand::Download(Target::Link(Box::new(link.clone()))))
+        );
+        let cut = link.to_string();
+        assert!(
+            parse(&format!("get {}", &cut[..cut.len() - 3]))
+                .unwrap_err()
+                .contains("damaged")
+        );
+        assert_eq!(parse("link 0f1e"), Ok(ShellCommand::Link("0f1e".into())));
+        assert!(parse("link").unwrap_err().starts_with("usage: link"));
         assert!(parse("share").is_err());
         assert_eq!(
             parse("limit up 5M"),

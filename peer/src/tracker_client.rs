@@ -26,10 +26,11 @@ use curve25519_dalek::montgomery::MontgomeryPoint;
 use p2p_proto::api::{
     AnnounceRequest, AnnounceResponse, ErrorBody, FileDetails, FileList, FilePeers,
     HeartbeatRequest, HeartbeatResponse, MAX_PEER_CONNECTIONS, PeerChallenge, PeerChallengeRequest,
-    PeerConnection, PeerInfo, PeerList, PeerProof, RegisterPeerRequest, RegisterPeerResponse,
-    RelayList,
+    PeerConnection, PeerInfo, PeerList, PeerProof, ReadGrantInfo, RegisterPeerRequest,
+    RegisterPeerResponse, RelayList,
 };
-use p2p_proto::peer_auth::{NONCE_LEN, PEER_TOKEN_HEADER, proof_mac};
+use p2p_proto::link::{READ_GRANT_HEADER, ReadGrant};
+use p2p_proto::peer_auth::{NONCE_LEN, PEER_PROOF_HEADER, PEER_TOKEN_HEADER, proof_mac};
 use p2p_proto::{FileId, PeerId};
 use parking_lot::Mutex;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
@@ -174,6 +175,12 @@ pub struct TrackerClient {
     peer_token: Arc<Mutex<Option<String>>>,
     /// Where the trackers' admission keys are pinned at registration.
     tracker_keys: Option<Arc<TrackerKeys>>,
+    /// A read grant (hex) sent as `X-Read-Grant` on every request: a share link's permission
+    /// to read one id without an API key.
+    read_grant: Option<String>,
+    /// Proves this peer's id on lookups while it has no peer token (a grant's holder never
+    /// registers): a challenge answered in `X-Peer-Proof`.
+    prover: Option<Identity>,
 }
 
 /// The trackers a client may use, in the order given, and which one it uses now.
@@ -308,7 +315,18 @@ impl TrackerClient {
             }),
             peer_token: Arc::default(),
             tracker_keys: None,
+            read_grant: None,
+            prover: None,
         })
+    }
+
+    /// Sends `grant` as `X-Read-Grant` on every request, and proves `identity`'s peer id on
+    /// lookups of a file's peers while there is no peer token, so that the answers carry an
+    /// admission of this peer (a share link's holder, which never registers).
+    pub fn with_read_grant(mut self, grant: &ReadGrant, identity: Identity) -> Self {
+        self.read_grant = Some(grant.to_hex());
+        self.prover = Some(identity);
+        self
     }
 
     /// Pins each tracker's admission key into `keys` when registering with it.
@@ -326,10 +344,14 @@ impl TrackerClient {
     /// A lookup of a file's peers, with the peer token when there is one (the answer then
     /// carries an admission). A token the tracker refuses (expired, or from before the tracker
     /// changed its secret; the session registers again) does not fail the lookup: it is asked
-    /// again without one.
+    /// again without one. A client with a prover and no token proves its peer id instead.
     async fn admitting_call(&self, req: RequestBuilder) -> Result<FilePeers, TrackerError> {
-        let Some(token) = self.peer_token.lock().clone() else {
-            return self.call(req, false).await;
+        let token = self.peer_token.lock().clone();
+        let Some(token) = token else {
+            return match &self.prover {
+                Some(identity) => self.proving_call(req, identity).await,
+                None => self.call(req, false).await,
+            };
         };
         let plain = req.try_clone();
         match (
@@ -338,10 +360,35 @@ impl TrackerClient {
         ) {
             (Err(TrackerError::PeerToken(message)), Some(plain)) => {
                 tracing::debug!(%message, "the tracker refused the peer token for a lookup; asking without");
-                self.call(plain, false).await
+                match &self.prover {
+                    Some(identity) => {
+                        self.peer_token.lock().take();
+                        self.proving_call(plain, identity).await
+                    }
+                    None => self.call(plain, false).await,
+                }
             }
             (result, _) => result,
         }
+    }
+
+    /// A lookup with `identity`'s answer to a fresh challenge in `X-Peer-Proof`; the answer's
+    /// peer token is kept for the next lookups.
+    async fn proving_call(
+        &self,
+        req: RequestBuilder,
+        identity: &Identity,
+    ) -> Result<FilePeers, TrackerError> {
+        let challenge = self.challenge(&identity.peer_id()).await?;
+        let proof = prove(identity, &challenge)?;
+        let header = format!("{}.{}.{}", identity.peer_id(), proof.nonce, proof.mac);
+        let answer: FilePeers = self
+            .call(req.header(PEER_PROOF_HEADER, header), false)
+            .await?;
+        if let Some(token) = &answer.peer_token {
+            self.keep_peer_token(token);
+        }
+        Ok(answer)
     }
 
     /// The base URL of the tracker in use (the first until one fails), normalised.
@@ -362,8 +409,13 @@ impl TrackerClient {
     /// A request to `path`, addressed to the first tracker; [`TrackerClient::send`] moves it
     /// to the one it tries.
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        self.http
-            .request(method, format!("{}{path}", self.endpoints.bases[0]))
+        let req = self
+            .http
+            .request(method, format!("{}{path}", self.endpoints.bases[0]));
+        match &self.read_grant {
+            Some(grant) => req.header(READ_GRANT_HEADER, grant),
+            None => req,
+        }
     }
 
     /// Sends `req` to the tracker in use, and to the next ones while a tracker cannot be
@@ -609,6 +661,20 @@ impl TrackerClient {
         self.admitting_call(req).await
     }
 
+    /// `POST /api/files/{hash}/grants`: a read grant for `id` lasting `ttl` (the tracker's
+    /// default, a day, when `None`), for a share link.
+    pub async fn read_grant(
+        &self,
+        id: &FileId,
+        ttl: Option<Duration>,
+    ) -> Result<ReadGrantInfo, TrackerError> {
+        let mut req = self.request(Method::POST, &format!("/api/files/{id}/grants"));
+        if let Some(ttl) = ttl {
+            req = req.query(&[("ttl_secs", ttl.as_secs().max(1).to_string())]);
+        }
+        self.call(req, false).await
+    }
+
     /// `GET /api/peers`: registered peers (at most 500), most recently seen first.
     pub async fn peers(&self, online_only: bool) -> Result<PeerList, TrackerError> {
         let req = self.request(Method::GET, "/api/peers").query(&[
@@ -716,6 +782,21 @@ pub struct SessionHandle {
 }
 
 impl SessionHandle {
+    /// A handle to no session: a peer without an API key does not register (the tracker would
+    /// refuse it), and downloads by a share link's read grant. Its status is
+    /// [`SessionStatus::Stopped`] and announcing does nothing.
+    pub fn detached() -> Self {
+        let (_, status) = watch::channel(SessionStatus::Stopped);
+        let (_, attempts) = watch::channel(1);
+        let (relay, _) = watch::channel(None);
+        Self {
+            status,
+            announce: Arc::new(Notify::new()),
+            attempts,
+            relay: Arc::new(relay),
+        }
+    }
+
     pub fn status(&self) -> SessionStatus {
         *self.status.borrow()
     }

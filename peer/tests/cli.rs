@@ -509,7 +509,8 @@ async fn the_shell_on_a_pipe_answers_plainly_and_names_each_cause_once() {
     );
     assert!(
         out.lines()
-            .any(|l| l == "not a file id: expected 64 hex characters, got 4"),
+            .any(|l| l
+                == "not a file id or share link: expected 64 hex characters, got 4 (a share link starts with p2p1)"),
         "{out}"
     );
     assert!(out.contains("  1 file (this peer)"), "{out}");

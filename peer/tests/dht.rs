@@ -45,6 +45,7 @@ fn node_args(data: &Path, bootstrap: &[String]) -> NodeArgs {
         data: data.to_owned(),
         share_dir: None,
         api_key: None,
+        link_ttl: 86_400,
         listen: "127.0.0.1".parse().unwrap(),
         announce_addrs: vec![],
         upload_limit: None,

@@ -485,6 +485,7 @@ async fn node_limited(t: &RunningTracker, dir: &Path, upload_limit: Option<u64>)
         data: dir.to_owned(),
         share_dir: None,
         api_key: Some(KEY.into()),
+        link_ttl: 86_400,
         listen: "127.0.0.1".parse().unwrap(),
         announce_addrs: vec![],
         upload_limit,

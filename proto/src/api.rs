@@ -461,6 +461,26 @@ pub struct FilePeers {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", oai(skip_serializing_if_is_none))]
     pub admission: Option<String>,
+    /// For a lookup with an `X-Peer-Proof` (a read grant's holder that never registered): a
+    /// peer token for the proven peer id, to send as `X-Peer-Token` on its later lookups of
+    /// the file (each then carries a fresh admission) instead of proving its key again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", oai(skip_serializing_if_is_none))]
+    pub peer_token: Option<String>,
+}
+
+/// A read grant: the tracker's signed permission to read one file's (or folder collection's)
+/// details and peers until an expiry, without an API key ([`crate::link::ReadGrant`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
+#[cfg_attr(feature = "openapi", oai(rename_all = "snake_case"))]
+pub struct ReadGrantInfo {
+    pub file_id: FileId,
+    /// The grant, 144 hex characters: send it as `X-Read-Grant`, or carry it in a share link.
+    pub grant: String,
+    /// Unix milliseconds, the tracker's clock.
+    pub expires_at_ms: u64,
+    pub expires_in_secs: u64,
 }
 
 /// One relay of the fleet: a tracker that publishes its relay hub (`--relay-url`) and has

@@ -13,6 +13,8 @@
 //! - [`api`]: tracker REST and WebSocket types.
 //! - [`wire`]: peer-to-peer frames (manifest, bitfield, have, request, chunk, reject…).
 //! - [`admission`]: a tracker's signed admission of a peer to a private file (Ed25519).
+//! - [`link`]: share links (`p2p1…`: trackers, id, peers, relays, an optional read grant) and
+//!   read grants, the tracker's permission to read one id without an API key.
 //! - [`peer_auth`]: the proof that a tracker request speaks for a peer id (registration proof,
 //!   HMAC-SHA256).
 //! - [`relay`]: relay hub frames (attach proof, streams, flow-control windows, punch control).
@@ -27,6 +29,7 @@ pub mod api;
 pub mod bitfield;
 pub mod collection;
 pub mod ids;
+pub mod link;
 pub mod manifest;
 #[cfg(feature = "openapi")]
 mod openapi;

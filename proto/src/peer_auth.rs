@@ -19,6 +19,10 @@ pub const PROOF_CONTEXT: &[u8] = b"p2p-tracker/1 peer proof";
 pub const NONCE_LEN: usize = 32;
 /// The header that carries a peer token.
 pub const PEER_TOKEN_HEADER: &str = "X-Peer-Token";
+/// The header that carries a proof instead of a token (`<peer id>.<nonce>.<mac>`, hex): how a
+/// read grant's holder, which never registered, proves its peer id on a lookup of a file's
+/// peers.
+pub const PEER_PROOF_HEADER: &str = "X-Peer-Proof";
 
 /// HMAC-SHA256 (RFC 2104) of the concatenation of `parts`; keys longer than the 64-byte block
 /// are hashed first, as the RFC says.

@@ -1,6 +1,7 @@
 // Drives the dashboard in headless Chromium against a running tracker.
 // Env: BASE_URL, API_KEY, ADMIN_USER, ADMIN_PASSWORD, SCREENSHOT_DIR, CHROMIUM.
-// Management (admins): API keys created and revoked, a viewer created, a file removed; the
+// A share link for a file (with its copy button). Management (admins): API keys created and
+// revoked, a viewer created, a file removed; the
 // viewer then sees no management and the tracker refuses its changes with 403.
 import { createHash, createHmac, createPrivateKey, createPublicKey, diffieHellman } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
@@ -138,6 +139,17 @@ try {
   // An admin creates an API key: shown once, listed, working; then revokes it.
   const status = async (path, headers) => (await fetch(BASE_URL + path, { headers })).status;
   await page.getByRole('button', { name: '← All files' }).click();
+
+  // A share link for a file: made with a read grant, shown with a copy button.
+  await page.getByRole('button', { name: 'Share link for second-file.mkv' }).click();
+  await page.waitForFunction(() => /^p2p1[a-z2-7]{100,}$/.test(document.querySelector('[data-testid="share-link"]')?.value ?? ''), null, { timeout: 10000 });
+  const link = await page.getByTestId('share-link').inputValue();
+  if (await page.getByRole('button', { name: 'Copy link' }).count() !== 1) throw new Error('no copy button for the link');
+  await page.getByText('without an API key').waitFor({ timeout: 5000 });
+  await page.screenshot({ path: `${SHOTS}/7-share-link.png` });
+  await page.getByRole('button', { name: 'Close link' }).click();
+  console.log(`ok: share link shown with a copy button (${link.length} characters)`);
+
   await page.getByRole('button', { name: 'Manage' }).click();
   await page.locator('#key-name').fill('e2e-laptop');
   await page.getByRole('button', { name: 'Create key' }).click();

@@ -3,7 +3,8 @@
 use gloo_net::http::{Request, Response};
 use p2p_proto::api::{
     ApiKeyList, CreateApiKeyRequest, CreateUserRequest, CreatedApiKey, ErrorBody, FileDetails,
-    FileList, FilePeers, LoginRequest, LoginResponse, PeerList, Stats, UserInfo, UserList,
+    FileList, FilePeers, LoginRequest, LoginResponse, PeerList, ReadGrantInfo, Stats, UserInfo,
+    UserList,
 };
 use serde::de::DeserializeOwned;
 
@@ -155,6 +156,16 @@ pub async fn create_user(token: &str, req: &CreateUserRequest) -> Result<UserInf
 
 pub async fn delete_user(token: &str, username: &str) -> Result<(), ApiError> {
     delete(token, &format!("/api/users/{}", segment(username))).await
+}
+
+/// A read grant for `id` with the tracker's default lifetime (a day), for a share link.
+pub async fn read_grant(token: &str, id: &str) -> Result<ReadGrantInfo, ApiError> {
+    let resp = Request::post(&format!("/api/files/{id}/grants"))
+        .header("Authorization", &bearer(token))
+        .send()
+        .await
+        .map_err(network)?;
+    decode(resp).await
 }
 
 pub async fn remove_file(token: &str, id: &str) -> Result<(), ApiError> {

@@ -13,6 +13,7 @@ use p2p_proto::api::{
     ApiKeyInfo, CreateUserRequest, CreatedApiKey, EventMessage, FileDetails, FilePeer, FileSummary,
     PeerInfo, Stats, UserInfo, role,
 };
+use p2p_proto::link::{ReadGrant, ShareLink};
 
 use crate::api::{self, ApiError};
 use crate::logic::{
@@ -579,8 +580,73 @@ fn copy_to_clipboard(text: &str) {
     }
 }
 
+/// A share link made for a file: its name, and the link with what it carries, or why not.
+#[derive(Clone)]
+struct MadeLink {
+    name: String,
+    result: Result<(String, String), String>,
+}
+
+/// A share link for `id`: a read grant from the tracker (a day), this tracker's URL and the
+/// file's peers (see `ShareLink::from_swarm`).
+async fn make_link(token: &str, id: &str) -> Result<(String, String), ApiError> {
+    let info = api::read_grant(token, id).await?;
+    let grant = ReadGrant::from_hex(&info.grant)
+        .map_err(|e| ApiError::Other(format!("unexpected grant from the tracker: {e}")))?;
+    let peers = api::file_peers(token, id).await?;
+    let link = ShareLink::from_swarm(info.file_id, &[origin()], &peers.peers, None, Some(&grant))
+        .map_err(|e| ApiError::Other(format!("cannot make a link: {e}")))?;
+    let peers = match link.peers.len() {
+        1 => "1 peer".to_owned(),
+        n => format!("{n} peers"),
+    };
+    let what = format!(
+        "{peers}; anyone with this link may download the file for {} h, without an API key",
+        info.expires_in_secs / 3600
+    );
+    Ok((link.to_string(), what))
+}
+
+/// The share link made last, with a copy button.
+#[component]
+fn LinkPanel(made: RwSignal<Option<MadeLink>>) -> impl IntoView {
+    move || {
+        made.get().map(|m| match m.result {
+            Ok((link, what)) => {
+                let copied = link.clone();
+                view! {
+                    <div class="share-link" role="status">
+                        <label for="share-link">{format!("Share link for {}", m.name)}</label>
+                        <input id="share-link" class="mono" data-testid="share-link" readonly prop:value=link />
+                        <button class="copy" aria-label="Copy link" on:click=move |_| copy_to_clipboard(&copied)>"copy"</button>
+                        <button class="secondary" aria-label="Close link" on:click=move |_| made.set(None)>"×"</button>
+                        <p class="muted">{what}</p>
+                    </div>
+                }
+                .into_any()
+            }
+            Err(e) => view! { <p class="error" role="alert">{format!("No link for {}: {e}", m.name)}</p> }.into_any(),
+        })
+    }
+}
+
 #[component]
 fn FilesTable(auth: Auth, data: Data, selected: RwSignal<Option<String>>) -> impl IntoView {
+    let made = RwSignal::new(None::<MadeLink>);
+    let share = move |id: String, name: String| {
+        let Some(token) = auth.token() else { return };
+        spawn_local(async move {
+            let result = make_link(&token, &id).await;
+            if let Err(ApiError::Unauthorized(_)) = result {
+                auth.logout(Some(EXPIRED.into()));
+                return;
+            }
+            let _ = made.try_set(Some(MadeLink {
+                name,
+                result: result.map_err(|e| e.to_string()),
+            }));
+        });
+    };
     let remove = move |id: String, name: String| {
         if !confirmed(&format!(
             "Remove {name} for everyone? Peers that still have it may announce it again."
@@ -643,6 +709,7 @@ fn FilesTable(auth: Auth, data: Data, selected: RwSignal<Option<String>>) -> imp
                     on:input=move |ev| query.set(event_target_value(&ev))
                 />
             </div>
+            <LinkPanel made=made />
             <div class="table-wrap">
                 <table data-testid="files-table">
                     <thead>
@@ -652,7 +719,7 @@ fn FilesTable(auth: Auth, data: Data, selected: RwSignal<Option<String>>) -> imp
                             <th scope="col">"Id"</th>
                             {header("Seeders", FileSort::Seeders)}
                             {header("Chunks", FileSort::Chunks)}
-                            {move || auth.is_admin().then(|| view! { <th scope="col"><span class="visually-hidden">"Actions"</span></th> })}
+                            <th scope="col"><span class="visually-hidden">"Actions"</span></th>
                         </tr>
                     </thead>
                     <tbody>
@@ -683,10 +750,23 @@ fn FilesTable(auth: Auth, data: Data, selected: RwSignal<Option<String>>) -> imp
                                         </td>
                                         <td>{f.seeders}{(f.leechers > 0).then(|| format!(" (+{} partial)", f.leechers))}</td>
                                         <td>{f.chunk_count}</td>
-                                        {move || auth.is_admin().then(|| {
-                                            let (id, name) = (id.clone(), f.name.clone());
-                                            view! {
-                                                <td>
+                                        <td>
+                                            {
+                                                let (id, name) = (id.clone(), f.name.clone());
+                                                view! {
+                                                    <button
+                                                        class="secondary"
+                                                        aria-label=format!("Share link for {name}")
+                                                        on:click=move |_| share(id.clone(), name.clone())
+                                                    >
+                                                        "Link"
+                                                    </button>
+                                                }
+                                            }
+                                            {move || auth.is_admin().then(|| {
+                                                let (id, name) = (id.clone(), f.name.clone());
+                                                view! {
+                                                    " "
                                                     <button
                                                         class="danger"
                                                         aria-label=format!("Remove {name}")
@@ -694,9 +774,9 @@ fn FilesTable(auth: Auth, data: Data, selected: RwSignal<Option<String>>) -> imp
                                                     >
                                                         "Remove"
                                                     </button>
-                                                </td>
-                                            }
-                                        })}
+                                                }
+                                            })}
+                                        </td>
                                     </tr>
                                 }
                             }

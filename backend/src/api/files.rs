@@ -1,15 +1,19 @@
 //! `/api/files/*`: announces, listings, manifests and swarms.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use p2p_proto::api::{AnnounceRequest, AnnounceResponse, FileDetails, FileList, FilePeers};
+use p2p_proto::api::{
+    AnnounceRequest, AnnounceResponse, FileDetails, FileList, FilePeers, ReadGrantInfo,
+};
 use p2p_proto::{FileId, PeerId};
 use poem_openapi::param::{Header, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
 
 use super::param::{Hash, Path, PeerIdName};
-use super::{ApiTags, Auth};
+use super::{ApiTags, Auth, Reader};
+use crate::auth::grants::{DEFAULT_GRANT_TTL, MAX_GRANT_TTL};
 use crate::error::Refusals;
 use crate::error::status::{
     ADMIN, AUTHED, CONFLICT, FORBIDDEN, JSON_BODY, NOT_FOUND, PARAMS, PEER_TOKEN, STORE,
@@ -30,6 +34,13 @@ pub enum Removed {
     /// The file and every announce of it are gone (a `file_removed` event tells `/ws`).
     #[oai(status = 204)]
     NoContent,
+}
+
+#[derive(ApiResponse)]
+pub enum GrantCreated {
+    /// The grant: its holder may read this one id's details and peers until the expiry.
+    #[oai(status = 201)]
+    Created(Json<ReadGrantInfo>),
 }
 
 #[OpenApi(tag = "ApiTags::Files")]
@@ -89,15 +100,52 @@ impl FilesApi {
 
     /// A file's manifest (chunk hashes, Merkle root, chain), its manifest variants and swarm
     /// figures. Without `variant`, the manifest is the variant with the most online announcers.
+    /// A read grant for this id (`X-Read-Grant`) will do instead of credentials: 403 for a
+    /// grant of another id, 401 (`read_grant`) for an expired one.
     #[oai(path = "/api/files/:hash", method = "get", operation_id = "get_file")]
     async fn get(
         &self,
-        _auth: Auth,
+        reader: Reader,
         hash: Path<FileId, Hash>,
         /// The manifest variant to return (see `variants`); 404 if the file has none such.
         variant: Query<Option<u32>>,
-    ) -> Result<Json<FileDetails>, Refusals<{ AUTHED | PARAMS | NOT_FOUND | STORE }>> {
+    ) -> Result<Json<FileDetails>, Refusals<{ AUTHED | PARAMS | FORBIDDEN | NOT_FOUND | STORE }>>
+    {
+        reader.may_read(&self.0, &hash.0)?;
         Ok(Json(self.0.swarm.file(&hash.0, variant.0).await?))
+    }
+
+    /// A read grant for a file or folder collection: whoever holds it may read this one id's
+    /// details and peers (and get admitted to it) until the expiry, without an API key; a
+    /// share link carries it (docs/protocol.md §11). Grants are not stored and cannot be
+    /// revoked before they expire. 404 for a file the tracker does not know.
+    #[oai(
+        path = "/api/files/:hash/grants",
+        method = "post",
+        operation_id = "create_read_grant"
+    )]
+    async fn grant(
+        &self,
+        auth: Auth,
+        hash: Path<FileId, Hash>,
+        /// Seconds the grant lasts: default 86400 (a day), at most 2592000 (30 days).
+        #[oai(validator(minimum(value = "1"), maximum(value = "2592000")))]
+        ttl_secs: Query<Option<u64>>,
+    ) -> Result<GrantCreated, Refusals<{ AUTHED | PARAMS | NOT_FOUND | STORE }>> {
+        let ttl = ttl_secs
+            .0
+            .map_or(DEFAULT_GRANT_TTL, Duration::from_secs)
+            .min(MAX_GRANT_TTL);
+        // Only files the tracker knows: a grant for anything else would read nothing.
+        self.0.swarm.file(&hash.0, None).await?;
+        let grant = self.0.grants.issue(hash.0, ttl);
+        tracing::info!(by = %auth.0.subject, file = %hash.0, ttl_secs = ttl.as_secs(), "read grant issued");
+        Ok(GrantCreated::Created(Json(ReadGrantInfo {
+            file_id: hash.0,
+            grant: grant.to_hex(),
+            expires_at_ms: grant.expires_at_ms,
+            expires_in_secs: ttl.as_secs(),
+        })))
     }
 
     /// An admin removes a file for everyone: every peer's announce of it, every manifest
@@ -123,20 +171,30 @@ impl FilesApi {
     /// reach it and which manifest variant it announced. With the asking peer's token
     /// (`X-Peer-Token`) the answer carries the tracker's `admission` of that peer to the file
     /// (docs/protocol.md §9), which the file's peers want before serving a private file; 401
-    /// (`peer_token`) for an invalid or expired token.
+    /// (`peer_token`) for an invalid or expired token. A read grant for this id
+    /// (`X-Read-Grant`) will do instead of credentials (403 for another id, 401 `read_grant`
+    /// once expired); its holder, which never registered, proves its peer id with
+    /// `X-Peer-Proof` instead of a token and gets an admission (not past the grant's expiry)
+    /// and a `peer_token` for its later lookups.
     #[oai(
         path = "/api/files/:hash/peers",
         method = "get",
         operation_id = "file_peers"
     )]
+    #[allow(clippy::too_many_arguments)]
     async fn peers(
         &self,
-        _auth: Auth,
+        reader: Reader,
         /// The asking peer's token, from its registration: the answer then carries its
         /// admission to the file. 144 hex characters; anything else is answered like an
         /// expired token (401 `peer_token`); without it the answer carries no admission.
         #[oai(name = "X-Peer-Token")]
         peer_token: Header<Option<String>>,
+        /// Instead of a token: `<peer id>.<nonce>.<mac>` (hex), the answer to a challenge from
+        /// `POST /api/peers/challenge` made with the peer id's key, as a registration's proof
+        /// (docs/protocol.md §8); usable once. 401 (`peer_proof`) when stale, used or wrong.
+        #[oai(name = "X-Peer-Proof")]
+        peer_proof: Header<Option<String>>,
         hash: Path<FileId, Hash>,
         /// Leave this peer out (the asking peer itself).
         exclude: Query<Option<PeerId>>,
@@ -145,13 +203,27 @@ impl FilesApi {
         limit: Query<u64>,
         /// Only peers that announced this manifest variant; 404 if the file has none such.
         variant: Query<Option<u32>>,
-    ) -> Result<Json<FilePeers>, Refusals<{ AUTHED | PARAMS | NOT_FOUND | STORE }>> {
+    ) -> Result<Json<FilePeers>, Refusals<{ AUTHED | PARAMS | FORBIDDEN | NOT_FOUND | STORE }>>
+    {
+        reader.may_read(&self.0, &hash.0)?;
+        let proven = match peer_proof.0.as_deref() {
+            Some(proof) => Some(self.0.peer_auth.verify_proof_header(proof)?),
+            None => None,
+        };
         let mut peers = self
             .0
             .swarm
             .file_peers(&hash.0, exclude.0.as_ref(), limit.0, variant.0)
             .await?;
-        peers.admission = self.0.peer_auth.admit(peer_token.0.as_deref(), &hash.0)?;
+        let until = reader.until_ms();
+        let auth = &self.0.peer_auth;
+        match proven {
+            Some(peer) => {
+                peers.admission = Some(auth.admit_peer(&peer, &hash.0, until));
+                peers.peer_token = Some(auth.issue_token(&peer).token);
+            }
+            None => peers.admission = auth.admit(peer_token.0.as_deref(), &hash.0, until)?,
+        }
         Ok(Json(peers))
     }
 

@@ -9,7 +9,10 @@ use poem::Request;
 use poem_openapi::auth::{ApiKey, Bearer};
 use poem_openapi::{ApiExtractor, ApiExtractorType, ExtractParamOptions, SecurityScheme, Tags};
 
-use crate::auth::Principal;
+use p2p_proto::FileId;
+use p2p_proto::link::{READ_GRANT_HEADER, ReadGrant};
+
+use crate::auth::{AuthError, Principal};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -52,6 +55,18 @@ struct ApiKeyScheme(ApiKey);
 #[oai(rename = "Bearer", ty = "bearer", bearer_format = "JWT or API key")]
 #[allow(dead_code)]
 struct BearerScheme(Bearer);
+
+/// Documents the `X-Read-Grant` header: a read grant from `POST /api/files/{hash}/grants` (or a
+/// share link), accepted instead of an API key where an operation says so.
+#[derive(SecurityScheme)]
+#[oai(
+    rename = "ReadGrant",
+    ty = "api_key",
+    key_name = "X-Read-Grant",
+    key_in = "header"
+)]
+#[allow(dead_code)]
+struct ReadGrantScheme(ApiKey);
 
 /// An authenticated caller, extracted from `X-API-Key` or `Authorization: Bearer`.
 ///
@@ -104,5 +119,77 @@ impl<'a> ApiExtractor<'a> for Auth {
         .await
         .map(Auth)
         .map_err(|e| ApiError::from(e).into())
+    }
+}
+
+/// A caller that may read a file: an authenticated one ([`Auth`]), or the holder of a read grant
+/// (`X-Read-Grant`, checked as issued here and not expired) who may read the grant's id only
+/// ([`Reader::may_read`]). Credentials win when both are sent.
+#[derive(Debug, Clone)]
+pub enum Reader {
+    Caller(Principal),
+    Grant(ReadGrant),
+}
+
+impl Reader {
+    /// 403 unless this reader may read `file`; 401 once the grant has expired.
+    pub fn may_read(&self, state: &AppState, file: &FileId) -> Result<(), ApiError> {
+        match self {
+            Self::Caller(_) => Ok(()),
+            Self::Grant(g) => Ok(state.grants.check_for(g, file)?),
+        }
+    }
+
+    /// The latest an admission handed to this reader may last: a grant's expiry.
+    pub fn until_ms(&self) -> Option<u64> {
+        match self {
+            Self::Caller(_) => None,
+            Self::Grant(g) => Some(g.expires_at_ms),
+        }
+    }
+}
+
+impl<'a> ApiExtractor<'a> for Reader {
+    const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::SecurityScheme];
+    type ParamType = ();
+    type ParamRawType = ();
+
+    fn register(registry: &mut poem_openapi::registry::Registry) {
+        <ApiKeyScheme as ApiExtractor>::register(registry);
+        <BearerScheme as ApiExtractor>::register(registry);
+        <ReadGrantScheme as ApiExtractor>::register(registry);
+    }
+
+    fn security_schemes() -> Vec<&'static str> {
+        vec!["ApiKey", "Bearer", "ReadGrant"]
+    }
+
+    async fn from_request(
+        req: &'a Request,
+        body: &mut poem::RequestBody,
+        opts: ExtractParamOptions<Self::ParamType>,
+    ) -> poem::Result<Self> {
+        let credentials =
+            req.header("x-api-key").is_some() || req.header("authorization").is_some();
+        match req.header(READ_GRANT_HEADER) {
+            _ if credentials => Auth::from_request(req, body, opts)
+                .await
+                .map(|auth| Self::Caller(auth.0)),
+            None => Err(ApiError::unauthorized(format!(
+                "{}, or X-Read-Grant with a read grant (a share link carries one)",
+                AuthError::Missing
+            ))
+            .into()),
+            Some(grant) => {
+                let state = req
+                    .data::<Arc<AppState>>()
+                    .ok_or_else(|| poem::Error::from(ApiError::internal()))?;
+                state
+                    .grants
+                    .check(grant)
+                    .map(Self::Grant)
+                    .map_err(|e| ApiError::from(e).into())
+            }
+        }
     }
 }

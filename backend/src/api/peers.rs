@@ -17,7 +17,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
 
 use super::param::{Id, Path};
-use super::{ApiTags, Auth};
+use super::{ApiTags, Auth, Reader};
 use crate::error::status::{
     AUTHED, INTERNAL, JSON_BODY, NOT_FOUND, PARAMS, PEER_TOKEN, STORE, UNAUTHORIZED,
 };
@@ -37,7 +37,9 @@ pub enum Deleted {
 #[OpenApi(tag = "ApiTags::Peers")]
 impl PeersApi {
     /// A challenge for registering `peer_id`: the tracker's X25519 key and a nonce, valid for
-    /// `expires_in_secs`. Answer it in the registration's `proof` (docs/protocol.md §8).
+    /// `expires_in_secs`. Answer it in the registration's `proof` (docs/protocol.md §8), or in
+    /// the `X-Peer-Proof` of a lookup of a file's peers. A read grant (`X-Read-Grant`) will do
+    /// instead of credentials.
     #[oai(
         path = "/api/peers/challenge",
         method = "post",
@@ -45,7 +47,7 @@ impl PeersApi {
     )]
     async fn challenge(
         &self,
-        _auth: Auth,
+        _reader: Reader,
         body: Json<PeerChallengeRequest>,
     ) -> Result<Json<PeerChallenge>, Refusals<{ AUTHED | JSON_BODY | INTERNAL }>> {
         let challenge = self.0.peer_auth.challenge(&body.0.peer_id).map_err(|e| {

@@ -1,6 +1,7 @@
 //! Who may call the API: API keys (sent as `X-API-Key` or `Authorization: Bearer`), JWTs issued
-//! by `/api/auth/login`, and dashboard users with argon2 password hashes; and which peer a
-//! request speaks for ([`peer_proof`]: challenges, registration proofs, peer tokens).
+//! by `/api/auth/login`, and dashboard users with argon2 password hashes; which peer a request
+//! speaks for ([`peer_proof`]: challenges, registration proofs, peer tokens); and read grants
+//! ([`grants`]), which let a share link's holder read one id without an API key.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -12,12 +13,14 @@ use parking_lot::Mutex;
 use crate::store::{Store, StoreError};
 
 pub mod accounts;
+pub mod grants;
 pub mod jwt;
 pub mod keys;
 pub mod login_guard;
 pub mod password;
 pub mod peer_proof;
 
+pub use grants::ReadGrants;
 pub use jwt::JwtKeys;
 pub use login_guard::LoginGuard;
 pub use peer_proof::{PeerAuth, PeerAuthError};

@@ -168,23 +168,54 @@ impl PeerAuth {
     }
 
     /// An admission of the peer whose token `header` carries to `file`, as hex, valid for
-    /// [`ADMISSION_TTL`]; `None` without a token (a dashboard, a script: nobody to admit).
+    /// [`ADMISSION_TTL`] but not past `until_ms` (a read grant's expiry); `None` without a
+    /// token (a dashboard, a script: nobody to admit).
     pub fn admit(
         &self,
         header: Option<&str>,
         file: &FileId,
+        until_ms: Option<u64>,
     ) -> Result<Option<String>, PeerAuthError> {
         let Some(header) = header.map(str::trim).filter(|h| !h.is_empty()) else {
             return Ok(None);
         };
         let (peer, _) = self.token_peer(header)?;
-        let expires_at_ms = self
+        Ok(Some(self.admit_peer(&peer, file, until_ms)))
+    }
+
+    /// An admission of `peer` (whose key the caller checked) to `file`, as hex, valid for
+    /// [`ADMISSION_TTL`] but not past `until_ms`.
+    pub fn admit_peer(&self, peer: &PeerId, file: &FileId, until_ms: Option<u64>) -> String {
+        let mut expires_at_ms = self
             .clock
             .now_ms()
             .saturating_add(ADMISSION_TTL.as_millis() as u64);
-        Ok(Some(
-            self.admissions.admit(file, &peer, expires_at_ms).to_hex(),
-        ))
+        if let Some(until) = until_ms {
+            expires_at_ms = expires_at_ms.min(until);
+        }
+        self.admissions.admit(file, peer, expires_at_ms).to_hex()
+    }
+
+    /// The peer an `X-Peer-Proof` header (`<peer id>.<nonce>.<mac>`, hex) proves, checked as a
+    /// registration's proof is (once only, fresh, made with the peer id's key).
+    pub fn verify_proof_header(&self, header: &str) -> Result<PeerId, PeerAuthError> {
+        let mut parts = header.trim().split('.');
+        let (Some(peer), Some(nonce), Some(mac), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(PeerAuthError::MalformedProof(
+                "X-Peer-Proof must be <peer id>.<nonce>.<mac>, each 64 hex characters",
+            ));
+        };
+        let peer = PeerId(decode_hex(peer).ok_or(PeerAuthError::MalformedProof(
+            "the peer id must be 64 hex characters",
+        ))?);
+        let proof = PeerProof {
+            nonce: nonce.to_owned(),
+            mac: mac.to_owned(),
+        };
+        self.verify_proof(&peer, Some(&proof))?;
+        Ok(peer)
     }
 
     /// A challenge for `peer_id`.
@@ -571,15 +602,15 @@ mod tests {
         assert_ne!(a.admission_key(), auth(b"another", &clock).admission_key());
         let alice = peer([1; 32]);
         let file = FileId([5; 32]);
-        assert_eq!(a.admit(None, &file), Ok(None));
-        assert_eq!(a.admit(Some("  "), &file), Ok(None));
+        assert_eq!(a.admit(None, &file, None), Ok(None));
+        assert_eq!(a.admit(Some("  "), &file, None), Ok(None));
         assert_eq!(
-            a.admit(Some("00"), &file),
+            a.admit(Some("00"), &file, None),
             Err(PeerAuthError::MalformedToken)
         );
         let token = a.issue_token(&alice).token;
         let admission =
-            Admission::from_hex(&a.admit(Some(&token), &file).unwrap().unwrap()).unwrap();
+            Admission::from_hex(&a.admit(Some(&token), &file, None).unwrap().unwrap()).unwrap();
         assert_eq!(
             (
                 admission.peer_id,
@@ -592,9 +623,27 @@ mod tests {
             admission.check(&[a.admission_key()], &file, &alice, T0),
             Ok(())
         );
+        // A read grant's expiry caps the admission.
+        let capped = a
+            .admit(Some(&token), &file, Some(T0 + 5_000))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            Admission::from_hex(&capped).unwrap().expires_at_ms,
+            T0 + 5_000
+        );
+        // A proof in a header proves its peer once.
+        let proof = prove([1; 32], &a.challenge(&alice).unwrap());
+        let header = format!("{alice}.{}.{}", proof.nonce, proof.mac);
+        assert_eq!(a.verify_proof_header(&header), Ok(alice));
+        assert_eq!(a.verify_proof_header(&header), Err(PeerAuthError::Replayed));
+        assert!(matches!(
+            a.verify_proof_header("ab.cd"),
+            Err(PeerAuthError::MalformedProof(_))
+        ));
         clock.advance_ms(3_600_000);
         assert_eq!(
-            a.admit(Some(&token), &file),
+            a.admit(Some(&token), &file, None),
             Err(PeerAuthError::TokenExpired)
         );
     }

@@ -65,9 +65,15 @@ pub struct Peer {
     pub node: Node,
     pub tracker: TrackerClient,
     pub session: SessionHandle,
-    discovery: Discovery,
+    pub(super) discovery: Discovery,
     /// Most requests in flight per connection (`--pipeline`).
     pipeline: usize,
+    /// Whether this peer has an API key (without one it does not register).
+    pub(super) has_api_key: bool,
+    /// Seconds the read grants of this peer's share links last (`--link-ttl`).
+    link_ttl: u64,
+    /// The share links being followed: where their ids are looked up.
+    pub(super) routes: super::links::Routes,
 }
 
 impl Peer {
@@ -86,6 +92,10 @@ impl Peer {
         };
         let tracker = TrackerClient::with_failover(&args.tracker, args.api_key.clone())?
             .with_tracker_keys(node.tracker_keys.clone());
+        let has_api_key = args
+            .api_key
+            .as_deref()
+            .is_some_and(|k| !k.trim().is_empty());
         let register = RegisterPeerRequest {
             peer_id: node.identity.peer_id(),
             addresses: args.announce_addrs.clone(),
@@ -98,15 +108,24 @@ impl Peer {
             version: Some(env!("CARGO_PKG_VERSION").to_owned()),
             proof: None,
         };
-        let session = spawn_session(
-            tracker.clone(),
-            node.identity.clone(),
-            register,
-            announcements(&node),
-            connections(&node),
-            SessionTiming::default(),
-            node.shutdown.clone(),
-        );
+        // The tracker registers only callers with an API key; without one this peer downloads
+        // (by a share link's read grant) without registering, announcing or a relay.
+        let session = if has_api_key {
+            spawn_session(
+                tracker.clone(),
+                node.identity.clone(),
+                register,
+                announcements(&node),
+                connections(&node),
+                SessionTiming::default(),
+                node.shutdown.clone(),
+            )
+        } else {
+            tracing::info!(
+                "no API key: not registering with the tracker (a share link's read grant still downloads)"
+            );
+            SessionHandle::detached()
+        };
         if node.relay.is_some() {
             super::home::HomeKeeper {
                 tracker: tracker.clone(),
@@ -133,7 +152,15 @@ impl Peer {
             session,
             discovery,
             pipeline: args.pipeline,
+            has_api_key,
+            link_ttl: args.link_ttl,
+            routes: Arc::default(),
         })
+    }
+
+    /// Seconds the read grants of this peer's share links last (`--link-ttl`).
+    pub fn link_ttl(&self) -> u64 {
+        self.link_ttl
     }
 
     /// Tells the tracker and the DHT about new files and progress, without waiting.
@@ -163,7 +190,9 @@ impl Peer {
         {
             tracing::debug!("not registered yet; looking up without a peer token");
         }
-        let found = self.discovery.find(id).await?;
+        let (discovery, seeds) = self.route(id);
+        let mut found = discovery.find(id).await?;
+        crate::discovery::merge_sources(&mut found.sources, seeds);
         if found.sources.is_empty() {
             return Err(FetchError::NoPeers(found.manifest.name));
         }
@@ -177,7 +206,7 @@ impl Peer {
         id: &FileId,
         fallbacks: &mut Vec<u32>,
     ) -> Option<(Manifest, Vec<PeerAddr>)> {
-        self.discovery.next_variant(id, fallbacks).await
+        self.route(id).0.next_variant(id, fallbacks).await
     }
 
     /// Downloads `manifest` from `sources` into the data dir, counting each peer's verified
@@ -228,7 +257,7 @@ impl Peer {
         };
         let (found, more) = mpsc::channel(1);
         let refresh = tokio::spawn(refresh_sources(
-            self.discovery.clone(),
+            self.route(&manifest.id).0,
             manifest.clone(),
             found,
         ));
