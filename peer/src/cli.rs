@@ -9,7 +9,7 @@ use p2p_proto::{FileId, Manifest};
 
 use crate::config::{DownloadCli, PeerCli, PeerCommand, Target};
 use crate::daemon::{self, DaemonConfig};
-use crate::download::{Contributions, DownloadError, DownloadReport};
+use crate::download::{CompletedBy, Contributions, DownloadError, DownloadReport};
 use crate::folder::{self, FolderProgress, FolderReport};
 use crate::net::PeerAddr;
 use crate::net::relay::RelayStatus;
@@ -585,8 +585,16 @@ fn print_fetched(fetched: &Fetched) {
 }
 
 fn print_report(r: &DownloadReport) {
+    let by = match r.completed_by {
+        None => String::new(),
+        Some(CompletedBy::ThisProcess) => "completed by another download here, ".to_owned(),
+        Some(CompletedBy::Process(Some(pid))) => {
+            format!("completed by another download here, pid {pid}, ")
+        }
+        Some(CompletedBy::Process(None)) => "completed by another process, ".to_owned(),
+    };
     println!(
-        "saved {} ({:.1} s)",
+        "saved {} ({by}{:.1} s)",
         r.path.display(),
         r.elapsed.as_secs_f64()
     );

@@ -190,6 +190,11 @@ pub struct NodeArgs {
     /// (the shell's `share --public <path>` makes one file public).
     #[arg(long, env = "P2P_PUBLIC", default_value_t = false)]
     pub public: bool,
+    /// Trust the admission key each tracker answers now, replacing the key pinned for it
+    /// (`<data>/.p2p/trackers.json`). For once, after a tracker's operator changed its key:
+    /// otherwise a changed key is refused, and only the pinned one admits downloaders.
+    #[arg(long, env = "P2P_REPIN_TRACKER_KEYS", default_value_t = false)]
+    pub repin_tracker_keys: bool,
     /// Seconds an inbound connection may stay silent before it is closed.
     #[arg(long, env = "P2P_IDLE_TIMEOUT", default_value_t = 90, value_parser = clap::value_parser!(u64).range(1..))]
     pub idle_timeout: u64,

@@ -66,27 +66,48 @@ impl Identity {
             path: path.clone(),
             source,
         };
-        match std::fs::read_to_string(&path) {
-            Ok(text) => {
-                let mut secret = [0u8; 32];
-                hex::decode_to_slice(text.trim(), &mut secret)
-                    .map_err(|_| IdentityError::Malformed(path.clone()))?;
-                Ok(Self::from_secret(secret))
-            }
+        let read = |path: &Path| -> Result<Self, IdentityError> {
+            let text = std::fs::read_to_string(path).map_err(io)?;
+            let mut secret = [0u8; 32];
+            hex::decode_to_slice(text.trim(), &mut secret)
+                .map_err(|_| IdentityError::Malformed(path.to_owned()))?;
+            Ok(Self::from_secret(secret))
+        };
+        match std::fs::metadata(&path) {
+            Ok(_) => read(&path),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 std::fs::create_dir_all(dir).map_err(io)?;
                 let identity = Self::generate()?;
-                // Write to a temporary file, then rename: a crash never leaves half a key.
-                let tmp = dir.join(format!("{KEY_FILE}.tmp"));
+                // Written to a file of its own (named after the new, random peer id), then
+                // linked into place: a crash never leaves half a key, and of two processes
+                // starting on one fresh data dir the first to link wins and the other takes
+                // its key (one peer, one key).
+                let tmp = dir.join(format!(
+                    "{KEY_FILE}.{}.tmp",
+                    &identity.peer_id.to_string()[..16]
+                ));
                 let mut options = std::fs::OpenOptions::new();
-                options.write(true).create(true).truncate(true);
+                options.write(true).create_new(true);
                 #[cfg(unix)]
                 std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-                let mut file = options.open(&tmp).map_err(io)?;
-                writeln!(file, "{}", hex::encode(identity.secret)).map_err(io)?;
-                file.sync_all().map_err(io)?;
-                std::fs::rename(&tmp, &path).map_err(io)?;
-                Ok(identity)
+                let written = (|| {
+                    let mut file = options.open(&tmp)?;
+                    writeln!(file, "{}", hex::encode(identity.secret))?;
+                    file.sync_all()
+                })();
+                if let Err(e) = written {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(io(e));
+                }
+                let linked = std::fs::hard_link(&tmp, &path);
+                let placed = match linked {
+                    Ok(()) => Ok(identity),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read(&path),
+                    // No hard links here: moved into place instead.
+                    Err(_) => std::fs::rename(&tmp, &path).map(|()| identity).map_err(io),
+                };
+                let _ = std::fs::remove_file(&tmp);
+                placed
             }
             Err(e) => Err(io(e)),
         }
@@ -105,6 +126,22 @@ impl Identity {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn processes_starting_together_on_a_fresh_dir_get_one_key() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let ids: Vec<PeerId> = std::thread::scope(|s| {
+                let starts: Vec<_> = (0..4)
+                    .map(|_| s.spawn(|| Identity::load_or_create(dir.path()).unwrap().peer_id()))
+                    .collect();
+                starts.into_iter().map(|t| t.join().unwrap()).collect()
+            });
+            assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+            let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+            assert_eq!(names.len(), 1, "no temporary file left");
+        }
+    }
 
     #[test]
     fn persists_and_derives_the_peer_id() {

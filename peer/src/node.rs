@@ -22,6 +22,7 @@ use crate::net::punch::{PunchError, Puncher};
 use crate::net::relay::{self, RelayClient, RelayConfig, RelayError};
 use crate::storage::{Library, LibraryError, shareable_name};
 use crate::throttle::Throttle;
+use crate::tracker_client::normalise_base;
 use crate::upload::Uploader;
 
 mod home;
@@ -75,8 +76,8 @@ pub struct Node {
     pub relay: Option<RelayClient>,
     /// How downloads reach peers.
     pub connector: Arc<Connector>,
-    /// The admission keys of the trackers this node registered with: its private files are
-    /// served to the holders of admissions they signed.
+    /// The admission keys of the trackers this node registered with (kept in the data dir
+    /// across restarts): its private files are served to the holders of admissions they signed.
     pub tracker_keys: Arc<TrackerKeys>,
     /// The admissions this node holds for its downloads.
     pub admissions: Arc<HeldAdmissions>,
@@ -98,7 +99,16 @@ impl Node {
         if let Err(e) = library.visibility.keep_in(&args.data) {
             tracing::warn!(error = %e, "the files made public earlier are private now");
         }
-        let tracker_keys = Arc::new(TrackerKeys::default());
+        let trackers: Vec<String> = args
+            .tracker
+            .iter()
+            .filter_map(|url| normalise_base(url).ok())
+            .collect();
+        let tracker_keys = Arc::new(TrackerKeys::kept_in(
+            &args.data,
+            &trackers,
+            args.repin_tracker_keys,
+        ));
         let bind = SocketAddr::new(args.listen, args.port);
         let listener =
             accept::bind(bind).map_err(|source| NodeError::Listen { addr: bind, source })?;
@@ -285,6 +295,7 @@ mod tests {
             max_connections: 512,
             max_connections_per_addr: 32,
             idle_timeout: 90,
+            repin_tracker_keys: false,
             public: false,
         };
         let node = Node::start(&args).await.unwrap();

@@ -248,7 +248,7 @@ impl Endpoints {
 }
 
 /// `base_url` normalised: a scheme (`http` when missing), no trailing slash.
-fn normalise_base(base_url: &str) -> Result<String, TrackerError> {
+pub(crate) fn normalise_base(base_url: &str) -> Result<String, TrackerError> {
     let base_url = base_url.trim();
     let with_scheme = if base_url.contains("://") {
         base_url.to_owned()
@@ -509,7 +509,11 @@ impl TrackerClient {
                 .as_deref()
                 .map(|k| hex::decode_to_slice(k, &mut key))
             {
-                Some(Ok(())) => keys.pin(self.base_url(), key),
+                Some(Ok(())) => {
+                    if let Err(e) = keys.pin(self.base_url(), key) {
+                        tracing::error!(error = %e, "tracker admission key not pinned");
+                    }
+                }
                 Some(Err(_)) => {
                     tracing::warn!(tracker = %self.base_url(), "the tracker's admission key is not 64 hex characters; its admissions are not accepted")
                 }

@@ -32,7 +32,7 @@ use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use support::procs::{KEY, Killed, tracker};
+use support::procs::{KEY, Killed, tracker, tracker_at};
 
 const OVERALL: Duration = Duration::from_secs(120);
 
@@ -56,7 +56,8 @@ async fn seeder(tracker: &AdmissionSigner) -> Seeder {
     let manifest = library.share(&path).await.unwrap();
     assert!(!library.is_public(&manifest.id), "private by default");
     let keys = Arc::new(TrackerKeys::default());
-    keys.pin("http://tracker.test", tracker.public_key());
+    keys.pin("http://tracker.test", tracker.public_key())
+        .unwrap();
     let identity = Identity::generate().unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -353,18 +354,10 @@ async fn through_a_real_tracker_only_admitted_peers_fetch_a_private_file() {
         // is refused.
         let admitted = Identity::generate().unwrap();
         let registered = TrackerClient::new(&url, Some(KEY.into())).unwrap();
-        let register = RegisterPeerRequest {
-            peer_id: admitted.peer_id(),
-            addresses: vec![],
-            port: 1,
-            udp_port: None,
-            relay_only: true,
-            relay: None,
-            name: None,
-            version: None,
-            proof: None,
-        };
-        let resp = registered.register(&admitted, &register).await.unwrap();
+        let resp = registered
+            .register(&admitted, &downloader_registration(&admitted))
+            .await
+            .unwrap();
         assert_eq!(resp.admission_key.as_ref().map(String::len), Some(64));
         let swarm = registered.file_peers(&id, None, 10).await.unwrap();
         let admission = Admission::from_hex(swarm.admission.as_deref().unwrap()).unwrap();
@@ -398,6 +391,194 @@ async fn through_a_real_tracker_only_admitted_peers_fetch_a_private_file() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert_eq!(std::fs::read(leech_dir.join("plans.pdf")).unwrap(), data);
+    })
+    .await
+    .expect("finished in time");
+}
+
+/// A private `p2p-peer --daemon` seeding `dir` (`--dht off --no-relay`), its log read as it
+/// comes; returned once its folder is shared, with the address it listens on.
+async fn logged_seeder(
+    url: &str,
+    dir: &Path,
+    extra: &[&str],
+) -> (Killed, support::Log, SocketAddr) {
+    let mut child = peer_cmd(env!("CARGO_BIN_EXE_p2p-peer"), url, dir)
+        .arg("--daemon")
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = support::Log::capture(child.stderr.take().unwrap());
+    let within = Duration::from_secs(30);
+    let line = log.wait_for(&mut child, &["peer listening"], within).await;
+    let addr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("addr="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    log.wait_for(&mut child, &["the folder is in sync"], within)
+        .await;
+    (Killed(child), log, addr)
+}
+
+/// The registration of a peer that only downloads (relay-only, serving nothing).
+fn downloader_registration(me: &Identity) -> RegisterPeerRequest {
+    RegisterPeerRequest {
+        peer_id: me.peer_id(),
+        addresses: vec![],
+        port: 1,
+        udp_port: None,
+        relay_only: true,
+        relay: None,
+        name: None,
+        version: None,
+        proof: None,
+    }
+}
+
+/// A registered peer's admission to `id`, from `url`'s answer to its lookup.
+async fn admission_from(url: &str, me: &Identity, id: &FileId) -> Admission {
+    let client = TrackerClient::new(url, Some(KEY.into())).unwrap();
+    client
+        .register(me, &downloader_registration(me))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(swarm) = client.file_peers(id, None, 10).await
+            && !swarm.peers.is_empty()
+        {
+            return Admission::from_hex(swarm.admission.as_deref().unwrap()).unwrap();
+        }
+        assert!(Instant::now() < deadline, "the seeder never announced");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Whether the seeder at `addr` serves `id`'s manifest to `me` presenting `admission`; the
+/// reason of its refusal otherwise.
+async fn served(
+    me: &Identity,
+    addr: SocketAddr,
+    id: FileId,
+    admission: Admission,
+) -> Result<(), String> {
+    let (mut rx, mut tx) = raw(me, addr).await;
+    tx.feed(&Frame::Admission(admission));
+    tx.send(&Frame::ManifestRequest { file_id: id })
+        .await
+        .unwrap();
+    match next(&mut rx).await {
+        Frame::Manifest(m) if m.id == id => Ok(()),
+        Frame::Reject {
+            code: RejectCode::NotAdmitted,
+            message,
+            ..
+        } => Err(message),
+        other => panic!("expected the manifest or a refusal, got {other:?}"),
+    }
+}
+
+/// Issue 20: the tracker's admission key pinned at registration is kept in the data dir. A
+/// seeder restarted while the tracker is down serves its private file to a peer holding an
+/// admission of that tracker (a full download, verified). Then a tracker answering at the
+/// same URL with another key is refused, with a clear error naming the way out: the pinned key
+/// stays the one trusted (the file unchanged), until the seeder is started with
+/// `--repin-tracker-keys`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinned_tracker_keys_survive_a_restart_and_a_changed_key_is_refused() {
+    tokio::time::timeout(OVERALL, async {
+        let work = tempfile::tempdir().unwrap();
+        let t = tracker(work.path()).await;
+        let (url, addr) = (t.base_url(), t.addr);
+        let seed_dir = work.path().join("seed");
+        std::fs::create_dir_all(&seed_dir).unwrap();
+        let data = support::content(1_500_000, 12);
+        std::fs::write(seed_dir.join("ledger.bin"), &data).unwrap();
+        let manifest =
+            p2p_peer::storage::manifest_for_file(&seed_dir.join("ledger.bin"), "ledger.bin")
+                .unwrap();
+        let id = manifest.id;
+        let (seed, _, _) = logged_seeder(&url, &seed_dir, &[]).await;
+        let me = Identity::generate().unwrap();
+        let admission = admission_from(&url, &me, &id).await;
+        let pins = p2p_peer::storage::PinFile::in_data_dir(&seed_dir);
+        let pinned = std::fs::read(pins.path()).unwrap();
+        assert!(
+            String::from_utf8_lossy(&pinned).contains(&hex::encode(admission.tracker_key)),
+            "{}",
+            String::from_utf8_lossy(&pinned)
+        );
+
+        // The tracker goes down; the seeder restarts without it.
+        drop(seed);
+        t.stop().await.unwrap();
+        let (seed, seed_log, seed_addr) = logged_seeder(&url, &seed_dir, &[]).await;
+        assert_eq!(served(&me, seed_addr, id, admission).await, Ok(()));
+        let held = Arc::new(HeldAdmissions::default());
+        held.hold(admission);
+        let out = tempfile::tempdir().unwrap();
+        let seed_id = Identity::load_or_create(&seed_dir).unwrap().peer_id();
+        let report = download(
+            &me,
+            &manifest,
+            &[PeerAddr::new(seed_id, vec![seed_addr])],
+            out.path(),
+            Arc::new(Library::new()),
+            DownloadOptions {
+                admissions: held,
+                ..DownloadOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(std::fs::read(&report.path).unwrap(), data);
+
+        // Another tracker (another secret) answers at the same URL: the seeder registers with
+        // it, refuses its key, and says how to trust it.
+        let other_db = work.path().join("other");
+        std::fs::create_dir_all(&other_db).unwrap();
+        let t2 = tracker_at(&other_db, addr).await;
+        let mut seed = seed;
+        let refused = seed_log
+            .wait_for(
+                &mut seed.0,
+                &["tracker admission key not pinned", "--repin-tracker-keys"],
+                Duration::from_secs(30),
+            )
+            .await;
+        assert!(
+            refused.contains(&hex::encode(admission.tracker_key)),
+            "{refused}"
+        );
+        assert!(refused.contains("ERROR"), "{refused}");
+        let other = admission_from(&url, &me, &id).await;
+        assert_ne!(other.tracker_key, admission.tracker_key);
+        let why = served(&me, seed_addr, id, other).await.unwrap_err();
+        assert!(why.contains("not registered with"), "{why}");
+        assert_eq!(served(&me, seed_addr, id, admission).await, Ok(()));
+        assert_eq!(
+            std::fs::read(pins.path()).unwrap(),
+            pinned,
+            "the pin is kept"
+        );
+
+        // Told to, the seeder trusts the new key instead.
+        drop(seed);
+        let (_seed, seed_log, seed_addr) =
+            logged_seeder(&url, &seed_dir, &["--repin-tracker-keys"]).await;
+        let _ = seed_log;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::fs::read(pins.path()).unwrap() == pinned {
+            assert!(Instant::now() < deadline, "the new key was never pinned");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(served(&me, seed_addr, id, other).await, Ok(()));
+        assert!(served(&me, seed_addr, id, admission).await.is_err());
+        t2.stop().await.unwrap();
     })
     .await
     .expect("finished in time");

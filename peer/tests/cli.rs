@@ -113,18 +113,230 @@ async fn killed_download_resumes_and_survives_a_tracker_restart() {
     );
     assert_eq!(std::fs::read(leech_dir.join("big.iso")).unwrap(), data);
     // Only the missing chunks crossed the network the second time.
-    let fetched: u64 = stdout
+    let fetched = fetched_bytes(&stdout);
+    assert!(
+        fetched > 0 && fetched < data.len() as u64,
+        "second run fetched {fetched} bytes:\n{stdout}"
+    );
+    t.stop().await.unwrap();
+}
+
+/// The bytes `p2p-download`'s report says its peers sent: the second field of its peer lines
+/// ("  <peer id>  <bytes> bytes").
+fn fetched_bytes(stdout: &str) -> u64 {
+    stdout
         .lines()
         .filter_map(|l| {
             l.split_whitespace()
                 .nth(1)
                 .and_then(|b| b.parse::<u64>().ok())
         })
-        .sum();
+        .sum()
+}
+
+/// A `p2p-download` (`--dht off --no-relay`) whose stderr and stdout the test reads as they
+/// come.
+struct LoggedDownload {
+    child: Killed,
+    err: support::Log,
+    out: support::Log,
+}
+
+impl LoggedDownload {
+    fn spawn(url: &str, dir: &Path, id: &str) -> Self {
+        let mut child = peer_cmd(env!("CARGO_BIN_EXE_p2p-download"), url, dir)
+            .args(["--dht", "off", "--no-relay"])
+            .arg(id)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let err = support::Log::capture(child.stderr.take().unwrap());
+        let out = support::Log::capture(child.stdout.take().unwrap());
+        Self {
+            child: Killed(child),
+            err,
+            out,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.0.id()
+    }
+
+    /// Waits (at most 90 s) for it to exit successfully.
+    async fn succeeds(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let status = loop {
+            if let Some(status) = self.child.0.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "p2p-download hung:\n{}",
+                self.err.tail(usize::MAX)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        self.err.ended().await;
+        self.out.ended().await;
+        assert!(
+            status.success(),
+            "p2p-download failed ({status}):\n{}",
+            self.err.tail(usize::MAX)
+        );
+    }
+
+    fn stdout(&self) -> String {
+        self.out.tail(usize::MAX)
+    }
+}
+
+/// A tracker and a `p2p-peer --daemon` serving `movie.bin` (6 MB) at 1 MiB/s, so that one
+/// download of it lasts about 6 s; the file's content and id.
+async fn slow_seeder(work: &Path) -> (p2p_tracker::app::RunningTracker, Killed, Vec<u8>, String) {
+    let t = tracker(work).await;
+    let seed_dir = work.join("seed");
+    std::fs::create_dir_all(&seed_dir).unwrap();
+    let data = support::content(6_000_000, 21);
+    std::fs::write(seed_dir.join("movie.bin"), &data).unwrap();
+    let id = hex::encode(Sha256::digest(&data));
+    let seeder = seeder(&t.base_url(), &seed_dir, &id, &["--upload-limit", "1M"]).await;
+    (t, seeder, data, id)
+}
+
+/// The names in `dir` a daemon would share (not hidden like `.p2p/` with its lock files, not
+/// the key).
+fn shareable_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| p2p_peer::storage::shareable_name(n))
+        .collect();
+    names.sort();
+    names
+}
+
+/// Issue 20 item 4: two `p2p-download` of one file into one folder, started together: one
+/// fetches the file, the other says it waits for that one (by pid) and ends with its file;
+/// both exit 0, the folder holds one verified copy, and no lock file is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_downloads_of_one_file_into_one_folder_fetch_it_once() {
+    let work = tempfile::tempdir().unwrap();
+    let (t, _seeder, data, id) = slow_seeder(work.path()).await;
+    let url = t.base_url();
+    let leech = work.path().join("leech");
+    let mut a = LoggedDownload::spawn(&url, &leech, &id);
+    let mut b = LoggedDownload::spawn(&url, &leech, &id);
+    a.succeeds().await;
+    b.succeeds().await;
+
+    let waited = |d: &LoggedDownload| d.err.count("waiting for it") > 0;
     assert!(
-        fetched > 0 && fetched < data.len() as u64,
-        "second run fetched {fetched} bytes:\n{stdout}"
+        waited(&a) != waited(&b),
+        "exactly one waits:\n--- a\n{}\n--- b\n{}",
+        a.err.tail(usize::MAX),
+        b.err.tail(usize::MAX)
     );
+    let (waiter, fetcher) = if waited(&a) { (&a, &b) } else { (&b, &a) };
+    let told = format!(
+        "another download of movie.bin (pid {}) is in progress in {}; waiting for it",
+        fetcher.pid(),
+        leech.display()
+    );
+    assert_eq!(
+        waiter.err.count(&told),
+        1,
+        "{}",
+        waiter.err.tail(usize::MAX)
+    );
+    let by = format!("completed by another download here, pid {}", fetcher.pid());
+    assert!(waiter.stdout().contains(&by), "{}", waiter.stdout());
+    // The bytes crossed the network once.
+    assert_eq!(fetched_bytes(&fetcher.stdout()), data.len() as u64);
+    assert_eq!(fetched_bytes(&waiter.stdout()), 0, "{}", waiter.stdout());
+    let saved = |d: &LoggedDownload| {
+        let out = d.stdout();
+        let line = out
+            .lines()
+            .find(|l| l.starts_with("saved "))
+            .unwrap()
+            .to_owned();
+        let path = line["saved ".len()..line.rfind(" (").unwrap()].to_owned();
+        std::fs::canonicalize(path).unwrap()
+    };
+    assert_eq!(saved(waiter), saved(fetcher));
+    assert_eq!(shareable_names(&leech), ["movie.bin"]);
+    assert_eq!(std::fs::read(leech.join("movie.bin")).unwrap(), data);
+    let locks = leech.join(".p2p").join("downloads");
+    assert_eq!(
+        std::fs::read_dir(&locks).unwrap().count(),
+        0,
+        "no lock left"
+    );
+    t.stop().await.unwrap();
+}
+
+/// A `p2p-download` waiting for another one of the same file takes over when that one is
+/// killed (SIGKILL: the kernel lets go of its lock), resumes from what it wrote, and finishes
+/// with a verified file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_waiting_for_a_killed_one_takes_over_and_finishes() {
+    let work = tempfile::tempdir().unwrap();
+    let (t, _seeder, data, id) = slow_seeder(work.path()).await;
+    let url = t.base_url();
+    let leech = work.path().join("leech");
+    let mut first = LoggedDownload::spawn(&url, &leech, &id);
+    // Ready when its lock file names it.
+    let lock = leech
+        .join(".p2p")
+        .join("downloads")
+        .join(format!("{id}.lock"));
+    let holder = format!("\"pid\":{}", first.pid());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&lock).is_ok_and(|r| r.contains(&holder)) {
+        assert!(
+            first.child.0.try_wait().unwrap().is_none() && Instant::now() < deadline,
+            "the first download never locked its file:\n{}",
+            first.err.tail(usize::MAX)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut second = LoggedDownload::spawn(&url, &leech, &id);
+    let waiting = format!("(pid {}) is in progress in", first.pid());
+    second
+        .err
+        .wait_for(
+            &mut second.child.0,
+            &[&waiting, "waiting for it"],
+            Duration::from_secs(60),
+        )
+        .await;
+    assert!(
+        first.child.0.try_wait().unwrap().is_none(),
+        "the first download must still run: make it slower"
+    );
+    let status = Command::new("kill")
+        .args(["-KILL", &first.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let _ = first.child.0.wait();
+
+    second.succeeds().await;
+    assert_eq!(
+        second.err.count("the other download ended unfinished"),
+        1,
+        "{}",
+        second.err.tail(usize::MAX)
+    );
+    let out = second.stdout();
+    assert!(!out.contains("completed by another"), "{out}");
+    let fetched = fetched_bytes(&out);
+    assert!(fetched > 0 && fetched <= data.len() as u64, "{out}");
+    assert_eq!(shareable_names(&leech), ["movie.bin"]);
+    assert_eq!(std::fs::read(leech.join("movie.bin")).unwrap(), data);
+    assert!(!lock.exists(), "the lock file is gone");
     t.stop().await.unwrap();
 }
 

@@ -62,6 +62,7 @@ fn node_args(data: &Path, bootstrap: &[String]) -> NodeArgs {
         max_connections: 512,
         max_connections_per_addr: 32,
         idle_timeout: 90,
+        repin_tracker_keys: false,
         public: true,
     }
 }

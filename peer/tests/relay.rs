@@ -504,6 +504,7 @@ async fn node_limited(t: &RunningTracker, dir: &Path, upload_limit: Option<u64>)
         idle_timeout: 90,
         // These nodes never register (no tracker session pins a key): the tests are about the
         // paths, so their files are public (admissions: tests/admission.rs).
+        repin_tracker_keys: false,
         public: true,
     };
     let node = Node::start(&args).await.unwrap();

@@ -13,7 +13,8 @@
 //! - [`score`]: each peer's throughput, latency and failures, and its share of the pipeline.
 //! - [`state`]: what the workers of one download share, and how a stored chunk is accounted.
 //! - [`store`]: verifying and writing chunks, and saving the resume state.
-//! - [`ongoing`]: one download per file and folder; a second one waits for the first.
+//! - [`ongoing`]: one download per file and data dir, in this process and across processes
+//!   (a lock file); a second one waits for the first.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -28,7 +29,7 @@ use crate::admission::HeldAdmissions;
 use crate::net::connector::{ConnectError, Connector};
 use crate::net::secure::SecureError;
 use crate::net::transport::ConnectionPath;
-use crate::storage::PartialError;
+use crate::storage::{LockError, PartialError};
 use crate::throttle::Throttle;
 
 mod lane;
@@ -42,6 +43,7 @@ mod state;
 mod store;
 mod worker;
 
+pub use ongoing::CompletedBy;
 pub use run::{MoreSources, download, download_growing};
 pub use score::{PeerScore, Scoreboard, Sizing};
 
@@ -156,6 +158,9 @@ pub enum DownloadError {
     /// A task storing chunks panicked; what was written is kept for resuming.
     #[error("the task storing chunks failed")]
     StoreTask,
+    /// The lock that keeps two processes from downloading the same file at once.
+    #[error(transparent)]
+    Lock(#[from] LockError),
 }
 
 impl DownloadError {
@@ -209,6 +214,9 @@ pub struct DownloadReport {
     pub fetched_chunks: u64,
     pub peers: Vec<PeerReport>,
     pub elapsed: Duration,
+    /// Set when another download of the file was under way here and this one waited for it
+    /// and ended with its file (see [`ongoing`]).
+    pub completed_by: Option<CompletedBy>,
 }
 
 /// Why one worker (one connection to one peer) stopped early.

@@ -54,17 +54,21 @@ pub async fn download_growing(
     opts: DownloadOptions,
 ) -> Result<DownloadReport, DownloadError> {
     let started = Instant::now();
-    let claim = match ongoing::claim(data_dir, manifest.id).await {
+    let claim = match ongoing::claim(data_dir, manifest).await {
         Ok(claim) => claim,
         // Another download of this file here completed meanwhile: its file is the result.
-        Err(path) => {
+        Err(ongoing::NotClaimed::Joined(joined)) => {
+            tracing::info!(file = %manifest.name, path = %joined.path.display(), "the other download completed the file");
             return Ok(DownloadReport {
-                path,
+                path: joined.path,
                 fetched_chunks: 0,
                 peers: Vec::new(),
                 elapsed: started.elapsed(),
+                completed_by: Some(joined.by),
             });
         }
+        Err(ongoing::NotClaimed::Lock(e)) => return Err(e.into()),
+        Err(ongoing::NotClaimed::Task(e)) => return Err(e.into()),
     };
     let partial = open_partial(manifest, data_dir, &library).await?;
     let sched = Scheduler::new(partial.have().clone(), Order::random());
@@ -91,12 +95,13 @@ pub async fn download_growing(
         .await
         .map_err(|e| not_admitted(e, &peers))?;
     library.completed(&manifest.id, path.clone());
-    claim.completed(path.clone());
+    claim.completed(path.clone()).await;
     Ok(DownloadReport {
         path,
         fetched_chunks: shared.fetched.load(Ordering::Relaxed),
         peers,
         elapsed: started.elapsed(),
+        completed_by: None,
     })
 }
 

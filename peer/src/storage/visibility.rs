@@ -5,7 +5,6 @@
 //! `<data>/.p2p/public-files.json` (replaced atomically) so that it survives a restart.
 
 use std::collections::HashSet;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -107,21 +106,14 @@ impl Visibility {
     }
 }
 
-/// Writes `stored` beside `path`, flushes it and renames it over `path`.
+/// Replaces the list at `path` with `stored` atomically.
 fn save(path: &Path, stored: &Stored) -> Result<(), VisibilityError> {
     let write = |source| VisibilityError::Write {
         path: path.to_owned(),
         source,
     };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(write)?;
-    }
-    let tmp = path.with_extension("json.tmp");
     let json = serde_json::to_vec_pretty(stored).map_err(|e| write(std::io::Error::other(e)))?;
-    let mut file = std::fs::File::create(&tmp).map_err(write)?;
-    file.write_all(&json).map_err(write)?;
-    file.sync_all().map_err(write)?;
-    std::fs::rename(&tmp, path).map_err(write)
+    super::replace_file(path, &json).map_err(write)
 }
 
 #[cfg(test)]

@@ -27,21 +27,38 @@ pub fn skip(what: &str, why: &str) {
 /// A child process's output (stderr, or stdout), line by line as it arrives (read on a thread
 /// of its own).
 #[derive(Clone, Default)]
-pub struct Log(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+pub struct Log(
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// Set once the pipe is at its end (every line read).
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+);
 
 impl Log {
     /// Starts reading `stderr` (or any pipe) into the log.
     pub fn capture(stderr: impl std::io::Read + Send + 'static) -> Self {
         use std::io::BufRead;
         let log = Self::default();
-        let lines = log.0.clone();
+        let (lines, ended) = (log.0.clone(), log.1.clone());
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 lines.lock().unwrap().push(line);
             }
+            ended.store(true, std::sync::atomic::Ordering::SeqCst);
         });
         log
+    }
+
+    /// Waits (at most 10 s) until every line is read: call after the process exited.
+    pub async fn ended(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !self.1.load(std::sync::atomic::Ordering::SeqCst) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the pipe stays open after the process exited"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
 
     /// Lines logged so far.
