@@ -43,7 +43,7 @@ mod store;
 mod worker;
 
 pub use run::{MoreSources, download, download_growing};
-pub use score::{PeerScore, Scoreboard, Sizing};
+pub use score::{PeerScore, Scoreboard, Sizing, Source};
 
 /// Tuning of a download.
 #[derive(Debug, Clone)]
