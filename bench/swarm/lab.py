@@ -111,6 +111,8 @@ class Lab:
         sh("ip", "-n", ns, "addr", "add", f"{ip}/16", "dev", "eth0")
         sh("ip", "-n", ns, "link", "set", "eth0", "up")
         sh("ip", "-n", ns, "link", "set", "lo", "up")
+        if self.args.congestion:
+            sh("ip", "netns", "exec", ns, "sysctl", "-qw", f"net.ipv4.tcp_congestion_control={self.args.congestion}")
         # Upload: what leaves the peer's end. Download: what the switch sends it.
         shape(ns, "eth0", up)
         shape(self.hub, port, down)
@@ -189,6 +191,71 @@ class LabError(Exception):
     pass
 
 
+# Runs in the hub namespace: every SAMPLE_EVERY seconds, one line of each port's byte counters
+# (`rx` on the hub's end of a peer's pair is what the peer uploaded, `tx` what it downloaded).
+SAMPLER = r"""
+import os, sys, time
+every = float(sys.argv[1])
+ports = sorted(p for p in os.listdir("/sys/class/net") if p.startswith("p"))
+out = sys.stdout
+out.write("t " + " ".join(ports) + "\n")
+t0 = time.monotonic()
+while True:
+    row = []
+    for p in ports:
+        with open(f"/sys/class/net/{p}/statistics/rx_bytes") as f:
+            row.append(f.read().strip())
+    out.write(f"{time.monotonic() - t0:.3f} " + " ".join(row) + "\n")
+    out.flush()
+    time.sleep(every)
+"""
+SAMPLE_EVERY = 0.25
+
+
+class Uploads:
+    """What each peer uploaded over time, from the samples of the hub's ports."""
+
+    def __init__(self, lab):
+        self.lab = lab
+        self.path = os.path.join(lab.work, "uploads.out")
+        self.proc = lab.spawn("uploads", lab.hub, [sys.executable, "-c", SAMPLER, str(SAMPLE_EVERY)])
+        self.t0 = time.monotonic()
+
+    def read(self):
+        """(times since the sampler started, {port: [bytes]})"""
+        with open(self.path) as f:
+            lines = f.read().splitlines()
+        ports = lines[0].split()[1:]
+        rows = [l.split() for l in lines[1:] if len(l.split()) == len(ports) + 1]
+        times = [float(r[0]) for r in rows]
+        return times, {p: [int(r[i + 1]) for r in rows] for i, p in enumerate(ports)}
+
+    def usage(self, start, end, n, leech_up_mbit, seed_up_mbit):
+        """Share of the leechers' and of the seeder's upload capacity used between `start` and
+        `end` (monotonic times), and each second's per-peer upload rates in Mbit/s."""
+        times, ports = self.read()
+        a, b = start - self.t0, end - self.t0
+        idx = [i for i, t in enumerate(times) if a - SAMPLE_EVERY <= t <= b + SAMPLE_EVERY]
+        if len(idx) < 2:
+            return None
+        i0, i1 = idx[0], idx[-1]
+        span = times[i1] - times[i0]
+        sent = {p: v[i1] - v[i0] for p, v in ports.items()}
+        leech = sum(sent.get(f"pl{i}", 0) for i in range(1, n + 1))
+        per_sec = []
+        step = max(1, round(1 / SAMPLE_EVERY))
+        for j in range(i0, i1, step):
+            k = min(j + step, i1)
+            dt = times[k] - times[j]
+            rates = {p: (v[k] - v[j]) * 8 / dt / 1e6 for p, v in ports.items()}
+            per_sec.append((times[j] - a, rates))
+        return {
+            "leech_use": leech * 8 / (n * leech_up_mbit * 1e6 * span),
+            "seed_use": sent.get("ps", 0) * 8 / (seed_up_mbit * 1e6 * span),
+            "per_sec": per_sec,
+        }
+
+
 def peak_rss_mib(pid):
     """VmHWM of a process (`ip netns exec` execs its command, so the pid is the program's)."""
     try:
@@ -240,6 +307,7 @@ def run_ours(lab, args, n, pattern, original, size, name, file_id):
 
     wait_until("the tracker lists the seeder", 120, seeder_listed, lab)
     seed_tx0 = lab.tx_bytes(seed_ns)
+    uploads = Uploads(lab)
 
     joins = join_times(args, n, pattern)
     leechers = []
@@ -270,11 +338,13 @@ def run_ours(lab, args, n, pattern, original, size, name, file_id):
     wait_until(f"all {n} leechers complete", args.timeout, all_done, lab, interval=0.05)
     took = max(l["done"] for l in leechers)
     seed_up = lab.tx_bytes(seed_ns) - seed_tx0
+    usage = uploads.usage(start, start + took, n, args.leech_up, args.seed_up)
     for l in leechers:
         verify(l["path"], original, f"our leecher {l['i']}")
         l["rss"] = peak_rss_mib(l["proc"].pid)
     return {
         "time": took,
+        "usage": usage,
         "joins": joins,
         "seed_share": seed_up / (n * size),
         "leechers": [(l["i"], l["joined"], l["done"], l["rss"]) for l in leechers],
@@ -319,6 +389,7 @@ def run_rqbit(lab, args, n, pattern, original, size, name):
     wait_until("the rqbit seeder is live", 120,
                lambda: (stats(seed_ip, seed_ns) or {}).get("state") == "live", lab)
     seed_tx0 = lab.tx_bytes(seed_ns)
+    uploads = Uploads(lab)
     joins = join_times(args, n, pattern)
     leechers = []
     start = time.monotonic()
@@ -351,11 +422,13 @@ def run_rqbit(lab, args, n, pattern, original, size, name):
     wait_until(f"all {n} rqbit leechers complete", args.timeout, all_done, lab, interval=0.2)
     took = max(l["done"] for l in leechers)
     seed_up = lab.tx_bytes(seed_ns) - seed_tx0
+    usage = uploads.usage(start, start + took, n, args.leech_up, args.seed_up)
     for l in leechers:
         verify(l["path"], original, f"rqbit leecher {l['i']}")
         l["rss"] = peak_rss_mib(l["proc"].pid)
     return {
         "time": took,
+        "usage": usage,
         "seed_share": seed_up / (n * size),
         "leechers": [(l["i"], l["joined"], l["done"], l["rss"]) for l in leechers],
         "seed_rss": peak_rss_mib(s.pid),
@@ -425,6 +498,9 @@ def main():
     ap.add_argument("--peer-arg", action="append", default=[], help="extra argument for every p2p-peer")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    ap.add_argument("--congestion", default="",
+                    help="every peer's TCP congestion control (default: the host's; the namespace may only pick what net.ipv4.tcp_allowed_congestion_control allows)")
+    ap.add_argument("--timeline", action="store_true", help="print every peer's upload rate, second by second")
     args = ap.parse_args()
 
     why = preflight()
@@ -449,6 +525,7 @@ def main():
     name = "swarm.bin"
     print(f"swarm lab: {args.size_mib} MiB, seeder {args.seed_up:g}/{args.seed_down:g} Mbit/s up/down, "
           f"leechers {args.leech_up:g}/{args.leech_down:g} Mbit/s, no added latency or loss, "
+          f"TCP {args.congestion or sh('sysctl', '-n', 'net.ipv4.tcp_congestion_control').stdout.strip()}, "
           f"{os.cpu_count()} cores", flush=True)
     results = []
     failed = False
@@ -480,7 +557,7 @@ def main():
                             p = os.path.join(work, d)
                             if os.path.isdir(p) and not args.keep:
                                 shutil.rmtree(p, ignore_errors=True)
-                report(row, clients)
+                report(row, clients, args.timeline)
                 results.append(row)
     finally:
         if args.json:
@@ -493,7 +570,7 @@ def main():
     sys.exit(1 if failed else 0)
 
 
-def report(row, clients):
+def report(row, clients, timeline=False):
     n, bound = row["n"], row["bound"]
     line = f"N={n:<3} {row['pattern']:<8} T*={bound:6.2f} s"
     ours = row.get("ours")
@@ -513,6 +590,15 @@ def report(row, clients):
         if r and "leechers" in r:
             done = " ".join(f"{l[2]:.1f}" for l in sorted(r["leechers"], key=lambda l: l[2]))
             print(f"        {client} completions (s): {done}", flush=True)
+        usage = r.get("usage") if r else None
+        if usage:
+            print(f"        {client} uploads used: leechers {usage['leech_use']:.0%} of their capacity, "
+                  f"the seeder {usage['seed_use']:.0%}", flush=True)
+            if timeline:
+                for t, rates in usage["per_sec"]:
+                    leech = " ".join(f"{rates.get(f'pl{i}', 0):4.1f}" for i in range(1, n + 1))
+                    print(f"          t={t:5.1f} s seeder {rates.get('ps', 0):5.1f} | leechers {leech} Mbit/s",
+                          flush=True)
 
 
 if __name__ == "__main__":

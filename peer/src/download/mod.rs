@@ -45,7 +45,7 @@ mod worker;
 
 pub use ongoing::CompletedBy;
 pub use run::{MoreSources, download, download_growing};
-pub use score::{PeerScore, Scoreboard, Sizing};
+pub use score::{PeerScore, Scoreboard, Sizing, Source};
 
 /// Tuning of a download.
 #[derive(Debug, Clone)]

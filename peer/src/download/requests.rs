@@ -9,7 +9,7 @@ use p2p_proto::wire::Frame;
 use parking_lot::Mutex;
 
 use super::state::Shared;
-use super::{DownloadOptions, Sizing, WorkerError};
+use super::{DownloadOptions, Sizing, Source, WorkerError};
 use crate::net::link::Subscription;
 
 /// `have` without chunk `index`.
@@ -44,9 +44,14 @@ impl InFlight {
     ) -> Result<(), WorkerError> {
         let peer = sub.link().peer();
         let chunk_size = shared.manifest.chunk_size;
+        let source = if peer_has.is_complete() {
+            Source::Complete
+        } else {
+            Source::Partial
+        };
         let depth = shared
             .scores
-            .pipeline(&peer, sizing, chunk_size, opts.pipeline);
+            .pipeline(&peer, sizing, source, chunk_size, opts.pipeline);
         let want = depth.saturating_sub(self.by_id.len() + busy);
         if want == 0 {
             return Ok(());

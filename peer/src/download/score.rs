@@ -5,11 +5,13 @@
 //! chunks). The score decides how many requests the peer may have outstanding, fewer after
 //! failures (see [`Sizing`]). Over direct TCP that is its bandwidth-delay product (throughput
 //! times the least latency, the round trip plus one chunk's sending with nothing queued before
-//! it) with [`BDP_GAIN`] headroom, plus [`QUEUE_CHUNKS`] queued at the peer. That keeps a long
-//! link full without queueing more than it needs: a deeper queue only holds data in socket
-//! buffers longer, out of the CPU caches (on loopback it costs throughput; the measurements are
-//! in `bench/README.md`), and lets a slow peer sit on chunks a fast one could deliver. Only peers within [`ENDGAME_FRACTION`] of the best take part in the
-//! endgame.
+//! it) with [`BDP_GAIN`] headroom, plus [`QUEUE_CHUNKS`] queued at a peer that has the whole
+//! file. That keeps a long link full without queueing more than it needs: a deeper queue only
+//! holds data in socket buffers longer, out of the CPU caches (on loopback it costs throughput;
+//! the measurements are in `bench/README.md`), and lets a slow peer sit on chunks a fast one
+//! could deliver. A peer that has only part of the file (see [`Source`]) is another leecher,
+//! whose upload the whole swarm shares: it gets no queue beyond its bandwidth-delay product.
+//! Only peers within [`ENDGAME_FRACTION`] of the best take part in the endgame.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -21,8 +23,8 @@ use parking_lot::Mutex;
 /// measures a higher throughput at the same latency next time, so it grows by this factor
 /// (plus [`QUEUE_CHUNKS`]) per measurement until the link is full (as TCP's slow start does).
 pub const BDP_GAIN: f64 = 2.0;
-/// Requests queued at a peer beyond its bandwidth-delay product, so it never waits for the
-/// next request.
+/// Requests queued at a peer that has the whole file beyond its bandwidth-delay product, so it
+/// never waits for the next request (see [`Source`] for peers that have part of it).
 pub const QUEUE_CHUNKS: f64 = 2.0;
 /// How much work a tunnelled peer (see [`Sizing::Queue`]) may have queued, in time at its
 /// own pace.
@@ -38,6 +40,22 @@ pub const ENDGAME_FRACTION: f64 = 1.0 / 8.0;
 const WINDOW: Duration = Duration::from_millis(250);
 /// Weight of a new sample in the smoothed figures.
 const ALPHA: f64 = 0.5;
+
+/// What a peer has of the file, which decides whether requests queue there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The whole file (a seeder): [`QUEUE_CHUNKS`] beyond its bandwidth-delay product, at
+    /// least [`MIN_PIPELINE`].
+    Complete,
+    /// Part of it (another leecher): its bandwidth-delay product only, at least one request.
+    /// Its upload is shared by every leecher that wants its chunks, and a chunk queued there
+    /// is a chunk no other peer is asked for meanwhile: with two queued at each of eight
+    /// leechers sharing 20 Mbit/s uploads, the leechers that had the most chunks sat on
+    /// everyone's requests while the others' uploads idled (the swarm lab in
+    /// `bench/README.md`). Its other requesters keep its upload busy; alone, the measured
+    /// product still covers its round trip.
+    Partial,
+}
 
 /// How a peer's pipeline is sized.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,17 +111,21 @@ impl PeerScore {
     }
 
     /// Requests this peer may have in flight, at most `max`.
-    fn pipeline(&self, sizing: Sizing, chunk_size: u32, max: usize) -> usize {
+    fn pipeline(&self, sizing: Sizing, source: Source, chunk_size: u32, max: usize) -> usize {
         let chunks = |bytes: f64| bytes / f64::from(chunk_size.max(1));
+        let (queue, least) = match source {
+            Source::Complete => (QUEUE_CHUNKS, MIN_PIPELINE),
+            Source::Partial => (0.0, 1),
+        };
         let wanted = match (sizing, self.throughput, self.base_latency) {
             (Sizing::BandwidthDelay, Some(throughput), Some(base)) => {
-                chunks(throughput * base.as_secs_f64()) * BDP_GAIN + QUEUE_CHUNKS
+                chunks(throughput * base.as_secs_f64()) * BDP_GAIN + queue
             }
             (Sizing::Queue, Some(throughput), _) => chunks(throughput * QUEUE_TARGET.as_secs_f64()),
             _ => return Self::unmeasured(sizing, max),
         };
         let depth = wanted / f64::from(1 + self.failures.min(7));
-        (depth.ceil().min(max as f64) as usize).clamp(MIN_PIPELINE.min(max), max)
+        (depth.ceil().min(max as f64) as usize).clamp(least.min(max), max)
     }
 
     /// Requests a peer gets before its throughput is measured.
@@ -139,11 +161,18 @@ impl Scoreboard {
     }
 
     /// Requests `peer` may have in flight (chunks of `chunk_size`), at most `max`.
-    pub fn pipeline(&self, peer: &PeerId, sizing: Sizing, chunk_size: u32, max: usize) -> usize {
+    pub fn pipeline(
+        &self,
+        peer: &PeerId,
+        sizing: Sizing,
+        source: Source,
+        chunk_size: u32,
+        max: usize,
+    ) -> usize {
         self.0
             .lock()
             .get(peer)
-            .map(|s| s.pipeline(sizing, chunk_size, max))
+            .map(|s| s.pipeline(sizing, source, chunk_size, max))
             .unwrap_or(PeerScore::unmeasured(sizing, max))
     }
 
@@ -234,11 +263,23 @@ mod tests {
     fn unmeasured_peers_start_with_a_short_pipeline() {
         let board = Scoreboard::default();
         assert_eq!(
-            board.pipeline(&PeerId([1; 32]), Sizing::BandwidthDelay, CHUNK, 32),
+            board.pipeline(
+                &PeerId([1; 32]),
+                Sizing::BandwidthDelay,
+                Source::Complete,
+                CHUNK,
+                32
+            ),
             START_PIPELINE
         );
         assert_eq!(
-            board.pipeline(&PeerId([1; 32]), Sizing::BandwidthDelay, CHUNK, 1),
+            board.pipeline(
+                &PeerId([1; 32]),
+                Sizing::BandwidthDelay,
+                Source::Complete,
+                CHUNK,
+                1
+            ),
             1
         );
         assert!(board.may_endgame(&PeerId([1; 32])));
@@ -251,19 +292,25 @@ mod tests {
         // Loopback: 1 GB/s, 50 µs round trip. Full at any depth past two; 32 would only
         // hold 8 MiB in socket buffers.
         Link::new(1e9, 0.05).feed(&board, local, 32, 4000);
-        assert_eq!(board.pipeline(&local, Sizing::BandwidthDelay, CHUNK, 32), 5);
+        assert_eq!(
+            board.pipeline(&local, Sizing::BandwidthDelay, Source::Complete, CHUNK, 32),
+            5
+        );
         // 40 MB/s over 100 ms: 4.3 MB (16.3 chunks) in flight keep the link full.
         Link::new(40e6, 100.0).feed(&board, far, 32, 160);
-        let depth = board.pipeline(&far, Sizing::BandwidthDelay, CHUNK, 64);
+        let depth = board.pipeline(&far, Sizing::BandwidthDelay, Source::Complete, CHUNK, 64);
         assert!((33..=37).contains(&depth), "{depth}");
         assert_eq!(
-            board.pipeline(&far, Sizing::BandwidthDelay, CHUNK, 16),
+            board.pipeline(&far, Sizing::BandwidthDelay, Source::Complete, CHUNK, 16),
             16,
             "never more than the cap"
         );
         // 1 MB/s over 100 ms: sending one chunk takes longer than the round trip.
         Link::new(1e6, 100.0).feed(&board, slow, 32, 20);
-        assert_eq!(board.pipeline(&slow, Sizing::BandwidthDelay, CHUNK, 32), 5);
+        assert_eq!(
+            board.pipeline(&slow, Sizing::BandwidthDelay, Source::Complete, CHUNK, 32),
+            5
+        );
         let s = board.get(&slow);
         assert!((s.throughput.unwrap() - 1e6).abs() < 1e4, "{s:?}");
         assert!(s.latency.unwrap() > Duration::from_secs(1), "{s:?}");
@@ -283,7 +330,7 @@ mod tests {
         let mut depth = START_PIPELINE;
         for _ in 0..8 {
             now = link.deliver(&board, peer, depth as u32, 100, now);
-            depth = board.pipeline(&peer, Sizing::BandwidthDelay, CHUNK, 64);
+            depth = board.pipeline(&peer, Sizing::BandwidthDelay, Source::Complete, CHUNK, 64);
         }
         let throughput = board.get(&peer).throughput.unwrap();
         assert!((20..=50).contains(&depth), "{depth}");
@@ -291,19 +338,41 @@ mod tests {
     }
 
     #[test]
+    fn a_leecher_gets_its_bandwidth_delay_product_and_no_queue() {
+        let board = Scoreboard::default();
+        let (shared, alone) = (PeerId([1; 32]), PeerId([2; 32]));
+        // A 20 Mbit/s upload shared by seven leechers: the first chunk from it idle (0.1 s),
+        // then 0.36 MB/s each. A seeder at that pace would get three requests.
+        let now = Link::new(2.5e6, 0.1).first(&board, shared, Instant::now());
+        Link::new(2.5e6 / 7.0, 0.1).deliver(&board, shared, 1, 20, now);
+        let depth = |peer, source| board.pipeline(&peer, Sizing::BandwidthDelay, source, CHUNK, 32);
+        assert_eq!(depth(shared, Source::Partial), 1);
+        assert_eq!(depth(shared, Source::Complete), 3);
+        // The same upload for this leecher alone, 40 ms away: its product covers the round trip.
+        Link::new(2.5e6, 40.0).feed(&board, alone, 3, 40);
+        assert_eq!(depth(alone, Source::Partial), 3);
+    }
+
+    #[test]
     fn tunnelled_peers_queue_two_seconds_of_their_throughput() {
         let board = Scoreboard::default();
         let (fast, slow) = (PeerId([1; 32]), PeerId([2; 32]));
         assert_eq!(
-            board.pipeline(&fast, Sizing::Queue, CHUNK, 32),
+            board.pipeline(&fast, Sizing::Queue, Source::Complete, CHUNK, 32),
             32,
             "unmeasured"
         );
         Link::new(200e6, 1.0).feed(&board, fast, 32, 800);
         Link::new(1e6, 1.0).feed(&board, slow, 32, 20);
-        assert_eq!(board.pipeline(&fast, Sizing::Queue, CHUNK, 32), 32);
+        assert_eq!(
+            board.pipeline(&fast, Sizing::Queue, Source::Complete, CHUNK, 32),
+            32
+        );
         // 1 MB/s for two seconds is about eight chunks.
-        assert_eq!(board.pipeline(&slow, Sizing::Queue, CHUNK, 32), 8);
+        assert_eq!(
+            board.pipeline(&slow, Sizing::Queue, Source::Complete, CHUNK, 32),
+            8
+        );
     }
 
     #[test]
@@ -321,10 +390,10 @@ mod tests {
         let board = Scoreboard::default();
         let peer = PeerId([1; 32]);
         Link::new(20e6, 100.0).feed(&board, peer, 32, 80);
-        let before = board.pipeline(&peer, Sizing::BandwidthDelay, CHUNK, 32);
+        let before = board.pipeline(&peer, Sizing::BandwidthDelay, Source::Complete, CHUNK, 32);
         board.record_failure(peer);
         board.record_failure(peer);
-        let after = board.pipeline(&peer, Sizing::BandwidthDelay, CHUNK, 32);
+        let after = board.pipeline(&peer, Sizing::BandwidthDelay, Source::Complete, CHUNK, 32);
         assert!(after < before, "{after} < {before}");
         assert_eq!(board.get(&peer).failures, 2);
     }

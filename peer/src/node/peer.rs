@@ -48,8 +48,15 @@ const PROGRESS_ANNOUNCE_EVERY: Duration = Duration::from_secs(5);
 /// How often a download in progress asks the tracker for the file's peers again.
 const SOURCES_REFRESH_EVERY: Duration = Duration::from_secs(2);
 
-/// When a download first tells the tracker of its progress.
-const FIRST_PROGRESS_ANNOUNCE: Duration = Duration::from_secs(1);
+/// When a download first asks the tracker for the file's peers again: soon, because leechers
+/// that start together cannot find each other at the start, and until they do their uploads
+/// idle (in the swarm lab, 8 leechers started together uploaded nothing for the first 2 s of
+/// 23 when this was 2 s; `bench/README.md`).
+const FIRST_SOURCES_REFRESH: Duration = Duration::from_millis(500);
+
+/// When a download first tells the tracker of its progress: once its partial file is open
+/// (which takes milliseconds), and before the other leechers' first refresh.
+const FIRST_PROGRESS_ANNOUNCE: Duration = Duration::from_millis(200);
 
 /// How long a lookup waits for the session's first registration attempt (the tracker answers
 /// in milliseconds, or is unreachable at once; a hanging one is not waited for).
@@ -287,7 +294,8 @@ impl Peer {
 }
 
 /// Asks the tracker for the peers of `manifest`'s file (of its variant, when the tracker keeps
-/// several manifests per file) every [`SOURCES_REFRESH_EVERY`] and hands them to the download
+/// several manifests per file) after [`FIRST_SOURCES_REFRESH`], then every
+/// [`SOURCES_REFRESH_EVERY`], and hands them to the download
 /// (which skips those it knows): leechers that joined after it started have chunks to offer,
 /// and they cannot all be found at the start. Ends when the download drops its end.
 async fn refresh_sources(
@@ -296,7 +304,7 @@ async fn refresh_sources(
     found: mpsc::Sender<Vec<PeerAddr>>,
 ) {
     let id = manifest.id;
-    let first = tokio::time::Instant::now() + SOURCES_REFRESH_EVERY;
+    let first = tokio::time::Instant::now() + FIRST_SOURCES_REFRESH;
     let mut every = tokio::time::interval_at(first, SOURCES_REFRESH_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut variant = None;
