@@ -75,7 +75,13 @@ impl Drop for Killed {
 
 /// Polls `tracker` until it lists a peer for file `id` (at most `within`); returns how long it
 /// took.
-async fn listed(tracker: &str, id: &str, within: Duration, seeder: &support::Log) -> Duration {
+async fn listed(
+    tracker: &str,
+    id: &str,
+    peer: &str,
+    within: Duration,
+    seeder: &support::Log,
+) -> Duration {
     let http = reqwest::Client::new();
     let start = Instant::now();
     loop {
@@ -87,7 +93,8 @@ async fn listed(tracker: &str, id: &str, within: Duration, seeder: &support::Log
             .unwrap();
         if resp.status() == 200 {
             let body: serde_json::Value = resp.json().await.unwrap();
-            if !body["peers"].as_array().unwrap().is_empty() {
+            let peers = body["peers"].as_array().unwrap();
+            if peers.iter().any(|p| p["peer_id"] == peer) {
                 return start.elapsed();
             }
         }
@@ -134,10 +141,21 @@ async fn peers_fail_over_to_the_second_tracker() {
         .spawn()
         .unwrap();
     let log = support::Log::capture(seeder.stderr.take().unwrap());
+    let line = log
+        .wait_for(&mut seeder, &["peer listening"], Duration::from_secs(30))
+        .await;
+    // The seeder itself, not the download below: that one announces its progress too, and
+    // fails over to tracker 2 on its own.
+    let peer = line
+        .split("peer_id=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .to_owned();
     let seeder = Killed(seeder);
     // The first tracker answers, so the seeder uses it (and only it: tracker 2 has its own
     // database and has not heard of the seeder).
-    listed(&trackers[0], &id, Duration::from_secs(30), &log).await;
+    listed(&trackers[0], &id, &peer, Duration::from_secs(30), &log).await;
 
     // A download that runs while tracker 1 stops: 2 MiB/s, so it is under way for a while.
     let running_dir = work.path().join("running");
@@ -170,7 +188,7 @@ async fn peers_fail_over_to_the_second_tracker() {
     t1.stop().await.unwrap();
 
     // The seeder goes on to tracker 2 by itself: registers and announces there within seconds.
-    let took = listed(&trackers[1], &id, REANNOUNCE_WITHIN, &log).await;
+    let took = listed(&trackers[1], &id, &peer, REANNOUNCE_WITHIN, &log).await;
     assert!(
         log.count("now using this tracker") >= 1,
         "{}",
