@@ -26,6 +26,9 @@ use crate::storage::{DownloadLock, LockAttempt, LockError, safe_file_name, try_l
 const POLL: Duration = Duration::from_millis(200);
 /// How often a waiting download says again that it waits.
 const REMIND_EVERY: Duration = Duration::from_secs(60);
+/// How long a waiting download holds back its first message while the lock file names no
+/// holder yet: the holder writes its pid right after taking the lock.
+const NAMED_WITHIN: Duration = Duration::from_secs(2);
 
 /// Where a completed download went; `None` while it runs.
 type Outcome = Option<PathBuf>;
@@ -161,11 +164,10 @@ async fn lock_across_processes(
             }
             LockAttempt::Busy(busy) => busy,
         };
-        let pid = busy
-            .holder()
-            .pid
-            .map_or_else(|| "pid unknown".to_owned(), |p| format!("pid {p}"));
-        if told.is_none_or(|t| t.elapsed() >= REMIND_EVERY) {
+        let holder = busy.holder().pid;
+        let pid = holder.map_or_else(|| "pid unknown".to_owned(), |p| format!("pid {p}"));
+        let named = holder.is_some() || started.elapsed() >= NAMED_WITHIN;
+        if named && told.is_none_or(|t| t.elapsed() >= REMIND_EVERY) {
             let waited = started.elapsed().as_secs();
             let still = if told.is_some() { "still " } else { "" };
             tracing::info!(
