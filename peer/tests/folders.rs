@@ -8,15 +8,12 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use p2p_proto::FileId;
 use p2p_proto::collection::{Collection, Entry};
 use sha2::{Digest, Sha256};
-use support::procs::{
-    Killed, download, kill_download_when, peer_cmd, seeder, tracker, wait_announced,
-};
+use support::procs::{download, kill_download_when, piped_shell, seeder, tracker, wait_announced};
 
 fn id_of(data: &[u8]) -> FileId {
     FileId(Sha256::digest(data).into())
@@ -254,7 +251,7 @@ async fn a_daemon_shares_a_subfolder_that_downloads_byte_for_byte_and_hostile_li
 /// continues with the rest, and only those cross the network again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shell_shares_a_folder_and_a_killed_download_resumes_across_files() {
-    use std::io::{BufRead, Write};
+    use std::io::Write;
     let work = tempfile::tempdir().unwrap();
     let t = tracker(work.path()).await;
     let url = t.base_url();
@@ -273,25 +270,12 @@ async fn the_shell_shares_a_folder_and_a_killed_download_resumes_across_files() 
     // A slow sharer (4 MiB/s for 18 MB), so the download can be killed part-way.
     let shell_data = work.path().join("shell");
     std::fs::create_dir_all(&shell_data).unwrap();
-    let mut shell = Killed(
-        peer_cmd(env!("CARGO_BIN_EXE_p2p-peer"), &url, &shell_data)
-            .args(["--dht", "off", "--no-relay", "--upload-limit", "4M"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let (mut shell, mut stdin, rx) = piped_shell(
+        &url,
+        &shell_data,
+        &["--dht", "off", "--no-relay", "--upload-limit", "4M"],
     );
-    let mut stdin = shell.0.stdin.take().unwrap();
     writeln!(stdin, "share {}", folder.display()).unwrap();
-    let lines = std::io::BufReader::new(shell.0.stdout.take().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in lines.lines() {
-            let Ok(line) = line else { break };
-            let _ = tx.send(line);
-        }
-    });
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut said = Vec::new();
     let id = loop {

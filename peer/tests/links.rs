@@ -15,7 +15,7 @@ use p2p_proto::api::FilePeers;
 use p2p_proto::link::{ReadGrant, ShareLink};
 use p2p_proto::{FileId, PeerId};
 use sha2::{Digest, Sha256};
-use support::procs::{KEY, Killed, peer_cmd, seeder, tracker};
+use support::procs::{KEY, piped_shell, seeder, tracker};
 
 fn id_of(data: &[u8]) -> FileId {
     FileId(Sha256::digest(data).into())
@@ -209,7 +209,7 @@ async fn a_download_by_link_needs_no_api_key_and_ends_with_its_grant() {
 /// `link <id>` prints one for a file shared earlier; the printed link downloads without a key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shell_prints_a_link_that_downloads_without_a_key() {
-    use std::io::{BufRead, Write};
+    use std::io::Write;
     let work = tempfile::tempdir().unwrap();
     let t = tracker(work.path()).await;
     let url = t.base_url();
@@ -218,25 +218,12 @@ async fn the_shell_prints_a_link_that_downloads_without_a_key() {
     let file = work.path().join("notes.txt");
     let data = support::content(200_000, 17);
     std::fs::write(&file, &data).unwrap();
-    let mut shell = Killed(
-        peer_cmd(env!("CARGO_BIN_EXE_p2p-peer"), &url, &shell_data)
-            .args(["--dht", "off", "--no-relay", "--link-ttl", "3600"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let (mut shell, mut stdin, rx) = piped_shell(
+        &url,
+        &shell_data,
+        &["--dht", "off", "--no-relay", "--link-ttl", "3600"],
     );
-    let mut stdin = shell.0.stdin.take().unwrap();
     writeln!(stdin, "share {}", file.display()).unwrap();
-    let lines = std::io::BufReader::new(shell.0.stdout.take().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in lines.lines() {
-            let Ok(line) = line else { break };
-            let _ = tx.send(line);
-        }
-    });
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut said = Vec::new();
     let next_link = |said: &mut Vec<String>| loop {

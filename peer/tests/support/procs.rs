@@ -65,6 +65,39 @@ pub async fn seeder(url: &str, dir: &Path, id: &str, extra: &[&str]) -> Killed {
     child
 }
 
+/// A `p2p-peer` shell on `data` (with `extra` arguments) driven through pipes, as a script
+/// would: its stdin, and its stdout line by line (read on a thread of its own).
+pub fn piped_shell(
+    url: &str,
+    data: &Path,
+    extra: &[&str],
+) -> (
+    Killed,
+    std::process::ChildStdin,
+    std::sync::mpsc::Receiver<String>,
+) {
+    use std::io::BufRead;
+    let mut shell = Killed(
+        peer_cmd(env!("CARGO_BIN_EXE_p2p-peer"), url, data)
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let stdin = shell.0.stdin.take().unwrap();
+    let lines = std::io::BufReader::new(shell.0.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines.lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    (shell, stdin, rx)
+}
+
 /// Waits (at most 30 s) until the tracker lists a peer for `id`.
 pub async fn wait_announced(url: &str, id: &str) {
     let http = reqwest::Client::new();
