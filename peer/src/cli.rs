@@ -267,17 +267,40 @@ async fn share_folder(peer: &Peer, path: &std::path::Path, public: bool) -> anyh
 const WITHDRAW_WAIT: Duration = Duration::from_secs(5);
 
 /// Stops serving the file whose id starts with `prefix`; the tracker session withdraws its
-/// announce and the DHT announcer stops announcing it (both follow the library).
+/// announce and the DHT announcer stops announcing it (both follow the library). A folder's
+/// collection takes along its files that are neither shared on their own nor in another shared
+/// folder ([`folder::unshare_folder`]).
 async fn unshare(peer: &Peer, prefix: &str) -> anyhow::Result<()> {
     let files = peer.node.library.list();
     let (id, name) =
         shell::resolve_shared(prefix, files.iter().map(|(m, _)| (m.id, m.name.as_str())))
             .map_err(anyhow::Error::msg)?;
-    if peer.node.library.withdraw(&id).is_none() {
-        anyhow::bail!("{name} is no longer shared");
+    let library = peer.node.library.clone();
+    let folder = tokio::task::spawn_blocking(move || folder::unshare_folder(&library, &id)).await?;
+    match folder {
+        Some(folder) => {
+            peer.announce_now();
+            println!(
+                "no longer sharing folder {} and {} of its files{}\n  id {id}",
+                folder.name,
+                folder.withdrawn.len(),
+                match folder.kept.len() {
+                    0 => String::new(),
+                    n => format!(
+                        " ({} still shared on their own or by another folder)",
+                        count(n as u64, "file")
+                    ),
+                }
+            );
+        }
+        None => {
+            if peer.node.library.withdraw(&id).is_none() {
+                anyhow::bail!("{name} is no longer shared");
+            }
+            peer.announce_now();
+            println!("no longer sharing {name}\n  id {id}");
+        }
     }
-    peer.announce_now();
-    println!("no longer sharing {name}\n  id {id}");
     if withdrawn(peer, &id).await {
         println!("  the tracker no longer lists this peer for it");
     } else {
@@ -447,7 +470,12 @@ async fn fetch(peer: &Peer, id: &FileId) -> anyhow::Result<Fetched> {
                 );
                 (manifest, sources) = (next, more);
             }
-            result => return Ok(Fetched::File(result?)),
+            result => {
+                let report = result?;
+                // Downloaded as a file: unsharing a folder that has it too leaves it on offer.
+                peer.node.library.mark_alone(*id);
+                return Ok(Fetched::File(report));
+            }
         }
     }
 }

@@ -51,7 +51,9 @@ commands:
                      shortened to its first characters): trackers, peers, and a read
                      grant that lets anyone holding the link download it (--link-ttl)
   unshare <id>       stop sharing a file and withdraw it from the tracker; the id may be
-                     shortened to its first characters (at least 4)
+                     shortened to its first characters (at least 4). A folder's id
+                     withdraws its files too, except those shared on their own or by
+                     another shared folder
   status             this peer: id, port, shared files, transfers
   peers              peers online in the swarm
   limit up|down <rate|off>

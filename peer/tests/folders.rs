@@ -1,6 +1,7 @@
 //! Folder shares end to end, with real processes on loopback (`--dht off --no-relay`): a
 //! daemon shares its subfolders, the shell shares a folder, `p2p-download` recreates trees
-//! byte for byte, refuses hostile collections, and resumes across files.
+//! byte for byte, refuses hostile collections, and resumes across files; `unshare` of a folder
+//! withdraws its files too, but not those another shared folder has or shared on their own.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -321,6 +322,103 @@ async fn the_shell_shares_a_folder_and_a_killed_download_resumes_across_files() 
         "{text}"
     );
     assert_eq!(read_tree(&leech.join("photos")), want);
+    writeln!(stdin, "quit").unwrap();
+    drop(stdin);
+    let _ = shell.0.wait();
+    t.stop().await.unwrap();
+}
+
+/// How many peers the tracker lists for `id` (none for a file it does not know).
+async fn listed_peers(url: &str, id: &FileId) -> usize {
+    let resp = reqwest::Client::new()
+        .get(format!("{url}/api/files/{id}/peers"))
+        .header("X-API-Key", support::procs::KEY)
+        .send()
+        .await
+        .unwrap();
+    if resp.status() == 404 {
+        return 0;
+    }
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    body["peers"].as_array().unwrap().len()
+}
+
+/// The shell's `unshare <folder id>` withdraws the folder's collection and its files from the
+/// tracker, except a file another shared folder has too and one shared on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsharing_a_folder_withdraws_its_files_but_not_shared_ones() {
+    use std::io::Write;
+    let work = tempfile::tempdir().unwrap();
+    let t = tracker(work.path()).await;
+    let url = t.base_url();
+    let (one, two) = (work.path().join("one"), work.path().join("two"));
+    std::fs::create_dir_all(one.join("sub")).unwrap();
+    std::fs::create_dir_all(&two).unwrap();
+    let (mine, both, alone) = (
+        support::content(300_000, 41),
+        support::content(300_000, 43),
+        support::content(300_000, 45),
+    );
+    std::fs::write(one.join("sub/mine.bin"), &mine).unwrap();
+    std::fs::write(one.join("both.bin"), &both).unwrap();
+    std::fs::write(two.join("both.bin"), &both).unwrap();
+    std::fs::write(one.join("alone.bin"), &alone).unwrap();
+    let (mine, both, alone) = (id_of(&mine), id_of(&both), id_of(&alone));
+
+    let shell_data = work.path().join("shell");
+    std::fs::create_dir_all(&shell_data).unwrap();
+    let (mut shell, mut stdin, rx) =
+        piped_shell(&url, &shell_data, &["--dht", "off", "--no-relay"]);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut said = Vec::new();
+    let next_id = |said: &mut Vec<String>| loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("no id printed: {said:?}"));
+        said.push(line.clone());
+        if let Some(id) = line.trim().strip_prefix("id ") {
+            return id.parse::<FileId>().unwrap();
+        }
+    };
+    writeln!(stdin, "share {}", one.display()).unwrap();
+    let folder_one = next_id(&mut said);
+    writeln!(stdin, "share {}", two.display()).unwrap();
+    let folder_two = next_id(&mut said);
+    writeln!(stdin, "share {}", one.join("alone.bin").display()).unwrap();
+    assert_eq!(next_id(&mut said), alone);
+    for id in [folder_one, folder_two, mine, both, alone] {
+        wait_announced(&url, &id.to_string()).await;
+    }
+
+    writeln!(stdin, "unshare {folder_one}").unwrap();
+    assert_eq!(next_id(&mut said), folder_one);
+    assert!(
+        said.iter().any(|l| l.starts_with(
+            "no longer sharing folder one and 1 of its files (2 files still shared on their own or by another folder)"
+        )),
+        "{said:?}"
+    );
+    // The collection and its own file leave the tracker's lists (within 30 s).
+    let gone_by = Instant::now() + Duration::from_secs(30);
+    for id in [folder_one, mine] {
+        while listed_peers(&url, &id).await > 0 {
+            assert!(Instant::now() < gone_by, "{id} is still listed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // Withdrawn in the same announce: the shared ones are still there.
+    for id in [folder_two, both, alone] {
+        assert_eq!(listed_peers(&url, &id).await, 1, "{id} was withdrawn");
+    }
+    // Unsharing the other folder now takes the file it shared with the first along.
+    writeln!(stdin, "unshare {folder_two}").unwrap();
+    assert_eq!(next_id(&mut said), folder_two);
+    while listed_peers(&url, &both).await > 0 {
+        assert!(Instant::now() < gone_by, "{both} is still listed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(listed_peers(&url, &alone).await, 1);
     writeln!(stdin, "quit").unwrap();
     drop(stdin);
     let _ = shell.0.wait();

@@ -15,6 +15,8 @@
 //!   resumable across files.
 //! - [`watched`]: the daemon's subfolders, each shared as a collection and shared again when
 //!   something in it changes.
+//! - [`unshare`]: unsharing a folder: its collection, and the members no other shared
+//!   collection has and that are not shared on their own.
 //! - [`fetch`]: downloading a collection: its encoding, then each member file (linked from
 //!   the library when this peer has it already), with one progress figure over the total.
 
@@ -30,10 +32,12 @@ mod fetch;
 mod scan;
 mod share;
 mod tree;
+mod unshare;
 mod watched;
 
 pub use fetch::{FolderProgress, FolderReport, fetch_folder};
 pub use share::{SharedFolder, collections_dir, share_folder};
+pub use unshare::{UnsharedFolder, unshare_folder};
 pub use watched::share_subfolders;
 
 /// Why a folder could not be shared or downloaded.

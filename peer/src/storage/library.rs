@@ -9,7 +9,7 @@
 //! partial download's chunks are verified before they are written, into a file only this peer
 //! writes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -130,6 +130,9 @@ pub struct Library {
     io: InlineIo,
     /// Which files are public (the rest are served to admitted peers only).
     pub visibility: Visibility,
+    /// Files shared on their own ([`Library::share`], [`Library::mark_alone`]), not only as a
+    /// folder's member: unsharing a folder leaves them on offer.
+    alone: RwLock<HashSet<FileId>>,
 }
 
 impl Default for Library {
@@ -153,6 +156,7 @@ impl Library {
             rehashed: AtomicU64::new(0),
             io: InlineIo::default(),
             visibility: Visibility::default(),
+            alone: RwLock::default(),
         }
     }
 
@@ -190,7 +194,19 @@ impl Library {
         })?;
         let manifest = hashed.manifest.clone();
         self.offer(path.to_owned(), hashed);
+        self.mark_alone(manifest.id);
         Ok(manifest)
+    }
+
+    /// Notes that `id` is shared on its own (shared or downloaded as a file, not only as a
+    /// folder's member), so unsharing a folder that has it leaves it on offer.
+    pub fn mark_alone(&self, id: FileId) {
+        self.alone.write().insert(id);
+    }
+
+    /// Whether `id` is shared on its own ([`Library::mark_alone`]).
+    pub fn is_alone(&self, id: &FileId) -> bool {
+        self.alone.read().contains(id)
     }
 
     /// Offers the file at `path` whole, with a manifest known to describe it: its chunks are
@@ -219,6 +235,7 @@ impl Library {
     /// Stops offering `id`, wherever it lives (the shell's `unshare`); its manifest, or `None`
     /// when it was not on offer. The file on disk stays.
     pub fn withdraw(&self, id: &FileId) -> Option<Manifest> {
+        self.alone.write().remove(id);
         let entry = self.files.write().remove(id)?;
         Some(entry.manifest.clone())
     }
