@@ -454,6 +454,7 @@ pub async fn start(
         pending_auth: Arc::new(tokio::sync::Semaphore::new(
             serve.guard.max_pending_auth as usize,
         )),
+        member_grant_reads: Arc::new(tokio::sync::Semaphore::new(api::files::MEMBER_GRANT_READS)),
         shutdown: shutdown.clone(),
     });
     let (app, metrics_app) = split_metrics(routes(state.clone(), serve), serve.metrics_addr);

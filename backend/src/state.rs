@@ -32,6 +32,9 @@ pub struct AppState {
     pub metrics_token: Option<String>,
     /// WebSockets still waiting for credentials or a key proof (one permit each).
     pub pending_auth: Arc<tokio::sync::Semaphore>,
+    /// Folder collections being read for member grants (one permit each, so at most
+    /// [`crate::api::files::MEMBER_GRANT_READS`] collections are held in memory at once).
+    pub member_grant_reads: Arc<tokio::sync::Semaphore>,
     /// Cancelled when the tracker shuts down; long-lived connections watch it.
     pub shutdown: CancellationToken,
 }

@@ -215,10 +215,15 @@ async fn in_process(secs: u64, args: ServeArgs, run: impl AsyncFnOnce(&Target)) 
 async fn honest_announce(target: &Target) {
     let (peer, token) = register_peer(target, 7000).await;
     let m = manifest("honest.bin", &content(100_000, 7));
+    announce(target, &peer, &token, &m).await;
+}
+
+/// `peer` (with its `token`) announces `m`, which must succeed.
+async fn announce(target: &Target, peer: &p2p_proto::PeerId, token: &str, m: &p2p_proto::Manifest) {
     let resp = http()
         .post(target.url("/api/files/announce"))
         .header("X-API-Key", KEY)
-        .header("X-Peer-Token", &token)
+        .header("X-Peer-Token", token)
         .json(&json!({"peer_id": peer, "file": m}))
         .send()
         .await
@@ -336,6 +341,107 @@ async fn an_authenticated_chunked_body_is_cut_at_the_cap_while_streaming() {
         watch
             .finish(target, "chunked-body-over-cap", 16 * MIB)
             .await;
+    })
+    .await;
+}
+
+/// Folder collection bodies sent for member grants (`POST /api/files/{C}/grants/members`, with
+/// a valid read grant) are cut once they pass the largest collection (16 MiB), under a global
+/// body cap four times that, and at most four are read at once (429 for more): eight sockets
+/// each streaming 32 MiB make the tracker hold at most 4 × 16 MiB. The honest request works
+/// after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_grant_bodies_are_cut_at_the_largest_collection() {
+    use p2p_proto::collection::{Collection, Entry};
+    let mut args = serve_args();
+    args.max_body_bytes = 64 * MIB as usize;
+    in_process(90, args, async |target| {
+        let (peer, token) = register_peer(target, 7100).await;
+        let member = manifest("member.bin", &content(10_000, 8));
+        let folder = Collection::new(
+            "folder",
+            vec![Entry::file("member.bin", member.id, member.size, false)],
+        )
+        .unwrap()
+        .encode();
+        let list = manifest("folder.p2p-folder", &folder);
+        for m in [&member, &list] {
+            announce(target, &peer, &token, m).await;
+        }
+        let resp = http()
+            .post(target.url(&format!("/api/files/{}/grants", list.id)))
+            .header("X-API-Key", KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201);
+        let grant = resp.json::<serde_json::Value>().await.unwrap()["grant"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let path = format!("/api/files/{}/grants/members", list.id);
+
+        let watch = Watch::start(target);
+        let attackers: Vec<_> = (0..8)
+            .map(|_| {
+                let (addr, path, grant) = (target.addr, path.clone(), grant.clone());
+                tokio::spawn(async move {
+                    let s = TcpStream::connect(addr).await.unwrap();
+                    let (mut r, mut w) = s.into_split();
+                    let head = format!(
+                        "POST {path} HTTP/1.1\r\nHost: t\r\nX-Read-Grant: {grant}\r\n\
+                         Content-Type: application/octet-stream\r\n\
+                         Transfer-Encoding: chunked\r\n\r\n"
+                    );
+                    w.write_all(head.as_bytes()).await.unwrap();
+                    // Streams 32 MiB (or until the tracker stops reading) while the answer
+                    // is read as soon as it comes.
+                    let writer = tokio::spawn(async move {
+                        let mut chunk = b"10000\r\n".to_vec();
+                        chunk.extend(std::iter::repeat_n(b'x', 0x10000));
+                        chunk.extend(b"\r\n");
+                        for _ in 0..512 {
+                            let write = w.write_all(&chunk);
+                            match tokio::time::timeout(Duration::from_secs(2), write).await {
+                                Ok(Ok(())) => {}
+                                _ => break,
+                            }
+                        }
+                    });
+                    let mut answer = vec![0u8; 4096];
+                    let n = tokio::time::timeout(Duration::from_secs(30), r.read(&mut answer))
+                        .await
+                        .unwrap()
+                        .unwrap_or(0);
+                    writer.abort();
+                    String::from_utf8_lossy(&answer[..n]).into_owned()
+                })
+            })
+            .collect();
+        let mut cut = 0;
+        for a in attackers {
+            let answer = a.await.unwrap();
+            if answer.starts_with("HTTP/1.1 413") {
+                assert!(answer.contains("at most 16777216 bytes"), "{answer}");
+                cut += 1;
+            } else {
+                assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+            }
+        }
+        assert!(cut >= 1, "no body was read and cut");
+        let resp = http()
+            .post(target.url(&path))
+            .header("X-Read-Grant", &grant)
+            .header("Content-Type", "application/octet-stream")
+            .body(folder)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "the honest request");
+        let answer: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(answer["grants"].as_array().unwrap().len(), 1);
+        watch.finish(target, "member-grant-bodies", 96 * MIB).await;
+        println!("FIGURE member-grant-bodies cut={cut} of 8");
     })
     .await;
 }

@@ -1,21 +1,43 @@
 //! Read grants (share links, docs/protocol.md §11) over real HTTP, on SQLite and PostgreSQL: a
 //! grant reads its one id without an API key, its holder proves a peer id to be admitted (not
 //! past the grant's expiry), and another id, an expired, forged or malformed grant, or no grant
-//! at all is refused with a clear error.
+//! at all is refused with a clear error. A folder collection's grant gets grants for its member
+//! files, given the collection's bytes, ending with it; bytes that are not the collection, a
+//! grant for another id or an expired one, and a collection with too many entries are refused.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
 use common::*;
-use p2p_proto::PeerId;
 use p2p_proto::admission::Admission;
+use p2p_proto::collection::{Collection, Entry, MAGIC, MAX_ENTRIES};
 use p2p_proto::link::{READ_GRANT_HEADER, ReadGrant};
+use p2p_proto::{FileId, Manifest, PeerId};
 use serde_json::{Value, json};
+use sha2::Digest;
 
 #[tokio::test]
 async fn read_grants_on_sqlite() {
     within(60, grants_work(&TestDb::sqlite())).await;
+}
+
+#[tokio::test]
+async fn member_grants_on_sqlite() {
+    within(60, member_grants_work(&TestDb::sqlite())).await;
+}
+
+#[tokio::test]
+async fn member_grants_on_postgres() {
+    let Some(url) = postgres_url() else {
+        return skip(
+            "member grants on PostgreSQL",
+            "P2P_TEST_POSTGRES_URL is not set",
+        );
+    };
+    let db = TestDb::postgres(&url);
+    within(60, member_grants_work(&db)).await;
+    db.cleanup().await;
 }
 
 #[tokio::test]
@@ -238,5 +260,169 @@ async fn grants_work(db: &TestDb) {
     // The day-long grant still works.
     let resp = with_grant(&t, &peers_path, &grant).send().await.unwrap();
     assert_eq!(resp.status(), 200);
+    t.stop().await;
+}
+
+/// A grant for `id` lasting `ttl_secs`, made with the API key.
+async fn grant_for(t: &TestTracker, id: &FileId, ttl_secs: u64) -> String {
+    let resp = t
+        .post(
+            &format!("/api/files/{id}/grants?ttl_secs={ttl_secs}"),
+            &json!({}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    resp.json::<Value>().await.unwrap()["grant"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// `POST /api/files/{id}/grants/members` with `grant` (if any) and `body`.
+async fn ask_members(
+    t: &TestTracker,
+    id: &FileId,
+    grant: Option<&str>,
+    body: Vec<u8>,
+) -> reqwest::Response {
+    let mut req = t
+        .http
+        .post(t.url(&format!("/api/files/{id}/grants/members")))
+        .header("Content-Type", "application/octet-stream")
+        .body(body);
+    if let Some(g) = grant {
+        req = req.header(READ_GRANT_HEADER, g.to_owned());
+    }
+    req.send().await.unwrap()
+}
+
+async fn member_grants_work(db: &TestDb) {
+    // A body cap above the largest collection, so that the route's own cap is what refuses.
+    let mut args = serve_args();
+    args.max_body_bytes = 32 << 20;
+    let t = TestTracker::start(db, args).await;
+    let seeder = peer_id();
+    t.register(&seeder, 6881).await;
+    let (a, b) = (content(5000, 21), content(7000, 22));
+    let (ma, mb) = (manifest("a.bin", &a), manifest("b.bin", &b));
+    let empty = FileId(sha2::Sha256::digest(b"").into());
+    let folder = Collection::new(
+        "album",
+        vec![
+            Entry::file("x/a.bin", ma.id, 5000, false),
+            Entry::file("b.bin", mb.id, 7000, true),
+            // The same content twice, and an empty file: one grant, and none.
+            Entry::file("copy of a.bin", ma.id, 5000, false),
+            Entry::file("empty", empty, 0, false),
+            Entry::empty_dir("nothing here"),
+        ],
+    )
+    .unwrap();
+    let bytes = folder.encode();
+    let list = manifest("album.p2p-folder", &bytes);
+    assert_eq!(list.id, folder.id());
+    for m in [&list, &ma, &mb] {
+        assert_eq!(t.announce(&seeder, m, None).await.status(), 200);
+    }
+    let grant = grant_for(&t, &list.id, 600).await;
+
+    // With the collection's grant and bytes: a grant per member, ending with the collection's,
+    // each reading its file and only that.
+    let resp = ask_members(&t, &list.id, Some(&grant), bytes.clone()).await;
+    assert_eq!(resp.status(), 200);
+    let answer: Value = resp.json().await.unwrap();
+    assert_eq!(answer["collection_id"], json!(list.id));
+    assert_eq!(answer["expires_at_ms"], T0 + 600_000);
+    let grants: Vec<ReadGrant> = answer["grants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| ReadGrant::from_hex(g.as_str().unwrap()).unwrap())
+        .collect();
+    let mut ids: Vec<FileId> = grants.iter().map(|g| g.file_id).collect();
+    ids.sort();
+    let mut want = vec![ma.id, mb.id];
+    want.sort();
+    assert_eq!(ids, want, "one grant per distinct non-empty member");
+    for g in &grants {
+        assert_eq!(
+            g.expires_at_ms,
+            T0 + 600_000,
+            "not past the collection's grant"
+        );
+        let resp = with_grant(&t, &format!("/api/files/{}", g.file_id), &g.to_hex())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let resp = with_grant(&t, &format!("/api/files/{}", list.id), &g.to_hex())
+            .send()
+            .await
+            .unwrap();
+        assert_error(resp, 403, "forbidden").await;
+    }
+    let member_grant = grants.iter().find(|g| g.file_id == ma.id).unwrap().to_hex();
+
+    // Bytes that are not the collection: another valid collection, or garbage.
+    let other = Collection::new("other", vec![Entry::file("a", mb.id, 7000, false)]).unwrap();
+    for body in [other.encode(), b"not a collection".to_vec(), Vec::new()] {
+        let resp = ask_members(&t, &list.id, Some(&grant), body).await;
+        let msg = assert_error(resp, 400, "bad_request").await;
+        assert!(
+            msg.contains(&format!("the body is not the collection {}", list.id)),
+            "{msg}"
+        );
+    }
+    // A grant for another id (a member's): 403, whatever the body.
+    let resp = ask_members(&t, &list.id, Some(&member_grant), bytes.clone()).await;
+    let msg = assert_error(resp, 403, "forbidden").await;
+    assert!(msg.contains("the read grant is for"), "{msg}");
+    // A member's grant for the member's own route: its bytes are not a collection's.
+    let resp = ask_members(&t, &ma.id, Some(&member_grant), a.clone()).await;
+    let msg = assert_error(resp, 400, "bad_request").await;
+    assert!(msg.contains("not a valid folder collection"), "{msg}");
+    // No grant: 401. An API key instead: grants lasting a day.
+    let resp = ask_members(&t, &list.id, None, bytes.clone()).await;
+    let msg = assert_error(resp, 401, "unauthorized").await;
+    assert!(msg.contains("X-Read-Grant"), "{msg}");
+    let resp = t
+        .http
+        .post(t.url(&format!("/api/files/{}/grants/members", list.id)))
+        .header("X-API-Key", KEY)
+        .header("Content-Type", "application/octet-stream")
+        .body(bytes.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let by_key: Value = resp.json().await.unwrap();
+    assert_eq!(by_key["expires_at_ms"], T0 + 86_400_000);
+    assert_eq!(by_key["grants"].as_array().unwrap().len(), 2);
+    // Declared over the largest collection: refused before a byte is read.
+    let resp = ask_members(&t, &list.id, Some(&grant), vec![0; (16 << 20) + 1]).await;
+    let msg = assert_error(resp, 413, "payload_too_large").await;
+    assert!(msg.contains("16777216"), "{msg}");
+
+    // Too many members: a list claiming more entries than a collection may have, announced as
+    // a file so that a grant names it, is refused by the decoder (nothing allocated for it).
+    let mut forged = MAGIC.to_vec();
+    forged.extend([0, 4]);
+    forged.extend(b"huge");
+    forged.extend((MAX_ENTRIES as u32 + 1).to_be_bytes());
+    forged.extend([1, 0, 1, b'a']);
+    let huge: Manifest = manifest("huge.p2p-folder", &forged);
+    assert_eq!(t.announce(&seeder, &huge, None).await.status(), 200);
+    let huge_grant = grant_for(&t, &huge.id, 600).await;
+    let resp = ask_members(&t, &huge.id, Some(&huge_grant), forged).await;
+    let msg = assert_error(resp, 400, "bad_request").await;
+    assert!(msg.contains("over the limit of 100000"), "{msg}");
+
+    // Once the collection's grant has expired: 401, saying so.
+    t.clock.advance_ms(600_000);
+    let resp = ask_members(&t, &list.id, Some(&grant), bytes).await;
+    let msg = assert_error(resp, 401, "read_grant").await;
+    assert!(msg.contains("expired"), "{msg}");
     t.stop().await;
 }

@@ -306,6 +306,8 @@ struct World {
     unannounceable: p2p_proto::FileId,
     /// A database API key's id, revoked by the valid request.
     key_id: String,
+    /// A folder collection (of `file`) announced by A: its encoding.
+    folder: Vec<u8>,
 }
 
 async fn admin_jwt(t: &TestTracker) -> String {
@@ -333,7 +335,19 @@ async fn world(t: &TestTracker) -> World {
     let file = manifest("probe.bin", &content(300_000, 1));
     let removable = manifest("removable.bin", &content(1000, 2));
     let unannounceable = manifest("unannounce.bin", &content(1000, 3));
-    for m in [&file, &removable, &unannounceable] {
+    let folder = p2p_proto::collection::Collection::new(
+        "probe",
+        vec![p2p_proto::collection::Entry::file(
+            "probe.bin",
+            file.id,
+            file.size,
+            false,
+        )],
+    )
+    .unwrap()
+    .encode();
+    let list = manifest("probe.p2p-folder", &folder);
+    for m in [&file, &removable, &unannounceable, &list] {
         assert_eq!(t.announce(&a, m, None).await.status(), 200);
     }
     let resp = t
@@ -369,7 +383,14 @@ async fn world(t: &TestTracker) -> World {
         removable: removable.id,
         unannounceable: unannounceable.id,
         key_id,
+        folder,
     }
+}
+
+/// The id of the world's folder collection.
+fn folder_id(w: &World) -> p2p_proto::FileId {
+    use sha2::Digest;
+    p2p_proto::FileId(sha2::Sha256::digest(&w.folder).into())
 }
 
 fn bearer(c: &Cred) -> &str {
@@ -417,6 +438,17 @@ async fn valid(t: &TestTracker, w: &World, op: &Op) -> Option<(Req, u16)> {
         "get_file" => (key().param("hash", w.file.id), 200),
         "file_peers" => (key().param("hash", w.file.id), 200),
         "create_read_grant" => (key().param("hash", w.file.id), 201),
+        "create_member_grants" => (
+            Req {
+                body: Some(Body::Raw(
+                    Some("application/octet-stream"),
+                    w.folder.clone(),
+                )),
+                ..key()
+            }
+            .param("hash", folder_id(w)),
+            200,
+        ),
         "remove_file" => (admin().param("hash", w.removable), 204),
         "unannounce_file" => (
             key()
@@ -552,6 +584,53 @@ async fn special(
             add(
                 "ttl not a number",
                 base.clone().query("ttl_secs=x"),
+                Some(400),
+            );
+        }
+        "create_member_grants" => {
+            let grant = |id: p2p_proto::FileId| async move {
+                let resp = t
+                    .post(&format!("/api/files/{id}/grants"), &json!({}))
+                    .send()
+                    .await
+                    .unwrap();
+                resp.json::<Value>().await.unwrap()["grant"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            };
+            let by_grant = Req {
+                cred: Cred::None,
+                ..base.clone()
+            };
+            add(
+                "the collection's read grant",
+                by_grant
+                    .clone()
+                    .header("X-Read-Grant", grant(folder_id(w)).await),
+                Some(200),
+            );
+            add(
+                "a read grant of another id",
+                by_grant
+                    .clone()
+                    .header("X-Read-Grant", grant(w.file.id).await),
+                Some(403),
+            );
+            add(
+                "a malformed read grant",
+                by_grant.header("X-Read-Grant", "zz"),
+                Some(401),
+            );
+            add(
+                "a body that is not the collection",
+                Req {
+                    body: Some(Body::Raw(
+                        Some("application/octet-stream"),
+                        b"not it".to_vec(),
+                    )),
+                    ..base.clone()
+                },
                 Some(400),
             );
         }

@@ -49,6 +49,7 @@ async fn main() -> anyhow::Result<()> {
     let config = RelayConfig {
         url: relay::relay_url(&tracker.base_url())?,
         token: Some(KEY.into()),
+        grant: None,
     };
 
     // The seeder: listening on TCP and attached to the relay.

@@ -262,6 +262,10 @@ pub struct Discovery {
     /// Where the tracker's admissions of this peer to the files it looks up are kept, for
     /// downloads to present.
     admissions: Arc<HeldAdmissions>,
+    /// Whether peers are reached through their home relays without a relay of our own (a
+    /// share link's receiver, whose connector visits the link's relays with its read grant),
+    /// and the relay of those that name none (the link's tracker's).
+    by_their_relays: Option<Option<RelayUrl>>,
 }
 
 impl Discovery {
@@ -280,7 +284,16 @@ impl Discovery {
             relay,
             allow_local: false,
             admissions: Arc::default(),
+            by_their_relays: None,
         }
+    }
+
+    /// Keeps the home relays of the peers it finds even without a relay of our own, and gives
+    /// those that name none `default` (their tracker's relay): the connector reaches them
+    /// there (see [`crate::net::connector::Connector::allow_relay`]).
+    pub fn by_their_relays(mut self, default: Option<RelayUrl>) -> Self {
+        self.by_their_relays = Some(default);
+        self
     }
 
     /// Keeps the admissions the tracker's answers carry in `admissions`.
@@ -308,14 +321,29 @@ impl Discovery {
                 .relay
                 .and_then(|i| link.relays.get(usize::from(i)))
                 .and_then(|r| relay_url(r).ok());
-            match (&self.relay, home) {
-                (Some(_), Some(home)) => sources.push(source.with_relay(home)),
-                (Some(_), None) => sources.push(source),
-                (None, _) if !source.addrs.is_empty() => sources.push(source),
-                (None, _) => {}
-            }
+            self.push_source(&mut sources, source, home);
         }
         sources
+    }
+
+    /// Adds `source` (with its `home` relay when this node can reach it there) to `sources`,
+    /// unless it cannot be reached at all.
+    fn push_source(&self, sources: &mut Vec<PeerAddr>, source: PeerAddr, home: Option<RelayUrl>) {
+        let default = self.by_their_relays.as_ref();
+        match (&self.relay, home) {
+            (Some(_), Some(home)) => sources.push(source.with_relay(home)),
+            (None, Some(home)) if default.is_some() => sources.push(source.with_relay(home)),
+            (None, None) if default.is_some_and(Option::is_some) => {
+                let relay = default.cloned().flatten();
+                sources.push(match relay {
+                    Some(relay) => source.with_relay(relay),
+                    None => source,
+                });
+            }
+            (Some(_), None) => sources.push(source),
+            (None, _) if !source.addrs.is_empty() => sources.push(source),
+            (None, _) => {}
+        }
     }
 
     /// Dials local addresses the tracker or the DHT give too (`--allow-local-addrs`).
@@ -517,12 +545,7 @@ impl Discovery {
             // Its home relay, where tunnels and punches to it go; without one, ours (the
             // connector's default). An unusable URL is no hint at all.
             let home = p.relay.as_deref().and_then(|r| relay_url(r).ok());
-            match (&self.relay, home) {
-                (Some(_), Some(home)) => sources.push(source.with_relay(home)),
-                (Some(_), None) => sources.push(source),
-                (None, _) if !source.addrs.is_empty() => sources.push(source),
-                (None, _) => {}
-            }
+            self.push_source(&mut sources, source, home);
         }
         sources
     }

@@ -29,7 +29,7 @@ mod home;
 mod links;
 mod peer;
 
-pub use links::{Following, MadeLink, ShareLinkError};
+pub use links::{Following, MadeLink, MemberRoutes, ShareLinkError};
 pub use peer::{FetchError, Peer, PeerError};
 
 /// Why a node could not start.
@@ -187,9 +187,18 @@ fn start_paths(
     acceptor: &Acceptor<Uploader>,
     shutdown: &CancellationToken,
 ) -> Result<(Option<RelayClient>, Arc<Connector>), NodeError> {
-    // The relay wants credentials: without an API key, direct connections only.
-    if args.no_relay || args.api_key.as_deref().is_none_or(|k| k.trim().is_empty()) {
+    if args.no_relay {
         return Ok((None, Arc::new(Connector::new(None, args.relay_only))));
+    }
+    // Without an API key there is no home relay (attaching wants credentials); the relays of a
+    // share link are visited with its read grant, to dial the link's peers only.
+    if args.api_key.as_deref().is_none_or(|k| k.trim().is_empty()) {
+        let connector = Connector::new(None, args.relay_only).with_visits(
+            identity.clone(),
+            None,
+            shutdown.clone(),
+        );
+        return Ok((None, Arc::new(connector)));
     }
     // The first configured home relay, else the tracker's; the peer's home keeper (see
     // `home`) moves it to the fleet's, and on when it dies.
@@ -200,6 +209,7 @@ fn start_paths(
     let config = RelayConfig {
         url: relay::relay_url(first)?,
         token: args.api_key.clone(),
+        grant: None,
     };
     let (client, incoming, invites) =
         relay::spawn_with_punch(identity.clone(), config, shutdown.clone());

@@ -25,9 +25,9 @@ use std::time::Duration;
 use curve25519_dalek::montgomery::MontgomeryPoint;
 use p2p_proto::api::{
     AnnounceRequest, AnnounceResponse, ErrorBody, FileDetails, FileList, FilePeers,
-    HeartbeatRequest, HeartbeatResponse, MAX_PEER_CONNECTIONS, PeerChallenge, PeerChallengeRequest,
-    PeerConnection, PeerInfo, PeerList, PeerProof, ReadGrantInfo, RegisterPeerRequest,
-    RegisterPeerResponse, RelayList,
+    HeartbeatRequest, HeartbeatResponse, MAX_PEER_CONNECTIONS, MemberGrants, PeerChallenge,
+    PeerChallengeRequest, PeerConnection, PeerInfo, PeerList, PeerProof, ReadGrantInfo,
+    RegisterPeerRequest, RegisterPeerResponse, RelayList,
 };
 use p2p_proto::link::{READ_GRANT_HEADER, ReadGrant};
 use p2p_proto::peer_auth::{NONCE_LEN, PEER_PROOF_HEADER, PEER_TOKEN_HEADER, proof_mac};
@@ -676,6 +676,21 @@ impl TrackerClient {
         if let Some(ttl) = ttl {
             req = req.query(&[("ttl_secs", ttl.as_secs().max(1).to_string())]);
         }
+        self.call(req, false).await
+    }
+
+    /// `POST /api/files/{hash}/grants/members`: read grants for the member files of the
+    /// folder collection `id`, whose canonical encoding is `collection`, by this client's read
+    /// grant for the collection.
+    pub async fn member_grants(
+        &self,
+        id: &FileId,
+        collection: Vec<u8>,
+    ) -> Result<MemberGrants, TrackerError> {
+        let req = self
+            .request(Method::POST, &format!("/api/files/{id}/grants/members"))
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(collection);
         self.call(req, false).await
     }
 

@@ -471,6 +471,7 @@ async fn a_flood_of_relayed_streams_is_capped() {
         let config = RelayConfig {
             url: relay::relay_url(&url).unwrap(),
             token: Some(KEY.to_owned()),
+            grant: None,
         };
         let (client, _incoming) = relay::spawn(Identity::generate().unwrap(), config, stop.clone());
         client.wait_attached(Duration::from_secs(10)).await.unwrap();

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use p2p_tracker::store::PgStore;
 use sha2::{Digest, Sha256};
 use support::Log;
+use support::procs::relayed_bytes;
 
 const KEY: &str = "fleet-test-key";
 /// The proof's bound on re-homing after the home relay dies.
@@ -184,22 +185,6 @@ async fn until(
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// `p2p_tracker_relay_bytes_total` of a relay.
-async fn relayed_bytes(relay: &str) -> u64 {
-    let text = reqwest::get(format!("{relay}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("p2p_tracker_relay_bytes_total "))
-        .unwrap_or_else(|| panic!("no relay byte counter in {relay}/metrics"))
-        .trim()
-        .parse()
-        .unwrap()
 }
 
 /// Runs `p2p-download` homed on `relays` to the end and checks the file it wrote.

@@ -1,7 +1,10 @@
 //! Share links end to end, with real processes on loopback (`--dht off`): the shell's `share`
 //! prints a link; `p2p-download <link>` with no API key fetches the private file through the
 //! link's tracker, grant and peers; the same download fails clearly with a grant for another
-//! id, with a damaged link, and once the grant has expired.
+//! id, with a damaged link, and once the grant has expired. A link to a folder downloads its
+//! nested tree byte for byte with no API key (the folder's grant gets grants for its files),
+//! and a receiver with no API key reaches a seeder only the relay can reach through the link's
+//! relay, with the link's grant.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -15,7 +18,7 @@ use p2p_proto::api::FilePeers;
 use p2p_proto::link::{ReadGrant, ShareLink};
 use p2p_proto::{FileId, PeerId};
 use sha2::{Digest, Sha256};
-use support::procs::{KEY, piped_shell, seeder, tracker};
+use support::procs::{KEY, api_json, piped_shell, relayed_bytes, seeder, tracker};
 
 fn id_of(data: &[u8]) -> FileId {
     FileId(Sha256::digest(data).into())
@@ -36,15 +39,8 @@ async fn grant(url: &str, id: &FileId, ttl_secs: u64) -> ReadGrant {
 
 /// A link to `id` at the tracker, starting from the peers it lists, carrying `grant`.
 async fn link(url: &str, id: &FileId, grant: &ReadGrant) -> ShareLink {
-    let swarm: FilePeers = reqwest::Client::new()
-        .get(format!("{url}/api/files/{id}/peers"))
-        .header("X-API-Key", KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let swarm: FilePeers =
+        serde_json::from_value(api_json(url, &format!("/api/files/{id}/peers")).await).unwrap();
     ShareLink::from_swarm(*id, &[url.to_owned()], &swarm.peers, None, Some(grant)).unwrap()
 }
 
@@ -271,5 +267,116 @@ async fn the_shell_prints_a_link_that_downloads_without_a_key() {
     writeln!(stdin, "quit").unwrap();
     drop(stdin);
     let _ = shell.0.wait();
+    t.stop().await.unwrap();
+}
+
+/// A link to a folder (a daemon's subfolder, shared as one collection) downloads its nested
+/// tree byte for byte with no API key: the folder's grant gets the tracker's grants for its
+/// files, by sending it the folder's list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_link_downloads_the_whole_tree_without_an_api_key() {
+    use p2p_proto::collection::{Collection, Entry};
+    let work = tempfile::tempdir().unwrap();
+    let t = tracker(work.path()).await;
+    let url = t.base_url();
+    let share = work.path().join("share");
+    let album = share.join("album");
+    let files: Vec<(&str, Vec<u8>)> = vec![
+        ("a/b/c/deep.bin", support::content(900_000, 31)),
+        ("a/b/copy.bin", support::content(900_000, 31)),
+        ("ünïcødé/日本語.txt", b"konnichiwa".to_vec()),
+        ("top.txt", support::content(50_000, 33)),
+        ("zero", Vec::new()),
+    ];
+    let mut entries = vec![Entry::empty_dir("empty/inner")];
+    std::fs::create_dir_all(album.join("empty/inner")).unwrap();
+    for (path, data) in &files {
+        let on_disk = album.join(path);
+        std::fs::create_dir_all(on_disk.parent().unwrap()).unwrap();
+        std::fs::write(&on_disk, data).unwrap();
+        entries.push(Entry::file(*path, id_of(data), data.len() as u64, false));
+    }
+    let folder = Collection::new("album", entries).unwrap();
+    let id = folder.id();
+    let _seeder = seeder(
+        &url,
+        &share,
+        &id.to_string(),
+        &["--dht", "off", "--no-relay"],
+    )
+    .await;
+    for (_, member, size, _) in folder.files() {
+        if size > 0 {
+            support::procs::wait_announced(&url, &member.to_string()).await;
+        }
+    }
+
+    let day = grant(&url, &id, 86_400).await;
+    let by_link = link(&url, &id, &day).await;
+    let leech = work.path().join("leech");
+    let out = download_by_link(&leech, &by_link.to_string()).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let got = leech.join("album");
+    for (path, data) in &files {
+        assert_eq!(&std::fs::read(got.join(path)).unwrap(), data, "{path}");
+    }
+    assert!(got.join("empty/inner").is_dir());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not registering with the tracker"), "{err}");
+    assert!(err.contains("read grants for the folder's files"), "{err}");
+    t.stop().await.unwrap();
+}
+
+/// A seeder only the relay can reach (relay-only: the tracker lists no address to dial): a
+/// receiver with no API key visits the relay of the link's tracker with the link's read grant
+/// and downloads through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyless_receiver_reaches_a_relayed_seeder_through_the_link_s_relay() {
+    let work = tempfile::tempdir().unwrap();
+    let t = tracker(work.path()).await;
+    let url = t.base_url();
+    let share = work.path().join("share");
+    std::fs::create_dir_all(&share).unwrap();
+    let data = support::content(2_000_000, 51);
+    std::fs::write(share.join("relayed.bin"), &data).unwrap();
+    let id = id_of(&data);
+    let _seeder = seeder(
+        &url,
+        &share,
+        &id.to_string(),
+        &["--dht", "off", "--relay-only", "--no-punch"],
+    )
+    .await;
+    // Attached to the tracker's relay. This tracker is in no relay fleet, so its peers name no
+    // relay: they are reached at their tracker's. The link carries no peer: the tracker lists
+    // the seeder (relay-only, so with no address to dial).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let stats = api_json(&url, "/api/stats").await;
+        if stats["relay_connections"].as_u64() >= Some(1) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the seeder never attached: {stats}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let by_link = ShareLink {
+        peers: vec![],
+        relays: vec![],
+        ..link(&url, &id, &grant(&url, &id, 3600).await).await
+    };
+    let before = relayed_bytes(&url).await;
+    let leech = work.path().join("leech");
+    let out = download_by_link(&leech, &by_link.to_string()).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(std::fs::read(leech.join("relayed.bin")).unwrap(), data);
+    let carried = relayed_bytes(&url).await - before;
+    assert!(
+        carried >= data.len() as u64,
+        "the relay carried {carried} bytes"
+    );
+    println!("by link through the relay, no API key: {carried} bytes relayed");
     t.stop().await.unwrap();
 }

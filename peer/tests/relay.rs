@@ -76,6 +76,7 @@ async fn attached(
     let config = RelayConfig {
         url: relay::relay_url(&t.base_url()).unwrap(),
         token: Some(KEY.into()),
+        grant: None,
     };
     let (client, incoming) = relay::spawn(identity.clone(), config, stop.clone());
     client.wait_attached(Duration::from_secs(10)).await.unwrap();

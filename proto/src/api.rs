@@ -483,6 +483,22 @@ pub struct ReadGrantInfo {
     pub expires_in_secs: u64,
 }
 
+/// Read grants for a folder collection's member files, from
+/// `POST /api/files/{hash}/grants/members`: what a share link's holder needs to download each
+/// member without an API key. Every grant ends when the collection's grant does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
+#[cfg_attr(feature = "openapi", oai(rename_all = "snake_case"))]
+pub struct MemberGrants {
+    /// The collection the grants are for.
+    pub collection_id: FileId,
+    /// Unix milliseconds, the tracker's clock: the collection grant's expiry.
+    pub expires_at_ms: u64,
+    /// One grant (144 hex characters, naming its file id) per distinct member file, in the
+    /// collection's order; empty files have none (nobody needs to ask for them).
+    pub grants: Vec<String>,
+}
+
 /// One relay of the fleet: a tracker that publishes its relay hub (`--relay-url`) and has
 /// reported in recently.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

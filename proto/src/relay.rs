@@ -149,6 +149,8 @@ pub mod error_code {
     pub const UNKNOWN_STREAM: u8 = 3;
     /// The same peer id attached again elsewhere; this connection is replaced.
     pub const REPLACED: u8 = 4;
+    /// The read grant that let this connection in (instead of credentials) expired.
+    pub const EXPIRED: u8 = 5;
 }
 
 /// One relay message.

@@ -3,24 +3,35 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use p2p_proto::api::{
-    AnnounceRequest, AnnounceResponse, FileDetails, FileList, FilePeers, ReadGrantInfo,
+    AnnounceRequest, AnnounceResponse, FileDetails, FileList, FilePeers, MemberGrants,
+    ReadGrantInfo,
 };
+use p2p_proto::collection::{Collection, MAX_ENCODED_LEN};
 use p2p_proto::{FileId, PeerId};
+use poem::Body;
+use poem::http::header::CONTENT_LENGTH;
 use poem_openapi::param::{Header, Query};
-use poem_openapi::payload::Json;
+use poem_openapi::payload::{Binary, Json};
 use poem_openapi::{ApiResponse, OpenApi};
+use sha2::{Digest, Sha256};
 
 use super::param::{Hash, Path, PeerIdName};
 use super::{ApiTags, Auth, Reader};
 use crate::auth::grants::{DEFAULT_GRANT_TTL, MAX_GRANT_TTL};
-use crate::error::Refusals;
 use crate::error::status::{
-    ADMIN, AUTHED, CONFLICT, FORBIDDEN, JSON_BODY, NOT_FOUND, PARAMS, PEER_TOKEN, STORE,
+    ADMIN, AUTHED, CONFLICT, FORBIDDEN, JSON_BODY, LIMITED, NOT_FOUND, PARAMS, PEER_TOKEN, STORE,
+    UNAUTHORIZED,
 };
+use crate::error::{ApiError, Refusals};
 use crate::state::AppState;
 
 pub struct FilesApi(pub Arc<AppState>);
+
+/// Most folder collections read for member grants at once: each may hold up to
+/// [`MAX_ENCODED_LEN`] bytes while it is read and checked, so together at most 64 MiB.
+pub const MEMBER_GRANT_READS: usize = 4;
 
 #[derive(ApiResponse)]
 pub enum Unannounced {
@@ -148,6 +159,56 @@ impl FilesApi {
         })))
     }
 
+    /// Read grants for a folder collection's member files, for the holder of a read grant for
+    /// the collection (`X-Read-Grant`), so that a share link to a folder needs no API key: the
+    /// body is the collection's canonical encoding (docs/protocol.md §10), at most 16 MiB,
+    /// which must hash to `hash`. The answer has one grant per distinct non-empty member file,
+    /// each ending when the collection's grant does (with credentials instead of a grant, a
+    /// day from now). Nothing is stored. 400 for a body that is not the collection or not a
+    /// valid one, 403 for a grant of another id, 401 (`read_grant`) for an expired one, 413 for
+    /// a body over 16 MiB, 429 while too many collections are being read.
+    #[oai(
+        path = "/api/files/:hash/grants/members",
+        method = "post",
+        operation_id = "create_member_grants"
+    )]
+    async fn member_grants(
+        &self,
+        reader: Reader,
+        hash: Path<FileId, Hash>,
+        req: &poem::Request,
+        /// The collection's canonical encoding.
+        body: Binary<Body>,
+    ) -> Result<Json<MemberGrants>, Refusals<{ LIMITED | UNAUTHORIZED | FORBIDDEN | JSON_BODY }>>
+    {
+        let state = &self.0;
+        let collection_id = hash.0;
+        reader.may_read(state, &collection_id)?;
+        let declared = req
+            .header(CONTENT_LENGTH)
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if declared.is_some_and(|len| len > MAX_ENCODED_LEN as u64) {
+            return Err(collection_too_large().into());
+        }
+        // Held while the body is read and checked: bounds the memory of all such requests.
+        let Ok(_permit) = state.member_grant_reads.clone().try_acquire_owned() else {
+            return Err(ApiError::too_many_requests(1).into());
+        };
+        let bytes = read_collection(body.0, declared).await?;
+        // Never past the collection's grant.
+        let expires_at_ms = reader
+            .until_ms()
+            .unwrap_or_else(|| state.grants.expiry_after(DEFAULT_GRANT_TTL));
+        let grants = state.grants.clone();
+        let answer = tokio::task::spawn_blocking(move || {
+            member_grants(&grants, collection_id, expires_at_ms, &bytes)
+        })
+        .await
+        .map_err(|_| ApiError::internal())??;
+        tracing::info!(collection = %collection_id, members = answer.grants.len(), "member read grants issued");
+        Ok(Json(answer))
+    }
+
     /// An admin removes a file for everyone: every peer's announce of it, every manifest
     /// variant and the file itself (it leaves the listings; a peer that announces it again
     /// brings it back). 403 unless the caller is an admin, 404 for an unknown file.
@@ -252,4 +313,58 @@ impl FilesApi {
         self.0.swarm.unannounce(&hash.0, &peer_id.0).await?;
         Ok(Unannounced::NoContent)
     }
+}
+
+fn collection_too_large() -> ApiError {
+    ApiError::payload_too_large(format!(
+        "a folder collection is at most {MAX_ENCODED_LEN} bytes"
+    ))
+}
+
+/// The request body, refused (413) once it goes over [`MAX_ENCODED_LEN`]: never more than
+/// that is held.
+async fn read_collection(body: Body, declared: Option<u64>) -> Result<Vec<u8>, ApiError> {
+    let mut stream = body.into_bytes_stream();
+    let capacity = declared.map_or(0, |len| len.min(MAX_ENCODED_LEN as u64) as usize);
+    let mut bytes = Vec::with_capacity(capacity);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::bad_request(format!("the request body could not be read: {e}"))
+        })?;
+        if bytes.len() + chunk.len() > MAX_ENCODED_LEN {
+            return Err(collection_too_large());
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
+}
+
+/// Grants ending at `expires_at_ms` for the members of the collection `bytes` encodes, once
+/// they hash to `collection_id` and decode as a valid collection.
+fn member_grants(
+    grants: &crate::auth::ReadGrants,
+    collection_id: FileId,
+    expires_at_ms: u64,
+    bytes: &[u8],
+) -> Result<MemberGrants, ApiError> {
+    let hashed = FileId(Sha256::digest(bytes).into());
+    if hashed != collection_id {
+        return Err(ApiError::bad_request(format!(
+            "the body is not the collection {collection_id}: its {} bytes hash to {hashed}",
+            bytes.len()
+        )));
+    }
+    let collection = Collection::decode(bytes)
+        .map_err(|e| ApiError::bad_request(format!("not a valid folder collection: {e}")))?;
+    let mut seen = std::collections::HashSet::new();
+    let grants = collection
+        .files()
+        .filter(|&(_, id, size, _)| size > 0 && seen.insert(id))
+        .map(|(_, id, _, _)| grants.issue_until(id, expires_at_ms).to_hex())
+        .collect();
+    Ok(MemberGrants {
+        collection_id,
+        expires_at_ms,
+        grants,
+    })
 }

@@ -6,8 +6,10 @@
 //! secret, so replicas sharing the secret accept each other's grants and nothing is stored.
 //! What a grant lets its holder do, and nothing more: read that id's details and peers, get a
 //! challenge and, with a proof of a peer id's key, an admission of that peer to that id (never
-//! past the grant's expiry). It cannot list, announce, register, attach to the relay or read
-//! any other id. A grant cannot be revoked before its expiry except by changing the secret,
+//! past the grant's expiry); attach to the relay to dial that id's peers (never reachable
+//! there, detached at the expiry); for a folder collection, get grants for its member files, ending
+//! with its own (the holder sends the collection's bytes, which must hash to the id). It cannot list, announce, register, be reached through the relay
+//! or read any other id. A grant cannot be revoked before its expiry except by changing the secret,
 //! hence the bounded lifetime ([`MAX_GRANT_TTL`]).
 
 use std::sync::Arc;
@@ -49,10 +51,24 @@ impl ReadGrants {
 
     /// A grant to read `file` for `ttl` from now (the caller bounds `ttl`).
     pub fn issue(&self, file: FileId, ttl: Duration) -> ReadGrant {
-        let expires_at_ms = self
-            .clock
+        ReadGrant::sign(&self.key, file, self.expiry_after(ttl))
+    }
+
+    /// How long `grant` still lasts.
+    pub fn time_left(&self, grant: &ReadGrant) -> Duration {
+        Duration::from_millis(grant.expires_at_ms.saturating_sub(self.clock.now_ms()))
+    }
+
+    /// The expiry, in Unix milliseconds, of a grant lasting `ttl` from now.
+    pub fn expiry_after(&self, ttl: Duration) -> u64 {
+        self.clock
             .now_ms()
-            .saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+            .saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    /// A grant to read `file` until `expires_at_ms` (a folder's member, ending with the
+    /// folder's grant).
+    pub fn issue_until(&self, file: FileId, expires_at_ms: u64) -> ReadGrant {
         ReadGrant::sign(&self.key, file, expires_at_ms)
     }
 

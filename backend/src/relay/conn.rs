@@ -11,7 +11,7 @@ use p2p_proto::PeerId;
 use p2p_proto::relay::{RelayFrame, error_code, macs_equal, proof_mac};
 use poem::web::websocket::{CloseCode as WsCloseCode, Message, WebSocketStream};
 
-use super::hub::{Attached, Outbound, RelayHub};
+use super::hub::{Attached, DialScope, Outbound, RelayHub};
 
 /// How long a peer has to answer the challenge.
 pub const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -27,6 +27,7 @@ pub async fn serve(
     stream: WebSocketStream,
     claimed: PeerId,
     principal: String,
+    scope: Option<DialScope>,
     waiting: tokio::sync::OwnedSemaphorePermit,
 ) {
     let (mut sink, mut source) = stream.split();
@@ -47,7 +48,7 @@ pub async fn serve(
         conn,
         outbound,
         slot: _slot,
-    } = match hub.attach(peer_id, principal) {
+    } = match hub.attach_scoped(peer_id, principal, scope) {
         Ok(a) => a,
         Err(refusal) => {
             let refusal = RelayFrame::Error {
@@ -65,9 +66,23 @@ pub async fn serve(
     sweep.tick().await;
     let replaced = conn.replaced.clone();
     let slow = conn.slow.clone();
+    // A read grant's holder is detached when the grant expires.
+    let until = conn.scope.as_ref().map(|s| s.until);
+    let expiry = async move {
+        match until {
+            Some(until) => tokio::time::sleep_until(until.into()).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(expiry);
     loop {
         tokio::select! {
             _ = hub.shutdown().cancelled() => break,
+            () = &mut expiry => {
+                let message = "the read grant expired".into();
+                hub.refuse(&conn, error_code::EXPIRED, message);
+                break;
+            }
             _ = slow.cancelled() => break,
             _ = replaced.cancelled() => {
                 let message = "this peer id attached again elsewhere".into();

@@ -6,14 +6,14 @@
 //! what the queue holds. Every rule answers at once, without waiting for any peer, so a slow
 //! reader stalls nobody but itself (it is dropped when its queue overflows).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use p2p_proto::PeerId;
 use p2p_proto::api::Event;
 use p2p_proto::relay::{CloseCode, INCOMING_STREAM_BIT, INITIAL_WINDOW, RelayFrame, error_code};
+use p2p_proto::{FileId, PeerId};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -73,6 +73,19 @@ pub struct RelayHub {
     pub punch: Rendezvous,
 }
 
+/// What an attachment let in by a read grant (a share link's receiver, with no credentials) may
+/// do: open tunnels to the peers that had announced the grant's id when it attached, until the
+/// grant expires. Nobody may open a tunnel to it or punch to it: it dials, it is not reachable.
+#[derive(Debug, Clone)]
+pub struct DialScope {
+    /// The id the grant is for.
+    pub file: FileId,
+    /// The peers it may dial.
+    pub peers: HashSet<PeerId>,
+    /// When the grant expires: the attachment ends then.
+    pub until: Instant,
+}
+
 /// One attached peer: who it is and the queue of frames on their way to it.
 #[derive(Debug)]
 pub(super) struct Attachment {
@@ -91,6 +104,8 @@ pub(super) struct Attachment {
     next_incoming: AtomicU32,
     /// Fired when another attach replaces this one.
     pub(super) replaced: CancellationToken,
+    /// Set when a read grant let it in ([`DialScope`]).
+    pub(super) scope: Option<DialScope>,
 }
 
 /// What [`RelayHub::attach`] hands the socket loop.
@@ -286,12 +301,24 @@ impl RelayHub {
         }
     }
 
-    /// Attaches `peer_id` (its key proven) for `principal`. A second attach of the same id
-    /// replaces the first, whose `replaced` fires.
+    /// [`RelayHub::attach_scoped`] with credentials.
+    #[cfg(test)]
     pub(super) fn attach(
         self: &Arc<Self>,
         peer_id: PeerId,
         principal: String,
+    ) -> Result<Attached, AttachRefusal> {
+        self.attach_scoped(peer_id, principal, None)
+    }
+
+    /// Attaches `peer_id` (its key proven) for `principal`, limited to `scope` when a read
+    /// grant (not a credential) let it in. A second attach of the same id replaces the first,
+    /// whose `replaced` fires.
+    pub(super) fn attach_scoped(
+        self: &Arc<Self>,
+        peer_id: PeerId,
+        principal: String,
+        scope: Option<DialScope>,
     ) -> Result<Attached, AttachRefusal> {
         let slot = self
             .key_slot(&principal)
@@ -308,6 +335,7 @@ impl RelayHub {
             routes: Mutex::new(HashMap::new()),
             next_incoming: AtomicU32::new(0),
             replaced: CancellationToken::new(),
+            scope,
         });
         let previous = self.peers.lock().insert(peer_id, conn.clone());
         if let Some(old) = previous {
@@ -439,12 +467,18 @@ impl RelayHub {
             conn.send(&RelayFrame::Close { stream, code }, &self.metrics);
             return;
         }
+        // A grant's holder reaches the peers of its id only, and nobody reaches it: to either,
+        // the others are not there.
+        let allowed = conn
+            .scope
+            .as_ref()
+            .is_none_or(|s| s.peers.contains(&to) && Instant::now() < s.until);
         let target = self
             .peers
             .lock()
             .get(&to)
             .cloned()
-            .filter(|t| t.peer_id != conn.peer_id);
+            .filter(|t| allowed && t.peer_id != conn.peer_id && t.scope.is_none());
         let over_budget = (self.limits.max_total_bytes > 0
             && self.relayed.load(Ordering::Relaxed) >= self.limits.max_total_bytes)
             || conn.tunnels() >= self.limits.max_tunnels
@@ -591,7 +625,16 @@ impl RelayHub {
     fn punch_request(&self, conn: &Arc<Attachment>, request: u32, to: PeerId) {
         self.metrics.punch_requests.inc();
         let failed = |code| conn.send(&RelayFrame::PunchFailed { request, code }, &self.metrics);
-        let target = self.peers.lock().get(&to).cloned();
+        // Neither side of a punch may be a grant's holder: it reaches peers through the relay.
+        let target = match conn.scope {
+            Some(_) => None,
+            None => self
+                .peers
+                .lock()
+                .get(&to)
+                .cloned()
+                .filter(|t| t.scope.is_none()),
+        };
         let (target, udp_port) = match (target, self.punch.udp_port()) {
             (Some(t), Some(port)) if request != 0 && to != conn.peer_id => (t, port),
             (None, _) => return failed(CloseCode::UnknownPeer),
@@ -751,6 +794,102 @@ mod tests {
         let far = open(&hub, &a, &mut b);
         hub.handle(&a.conn, data(1, 0));
         expect_close(&mut b.outbound, far, code);
+    }
+
+    #[test]
+    fn a_read_grant_s_holder_dials_its_id_s_peers_only_and_is_not_reachable() {
+        let hub = hub(limits());
+        let mut seeder = hub.attach(id(1), "k".into()).unwrap();
+        let mut other = hub.attach(id(2), "k".into()).unwrap();
+        let scope = |until| DialScope {
+            file: FileId([9; 32]),
+            peers: [id(1)].into_iter().collect(),
+            until,
+        };
+        let later = Instant::now() + Duration::from_secs(60);
+        let mut holder = hub
+            .attach_scoped(id(3), "grant".into(), Some(scope(later)))
+            .unwrap();
+        // The seeder of its id: a tunnel, both ways.
+        let far = open(&hub, &holder, &mut seeder);
+        send_bytes(&hub, &seeder, far, 100);
+        assert_eq!(data_bytes(&drain(&mut holder.outbound)), 100);
+        // Another attached peer: as if it were not there.
+        hub.handle(
+            &holder.conn,
+            RelayFrame::Open {
+                stream: 3,
+                to: id(2),
+            },
+        );
+        expect_close(&mut holder.outbound, 3, CloseCode::UnknownPeer);
+        assert!(drain(&mut other.outbound).is_empty());
+        // Nobody opens a tunnel or punches to it.
+        hub.handle(
+            &other.conn,
+            RelayFrame::Open {
+                stream: 1,
+                to: id(3),
+            },
+        );
+        expect_close(&mut other.outbound, 1, CloseCode::UnknownPeer);
+        hub.handle(
+            &other.conn,
+            RelayFrame::PunchRequest {
+                request: 7,
+                to: id(3),
+            },
+        );
+        assert_eq!(
+            drain(&mut other.outbound),
+            [RelayFrame::PunchFailed {
+                request: 7,
+                code: CloseCode::UnknownPeer
+            }]
+        );
+        hub.handle(
+            &holder.conn,
+            RelayFrame::PunchRequest {
+                request: 7,
+                to: id(1),
+            },
+        );
+        assert_eq!(
+            drain(&mut holder.outbound),
+            [RelayFrame::PunchFailed {
+                request: 7,
+                code: CloseCode::UnknownPeer
+            }]
+        );
+        assert!(drain(&mut seeder.outbound).is_empty());
+        // Once the grant has expired, no new tunnel (the socket loop also ends it).
+        let mut expired = hub
+            .attach_scoped(id(4), "grant".into(), Some(scope(Instant::now())))
+            .unwrap();
+        hub.handle(
+            &expired.conn,
+            RelayFrame::Open {
+                stream: 1,
+                to: id(1),
+            },
+        );
+        expect_close(&mut expired.outbound, 1, CloseCode::UnknownPeer);
+        // Holders count against their grant's place like a key's peers.
+        let limited = hub_with_peers_per_key(1);
+        let _first = limited
+            .attach_scoped(id(5), "grant".into(), Some(scope(later)))
+            .unwrap();
+        assert!(matches!(
+            limited.attach_scoped(id(6), "grant".into(), Some(scope(later))),
+            Err(AttachRefusal::TooManyIds(1))
+        ));
+    }
+
+    fn hub_with_peers_per_key(n: usize) -> Arc<RelayHub> {
+        hub(RelayLimits {
+            max_peers_per_key: n,
+            ..limits()
+        })
     }
 
     #[test]

@@ -2,8 +2,10 @@
 //! over one WebSocket each and open tunnels (streams) to other attached peers; the hub forwards
 //! the tunnel bytes, which are the peers' own Noise ciphertext.
 //!
-//! Attaching needs the tracker's usual credentials (`?token=`, `X-API-Key` or `Authorization`)
-//! and a proof of the peer id's private key: the hub sends a fresh X25519 key and a nonce, the
+//! Attaching needs the tracker's usual credentials (`?token=`, `X-API-Key` or `Authorization`),
+//! or a read grant (`?grant=` or `X-Read-Grant`: a share link's receiver, which has no
+//! credentials; it may only dial the peers of the grant's id, is not reachable, and is detached
+//! when the grant expires, see [`DialScope`]), and a proof of the peer id's private key: the hub sends a fresh X25519 key and a nonce, the
 //! peer answers with [`proof_mac`](p2p_proto::relay::proof_mac) keyed by the Diffie-Hellman of its static key and that fresh
 //! key, which the hub recomputes from its side. A second attach of the same id replaces the first.
 //!
@@ -29,4 +31,4 @@ mod hub;
 pub mod punch;
 
 pub use conn::{ATTACH_TIMEOUT, serve};
-pub use hub::{RelayHub, RelayLimits};
+pub use hub::{DialScope, RelayHub, RelayLimits};

@@ -100,7 +100,12 @@ pub async fn fetch_folder(
     contributions: Arc<Contributions>,
 ) -> Result<FolderReport, FolderError> {
     let started = Instant::now();
-    let collection = fetch_list(peer, manifest, sources, contributions.clone()).await?;
+    let (collection, encoding) = fetch_list(peer, manifest, sources, contributions.clone()).await?;
+    // A link's read grant for the folder covers its list only; the tracker grants its files.
+    let members = peer
+        .member_routes(&manifest.id, encoding)
+        .await
+        .map_err(FolderError::MemberGrants)?;
     progress
         .total
         .store(collection.total_size(), Ordering::Relaxed);
@@ -159,6 +164,7 @@ pub async fn fetch_folder(
             blocking(move || place_copy(&from, &dir, &name, link)).await?
         } else {
             report.downloaded += 1;
+            let _route = members.as_ref().and_then(|m| m.follow(&id));
             fetch_member(peer, &entry.path, id, dir, name, progress, &contributions).await?
         };
         if executable {
@@ -177,14 +183,15 @@ pub async fn fetch_folder(
     Ok(report)
 }
 
-/// The collection: from `<data>/.p2p/collections/` when an earlier run stored it (its bytes
-/// checked against the id), else downloaded there; offered in the library either way.
+/// The collection and its encoding: from `<data>/.p2p/collections/` when an earlier run
+/// stored it (its bytes checked against the id), else downloaded there; offered in the library
+/// either way.
 async fn fetch_list(
     peer: &Peer,
     manifest: &Manifest,
     sources: &[PeerAddr],
     contributions: Arc<Contributions>,
-) -> Result<Collection, FolderError> {
+) -> Result<(Collection, Vec<u8>), FolderError> {
     if manifest.size > MAX_ENCODED_LEN as u64 {
         return Err(FolderError::TooLarge {
             size: manifest.size,
@@ -231,7 +238,7 @@ async fn fetch_list(
     })
     .await?;
     peer.node.library.offer(hashed.0, hashed.1);
-    Ok(collection)
+    Ok((collection, bytes))
 }
 
 /// Where this peer has the whole content of `id` (`size` bytes): a file the library offers at

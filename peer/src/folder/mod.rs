@@ -67,6 +67,8 @@ pub enum FolderError {
     Library(#[from] LibraryError),
     #[error("cannot download the folder's list: {0}")]
     List(#[source] DownloadError),
+    #[error("cannot get read grants for the folder's files")]
+    MemberGrants(#[source] crate::tracker_client::TrackerError),
     #[error("{path}: {source}")]
     Member {
         path: String,

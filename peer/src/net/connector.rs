@@ -119,6 +119,9 @@ struct Visits {
     token: Option<String>,
     shutdown: CancellationToken,
     known: Mutex<HashSet<RelayUrl>>,
+    /// Relays visited with a read grant instead of the token (a share link's, see
+    /// [`Connector::allow_relay`]).
+    grants: Mutex<HashMap<RelayUrl, String>>,
     clients: Mutex<HashMap<RelayUrl, (RelayClient, CancellationToken)>>,
 }
 
@@ -174,9 +177,21 @@ impl Connector {
             token,
             shutdown,
             known: Mutex::new(HashSet::new()),
+            grants: Mutex::new(HashMap::new()),
             clients: Mutex::new(HashMap::new()),
         });
         self
+    }
+
+    /// Lets peers homed on `url` be reached there by attaching with `grant` (a share link's
+    /// read grant, hex) instead of the token: the hub then lets this peer dial the peers of the
+    /// grant's id only. For a peer without credentials (and so without a home relay); a relay
+    /// visited already keeps the credential it was visited with.
+    pub fn allow_relay(&self, url: RelayUrl, grant: String) {
+        if let Some(v) = &self.visits {
+            v.known.lock().insert(url.clone());
+            v.grants.lock().insert(url, grant);
+        }
     }
 
     /// Replaces the relays that may be visited (the fleet and our own configuration).
@@ -360,7 +375,12 @@ impl Connector {
         if self.puncher.is_some() && !self.relay_only {
             order.push(ConnectionPath::HolePunched);
         }
-        if self.relay.is_some() {
+        if self.relay.is_some()
+            || self
+                .visits
+                .as_ref()
+                .is_some_and(|v| !v.grants.lock().is_empty())
+        {
             order.push(ConnectionPath::Relayed);
         }
         order
@@ -404,12 +424,18 @@ impl Connector {
     /// The relay to reach `peer` through: ours when the peer names no relay or ours, else a
     /// visit to its home relay (a known one).
     async fn relay_for(&self, peer: &PeerAddr) -> Result<RelayClient, PathError> {
-        let home = self.relay.as_ref().ok_or(PathError::NoRelay)?;
-        let url = match &peer.relay {
-            Some(url) if *url != home.url() => url,
-            _ => return Ok(home.clone()),
+        let home = self.relay.as_ref();
+        let url = match (&peer.relay, home) {
+            (Some(url), Some(home)) if *url == home.url() => return Ok(home.clone()),
+            (Some(url), _) => url,
+            (None, Some(home)) => return Ok(home.clone()),
+            (None, None) => return Err(PathError::NoRelay),
         };
-        let visits = self.visits.as_ref().ok_or(PathError::OtherRelay)?;
+        let visits = self.visits.as_ref().ok_or(if home.is_some() {
+            PathError::OtherRelay
+        } else {
+            PathError::NoRelay
+        })?;
         let client = visits.client(url)?;
         client.wait_attached(VISIT_ATTACH_TIMEOUT).await?;
         Ok(client)
@@ -440,9 +466,16 @@ impl Visits {
             }
         }
         let stop = self.shutdown.child_token();
+        let grant = self.grants.lock().get(url).cloned();
         let config = RelayConfig {
             url: url.clone(),
-            token: self.token.clone(),
+            // A grant where one was given for this relay, never with the token.
+            token: if grant.is_some() {
+                None
+            } else {
+                self.token.clone()
+            },
+            grant,
         };
         // Streams other peers open to us there are refused (the receiver is dropped): we visit
         // to reach the peers homed there, and serve on our own home relay.
@@ -483,6 +516,7 @@ mod tests {
         let config = RelayConfig {
             url: url(1),
             token: Some("secret-key".into()),
+            grant: None,
         };
         let (home, _incoming) = relay::spawn(identity.clone(), config, shutdown.clone());
         Connector::new(Some(home), true).with_visits(identity, None, shutdown.clone())

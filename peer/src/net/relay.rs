@@ -106,6 +106,9 @@ pub struct RelayConfig {
     pub url: RelayUrl,
     /// The tracker API key or JWT.
     pub token: Option<String>,
+    /// Instead of a token: a read grant (hex), with which the hub lets this peer dial the
+    /// peers of the grant's id only (a share link's receiver, which has no API key).
+    pub grant: Option<String>,
 }
 
 /// The hub's URL for a tracker base URL: `http://t:8080` → `ws://t:8080/relay`.
@@ -476,6 +479,10 @@ async fn attach(identity: &Identity, config: &RelayConfig) -> Result<Ws, RelayEr
     if let Some(token) = &config.token {
         let value = HeaderValue::from_str(token).map_err(RelayError::ApiKey)?;
         request.headers_mut().insert("x-api-key", value);
+    }
+    if let Some(grant) = &config.grant {
+        let value = HeaderValue::from_str(grant).map_err(RelayError::ApiKey)?;
+        request.headers_mut().insert("x-read-grant", value);
     }
     let (mut ws, _) = tokio_tungstenite::connect_async(request)
         .await
@@ -892,6 +899,7 @@ mod tests {
         let config = RelayConfig {
             url: relay_url(&format!("https://127.0.0.1:{port}")).unwrap(),
             token: None,
+            grant: None,
         };
         let identity = Identity::generate().unwrap();
         let client = tokio::spawn(async move { attach(&identity, &config).await });

@@ -17,7 +17,9 @@ use parking_lot::Mutex;
 
 use super::Peer;
 use crate::discovery::Discovery;
+use crate::identity::Identity;
 use crate::net::PeerAddr;
+use crate::net::relay::relay_url;
 use crate::tracker_client::{TrackerClient, TrackerError};
 
 /// How long [`Peer::share_link`] waits for the tracker to know a file just shared (its
@@ -50,6 +52,10 @@ pub struct MadeLink {
 pub(super) struct LinkRoute {
     pub(super) discovery: Discovery,
     pub(super) seeds: Vec<PeerAddr>,
+    /// The link's trackers with its read grant, when lookups go to them by the grant: a
+    /// folder's members are looked up there too, each with its own grant
+    /// ([`Peer::member_routes`]).
+    pub(super) by_grant: Option<TrackerClient>,
 }
 
 /// The routes of the links being followed, by id.
@@ -75,23 +81,35 @@ impl Peer {
         let client = TrackerClient::with_failover(&link.trackers, None)?;
         let own = self.tracker.base_urls();
         let ours = client.base_urls().iter().any(|t| own.contains(t));
-        let discovery = if ours && self.has_api_key {
+        let (discovery, by_grant) = if ours && self.has_api_key {
             // Our own tracker, which knows us: the session's token admits us.
-            self.discovery.clone()
+            (self.discovery.clone(), None)
         } else {
             match &link.grant {
-                Some(grant) => self
-                    .discovery
-                    .with_tracker(client.with_read_grant(grant, self.node.identity.clone())),
+                Some(grant) => {
+                    let client = client.with_read_grant(grant, self.node.identity.clone());
+                    let mut discovery = self.discovery.with_tracker(client.clone());
+                    if !self.has_api_key {
+                        // No relay of our own: the link's relays (and its trackers', where
+                        // peers naming none are), visited with its grant.
+                        let relays = link.relays.iter().chain(&link.trackers);
+                        for url in relays.filter_map(|r| relay_url(r).ok()) {
+                            self.node.connector.allow_relay(url, grant.to_hex());
+                        }
+                        let default = link.trackers.first().and_then(|t| relay_url(t).ok());
+                        discovery = discovery.by_their_relays(default);
+                    }
+                    (discovery, Some(client))
+                }
                 None => {
                     tracing::warn!(
                         "the link carries no read grant and names a tracker this peer has no key for: the tracker will refuse it"
                     );
-                    self.discovery.with_tracker(client)
+                    (self.discovery.with_tracker(client), None)
                 }
             }
         };
-        let seeds = self.discovery.link_sources(link);
+        let seeds = discovery.link_sources(link);
         tracing::info!(
             id = %link.id,
             trackers = link.trackers.len(),
@@ -99,13 +117,62 @@ impl Peer {
             grant = link.grant.is_some(),
             "following a share link"
         );
-        self.routes
-            .lock()
-            .insert(link.id, LinkRoute { discovery, seeds });
+        self.routes.lock().insert(
+            link.id,
+            LinkRoute {
+                discovery,
+                seeds,
+                by_grant,
+            },
+        );
         Ok(Following {
             routes: self.routes.clone(),
             id: link.id,
         })
+    }
+
+    /// When the folder collection `id` is followed by a link's read grant: read grants for its
+    /// member files from the link's tracker (`encoding` is the collection's canonical
+    /// encoding, which the tracker checks against the id), to route each member's lookups like
+    /// the collection's ([`MemberRoutes::follow`]). `None` when the collection's lookups need
+    /// no grant (this peer's own tracker, with its key).
+    pub async fn member_routes(
+        &self,
+        id: &FileId,
+        encoding: Vec<u8>,
+    ) -> Result<Option<MemberRoutes>, TrackerError> {
+        let Some((route, client)) = self
+            .routes
+            .lock()
+            .get(id)
+            .and_then(|r| Some((r.clone(), r.by_grant.clone()?)))
+        else {
+            return Ok(None);
+        };
+        // The collection's own grant asks for them.
+        let answer = client.member_grants(id, encoding).await?;
+        if answer.collection_id != *id {
+            return Err(TrackerError::InvalidResponse(format!(
+                "member grants for {}, not {id}",
+                answer.collection_id
+            )));
+        }
+        let mut grants = HashMap::with_capacity(answer.grants.len());
+        for hex in &answer.grants {
+            let grant = ReadGrant::from_hex(hex).map_err(|e| {
+                TrackerError::InvalidResponse(format!("a member's read grant: {e}"))
+            })?;
+            grants.insert(grant.file_id, grant);
+        }
+        tracing::info!(folder = %id, members = grants.len(), "read grants for the folder's files");
+        Ok(Some(MemberRoutes {
+            routes: self.routes.clone(),
+            client,
+            discovery: route.discovery,
+            seeds: route.seeds,
+            identity: self.node.identity.clone(),
+            grants,
+        }))
     }
 
     /// The discovery for `id`: a followed link's, else this peer's own; and the link's peers.
@@ -161,6 +228,46 @@ impl Peer {
             link,
             grant: grant.map(|(info, _)| info),
             no_grant,
+        })
+    }
+}
+
+/// The read grants of a followed folder link's member files, and how to look them up: at the
+/// link's trackers, each with its own grant, the link's peers as further sources.
+#[derive(Debug)]
+pub struct MemberRoutes {
+    routes: Routes,
+    client: TrackerClient,
+    discovery: Discovery,
+    seeds: Vec<PeerAddr>,
+    identity: Identity,
+    grants: HashMap<FileId, ReadGrant>,
+}
+
+impl MemberRoutes {
+    /// Routes the lookups of member `id` by its grant while the guard is held; `None` when the
+    /// tracker gave no grant for it, or its lookups are routed already (another link of it).
+    pub fn follow(&self, id: &FileId) -> Option<Following> {
+        let grant = self.grants.get(id)?;
+        let mut routes = self.routes.lock();
+        if routes.contains_key(id) {
+            return None;
+        }
+        let client = self
+            .client
+            .clone()
+            .with_read_grant(grant, self.identity.clone());
+        routes.insert(
+            *id,
+            LinkRoute {
+                discovery: self.discovery.with_tracker(client.clone()),
+                seeds: self.seeds.clone(),
+                by_grant: Some(client),
+            },
+        );
+        Some(Following {
+            routes: self.routes.clone(),
+            id: *id,
         })
     }
 }

@@ -253,3 +253,32 @@ pub fn kill_download_when(
     assert!(status.success());
     let _ = child.0.wait();
 }
+
+/// A tracker's answer to `GET {url}{path}` with the API key, as JSON.
+pub async fn api_json(url: &str, path: &str) -> serde_json::Value {
+    reqwest::Client::new()
+        .get(format!("{url}{path}"))
+        .header("X-API-Key", KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// The bytes a tracker's relay hub carried so far (`p2p_tracker_relay_bytes_total`).
+pub async fn relayed_bytes(url: &str) -> u64 {
+    let text = reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("p2p_tracker_relay_bytes_total "))
+        .unwrap_or_else(|| panic!("no relay byte counter in {url}/metrics"))
+        .trim()
+        .parse()
+        .unwrap()
+}
