@@ -218,6 +218,21 @@ async fn honest_announce(target: &Target) {
     announce(target, &peer, &token, &m).await;
 }
 
+/// A read grant for `id` lasting `ttl_secs`, made with the API key.
+async fn read_grant(target: &Target, id: &p2p_proto::FileId, ttl_secs: u64) -> String {
+    let resp = http()
+        .post(target.url(&format!("/api/files/{id}/grants?ttl_secs={ttl_secs}")))
+        .header("X-API-Key", KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    resp.json::<serde_json::Value>().await.unwrap()["grant"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 /// `peer` (with its `token`) announces `m`, which must succeed.
 async fn announce(target: &Target, peer: &p2p_proto::PeerId, token: &str, m: &p2p_proto::Manifest) {
     let resp = http()
@@ -368,17 +383,7 @@ async fn member_grant_bodies_are_cut_at_the_largest_collection() {
         for m in [&member, &list] {
             announce(target, &peer, &token, m).await;
         }
-        let resp = http()
-            .post(target.url(&format!("/api/files/{}/grants", list.id)))
-            .header("X-API-Key", KEY)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 201);
-        let grant = resp.json::<serde_json::Value>().await.unwrap()["grant"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let grant = read_grant(target, &list.id, 86_400).await;
         let path = format!("/api/files/{}/grants/members", list.id);
 
         let watch = Watch::start(target);
@@ -861,8 +866,18 @@ mod relay {
 
     /// [`attach`] with the API key `key`.
     pub async fn attach_with(addr: SocketAddr, seed: u64, key: &str) -> (Ws, Option<RelayFrame>) {
-        let (secret, id) = identity(seed);
-        let url = format!("ws://{addr}/relay?peer_id={id}&token={key}");
+        attach_as(addr, identity(seed).0, &format!("token={key}")).await
+    }
+
+    /// Attaches as the peer whose private key is `secret`, with `credential` (`token=…` or
+    /// `grant=…`) in the query; the socket and what the hub said after the proof.
+    async fn attach_as(
+        addr: SocketAddr,
+        secret: [u8; 32],
+        credential: &str,
+    ) -> (Ws, Option<RelayFrame>) {
+        let id = PeerId(MontgomeryPoint::mul_base_clamped(secret).to_bytes());
+        let url = format!("ws://{addr}/relay?peer_id={id}&{credential}");
         let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
         let Some(RelayFrame::Challenge { server_key, nonce }) = next(&mut ws).await else {
             panic!("no challenge");
@@ -872,6 +887,75 @@ mod relay {
         send(&mut ws, &RelayFrame::Proof { peer_id: id, mac }).await;
         let answer = next(&mut ws).await;
         (ws, answer)
+    }
+
+    /// A share link's receiver, with a read grant instead of credentials, may dial the peers
+    /// of the grant's file and nobody else; nobody may dial it; it is detached when the grant
+    /// expires, and an expired grant no longer attaches.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_grant_dials_its_file_s_peers_only_until_it_expires() {
+        in_process(60, serve_args(), async |target| {
+            let (seeder, token) = register_peer(target, 7200).await;
+            let m = manifest("granted.bin", &content(5000, 3));
+            announce(target, &seeder, &token, &m).await;
+            let grant = read_grant(target, &m.id, 2).await;
+            let (mut seeder_ws, answer) =
+                attach_as(target.addr, peer_secret(&seeder), &format!("token={KEY}")).await;
+            assert_eq!(answer, Some(RelayFrame::Attached));
+            let (mut other_ws, _) = attach(target.addr, 50).await;
+            let other = identity(50).1;
+            let holder = peer_id();
+            let (mut holder_ws, answer) =
+                attach_as(target.addr, peer_secret(&holder), &format!("grant={grant}")).await;
+            assert_eq!(answer, Some(RelayFrame::Attached));
+            // Another attached peer is as if absent, and nobody reaches the holder.
+            send(
+                &mut holder_ws,
+                &RelayFrame::Open {
+                    stream: 1,
+                    to: other,
+                },
+            )
+            .await;
+            let unknown = |stream| RelayFrame::Close {
+                stream,
+                code: CloseCode::UnknownPeer,
+            };
+            assert_eq!(next(&mut holder_ws).await, Some(unknown(1)));
+            send(
+                &mut other_ws,
+                &RelayFrame::Open {
+                    stream: 1,
+                    to: holder,
+                },
+            )
+            .await;
+            assert_eq!(next(&mut other_ws).await, Some(unknown(1)));
+            // The file's peer: a tunnel.
+            honest_tunnel(&mut holder_ws, &mut seeder_ws, seeder, 3).await;
+            // At the grant's expiry (2 s) the hub says so and ends the connection.
+            loop {
+                match tokio::time::timeout(Duration::from_secs(10), next(&mut holder_ws))
+                    .await
+                    .expect("detached at the expiry")
+                {
+                    Some(RelayFrame::Error { code, message }) => {
+                        assert_eq!(code, p2p_proto::relay::error_code::EXPIRED, "{message}");
+                        break;
+                    }
+                    Some(_) => {}
+                    None => panic!("closed without saying why"),
+                }
+            }
+            // Once the tracker's clock passes the expiry, the grant no longer attaches.
+            target.local.as_ref().unwrap().0.clock.advance_ms(2_000);
+            let id = holder;
+            let url = format!("ws://{}/relay?peer_id={id}&grant={grant}", target.addr);
+            assert!(tokio_tungstenite::connect_async(url).await.is_err());
+            // The key's peers are unaffected.
+            honest_tunnel(&mut other_ws, &mut seeder_ws, seeder, 5).await;
+        })
+        .await;
     }
 
     /// Opens a stream from `a` to `b`, sends `payload` and checks that `b` gets it.
