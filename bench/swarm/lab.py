@@ -12,7 +12,9 @@ peers (`p2p-tracker`, one `p2p-peer --daemon` seeder, N `p2p-peer` shells each t
 `--clients ours,rqbit`, rqbit with opentracker on the same links, and prints:
 
 - the fluid-model lower bound T* = max(F/U_seed, F/D_min, N*F/(U_seed + sum U_leech)) (for the
-  joining pattern also the last join + F/D_min), our time and time / T*;
+  joining pattern also the last join + F/D_min), our time and time / T*; for the joining pattern
+  also the bound when a leecher uploads only after it joined (U_seed*T + sum U_leech*(T -
+  join_i) >= N*F), which T* ignores;
 - the share of the N*F bytes delivered that the seeder uploaded (its interface's byte counter);
 - each leecher's completion time and peak RSS (VmHWM), the seeder's peak RSS;
 - rqbit's time in the same lab and ours / rqbit's.
@@ -277,6 +279,23 @@ def fluid_bound(args, n, size, joins):
     return max(t, max(joins) + size / d_min)
 
 
+def arrival_bound(args, n, size, joins):
+    """The fluid bound when leechers upload only once they have joined: the least T with
+    U_seed*T + sum U_leech*max(0, T - join_i) >= N*F (and at least `fluid_bound`). T* assumes
+    every leecher uploads from the start, which the joining pattern does not allow."""
+    mbps = 1e6 / 8
+    u_seed, u_leech = args.seed_up * mbps, args.leech_up * mbps
+
+    def capacity(t):
+        return u_seed * t + sum(u_leech * max(0.0, t - j) for j in joins)
+
+    lo, hi = 0.0, n * size / u_seed + max(joins) + 1
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if capacity(mid) >= n * size else (mid, hi)
+    return max(hi, fluid_bound(args, n, size, joins))
+
+
 def run_ours(lab, args, n, pattern, original, size, name, file_id):
     bins = args.bin_dir
     tracker_data = os.path.join(lab.work, "tracker")
@@ -536,6 +555,7 @@ def main():
                     die(f"unknown pattern {pattern}")
                 row = {"n": n, "pattern": pattern}
                 row["bound"] = fluid_bound(args, n, size, join_times(args, n, pattern))
+                row["arrival_bound"] = arrival_bound(args, n, size, join_times(args, n, pattern))
                 for client in clients:
                     work = os.path.join(root, f"{client}-{n}-{pattern}")
                     os.makedirs(work)
@@ -573,6 +593,9 @@ def main():
 def report(row, clients, timeline=False):
     n, bound = row["n"], row["bound"]
     line = f"N={n:<3} {row['pattern']:<8} T*={bound:6.2f} s"
+    arrival = row.get("arrival_bound", bound)
+    if arrival > bound + 1e-6:
+        line += f" (uploading only once joined: {arrival:.2f} s = {arrival / bound:.2f} T*)"
     ours = row.get("ours")
     if ours and "time" in ours:
         line += f" | ours {ours['time']:6.2f} s = {ours['time'] / bound:.2f} T*, seeder sent {ours['seed_share']:.0%}"

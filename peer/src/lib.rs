@@ -8,7 +8,8 @@
 //!   downloads with resume state and atomic completion, file versions, the shared folder's
 //!   index.
 //! - [`upload`]: answering manifest and chunk requests from the library (the acceptor's
-//!   handler), private files only to admitted peers.
+//!   handler), private files only to admitted peers; [`upload_turns`] shares the upload among
+//!   the connections, the least served peer first.
 //! - [`admission`]: private swarms: the tracker keys pinned at registration, and the
 //!   admissions held for downloads.
 //! - [`download`]: parallel downloads from several peers with verification and bans.
@@ -48,6 +49,7 @@ pub mod storage;
 pub mod throttle;
 pub mod tracker_client;
 pub mod upload;
+pub mod upload_turns;
 pub mod watch;
 
 pub use identity::Identity;

@@ -27,6 +27,7 @@ use crate::net::session::{Session, speaks_our_version};
 use crate::net::transport::ConnectionPath;
 use crate::storage::{ChunkBuf, Library, LibraryError};
 use crate::throttle::Throttle;
+use crate::upload_turns::{Connected, Turns};
 
 /// Answers the sessions other peers open to us (see [`crate::net::accept::Acceptor`]) from
 /// the library, within the upload limit.
@@ -35,6 +36,8 @@ pub struct Uploader {
     library: Arc<Library>,
     throttle: Arc<Throttle>,
     trust: Arc<TrackerKeys>,
+    /// Whose chunk is written next, across all connections.
+    turns: Arc<Turns>,
 }
 
 impl Uploader {
@@ -45,6 +48,7 @@ impl Uploader {
             library,
             throttle,
             trust: Arc::default(),
+            turns: Arc::default(),
         }
     }
 
@@ -61,11 +65,13 @@ impl Serve for Uploader {
     async fn serve(&self, session: Session, path: ConnectionPath) -> Result<(), SecureError> {
         let in_place = path == ConnectionPath::Direct;
         let gate = Gate::new(&self.library, &self.trust, session.remote);
+        let connected = self.turns.connect(session.remote);
         serve_connection(
             session.reader,
             session.writer,
             gate,
             &self.throttle,
+            &connected,
             in_place,
         )
         .await
@@ -177,13 +183,15 @@ impl<'a> Gate<'a> {
 
 /// Answers one peer, whose session is open (our `Hello` sent), until it disconnects. Frames
 /// are read on their own task (a frame read is not cancel-safe), chunk reads run ahead of
-/// sending, and answers go out in request order. With `in_place`, chunk reads run on this task
-/// while the disk keeps up.
+/// sending, and answers go out in request order, each chunk in its turn among the connections
+/// of `connected`'s uploader. With `in_place`, chunk reads run on this task while the disk
+/// keeps up.
 pub async fn serve_connection<R, W>(
     rx: SecureReader<R>,
     tx: SecureWriter<W>,
     gate: Gate<'_>,
     throttle: &Throttle,
+    connected: &Connected,
     in_place: bool,
 ) -> Result<(), SecureError>
 where
@@ -197,6 +205,7 @@ where
         library: gate.library,
         gate,
         throttle,
+        connected,
         outboxes: Vec::new(),
         interested: HashSet::new(),
         haves_due: None,
@@ -212,6 +221,8 @@ struct Answering<'a, W> {
     library: &'a Library,
     gate: Gate<'a>,
     throttle: &'a Throttle,
+    /// This connection among the uploader's others, for turns at sending.
+    connected: &'a Connected,
     /// Send buffers of answered chunks, for the next ones (at most [`READ_AHEAD`] are in use).
     outboxes: Vec<Outbox>,
     /// Files this peer asked about: it hears of our new chunks of them as they arrive.
@@ -378,13 +389,17 @@ impl<W: AsyncWrite + Unpin> Answering<'_, W> {
         Ok(())
     }
 
-    /// Sends the answer to the oldest chunk request (within the upload limit) and keeps its
-    /// buffer for a later one.
+    /// Sends the answer to the oldest chunk request in its turn (see [`crate::upload_turns`]),
+    /// within the upload limit, and keeps its buffer for a later one.
     async fn send(&mut self, reply: Reply) -> Result<(), SecureError> {
         let mut outbox = match reply {
             Reply::Chunk(mut chunk) => {
-                self.throttle.consume(chunk.len).await;
-                self.tx.send_outbox(&mut chunk.outbox).await?;
+                let (throttle, tx, len) = (self.throttle, &mut self.tx, chunk.len);
+                let send = async {
+                    throttle.consume(len).await;
+                    tx.send_outbox(&mut chunk.outbox).await
+                };
+                self.connected.in_turn(len as u64, send).await?;
                 chunk.outbox
             }
             Reply::Reject(frame, outbox) => {

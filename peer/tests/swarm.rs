@@ -18,12 +18,13 @@ use p2p_peer::net::PeerAddr;
 use p2p_peer::net::accept::Acceptor;
 use p2p_peer::net::connector::Connector;
 use p2p_peer::net::secure::{self, Role};
+use p2p_peer::net::session;
 use p2p_peer::storage::{Library, PartialDownload, manifest_for_file};
 use p2p_peer::throttle::Throttle;
 use p2p_peer::upload::Uploader;
 use p2p_proto::wire::Frame;
 use p2p_proto::{Bitfield, Manifest};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 /// A peer sharing `path`, listening on 127.0.0.1:0.
@@ -552,5 +553,38 @@ async fn peers_found_while_a_download_runs_are_fetched_from_too() {
             .unwrap();
         assert!(r.bytes > 0, "{r:?}");
     }
+    f.stop.cancel();
+}
+
+/// Peers that ask a seeder for chunks and never read them hold no turn at sending for long
+/// (see `p2p_peer::upload_turns`): with more of them than chunks written at once, an honest
+/// download from the same seeder still completes.
+#[tokio::test]
+async fn peers_that_never_read_do_not_hold_up_an_honest_download() {
+    let f = fixture(8 * 1024 * 1024 + 99);
+    let seed = seeder(&f.dir.path().join("video.bin"), &f.stop).await;
+    let chunks = f.manifest.chunk_count() as u32;
+    let mut stalled = Vec::new();
+    for _ in 0..2 * p2p_peer::upload_turns::SENDERS {
+        let me = Identity::generate().unwrap();
+        let stream = TcpStream::connect(seed.addrs[0]).await.unwrap();
+        let mut s = session::open(stream, &me, Role::Initiator, None)
+            .await
+            .unwrap();
+        for request_id in 0..64 {
+            s.writer.feed(&Frame::Request {
+                request_id,
+                file_id: f.manifest.id,
+                index: request_id % chunks,
+            });
+        }
+        s.writer.flush().await.unwrap();
+        // Held open, never read: their socket buffers fill and the seeder's writes block.
+        stalled.push(s);
+    }
+    let (report, _out) = leech(&f, std::slice::from_ref(&seed), DownloadOptions::default()).await;
+    assert_eq!(report.peers.len(), 1);
+    assert_eq!(report.peers[0].bytes, f.data.len() as u64);
+    drop(stalled);
     f.stop.cancel();
 }

@@ -111,6 +111,13 @@ const MAX_ANSWERING: usize = 32;
 /// `Hello`, `ManifestRequest`, `Request`, `Cancel`, `KeepAlive` and `Error`, none over
 /// about 1 KiB. Anything larger ends the session before it is buffered.
 pub const MAX_INBOUND_FRAME: u32 = 16 * 1024;
+/// The unsent bytes an accepted TCP socket holds before a write waits (`TCP_NOTSENT_LOWAT`;
+/// bytes in flight, the congestion window, are not limited). Without it the kernel takes
+/// whole chunks into each socket's buffer and the split of a slow upload among connections is
+/// TCP's; with half a chunk, whoever serves the sessions decides the order bytes leave in
+/// (see [`crate::upload_turns`]), and a socket still has the next bytes ready when its last
+/// write returns.
+pub const NOT_SENT_LOW_WATER: u32 = 128 * 1024;
 /// Sessions served at once from one peer id (a download opens a few lanes, a probe one more).
 pub const MAX_PER_PEER: usize = 16;
 /// The first pause after a failed accept (doubling up to [`ACCEPT_BACKOFF_MAX`]).
@@ -339,6 +346,7 @@ impl<H: Serve> Acceptor<H> {
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                let _ = socket2::SockRef::from(&stream).set_tcp_notsent_lowat(NOT_SENT_LOW_WATER);
                 this.accept(Inbound {
                     stream: Box::new(stream),
                     remote: Remote::Addr(addr),

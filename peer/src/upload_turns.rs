@@ -1,0 +1,364 @@
+//! Turns at sending: how this peer's upload is shared among the connections that have a chunk
+//! ready to go.
+//!
+//! Without them every connection writes as soon as its chunk is read, the kernel takes it
+//! into the socket's buffer, and the split of a slow upload among the peers follows the
+//! connections' congestion windows (in the swarm lab a seeder's connections each held
+//! 0.1-1.5 MB unsent, and one leecher got four times another's share; `bench/README.md`).
+//! With them at most [`SENDERS`] chunks are being written at once, and each accepted TCP
+//! socket keeps little unsent ([`crate::net::accept::NOT_SENT_LOW_WATER`]), so the order
+//! of turns is the order the bytes leave in. The next turn goes to the waiting connection
+//! whose peer this peer has sent the fewest bytes so far: peers share the upload evenly, and
+//! one that joins late (with nothing yet) is served first until it has caught up, which is
+//! what lets the last leecher of a swarm finish near the others.
+//!
+//! A turn ends when its chunk is written or after [`OVERTIME`] times the smoothed time a
+//! chunk takes: a peer that reads slowly, or not at all, keeps its own chunk but not the
+//! turn, so it never holds the others up.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use p2p_proto::PeerId;
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+/// Chunks written at once. More than one keeps the link busy across a turn's handover (the
+/// previous chunk's last bytes are still in the kernel then) and lets cores encrypt side by
+/// side on loopback; with two, the swarm lab's seeder idled 9 % of the time (BBR paces each
+/// of the few flows at its own estimate), with three 5-7 % (`bench/README.md`).
+pub const SENDERS: usize = 3;
+/// A turn lasts at most this many times the smoothed time a chunk took to write.
+pub const OVERTIME: u32 = 4;
+/// Bounds of a turn's length, whatever the smoothed time says.
+const TURN_MIN: Duration = Duration::from_millis(2);
+const TURN_MAX: Duration = Duration::from_secs(1);
+/// A turn's length before any chunk was timed.
+const TURN_FIRST: Duration = Duration::from_millis(100);
+
+/// The turns of one uploader (one per node), shared by all its connections.
+#[derive(Debug, Default)]
+pub struct Turns {
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Turns held.
+    held: usize,
+    /// Connections waiting for a turn, in arrival order.
+    waiting: Vec<Waiter>,
+    /// Bytes granted to each connected peer (over all its connections) while connected.
+    served: HashMap<PeerId, Served>,
+    /// The smoothed time a chunk took to write.
+    write_time: Option<Duration>,
+}
+
+#[derive(Debug)]
+struct Waiter {
+    peer: PeerId,
+    bytes: u64,
+    grant: oneshot::Sender<Turn>,
+}
+
+#[derive(Debug, Default)]
+struct Served {
+    bytes: u64,
+    connections: usize,
+}
+
+impl Turns {
+    /// Registers a connection from `peer` until the returned guard is dropped; the bytes
+    /// granted to the peer are kept while it has a connection.
+    pub fn connect(self: &Arc<Self>, peer: PeerId) -> Connected {
+        self.state
+            .lock()
+            .served
+            .entry(peer)
+            .or_default()
+            .connections += 1;
+        Connected {
+            turns: self.clone(),
+            peer,
+        }
+    }
+
+    /// Waits for a turn to send `bytes` to `peer`.
+    pub async fn take(self: &Arc<Self>, peer: PeerId, bytes: u64) -> Turn {
+        let rx = {
+            let mut s = self.state.lock();
+            if s.held < SENDERS && s.waiting.is_empty() {
+                s.held += 1;
+                s.add_served(&peer, bytes);
+                return Turn::new(self);
+            }
+            let (grant, rx) = oneshot::channel();
+            s.waiting.push(Waiter { peer, bytes, grant });
+            rx
+        };
+        match rx.await {
+            Ok(mut turn) => {
+                turn.started = Instant::now();
+                turn
+            }
+            // The sender is dropped only with the waiter, which `grant` never does without
+            // sending; a turn is granted in any case rather than wait forever.
+            Err(_) => {
+                let mut s = self.state.lock();
+                s.held += 1;
+                s.add_served(&peer, bytes);
+                drop(s);
+                Turn::new(self)
+            }
+        }
+    }
+
+    /// How long a turn may last before it passes on.
+    pub fn limit(&self) -> Duration {
+        let s = self.state.lock();
+        s.write_time
+            .map_or(TURN_FIRST, |t| (t * OVERTIME).clamp(TURN_MIN, TURN_MAX))
+    }
+
+    /// A turn ended after `took`: the next ones are granted.
+    fn release(self: &Arc<Self>, took: Duration) {
+        {
+            let mut s = self.state.lock();
+            s.write_time = Some(match s.write_time {
+                Some(t) => t.mul_f64(0.875) + took.mul_f64(0.125),
+                None => took,
+            });
+            s.held = s.held.saturating_sub(1);
+        }
+        self.grant();
+    }
+
+    /// Grants free turns to the waiters whose peers were sent the least (the earliest among
+    /// equals). Turns are handed over outside the lock: one that cannot be delivered (its
+    /// connection stopped waiting) is taken back and granted again.
+    fn grant(self: &Arc<Self>) {
+        // Each round removes at least one waiter, so this ends.
+        loop {
+            let granted: Vec<Waiter> = {
+                let mut s = self.state.lock();
+                let mut granted = Vec::new();
+                while s.held < SENDERS {
+                    let Some(next) =
+                        (0..s.waiting.len()).min_by_key(|&i| (s.served_to(&s.waiting[i].peer), i))
+                    else {
+                        break;
+                    };
+                    let w = s.waiting.remove(next);
+                    s.held += 1;
+                    s.add_served(&w.peer, w.bytes);
+                    granted.push(w);
+                }
+                granted
+            };
+            if granted.is_empty() {
+                return;
+            }
+            let mut undelivered = false;
+            for w in granted {
+                if let Err(mut turn) = w.grant.send(Turn::new(self)) {
+                    turn.turns = None;
+                    let mut s = self.state.lock();
+                    s.held -= 1;
+                    s.sub_served(&w.peer, w.bytes);
+                    undelivered = true;
+                }
+            }
+            if !undelivered {
+                return;
+            }
+        }
+    }
+
+    /// Bytes granted to `peer` so far (for tests and reports).
+    pub fn served(&self, peer: &PeerId) -> u64 {
+        self.state.lock().served_to(peer)
+    }
+}
+
+impl State {
+    fn served_to(&self, peer: &PeerId) -> u64 {
+        self.served.get(peer).map_or(0, |s| s.bytes)
+    }
+
+    fn add_served(&mut self, peer: &PeerId, bytes: u64) {
+        if let Some(s) = self.served.get_mut(peer) {
+            s.bytes += bytes;
+        }
+    }
+
+    fn sub_served(&mut self, peer: &PeerId, bytes: u64) {
+        if let Some(s) = self.served.get_mut(peer) {
+            s.bytes = s.bytes.saturating_sub(bytes);
+        }
+    }
+}
+
+/// A connection registered with [`Turns::connect`].
+#[derive(Debug)]
+pub struct Connected {
+    turns: Arc<Turns>,
+    peer: PeerId,
+}
+
+impl Connected {
+    /// Runs `send` (writing a chunk of `bytes`) in this connection's turn: waits for the
+    /// turn, then holds it until `send` is done or has taken [`Turns::limit`]; a slow reader
+    /// keeps its chunk, not the turn.
+    pub async fn in_turn<F: Future>(&self, bytes: u64, send: F) -> F::Output {
+        let turn = self.turns.take(self.peer, bytes).await;
+        let limit = self.turns.limit();
+        tokio::pin!(send);
+        tokio::select! {
+            sent = &mut send => {
+                drop(turn);
+                sent
+            }
+            () = tokio::time::sleep(limit) => {
+                drop(turn);
+                send.await
+            }
+        }
+    }
+}
+
+impl Drop for Connected {
+    fn drop(&mut self) {
+        let mut s = self.turns.state.lock();
+        if let Some(served) = s.served.get_mut(&self.peer) {
+            served.connections -= 1;
+            if served.connections == 0 {
+                s.served.remove(&self.peer);
+            }
+        }
+    }
+}
+
+/// A turn at sending; dropping it passes the turn on.
+#[derive(Debug)]
+pub struct Turn {
+    /// `None` once passed on (or never held).
+    turns: Option<Arc<Turns>>,
+    started: Instant,
+}
+
+impl Turn {
+    fn new(turns: &Arc<Turns>) -> Self {
+        Self {
+            turns: Some(turns.clone()),
+            started: Instant::now(),
+        }
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        if let Some(turns) = self.turns.take() {
+            turns.release(self.started.elapsed());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(n: u8) -> PeerId {
+        PeerId([n; 32])
+    }
+
+    /// Spawns a connection of `p` waiting for a turn to send `bytes`; it reports its peer
+    /// when granted and keeps the turn until told to pass it on.
+    fn waiter(
+        turns: &Arc<Turns>,
+        p: PeerId,
+        bytes: u64,
+        order: &tokio::sync::mpsc::UnboundedSender<PeerId>,
+    ) -> oneshot::Sender<()> {
+        let (done, until) = oneshot::channel::<()>();
+        let (turns, order) = (turns.clone(), order.clone());
+        tokio::spawn(async move {
+            let turn = turns.take(p, bytes).await;
+            let _ = order.send(p);
+            let _ = until.await;
+            drop(turn);
+        });
+        done
+    }
+
+    #[tokio::test]
+    async fn the_least_served_peer_goes_first_and_dropped_waiters_lose_nothing() {
+        let turns = Arc::new(Turns::default());
+        let (a, b, c) = (peer(1), peer(2), peer(3));
+        let _conns = [a, b, c].map(|p| turns.connect(p));
+        // `a` was sent a lot already; every turn is taken.
+        let mut held = Vec::new();
+        for _ in 0..SENDERS {
+            held.push(turns.take(a, 1 << 20).await);
+        }
+        let (tx, mut order) = tokio::sync::mpsc::unbounded_channel();
+        let pass_a = waiter(&turns, a, 1000, &tx);
+        tokio::task::yield_now().await;
+        let pass_b = waiter(&turns, b, 1000, &tx);
+        tokio::task::yield_now().await;
+        // A connection that closes while waiting: the turn it would have had goes on.
+        let gone = {
+            let turns = turns.clone();
+            tokio::spawn(async move { turns.take(c, 10).await })
+        };
+        tokio::task::yield_now().await;
+        gone.abort();
+        let _ = gone.await;
+        let pass_c = waiter(&turns, c, 5000, &tx);
+        tokio::task::yield_now().await;
+        assert!(order.try_recv().is_err(), "no turn free yet");
+
+        // Two turns free: b and c (sent nothing yet), not a, which came first.
+        drop(held.pop());
+        drop(held.pop());
+        let first = [order.recv().await, order.recv().await];
+        assert!(
+            first.contains(&Some(b)) && first.contains(&Some(c)),
+            "{first:?}"
+        );
+        assert_eq!(turns.served(&b), 1000);
+        assert_eq!(turns.served(&c), 5000);
+        let _ = pass_b.send(());
+        assert_eq!(order.recv().await, Some(a));
+        let _ = (pass_a.send(()), pass_c.send(()));
+        drop(held);
+        // Every turn came back: all can be taken at once again.
+        let mut again = Vec::new();
+        for _ in 0..SENDERS {
+            again.push(turns.take(b, 1).await);
+        }
+        assert_eq!(turns.state.lock().held, SENDERS);
+        assert!(turns.state.lock().waiting.is_empty());
+        drop(again);
+        assert_eq!(turns.state.lock().held, 0);
+    }
+
+    #[tokio::test]
+    async fn a_peer_is_forgotten_with_its_last_connection_and_turns_have_a_limit() {
+        let turns = Arc::new(Turns::default());
+        assert_eq!(turns.limit(), TURN_FIRST);
+        let (one, two) = (turns.connect(peer(1)), turns.connect(peer(1)));
+        drop(turns.take(peer(1), 300).await);
+        drop(one);
+        assert_eq!(turns.served(&peer(1)), 300);
+        drop(two);
+        assert_eq!(turns.served(&peer(1)), 0);
+        assert!(turns.state.lock().served.is_empty());
+        // Turns that ended at once: the limit is the least allowed.
+        for _ in 0..64 {
+            drop(turns.take(peer(2), 1).await);
+        }
+        assert_eq!(turns.limit(), TURN_MIN);
+    }
+}
