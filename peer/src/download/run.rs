@@ -134,11 +134,13 @@ struct Workers<'a> {
     identity: &'a Identity,
     opts: &'a DownloadOptions,
     retries: Retries,
-    tasks: JoinSet<(PeerReport, bool)>,
+    /// Each worker's report, whether its peer is never to be tried again, and its lane.
+    tasks: JoinSet<(PeerReport, bool, u8)>,
     /// The peer of each running worker.
     peer_of: HashMap<tokio::task::Id, PeerId>,
-    /// Each peer's workers running now, and the reports of those of its current try that ended.
-    tries: HashMap<PeerId, (usize, Vec<PeerReport>)>,
+    /// Each peer's workers running now, and the reports of those of its current try that ended
+    /// (with their lanes).
+    tries: HashMap<PeerId, (usize, Vec<(u8, PeerReport)>)>,
     /// One report per peer tried, over all its tries, in the order they were first tried.
     reports: Vec<PeerReport>,
 }
@@ -195,7 +197,7 @@ impl<'a> Workers<'a> {
     fn spawn(&mut self, peer: PeerAddr, lane: Lane) {
         let (shared, identity) = (self.shared.clone(), self.identity.clone());
         let opts = self.opts.clone();
-        let peer_id = peer.peer_id;
+        let (peer_id, index) = (peer.peer_id, lane.index);
         let task = self.tasks.spawn(async move {
             let mut report = PeerReport::new(peer.peer_id);
             let result = tokio::select! {
@@ -209,7 +211,7 @@ impl<'a> Workers<'a> {
                 report.error = Some(e.to_string());
             }
             report.score = shared.scores.get(&peer.peer_id);
-            (report, never)
+            (report, never, index)
         });
         self.peer_of.insert(task.id(), peer_id);
         self.tries.entry(peer_id).or_default().0 += 1;
@@ -217,7 +219,7 @@ impl<'a> Workers<'a> {
 
     /// Accounts for a worker that ended; when it was its peer's last, the peer may be tried
     /// again later.
-    fn ended(&mut self, id: tokio::task::Id, ended: Option<(PeerReport, bool)>) {
+    fn ended(&mut self, id: tokio::task::Id, ended: Option<(PeerReport, bool, u8)>) {
         let Some(peer) = self.peer_of.remove(&id) else {
             return;
         };
@@ -226,14 +228,17 @@ impl<'a> Workers<'a> {
         };
         tried.0 -= 1;
         let mut never = false;
-        if let Some((report, worker_never)) = ended {
+        if let Some((report, worker_never, lane)) = ended {
             never |= worker_never;
-            tried.1.push(report);
+            tried.1.push((lane, report));
         }
         if tried.0 > 0 {
             return;
         }
-        let lanes = std::mem::take(&mut tried.1);
+        let mut lanes = std::mem::take(&mut tried.1);
+        // In the order they were started, whatever the order they ended in.
+        lanes.sort_by_key(|(lane, _)| *lane);
+        let lanes = lanes.into_iter().map(|(_, report)| report).collect();
         let Some(this_try) = merge_lanes(lanes).pop() else {
             // Its workers panicked: not tried again.
             self.retries.ended(&peer, Ending::Never, Instant::now());
