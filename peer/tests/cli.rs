@@ -144,9 +144,15 @@ struct LoggedDownload {
 
 impl LoggedDownload {
     fn spawn(url: &str, dir: &Path, id: &str) -> Self {
+        Self::spawn_logging(url, dir, id, "info")
+    }
+
+    /// [`LoggedDownload::spawn`] with `RUST_LOG=rust_log`.
+    fn spawn_logging(url: &str, dir: &Path, id: &str, rust_log: &str) -> Self {
         let mut child = peer_cmd(env!("CARGO_BIN_EXE_p2p-download"), url, dir)
             .args(["--dht", "off", "--no-relay"])
             .arg(id)
+            .env("RUST_LOG", rust_log)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -203,6 +209,42 @@ async fn slow_seeder(work: &Path) -> (p2p_tracker::app::RunningTracker, Killed, 
     let id = hex::encode(Sha256::digest(&data));
     let seeder = seeder(&t.base_url(), &seed_dir, &id, &["--upload-limit", "1M"]).await;
     (t, seeder, data, id)
+}
+
+/// A download whose only peer is gone when it starts (killed, so the tracker still lists it)
+/// does not give up: once its worker for that peer has ended, the peer is restarted (same
+/// identity, another port), the tracker lists it again, the download tries it again there and
+/// completes. (Before retries, the download failed at once with "no peer could provide".)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_tries_again_a_peer_that_came_back() {
+    let work = tempfile::tempdir().unwrap();
+    let t = tracker(work.path()).await;
+    let url = t.base_url();
+    let seed_dir = work.path().join("seed");
+    std::fs::create_dir_all(&seed_dir).unwrap();
+    let data = support::content(3_000_000, 5);
+    std::fs::write(seed_dir.join("back.bin"), &data).unwrap();
+    let id = hex::encode(Sha256::digest(&data));
+    let mut gone = seeder(&url, &seed_dir, &id, &[]).await;
+    gone.0.kill().unwrap();
+    gone.0.wait().unwrap();
+
+    let leech = work.path().join("leech");
+    let mut download =
+        LoggedDownload::spawn_logging(&url, &leech, &id, "info,p2p_peer::download=debug");
+    // Its only peer could not be reached: no worker is left.
+    download
+        .err
+        .wait_for(
+            &mut download.child.0,
+            &["to be tried again when listed again"],
+            Duration::from_secs(30),
+        )
+        .await;
+    let _back = seeder(&url, &seed_dir, &id, &[]).await;
+    download.succeeds().await;
+    assert_eq!(std::fs::read(leech.join("back.bin")).unwrap(), data);
+    t.stop().await.unwrap();
 }
 
 /// The names in `dir` a daemon would share (not hidden like `.p2p/` with its lock files, not

@@ -4,12 +4,14 @@
 //! chunks is banned after [`DownloadOptions::max_strikes`]; a peer that vanishes costs only its
 //! in-flight chunks.
 //!
-//! - [`run`]: [`download`] itself: opens the partial file, starts the workers, waits for them
-//!   and completes (or saves the resume state).
+//! - [`run`]: [`download`] itself: opens the partial file, starts the workers (again, for a
+//!   peer listed again after its workers ended), waits for them and completes (or saves the
+//!   resume state).
 //! - [`worker`]: one connection to one peer: connect → open (manifest, bitfield) → pump
 //!   (requests out, chunks in) → drain; [`opening`] holds its first two steps, [`requests`]
 //!   the requests it has out, [`lane`] what a peer's connections share.
 //! - [`scheduler`]: which chunk to ask for next (rarest first, the endgame).
+//! - [`retry`]: which peers are tried, and when one whose workers ended is tried again.
 //! - [`score`]: each peer's throughput, latency and failures, and its share of the pipeline.
 //! - [`state`]: what the workers of one download share, and how a stored chunk is accounted.
 //! - [`store`]: verifying and writing chunks, and saving the resume state.
@@ -36,6 +38,7 @@ mod lane;
 mod ongoing;
 mod opening;
 mod requests;
+mod retry;
 mod run;
 mod scheduler;
 mod score;
@@ -75,6 +78,11 @@ pub struct DownloadOptions {
     /// Where the finished file goes; `None`: the data dir (a folder download puts each file
     /// in its place in the tree).
     pub dest_dir: Option<PathBuf>,
+    /// How long a download whose file's peers are listed again while it runs (see
+    /// [`download_growing`]) waits without a chunk and without a worker before it gives up as
+    /// stalled: peers whose workers ended are tried again when listed again, after a pause of
+    /// 1 s doubling to 30 s. Without such a refresh it gives up as soon as no worker is left.
+    pub stall_timeout: Duration,
 }
 
 impl Default for DownloadOptions {
@@ -90,6 +98,7 @@ impl Default for DownloadOptions {
             connections_per_peer: None,
             admissions: Arc::default(),
             dest_dir: None,
+            stall_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -1,20 +1,22 @@
 //! Running one download: open (or resume) its partial file, start a worker per connection to
-//! each source peer, wait until the file is complete or every worker has given up, then
-//! complete the file or save what there is for resuming.
+//! each source peer (and to the peers that refreshes of the file's peers bring, trying again
+//! those whose workers ended, see [`super::retry`]), wait until the file is complete or no peer
+//! can carry it on, then complete the file or save what there is for resuming.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use p2p_proto::{Manifest, PeerId};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio::task::JoinSet;
 
 use super::lane::Lane;
 use super::ongoing;
+use super::retry::{Ending, Retries};
 use super::scheduler::{Order, Scheduler};
 use super::state::Shared;
 use super::store::save_periodically;
@@ -25,8 +27,9 @@ use crate::identity::Identity;
 use crate::net::PeerAddr;
 use crate::storage::{Library, PartialDownload};
 
-/// Source peers found while a download runs: each message lists peers that may be new (the
-/// tracker asked again, say); peers the download already uses are skipped.
+/// Source peers found while a download runs: each message lists the file's peers again (the
+/// tracker asked again, say); peers the download uses now are skipped, new ones are tried, and
+/// those whose workers ended are tried again after a pause (see [`super::retry`]).
 pub type MoreSources = mpsc::Receiver<Vec<PeerAddr>>;
 
 /// Downloads `manifest` from `sources` into `data_dir` (partial data in `data_dir/.partial`,
@@ -73,12 +76,7 @@ pub async fn download_growing(
     let partial = open_partial(manifest, data_dir, &library).await?;
     let sched = Scheduler::new(partial.have().clone(), Order::random());
     let partial = Arc::new(Mutex::new(Some(partial)));
-    let shared = Arc::new(Shared::new(
-        manifest.clone(),
-        sched,
-        partial,
-        library.clone(),
-    ));
+    let shared = Arc::new(Shared::new(manifest.clone(), sched, partial, library));
     let already = shared.sched.lock().complete();
     let mut workers = Workers::new(&shared, identity, &opts);
     if !already {
@@ -89,12 +87,11 @@ pub async fn download_growing(
         shared.partial.clone(),
         shared.stop.clone(),
     ));
-    let peers = wait(&shared, workers, more).await;
+    let peers = wait(&shared, workers, more, opts.stall_timeout).await;
     let _ = saver.await;
     let path = finish(&shared, opts.dest_dir.as_deref().unwrap_or(data_dir))
         .await
         .map_err(|e| not_admitted(e, &peers))?;
-    library.completed(&manifest.id, path.clone());
     claim.completed(path.clone()).await;
     Ok(DownloadReport {
         path,
@@ -130,14 +127,22 @@ async fn open_partial(
 }
 
 /// The workers of a download: one per connection to each source peer but this node (see
-/// [`DownloadOptions::connections_per_peer`]), each peer's main connection first.
+/// [`DownloadOptions::connections_per_peer`]), each peer's main connection first. A peer whose
+/// workers all ended is tried again when it is listed again, after a pause ([`Retries`]).
 struct Workers<'a> {
     shared: &'a Arc<Shared>,
     identity: &'a Identity,
     opts: &'a DownloadOptions,
-    /// Peers that have workers (or are this node).
-    known: HashSet<PeerId>,
-    handles: Vec<JoinHandle<PeerReport>>,
+    retries: Retries,
+    /// Each worker's report, whether its peer is never to be tried again, and its lane.
+    tasks: JoinSet<(PeerReport, bool, u8)>,
+    /// The peer of each running worker.
+    peer_of: HashMap<tokio::task::Id, PeerId>,
+    /// Each peer's workers running now, and the reports of those of its current try that ended
+    /// (with their lanes).
+    tries: HashMap<PeerId, (usize, Vec<(u8, PeerReport)>)>,
+    /// One report per peer tried, over all its tries, in the order they were first tried.
+    reports: Vec<PeerReport>,
 }
 
 impl<'a> Workers<'a> {
@@ -146,80 +151,184 @@ impl<'a> Workers<'a> {
             shared,
             identity,
             opts,
-            known: HashSet::from([identity.peer_id()]),
-            handles: Vec::new(),
+            retries: Retries::new(identity.peer_id(), Instant::now()),
+            tasks: JoinSet::new(),
+            peer_of: HashMap::new(),
+            tries: HashMap::new(),
+            reports: Vec::new(),
         }
     }
 
-    /// Starts workers for the peers of `sources` that have none yet.
+    /// Starts workers for the peers of `sources` that have none, unless they are to wait
+    /// before they are tried again (see [`Retries::listed`]).
     fn add(&mut self, sources: &[PeerAddr]) {
+        let now = Instant::now();
         let new: Vec<&PeerAddr> = sources
             .iter()
-            .filter(|s| self.known.insert(s.peer_id))
+            .filter(|s| self.retries.listed(s, now))
             .collect();
-        if new.is_empty() {
-            return;
+        for peer in new {
+            self.start(peer.clone());
+        }
+    }
+
+    /// Starts the workers of the peers whose pause before another try is over.
+    fn start_due(&mut self) {
+        for peer in self.retries.due(Instant::now()) {
+            self.start(peer);
+        }
+    }
+
+    /// Starts `peer`'s workers, one per connection.
+    fn start(&mut self, peer: PeerAddr) {
+        if !self.reports.iter().any(|r| r.peer_id == peer.peer_id) {
+            // Its place in the reports, filled in as its tries end.
+            self.reports.push(PeerReport::new(peer.peer_id));
         }
         let lanes = self
             .opts
             .connections_per_peer
-            .unwrap_or_else(|| connections_per_peer(self.known.len() - 1));
-        for peer in new {
-            for lane in Lane::for_peer(lanes) {
-                self.spawn(peer.clone(), lane);
-            }
+            .unwrap_or_else(|| connections_per_peer(self.retries.known()));
+        for lane in Lane::for_peer(lanes) {
+            self.spawn(peer.clone(), lane);
         }
     }
 
     fn spawn(&mut self, peer: PeerAddr, lane: Lane) {
         let (shared, identity) = (self.shared.clone(), self.identity.clone());
         let opts = self.opts.clone();
-        self.handles.push(tokio::spawn(async move {
+        let (peer_id, index) = (peer.peer_id, lane.index);
+        let task = self.tasks.spawn(async move {
             let mut report = PeerReport::new(peer.peer_id);
             let result = tokio::select! {
                 _ = shared.stop.cancelled() => Ok(()),
                 r = worker::run(&shared, &identity, &peer, lane, &opts, &mut report) => r,
             };
+            let mut never = false;
             if let Err(e) = result {
                 report.not_admitted = matches!(e, super::WorkerError::NotAdmitted(_));
+                never = matches!(e, super::WorkerError::WrongManifest);
                 report.error = Some(e.to_string());
             }
             report.score = shared.scores.get(&peer.peer_id);
-            shared.workers_ended.fetch_add(1, Ordering::SeqCst);
-            shared.done.notify_one();
-            report
-        }));
+            (report, never, index)
+        });
+        self.peer_of.insert(task.id(), peer_id);
+        self.tries.entry(peer_id).or_default().0 += 1;
+    }
+
+    /// Accounts for a worker that ended; when it was its peer's last, the peer may be tried
+    /// again later.
+    fn ended(&mut self, id: tokio::task::Id, ended: Option<(PeerReport, bool, u8)>) {
+        let Some(peer) = self.peer_of.remove(&id) else {
+            return;
+        };
+        let Some(tried) = self.tries.get_mut(&peer) else {
+            return;
+        };
+        tried.0 -= 1;
+        let mut never = false;
+        if let Some((report, worker_never, lane)) = ended {
+            never |= worker_never;
+            tried.1.push((lane, report));
+        }
+        if tried.0 > 0 {
+            return;
+        }
+        let mut lanes = std::mem::take(&mut tried.1);
+        // In the order they were started, whatever the order they ended in.
+        lanes.sort_by_key(|(lane, _)| *lane);
+        let lanes = lanes.into_iter().map(|(_, report)| report).collect();
+        let Some(this_try) = merge_lanes(lanes).pop() else {
+            // Its workers panicked: not tried again.
+            self.retries.ended(&peer, Ending::Never, Instant::now());
+            return;
+        };
+        let how = if never || this_try.banned {
+            Ending::Never
+        } else if this_try.bytes > 0 {
+            Ending::Delivered
+        } else {
+            Ending::Fruitless
+        };
+        if let Some(e) = &this_try.error
+            && how != Ending::Never
+        {
+            tracing::debug!(%peer, error = %e, "peer ended; to be tried again when listed again");
+        }
+        self.retries.ended(&peer, how, Instant::now());
+        if let Some(earlier) = self.reports.iter_mut().find(|r| r.peer_id == peer) {
+            merge_tries(earlier, this_try);
+        }
     }
 }
 
-/// Waits until the download is complete or every worker has given up, starting workers for the
-/// new peers `more` brings meanwhile, then stops the rest; returns one report per peer.
+/// Waits until the download is complete or no peer can carry it on, starting workers for the
+/// peers `more` brings meanwhile (and trying those whose workers ended again, see
+/// [`Workers`]), then stops the rest; returns one report per peer.
+///
+/// No peer can carry it on once no worker runs and nothing may start one: at once when no
+/// refresh of the file's peers is running (no `more`) and no peer waits for another try; else
+/// once no chunk has come for [`DownloadOptions::stall_timeout`].
 async fn wait(
     shared: &Shared,
     mut workers: Workers<'_>,
     mut more: Option<MoreSources>,
+    stall_timeout: Duration,
 ) -> Vec<PeerReport> {
+    let mut fetched = shared.fetched.load(Ordering::Relaxed);
+    let mut progress_at = Instant::now();
     loop {
-        let complete = shared.sched.lock().complete();
-        if complete || shared.workers_ended.load(Ordering::SeqCst) == workers.handles.len() {
+        if shared.sched.lock().complete() {
             break;
         }
+        workers.start_due();
+        let now_fetched = shared.fetched.load(Ordering::Relaxed);
+        if now_fetched != fetched {
+            (fetched, progress_at) = (now_fetched, Instant::now());
+        }
+        let stalled_at = progress_at + stall_timeout;
+        let idle = workers.retries.live() == 0;
+        if idle {
+            let pending = workers.retries.next_due().is_some();
+            if (more.is_none() && !pending) || Instant::now() >= stalled_at {
+                break;
+            }
+        }
+        // Wakes for the next retry due, and, with no worker running, for the stall deadline.
+        let wake = [workers.retries.next_due(), idle.then_some(stalled_at)]
+            .into_iter()
+            .flatten()
+            .min();
         tokio::select! {
             () = shared.done.notified() => {}
+            Some(ended) = workers.tasks.join_next_with_id() => match ended {
+                Ok((id, report)) => workers.ended(id, Some(report)),
+                Err(e) => workers.ended(e.id(), None),
+            },
             found = recv(&mut more) => match found {
                 Some(sources) => workers.add(&sources),
                 None => more = None,
             },
+            () = sleep_until(wake) => {}
         }
     }
     shared.stop.cancel();
-    let mut reports = Vec::new();
-    for w in workers.handles {
-        if let Ok(r) = w.await {
-            reports.push(r);
+    while let Some(ended) = workers.tasks.join_next_with_id().await {
+        match ended {
+            Ok((id, report)) => workers.ended(id, Some(report)),
+            Err(e) => workers.ended(e.id(), None),
         }
     }
-    merge_lanes(reports)
+    workers.reports
+}
+
+/// Sleeps until `at`; forever without one.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The next message of `more`; never, without one.
@@ -249,6 +358,21 @@ fn merge_lanes(reports: Vec<PeerReport>) -> Vec<PeerReport> {
         }
     }
     merged
+}
+
+/// Adds a later try of a peer to the report of its earlier ones: bytes and bad chunks add up, a
+/// ban stands, and the latest try says how it ended.
+fn merge_tries(earlier: &mut PeerReport, later: PeerReport) {
+    earlier.bytes += later.bytes;
+    earlier.bad_chunks += later.bad_chunks;
+    if earlier.banned {
+        return;
+    }
+    earlier.banned = later.banned;
+    earlier.error = later.error;
+    earlier.not_admitted = later.not_admitted;
+    earlier.score = later.score;
+    earlier.path = later.path.or(earlier.path.take());
 }
 
 /// A stalled download whose peers refused it as not admitted says so, with what the first of
@@ -292,10 +416,19 @@ async fn finish(shared: &Shared, dest_dir: &Path) -> Result<PathBuf, DownloadErr
             total: shared.manifest.chunk_count(),
         });
     }
-    let dest_dir = dest_dir.to_owned();
+    let (dest_dir, library, id) = (
+        dest_dir.to_owned(),
+        shared.library.clone(),
+        shared.manifest.id,
+    );
     tokio::task::spawn_blocking(move || {
         let p = partial.lock().take().ok_or(DownloadError::Ended)?;
-        p.finish(&dest_dir).map_err(DownloadError::from)
+        let completion = p.complete(&dest_dir)?;
+        // Peers fetching from the partial file find it at its new path from the moment it
+        // moves (see `Library::complete_with`).
+        library
+            .complete_with(&id, || completion.place())
+            .map_err(DownloadError::from)
     })
     .await?
 }

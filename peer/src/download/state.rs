@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use p2p_proto::{Manifest, PeerId};
 use parking_lot::Mutex;
@@ -24,12 +24,9 @@ pub(super) struct Shared {
     /// What stopped the whole download early (a bad manifest, a failing disk).
     pub(super) fatal: Mutex<Option<DownloadError>>,
     pub(super) scores: Scoreboard,
-    library: Arc<Library>,
-    /// Woken when a chunk's request ends or a worker stops, for the download to check on.
+    pub(super) library: Arc<Library>,
+    /// Woken when a chunk's request ends, for the download to check on.
     pub(super) done: Notify,
-    /// Workers that have ended. Counted before they notify `done`: a worker still returning
-    /// its report is not "finished" yet as a task, and its wake-up must not be lost.
-    pub(super) workers_ended: AtomicUsize,
     /// Cancelled when the download is complete: workers stop and report.
     pub(super) stop: CancellationToken,
     /// Chunks fetched (and new) in this run.
@@ -55,7 +52,6 @@ impl Shared {
             scores: Scoreboard::default(),
             library,
             done: Notify::new(),
-            workers_ended: AtomicUsize::new(0),
             stop: CancellationToken::new(),
             fetched: AtomicU64::new(0),
             strikes: Mutex::default(),

@@ -88,6 +88,15 @@ impl SharedFile {
         self.path.read().clone()
     }
 
+    /// Opens the file where it lives now, and says where that is. Opened under the path's
+    /// lock: a download completing moves its file under the same lock (see
+    /// [`Library::complete_with`]), so the file is found at its old path or its new one, never
+    /// in between.
+    fn open(&self) -> (PathBuf, std::io::Result<std::fs::File>) {
+        let path = self.path.read();
+        (path.clone(), std::fs::File::open(&*path))
+    }
+
     /// Whether chunk `index`, read from the file as it is now (`stamp`), needs no hash check.
     fn trusted(&self, index: u64, stamp: FileStamp) -> bool {
         let v = self.verified.lock();
@@ -331,20 +340,45 @@ impl Library {
     /// `path`.
     pub fn completed(&self, id: &FileId, path: PathBuf) {
         if let Some(entry) = self.get(id) {
-            let full = Bitfield::full(entry.manifest.chunk_count());
-            // Every chunk of the content was checked just now.
-            let verified = match std::fs::metadata(&path) {
-                Ok(meta) => Verified {
-                    stamp: Some(FileStamp::of(&meta)),
-                    since: SystemTime::now(),
-                    bits: full.clone(),
-                },
-                Err(_) => Verified::own(Bitfield::new(entry.manifest.chunk_count())),
-            };
-            *entry.verified.lock() = verified;
-            *entry.path.write() = path;
-            *entry.have.write() = full;
+            let mut at = entry.path.write();
+            Self::now_whole(&entry, &mut at, path);
         }
+    }
+
+    /// Moves a finished download of `id` into place with `place` (which says where it went)
+    /// and offers it from there, as [`Library::completed`] does, in one step for the peers it
+    /// serves: chunk reads open the file under the entry's path lock, which is held across the
+    /// move, so none finds the file gone from the path it was offered at. `place` runs with
+    /// reads of this file waiting: it should only move (see [`crate::storage::Completion`]).
+    pub fn complete_with<E>(
+        &self,
+        id: &FileId,
+        place: impl FnOnce() -> Result<PathBuf, E>,
+    ) -> Result<PathBuf, E> {
+        let Some(entry) = self.get(id) else {
+            return place();
+        };
+        let mut at = entry.path.write();
+        let path = place()?;
+        Self::now_whole(&entry, &mut at, path.clone());
+        Ok(path)
+    }
+
+    /// Offers `entry` whole from `path` (`at`, its path, locked by the caller).
+    fn now_whole(entry: &SharedFile, at: &mut PathBuf, path: PathBuf) {
+        let full = Bitfield::full(entry.manifest.chunk_count());
+        // Every chunk of the content was checked just now.
+        let verified = match std::fs::metadata(&path) {
+            Ok(meta) => Verified {
+                stamp: Some(FileStamp::of(&meta)),
+                since: SystemTime::now(),
+                bits: full.clone(),
+            },
+            Err(_) => Verified::own(Bitfield::new(entry.manifest.chunk_count())),
+        };
+        *entry.verified.lock() = verified;
+        *at = path;
+        *entry.have.write() = full;
     }
 
     /// Reads chunk `index`, checked against the manifest unless this version of the file
@@ -371,18 +405,18 @@ impl Library {
         if !entry.have().get(index) {
             return (buf, Err(LibraryError::NotAvailable { file: *id, index }));
         }
-        let path = entry.path();
         let m = &entry.manifest;
         let (offset, len) = (index * u64::from(m.chunk_size), m.chunk_len(index) as usize);
         let file = *id;
         let read = self.io.run(in_place, move || {
+            let read_start = SystemTime::now();
+            let (path, opened) = entry.open();
             let io = |source| LibraryError::Io {
                 path: path.clone(),
                 source,
             };
             let read = (|| {
-                let read_start = SystemTime::now();
-                let f = std::fs::File::open(&path).map_err(io)?;
+                let f = opened.map_err(io)?;
                 let stamp = FileStamp::of(&f.metadata().map_err(io)?);
                 if entry.trusted(index, stamp) {
                     let mut at = offset;
@@ -578,6 +612,40 @@ mod tests {
         // A partial download of the same content is not a hashed whole file.
         lib.insert(m.clone(), path.clone(), Bitfield::new(m.chunk_count()));
         assert!(lib.hashed(&m.id).is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_while_a_download_moves_into_place_finds_the_file() {
+        let (dir, part, data) = written_file(233);
+        let m = manifest_for_file(&part, "a.bin").unwrap();
+        let lib = Arc::new(Library::new());
+        lib.insert(m.clone(), part.clone(), Bitfield::full(m.chunk_count()));
+        let done = dir.path().join("done.bin");
+        let rt = tokio::runtime::Handle::current();
+        let mut reader = None;
+        let placed = lib.complete_with(&m.id, || {
+            std::fs::rename(&part, &done)?;
+            // A read that starts while the file is being moved …
+            let (tx, rx) = std::sync::mpsc::channel();
+            let (lib, id) = (lib.clone(), m.id);
+            reader = Some(std::thread::spawn(move || {
+                let read = rt.block_on(lib.read_chunk(&id, 1));
+                let _ = tx.send(());
+                read
+            }));
+            // … waits for the move to end (without the path lock it would fail now).
+            let waited = rx.recv_timeout(Duration::from_millis(200));
+            assert!(waited.is_err(), "the read did not wait for the move");
+            Ok::<_, std::io::Error>(done.clone())
+        });
+        assert_eq!(placed.unwrap(), done);
+        let chunk = reader.unwrap().join().unwrap().unwrap();
+        assert_eq!(&chunk[..], &data[262_144..524_288]);
+        let entry = lib.get(&m.id).unwrap();
+        assert_eq!(
+            (entry.path(), entry.have()),
+            (done, Bitfield::full(m.chunk_count()))
+        );
     }
 
     #[tokio::test]

@@ -21,7 +21,9 @@ pub use index::{IndexError, LoadedIndex, STATE_DIR, ShareIndex};
 pub use inline::InlineIo;
 pub use library::{ChunkBuf, Library, LibraryError};
 pub(crate) use partial::candidate_names;
-pub use partial::{PartialDownload, PartialError, ResumeSnapshot, VerifiedChunk, safe_file_name};
+pub use partial::{
+    Completion, PartialDownload, PartialError, ResumeSnapshot, VerifiedChunk, safe_file_name,
+};
 pub use stamp::{FileStamp, HashedFile, SETTLE, Timestamp};
 pub use tracker_pins::{PinFile, PinsError, TrackerPin};
 pub use visibility::{Visibility, VisibilityError};

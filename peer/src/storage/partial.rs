@@ -243,14 +243,44 @@ impl PartialDownload {
     /// where it went. Every chunk was verified against the hash chain, which makes the whole
     /// file's SHA-256 its id; an empty file's manifest was checked to carry the empty id.
     pub fn finish(self, dest_dir: &Path) -> Result<PathBuf, PartialError> {
+        self.complete(dest_dir)?.place()
+    }
+
+    /// The first step of [`PartialDownload::finish`]: checks that every chunk is there and
+    /// flushes the file to disk (which may take a while); [`Completion::place`] then moves it,
+    /// quickly, so that a caller can make the move atomic with switching what serves from the
+    /// file (see [`crate::storage::Library::complete_with`]).
+    pub fn complete(self, dest_dir: &Path) -> Result<Completion, PartialError> {
         let missing = self.have.len() - self.have.count_ones();
         if missing > 0 {
             return Err(PartialError::Incomplete(missing));
         }
         self.file.sync_all().map_err(io_at(&self.part_path))?;
         std::fs::create_dir_all(dest_dir).map_err(io_at(dest_dir))?;
-        let name = safe_file_name(&self.manifest.name, &self.manifest.id.to_string());
-        let dest = place_without_overwriting(&self.part_path, dest_dir, &name)?;
+        Ok(Completion {
+            name: safe_file_name(&self.manifest.name, &self.manifest.id.to_string()),
+            dest_dir: dest_dir.to_owned(),
+            part_path: self.part_path,
+            state_path: self.state_path,
+        })
+    }
+}
+
+/// A complete, flushed partial download about to be moved into place (see
+/// [`PartialDownload::complete`]).
+#[derive(Debug)]
+pub struct Completion {
+    part_path: PathBuf,
+    state_path: PathBuf,
+    dest_dir: PathBuf,
+    name: String,
+}
+
+impl Completion {
+    /// Moves the file into the destination directory under a safe, unused name and removes
+    /// the partial download's files. Returns where it went.
+    pub fn place(self) -> Result<PathBuf, PartialError> {
+        let dest = place_without_overwriting(&self.part_path, &self.dest_dir, &self.name)?;
         let _ = std::fs::remove_file(&self.part_path);
         let _ = std::fs::remove_file(&self.state_path);
         Ok(dest)
