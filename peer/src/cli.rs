@@ -445,6 +445,11 @@ enum Fetched {
     Folder(FolderReport),
 }
 
+/// How long a download waits without a chunk before it tries the next manifest variant
+/// announced for its file, when there is one (the last waits the whole `--stall-timeout`): a
+/// variant's peers that never deliver are a squatter's, or gone.
+const VARIANT_STALL_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Downloads `id`, showing a progress bar with each peer's share; a folder's collection
 /// recreates the folder. When the download of a file fails for its manifest, the next manifest
 /// variant peers announced for the id is tried.
@@ -458,7 +463,8 @@ async fn fetch(peer: &Peer, id: &FileId) -> anyhow::Result<Fetched> {
     let (mut manifest, mut sources, mut fallbacks) =
         (found.manifest, found.sources, found.fallbacks);
     loop {
-        match fetch_manifest(peer, &manifest, &sources).await {
+        let patience = (!fallbacks.is_empty()).then_some(VARIANT_STALL_TIMEOUT);
+        match fetch_manifest(peer, &manifest, &sources, patience).await {
             Err(e) if e.variant_failed() => {
                 let Some((next, more)) = peer.next_variant(id, &mut fallbacks).await else {
                     return Err(e.into());
@@ -535,6 +541,7 @@ async fn fetch_manifest(
     peer: &Peer,
     manifest: &Manifest,
     sources: &[PeerAddr],
+    stall_timeout: Option<Duration>,
 ) -> Result<DownloadReport, DownloadError> {
     let name = safe_file_name(&manifest.name, &manifest.id.to_string());
     let bar = progress_bar(manifest.size, &name);
@@ -547,7 +554,9 @@ async fn fetch_manifest(
         name,
         contributions.clone(),
     ));
-    let result = peer.download(manifest, sources, contributions).await;
+    let result = peer
+        .download(manifest, sources, contributions, stall_timeout)
+        .await;
     progress.abort();
     match &result {
         Ok(_) => bar.finish(),

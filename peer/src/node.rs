@@ -294,6 +294,7 @@ mod tests {
             upload_limit: None,
             download_limit: Some(1 << 20),
             pipeline: 16,
+            stall_timeout: 60,
             dht: false,
             dht_port: 0,
             dht_bootstrap: vec![],

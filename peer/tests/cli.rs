@@ -247,6 +247,41 @@ async fn a_download_tries_again_a_peer_that_came_back() {
     t.stop().await.unwrap();
 }
 
+/// A download nobody can serve (its only peer killed, so the tracker still lists it) stops
+/// after `--stall-timeout` (here `P2P_STALL_TIMEOUT=2`) with a clear error and a non-zero exit,
+/// not at once and not never.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_nobody_can_serve_stops_after_the_stall_timeout() {
+    let work = tempfile::tempdir().unwrap();
+    let t = tracker(work.path()).await;
+    let url = t.base_url();
+    let seed_dir = work.path().join("seed");
+    std::fs::create_dir_all(&seed_dir).unwrap();
+    let data = support::content(1_000_000, 6);
+    std::fs::write(seed_dir.join("gone.bin"), &data).unwrap();
+    let id = hex::encode(Sha256::digest(&data));
+    let mut gone = seeder(&url, &seed_dir, &id, &[]).await;
+    gone.0.kill().unwrap();
+    gone.0.wait().unwrap();
+
+    let leech = work.path().join("leech");
+    let started = Instant::now();
+    let out = peer_cmd(env!("CARGO_BIN_EXE_p2p-download"), &url, &leech)
+        .args(["--dht", "off", "--no-relay", &id])
+        .env("P2P_STALL_TIMEOUT", "2")
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("no peer could provide"), "{stderr}");
+    // It waited for the timeout (its peer listed, tried again meanwhile), and not much longer.
+    assert!(took >= Duration::from_secs(2), "{took:?}: {stderr}");
+    assert!(took < Duration::from_secs(60), "{took:?}: {stderr}");
+    assert!(!leech.join("gone.bin").exists());
+    t.stop().await.unwrap();
+}
+
 /// The names in `dir` a daemon would share (not hidden like `.p2p/` with its lock files, not
 /// the key).
 fn shareable_names(dir: &Path) -> Vec<String> {

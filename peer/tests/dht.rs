@@ -51,6 +51,7 @@ fn node_args(data: &Path, bootstrap: &[String]) -> NodeArgs {
         upload_limit: None,
         download_limit: None,
         pipeline: 16,
+        stall_timeout: 60,
         dht: true,
         dht_port: 0,
         dht_bootstrap: bootstrap.to_vec(),

@@ -492,6 +492,7 @@ async fn node_limited(t: &RunningTracker, dir: &Path, upload_limit: Option<u64>)
         upload_limit,
         download_limit: None,
         pipeline: 16,
+        stall_timeout: 60,
         dht: false,
         dht_port: 0,
         dht_bootstrap: vec![],

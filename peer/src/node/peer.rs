@@ -75,6 +75,8 @@ pub struct Peer {
     pub(super) discovery: Discovery,
     /// Most requests in flight per connection (`--pipeline`).
     pipeline: usize,
+    /// How long a download waits without progress (`--stall-timeout`).
+    stall_timeout: Duration,
     /// Whether this peer has an API key (without one it does not register).
     pub(super) has_api_key: bool,
     /// Seconds the read grants of this peer's share links last (`--link-ttl`).
@@ -159,6 +161,7 @@ impl Peer {
             session,
             discovery,
             pipeline: args.pipeline,
+            stall_timeout: Duration::from_secs(args.stall_timeout),
             has_api_key,
             link_ttl: args.link_ttl,
             routes: Arc::default(),
@@ -218,13 +221,18 @@ impl Peer {
 
     /// Downloads `manifest` from `sources` into the data dir, counting each peer's verified
     /// bytes into `contributions` as they arrive; progress is announced while it runs.
+    ///
+    /// It gives up after `--stall-timeout` without a chunk (see
+    /// [`DownloadOptions::stall_timeout`]), or after `stall_timeout` when that is shorter: a
+    /// caller with another manifest variant to try moves on sooner.
     pub async fn download(
         &self,
         manifest: &Manifest,
         sources: &[PeerAddr],
         contributions: Arc<Contributions>,
+        stall_timeout: Option<Duration>,
     ) -> Result<DownloadReport, DownloadError> {
-        self.download_to(manifest, sources, contributions, None)
+        self.fetch_into(manifest, sources, contributions, None, stall_timeout)
             .await
     }
 
@@ -237,8 +245,21 @@ impl Peer {
         contributions: Arc<Contributions>,
         dest_dir: Option<PathBuf>,
     ) -> Result<DownloadReport, DownloadError> {
+        self.fetch_into(manifest, sources, contributions, dest_dir, None)
+            .await
+    }
+
+    async fn fetch_into(
+        &self,
+        manifest: &Manifest,
+        sources: &[PeerAddr],
+        contributions: Arc<Contributions>,
+        dest_dir: Option<PathBuf>,
+        stall_timeout: Option<Duration>,
+    ) -> Result<DownloadReport, DownloadError> {
         let opts = DownloadOptions {
             pipeline: self.pipeline,
+            stall_timeout: stall_timeout.map_or(self.stall_timeout, |t| t.min(self.stall_timeout)),
             throttle: self.node.download.clone(),
             contributions,
             connector: self.node.connector.clone(),
