@@ -521,6 +521,10 @@ def main():
                     help="every peer's TCP congestion control (default: the host's; the namespace may only pick what net.ipv4.tcp_allowed_congestion_control allows)")
     ap.add_argument("--timeline", action="store_true", help="print every peer's upload rate, second by second")
     args = ap.parse_args()
+    # A killed lab (SIGTERM, SIGHUP) unwinds like Ctrl-C: every `finally` removes its
+    # namespaces, links and processes.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda signum, _frame: sys.exit(128 + signum))
 
     why = preflight()
     if why:

@@ -20,22 +20,7 @@ use crate::tracker_client::SessionStatus;
 
 mod prompt;
 
-/// An error and its causes on one line, each said once: "a: b: c". Many error types here put
-/// their cause in their own message as well (so a log line carries it); a cause already said
-/// is not repeated.
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let said = cause.to_string();
-        if !text.contains(&said) {
-            text.push_str(": ");
-            text.push_str(&said);
-        }
-        source = cause.source();
-    }
-    text
-}
+pub use crate::logging::error_chain;
 
 /// `n thing` or `n things`.
 pub fn count(n: u64, thing: &str) -> String {

@@ -133,7 +133,8 @@ pub struct NodeArgs {
     pub pipeline: usize,
     /// Seconds a download waits for a chunk, with no peer sending and none due another try,
     /// before it gives up and keeps its partial data (peers listed again are tried again
-    /// meanwhile, with a pause that doubles from 1 s to 30 s).
+    /// meanwhile, with a pause that doubles from 1 s to 30 s); also the longest it waits for
+    /// an unreachable tracker to answer its first lookup.
     #[arg(long, env = "P2P_STALL_TIMEOUT", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub stall_timeout: u64,
     /// Announce and find files on the BitTorrent Mainline DHT too (`--dht off` to disable).

@@ -246,6 +246,18 @@ pub enum FindError {
     Nowhere(#[source] Box<FindError>),
 }
 
+impl FindError {
+    /// Whether the tracker could not be reached (and the DHT, if asked, found nothing): the
+    /// same lookup may succeed a moment later.
+    pub fn tracker_unreachable(&self) -> bool {
+        match self {
+            Self::File(e) | Self::Peers(e) => e.is_unreachable(),
+            Self::Nowhere(e) => e.tracker_unreachable(),
+            Self::OtherFile | Self::Manifest(_) => false,
+        }
+    }
+}
+
 /// Where this node looks for files: the tracker and, when it runs, the DHT.
 #[derive(Debug, Clone)]
 pub struct Discovery {

@@ -211,6 +211,22 @@ async fn slow_seeder(work: &Path) -> (p2p_tracker::app::RunningTracker, Killed, 
     (t, seeder, data, id)
 }
 
+/// A folder `seed/` in `work` holding `name` with `len` bytes of content `seed`: the folder,
+/// the content and its id.
+fn seed_file(
+    work: &Path,
+    name: &str,
+    len: usize,
+    seed: u64,
+) -> (std::path::PathBuf, Vec<u8>, String) {
+    let dir = work.join("seed");
+    std::fs::create_dir_all(&dir).unwrap();
+    let data = support::content(len, seed);
+    std::fs::write(dir.join(name), &data).unwrap();
+    let id = hex::encode(Sha256::digest(&data));
+    (dir, data, id)
+}
+
 /// A download whose only peer is gone when it starts (killed, so the tracker still lists it)
 /// does not give up: once its worker for that peer has ended, the peer is restarted (same
 /// identity, another port), the tracker lists it again, the download tries it again there and
@@ -220,11 +236,7 @@ async fn a_download_tries_again_a_peer_that_came_back() {
     let work = tempfile::tempdir().unwrap();
     let t = tracker(work.path()).await;
     let url = t.base_url();
-    let seed_dir = work.path().join("seed");
-    std::fs::create_dir_all(&seed_dir).unwrap();
-    let data = support::content(3_000_000, 5);
-    std::fs::write(seed_dir.join("back.bin"), &data).unwrap();
-    let id = hex::encode(Sha256::digest(&data));
+    let (seed_dir, data, id) = seed_file(work.path(), "back.bin", 3_000_000, 5);
     let mut gone = seeder(&url, &seed_dir, &id, &[]).await;
     gone.0.kill().unwrap();
     gone.0.wait().unwrap();
@@ -247,6 +259,35 @@ async fn a_download_tries_again_a_peer_that_came_back() {
     t.stop().await.unwrap();
 }
 
+/// A download started while its tracker is down (restarting) waits for it, saying so, and
+/// completes once the tracker is back (the seeder registers again by itself); it used to fail
+/// at once with "tracker unreachable".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_waits_out_a_tracker_restart() {
+    let work = tempfile::tempdir().unwrap();
+    let t = tracker(work.path()).await;
+    let url = t.base_url();
+    let (seed_dir, data, id) = seed_file(work.path(), "wait.bin", 1_500_000, 7);
+    let _seeder = seeder(&url, &seed_dir, &id, &[]).await;
+    let addr = t.addr;
+    t.stop().await.unwrap();
+
+    let leech = work.path().join("leech");
+    let mut download = LoggedDownload::spawn(&url, &leech, &id);
+    download
+        .err
+        .wait_for(
+            &mut download.child.0,
+            &["the tracker is unreachable; trying again"],
+            Duration::from_secs(30),
+        )
+        .await;
+    let t = tracker_at(work.path(), addr).await;
+    download.succeeds().await;
+    assert_eq!(std::fs::read(leech.join("wait.bin")).unwrap(), data);
+    t.stop().await.unwrap();
+}
+
 /// A download nobody can serve (its only peer killed, so the tracker still lists it) stops
 /// after `--stall-timeout` (here `P2P_STALL_TIMEOUT=2`) with a clear error and a non-zero exit,
 /// not at once and not never.
@@ -255,11 +296,7 @@ async fn a_download_nobody_can_serve_stops_after_the_stall_timeout() {
     let work = tempfile::tempdir().unwrap();
     let t = tracker(work.path()).await;
     let url = t.base_url();
-    let seed_dir = work.path().join("seed");
-    std::fs::create_dir_all(&seed_dir).unwrap();
-    let data = support::content(1_000_000, 6);
-    std::fs::write(seed_dir.join("gone.bin"), &data).unwrap();
-    let id = hex::encode(Sha256::digest(&data));
+    let (seed_dir, _data, id) = seed_file(work.path(), "gone.bin", 1_000_000, 6);
     let mut gone = seeder(&url, &seed_dir, &id, &[]).await;
     gone.0.kill().unwrap();
     gone.0.wait().unwrap();

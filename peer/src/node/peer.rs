@@ -58,6 +58,11 @@ const FIRST_SOURCES_REFRESH: Duration = Duration::from_millis(500);
 /// (which takes milliseconds), and before the other leechers' first refresh.
 const FIRST_PROGRESS_ANNOUNCE: Duration = Duration::from_millis(200);
 
+/// Pauses between lookups of a file while its tracker cannot be reached: doubling from the
+/// first to the most, for at most `--stall-timeout` in all.
+const TRACKER_RETRY_FIRST: Duration = Duration::from_millis(500);
+const TRACKER_RETRY_MAX: Duration = Duration::from_secs(5);
+
 /// How long a lookup waits for the session's first registration attempt (the tracker answers
 /// in milliseconds, or is unreachable at once; a hanging one is not waited for).
 const FIRST_REGISTRATION_WAIT: Duration = Duration::from_secs(5);
@@ -201,7 +206,27 @@ impl Peer {
             tracing::debug!("not registered yet; looking up without a peer token");
         }
         let (discovery, seeds) = self.route(id);
-        let mut found = discovery.find(id).await?;
+        // An unreachable tracker is waited out for as long as a stalled download would be.
+        let deadline = tokio::time::Instant::now() + self.stall_timeout;
+        let mut pause = TRACKER_RETRY_FIRST;
+        let mut found = loop {
+            match discovery.find(id).await {
+                Err(e)
+                    if e.tracker_unreachable()
+                        && tokio::time::Instant::now() + pause < deadline =>
+                {
+                    tracing::warn!(
+                        file = %id,
+                        error = %crate::logging::error_chain(&e),
+                        retry_in_ms = pause.as_millis(),
+                        "the tracker is unreachable; trying again"
+                    );
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(TRACKER_RETRY_MAX);
+                }
+                found => break found?,
+            }
+        };
         crate::discovery::merge_sources(&mut found.sources, seeds);
         if found.sources.is_empty() {
             return Err(FetchError::NoPeers(found.manifest.name));
