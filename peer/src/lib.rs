@@ -54,6 +54,23 @@ pub mod watch;
 
 pub use identity::Identity;
 
+/// Caps glibc's malloc at two arenas unless `MALLOC_ARENA_MAX` says otherwise; the binaries
+/// call it first thing, before their runtime starts threads. glibc gives every thread that
+/// meets contention an arena of its own (up to 8 per core), and the 256 KiB chunk buffers one
+/// thread frees stay in its arena: a 10 GiB download peaked at 110 MiB of RSS with the
+/// default and at 61 MiB with two arenas, 24 MiB for 1 GiB either way (`bench/memory`).
+pub fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only changes a tuning parameter of glibc's allocator, under its own
+        // lock; no memory is touched.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
+}
+
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`); see [`logging`].
 pub fn init_tracing() {
     logging::init();
