@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use p2p_proto::api::{Event, EventMessage};
 use sha2::{Digest, Sha256};
 use support::procs::{
-    KEY, Killed, download, kill_download_when, peer_cmd, seeder, terminate, tracker, tracker_at,
+    KEY, Killed, api_json, download, kill_download_when, peer_cmd, seeder, terminate, tracker,
+    tracker_at,
 };
 
 // Multi-threaded: the test blocks on child processes while the tracker serves them.
@@ -537,18 +538,9 @@ fn clock_ticks_per_second() -> u64 {
 
 /// Waits until the tracker lists `n` files with a seeder.
 async fn tracker_lists(url: &str, n: usize) {
-    let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let body: serde_json::Value = http
-            .get(format!("{url}/api/files?limit=1000"))
-            .header("X-API-Key", KEY)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let body = api_json(url, "/api/files?limit=1000").await;
         let seeded = body["files"]
             .as_array()
             .unwrap()
