@@ -22,6 +22,34 @@ mod prompt;
 
 pub use crate::logging::error_chain;
 
+/// The body of the `p2p-peer` and `p2p-download` binaries: caps malloc's arenas
+/// ([`crate::limit_malloc_arenas`]) before the runtime starts its threads, sets up logging,
+/// runs `run` and turns its error into a message and a failure exit.
+pub fn main<F>(run: impl FnOnce() -> F) -> std::process::ExitCode
+where
+    F: Future<Output = anyhow::Result<()>>,
+{
+    use std::process::ExitCode;
+    crate::limit_malloc_arenas();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        crate::init_tracing();
+        match run().await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {}", error_chain(e.as_ref()));
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
 /// `n thing` or `n things`.
 pub fn count(n: u64, thing: &str) -> String {
     if n == 1 {
