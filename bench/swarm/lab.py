@@ -15,14 +15,19 @@ peers (`p2p-tracker`, one `p2p-peer --daemon` seeder, N `p2p-peer` shells each t
   joining pattern also the last join + F/D_min), our time and time / T*; for the joining pattern
   also the bound when a leecher uploads only after it joined (U_seed*T + sum U_leech*(T -
   join_i) >= N*F), which T* ignores;
-- the share of the N*F bytes delivered that the seeder uploaded (its interface's byte counter);
+- the share of the N*F bytes delivered that the seeder uploaded (its interface's byte counter),
+  and what the leechers' interfaces received, as a multiple of N*F (Ethernet/IP/TCP headers,
+  the ACKs of their own uploads, retransmissions and chunks received twice: 1.08-1.12 with
+  ours);
 - each leecher's completion time and peak RSS (VmHWM), the seeder's peak RSS;
 - rqbit's time in the same lab and ours / rqbit's.
 
 Every copy is compared with the original. Exit status: 0 when every run completed and verified,
 1 when one failed, 77 when the lab cannot run here (not root, or `ip`/`tc` missing).
 Only namespaces this script creates are touched (names start with p2psw<pid>), and they are
-removed on exit. Nothing talks to the outside world: addresses are in 10.77.0.0/16, inside the
+removed on exit. The kernel's neighbour (ARP/NDP) table limits are shared by all namespaces;
+the lab raises them to fit (N+2)^2 entries while it runs and puts them back afterwards (see
+`neighbour_room`). Nothing talks to the outside world: addresses are in 10.77.0.0/16, inside the
 lab.
 """
 
@@ -72,6 +77,47 @@ def preflight():
     finally:
         sh("ip", "netns", "del", probe, check=False)
     return None
+
+
+# The kernel's ARP and NDP tables are shared by every network namespace (only the first
+# namespace may set their limits), and the lab needs about (N+2)^2 entries: every peer's
+# namespace learns every other peer, the hub learns them all. Past gc_thresh3 (1024 by
+# default, reached at N = 32) the kernel logs "neighbor table overflow" and a namespace that
+# starts talking late cannot resolve anyone: the last leechers to join had no network for
+# ~40 s, until old entries were collected, and reached the tracker and the others late or
+# only through the relay. The limits are raised for the run and put back afterwards.
+NEIGH_LIMITS = [f"/proc/sys/net/{v}/neigh/default/gc_thresh{i}" for v in ("ipv4", "ipv6") for i in (1, 2, 3)]
+
+
+def neighbour_room(n):
+    """Raises the neighbour tables' limits to fit N leechers; returns what to restore."""
+    need = 4 * (n + 2) ** 2
+    saved = {}
+    for path in NEIGH_LIMITS:
+        try:
+            with open(path) as f:
+                cur = int(f.read())
+        except (OSError, ValueError):
+            continue
+        want = {"1": need // 4, "2": need, "3": 2 * need}[path[-1]]
+        if cur < want:
+            try:
+                with open(path, "w") as f:
+                    f.write(str(want))
+                saved[path] = cur
+            except OSError as e:
+                print(f"swarm lab: cannot raise {path} to {want} ({e}); with more than about 30 leechers "
+                      "the neighbour table overflows and late peers lose their network", file=sys.stderr)
+    return saved
+
+
+def restore(saved):
+    for path, value in saved.items():
+        try:
+            with open(path, "w") as f:
+                f.write(str(value))
+        except OSError:
+            pass
 
 
 class Lab:
@@ -131,6 +177,9 @@ class Lab:
 
     def tx_bytes(self, ns):
         return int(sh("ip", "netns", "exec", ns, "cat", "/sys/class/net/eth0/statistics/tx_bytes").stdout)
+
+    def rx_bytes(self, ns):
+        return int(sh("ip", "netns", "exec", ns, "cat", "/sys/class/net/eth0/statistics/rx_bytes").stdout)
 
     def curl(self, url, ns=None, headers=()):
         cmd = ["ip", "netns", "exec", ns or self.hub, "curl", "-sf", "-m", "2"]
@@ -258,6 +307,11 @@ class Uploads:
         }
 
 
+def received(lab, n):
+    """Bytes the leechers' interfaces have received (headers, duplicates and all)."""
+    return sum(lab.rx_bytes(lab.ns_name(f"l{i}")) for i in range(1, n + 1))
+
+
 def peak_rss_mib(pid):
     """VmHWM of a process (`ip netns exec` execs its command, so the pid is the program's)."""
     try:
@@ -326,6 +380,7 @@ def run_ours(lab, args, n, pattern, original, size, name, file_id):
 
     wait_until("the tracker lists the seeder", 120, seeder_listed, lab)
     seed_tx0 = lab.tx_bytes(seed_ns)
+    rx0 = received(lab, n)
     uploads = Uploads(lab)
 
     joins = join_times(args, n, pattern)
@@ -357,6 +412,7 @@ def run_ours(lab, args, n, pattern, original, size, name, file_id):
     wait_until(f"all {n} leechers complete", args.timeout, all_done, lab, interval=0.05)
     took = max(l["done"] for l in leechers)
     seed_up = lab.tx_bytes(seed_ns) - seed_tx0
+    rx = received(lab, n) - rx0
     usage = uploads.usage(start, start + took, n, args.leech_up, args.seed_up)
     for l in leechers:
         verify(l["path"], original, f"our leecher {l['i']}")
@@ -366,6 +422,7 @@ def run_ours(lab, args, n, pattern, original, size, name, file_id):
         "usage": usage,
         "joins": joins,
         "seed_share": seed_up / (n * size),
+        "received": rx / (n * size),
         "leechers": [(l["i"], l["joined"], l["done"], l["rss"]) for l in leechers],
         "seed_rss": peak_rss_mib(s.pid),
     }
@@ -408,6 +465,7 @@ def run_rqbit(lab, args, n, pattern, original, size, name):
     wait_until("the rqbit seeder is live", 120,
                lambda: (stats(seed_ip, seed_ns) or {}).get("state") == "live", lab)
     seed_tx0 = lab.tx_bytes(seed_ns)
+    rx0 = received(lab, n)
     uploads = Uploads(lab)
     joins = join_times(args, n, pattern)
     leechers = []
@@ -441,6 +499,7 @@ def run_rqbit(lab, args, n, pattern, original, size, name):
     wait_until(f"all {n} rqbit leechers complete", args.timeout, all_done, lab, interval=0.2)
     took = max(l["done"] for l in leechers)
     seed_up = lab.tx_bytes(seed_ns) - seed_tx0
+    rx = received(lab, n) - rx0
     usage = uploads.usage(start, start + took, n, args.leech_up, args.seed_up)
     for l in leechers:
         verify(l["path"], original, f"rqbit leecher {l['i']}")
@@ -449,6 +508,7 @@ def run_rqbit(lab, args, n, pattern, original, size, name):
         "time": took,
         "usage": usage,
         "seed_share": seed_up / (n * size),
+        "received": rx / (n * size),
         "leechers": [(l["i"], l["joined"], l["done"], l["rss"]) for l in leechers],
         "seed_rss": peak_rss_mib(s.pid),
     }
@@ -564,6 +624,7 @@ def main():
                     work = os.path.join(root, f"{client}-{n}-{pattern}")
                     os.makedirs(work)
                     lab = Lab(work, args, n)
+                    saved = neighbour_room(n)
                     try:
                         lab.build()
                         if client == "ours":
@@ -577,6 +638,7 @@ def main():
                         failed = True
                     finally:
                         lab.close()
+                        restore(saved)
                         for d in os.listdir(work):
                             p = os.path.join(work, d)
                             if os.path.isdir(p) and not args.keep:
@@ -603,12 +665,16 @@ def report(row, clients, timeline=False):
     ours = row.get("ours")
     if ours and "time" in ours:
         line += f" | ours {ours['time']:6.2f} s = {ours['time'] / bound:.2f} T*, seeder sent {ours['seed_share']:.0%}"
+        if "received" in ours:
+            line += f", leechers received {ours['received']:.2f}x N*F"
         rss = [l[3] for l in ours["leechers"] if l[3]]
         if rss:
             line += f", RSS leecher max {max(rss):.0f} MiB, seeder {ours['seed_rss'] or 0:.0f} MiB"
     rq = row.get("rqbit")
     if rq and "time" in rq:
         line += f" | rqbit {rq['time']:6.2f} s = {rq['time'] / bound:.2f} T*, seeder sent {rq['seed_share']:.0%}"
+        if "received" in rq:
+            line += f", leechers received {rq['received']:.2f}x N*F"
         if ours and "time" in ours:
             line += f" | ours/rqbit {ours['time'] / rq['time']:.2f}"
     print(line, flush=True)

@@ -9,6 +9,8 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use parking_lot::Mutex;
+
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 
@@ -17,7 +19,7 @@ use p2p_proto::wire::{self, Frame, PROTOCOL_VERSION, RejectCode};
 use p2p_proto::{FileId, PeerId};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::broadcast::{self, error::RecvError};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
 use crate::admission::{TrackerKeys, now_ms};
@@ -82,6 +84,9 @@ impl Serve for Uploader {
 /// disk keeps up (see [`crate::storage::InlineIo`]); on a slow disk they go to the blocking
 /// pool, where this many overlap with encrypting and sending.
 const READ_AHEAD: usize = 4;
+
+/// Frames read from the peer and waiting for the serve loop.
+const FRAMES_QUEUED: usize = 64;
 
 /// How long announcements of new chunks (`Have`) wait for company: they go out with the next
 /// frame sent or after this. A leecher writing hundreds of chunks a second then tells each of
@@ -198,9 +203,11 @@ where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin,
 {
-    let (frames_tx, frames) = mpsc::channel(64);
-    let reader = tokio::spawn(read_frames(rx, frames_tx));
+    let (frames_tx, frames) = mpsc::channel(FRAMES_QUEUED);
+    let withdrawn = Arc::new(Withdrawn::default());
+    let reader = tokio::spawn(read_frames(rx, frames_tx, withdrawn.clone()));
     let answering = Answering {
+        withdrawn,
         tx,
         library: gate.library,
         gate,
@@ -215,9 +222,61 @@ where
     result
 }
 
+/// The chunk requests of one connection not answered yet (queued, read, or waiting for a turn
+/// at sending), and which of those the peer withdrew (`Cancel`, sent in the endgame once
+/// another peer's copy arrived): a withdrawn chunk is skipped unless its sending has begun,
+/// so this upload goes to chunks that someone still needs. The frame reader records both as
+/// it reads them, so a `Cancel` counts at once, however many frames wait before it. Holds at
+/// most [`FRAMES_QUEUED`] + [`READ_AHEAD`] + 2 requests: the reader stops while that many
+/// wait.
+#[derive(Debug, Default)]
+struct Withdrawn {
+    /// Request id → whether it was withdrawn.
+    answering: Mutex<HashMap<u32, bool>>,
+    changed: Notify,
+}
+
+impl Withdrawn {
+    fn asked(&self, request_id: u32) {
+        self.answering.lock().insert(request_id, false);
+    }
+
+    /// The peer withdrew `request_id`; ignored unless it is waiting for its answer.
+    fn withdraw(&self, request_id: u32) {
+        if let Some(withdrawn) = self.answering.lock().get_mut(&request_id) {
+            *withdrawn = true;
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// Done with `request_id`: whether it was withdrawn.
+    fn done(&self, request_id: u32) -> bool {
+        self.answering.lock().remove(&request_id).unwrap_or(false)
+    }
+
+    fn is_withdrawn(&self, request_id: u32) -> bool {
+        self.answering.lock().get(&request_id) == Some(&true)
+    }
+
+    /// Resolves once `request_id` is withdrawn.
+    async fn withdrawal(&self, request_id: u32) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.is_withdrawn(request_id) {
+                return;
+            }
+            changed.await;
+        }
+    }
+}
+
 /// One peer's connection as its serve loop sees it.
 struct Answering<'a, W> {
     tx: SecureWriter<W>,
+    /// Its requests being answered, and which the peer withdrew.
+    withdrawn: Arc<Withdrawn>,
     library: &'a Library,
     gate: Gate<'a>,
     throttle: &'a Throttle,
@@ -264,6 +323,10 @@ impl<W: AsyncWrite + Unpin> Answering<'_, W> {
                     match self.on_frame(frame).await? {
                         Step::Continue => {}
                         Step::Stop => return Ok(()),
+                        // Withdrawn while it waited in the queue: not even read.
+                        Step::Read { request_id, .. } if self.withdrawn.is_withdrawn(request_id) => {
+                            self.withdrawn.done(request_id);
+                        }
                         Step::Read { request_id, file_id, index } => {
                             let outbox = self.outboxes.pop().unwrap_or_default();
                             reads.push_back(answer(library, request_id, file_id, index, outbox, in_place));
@@ -324,6 +387,7 @@ impl<W: AsyncWrite + Unpin> Answering<'_, W> {
                 index,
             } => {
                 if let Some(message) = self.gate.refusal(&file_id) {
+                    self.withdrawn.done(request_id);
                     self.tx
                         .send(&Frame::Reject {
                             request_id,
@@ -343,8 +407,8 @@ impl<W: AsyncWrite + Unpin> Answering<'_, W> {
                 tracing::debug!(%message, "peer reported an error");
                 return Ok(Step::Stop);
             }
-            // Cancelled requests are cheap to answer anyway; the other frames carry nothing an
-            // uploader needs.
+            // The other frames carry nothing an uploader needs (the frame reader took note of
+            // `Cancel`s as it read them).
             _ => {}
         }
         Ok(Step::Continue)
@@ -395,14 +459,26 @@ impl<W: AsyncWrite + Unpin> Answering<'_, W> {
         let mut outbox = match reply {
             Reply::Chunk(mut chunk) => {
                 let (throttle, tx, len) = (self.throttle, &mut self.tx, chunk.len);
+                let withdrawn = &self.withdrawn;
                 let send = async {
                     throttle.consume(len).await;
                     tx.send_outbox(&mut chunk.outbox).await
                 };
-                self.connected.in_turn(len as u64, send).await?;
+                // Withdrawn before its turn came: nothing is sent.
+                let sent = self
+                    .connected
+                    .in_turn_unless(len as u64, send, withdrawn.withdrawal(chunk.request_id))
+                    .await;
+                self.withdrawn.done(chunk.request_id);
+                if let Some(sent) = sent {
+                    sent?;
+                }
                 chunk.outbox
             }
             Reply::Reject(frame, outbox) => {
+                if let Frame::Reject { request_id, .. } = &frame {
+                    self.withdrawn.done(*request_id);
+                }
                 self.tx.send(&frame).await?;
                 outbox
             }
@@ -416,9 +492,21 @@ impl<W: AsyncWrite + Unpin> Answering<'_, W> {
 async fn read_frames<R: AsyncRead + Unpin>(
     mut rx: SecureReader<R>,
     out: mpsc::Sender<Result<Frame, SecureError>>,
+    withdrawn: Arc<Withdrawn>,
 ) {
     loop {
         let next = rx.recv().await;
+        // Seen at once, even while the serve loop waits for a turn to send that very chunk
+        // or has frames queued before this one.
+        match &next {
+            Ok(Some(Frame::Request { request_id, .. })) => withdrawn.asked(*request_id),
+            // Not queued: nothing else is done with it, and it must not wait behind requests.
+            Ok(Some(Frame::Cancel { request_id })) => {
+                withdrawn.withdraw(*request_id);
+                continue;
+            }
+            _ => {}
+        }
         let stop = !matches!(next, Ok(Some(_)));
         let item = match next {
             Ok(Some(frame)) => Ok(frame),

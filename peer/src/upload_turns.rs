@@ -213,6 +213,27 @@ impl Connected {
     /// keeps its chunk, not the turn.
     pub async fn in_turn<F: Future>(&self, bytes: u64, send: F) -> F::Output {
         let turn = self.turns.take(self.peer, bytes).await;
+        self.hold(turn, send).await
+    }
+
+    /// As [`Connected::in_turn`], unless `withdrawn` resolves while waiting for the turn: then
+    /// `send` is not run and the turn, if it comes, passes on. Once `send` runs, it finishes.
+    pub async fn in_turn_unless<F: Future>(
+        &self,
+        bytes: u64,
+        send: F,
+        withdrawn: impl Future<Output = ()>,
+    ) -> Option<F::Output> {
+        let turn = tokio::select! {
+            biased;
+            () = withdrawn => return None,
+            turn = self.turns.take(self.peer, bytes) => turn,
+        };
+        Some(self.hold(turn, send).await)
+    }
+
+    /// Runs `send` holding `turn` until it is done or has taken [`Turns::limit`].
+    async fn hold<F: Future>(&self, turn: Turn, send: F) -> F::Output {
         let limit = self.turns.limit();
         tokio::pin!(send);
         tokio::select! {
@@ -360,5 +381,53 @@ mod tests {
             drop(turns.take(peer(2), 1).await);
         }
         assert_eq!(turns.limit(), TURN_MIN);
+    }
+
+    #[tokio::test]
+    async fn a_chunk_withdrawn_while_waiting_is_not_sent_and_its_turn_goes_on() {
+        let turns = Arc::new(Turns::default());
+        let (a, b) = (peer(1), peer(2));
+        let (conn_a, _conn_b) = (turns.connect(a), turns.connect(b));
+        let mut held = Vec::new();
+        for _ in 0..SENDERS {
+            held.push(turns.take(b, 1 << 20).await);
+        }
+        // `a` (sent nothing: first in line) waits for a turn, then its peer withdraws the
+        // chunk.
+        let (withdraw, withdrawn) = oneshot::channel::<()>();
+        let sent = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let waiting = {
+            let sent = sent.clone();
+            tokio::spawn(async move {
+                let send = async { sent.store(true, std::sync::atomic::Ordering::SeqCst) };
+                let withdrawn = async {
+                    let _ = withdrawn.await;
+                };
+                conn_a.in_turn_unless(1000, send, withdrawn).await
+            })
+        };
+        tokio::task::yield_now().await;
+        assert_eq!(turns.state.lock().waiting.len(), 1);
+        let _ = withdraw.send(());
+        assert!(
+            waiting.await.is_ok_and(|r| r.is_none()),
+            "withdrawn, not sent"
+        );
+        assert!(!sent.load(std::sync::atomic::Ordering::SeqCst));
+        // The turn it would have had goes to the next in line, and nothing was counted as
+        // sent to `a`.
+        let (tx, mut order) = tokio::sync::mpsc::unbounded_channel();
+        let _pass_b = waiter(&turns, b, 1000, &tx);
+        tokio::task::yield_now().await;
+        drop(held.pop());
+        assert_eq!(order.recv().await, Some(b));
+        assert_eq!(turns.served(&a), 0);
+        // Withdrawn before it waited: not sent even with turns free.
+        drop(held);
+        let conn = turns.connect(a);
+        let again = conn
+            .in_turn_unless(1000, async { unreachable!("withdrawn") }, async {})
+            .await;
+        assert!(again.is_none());
     }
 }

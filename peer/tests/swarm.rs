@@ -47,13 +47,21 @@ async fn serving(library: Arc<Library>, stop: &CancellationToken) -> PeerAddr {
 }
 
 /// A peer that claims every chunk of `m`, then answers requests with garbage (`Bad`), serves
-/// `after` chunks correctly and drops the connection (`Vanish`), or serves every chunk correctly
-/// under whatever manifest it was given (`Faithful`).
+/// `after` chunks correctly and drops the connection (`Vanish`), serves every chunk correctly
+/// under whatever manifest it was given (`Faithful`), or never answers a request (`Silent`).
 #[derive(Clone, Copy)]
 enum Misbehaviour {
     Bad,
     Vanish { after: usize },
     Faithful,
+    Silent,
+}
+
+/// What a [`rogue`] peer was sent: chunk requests and their withdrawals (`Cancel`).
+#[derive(Default)]
+struct Asked {
+    requests: AtomicUsize,
+    cancels: AtomicUsize,
 }
 
 async fn rogue(
@@ -61,7 +69,7 @@ async fn rogue(
     data: Arc<Vec<u8>>,
     how: Misbehaviour,
     stop: CancellationToken,
-    served_total: Arc<AtomicUsize>,
+    asked: Arc<Asked>,
 ) -> PeerAddr {
     let identity = Identity::generate().unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -74,7 +82,7 @@ async fn rogue(
                 a = listener.accept() => a.unwrap(),
             };
             let (id, m, data) = (id.clone(), m.clone(), data.clone());
-            let served_total = served_total.clone();
+            let asked = asked.clone();
             tokio::spawn(async move {
                 let (mut rx, mut tx, _) =
                     secure::handshake(stream, &id, Role::Responder, None).await?;
@@ -91,6 +99,12 @@ async fn rogue(
                             });
                             tx.flush().await?;
                         }
+                        Frame::Cancel { .. } => {
+                            asked.cancels.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Frame::Request { .. } if matches!(how, Misbehaviour::Silent) => {
+                            asked.requests.fetch_add(1, Ordering::SeqCst);
+                        }
                         Frame::Request {
                             request_id,
                             file_id,
@@ -106,12 +120,12 @@ async fn rogue(
                                     }
                                     Bytes::copy_from_slice(&data[start..start + len])
                                 }
-                                Misbehaviour::Faithful => {
+                                Misbehaviour::Faithful | Misbehaviour::Silent => {
                                     Bytes::copy_from_slice(&data[start..start + len])
                                 }
                             };
                             served += 1;
-                            served_total.fetch_add(1, Ordering::SeqCst);
+                            asked.requests.fetch_add(1, Ordering::SeqCst);
                             tx.send(&Frame::Chunk {
                                 request_id,
                                 file_id,
@@ -135,18 +149,18 @@ async fn rogue_for(f: &Fixture, how: Misbehaviour) -> PeerAddr {
     rogue_counted(f, how).await.0
 }
 
-/// A [`rogue`] peer for the fixture's file, and the count of chunks it has sent.
-async fn rogue_counted(f: &Fixture, how: Misbehaviour) -> (PeerAddr, Arc<AtomicUsize>) {
-    let served = Arc::new(AtomicUsize::new(0));
+/// A [`rogue`] peer for the fixture's file, and what it was asked.
+async fn rogue_counted(f: &Fixture, how: Misbehaviour) -> (PeerAddr, Arc<Asked>) {
+    let asked = Arc::new(Asked::default());
     let source = rogue(
         f.manifest.clone(),
         f.data.clone(),
         how,
         f.stop.clone(),
-        served.clone(),
+        asked.clone(),
     )
     .await;
-    (source, served)
+    (source, asked)
 }
 
 struct Fixture {
@@ -305,13 +319,13 @@ async fn the_endgame_does_not_ask_a_peer_again_over_its_other_connection() {
     let f = fixture(8 * 256 * 1024 - 5);
     let (source, served) = rogue_counted(&f, Misbehaviour::Faithful).await;
     for _ in 0..3 {
-        let before = served.load(Ordering::SeqCst);
+        let before = served.requests.load(Ordering::SeqCst);
         let opts = DownloadOptions {
             connections_per_peer: Some(2),
             ..DownloadOptions::default()
         };
         leech(&f, std::slice::from_ref(&source), opts).await;
-        let sent = served.load(Ordering::SeqCst) - before;
+        let sent = served.requests.load(Ordering::SeqCst) - before;
         assert_eq!(sent as u64, f.manifest.chunk_count(), "chunks sent");
     }
     f.stop.cancel();
@@ -586,5 +600,90 @@ async fn peers_that_never_read_do_not_hold_up_an_honest_download() {
     assert_eq!(report.peers.len(), 1);
     assert_eq!(report.peers[0].bytes, f.data.len() as u64);
     drop(stalled);
+    f.stop.cancel();
+}
+
+/// In the endgame a chunk in flight at a peer that is slow to send it is asked of another
+/// too; once a copy is written, the requests still out for it are withdrawn (`Cancel`), so
+/// the slow peer's upload goes to chunks someone still needs.
+#[tokio::test]
+async fn endgame_duplicates_are_withdrawn_once_a_copy_is_written() {
+    let f = fixture(64 * 256 * 1024 - 7);
+    let seed = seeder(&f.dir.path().join("video.bin"), &f.stop).await;
+    let (silent, asked) = rogue_counted(&f, Misbehaviour::Silent).await;
+    let (report, _out) = leech(&f, &[silent, seed], DownloadOptions::default()).await;
+    assert_eq!(report.fetched_chunks, f.manifest.chunk_count());
+    let requests = asked.requests.load(Ordering::SeqCst);
+    assert!(
+        requests > 1,
+        "the silent peer was asked for chunks: {requests}"
+    );
+    // Each withdrawal goes out when its chunk is written; the last chunk's may race with
+    // the download's end.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while asked.cancels.load(Ordering::SeqCst) + 1 < requests {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {requests} requests withdrawn",
+            asked.cancels.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    f.stop.cancel();
+}
+
+/// An uploader skips the chunks a peer withdrew before their turn at sending came, however
+/// many frames were queued before the `Cancel`; `Cancel`s for requests it was never sent
+/// cost nothing (nothing is kept for them), and the peer is still served.
+#[tokio::test]
+async fn withdrawn_requests_are_not_sent_and_stray_cancels_change_nothing() {
+    let f = fixture(64 * 256 * 1024 - 3);
+    let seed = seeder(&f.dir.path().join("video.bin"), &f.stop).await;
+    let chunks = f.manifest.chunk_count() as u32;
+    let me = Identity::generate().unwrap();
+    let stream = TcpStream::connect(seed.addrs[0]).await.unwrap();
+    let mut s = session::open(stream, &me, Role::Initiator, None)
+        .await
+        .unwrap();
+    for request_id in 0..100_000 {
+        s.writer.feed(&Frame::Cancel {
+            request_id: 1_000_000 + request_id,
+        });
+    }
+    // Every chunk asked for, and all but the last withdrawn at once.
+    for request_id in 0..chunks {
+        s.writer.feed(&Frame::Request {
+            request_id,
+            file_id: f.manifest.id,
+            index: request_id,
+        });
+    }
+    for request_id in 0..chunks - 1 {
+        s.writer.feed(&Frame::Cancel { request_id });
+    }
+    s.writer.flush().await.unwrap();
+    let mut withdrawn_sent = 0;
+    let last = loop {
+        match tokio::time::timeout(Duration::from_secs(30), s.reader.recv())
+            .await
+            .expect("an answer in time")
+            .unwrap()
+        {
+            Some(Frame::Chunk {
+                request_id, data, ..
+            }) if request_id == chunks - 1 => break data,
+            Some(Frame::Chunk { .. }) => withdrawn_sent += 1,
+            Some(_) => {}
+            None => panic!("the seeder closed the connection"),
+        }
+    };
+    let at = (chunks as usize - 1) * 256 * 1024;
+    assert_eq!(&last[..], &f.data[at..]);
+    // Only chunks whose sending had begun before their `Cancel` was read still came.
+    assert!(
+        withdrawn_sent <= 8,
+        "{withdrawn_sent} of {} withdrawn chunks sent",
+        chunks - 1
+    );
     f.stop.cancel();
 }

@@ -93,6 +93,12 @@ pub async fn download_growing(
         .await
         .map_err(|e| not_admitted(e, &peers))?;
     claim.completed(path.clone()).await;
+    tracing::debug!(
+        file = %manifest.name,
+        fetched_chunks = shared.fetched.load(Ordering::Relaxed),
+        wasted_bytes = shared.wasted.load(Ordering::Relaxed),
+        "download finished"
+    );
     Ok(DownloadReport {
         path,
         fetched_chunks: shared.fetched.load(Ordering::Relaxed),

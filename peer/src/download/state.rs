@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use p2p_proto::{Manifest, PeerId};
 use parking_lot::Mutex;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::scheduler::Scheduler;
@@ -31,6 +31,12 @@ pub(super) struct Shared {
     pub(super) stop: CancellationToken,
     /// Chunks fetched (and new) in this run.
     pub(super) fetched: AtomicU64,
+    /// Bytes of chunks received but not used: another copy was written first (the endgame),
+    /// or the request had been cancelled.
+    pub(super) wasted: AtomicU64,
+    /// Bumped when a chunk asked of several peers (the endgame) is written: each worker then
+    /// cancels its own requests for chunks the download has (see `Worker::cancel_had`).
+    pub(super) cancels: watch::Sender<u64>,
     /// Bad chunks from each peer, over all its connections.
     strikes: Mutex<HashMap<PeerId, u32>>,
     /// Whether verifying and writing chunks runs in place (see [`InlineIo`]).
@@ -54,6 +60,8 @@ impl Shared {
             done: Notify::new(),
             stop: CancellationToken::new(),
             fetched: AtomicU64::new(0),
+            wasted: AtomicU64::new(0),
+            cancels: watch::Sender::new(0),
             strikes: Mutex::default(),
             io: InlineIo::default(),
         }
@@ -75,9 +83,16 @@ impl Shared {
     ) {
         report.bytes += len;
         opts.contributions.add(report.peer_id, len);
-        if self.sched.lock().got(index) {
+        let (fresh, duplicated) = {
+            let mut s = self.sched.lock();
+            (s.got(index), s.requests(index) > 1)
+        };
+        if fresh {
             self.library.mark_have(&self.manifest.id, index);
             self.fetched.fetch_add(1, Ordering::Relaxed);
+        }
+        if duplicated {
+            self.cancels.send_modify(|n| *n = n.wrapping_add(1));
         }
     }
 
@@ -109,7 +124,9 @@ impl Shared {
     ) -> Result<(), WorkerError> {
         match outcome {
             Ok(Stored::Written) => self.credit(opts, report, index, len),
-            Ok(Stored::Duplicate) => {}
+            Ok(Stored::Duplicate) => {
+                self.wasted.fetch_add(len, Ordering::Relaxed);
+            }
             Ok(Stored::Bad) => {
                 self.strike(opts, report);
                 self.scores.record_failure(report.peer_id);

@@ -4,11 +4,13 @@
 //! arrived, give back what was still asked).
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use p2p_proto::sha256_lanes;
 use p2p_proto::wire::{Frame, RejectCode};
 use p2p_proto::{Bitfield, PeerId};
+use tokio::sync::watch;
 use tokio::task::{JoinError, JoinSet};
 
 use super::lane::Lane;
@@ -75,6 +77,8 @@ struct Worker<'a> {
     storing: usize,
     /// The expiry of the admission last sent to the peer, if one was.
     admission_sent: Option<u64>,
+    /// Changes when an endgame chunk was written (see [`Worker::cancel_had`]).
+    cancels: watch::Receiver<u64>,
 }
 
 /// What woke a worker up.
@@ -84,6 +88,8 @@ enum Wake {
     Stored(Result<Vec<StoreOutcome>, JoinError>),
     /// The next event from the link, unless the peer went silent with requests outstanding.
     Received(Result<LinkEvent, tokio::time::error::Elapsed>),
+    /// A chunk asked of several peers was written.
+    Cancel,
 }
 
 impl<'a> Worker<'a> {
@@ -124,6 +130,7 @@ impl<'a> Worker<'a> {
             stores: JoinSet::new(),
             storing: 0,
             admission_sent: None,
+            cancels: shared.cancels.subscribe(),
         }
     }
 
@@ -176,6 +183,7 @@ impl<'a> Worker<'a> {
                     return Err(WorkerError::Timeout);
                 }
                 Wake::Received(Ok(first)) => self.received(first).await?,
+                Wake::Cancel => self.cancel_had()?,
             }
         }
     }
@@ -186,10 +194,11 @@ impl<'a> Worker<'a> {
         let asked = !self.inflight.by_id.is_empty();
         let timeout = self.opts.request_timeout;
         let may_receive = self.storing == 0 || asked;
-        let (sub, stores) = (&mut self.sub, &mut self.stores);
+        let (sub, stores, cancels) = (&mut self.sub, &mut self.stores, &mut self.cancels);
         tokio::select! {
             _ = self.shared.stop.cancelled() => Wake::Stop,
             Some(stored) = stores.join_next(), if !stores.is_empty() => Wake::Stored(stored),
+            Ok(()) = cancels.changed(), if asked => Wake::Cancel,
             next = async move {
                 if asked {
                     tokio::time::timeout(timeout, sub.recv()).await
@@ -258,7 +267,11 @@ impl<'a> Worker<'a> {
                 ..
             } => {
                 let Some((wanted, asked_at)) = self.inflight.by_id.remove(&request_id) else {
-                    return Ok(()); // cancelled, or a duplicate
+                    // Cancelled, or a duplicate.
+                    shared
+                        .wasted
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
+                    return Ok(());
                 };
                 if u64::from(index) != wanted {
                     shared.strike(self.opts, self.report);
@@ -352,6 +365,32 @@ impl<'a> Worker<'a> {
             });
         }
         Ok(())
+    }
+
+    /// Withdraws the requests for chunks the download has meanwhile (another peer's copy of
+    /// an endgame chunk was written first): the peer skips them if it has not begun sending,
+    /// and its upload goes to chunks someone still needs. A chunk that arrives anyway is
+    /// dropped as wasted.
+    fn cancel_had(&mut self) -> Result<(), WorkerError> {
+        let had: Vec<(u32, u64)> = {
+            let s = self.shared.sched.lock();
+            self.inflight
+                .by_id
+                .iter()
+                .filter(|(_, (index, _))| s.has(*index))
+                .map(|(id, (index, _))| (*id, *index))
+                .collect()
+        };
+        if had.is_empty() {
+            return Ok(());
+        }
+        let mut frames = Vec::with_capacity(had.len());
+        for (request_id, index) in had {
+            self.inflight.by_id.remove(&request_id);
+            self.shared.release(index);
+            frames.push(Frame::Cancel { request_id });
+        }
+        Ok(self.sub.send(frames)?)
     }
 
     /// Tops this peer's share of the pipeline up (chunks being stored count against it).
