@@ -35,6 +35,12 @@ impl Backend {
             Self::Postgres => "postgres",
         }
     }
+
+    /// Whether other trackers may share the database (PostgreSQL); a SQLite file is one
+    /// tracker's own.
+    pub fn shared(&self) -> bool {
+        matches!(self, Self::Postgres)
+    }
 }
 
 /// A storage failure. Its text is for logs only, never for clients.
