@@ -193,6 +193,9 @@ fn route_label(path: &str) -> &'static str {
         ["", "api", "files", _] => "/api/files/{hash}",
         ["", "api", "files", _, "peers"] => "/api/files/{hash}/peers",
         ["", "api", "files", _, "peers", _] => "/api/files/{hash}/peers/{peer_id}",
+        ["", "api", "files", _, "grants"] => "/api/files/{hash}/grants",
+        ["", "api", "files", _, "grants", "members"] => "/api/files/{hash}/grants/members",
+        ["", "api", "relays"] => "/api/relays",
         ["", "api", "openapi.json"] => "/api/openapi.json",
         ["", "api", "docs", ..] => "/api/docs",
         ["", "dashboard", ..] => "/dashboard",
@@ -631,6 +634,15 @@ mod tests {
         );
         assert_eq!(route_label("/api/files/abc"), "/api/files/{hash}");
         assert_eq!(route_label("/api/files"), "/api/files");
+        assert_eq!(
+            route_label("/api/files/abc/grants"),
+            "/api/files/{hash}/grants"
+        );
+        assert_eq!(
+            route_label("/api/files/abc/grants/members"),
+            "/api/files/{hash}/grants/members"
+        );
+        assert_eq!(route_label("/api/relays"), "/api/relays");
         assert_eq!(route_label("/api/peers/xyz"), "/api/peers/{id}");
         assert_eq!(route_label("/nope/x/y"), "other");
     }

@@ -10,7 +10,9 @@
 //! It looks every [`REPORT_EVERY`] but writes only what others need ([`due`]): a changed report
 //! at once, an unchanged one every [`REFRESH_EVERY`] to stay live, and nothing at all while it
 //! publishes no relay and has no relay or `/ws` clients (it would add only zeros to the sums).
-//! An idle tracker therefore writes nothing to its database.
+//! A tracker alone on its database (SQLite) has nobody to tell and never reports: its own
+//! figures are read live. An idle tracker therefore writes nothing to its database, and one
+//! on SQLite writes nothing for peers that merely stay attached to its relay.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -110,14 +112,18 @@ impl Fleet {
         self.published.get().and_then(|u| u.as_deref())
     }
 
-    /// Reports in now and every [`REPORT_EVERY`] until `shutdown`, then deletes the report.
-    /// `addr` is where the tracker listens (for a `--relay-url` with port 0).
+    /// Reports in now and every [`REPORT_EVERY`] until `shutdown`, then deletes the report; on
+    /// a database no other tracker shares, never. `addr` is where the tracker listens (for a
+    /// `--relay-url` with port 0).
     pub fn start(self: &Arc<Self>, addr: SocketAddr, shutdown: CancellationToken) {
         let published = self.relay_url.as_deref().map(|u| fill_port(u, addr.port()));
         if let Some(url) = &published {
             tracing::info!(%url, "publishing this tracker's relay to the fleet");
         }
         let _ = self.published.set(published);
+        if !self.store.backend().shared() {
+            return;
+        }
         let fleet = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(REPORT_EVERY);

@@ -534,6 +534,16 @@ impl Swarm {
         })
     }
 
+    /// Fails with not-found unless the tracker knows file `id` (has a manifest for it), without
+    /// loading the manifest.
+    pub async fn check_known(&self, id: &FileId) -> SwarmResult<()> {
+        if self.store.has_file(id).await? {
+            Ok(())
+        } else {
+            Err(unknown_file(id, None))
+        }
+    }
+
     /// Online peers with the file (only those that announced `variant`, if given), whole copies
     /// first, from the swarm cache when fresh.
     pub async fn file_peers(

@@ -1091,6 +1091,53 @@ async fn relay_fleet_lists_relays_and_sums_counts() {
     .await;
 }
 
+/// Whether a tracker on `db` with a `/ws` client (something to tell the fleet) writes a fleet
+/// report within two report ticks. Its `/api/stats` counts the client either way.
+async fn fleet_report_written(db: &TestDb) -> bool {
+    use p2p_tracker::fleet::REPORT_EVERY;
+    use std::time::{Duration, Instant};
+    let t = TestTracker::start(db, serve_args()).await;
+    let (_ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://{}/ws?token={KEY}", t.tracker.addr))
+            .await
+            .unwrap();
+    let store = db.open().await;
+    let deadline = Instant::now() + 2 * REPORT_EVERY + Duration::from_millis(500);
+    let (mut counted, mut written) = (false, false);
+    while Instant::now() < deadline && !(counted && written) {
+        counted = counted || t.get_json("/api/stats").await["ws_clients"] == 1;
+        written = written || !store.live_instances(0).await.unwrap().is_empty();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(counted, "/api/stats did not count the /ws client");
+    t.stop().await;
+    written
+}
+
+/// A tracker on SQLite is alone on its database: it writes no fleet report while clients stay
+/// connected (an idle tracker with attached peers would otherwise write every 4 s).
+#[tokio::test]
+async fn a_tracker_on_sqlite_writes_no_fleet_reports() {
+    within(30, async {
+        assert!(!fleet_report_written(&TestDb::sqlite()).await);
+    })
+    .await;
+}
+
+/// Trackers on PostgreSQL may share it: a tracker with a client reports in.
+#[tokio::test]
+async fn a_tracker_on_postgres_reports_to_the_fleet() {
+    let Some(url) = postgres_url() else {
+        return skip(
+            "fleet reports on PostgreSQL",
+            "P2P_TEST_POSTGRES_URL is not set",
+        );
+    };
+    let db = TestDb::postgres(&url);
+    within(30, async { assert!(fleet_report_written(&db).await) }).await;
+    db.cleanup().await;
+}
+
 /// `--rate-limit-replicas N`: each of N replicas behind one balancer enforces 1/N of the rate
 /// and burst (rounded up), so N replicas together allow the configured budget.
 #[tokio::test]

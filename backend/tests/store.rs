@@ -267,10 +267,12 @@ async fn announces_and_swarms(s: Arc<dyn Store>) {
         s.register_peer(&new_peer(p), 1000).await.unwrap();
     }
     let m = manifest("data.bin", &content(700_000, 1));
+    assert!(!s.has_file(&m.id).await.unwrap(), "not yet announced");
     assert_eq!(
         s.announce(&a, &m, None, 1000, &RULES).await.unwrap(),
         CREATED
     );
+    assert!(s.has_file(&m.id).await.unwrap());
     assert_eq!(
         s.announce(&a, &m, None, 1001, &RULES).await.unwrap(),
         existing(1)

@@ -147,8 +147,10 @@ impl FilesApi {
             .0
             .map_or(DEFAULT_GRANT_TTL, Duration::from_secs)
             .min(MAX_GRANT_TTL);
-        // Only files the tracker knows: a grant for anything else would read nothing.
-        self.0.swarm.file(&hash.0, None).await?;
+        // Only files the tracker knows: a grant for anything else would read nothing. An index
+        // lookup, not the manifest (up to 2^20 chunk hashes and a chain as long), which every
+        // key holder's flood would otherwise load once per request.
+        self.0.swarm.check_known(&hash.0).await?;
         let grant = self.0.grants.issue(hash.0, ttl);
         tracing::info!(by = %auth.0.subject, file = %hash.0, ttl_secs = ttl.as_secs(), "read grant issued");
         Ok(GrantCreated::Created(Json(ReadGrantInfo {

@@ -35,6 +35,12 @@ impl Backend {
             Self::Postgres => "postgres",
         }
     }
+
+    /// Whether other trackers may share the database (PostgreSQL); a SQLite file is one
+    /// tracker's own.
+    pub fn shared(&self) -> bool {
+        matches!(self, Self::Postgres)
+    }
 }
 
 /// A storage failure. Its text is for logs only, never for clients.
@@ -286,6 +292,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         cutoff_ms: u64,
         variant: Option<u32>,
     ) -> StoreResult<Option<FileRecord>>;
+    /// Whether file `id` has a manifest (what [`Store::get_file`] would find without a variant),
+    /// read from the index alone: no manifest is loaded.
+    async fn has_file(&self, id: &FileId) -> StoreResult<bool>;
     async fn list_files(&self, query: &FileQuery) -> StoreResult<Page<FileSummary>>;
     /// Online peers with the file (whole ones first), only those of `variant` if given, or
     /// `None` for an unknown file or variant. The second value is the chunk count of `variant`
@@ -751,6 +760,14 @@ macro_rules! sql_store_impl {
                     variants,
                     created_at_ms: created_at.max(0) as u64,
                 }))
+            }
+
+            async fn has_file(&self, id: &p2p_proto::FileId) -> $crate::store::StoreResult<bool> {
+                let found = sqlx::query_as::<_, (i64,)>($crate::store::sql::FILE_HAS_VARIANT)
+                    .bind(id.to_string())
+                    .fetch_optional(self.reader())
+                    .await?;
+                Ok(found.is_some())
             }
 
             async fn list_files(

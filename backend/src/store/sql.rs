@@ -169,6 +169,10 @@ macro_rules! swarm_counts {
 
 pub(super) const FILE_CREATED_AT: &str = "SELECT created_at FROM files WHERE id = $1";
 
+/// One row when file `$1` has a manifest variant (the primary key's index answers it).
+pub(super) const FILE_HAS_VARIANT: &str =
+    "SELECT variant FROM file_variants WHERE file_id = $1 LIMIT 1";
+
 /// Seeders and leechers of variant `v` among peers live at cutoff `$n`.
 macro_rules! variant_counts {
     ($cutoff:literal) => {

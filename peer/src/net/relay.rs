@@ -275,6 +275,11 @@ impl RelayClient {
         self.status.borrow().clone()
     }
 
+    /// The status as it changes (see [`watch::Receiver::changed`]).
+    pub fn status_changes(&self) -> watch::Receiver<RelayStatus> {
+        self.status.clone()
+    }
+
     /// Waits until attached (or `timeout`).
     pub async fn wait_attached(&self, timeout: Duration) -> Result<(), RelayError> {
         let mut status = self.status.clone();

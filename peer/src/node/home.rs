@@ -6,13 +6,18 @@
 //! peers over the relays), else the tracker's own relay. The keeper registers the hub once
 //! attached to it; when the hub stays unreachable for [`REHOME_AFTER`] it moves to the next
 //! candidate that has not failed in the last [`DOWN_FOR`], and registers that one.
+//!
+//! The keeper sleeps between changes of the attachment and its own deadlines (the fleet's
+//! refresh, the end of [`REHOME_AFTER`]): an idle peer that stays attached costs it no wake-up
+//! but the fleet's refresh.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use p2p_proto::PeerId;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::NodeArgs;
@@ -27,8 +32,6 @@ pub const REHOME_AFTER: Duration = Duration::from_secs(2);
 const DOWN_FOR: Duration = Duration::from_secs(30);
 /// How often the fleet is asked for again while all is well.
 const FLEET_REFRESH: Duration = Duration::from_secs(30);
-/// How often the keeper looks at the attachment.
-const TICK: Duration = Duration::from_millis(250);
 /// Relays taken from the tracker's list at most (the rest are ignored).
 const MAX_FLEET: usize = 64;
 
@@ -76,10 +79,31 @@ impl HomeKeeper {
         let mut fleet_at: Option<Instant> = None;
         let mut down: HashMap<String, Instant> = HashMap::new();
         let mut unreachable_since: Option<Instant> = None;
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut status = Some(client.status_changes());
+        let mut first = true;
         loop {
-            tick.tick().await;
+            if !first {
+                // The next deadline: the fleet's refresh (at once when it was dropped), the end
+                // of the grace before moving.
+                let refresh = self
+                    .configured
+                    .is_empty()
+                    .then(|| fleet_at.map_or_else(Instant::now, |at| at + FLEET_REFRESH));
+                let rehome = unreachable_since.map(|since| since + REHOME_AFTER);
+                let wake = refresh.into_iter().chain(rehome).min();
+                tokio::select! {
+                    changed = async { status.as_mut()?.changed().await.ok() }, if status.is_some() => {
+                        // The client is gone: no more changes, only deadlines.
+                        if changed.is_none() {
+                            status = None;
+                        }
+                    }
+                    _ = async { tokio::time::sleep_until(wake?).await; Some(()) }, if wake.is_some() => {}
+                    // Neither: nothing will ever call for a look again.
+                    else => std::future::pending::<()>().await,
+                }
+            }
+            first = false;
             let now = Instant::now();
             if self.configured.is_empty() && fleet_at.is_none_or(|at| now - at >= FLEET_REFRESH) {
                 fleet_at = Some(now);
