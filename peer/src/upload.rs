@@ -619,3 +619,36 @@ async fn answer(
     };
     Reply::Reject(reject, chunk.outbox)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn withdrawals_keep_nothing_for_requests_not_waiting() {
+        let w = Withdrawn::default();
+        // A flood of `Cancel`s for requests never made (or long answered) stores nothing.
+        for request_id in 0..100_000 {
+            w.withdraw(request_id);
+        }
+        assert!(w.answering.lock().is_empty());
+        // A request waiting for its answer is withdrawn, and a wait for that resolves.
+        w.asked(7);
+        w.asked(8);
+        let waiting = w.withdrawal(7);
+        tokio::pin!(waiting);
+        assert!(
+            futures_util::FutureExt::now_or_never(waiting.as_mut()).is_none(),
+            "not withdrawn yet"
+        );
+        w.withdraw(7);
+        waiting.await;
+        assert!(w.is_withdrawn(7) && !w.is_withdrawn(8));
+        assert!(w.done(7));
+        assert!(!w.done(8));
+        assert!(
+            w.answering.lock().is_empty(),
+            "answered requests are forgotten"
+        );
+    }
+}
