@@ -1029,8 +1029,10 @@ mod tests {
             d.library.mark_have(&m.id, i);
         }
         let synced = d.in_sync();
-        let path = partial.finish(dir).unwrap();
-        d.library.completed(&m.id, path.clone());
+        let path = d
+            .library
+            .complete_with(&m.id, || partial.finish(dir))
+            .unwrap();
         d.synced_after(synced).await;
         assert_eq!(
             d.hashed(),

@@ -9,14 +9,13 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use parking_lot::Mutex;
-
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 
 use p2p_proto::admission::Admission;
 use p2p_proto::wire::{self, Frame, PROTOCOL_VERSION, RejectCode};
 use p2p_proto::{FileId, PeerId};
+use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::sync::{Notify, mpsc};

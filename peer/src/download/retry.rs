@@ -51,6 +51,19 @@ struct Tried {
     pending: Option<PeerAddr>,
 }
 
+impl Tried {
+    /// Not tried yet: may be at `now`, unless `never`.
+    fn new(never: bool, now: Instant) -> Self {
+        Self {
+            live: false,
+            never,
+            backoff: FIRST_BACKOFF,
+            not_before: now,
+            pending: None,
+        }
+    }
+}
+
 /// The download's source peers, tried and to be tried.
 #[derive(Debug)]
 pub(super) struct Retries {
@@ -62,16 +75,7 @@ impl Retries {
     /// Nothing tried yet; `me` (this node) never is.
     pub(super) fn new(me: PeerId, now: Instant) -> Self {
         let mut peers = HashMap::new();
-        peers.insert(
-            me,
-            Tried {
-                live: false,
-                never: true,
-                backoff: FIRST_BACKOFF,
-                not_before: now,
-                pending: None,
-            },
-        );
+        peers.insert(me, Tried::new(true, now));
         Self { peers, live: 0 }
     }
 
@@ -84,13 +88,10 @@ impl Retries {
         if !self.peers.contains_key(&peer.peer_id) && !self.make_room() {
             return false;
         }
-        let tried = self.peers.entry(peer.peer_id).or_insert(Tried {
-            live: false,
-            never: false,
-            backoff: FIRST_BACKOFF,
-            not_before: now,
-            pending: None,
-        });
+        let tried = self
+            .peers
+            .entry(peer.peer_id)
+            .or_insert_with(|| Tried::new(false, now));
         if tried.live || tried.never {
             return false;
         }

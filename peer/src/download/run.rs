@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use p2p_proto::{Manifest, PeerId};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
+use tokio::task::{JoinError, JoinSet};
 
 use super::lane::Lane;
 use super::ongoing;
@@ -132,6 +132,9 @@ async fn open_partial(
     Ok(partial)
 }
 
+/// How a worker ended: its report, whether its peer is never to be tried again, and its lane.
+type WorkerEnd = (PeerReport, bool, u8);
+
 /// The workers of a download: one per connection to each source peer but this node (see
 /// [`DownloadOptions::connections_per_peer`]), each peer's main connection first. A peer whose
 /// workers all ended is tried again when it is listed again, after a pause ([`Retries`]).
@@ -140,8 +143,7 @@ struct Workers<'a> {
     identity: &'a Identity,
     opts: &'a DownloadOptions,
     retries: Retries,
-    /// Each worker's report, whether its peer is never to be tried again, and its lane.
-    tasks: JoinSet<(PeerReport, bool, u8)>,
+    tasks: JoinSet<WorkerEnd>,
     /// The peer of each running worker.
     peer_of: HashMap<tokio::task::Id, PeerId>,
     /// Each peer's workers running now, and the reports of those of its current try that ended
@@ -225,7 +227,11 @@ impl<'a> Workers<'a> {
 
     /// Accounts for a worker that ended; when it was its peer's last, the peer may be tried
     /// again later.
-    fn ended(&mut self, id: tokio::task::Id, ended: Option<(PeerReport, bool, u8)>) {
+    fn ended(&mut self, joined: Result<(tokio::task::Id, WorkerEnd), JoinError>) {
+        let (id, ended) = match joined {
+            Ok((id, end)) => (id, Some(end)),
+            Err(e) => (e.id(), None),
+        };
         let Some(peer) = self.peer_of.remove(&id) else {
             return;
         };
@@ -308,33 +314,20 @@ async fn wait(
             .min();
         tokio::select! {
             () = shared.done.notified() => {}
-            Some(ended) = workers.tasks.join_next_with_id() => match ended {
-                Ok((id, report)) => workers.ended(id, Some(report)),
-                Err(e) => workers.ended(e.id(), None),
-            },
+            Some(ended) = workers.tasks.join_next_with_id() => workers.ended(ended),
             found = recv(&mut more) => match found {
                 Some(sources) => workers.add(&sources),
                 None => more = None,
             },
-            () = sleep_until(wake) => {}
+            () = tokio::time::sleep_until(wake.map_or_else(tokio::time::Instant::now, Into::into)),
+                if wake.is_some() => {}
         }
     }
     shared.stop.cancel();
     while let Some(ended) = workers.tasks.join_next_with_id().await {
-        match ended {
-            Ok((id, report)) => workers.ended(id, Some(report)),
-            Err(e) => workers.ended(e.id(), None),
-        }
+        workers.ended(ended);
     }
     workers.reports
-}
-
-/// Sleeps until `at`; forever without one.
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// The next message of `more`; never, without one.

@@ -98,7 +98,7 @@ impl HomeKeeper {
                             status = None;
                         }
                     }
-                    _ = async { tokio::time::sleep_until(wake?).await; Some(()) }, if wake.is_some() => {}
+                    () = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {}
                     // Neither: nothing will ever call for a look again.
                     else => std::future::pending::<()>().await,
                 }

@@ -336,20 +336,12 @@ impl Library {
         }
     }
 
-    /// A finished download (every chunk checked, so the whole file has its id) now lives at
-    /// `path`.
-    pub fn completed(&self, id: &FileId, path: PathBuf) {
-        if let Some(entry) = self.get(id) {
-            let mut at = entry.path.write();
-            Self::now_whole(&entry, &mut at, path);
-        }
-    }
-
     /// Moves a finished download of `id` into place with `place` (which says where it went)
-    /// and offers it from there, as [`Library::completed`] does, in one step for the peers it
-    /// serves: chunk reads open the file under the entry's path lock, which is held across the
-    /// move, so none finds the file gone from the path it was offered at. `place` runs with
-    /// reads of this file waiting: it should only move (see [`crate::storage::Completion`]).
+    /// and offers it whole from there (every chunk was checked, so the whole file has its id),
+    /// in one step for the peers it serves: chunk reads open the file under the entry's path
+    /// lock, which is held across the move, so none finds the file gone from the path it was
+    /// offered at. `place` runs with reads of this file waiting: it should only move (see
+    /// [`crate::storage::Completion`]).
     pub fn complete_with<E>(
         &self,
         id: &FileId,
@@ -360,14 +352,7 @@ impl Library {
         };
         let mut at = entry.path.write();
         let path = place()?;
-        Self::now_whole(&entry, &mut at, path.clone());
-        Ok(path)
-    }
-
-    /// Offers `entry` whole from `path` (`at`, its path, locked by the caller).
-    fn now_whole(entry: &SharedFile, at: &mut PathBuf, path: PathBuf) {
         let full = Bitfield::full(entry.manifest.chunk_count());
-        // Every chunk of the content was checked just now.
         let verified = match std::fs::metadata(&path) {
             Ok(meta) => Verified {
                 stamp: Some(FileStamp::of(&meta)),
@@ -377,8 +362,9 @@ impl Library {
             Err(_) => Verified::own(Bitfield::new(entry.manifest.chunk_count())),
         };
         *entry.verified.lock() = verified;
-        *at = path;
+        *at = path.clone();
         *entry.have.write() = full;
+        Ok(path)
     }
 
     /// Reads chunk `index`, checked against the manifest unless this version of the file
