@@ -135,6 +135,48 @@ async fn open_partial(
 /// How a worker ended: its report, whether its peer is never to be tried again, and its lane.
 type WorkerEnd = (PeerReport, bool, u8);
 
+/// One try of a peer: its workers still running, and what those that ended said.
+#[derive(Debug, Default)]
+struct Try {
+    running: usize,
+    /// The reports of the workers that ended, with their lanes.
+    lanes: Vec<(u8, PeerReport)>,
+    /// Whether any worker that ended found the peer never to be tried again.
+    never: bool,
+}
+
+impl Try {
+    /// Accounts for one of the try's workers that ended (`None`: it panicked). Once it was the
+    /// last, says how the try ended and gives its lanes' merged report (`None` if every
+    /// worker panicked), and the try starts afresh.
+    fn ended(&mut self, end: Option<WorkerEnd>) -> Option<(Ending, Option<PeerReport>)> {
+        self.running = self.running.saturating_sub(1);
+        if let Some((report, never, lane)) = end {
+            self.never |= never;
+            self.lanes.push((lane, report));
+        }
+        if self.running > 0 {
+            return None;
+        }
+        let mut lanes = std::mem::take(&mut self.lanes);
+        let never = std::mem::take(&mut self.never);
+        // In the order they were started, whatever the order they ended in.
+        lanes.sort_by_key(|(lane, _)| *lane);
+        let lanes = lanes.into_iter().map(|(_, report)| report).collect();
+        let Some(this_try) = merge_lanes(lanes).pop() else {
+            return Some((Ending::Never, None));
+        };
+        let how = if never || this_try.banned {
+            Ending::Never
+        } else if this_try.bytes > 0 {
+            Ending::Delivered
+        } else {
+            Ending::Fruitless
+        };
+        Some((how, Some(this_try)))
+    }
+}
+
 /// The workers of a download: one per connection to each source peer but this node (see
 /// [`DownloadOptions::connections_per_peer`]), each peer's main connection first. A peer whose
 /// workers all ended is tried again when it is listed again, after a pause ([`Retries`]).
@@ -146,9 +188,8 @@ struct Workers<'a> {
     tasks: JoinSet<WorkerEnd>,
     /// The peer of each running worker.
     peer_of: HashMap<tokio::task::Id, PeerId>,
-    /// Each peer's workers running now, and the reports of those of its current try that ended
-    /// (with their lanes).
-    tries: HashMap<PeerId, (usize, Vec<(u8, PeerReport)>)>,
+    /// Each peer's current try: its workers running now and what those that ended said.
+    tries: HashMap<PeerId, Try>,
     /// One report per peer tried, over all its tries, in the order they were first tried.
     reports: Vec<PeerReport>,
 }
@@ -222,7 +263,7 @@ impl<'a> Workers<'a> {
             (report, never, index)
         });
         self.peer_of.insert(task.id(), peer_id);
-        self.tries.entry(peer_id).or_default().0 += 1;
+        self.tries.entry(peer_id).or_default().running += 1;
     }
 
     /// Accounts for a worker that ended; when it was its peer's last, the peer may be tried
@@ -238,30 +279,13 @@ impl<'a> Workers<'a> {
         let Some(tried) = self.tries.get_mut(&peer) else {
             return;
         };
-        tried.0 -= 1;
-        let mut never = false;
-        if let Some((report, worker_never, lane)) = ended {
-            never |= worker_never;
-            tried.1.push((lane, report));
-        }
-        if tried.0 > 0 {
-            return;
-        }
-        let mut lanes = std::mem::take(&mut tried.1);
-        // In the order they were started, whatever the order they ended in.
-        lanes.sort_by_key(|(lane, _)| *lane);
-        let lanes = lanes.into_iter().map(|(_, report)| report).collect();
-        let Some(this_try) = merge_lanes(lanes).pop() else {
-            // Its workers panicked: not tried again.
-            self.retries.ended(&peer, Ending::Never, Instant::now());
+        let Some((how, this_try)) = tried.ended(ended) else {
             return;
         };
-        let how = if never || this_try.banned {
-            Ending::Never
-        } else if this_try.bytes > 0 {
-            Ending::Delivered
-        } else {
-            Ending::Fruitless
+        let Some(this_try) = this_try else {
+            // Its workers panicked: not tried again.
+            self.retries.ended(&peer, how, Instant::now());
+            return;
         };
         if let Some(e) = &this_try.error
             && how != Ending::Never
@@ -430,4 +454,66 @@ async fn finish(shared: &Shared, dest_dir: &Path) -> Result<PathBuf, DownloadErr
             .map_err(DownloadError::from)
     })
     .await?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(peer: PeerId, bytes: u64) -> PeerReport {
+        PeerReport {
+            bytes,
+            ..PeerReport::new(peer)
+        }
+    }
+
+    #[test]
+    fn a_try_that_any_lane_found_never_worth_retrying_is_never_retried() {
+        let peer = PeerId([7; 32]);
+        for never_lane in [0u8, 1] {
+            let mut t = Try {
+                running: 2,
+                ..Try::default()
+            };
+            // The lane that saw a wrong manifest ends first or last; the other delivered.
+            let (first, last) = if never_lane == 0 { (0, 1) } else { (1, 0) };
+            assert!(
+                t.ended(Some((report(peer, 0), never_lane == first, first)))
+                    .is_none()
+            );
+            let (how, merged) = t
+                .ended(Some((report(peer, 1 << 18), never_lane == last, last)))
+                .unwrap();
+            assert_eq!(
+                how,
+                Ending::Never,
+                "the wrong manifest was seen on lane {never_lane}"
+            );
+            assert_eq!(merged.unwrap().bytes, 1 << 18);
+        }
+    }
+
+    #[test]
+    fn a_try_ends_with_its_last_lane_and_the_next_starts_afresh() {
+        let peer = PeerId([7; 32]);
+        let mut t = Try {
+            running: 2,
+            ..Try::default()
+        };
+        assert!(t.ended(Some((report(peer, 0), true, 1))).is_none());
+        assert_eq!(t.ended(None).map(|(how, _)| how), Some(Ending::Never));
+        // The next try of the same peer: nothing of the last one carries over.
+        t.running = 1;
+        let (how, merged) = t.ended(Some((report(peer, 5), false, 0))).unwrap();
+        assert_eq!(how, Ending::Delivered);
+        assert_eq!(merged.unwrap().bytes, 5);
+        t.running = 1;
+        let (how, _) = t.ended(Some((report(peer, 0), false, 0))).unwrap();
+        assert_eq!(how, Ending::Fruitless);
+        t.running = 1;
+        assert_eq!(
+            t.ended(None).map(|(how, r)| (how, r.is_none())),
+            Some((Ending::Never, true))
+        );
+    }
 }
