@@ -52,9 +52,18 @@ async fn serving(library: Arc<Library>, stop: &CancellationToken) -> PeerAddr {
 #[derive(Clone, Copy)]
 enum Misbehaviour {
     Bad,
-    Vanish { after: usize },
+    Vanish {
+        after: usize,
+    },
     Faithful,
     Silent,
+    /// Another leecher: it has every chunk but `lacks`, answers each request after `delay`,
+    /// and after `stall_after` answers never answers again (the connection stays open).
+    Leecher {
+        lacks: u32,
+        delay: Duration,
+        stall_after: Option<usize>,
+    },
 }
 
 /// What a [`rogue`] peer was sent: chunk requests and their withdrawals (`Cancel`).
@@ -90,7 +99,13 @@ async fn rogue(
                 while let Some(frame) = rx.recv().await? {
                     match frame {
                         Frame::ManifestRequest { file_id } => {
-                            let all = Bitfield::full(m.chunk_count());
+                            let mut all = Bitfield::full(m.chunk_count());
+                            if let Misbehaviour::Leecher { lacks, .. } = how {
+                                all = Bitfield::new(m.chunk_count());
+                                (0..m.chunk_count())
+                                    .filter(|&i| i != u64::from(lacks))
+                                    .for_each(|i| all.set(i));
+                            }
                             tx.feed(&Frame::Manifest(m.clone()));
                             tx.feed(&Frame::Bitfield {
                                 file_id,
@@ -118,6 +133,16 @@ async fn rogue(
                                     if served == after {
                                         return Ok::<_, secure::SecureError>(());
                                     }
+                                    Bytes::copy_from_slice(&data[start..start + len])
+                                }
+                                Misbehaviour::Leecher {
+                                    delay, stall_after, ..
+                                } => {
+                                    if stall_after.is_some_and(|n| served >= n) {
+                                        asked.requests.fetch_add(1, Ordering::SeqCst);
+                                        continue;
+                                    }
+                                    tokio::time::sleep(delay).await;
                                     Bytes::copy_from_slice(&data[start..start + len])
                                 }
                                 Misbehaviour::Faithful | Misbehaviour::Silent => {
@@ -629,6 +654,51 @@ async fn endgame_duplicates_are_withdrawn_once_a_copy_is_written() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    f.stop.cancel();
+}
+
+/// Between leechers a chunk is asked twice only once its request is late: one that stops
+/// answering (its connection open) holds the download up for about twice its usual time per
+/// chunk, not for the request timeout, and the other leecher delivers the chunks it sat on.
+#[tokio::test]
+async fn a_leecher_that_stops_answering_is_overtaken_once_its_chunks_are_late() {
+    let f = fixture(32 * 256 * 1024 - 5);
+    let delay = Duration::from_millis(20);
+    let (stalling, asked) = rogue_counted(
+        &f,
+        Misbehaviour::Leecher {
+            lacks: 0,
+            delay,
+            stall_after: Some(14),
+        },
+    )
+    .await;
+    let (other, _) = rogue_counted(
+        &f,
+        Misbehaviour::Leecher {
+            lacks: 1,
+            delay,
+            stall_after: None,
+        },
+    )
+    .await;
+    let opts = DownloadOptions {
+        request_timeout: Duration::from_secs(120),
+        stall_timeout: Duration::from_secs(120),
+        connections_per_peer: Some(1),
+        ..DownloadOptions::default()
+    };
+    let started = std::time::Instant::now();
+    let (report, _out) = leech(&f, &[stalling, other], opts).await;
+    let took = started.elapsed();
+    assert_eq!(report.fetched_chunks, f.manifest.chunk_count());
+    let requests = asked.requests.load(Ordering::SeqCst);
+    assert!(
+        requests > 8,
+        "the stalling leecher sat on chunks: {requests} asked"
+    );
+    // 32 chunks at 20 ms from one peer take 0.6 s; the timeout would be 120 s.
+    assert!(took < Duration::from_secs(30), "took {took:?}");
     f.stop.cancel();
 }
 

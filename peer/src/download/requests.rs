@@ -8,6 +8,7 @@ use p2p_proto::Bitfield;
 use p2p_proto::wire::Frame;
 use parking_lot::Mutex;
 
+use super::scheduler::{Endgame, Picked};
 use super::state::Shared;
 use super::{DownloadOptions, Sizing, Source, WorkerError};
 use crate::net::link::Subscription;
@@ -32,7 +33,9 @@ pub(super) struct InFlight {
 
 impl InFlight {
     /// Tops this peer's share of the pipeline up to what its score allows; `busy` chunks
-    /// received but still being stored count against it.
+    /// received but still being stored count against it. In the endgame, says when a chunk
+    /// this peer may not duplicate yet becomes late (see [`super::scheduler::LATE`]): topping
+    /// up again then may give it one.
     pub(super) fn top_up(
         &mut self,
         shared: &Shared,
@@ -41,7 +44,7 @@ impl InFlight {
         sub: &Subscription,
         peer_has: &Bitfield,
         busy: usize,
-    ) -> Result<(), WorkerError> {
+    ) -> Result<Option<Instant>, WorkerError> {
         let peer = sub.link().peer();
         let chunk_size = shared.manifest.chunk_size;
         let source = if peer_has.is_complete() {
@@ -54,28 +57,33 @@ impl InFlight {
             .pipeline(&peer, sizing, source, chunk_size, opts.pipeline);
         let want = depth.saturating_sub(self.by_id.len() + busy);
         if want == 0 {
-            return Ok(());
+            return Ok(None);
         }
-        let endgame = shared.scores.may_endgame(&peer);
+        let endgame = match (shared.scores.may_endgame(&peer), source) {
+            (false, _) => Endgame::Off,
+            (true, Source::Complete) => Endgame::Any,
+            (true, Source::Partial) => Endgame::Late,
+        };
+        let mine = shared.scores.get(&peer).latency;
+        let now = Instant::now();
         let picked = {
             let (mut s, mut asked) = (shared.sched.lock(), self.asked.lock());
             if s.complete() {
-                Vec::new()
+                Picked::default()
             } else {
-                let picked = s.pick(peer_has, want, &asked, endgame);
-                for &index in &picked {
+                let picked = s.pick(peer_has, want, &asked, endgame, mine, now);
+                for &index in &picked.chunks {
                     asked.insert(index, ());
                 }
                 picked
             }
         };
-        if picked.is_empty() {
-            return Ok(());
+        if picked.chunks.is_empty() {
+            return Ok(picked.late_at);
         }
-        let now = Instant::now();
         let file_id = shared.manifest.id;
-        let mut requests = Vec::with_capacity(picked.len());
-        for index in picked {
+        let mut requests = Vec::with_capacity(picked.chunks.len());
+        for index in picked.chunks {
             let request_id = sub.next_request_id();
             self.by_id.insert(request_id, (index, now));
             requests.push(Frame::Request {
@@ -84,6 +92,7 @@ impl InFlight {
                 index: index as u32,
             });
         }
-        Ok(sub.send(requests)?)
+        sub.send(requests)?;
+        Ok(None)
     }
 }

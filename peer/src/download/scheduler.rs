@@ -1,8 +1,10 @@
 //! Which chunk to ask a peer for next: the rarest first (fewest connected peers have it),
 //! ties broken in a per-download shuffle of file order; once every missing chunk is being
-//! fetched somewhere, the endgame hands out duplicates, least duplicated first.
+//! fetched somewhere, the endgame hands out duplicates, least duplicated first, of chunks that
+//! are late or that the asking peer would deliver well before their current request.
 
 use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
 
 use p2p_proto::Bitfield;
 
@@ -11,13 +13,33 @@ use p2p_proto::Bitfield;
 pub(super) struct Scheduler {
     have: Bitfield,
     /// Requests in flight per chunk.
-    in_flight: HashMap<u64, u32>,
+    in_flight: HashMap<u64, Flight>,
     availability: Vec<u32>,
     /// Wanted chunks nobody is fetching as (availability, rank, index): rarest first, then by
     /// [`Order`]. Picking is a walk from the front, not a sort.
     queue: BTreeSet<(u32, u64, u64)>,
     order: Order,
 }
+
+/// The requests in flight for one chunk, and when the latest of them is expected to deliver.
+#[derive(Debug, Clone, Copy)]
+struct Flight {
+    requests: u32,
+    /// When the request the chunk now waits on was made.
+    asked_at: Instant,
+    /// How long its peer takes to deliver a chunk (its smoothed latency); `None` when not
+    /// measured yet, and then any peer may duplicate it in the endgame.
+    expected: Option<Duration>,
+}
+
+/// A request in the endgame is late once it has been out this many times its peer's latency;
+/// then any peer may duplicate it. Before that, only a peer that would deliver the chunk in
+/// under half the time its request still has to go may.
+///
+/// Duplicating every chunk in flight (BitTorrent's endgame) had each leecher of the 32-peer
+/// swarm lab receive 1.7-1.8 MiB of its 64 MiB twice, out of uploads the whole swarm shares;
+/// with this rule 0.3-0.7 MiB (`bench/README.md`).
+pub(super) const LATE: u32 = 2;
 
 /// The tie-break among equally rare chunks: a per-download pseudo-random order of the whole
 /// file (SplitMix64 of the chunk index and the download's seed; equal ranks fall back to file
@@ -63,6 +85,48 @@ impl Order {
     }
 }
 
+/// What a peer may take in the endgame: duplicates of chunks asked of others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Endgame {
+    /// None: it is too slow (see `Scoreboard::may_endgame`).
+    Off,
+    /// Any, least duplicated first: a peer with the whole file. Its upload is not what the
+    /// leechers trade with one another, and at the end of a swarm's download it idles
+    /// otherwise, every chunk being asked of leechers (the swarm lab's seeder sent nothing
+    /// for the last 2-3 s when it took only late chunks, `bench/README.md`).
+    Any,
+    /// Only chunks that are late or that this peer would deliver well before their request
+    /// ([`LATE`]): another leecher, whose upload the swarm shares.
+    Late,
+}
+
+/// What [`Scheduler::pick`] gave a peer.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct Picked {
+    pub(super) chunks: Vec<u64>,
+    /// When nothing was picked in the endgame: when the first chunk this peer may not
+    /// duplicate yet becomes late.
+    pub(super) late_at: Option<Instant>,
+}
+
+impl Flight {
+    /// Whether a peer that delivers a chunk in `mine` may duplicate this one at `now`; if not,
+    /// when it may (the chunk is late then).
+    fn may_duplicate(&self, mine: Option<Duration>, now: Instant) -> Result<(), Instant> {
+        let Some(expected) = self.expected else {
+            return Ok(());
+        };
+        let late = self.asked_at + expected * LATE;
+        let due = self.asked_at + expected;
+        let faster = mine.is_some_and(|m| now + m * 2 <= due);
+        if now >= late || faster {
+            Ok(())
+        } else {
+            Err(late)
+        }
+    }
+}
+
 impl Scheduler {
     pub(super) fn new(have: Bitfield, order: Order) -> Self {
         let queue = (0..have.len())
@@ -86,16 +150,20 @@ impl Scheduler {
         )
     }
 
-    /// Up to `n` chunks `peer_has` for this peer: unrequested ones rarest first; once every
-    /// missing chunk is requested somewhere, and if `endgame` allows this peer to, ones in
-    /// flight elsewhere, least duplicated first.
+    /// Up to `n` chunks `peer_has` for this peer, whose latency is `mine`: unrequested ones
+    /// rarest first. Once every missing chunk is requested somewhere, ones in flight elsewhere
+    /// as `endgame` allows, least duplicated first; with [`Endgame::Late`] only those whose
+    /// request is late ([`LATE`]) or that this peer would deliver in under half the time their
+    /// request is still expected to take, and it hears when the first of the others is late.
     pub(super) fn pick(
         &mut self,
         peer_has: &Bitfield,
         n: usize,
         skip: &HashMap<u64, ()>,
-        endgame: bool,
-    ) -> Vec<u64> {
+        endgame: Endgame,
+        mine: Option<Duration>,
+        now: Instant,
+    ) -> Picked {
         let mut picked: Vec<u64> = self
             .queue
             .iter()
@@ -107,28 +175,52 @@ impl Scheduler {
             let key = self.key(*i);
             self.queue.remove(&key);
         }
+        let mut late_at = None;
         // The endgame: only once every missing chunk is already being fetched somewhere.
-        if picked.is_empty() && self.queue.is_empty() && endgame {
-            let mut dup: Vec<(u32, u64)> = self
-                .in_flight
-                .iter()
-                .filter(|(i, _)| peer_has.get(**i) && !skip.contains_key(i))
-                .map(|(i, c)| (*c, *i))
-                .collect();
+        if picked.is_empty() && self.queue.is_empty() && endgame != Endgame::Off {
+            let mut dup: Vec<(u32, u64)> = Vec::new();
+            for (&i, f) in &self.in_flight {
+                if !peer_has.get(i) || skip.contains_key(&i) {
+                    continue;
+                }
+                let may = match endgame {
+                    Endgame::Late => f.may_duplicate(mine, now),
+                    _ => Ok(()),
+                };
+                match may {
+                    Ok(()) => dup.push((f.requests, i)),
+                    Err(at) => late_at = Some(late_at.map_or(at, |l: Instant| l.min(at))),
+                }
+            }
             dup.sort();
             picked = dup.into_iter().take(n).map(|(_, i)| i).collect();
+            if !picked.is_empty() {
+                late_at = None;
+            }
         }
         for i in &picked {
-            *self.in_flight.entry(*i).or_insert(0) += 1;
+            let f = self.in_flight.entry(*i).or_insert(Flight {
+                requests: 0,
+                asked_at: now,
+                expected: mine,
+            });
+            f.requests += 1;
+            // A duplicate: the chunk now waits on this request, and is late when it is.
+            if f.requests > 1 && mine.is_some() {
+                (f.asked_at, f.expected) = (now, mine);
+            }
         }
-        picked
+        Picked {
+            chunks: picked,
+            late_at,
+        }
     }
 
     /// One request for `index` ended (answered, failed or abandoned).
     pub(super) fn release(&mut self, index: u64) {
-        if let Some(c) = self.in_flight.get_mut(&index) {
-            *c -= 1;
-            if *c == 0 {
+        if let Some(f) = self.in_flight.get_mut(&index) {
+            f.requests -= 1;
+            if f.requests == 0 {
                 self.in_flight.remove(&index);
                 if !self.have.get(index) {
                     let key = self.key(index);
@@ -163,7 +255,7 @@ impl Scheduler {
 
     /// Requests for chunk `index` in flight (more than one only in the endgame).
     pub(super) fn requests(&self, index: u64) -> u32 {
-        self.in_flight.get(&index).copied().unwrap_or(0)
+        self.in_flight.get(&index).map_or(0, |f| f.requests)
     }
 
     pub(super) fn complete(&self) -> bool {
@@ -179,6 +271,19 @@ impl Scheduler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Picks for a peer whose latency is not measured yet.
+    fn pick(
+        s: &mut Scheduler,
+        peer_has: &Bitfield,
+        n: usize,
+        skip: &HashMap<u64, ()>,
+        endgame: bool,
+    ) -> Vec<u64> {
+        let endgame = if endgame { Endgame::Any } else { Endgame::Off };
+        s.pick(peer_has, n, skip, endgame, None, Instant::now())
+            .chunks
+    }
 
     fn bits(len: u64, set: &[u64]) -> Bitfield {
         let mut b = Bitfield::new(len);
@@ -199,10 +304,13 @@ mod tests {
             s.add_source(i); // a partial peer
         }
         let none = HashMap::new();
-        assert_eq!(s.pick(&everything, 2, &none, true), vec![3, 5]);
-        assert_eq!(s.pick(&bits(6, &[1, 2, 4]), 5, &none, true), vec![1, 2, 4]);
+        assert_eq!(pick(&mut s, &everything, 2, &none, true), vec![3, 5]);
+        assert_eq!(
+            pick(&mut s, &bits(6, &[1, 2, 4]), 5, &none, true),
+            vec![1, 2, 4]
+        );
         assert!(
-            s.pick(&everything, 5, &none, false).is_empty(),
+            pick(&mut s, &everything, 5, &none, false).is_empty(),
             "no endgame"
         );
     }
@@ -230,7 +338,7 @@ mod tests {
         let first = |order: Order| {
             let mut s = Scheduler::new(Bitfield::new(len), order);
             (0..len).for_each(|i| s.add_source(i));
-            s.pick(&Bitfield::full(len), 8, &HashMap::new(), false)
+            pick(&mut s, &Bitfield::full(len), 8, &HashMap::new(), false)
         };
         let (x, y) = (
             first(Order { seed: Some(3) }),
@@ -248,9 +356,9 @@ mod tests {
             s.add_source(i);
         }
         let none = HashMap::new();
-        assert_eq!(s.pick(&all, 3, &none, true), vec![0, 1, 2]);
+        assert_eq!(pick(&mut s, &all, 3, &none, true), vec![0, 1, 2]);
         s.release(1); // its peer vanished
-        assert_eq!(s.pick(&all, 3, &none, true), vec![1]);
+        assert_eq!(pick(&mut s, &all, 3, &none, true), vec![1]);
         assert!(s.got(0));
         s.release(0);
         assert!(!s.got(0), "already had it");
@@ -258,14 +366,62 @@ mod tests {
         // this peer was already asked for, and only to peers allowed to play it.
         let mut asked = HashMap::new();
         asked.insert(2, ());
-        assert!(s.pick(&all, 3, &asked, false).is_empty());
-        assert_eq!(s.pick(&all, 3, &asked, true), vec![1]);
-        assert_eq!(s.in_flight.get(&1), Some(&2));
+        assert!(pick(&mut s, &all, 3, &asked, false).is_empty());
+        assert_eq!(pick(&mut s, &all, 3, &asked, true), vec![1]);
+        assert_eq!(s.requests(1), 2);
         s.release(1);
         s.release(1);
         assert!(s.got(1) && s.got(2));
         s.release(2);
         assert!(s.complete());
         assert!(s.queue.is_empty());
+    }
+
+    #[test]
+    fn the_endgame_duplicates_only_late_chunks_or_for_a_much_faster_peer() {
+        let mut s = Scheduler::new(Bitfield::new(4), Order::FILE);
+        let all = Bitfield::full(4);
+        (0..4).for_each(|i| s.add_source(i));
+        let none = HashMap::new();
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        // Two chunks asked of a leecher that takes 2 s a chunk, two of one that takes 1 s.
+        let slow = s.pick(&all, 2, &none, Endgame::Late, Some(ms(2000)), t0);
+        let quick = s.pick(&all, 2, &none, Endgame::Late, Some(ms(1000)), t0);
+        assert_eq!((slow.chunks, quick.chunks), (vec![0, 1], vec![2, 3]));
+        // Another leecher as quick: nothing is late yet; it hears when the first chunk is.
+        let t = t0 + ms(500);
+        let equal = s.pick(&all, 4, &none, Endgame::Late, Some(ms(1000)), t);
+        assert_eq!(
+            equal,
+            Picked {
+                chunks: vec![],
+                late_at: Some(t0 + ms(2000))
+            }
+        );
+        // A seeder that takes 0.4 s: only where it saves over half the wait (the slow chunks).
+        let fast = s.pick(&all, 4, &none, Endgame::Late, Some(ms(400)), t);
+        assert_eq!(fast.chunks, vec![0, 1]);
+        // Those now wait on the seeder's requests: nothing is duplicated again before one is
+        // late, the seeder's first (0.4 s from 0.5 s, twice).
+        let t = t0 + ms(1100);
+        let early = s.pick(&all, 4, &none, Endgame::Late, Some(ms(1000)), t);
+        assert_eq!(
+            early,
+            Picked {
+                chunks: vec![],
+                late_at: Some(t0 + ms(1300))
+            }
+        );
+        // Once all are late, the least duplicated go first.
+        let t = t0 + ms(2100);
+        let later = s.pick(&all, 2, &none, Endgame::Late, Some(ms(1000)), t);
+        assert_eq!(later.chunks, vec![2, 3]);
+        assert_eq!((s.requests(0), s.requests(2)), (2, 2));
+        // A peer that sits the endgame out gets nothing and waits for nothing.
+        assert_eq!(
+            s.pick(&all, 4, &none, Endgame::Off, Some(ms(1)), t),
+            Picked::default()
+        );
     }
 }

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use bytes::Bytes;
 use p2p_proto::sha256_lanes;
@@ -79,6 +80,8 @@ struct Worker<'a> {
     admission_sent: Option<u64>,
     /// Changes when an endgame chunk was written (see [`Worker::cancel_had`]).
     cancels: watch::Receiver<u64>,
+    /// In the endgame, when a chunk this peer may not duplicate yet becomes late.
+    late_at: Option<Instant>,
 }
 
 /// What woke a worker up.
@@ -90,6 +93,8 @@ enum Wake {
     Received(Result<LinkEvent, tokio::time::error::Elapsed>),
     /// A chunk asked of several peers was written.
     Cancel,
+    /// A chunk in flight elsewhere became late: this peer may duplicate it now.
+    Late,
 }
 
 impl<'a> Worker<'a> {
@@ -131,6 +136,7 @@ impl<'a> Worker<'a> {
             storing: 0,
             admission_sent: None,
             cancels: shared.cancels.subscribe(),
+            late_at: None,
         }
     }
 
@@ -163,7 +169,9 @@ impl<'a> Worker<'a> {
             self.shared.check_ban(self.opts, self.report)?;
             self.renew_admission()?;
             self.top_up()?;
-            let idle = self.inflight.by_id.is_empty() && self.storing == 0;
+            // A peer with the whole file that may duplicate a chunk once it is late stays.
+            let idle =
+                self.inflight.by_id.is_empty() && self.storing == 0 && self.late_at.is_none();
             if idle && (self.peer_has.is_complete() || self.shared.sched.lock().complete()) {
                 return Ok(());
             }
@@ -184,6 +192,7 @@ impl<'a> Worker<'a> {
                 }
                 Wake::Received(Ok(first)) => self.received(first).await?,
                 Wake::Cancel => self.cancel_had()?,
+                Wake::Late => {}
             }
         }
     }
@@ -195,8 +204,11 @@ impl<'a> Worker<'a> {
         let timeout = self.opts.request_timeout;
         let may_receive = self.storing == 0 || asked;
         let (sub, stores, cancels) = (&mut self.sub, &mut self.stores, &mut self.cancels);
+        let late_at = self.late_at.map(tokio::time::Instant::from_std);
         tokio::select! {
             _ = self.shared.stop.cancelled() => Wake::Stop,
+            _ = tokio::time::sleep_until(late_at.unwrap_or_else(tokio::time::Instant::now)),
+                if late_at.is_some() => Wake::Late,
             Some(stored) = stores.join_next(), if !stores.is_empty() => Wake::Stored(stored),
             Ok(()) = cancels.changed(), if asked => Wake::Cancel,
             next = async move {
@@ -397,8 +409,10 @@ impl<'a> Worker<'a> {
     fn top_up(&mut self) -> Result<(), WorkerError> {
         let (shared, opts) = (self.shared, self.opts);
         let (sizing, busy) = (self.sizing, self.storing);
-        self.inflight
-            .top_up(shared, opts, sizing, &self.sub, &self.peer_has, busy)
+        self.late_at =
+            self.inflight
+                .top_up(shared, opts, sizing, &self.sub, &self.peer_has, busy)?;
+        Ok(())
     }
 
     /// Stores what already arrived (its chunks are still written before the worker reports)
@@ -413,6 +427,18 @@ impl<'a> Worker<'a> {
             inflight,
             ..
         } = self;
+        // The peer is told at once that nothing still asked of it is wanted from here: it skips
+        // what it has not begun to send, and its upload goes to someone who still needs it (a
+        // download that completed would otherwise still get every chunk it had asked for).
+        // Nothing is lost if it cannot be told: the link is closing then.
+        let cancels: Vec<Frame> = inflight
+            .by_id
+            .keys()
+            .map(|&request_id| Frame::Cancel { request_id })
+            .collect();
+        if !cancels.is_empty() {
+            let _ = sub.send(cancels);
+        }
         // Unsubscribed first, so the link's reader never waits for this worker.
         drop(sub);
         while let Some(Ok(outcomes)) = stores.join_next().await {
