@@ -11,6 +11,17 @@ pub fn digest(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
 }
 
+/// Whether `key` has the shape of a generated key (`p2pk_` + 64 lowercase hex characters),
+/// the only keys the database holds: anything else is refused without a lookup.
+pub fn is_generated_shape(key: &str) -> bool {
+    key.strip_prefix(KEY_PREFIX).is_some_and(|secret| {
+        secret.len() == 64
+            && secret
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
 /// A new key and its id: `p2pk_` + 64 hex characters, and 12 hex characters of id.
 pub fn generate() -> Result<(String, String), getrandom::Error> {
     let mut secret = [0u8; 32];
@@ -43,5 +54,26 @@ mod tests {
         assert!(a.starts_with(KEY_PREFIX) && a.len() == KEY_PREFIX.len() + 64);
         assert_eq!(digest(&a), digest(&a));
         assert_ne!(digest(&a), digest(&b));
+        assert!(is_generated_shape(&a) && is_generated_shape(&b));
+    }
+
+    #[test]
+    fn only_keys_shaped_as_generated_ones_may_be_in_the_database() {
+        let (key, _) = generate().unwrap();
+        let secret = &key[KEY_PREFIX.len()..];
+        assert!(is_generated_shape(&key));
+        for bad in [
+            String::new(),
+            "KEY".to_owned(),
+            secret.to_owned(),
+            format!("{KEY_PREFIX}{}", &secret[1..]),
+            format!("{key}0"),
+            key.to_uppercase(),
+            format!("{KEY_PREFIX}{}g", &secret[1..]),
+            format!("{KEY_PREFIX}{}é", &secret[2..]),
+            format!("p2pK_{secret}"),
+        ] {
+            assert!(!is_generated_shape(&bad), "{bad:?}");
+        }
     }
 }

@@ -129,6 +129,10 @@ impl Authenticator {
                 role: role::PEER.to_owned(),
             });
         }
+        // Only generated keys are in the database: a flood of malformed ones costs no lookup.
+        if !keys::is_generated_shape(key) {
+            return Err(AuthError::InvalidKey);
+        }
         if let Some(p) = self.cached(&digest) {
             return Ok(p);
         }
@@ -222,5 +226,47 @@ pub async fn authenticate(
         _ => Err(AuthError::InvalidToken(
             "the Authorization header must be 'Bearer <token>'".into(),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlx::Connection;
+
+    use super::*;
+    use crate::store::SqliteStore;
+
+    #[tokio::test]
+    async fn malformed_api_keys_are_refused_without_a_database_lookup() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tracker.db");
+        let store = SqliteStore::open(&path, 2).await.unwrap();
+        let jwt = JwtKeys::new(b"0123456789abcdef0123456789abcdef", 60);
+        let auth = Authenticator::new(Arc::new(store), &["lab key".to_owned()], jwt);
+        // From now on every lookup fails: the keys' table is renamed over another connection.
+        let mut other = sqlx::SqliteConnection::connect(&format!("sqlite:{}", path.display()))
+            .await
+            .unwrap();
+        sqlx::query("ALTER TABLE api_keys RENAME TO api_keys_gone")
+            .execute(&mut other)
+            .await
+            .unwrap();
+        let (unknown, _) = keys::generate().unwrap();
+        assert!(
+            matches!(
+                auth.authenticate_key(&unknown).await,
+                Err(AuthError::Store(_))
+            ),
+            "a key shaped as a generated one is looked up"
+        );
+        let short = &unknown[..unknown.len() - 1];
+        for bad in ["nope", keys::KEY_PREFIX, short, "p2pk_../../etc/passwd"] {
+            assert!(
+                matches!(auth.authenticate_key(bad).await, Err(AuthError::InvalidKey)),
+                "{bad:?} refused without a lookup"
+            );
+        }
+        // Keys given on the command line keep any shape.
+        assert!(auth.authenticate_key("lab key").await.is_ok());
     }
 }
