@@ -169,14 +169,13 @@ impl<'a> Worker<'a> {
             self.shared.check_ban(self.opts, self.report)?;
             self.renew_admission()?;
             self.top_up()?;
-            // A peer with the whole file that may duplicate a chunk once it is late stays.
-            let idle =
-                self.inflight.by_id.is_empty() && self.storing == 0 && self.late_at.is_none();
+            let idle = self.inflight.by_id.is_empty() && self.storing == 0;
             if idle && (self.peer_has.is_complete() || self.shared.sched.lock().complete()) {
                 return Ok(());
             }
             // With nothing asked of a partial peer, this waits for it to announce new chunks
-            // (`Have`); the download's completion stops the wait.
+            // (`Have`) or, in the endgame, for a chunk it may duplicate to be late (`late_at`,
+            // only ever set for a partial peer); the download's completion stops the wait.
             match self.wait().await {
                 Wake::Stop => return Ok(()),
                 Wake::Stored(stored) => {
