@@ -620,14 +620,7 @@ impl TrackerClient {
         exclude: Option<&PeerId>,
         limit: u64,
     ) -> Result<FilePeers, TrackerError> {
-        let mut query = vec![("limit", limit.to_string())];
-        if let Some(p) = exclude {
-            query.push(("exclude", p.to_string()));
-        }
-        let req = self
-            .request(Method::GET, &format!("/api/files/{id}/peers"))
-            .query(&query);
-        self.admitting_call(req).await
+        self.peers_of(id, None, exclude, limit).await
     }
 
     /// `GET /api/files/{hash}?variant=N`: the file with the manifest of one of its variants.
@@ -652,10 +645,21 @@ impl TrackerClient {
         exclude: Option<&PeerId>,
         limit: u64,
     ) -> Result<FilePeers, TrackerError> {
-        let mut query = vec![
-            ("limit", limit.to_string()),
-            ("variant", variant.to_string()),
-        ];
+        self.peers_of(id, Some(variant), exclude, limit).await
+    }
+
+    /// `GET /api/files/{hash}/peers`, of one variant or of any.
+    async fn peers_of(
+        &self,
+        id: &FileId,
+        variant: Option<u32>,
+        exclude: Option<&PeerId>,
+        limit: u64,
+    ) -> Result<FilePeers, TrackerError> {
+        let mut query = vec![("limit", limit.to_string())];
+        if let Some(variant) = variant {
+            query.push(("variant", variant.to_string()));
+        }
         if let Some(p) = exclude {
             query.push(("exclude", p.to_string()));
         }
