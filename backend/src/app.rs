@@ -286,6 +286,12 @@ pub fn routes(state: Arc<AppState>, serve: &ServeArgs) -> BoxEndpoint<'static> {
         .with(crate::body_limit::BodyLimit {
             max: serve.max_body_bytes,
             timeout: Duration::from_secs(serve.guard.body_timeout_secs),
+            budget: crate::body_limit::Budget::new(
+                serve
+                    .guard
+                    .max_body_bytes_in_flight
+                    .max(serve.max_body_bytes),
+            ),
         })
         .data(state)
         .catch_all_error(crate::error::render_any_error)

@@ -213,6 +213,12 @@ pub struct GuardArgs {
     #[arg(long, env = "P2P_BODY_TIMEOUT_SECS", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub body_timeout_secs: u64,
+    /// Bytes of request bodies held at once over all requests, past the first MiB of each
+    /// (which any request may send): a body that would go over it is refused with 429 while
+    /// it streams, so many large ones (a manifest is parsed at two to three times its size)
+    /// cannot add up. Raised to --max-body-bytes if lower.
+    #[arg(long, env = "P2P_MAX_BODY_BYTES_IN_FLIGHT", default_value_t = 256 << 20)]
+    pub max_body_bytes_in_flight: usize,
     /// WebSockets (`/ws`, `/relay`) that may wait for credentials or a key proof at once;
     /// more are refused with 429.
     #[arg(long, env = "P2P_MAX_PENDING_AUTH", default_value_t = 256,
@@ -265,6 +271,7 @@ impl Default for GuardArgs {
             max_connections: 4096,
             header_timeout_secs: 10,
             body_timeout_secs: 60,
+            max_body_bytes_in_flight: 256 << 20,
             max_pending_auth: 256,
             login_concurrency: 2,
             login_failures_per_minute: 10,

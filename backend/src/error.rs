@@ -60,8 +60,8 @@ pub enum ApiError {
     /// (`unsupported_media_type`).
     #[oai(status = 415)]
     UnsupportedMediaType(Json<ErrorBody>),
-    /// Over the rate limit, or too many logins or sockets waiting (`rate_limited`); retry after
-    /// the given number of seconds.
+    /// Over the rate limit, or too many logins, sockets waiting or large request bodies being
+    /// read (`rate_limited`); retry after the given number of seconds.
     #[oai(status = 429)]
     TooManyRequests(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
     /// An unexpected failure (`internal`; details are in the tracker's log).
@@ -234,6 +234,17 @@ impl ApiError {
                 format!("too many requests; retry after {retry_after_secs} s"),
             ),
             retry_after_secs,
+        )
+    }
+
+    /// Too many bytes of request bodies held at once (`--max-body-bytes-in-flight`).
+    pub fn bodies_busy() -> Self {
+        Self::TooManyRequests(
+            body(
+                "rate_limited",
+                "the tracker is reading too many large request bodies; retry after 1 s",
+            ),
+            1,
         )
     }
 
