@@ -8,7 +8,9 @@
 //! Bodies also share a [`Budget`]: past the first [`FREE`] bytes of its own, a body holds a
 //! share of it for each byte read until its request is answered, and one that would go over
 //! it is cut with a 429. One body is bounded by `max`; the budget bounds all of them together,
-//! while the small bodies of ordinary requests never touch it.
+//! while the small bodies of ordinary requests never touch it. Only an announce (a manifest)
+//! and a folder collection's member grants may send up to `max`: other routes are capped at
+//! [`SMALL_MAX`], and a login, which anyone may send, at [`LOGIN_MAX`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -25,6 +27,11 @@ use crate::error::ApiError;
 /// The bytes of each body that do not count against the [`Budget`]: more than any request
 /// but an announce of a file of many GiB or a large folder's collection sends.
 pub const FREE: usize = 1 << 20;
+/// The largest body of a route other than an announce or a folder collection's member grants
+/// (a heartbeat's 256 connections take some 50 KB).
+pub const SMALL_MAX: usize = 256 << 10;
+/// The largest body of a login (a key, or a name and a password), which anyone may send.
+pub const LOGIN_MAX: usize = 16 << 10;
 
 /// The middleware: bodies over `max` bytes get a JSON 413; bodies still arriving after
 /// `timeout` a JSON 408; bodies that would hold more than the budget has left a JSON 429.
@@ -33,6 +40,22 @@ pub struct BodyLimit {
     pub max: usize,
     pub timeout: Duration,
     pub budget: Budget,
+}
+
+impl BodyLimit {
+    /// The largest body of a request to `path`: `max` only where the body is a manifest or a
+    /// folder collection, so that other bodies, a login's above all, never come near the
+    /// budget and cannot add up to much over many connections.
+    fn cap(&self, path: &str) -> usize {
+        let large = path == "/api/files/announce"
+            || (path.starts_with("/api/files/") && path.ends_with("/grants/members"));
+        let cap = match path {
+            _ if large => self.max,
+            "/api/auth/login" => LOGIN_MAX,
+            _ => SMALL_MAX,
+        };
+        cap.min(self.max)
+    }
 }
 
 /// The bytes of request bodies that may be held at once, past each one's [`FREE`] bytes
@@ -103,7 +126,12 @@ const CUT_BUDGET: u8 = 3;
 
 /// `body` as a stream that ends in an error past `max` bytes, `timeout` or what the budget
 /// has left (`held` holds this body's share), recording which.
-fn capped(body: Body, limit: BodyLimit, cut: Arc<AtomicU8>, held: Arc<Mutex<Held>>) -> Body {
+fn capped(
+    body: Body,
+    (limit, max): (BodyLimit, usize),
+    cut: Arc<AtomicU8>,
+    held: Arc<Mutex<Held>>,
+) -> Body {
     let deadline = tokio::time::Instant::now() + limit.timeout;
     let inner = body.into_bytes_stream();
     let state = (Box::pin(inner), 0usize, false);
@@ -120,7 +148,7 @@ fn capped(body: Body, limit: BodyLimit, cut: Arc<AtomicU8>, held: Arc<Mutex<Held
                 Ok(Some(Err(e))) => return Some((Err(e), (inner, seen, true))),
                 Ok(Some(Ok(chunk))) => {
                     let seen = seen.saturating_add(chunk.len());
-                    if seen > limit.max {
+                    if seen > max {
                         (CUT_SIZE, "request body too large")
                     } else if !held.lock().cover(seen, &budget) {
                         (CUT_BUDGET, "too many request bodies held")
@@ -143,8 +171,9 @@ impl<E: Endpoint> Endpoint for BodyLimitEndpoint<E> {
         let declared = req
             .header(CONTENT_LENGTH)
             .and_then(|v| v.trim().parse::<u64>().ok());
-        if declared.is_some_and(|len| len > self.limit.max as u64) {
-            return Ok(too_large(self.limit.max));
+        let max = self.limit.cap(req.uri().path());
+        if declared.is_some_and(|len| len > max as u64) {
+            return Ok(too_large(max));
         }
         let has_body = declared.is_some_and(|len| len > 0)
             || (declared.is_none() && req.header("transfer-encoding").is_some());
@@ -156,12 +185,17 @@ impl<E: Endpoint> Endpoint for BodyLimitEndpoint<E> {
         // handler parsed from the body lives as long.
         let held = Arc::new(Mutex::new(Held::default()));
         let body = req.take_body();
-        req.set_body(capped(body, self.limit.clone(), cut.clone(), held.clone()));
+        req.set_body(capped(
+            body,
+            (self.limit.clone(), max),
+            cut.clone(),
+            held.clone(),
+        ));
         let resp = self.inner.call(req).await.map(IntoResponse::into_response);
         drop(held);
         // The handler saw a read error; say what it was.
         Ok(match cut.load(Ordering::Relaxed) {
-            CUT_SIZE => too_large(self.limit.max),
+            CUT_SIZE => too_large(max),
             CUT_TIME => ApiError::request_timeout().into_response(),
             CUT_BUDGET => ApiError::bodies_busy().into_response(),
             _ => resp?,
@@ -172,6 +206,29 @@ impl<E: Endpoint> Endpoint for BodyLimitEndpoint<E> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_manifests_and_collections_may_be_large() {
+        let limit = BodyLimit {
+            max: 64 << 20,
+            timeout: Duration::from_secs(1),
+            budget: Budget::new(64 << 20),
+        };
+        assert_eq!(limit.cap("/api/files/announce"), 64 << 20);
+        assert_eq!(limit.cap("/api/files/ab12/grants/members"), 64 << 20);
+        assert_eq!(limit.cap("/api/auth/login"), LOGIN_MAX);
+        for path in [
+            "/api/peers/heartbeat",
+            "/api/files/ab12/grants",
+            "/api/users",
+            "/x",
+        ] {
+            assert_eq!(limit.cap(path), SMALL_MAX, "{path}");
+        }
+        let small = BodyLimit { max: 1024, ..limit };
+        assert_eq!(small.cap("/api/files/announce"), 1024);
+        assert_eq!(small.cap("/api/peers/register"), 1024);
+    }
 
     /// A body's first MiB is free; past it, each KiB holds one permit until the body's share
     /// is dropped; a body that would go over what is left is refused and holds what it had.

@@ -172,7 +172,8 @@ pub struct ServeArgs {
     /// files embedded at build time.
     #[arg(long, env = "P2P_DASHBOARD_DIR")]
     pub dashboard_dir: Option<PathBuf>,
-    /// Largest request body accepted, in bytes.
+    /// Largest body of an announce (a manifest) or of a folder collection sent for member
+    /// grants, in bytes. Other requests' bodies are capped at 256 KiB, a login's at 16 KiB.
     #[arg(long, env = "P2P_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_body_bytes: usize,
     /// UDP address of the hole-punch rendezvous (`HOST:PORT` or `:PORT`), where peers learn
