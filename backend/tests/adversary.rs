@@ -401,37 +401,13 @@ async fn member_grant_bodies_are_cut_at_the_largest_collection() {
         let attackers: Vec<_> = (0..8)
             .map(|_| {
                 let (addr, path, grant) = (target.addr, path.clone(), grant.clone());
-                tokio::spawn(async move {
-                    let s = TcpStream::connect(addr).await.unwrap();
-                    let (mut r, mut w) = s.into_split();
-                    let head = format!(
-                        "POST {path} HTTP/1.1\r\nHost: t\r\nX-Read-Grant: {grant}\r\n\
-                         Content-Type: application/octet-stream\r\n\
-                         Transfer-Encoding: chunked\r\n\r\n"
-                    );
-                    w.write_all(head.as_bytes()).await.unwrap();
-                    // Streams 32 MiB (or until the tracker stops reading) while the answer
-                    // is read as soon as it comes.
-                    let writer = tokio::spawn(async move {
-                        let mut chunk = b"10000\r\n".to_vec();
-                        chunk.extend(std::iter::repeat_n(b'x', 0x10000));
-                        chunk.extend(b"\r\n");
-                        for _ in 0..512 {
-                            let write = w.write_all(&chunk);
-                            match tokio::time::timeout(Duration::from_secs(2), write).await {
-                                Ok(Ok(())) => {}
-                                _ => break,
-                            }
-                        }
-                    });
-                    let mut answer = vec![0u8; 4096];
-                    let n = tokio::time::timeout(Duration::from_secs(30), r.read(&mut answer))
-                        .await
-                        .unwrap()
-                        .unwrap_or(0);
-                    writer.abort();
-                    String::from_utf8_lossy(&answer[..n]).into_owned()
-                })
+                let head = format!(
+                    "POST {path} HTTP/1.1\r\nHost: t\r\nX-Read-Grant: {grant}\r\n\
+                     Content-Type: application/octet-stream\r\n\
+                     Transfer-Encoding: chunked\r\n\r\n"
+                );
+                // 32 MiB.
+                tokio::spawn(chunked_answer(addr, head, 0x10000, 512))
             })
             .collect();
         let mut cut = 0;
@@ -477,33 +453,11 @@ async fn login_bodies_are_cut_at_a_few_kib() {
         let attackers: Vec<_> = (0..64)
             .map(|_| {
                 let addr = target.addr;
-                tokio::spawn(async move {
-                    let s = TcpStream::connect(addr).await.unwrap();
-                    let (mut r, mut w) = s.into_split();
-                    let head = "POST /api/auth/login HTTP/1.1\r\nHost: t\r\n\
-                                Content-Type: application/json\r\n\
-                                Transfer-Encoding: chunked\r\n\r\n";
-                    w.write_all(head.as_bytes()).await.unwrap();
-                    let writer = tokio::spawn(async move {
-                        let mut chunk = b"4000\r\n".to_vec();
-                        chunk.extend(std::iter::repeat_n(b' ', 0x4000));
-                        chunk.extend(b"\r\n");
-                        for _ in 0..64 {
-                            let write = w.write_all(&chunk);
-                            match tokio::time::timeout(Duration::from_secs(2), write).await {
-                                Ok(Ok(())) => {}
-                                _ => break,
-                            }
-                        }
-                    });
-                    let mut answer = vec![0u8; 4096];
-                    let n = tokio::time::timeout(Duration::from_secs(30), r.read(&mut answer))
-                        .await
-                        .unwrap()
-                        .unwrap_or(0);
-                    writer.abort();
-                    String::from_utf8_lossy(&answer[..n]).into_owned()
-                })
+                let head = "POST /api/auth/login HTTP/1.1\r\nHost: t\r\n\
+                            Content-Type: application/json\r\n\
+                            Transfer-Encoding: chunked\r\n\r\n";
+                // 1 MiB.
+                tokio::spawn(chunked_answer(addr, head.to_owned(), 0x4000, 64))
             })
             .collect();
         for a in attackers {
@@ -638,6 +592,34 @@ async fn large_bodies_share_one_budget() {
         watch.finish(target, "body-budget", 112 * MIB).await;
     })
     .await;
+}
+
+/// Sends `head` on a fresh socket, then a chunked body of `pieces` chunks of `piece` bytes
+/// (or until the tracker stops reading), while the answer is read as soon as it comes; the
+/// answer's first 4 KiB.
+async fn chunked_answer(addr: SocketAddr, head: String, piece: usize, pieces: usize) -> String {
+    let s = TcpStream::connect(addr).await.unwrap();
+    let (mut r, mut w) = s.into_split();
+    w.write_all(head.as_bytes()).await.unwrap();
+    let writer = tokio::spawn(async move {
+        let mut chunk = format!("{piece:x}\r\n").into_bytes();
+        chunk.extend(std::iter::repeat_n(b'x', piece));
+        chunk.extend(b"\r\n");
+        for _ in 0..pieces {
+            let write = w.write_all(&chunk);
+            match tokio::time::timeout(Duration::from_secs(2), write).await {
+                Ok(Ok(())) => {}
+                _ => break,
+            }
+        }
+    });
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(30), r.read(&mut answer))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    writer.abort();
+    String::from_utf8_lossy(&answer[..n]).into_owned()
 }
 
 /// A WebSocket handshake on a raw socket; the socket, upgraded (or not: the status line).
