@@ -24,6 +24,11 @@ pub fn hash(password: &str) -> Result<String, HashError> {
         .map_err(HashError)
 }
 
+/// The most memory (KiB) a stored hash may ask a check for: 256 MiB. The tracker's own hashes
+/// take 19 MiB; one edited into the database asking for more never matches, rather than have
+/// each checking thread allocate (and keep) what it says.
+const MAX_M_COST: u32 = 256 * 1024;
+
 thread_local! {
     /// The memory of this thread's password checks, kept between them. A check runs on one of
     /// the login guard's few threads ([`super::login_guard`]); allocating its 19 MiB afresh
@@ -56,6 +61,13 @@ fn verify_in(password: &str, stored: &str, memory: &mut Vec<Block>) -> bool {
     let Ok(params) = Params::try_from(&parsed) else {
         return false;
     };
+    if params.m_cost() > MAX_M_COST {
+        tracing::warn!(
+            m_cost = params.m_cost(),
+            "a stored password hash asks for more memory than a check may take"
+        );
+        return false;
+    }
     let mut salt_bytes = [0u8; 64];
     let Ok(salt) = salt.decode_b64(&mut salt_bytes) else {
         return false;
@@ -132,6 +144,11 @@ mod tests {
         assert!(verify_in("correct horse", &stored[0], &mut memory));
         assert!(verify_in("small one", &stored[1], &mut memory));
         // The default hash's 19 MiB, kept; never more.
+        assert_eq!(memory.len(), 19 * 1024);
+        // A hash asking for 1 GiB is refused before anything is allocated.
+        let greedy = dummy_hash().replace("m=19456", "m=1048576");
+        assert!(PasswordHash::new(&greedy).is_ok());
+        assert!(!verify_in("anything", &greedy, &mut memory));
         assert_eq!(memory.len(), 19 * 1024);
         assert!(!verify_in(
             "x",
