@@ -124,19 +124,23 @@ const CUT_SIZE: u8 = 1;
 const CUT_TIME: u8 = 2;
 const CUT_BUDGET: u8 = 3;
 
-/// `body` as a stream that ends in an error past `max` bytes, `timeout` or what the budget
-/// has left (`held` holds this body's share), recording which.
+/// `body` as a stream that ends in an error past `max` bytes (this route's cap), `limit`'s
+/// timeout or what its budget has left (`held` holds this body's share), recording which.
 fn capped(
     body: Body,
-    (limit, max): (BodyLimit, usize),
+    limit: &BodyLimit,
+    max: usize,
     cut: Arc<AtomicU8>,
     held: Arc<Mutex<Held>>,
 ) -> Body {
-    let deadline = tokio::time::Instant::now() + limit.timeout;
+    let (deadline, budget) = (
+        tokio::time::Instant::now() + limit.timeout,
+        limit.budget.clone(),
+    );
     let inner = body.into_bytes_stream();
     let state = (Box::pin(inner), 0usize, false);
     let capped = stream::unfold(state, move |(mut inner, seen, done)| {
-        let (cut, held, budget) = (cut.clone(), held.clone(), limit.budget.clone());
+        let (cut, held, budget) = (cut.clone(), held.clone(), budget.clone());
         async move {
             if done {
                 return None;
@@ -185,12 +189,7 @@ impl<E: Endpoint> Endpoint for BodyLimitEndpoint<E> {
         // handler parsed from the body lives as long.
         let held = Arc::new(Mutex::new(Held::default()));
         let body = req.take_body();
-        req.set_body(capped(
-            body,
-            (self.limit.clone(), max),
-            cut.clone(),
-            held.clone(),
-        ));
+        req.set_body(capped(body, &self.limit, max, cut.clone(), held.clone()));
         let resp = self.inner.call(req).await.map(IntoResponse::into_response);
         drop(held);
         // The handler saw a read error; say what it was.
