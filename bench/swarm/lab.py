@@ -27,7 +27,9 @@ Every copy is compared with the original. Exit status: 0 when every run complete
 Only namespaces this script creates are touched (names start with p2psw<pid>), and they are
 removed on exit. The kernel's neighbour (ARP/NDP) table limits are shared by all namespaces;
 the lab raises them to fit (N+2)^2 entries while it runs and puts them back afterwards (see
-`neighbour_room`). Nothing talks to the outside world: addresses are in 10.77.0.0/16, inside the
+`neighbour_room`). `--congestion` picks the peers' TCP congestion control (default: the host's);
+one the host has but does not allow in namespaces is allowed for the run and the list put back
+afterwards (`allow_congestion`). Nothing talks to the outside world: addresses are in 10.77.0.0/16, inside the
 lab.
 """
 
@@ -111,6 +113,32 @@ def neighbour_room(n):
     return saved
 
 
+ALLOWED_CC = "/proc/sys/net/ipv4/tcp_allowed_congestion_control"
+
+
+def allow_congestion(cc):
+    """Lets every namespace pick the congestion control `cc` for the run (a namespace other than
+    the host's may only pick what net.ipv4.tcp_allowed_congestion_control lists, and hosts list
+    few: this one allowed reno and bbr, not cubic, the default of Linux, Windows and macOS);
+    returns what to restore."""
+    if not cc:
+        return {}
+    try:
+        with open(ALLOWED_CC) as f:
+            allowed = f.read().split()
+    except OSError:
+        return {}
+    if cc in allowed:
+        return {}
+    try:
+        with open(ALLOWED_CC, "w") as f:
+            f.write(" ".join(allowed + [cc]))
+    except OSError as e:
+        die(f"cannot allow the congestion control {cc} in namespaces ({e}); the host has "
+            f"{sh('sysctl', '-n', 'net.ipv4.tcp_available_congestion_control').stdout.strip()}")
+    return {ALLOWED_CC: " ".join(allowed)}
+
+
 def restore(saved):
     for path, value in saved.items():
         try:
@@ -161,6 +189,9 @@ class Lab:
         sh("ip", "-n", ns, "link", "set", "lo", "up")
         if self.args.congestion:
             sh("ip", "netns", "exec", ns, "sysctl", "-qw", f"net.ipv4.tcp_congestion_control={self.args.congestion}")
+        if self.args.slow_start_after_idle is not None:
+            sh("ip", "netns", "exec", ns, "sysctl", "-qw",
+               f"net.ipv4.tcp_slow_start_after_idle={self.args.slow_start_after_idle}")
         # Upload: what leaves the peer's end. Download: what the switch sends it.
         shape(ns, "eth0", up)
         shape(self.hub, port, down)
@@ -578,7 +609,13 @@ def main():
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     ap.add_argument("--congestion", default="",
-                    help="every peer's TCP congestion control (default: the host's; the namespace may only pick what net.ipv4.tcp_allowed_congestion_control allows)")
+                    help="every peer's TCP congestion control, e.g. cubic (the default of Linux, Windows and "
+                         "macOS) or bbr (default: the host's); allowed in namespaces for the run if the host "
+                         "has it but does not allow it")
+    ap.add_argument("--slow-start-after-idle", type=int, choices=(0, 1),
+                    help="every peer's net.ipv4.tcp_slow_start_after_idle (default: the kernel's, 1): with 1, "
+                         "a connection idle for a retransmission timeout restarts from a small window "
+                         "(cubic and reno; bbr keeps its pace)")
     ap.add_argument("--timeline", action="store_true", help="print every peer's upload rate, second by second")
     args = ap.parse_args()
     # A killed lab (SIGTERM, SIGHUP) unwinds like Ctrl-C: every `finally` removes its
@@ -608,7 +645,8 @@ def main():
     name = "swarm.bin"
     print(f"swarm lab: {args.size_mib} MiB, seeder {args.seed_up:g}/{args.seed_down:g} Mbit/s up/down, "
           f"leechers {args.leech_up:g}/{args.leech_down:g} Mbit/s, no added latency or loss, "
-          f"TCP {args.congestion or sh('sysctl', '-n', 'net.ipv4.tcp_congestion_control').stdout.strip()}, "
+          f"TCP {args.congestion or sh('sysctl', '-n', 'net.ipv4.tcp_congestion_control').stdout.strip()}"
+          f"{'' if args.slow_start_after_idle is None else f' (slow start after idle {args.slow_start_after_idle})'}, "
           f"{os.cpu_count()} cores", flush=True)
     results = []
     failed = False
@@ -624,7 +662,7 @@ def main():
                     work = os.path.join(root, f"{client}-{n}-{pattern}")
                     os.makedirs(work)
                     lab = Lab(work, args, n)
-                    saved = neighbour_room(n)
+                    saved = {**neighbour_room(n), **allow_congestion(args.congestion)}
                     try:
                         lab.build()
                         if client == "ours":

@@ -9,8 +9,10 @@
 # Needs root (network namespaces), iproute2 and curl; rqbit (crates.io), Debian opentracker and
 # mktorrent, found or installed by bench/baselines/tools.sh. BASELINES=skip runs ours alone.
 # LEECHERS (default 8,16,32), PATTERNS (together,joining), SIZE_MIB (64), SEED_UP / SEED_DOWN /
-# LEECH_UP / LEECH_DOWN in Mbit/s (100/100/20/100), JOIN_SECS (10). Exits non-zero if any run
-# fails (a leecher times out, a copy differs, a process dies).
+# LEECH_UP / LEECH_DOWN in Mbit/s (100/100/20/100), JOIN_SECS (10). Other arguments go to
+# lab.py, e.g. `--congestion cubic` (the default of users' systems; the host's otherwise) or
+# `--timeline`. Exits non-zero if any run fails (a leecher times out, a copy differs, a process
+# dies).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . bench/baselines/tools.sh
