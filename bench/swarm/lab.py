@@ -650,7 +650,9 @@ def main():
           f"{os.cpu_count()} cores", flush=True)
     results = []
     failed = False
+    allowed = {}
     try:
+        allowed = allow_congestion(args.congestion)
         for n in [int(x) for x in args.leechers.split(",")]:
             for pattern in args.patterns.split(","):
                 if pattern not in ("together", "joining"):
@@ -662,7 +664,7 @@ def main():
                     work = os.path.join(root, f"{client}-{n}-{pattern}")
                     os.makedirs(work)
                     lab = Lab(work, args, n)
-                    saved = {**neighbour_room(n), **allow_congestion(args.congestion)}
+                    saved = neighbour_room(n)
                     try:
                         lab.build()
                         if client == "ours":
@@ -684,6 +686,7 @@ def main():
                 report(row, clients, args.timeline)
                 results.append(row)
     finally:
+        restore(allowed)
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(results, f, indent=1)
