@@ -49,7 +49,7 @@ impl Uploader {
             library,
             throttle,
             trust: Arc::default(),
-            turns: Arc::default(),
+            turns: Arc::new(Turns::new(crate::net::accept::tcp_restarts_after_idle())),
         }
     }
 

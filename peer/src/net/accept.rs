@@ -118,6 +118,26 @@ pub const MAX_INBOUND_FRAME: u32 = 16 * 1024;
 /// (see [`crate::upload_turns`]), and a socket still has the next bytes ready when its last
 /// write returns.
 pub const NOT_SENT_LOW_WATER: u32 = 128 * 1024;
+/// Whether this host's TCP starts a connection that sent nothing for a retransmission timeout
+/// again from a small window: on Linux unless `net.ipv4.tcp_slow_start_after_idle` is 0 or
+/// the default congestion control is BBR (which paces from its estimate instead); elsewhere,
+/// as RFC 5681 recommends and Windows and macOS do. Read once, for the network namespace the
+/// node runs in.
+pub fn tcp_restarts_after_idle() -> bool {
+    let read = |name: &str| std::fs::read_to_string(format!("/proc/sys/net/ipv4/{name}")).ok();
+    restarts_after_idle(
+        read("tcp_slow_start_after_idle").as_deref(),
+        read("tcp_congestion_control").as_deref(),
+    )
+}
+
+fn restarts_after_idle(slow_start_after_idle: Option<&str>, congestion: Option<&str>) -> bool {
+    if slow_start_after_idle.is_some_and(|v| v.trim() == "0") {
+        return false;
+    }
+    !congestion.is_some_and(|cc| cc.trim().starts_with("bbr"))
+}
+
 /// Sessions served at once from one peer id (a download opens a few lanes, a probe one more).
 pub const MAX_PER_PEER: usize = 16;
 /// The first pause after a failed accept (doubling up to [`ACCEPT_BACKOFF_MAX`]).
@@ -476,6 +496,17 @@ mod tests {
         async fn serve(&self, _: Session, _: ConnectionPath) -> Result<(), SecureError> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn tcp_restarts_after_idle_unless_turned_off_or_bbr() {
+        assert!(restarts_after_idle(Some("1\n"), Some("cubic\n")));
+        assert!(restarts_after_idle(Some("1\n"), Some("reno\n")));
+        assert!(!restarts_after_idle(Some("0\n"), Some("cubic\n")));
+        assert!(!restarts_after_idle(Some("1\n"), Some("bbr\n")));
+        assert!(!restarts_after_idle(None, Some("bbr")));
+        // Not Linux (no /proc): restarts, as RFC 5681 recommends.
+        assert!(restarts_after_idle(None, None));
     }
 
     #[test]
