@@ -45,11 +45,13 @@ impl Uploader {
     /// Serves `library`'s public files to anyone; its private files to nobody until
     /// [`Uploader::with_trust`] says whose admissions count.
     pub fn new(library: Arc<Library>, throttle: Arc<Throttle>) -> Self {
+        let restarts_after_idle = crate::net::accept::tcp_restarts_after_idle();
+        tracing::debug!(restarts_after_idle, "TCP restarts idle connections");
         Self {
             library,
             throttle,
             trust: Arc::default(),
-            turns: Arc::new(Turns::new(crate::net::accept::tcp_restarts_after_idle())),
+            turns: Arc::new(Turns::new(restarts_after_idle)),
         }
     }
 

@@ -120,9 +120,9 @@ pub const MAX_INBOUND_FRAME: u32 = 16 * 1024;
 pub const NOT_SENT_LOW_WATER: u32 = 128 * 1024;
 /// Whether this host's TCP starts a connection that sent nothing for a retransmission timeout
 /// again from a small window: on Linux unless `net.ipv4.tcp_slow_start_after_idle` is 0 or
-/// the default congestion control is BBR (which paces from its estimate instead); elsewhere,
-/// as RFC 5681 recommends and Windows and macOS do. Read once, for the network namespace the
-/// node runs in.
+/// the default congestion control is BBR, which paces from its estimate instead (cubic, reno
+/// and the others restart); where `/proc` cannot be read (other systems), yes, as RFC 5681
+/// recommends. Reads the network namespace the caller runs in; the uploader asks once.
 pub fn tcp_restarts_after_idle() -> bool {
     let read = |name: &str| std::fs::read_to_string(format!("/proc/sys/net/ipv4/{name}")).ok();
     restarts_after_idle(
