@@ -29,8 +29,8 @@ removed on exit. The kernel's neighbour (ARP/NDP) table limits are shared by all
 the lab raises them to fit (N+2)^2 entries while it runs and puts them back afterwards (see
 `neighbour_room`). `--congestion` picks the peers' TCP congestion control (default: the host's);
 one the host has but does not allow in namespaces is allowed for the run and the list put back
-afterwards (`allow_congestion`). Nothing talks to the outside world: addresses are in 10.77.0.0/16, inside the
-lab.
+afterwards (`allow_congestion`). Nothing talks to the outside world: addresses are in
+10.77.0.0/16, inside the lab.
 """
 
 import argparse

@@ -5,9 +5,10 @@
 //! into the socket's buffer, and the split of a slow upload among the peers follows the
 //! connections' congestion windows (in the swarm lab a seeder's connections each held
 //! 0.1-1.5 MB unsent, and one leecher got four times another's share; `bench/README.md`).
-//! With them at most [`SENDERS`] chunks ([`SENDERS_FAST`] at a fast upload, below) are being written at once, and each accepted TCP
-//! socket keeps little unsent ([`crate::net::accept::NOT_SENT_LOW_WATER`]), so the order
-//! of turns is the order the bytes leave in. The next turn goes to the waiting connection
+//! With them at most [`SENDERS`] chunks ([`SENDERS_FAST`] at a fast upload, below) are
+//! being written at once, and each accepted TCP socket keeps little unsent
+//! ([`crate::net::accept::NOT_SENT_LOW_WATER`]), so the order of turns is the order the
+//! bytes leave in. The next turn goes to the waiting connection
 //! whose peer this peer has sent the fewest bytes so far: peers share the upload evenly, and
 //! one that joins late (with nothing yet) is served first until it has caught up, which is
 //! what lets the last leecher of a swarm finish near the others.
@@ -309,12 +310,11 @@ impl Connected {
     }
 
     /// Runs `send` holding `turn` until it is done or has taken [`Turns::limit`].
-    async fn hold<F: Future>(&self, turn: Turn, send: F) -> F::Output {
+    async fn hold<F: Future>(&self, mut turn: Turn, send: F) -> F::Output {
         let limit = self.turns.limit();
         tokio::pin!(send);
         tokio::select! {
             sent = &mut send => {
-                let mut turn = turn;
                 turn.written = true;
                 drop(turn);
                 sent
@@ -398,14 +398,15 @@ mod tests {
         done
     }
 
-    /// `n` peers that each write a chunk of `chunk` bytes in their turn, 50 ms each (under
-    /// any turn's limit), `rounds` times, pausing `pause` between chunks. Returns the most
-    /// turns held at once.
+    /// `n` peers that each write a chunk of `chunk` bytes in their turn, taking `write`
+    /// each, `rounds` times, pausing `pause` between chunks. Returns the most turns held at
+    /// once.
     async fn writers(
         turns: &Arc<Turns>,
         n: u8,
         chunk: u64,
         rounds: usize,
+        write: Duration,
         pause: Duration,
     ) -> usize {
         use std::sync::atomic::{AtomicUsize, Ordering};
@@ -416,15 +417,15 @@ mod tests {
                 tokio::spawn(async move {
                     let conn = turns.connect(peer(p));
                     for _ in 0..rounds {
-                        let write = async {
+                        let writing = async {
                             most.fetch_max(
                                 now.fetch_add(1, Ordering::SeqCst) + 1,
                                 Ordering::SeqCst,
                             );
-                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            tokio::time::sleep(write).await;
                             now.fetch_sub(1, Ordering::SeqCst);
                         };
-                        conn.in_turn(chunk, write).await;
+                        conn.in_turn(chunk, writing).await;
                         tokio::time::sleep(pause).await;
                     }
                 })
@@ -439,18 +440,20 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_fast_upload_gets_more_turns_only_where_tcp_restarts_idle_connections() {
         let senders = |turns: &Turns| turns.state.lock().senders();
+        // Writes of 50 ms, under any turn's limit.
+        let write = Duration::from_millis(50);
         // Eight peers keep every turn wanted for 1-2 s: 3 chunks of 1 MiB every 50 ms (63
         // MB/s) is fast, and six are written at once from then on.
         let turns = Arc::new(Turns::new(true));
-        let most = writers(&turns, 8, 1 << 20, 20, Duration::ZERO).await;
+        let most = writers(&turns, 8, 1 << 20, 20, write, Duration::ZERO).await;
         assert_eq!((most, senders(&turns)), (SENDERS_FAST, SENDERS_FAST));
         // The same where TCP does not restart idle connections (BBR): three.
         let turns = Arc::new(Turns::new(false));
-        let most = writers(&turns, 8, 1 << 20, 20, Duration::ZERO).await;
+        let most = writers(&turns, 8, 1 << 20, 20, write, Duration::ZERO).await;
         assert_eq!((most, senders(&turns)), (SENDERS, SENDERS));
         // 3 chunks of 64 KiB every 50 ms (3.9 MB/s), a leecher's upload: three.
         let turns = Arc::new(Turns::new(true));
-        let most = writers(&turns, 8, 64 << 10, 20, Duration::ZERO).await;
+        let most = writers(&turns, 8, 64 << 10, 20, write, Duration::ZERO).await;
         assert_eq!((most, senders(&turns)), (SENDERS, SENDERS));
         assert!(turns.state.lock().rate.is_some_and(|r| r < FAST_UPLOAD));
     }
@@ -461,34 +464,29 @@ mod tests {
             let s = turns.state.lock();
             (s.rate, s.backlog, s.senders())
         };
+        let write = Duration::from_millis(50);
         // Large chunks but never more than two wanted at once: a turn is always free, so no
         // rate is measured and the upload keeps three turns.
         let turns = Arc::new(Turns::new(true));
-        writers(&turns, 2, 8 << 20, 30, Duration::ZERO).await;
+        writers(&turns, 2, 8 << 20, 30, write, Duration::ZERO).await;
         assert_eq!(measured(&turns), (None, None, SENDERS));
         // Four at once, then a pause: each backlog lasts one chunk's write, then no one
         // waits for 200 ms. A backlog ends when the queue empties; none lasts a second.
         let turns = Arc::new(Turns::new(true));
-        writers(&turns, 4, 8 << 20, 30, Duration::from_millis(200)).await;
+        writers(&turns, 4, 8 << 20, 30, write, Duration::from_millis(200)).await;
         assert_eq!(measured(&turns), (None, None, SENDERS));
         // A turn that passes on before its chunk is written counts nothing: eight peers
         // whose writes never finish within their turns (10 s each; a turn lasts at most 1 s).
         let turns = Arc::new(Turns::new(true));
-        let peers: Vec<_> = (1..=8)
-            .map(|p| {
-                let turns = turns.clone();
-                tokio::spawn(async move {
-                    let conn = turns.connect(peer(p));
-                    for _ in 0..4 {
-                        conn.in_turn(8 << 20, tokio::time::sleep(Duration::from_secs(10)))
-                            .await;
-                    }
-                })
-            })
-            .collect();
-        for p in peers {
-            p.await.unwrap();
-        }
+        writers(
+            &turns,
+            8,
+            8 << 20,
+            4,
+            Duration::from_secs(10),
+            Duration::ZERO,
+        )
+        .await;
         assert_eq!(turns.state.lock().rate, Some(0.0));
         assert_eq!(turns.state.lock().senders(), SENDERS);
     }
