@@ -20,6 +20,9 @@ peers (`p2p-tracker`, one `p2p-peer --daemon` seeder, N `p2p-peer` shells each t
   the ACKs of their own uploads, retransmissions and chunks received twice: 1.08-1.12 with
   ours);
 - each leecher's completion time and peak RSS (VmHWM), the seeder's peak RSS;
+- how much of their upload capacity the leechers and the seeder used, and how idle the machine's
+  cores were (under 5 %, the cores rather than the links may bound the run); `--timeline`
+  prints these second by second, with what each leecher had received by then;
 - rqbit's time in the same lab and ours / rqbit's.
 
 Every copy is compared with the original. Exit status: 0 when every run completed and verified,
@@ -280,22 +283,33 @@ import os, sys, time
 every = float(sys.argv[1])
 ports = sorted(p for p in os.listdir("/sys/class/net") if p.startswith("p"))
 out = sys.stdout
-out.write("t " + " ".join(ports) + "\n")
+# A hub port receives what its peer uploads (rx) and sends what its peer downloads (tx); the
+# machine's CPU time (all cores, in clock ticks) shows whether the cores or the links bound a run.
+out.write("t " + " ".join(ports) + " " + " ".join("tx:" + p for p in ports) + " cpu_idle cpu_all\n")
 t0 = time.monotonic()
 while True:
     row = []
-    for p in ports:
-        with open(f"/sys/class/net/{p}/statistics/rx_bytes") as f:
-            row.append(f.read().strip())
+    for kind in ("rx_bytes", "tx_bytes"):
+        for p in ports:
+            with open(f"/sys/class/net/{p}/statistics/{kind}") as f:
+                row.append(f.read().strip())
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:]]
+    row += [str(ticks[3] + ticks[4]), str(sum(ticks))]
     out.write(f"{time.monotonic() - t0:.3f} " + " ".join(row) + "\n")
     out.flush()
     time.sleep(every)
 """
 SAMPLE_EVERY = 0.25
+# Below this share of idle core time the machine, not the links, may bound a run: the kernel's
+# packet work (veths, bridge, shapers) grows with N, and BBR paces inside TCP without `fq`.
+CPU_BOUND = 0.05
+BOUND_BY_CPU = " (the cores, not the links, bound this run)"
 
 
 class Uploads:
-    """What each peer uploaded over time, from the samples of the hub's ports."""
+    """What each peer uploaded and downloaded over time, from the samples of the hub's ports, and
+    how busy the machine's cores were."""
 
     def __init__(self, lab):
         self.lab = lab
@@ -304,7 +318,8 @@ class Uploads:
         self.t0 = time.monotonic()
 
     def read(self):
-        """(times since the sampler started, {port: [bytes]})"""
+        """(times since the sampler started, {column: [values]}): a port's name for what its peer
+        uploaded, "tx:" and the name for what it downloaded, cpu_idle and cpu_all in ticks"""
         with open(self.path) as f:
             lines = f.read().splitlines()
         ports = lines[0].split()[1:]
@@ -312,9 +327,11 @@ class Uploads:
         times = [float(r[0]) for r in rows]
         return times, {p: [int(r[i + 1]) for r in rows] for i, p in enumerate(ports)}
 
-    def usage(self, start, end, n, leech_up_mbit, seed_up_mbit):
+    def usage(self, start, end, n, leech_up_mbit, seed_up_mbit, size):
         """Share of the leechers' and of the seeder's upload capacity used between `start` and
-        `end` (monotonic times), and each second's per-peer upload rates in Mbit/s."""
+        `end` (monotonic times), the share of the cores' time left idle, and for each second the
+        per-peer upload rates in Mbit/s, what each leecher had received (as a share of the file
+        `size`, headers included) and the cores' idle share."""
         times, ports = self.read()
         a, b = start - self.t0, end - self.t0
         idx = [i for i, t in enumerate(times) if a - SAMPLE_EVERY <= t <= b + SAMPLE_EVERY]
@@ -323,6 +340,7 @@ class Uploads:
         i0, i1 = idx[0], idx[-1]
         span = times[i1] - times[i0]
         sent = {p: v[i1] - v[i0] for p, v in ports.items()}
+        cpu_idle, cpu_all = ports["cpu_idle"], ports["cpu_all"]
         leech = sum(sent.get(f"pl{i}", 0) for i in range(1, n + 1))
         per_sec = []
         step = max(1, round(1 / SAMPLE_EVERY))
@@ -330,10 +348,13 @@ class Uploads:
             k = min(j + step, i1)
             dt = times[k] - times[j]
             rates = {p: (v[k] - v[j]) * 8 / dt / 1e6 for p, v in ports.items()}
-            per_sec.append((times[j] - a, rates))
+            got = {i: (ports[f"tx:pl{i}"][k] - ports[f"tx:pl{i}"][i0]) / size for i in range(1, n + 1)}
+            idle = (cpu_idle[k] - cpu_idle[j]) / max(1, cpu_all[k] - cpu_all[j])
+            per_sec.append((times[j] - a, rates, got, idle))
         return {
             "leech_use": leech * 8 / (n * leech_up_mbit * 1e6 * span),
             "seed_use": sent.get("ps", 0) * 8 / (seed_up_mbit * 1e6 * span),
+            "cpu_idle": (cpu_idle[i1] - cpu_idle[i0]) / max(1, cpu_all[i1] - cpu_all[i0]),
             "per_sec": per_sec,
         }
 
@@ -444,7 +465,7 @@ def run_ours(lab, args, n, pattern, original, size, name, file_id):
     took = max(l["done"] for l in leechers)
     seed_up = lab.tx_bytes(seed_ns) - seed_tx0
     rx = received(lab, n) - rx0
-    usage = uploads.usage(start, start + took, n, args.leech_up, args.seed_up)
+    usage = uploads.usage(start, start + took, n, args.leech_up, args.seed_up, size)
     for l in leechers:
         verify(l["path"], original, f"our leecher {l['i']}")
         l["rss"] = peak_rss_mib(l["proc"].pid)
@@ -531,7 +552,7 @@ def run_rqbit(lab, args, n, pattern, original, size, name):
     took = max(l["done"] for l in leechers)
     seed_up = lab.tx_bytes(seed_ns) - seed_tx0
     rx = received(lab, n) - rx0
-    usage = uploads.usage(start, start + took, n, args.leech_up, args.seed_up)
+    usage = uploads.usage(start, start + took, n, args.leech_up, args.seed_up, size)
     for l in leechers:
         verify(l["path"], original, f"rqbit leecher {l['i']}")
         l["rss"] = peak_rss_mib(l["proc"].pid)
@@ -727,12 +748,14 @@ def report(row, clients, timeline=False):
         usage = r.get("usage") if r else None
         if usage:
             print(f"        {client} uploads used: leechers {usage['leech_use']:.0%} of their capacity, "
-                  f"the seeder {usage['seed_use']:.0%}", flush=True)
+                  f"the seeder {usage['seed_use']:.0%}; the cores idle {usage['cpu_idle']:.0%}"
+                  f"{BOUND_BY_CPU if usage['cpu_idle'] < CPU_BOUND else ''}", flush=True)
             if timeline:
-                for t, rates in usage["per_sec"]:
+                for t, rates, got, idle in usage["per_sec"]:
                     leech = " ".join(f"{rates.get(f'pl{i}', 0):4.1f}" for i in range(1, n + 1))
-                    print(f"          t={t:5.1f} s seeder {rates.get('ps', 0):5.1f} | leechers {leech} Mbit/s",
-                          flush=True)
+                    had = " ".join(f"{got[i]:4.0%}" for i in range(1, n + 1))
+                    print(f"          t={t:5.1f} s seeder {rates.get('ps', 0):5.1f} | leechers {leech} Mbit/s"
+                          f" | received {had} | cores idle {idle:.0%}", flush=True)
 
 
 if __name__ == "__main__":
