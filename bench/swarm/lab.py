@@ -3,8 +3,14 @@
 
 Every peer gets its own namespace joined to a switch (a bridge in a hub namespace, where the
 tracker runs) by a veth pair. `tbf` shapes each direction: a peer's upload on its own end of the
-pair, its download on the hub's end. The kernel here has no `netem`, so links add no latency and
-no loss: what is emulated is bandwidth and the queue in front of it (bench/README.md).
+pair, its download on the hub's end. The kernel here has no `netem` (nor `fq` or `etf`, which
+would honour departure times an eBPF program set), so by default links add no latency and no
+loss: what is emulated is bandwidth and the queue in front of it (bench/README.md).
+
+`--rtt-ms R` adds a round trip of R ms between two peers (R/2 to the tracker): a delay line in
+user space (peer/examples/delay_line.rs, built as an example) joins each peer's port to the
+switch and holds every frame R/4 each way; the lab prints the measured round trip to the
+tracker. Loss is still not emulated.
 
 For each scenario (N leechers, all starting together or joining over JOIN seconds) it runs our
 peers (`p2p-tracker`, one `p2p-peer --daemon` seeder, N `p2p-peer` shells each told to
@@ -176,6 +182,12 @@ class Lab:
         self.link("s", "10.77.1.1", self.args.seed_up, self.args.seed_down)
         for i in range(1, self.n + 1):
             self.link(f"l{i}", f"10.77.2.{i}", self.args.leech_up, self.args.leech_down)
+        if self.args.rtt_ms:
+            # One delay line joins every peer's port to its switch port, each way: a round trip
+            # between two peers crosses four of them.
+            pairs = [f"p{role}:q{role}" for role in ["s", *(f"l{i}" for i in range(1, self.n + 1))]]
+            d = self.spawn("delay_line", self.hub, [self.args.delay_line, str(round(self.args.rtt_ms * 250)), *pairs])
+            d.must_live = True
 
     def add_ns(self, ns):
         sh("ip", "netns", "add", ns)
@@ -186,7 +198,18 @@ class Lab:
         self.add_ns(ns)
         port = f"p{role}"
         sh("ip", "-n", self.hub, "link", "add", "name", port, "type", "veth", "peer", "name", "eth0", "netns", ns)
-        sh("ip", "-n", self.hub, "link", "set", port, "master", "br0", "up")
+        if self.args.rtt_ms:
+            # The peer's port and a second pair's end (q) are joined by the delay line; the
+            # pair's other end (r) is on the switch. Neither joined end has an address or
+            # answers ARP, so frames cross only through the delay line.
+            q, r = f"q{role}", f"r{role}"
+            sh("ip", "-n", self.hub, "link", "add", "name", q, "type", "veth", "peer", "name", r)
+            sh("ip", "-n", self.hub, "link", "set", r, "master", "br0", "up")
+            for dev in (port, q):
+                sh("ip", "netns", "exec", self.hub, "sysctl", "-qw", f"net.ipv6.conf.{dev}.disable_ipv6=1")
+                sh("ip", "-n", self.hub, "link", "set", dev, "arp", "off", "up")
+        else:
+            sh("ip", "-n", self.hub, "link", "set", port, "master", "br0", "up")
         sh("ip", "-n", ns, "addr", "add", f"{ip}/16", "dev", "eth0")
         sh("ip", "-n", ns, "link", "set", "eth0", "up")
         sh("ip", "-n", ns, "link", "set", "lo", "up")
@@ -359,6 +382,25 @@ class Uploads:
         }
 
 
+CONNECT_TIMER = r"""
+import socket, sys, time
+best = None
+for _ in range(5):
+    t = time.monotonic()
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5).close()
+    took = time.monotonic() - t
+    best = took if best is None else min(best, took)
+print(best * 1000)
+"""
+
+
+def connect_ms(ns, ip, port):
+    """The least of five TCP connects from namespace `ns` to ip:port, in ms: one round trip
+    (half a round trip between two peers, through two ports' delay lines instead of four)."""
+    out = sh("ip", "netns", "exec", ns, sys.executable, "-c", CONNECT_TIMER, ip, str(port))
+    return float(out.stdout)
+
+
 def received(lab, n):
     """Bytes the leechers' interfaces have received (headers, duplicates and all)."""
     return sum(lab.rx_bytes(lab.ns_name(f"l{i}")) for i in range(1, n + 1))
@@ -411,6 +453,7 @@ def run_ours(lab, args, n, pattern, original, size, name, file_id):
     t.must_live = True
     api = f"http://{TRACKER_IP}:{TRACKER_PORT}"
     wait_until("the tracker answers /health", 60, lambda: lab.curl(f"{api}/health"), lab)
+    tracker_rtt = connect_ms(lab.ns_name("s"), TRACKER_IP, TRACKER_PORT)
 
     def peer_args(data):
         return ["--tracker", api, "--api-key", KEY, "--port", str(PEER_PORT), "--dht", "off", "--data", data,
@@ -477,6 +520,7 @@ def run_ours(lab, args, n, pattern, original, size, name, file_id):
         "received": rx / (n * size),
         "leechers": [(l["i"], l["joined"], l["done"], l["rss"]) for l in leechers],
         "seed_rss": peak_rss_mib(s.pid),
+        "tracker_rtt_ms": tracker_rtt,
     }
 
 
@@ -633,12 +677,24 @@ def main():
                     help="every peer's TCP congestion control, e.g. cubic (the default of Linux, Windows and "
                          "macOS) or bbr (default: the host's); allowed in namespaces for the run if the host "
                          "has it but does not allow it")
+    ap.add_argument("--rtt-ms", type=float, default=0,
+                    help="round trip to add between two peers (half of it to the tracker): a delay line "
+                         "(peer/examples/delay_line.rs) holds every frame for a quarter of it at each peer's "
+                         "port, each way; default 0, none")
+    ap.add_argument("--delay-line", help="the delay_line binary (default: BIN_DIR/examples/delay_line)")
     ap.add_argument("--slow-start-after-idle", type=int, choices=(0, 1),
                     help="every peer's net.ipv4.tcp_slow_start_after_idle (default: the kernel's, 1): with 1, "
                          "a connection idle for a retransmission timeout restarts from a small window "
                          "(cubic and reno; bbr keeps its pace)")
     ap.add_argument("--timeline", action="store_true", help="print every peer's upload rate, second by second")
     args = ap.parse_args()
+    if args.rtt_ms < 0:
+        die("--rtt-ms must not be negative")
+    if args.rtt_ms:
+        args.delay_line = args.delay_line or os.path.join(args.bin_dir, "examples", "delay_line")
+        if not os.access(args.delay_line, os.X_OK):
+            die(f"--rtt-ms needs the delay line at {args.delay_line}: build it with "
+                "`cargo build --release -p p2p-peer --example delay_line`, or pass --delay-line")
     # A killed lab (SIGTERM, SIGHUP) unwinds like Ctrl-C: every `finally` removes its
     # namespaces, links and processes.
     for sig in (signal.SIGTERM, signal.SIGHUP):
@@ -665,7 +721,8 @@ def main():
         file_id = hashlib.file_digest(f, "sha256").hexdigest()
     name = "swarm.bin"
     print(f"swarm lab: {args.size_mib} MiB, seeder {args.seed_up:g}/{args.seed_down:g} Mbit/s up/down, "
-          f"leechers {args.leech_up:g}/{args.leech_down:g} Mbit/s, no added latency or loss, "
+          f"leechers {args.leech_up:g}/{args.leech_down:g} Mbit/s, "
+          f"{f'a {args.rtt_ms:g} ms round trip between peers' if args.rtt_ms else 'no added latency'}, no loss, "
           f"TCP {args.congestion or sh('sysctl', '-n', 'net.ipv4.tcp_congestion_control').stdout.strip()}"
           f"{'' if args.slow_start_after_idle is None else f' (slow start after idle {args.slow_start_after_idle})'}, "
           f"{os.cpu_count()} cores", flush=True)
@@ -729,6 +786,8 @@ def report(row, clients, timeline=False):
         line += f" | ours {ours['time']:6.2f} s = {ours['time'] / bound:.2f} T*, seeder sent {ours['seed_share']:.0%}"
         if "received" in ours:
             line += f", leechers received {ours['received']:.2f}x N*F"
+        if ours.get("tracker_rtt_ms", 0) >= 1:
+            line += f", round trip to the tracker {ours['tracker_rtt_ms']:.0f} ms"
         rss = [l[3] for l in ours["leechers"] if l[3]]
         if rss:
             line += f", RSS leecher max {max(rss):.0f} MiB, seeder {ours['seed_rss'] or 0:.0f} MiB"

@@ -10,8 +10,8 @@
 # mktorrent, found or installed by bench/baselines/tools.sh. BASELINES=skip runs ours alone.
 # LEECHERS (default 8,16,32), PATTERNS (together,joining), SIZE_MIB (64), SEED_UP / SEED_DOWN /
 # LEECH_UP / LEECH_DOWN in Mbit/s (100/100/20/100), JOIN_SECS (10). Other arguments go to
-# lab.py, e.g. `--congestion cubic` (the default of users' systems; the host's otherwise) or
-# `--timeline`. Exits non-zero if any run fails (a leecher times out, a copy differs, a process
+# lab.py, e.g. `--congestion cubic` (the default of users' systems; the host's otherwise),
+# `--rtt-ms 40` (a round trip between peers, made by peer/examples/delay_line.rs) or `--timeline`. Exits non-zero if any run fails (a leecher times out, a copy differs, a process
 # dies).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -30,7 +30,8 @@ else
   echo "swarm: BASELINES=skip: rqbit does not run, ours / rqbit is not measured"
 fi
 need_apt_tool curl curl >/dev/null
-cargo build --release --locked -p p2p-peer -p p2p-tracker --bin p2p-peer --bin p2p-tracker >/dev/null
+cargo build --release --locked -p p2p-peer -p p2p-tracker --bin p2p-peer --bin p2p-tracker \
+  --example delay_line >/dev/null
 
 exec python3 bench/swarm/lab.py --bin-dir "$CARGO_TARGET_DIR/release" --clients "$CLIENTS" "${ARGS[@]}" \
   --leechers "${LEECHERS:-8,16,32}" --patterns "${PATTERNS:-together,joining}" \

@@ -22,10 +22,11 @@
 //! [`crate::net::accept::tcp_restarts_after_idle`]): each connection then waits for its
 //! next turn longer than TCP's retransmission timeout, and starts each chunk from a small
 //! window again, so three flows left a 100 Mbit/s seeder of 32 leechers 59-87 % used in the
-//! swarm lab. It measures its own rate: the chunks whose writes finished within their
-//! turns, while some connection waited for a turn ([`FAST_UPLOAD`]). A leecher's 20 Mbit/s
-//! keeps three, which lets the least served peers (those that joined late) hold every turn
-//! between them.
+//! swarm lab, and 36-38 % of 16 leechers 40 ms away. Such an upload starts with six, and
+//! measures its own rate: the chunks whose writes finished within their turns, while some
+//! connection waited for a turn. Measured slow with six ([`SLOW_UPLOAD`]), it keeps three
+//! (a leecher's 20 Mbit/s, which lets the least served peers, those that joined late, hold
+//! every turn between them); measured fast with three ([`FAST_UPLOAD`]), six again.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -48,11 +49,17 @@ pub const SENDERS: usize = 3;
 pub const SENDERS_FAST: usize = 6;
 /// Bytes a second, measured while every turn is wanted, from which an upload is fast: between
 /// the swarm lab's 20 Mbit/s leechers (2.5 MB/s) and its 100 Mbit/s seeder (12.5 MB/s). It is
-/// judged on the rate reached with the turns of the moment, which idle restarts already
-/// lower, so an upload near it (40-60 Mbit/s; not measured) may stay at three with three
-/// and at six with six. Below it (an upload limit under 6 MB/s too) three turns suffice: each
-/// connection's next chunk needs a smaller window.
+/// judged on the rate reached with the turns of the moment. Idle restarts lower the rate
+/// reached with three: with a 40 ms round trip the lab's seeder sent 4.5-4.8 MB/s with three
+/// and was never judged fast when it started with three (1.35-1.40 T*; `bench/README.md`).
+/// Below it (an upload limit under 6 MB/s too) three turns suffice: each connection's next
+/// chunk needs a smaller window.
 pub const FAST_UPLOAD: f64 = 6e6;
+/// Bytes a second, measured with six turns, under which an upload keeps three: below
+/// [`FAST_UPLOAD`], so that a rate between the two keeps the turns it was measured with. With
+/// both at 6 MB/s, the lab's seeder 40 ms from its leechers was measured under it with six
+/// early in one of two runs, went to three, and stayed there (1.35 T*).
+pub const SLOW_UPLOAD: f64 = 3e6;
 /// The rate is measured over windows at least this long in which every turn was wanted.
 const RATE_WINDOW: Duration = Duration::from_secs(1);
 /// A turn lasts at most this many times the smoothed time a chunk took to write.
@@ -85,8 +92,12 @@ struct State {
     /// Since when some connection has been waiting for a turn without pause, and the bytes
     /// of the chunks written within their turns since then (or since the last rate sample).
     backlog: Option<(Instant, u64)>,
-    /// Bytes written per second while every turn was wanted, smoothed.
+    /// Bytes written per second while every turn was wanted, smoothed, since the number of
+    /// turns last changed.
     rate: Option<f64>,
+    /// Whether a fast upload's turns are in use where TCP restarts idle connections: from the
+    /// start, until the rate says otherwise.
+    fast: bool,
 }
 
 #[derive(Debug)]
@@ -108,6 +119,7 @@ impl Turns {
         Self {
             state: Mutex::new(State {
                 restarts_after_idle,
+                fast: restarts_after_idle,
                 ..State::default()
             }),
         }
@@ -238,7 +250,7 @@ impl Turns {
 impl State {
     /// Chunks written at once now (see [`SENDERS_FAST`]).
     fn senders(&self) -> usize {
-        if self.restarts_after_idle && self.rate.is_some_and(|r| r >= FAST_UPLOAD) {
+        if self.restarts_after_idle && self.fast {
             SENDERS_FAST
         } else {
             SENDERS
@@ -255,8 +267,19 @@ impl State {
         let elapsed = now.saturating_duration_since(*since);
         if elapsed >= RATE_WINDOW {
             let sample = *granted as f64 / elapsed.as_secs_f64();
-            self.rate = Some(self.rate.map_or(sample, |r| (r + sample) / 2.0));
+            let rate = self.rate.map_or(sample, |r| (r + sample) / 2.0);
             self.backlog = Some((now, 0));
+            self.rate = Some(rate);
+            // Judged with the turns it was measured with; measured anew with new ones.
+            let change = if self.fast {
+                rate < SLOW_UPLOAD
+            } else {
+                rate >= FAST_UPLOAD
+            };
+            if self.restarts_after_idle && change {
+                self.fast = !self.fast;
+                self.rate = None;
+            }
         }
     }
 
@@ -440,22 +463,37 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_fast_upload_gets_more_turns_only_where_tcp_restarts_idle_connections() {
         let senders = |turns: &Turns| turns.state.lock().senders();
-        // Writes of 50 ms, under any turn's limit.
-        let write = Duration::from_millis(50);
-        // Eight peers keep every turn wanted for 1-2 s: 3 chunks of 1 MiB every 50 ms (63
-        // MB/s) is fast, and six are written at once from then on.
-        let turns = Arc::new(Turns::new(true));
-        let most = writers(&turns, 8, 1 << 20, 20, write, Duration::ZERO).await;
-        assert_eq!((most, senders(&turns)), (SENDERS_FAST, SENDERS_FAST));
+        // Where TCP restarts idle connections an upload starts with six; elsewhere (BBR) three.
+        assert_eq!(senders(&Turns::new(true)), SENDERS_FAST);
+        assert_eq!(senders(&Turns::new(false)), SENDERS);
+        // Eight peers keep every turn wanted, each chunk's write taking 50 ms (under any
+        // turn's limit), until `rounds` chunks each are written: the most turns held at once,
+        // the turns at the end, and the rate then.
+        let after = |restarts: bool, chunk: u64, rounds: usize| async move {
+            let turns = Arc::new(Turns::new(restarts));
+            let write = Duration::from_millis(50);
+            let most = writers(&turns, 8, chunk, rounds, write, Duration::ZERO).await;
+            let s = turns.state.lock();
+            (most, s.senders(), s.rate)
+        };
+        // 6 chunks of 1 MiB every 50 ms (126 MB/s) is fast, and six stay.
+        let (most, now, _) = after(true, 1 << 20, 20).await;
+        assert_eq!((most, now), (SENDERS_FAST, SENDERS_FAST));
         // The same where TCP does not restart idle connections (BBR): three.
-        let turns = Arc::new(Turns::new(false));
-        let most = writers(&turns, 8, 1 << 20, 20, write, Duration::ZERO).await;
-        assert_eq!((most, senders(&turns)), (SENDERS, SENDERS));
-        // 3 chunks of 64 KiB every 50 ms (3.9 MB/s), a leecher's upload: three.
-        let turns = Arc::new(Turns::new(true));
-        let most = writers(&turns, 8, 64 << 10, 20, write, Duration::ZERO).await;
-        assert_eq!((most, senders(&turns)), (SENDERS, SENDERS));
-        assert!(turns.state.lock().rate.is_some_and(|r| r < FAST_UPLOAD));
+        let (most, now, _) = after(false, 1 << 20, 20).await;
+        assert_eq!((most, now), (SENDERS, SENDERS));
+        // Chunks of 64 KiB: 7.9 MB/s with six at once, 3.9 with three (as idle restarts slow
+        // a link with a long round trip). Judged with the six it is measured with: six stay.
+        let (most, now, _) = after(true, 64 << 10, 40).await;
+        assert_eq!((most, now), (SENDERS_FAST, SENDERS_FAST));
+        // Chunks of 32 KiB: 3.9 MB/s with six, neither slow nor fast: six stay.
+        let (most, now, _) = after(true, 32 << 10, 80).await;
+        assert_eq!((most, now), (SENDERS_FAST, SENDERS_FAST));
+        // Chunks of 16 KiB, a leecher's upload: 2 MB/s with six is slow, so three, and 1 MB/s
+        // with three keeps them.
+        let (most, now, rate) = after(true, 16 << 10, 80).await;
+        assert_eq!((most, now), (SENDERS_FAST, SENDERS));
+        assert!(rate.is_some_and(|r| r < FAST_UPLOAD));
     }
 
     #[tokio::test(start_paused = true)]
@@ -465,29 +503,30 @@ mod tests {
             (s.rate, s.backlog, s.senders())
         };
         let write = Duration::from_millis(50);
-        // Large chunks but never more than two wanted at once: a turn is always free, so no
-        // rate is measured and the upload keeps three turns.
+        // Small chunks but never more than five wanted at once: a turn is always free, so no
+        // rate is measured and the upload keeps the six it started with.
         let turns = Arc::new(Turns::new(true));
-        writers(&turns, 2, 8 << 20, 30, write, Duration::ZERO).await;
-        assert_eq!(measured(&turns), (None, None, SENDERS));
-        // Four at once, then a pause: each backlog lasts one chunk's write, then no one
+        writers(&turns, 5, 4 << 10, 30, write, Duration::ZERO).await;
+        assert_eq!(measured(&turns), (None, None, SENDERS_FAST));
+        // Eight at once, then a pause: each backlog lasts one chunk's write, then no one
         // waits for 200 ms. A backlog ends when the queue empties; none lasts a second.
         let turns = Arc::new(Turns::new(true));
-        writers(&turns, 4, 8 << 20, 30, write, Duration::from_millis(200)).await;
-        assert_eq!(measured(&turns), (None, None, SENDERS));
-        // A turn that passes on before its chunk is written counts nothing: eight peers
-        // whose writes never finish within their turns (10 s each; a turn lasts at most 1 s).
+        writers(&turns, 8, 4 << 10, 30, write, Duration::from_millis(200)).await;
+        assert_eq!(measured(&turns), (None, None, SENDERS_FAST));
+        // A turn that passes on before its chunk is written counts nothing: sixteen peers
+        // whose writes never finish within their turns (10 s each; a turn lasts at most 1 s)
+        // keep some waiting for over a second, and the upload, measured at nothing, is slow.
         let turns = Arc::new(Turns::new(true));
         writers(
             &turns,
-            8,
+            16,
             8 << 20,
             4,
             Duration::from_secs(10),
             Duration::ZERO,
         )
         .await;
-        assert_eq!(turns.state.lock().rate, Some(0.0));
+        assert!(turns.state.lock().rate.is_none_or(|r| r == 0.0));
         assert_eq!(turns.state.lock().senders(), SENDERS);
     }
 

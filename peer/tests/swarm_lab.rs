@@ -1,10 +1,12 @@
 //! The swarm lab in small (bench/swarm/lab.py, whose full run is `bench/swarm/run.sh`): one
 //! seeder and four leechers on shaped links in network namespaces (the seeder 40 Mbit/s up,
 //! each leecher 20 Mbit/s up and 100 Mbit/s down), real `p2p-tracker` and `p2p-peer` processes,
-//! all leechers starting together. It checks what must hold on any machine, not how fast:
-//! every leecher ends with a byte-identical copy, and the leechers' uploads carried part of the
-//! swarm (the seeder sent less than all of the bytes delivered; the seeder alone would have
-//! had to send 4 copies).
+//! all leechers starting together, 20 ms apart (`--rtt-ms`: the delay line of
+//! `peer/examples/delay_line.rs` on every port). It checks what must hold on any machine, not
+//! how fast: every leecher ends with a byte-identical copy, the leechers' uploads carried part
+//! of the swarm (the seeder sent less than all of the bytes delivered; the seeder alone would
+//! have had to send 4 copies), and a round trip through the delay lines takes at least the
+//! delay they add.
 //!
 //! Needs root, `ip` and `tc` (iproute2), `curl` and python3; without them it prints
 //! `SKIPPED: swarm lab: …`, a failure under `P2P_REQUIRE_ALL=1`.
@@ -29,6 +31,13 @@ fn leechers_complete_and_upload_to_each_other() {
          (a workspace build makes it)",
         tracker.display()
     );
+    let delay_line = bins.join("examples/delay_line");
+    assert!(
+        delay_line.is_file(),
+        "the swarm lab runs {}, which is missing: build it with \
+         `cargo build -p p2p-peer --example delay_line` (a workspace test build makes it)",
+        delay_line.display()
+    );
     let lab = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/swarm/lab.py");
     let work = tempfile::tempdir().unwrap();
     let json = work.path().join("results.json");
@@ -45,6 +54,7 @@ fn leechers_complete_and_upload_to_each_other() {
             "8",
         ])
         .args(["--seed-up", "40", "--leech-up", "20", "--leech-down", "100"])
+        .args(["--rtt-ms", "20"])
         .args(["--timeout", "120", "--json"])
         .arg(&json)
         .env("TMPDIR", work.path())
@@ -76,5 +86,13 @@ fn leechers_complete_and_upload_to_each_other() {
         "the seeder sent {:.0} % of the bytes the leechers received: the leechers did not \
          upload to each other\n{stdout}",
         share * 100.0
+    );
+    // A peer's round trip to the tracker crosses its own port's delay line both ways: half the
+    // 20 ms between two peers. Nothing can make it shorter; a delay line that passed frames
+    // straight through would.
+    let rtt = ours["tracker_rtt_ms"].as_f64().unwrap();
+    assert!(
+        rtt >= 10.0,
+        "a round trip to the tracker took {rtt:.1} ms, under the 10 ms the delay lines add\n{stdout}"
     );
 }

@@ -1,0 +1,265 @@
+//! A delay line for the swarm lab (`bench/swarm/lab.py --rtt-ms`): joins pairs of network
+//! interfaces at layer 2 and holds every frame for a fixed time before passing it on, in the
+//! order frames came.
+//!
+//! The lab's kernel has no `netem`, nor a qdisc that honours departure times (`fq`, `etf`) for
+//! an eBPF program to set, so the delay is made here, in user space: one `AF_PACKET` socket per
+//! interface, with virtio-net headers so that segmentation offload survives the trip (a 64 KB
+//! TSO burst crosses as one frame, its checksum still to be filled in). Frames go out through
+//! the interface's qdisc, so a `tbf` there still shapes them, and what it drops is dropped.
+//! Past [`MAX_HELD`] bytes held at once, frames are dropped as a full link would.
+//!
+//! ```text
+//! delay_line DELAY_US IF_A:IF_B [IF_A:IF_B ...]
+//! ```
+//!
+//! Linux only, as root, in the interfaces' network namespace. It runs until killed.
+
+// Raw sockets and epoll through libc: a bench tool, not part of the peer.
+#![allow(unsafe_code)]
+
+#[cfg(target_os = "linux")]
+fn main() -> std::process::ExitCode {
+    match line::run(std::env::args().skip(1).collect()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("delay_line: {e}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn main() {
+    eprintln!("delay_line: Linux only");
+    std::process::exit(2);
+}
+
+/// Bytes held at once over every direction (a 100 Mbit/s link delayed by 50 ms holds 625 KB).
+const MAX_HELD: usize = 64 << 20;
+
+#[cfg(target_os = "linux")]
+mod line {
+    use std::collections::VecDeque;
+    use std::ffi::CString;
+    use std::io;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    use super::MAX_HELD;
+
+    /// A virtio-net header and the largest frame segmentation offload makes (64 KiB), with room
+    /// to spare so that nothing is ever cut short.
+    const BUF: usize = 10 + (64 << 10) + 256;
+
+    /// A frame on its way out.
+    struct Held {
+        due_ns: u64,
+        out: usize,
+        frame: Vec<u8>,
+    }
+
+    pub fn run(args: Vec<String>) -> Result<(), String> {
+        let usage = "usage: delay_line DELAY_US IF_A:IF_B [IF_A:IF_B ...]";
+        let (delay, pairs) = args.split_first().ok_or(usage)?;
+        let delay_ns = delay
+            .parse::<u64>()
+            .map_err(|e| format!("delay {delay:?}: {e}; {usage}"))?
+            * 1_000;
+        if pairs.is_empty() {
+            return Err(usage.into());
+        }
+        // sockets[i]'s frames go out through sockets[i ^ 1].
+        let mut sockets = Vec::new();
+        for pair in pairs {
+            let (a, b) = pair
+                .split_once(':')
+                .ok_or_else(|| format!("{pair:?} is not IF_A:IF_B; {usage}"))?;
+            for name in [a, b] {
+                sockets.push(open(name).map_err(|e| format!("interface {name}: {e}"))?);
+            }
+        }
+        // SAFETY: no pointers; the result is checked.
+        let epoll = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })
+            .map_err(|e| format!("epoll: {e}"))?;
+        // SAFETY: a descriptor just opened and owned by nothing else.
+        let epoll = unsafe { OwnedFd::from_raw_fd(epoll) };
+        for (i, s) in sockets.iter().enumerate() {
+            let mut ev = libc::epoll_event {
+                events: libc::EPOLLIN as u32,
+                u64: i as u64,
+            };
+            // SAFETY: `ev` lives across the call; both descriptors are open.
+            cvt(unsafe {
+                libc::epoll_ctl(
+                    epoll.as_raw_fd(),
+                    libc::EPOLL_CTL_ADD,
+                    s.as_raw_fd(),
+                    &mut ev,
+                )
+            })
+            .map_err(|e| format!("epoll: {e}"))?;
+        }
+
+        let mut queue: VecDeque<Held> = VecDeque::new();
+        let mut held = 0usize;
+        let mut buf = vec![0u8; BUF];
+        let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; sockets.len()];
+        loop {
+            let timeout = queue.front().map(|h| {
+                let left = h.due_ns.saturating_sub(now_ns());
+                libc::timespec {
+                    tv_sec: (left / 1_000_000_000) as libc::time_t,
+                    tv_nsec: (left % 1_000_000_000) as libc::c_long,
+                }
+            });
+            // SAFETY: `events` has room for `events.len()` entries; `timeout` is a valid
+            // timespec or null.
+            let n = unsafe {
+                libc::epoll_pwait2(
+                    epoll.as_raw_fd(),
+                    events.as_mut_ptr(),
+                    events.len() as libc::c_int,
+                    timeout.as_ref().map_or(std::ptr::null(), |t| t as *const _),
+                    std::ptr::null(),
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(format!("epoll: {e}"));
+            }
+            let now = now_ns();
+            for ev in &events[..n as usize] {
+                let i = ev.u64 as usize;
+                // Everything waiting on this socket, each frame with its own due time.
+                loop {
+                    // SAFETY: `buf` is writable for `buf.len()` bytes.
+                    let len = unsafe {
+                        libc::recv(
+                            sockets[i].as_raw_fd(),
+                            buf.as_mut_ptr().cast(),
+                            buf.len(),
+                            libc::MSG_DONTWAIT,
+                        )
+                    };
+                    if len < 0 {
+                        let e = io::Error::last_os_error();
+                        match e.kind() {
+                            io::ErrorKind::WouldBlock => break,
+                            io::ErrorKind::Interrupted => continue,
+                            // The interface went down: the lab is being torn down.
+                            _ => return Err(format!("receiving: {e}")),
+                        }
+                    }
+                    let len = len as usize;
+                    if held + len > MAX_HELD {
+                        continue;
+                    }
+                    held += len;
+                    queue.push_back(Held {
+                        due_ns: now + delay_ns,
+                        out: i ^ 1,
+                        frame: buf[..len].to_vec(),
+                    });
+                }
+            }
+            let now = now_ns();
+            while queue.front().is_some_and(|h| h.due_ns <= now) {
+                let Some(h) = queue.pop_front() else { break };
+                held -= h.frame.len();
+                // A full qdisc (the shaper's queue) refuses the frame: it is lost, as on the
+                // link it emulates.
+                // SAFETY: `h.frame` is readable for its length.
+                unsafe {
+                    libc::send(
+                        sockets[h.out].as_raw_fd(),
+                        h.frame.as_ptr().cast(),
+                        h.frame.len(),
+                        libc::MSG_DONTWAIT,
+                    )
+                };
+            }
+        }
+    }
+
+    /// A raw socket on `name` that reads every frame arriving there (not those it sends) and
+    /// writes frames out of it, both with a virtio-net header.
+    fn open(name: &str) -> io::Result<OwnedFd> {
+        let c = CString::new(name).map_err(|_| io::ErrorKind::InvalidInput)?;
+        // SAFETY: `c` is a NUL-terminated string.
+        let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+        if index == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // Protocol 0 until bound: no frames from other interfaces slip in before `bind`.
+        // SAFETY: no pointers; the result is checked.
+        let fd = cvt(unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                0,
+            )
+        })?;
+        // SAFETY: a descriptor just opened and owned by nothing else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let on: libc::c_int = 1;
+        for opt in [libc::PACKET_VNET_HDR, libc::PACKET_IGNORE_OUTGOING] {
+            setsockopt(&fd, libc::SOL_PACKET, opt, on)?;
+        }
+        setsockopt(&fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 8 << 20)?;
+        setsockopt(&fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, 8 << 20)?;
+        // SAFETY: sockaddr_ll is plain data, valid when zeroed.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+        addr.sll_ifindex = index as libc::c_int;
+        // SAFETY: `addr` is a sockaddr_ll of the given size.
+        cvt(unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_ll).cast(),
+                size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        })?;
+        Ok(fd)
+    }
+
+    fn setsockopt(
+        fd: &OwnedFd,
+        level: libc::c_int,
+        opt: libc::c_int,
+        value: libc::c_int,
+    ) -> io::Result<()> {
+        // SAFETY: `value` is a c_int of the given size.
+        cvt(unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                level,
+                opt,
+                (&value as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        })
+        .map(drop)
+    }
+
+    fn now_ns() -> u64 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid timespec to write.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    }
+
+    fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(r)
+        }
+    }
+}
