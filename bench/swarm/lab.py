@@ -396,7 +396,7 @@ print(best * 1000)
 
 def connect_ms(ns, ip, port):
     """The least of five TCP connects from namespace `ns` to ip:port, in ms: one round trip
-    (half a round trip between two peers, through two ports' delay lines instead of four)."""
+    (half a round trip between two peers: two crossings of delay lines instead of four)."""
     out = sh("ip", "netns", "exec", ns, sys.executable, "-c", CONNECT_TIMER, ip, str(port))
     return float(out.stdout)
 

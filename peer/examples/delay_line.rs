@@ -18,7 +18,7 @@
 // Raw sockets and epoll through libc: a bench tool, not part of the peer.
 #![allow(unsafe_code)]
 
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn main() -> std::process::ExitCode {
     match line::run(std::env::args().skip(1).collect()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -29,26 +29,25 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-#[cfg(not(target_os = "linux"))]
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn main() {
-    eprintln!("delay_line: Linux only");
+    eprintln!("delay_line: Linux (glibc) only");
     std::process::exit(2);
 }
 
-/// Bytes held at once over every direction (a 100 Mbit/s link delayed by 50 ms holds 625 KB).
-const MAX_HELD: usize = 64 << 20;
-
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 mod line {
     use std::collections::VecDeque;
     use std::ffi::CString;
     use std::io;
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-    use super::MAX_HELD;
+    /// Bytes held at once over every direction (a 100 Mbit/s link delayed by 50 ms holds
+    /// 625 KB); past it, frames are dropped.
+    const MAX_HELD: usize = 64 << 20;
 
-    /// A virtio-net header and the largest frame segmentation offload makes (64 KiB), with room
-    /// to spare so that nothing is ever cut short.
+    /// A virtio-net header and the largest frame segmentation offload makes by default
+    /// (64 KiB), with room to spare; a longer one (BIG TCP) is dropped, not cut short.
     const BUF: usize = 10 + (64 << 10) + 256;
 
     /// A frame on its way out.
@@ -64,7 +63,8 @@ mod line {
         let delay_ns = delay
             .parse::<u64>()
             .map_err(|e| format!("delay {delay:?}: {e}; {usage}"))?
-            * 1_000;
+            .checked_mul(1_000)
+            .ok_or_else(|| format!("delay {delay:?} is too long"))?;
         if pairs.is_empty() {
             return Err(usage.into());
         }
@@ -130,33 +130,39 @@ mod line {
                 }
                 return Err(format!("epoll: {e}"));
             }
-            let now = now_ns();
             for ev in &events[..n as usize] {
                 let i = ev.u64 as usize;
                 // Everything waiting on this socket, each frame with its own due time.
                 loop {
-                    // SAFETY: `buf` is writable for `buf.len()` bytes.
+                    // SAFETY: `buf` is writable for `buf.len()` bytes, and no more are written
+                    // (MSG_TRUNC only makes the call return the frame's whole length).
                     let len = unsafe {
                         libc::recv(
                             sockets[i].as_raw_fd(),
                             buf.as_mut_ptr().cast(),
                             buf.len(),
-                            libc::MSG_DONTWAIT,
+                            libc::MSG_DONTWAIT | libc::MSG_TRUNC,
                         )
                     };
                     if len < 0 {
                         let e = io::Error::last_os_error();
-                        match e.kind() {
-                            io::ErrorKind::WouldBlock => break,
-                            io::ErrorKind::Interrupted => continue,
-                            // The interface went down: the lab is being torn down.
-                            _ => return Err(format!("receiving: {e}")),
+                        match e.raw_os_error() {
+                            Some(libc::EAGAIN) => break,
+                            Some(libc::EINTR) => continue,
+                            // The interface went away: the lab is being torn down.
+                            Some(libc::ENETDOWN | libc::ENXIO | libc::ENODEV) => {
+                                return Err(format!("receiving: {e}"));
+                            }
+                            // A frame the kernel could not hand over (a GSO type without a
+                            // virtio-net header): lost, as on a faulty link.
+                            _ => continue,
                         }
                     }
                     let len = len as usize;
-                    if held + len > MAX_HELD {
+                    if len > buf.len() || held + len > MAX_HELD {
                         continue;
                     }
+                    let now = now_ns();
                     held += len;
                     queue.push_back(Held {
                         due_ns: now + delay_ns,

@@ -52,13 +52,20 @@ pub const SENDERS_FAST: usize = 6;
 /// judged on the rate reached with the turns of the moment. Idle restarts lower the rate
 /// reached with three: with a 40 ms round trip the lab's seeder sent 4.5-4.8 MB/s with three
 /// and was never judged fast when it started with three (1.35-1.40 T*; `bench/README.md`).
-/// Below it (an upload limit under 6 MB/s too) three turns suffice: each connection's next
-/// chunk needs a smaller window.
+/// This is the rate at which an upload with three goes to six; see [`SLOW_UPLOAD`] for the way
+/// back.
 pub const FAST_UPLOAD: f64 = 6e6;
-/// Bytes a second, measured with six turns, under which an upload keeps three: below
+/// Bytes a second, measured with six turns, under which an upload goes to three: below
 /// [`FAST_UPLOAD`], so that a rate between the two keeps the turns it was measured with. With
 /// both at 6 MB/s, the lab's seeder 40 ms from its leechers was measured under it with six
-/// early in one of two runs, went to three, and stayed there (1.35 T*).
+/// early in one of two runs, went to three, and stayed there (1.35 T*). Three turns suffice
+/// below it (an upload limit under 3 MB/s too): each connection's next chunk needs a small
+/// window. The first window after the start or a change is not judged: connections are
+/// still opening their windows then, and turns that pass on before their chunk is written
+/// count nothing. An upload that goes to three stays there until measured fast with three,
+/// which a fast link with a long round trip may never be; more than [`SENDERS_FAST`]
+/// connections must be waiting for the rate to be measured at all, and with fewer, six
+/// turns stay however slow the upload is.
 pub const SLOW_UPLOAD: f64 = 3e6;
 /// The rate is measured over windows at least this long in which every turn was wanted.
 const RATE_WINDOW: Duration = Duration::from_secs(1);
@@ -267,9 +274,13 @@ impl State {
         let elapsed = now.saturating_duration_since(*since);
         if elapsed >= RATE_WINDOW {
             let sample = *granted as f64 / elapsed.as_secs_f64();
+            let first = self.rate.is_none();
             let rate = self.rate.map_or(sample, |r| (r + sample) / 2.0);
             self.backlog = Some((now, 0));
             self.rate = Some(rate);
+            if first {
+                return;
+            }
             // Judged with the turns it was measured with; measured anew with new ones.
             let change = if self.fast {
                 rate < SLOW_UPLOAD
@@ -496,6 +507,39 @@ mod tests {
         assert!(rate.is_some_and(|r| r < FAST_UPLOAD));
     }
 
+    #[test]
+    fn the_turns_change_on_the_second_window_measured_with_them() {
+        // A window of a second in which `rate` bytes were written, from the backlog's start.
+        fn window(s: &mut State, rate: u64) -> (usize, Option<f64>) {
+            let (since, _) = s.backlog.expect("a backlog");
+            s.count_backlog(rate, since + RATE_WINDOW);
+            (s.senders(), s.rate)
+        }
+        let mut s = State {
+            restarts_after_idle: true,
+            fast: true,
+            backlog: Some((Instant::now(), 0)),
+            ..State::default()
+        };
+        // Six, 2 MB/s: the first window is not judged, the second is slow: three, measured
+        // anew.
+        assert_eq!(window(&mut s, 2_000_000), (SENDERS_FAST, Some(2e6)));
+        assert_eq!(window(&mut s, 2_000_000), (SENDERS, None));
+        // Three, 4 MB/s: neither slow nor fast, so three stay.
+        assert_eq!(window(&mut s, 4_000_000), (SENDERS, Some(4e6)));
+        assert_eq!(window(&mut s, 4_000_000), (SENDERS, Some(4e6)));
+        // Three, then 8 MB/s: the smoothed rate reaches 6 MB/s, fast: six, measured anew.
+        assert_eq!(window(&mut s, 8_000_000), (SENDERS_FAST, None));
+        // Where TCP does not restart idle connections, three whatever the rate.
+        let mut s = State {
+            backlog: Some((Instant::now(), 0)),
+            ..State::default()
+        };
+        for _ in 0..3 {
+            assert_eq!(window(&mut s, 20_000_000).0, SENDERS);
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn the_rate_counts_only_while_every_turn_is_wanted() {
         let measured = |turns: &Turns| {
@@ -513,13 +557,13 @@ mod tests {
         let turns = Arc::new(Turns::new(true));
         writers(&turns, 8, 4 << 10, 30, write, Duration::from_millis(200)).await;
         assert_eq!(measured(&turns), (None, None, SENDERS_FAST));
-        // A turn that passes on before its chunk is written counts nothing: sixteen peers
-        // whose writes never finish within their turns (10 s each; a turn lasts at most 1 s)
-        // keep some waiting for over a second, and the upload, measured at nothing, is slow.
+        // A turn that passes on before its chunk is written counts nothing: 32 peers whose
+        // writes never finish within their turns (10 s each; a turn lasts at most 1 s) keep
+        // some waiting for seconds, and the upload, measured at nothing twice, is slow.
         let turns = Arc::new(Turns::new(true));
         writers(
             &turns,
-            16,
+            32,
             8 << 20,
             4,
             Duration::from_secs(10),
