@@ -188,6 +188,7 @@ class Lab:
             pairs = [f"p{role}:q{role}" for role in ["s", *(f"l{i}" for i in range(1, self.n + 1))]]
             d = self.spawn("delay_line", self.hub, [self.args.delay_line, str(round(self.args.rtt_ms * 250)), *pairs])
             d.must_live = True
+            wait_until("the delay line is ready", 30, lambda: "ready" in self.log("delay_line", "out"), self)
 
     def add_ns(self, ns):
         sh("ip", "netns", "add", ns)
@@ -245,12 +246,16 @@ class Lab:
         r = subprocess.run(cmd + [url], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         return r.stdout if r.returncode == 0 else None
 
-    def log_tail(self, name, lines=8):
+    def log(self, name, kind):
+        """What process `name` has written to its stdout ("out") or stderr ("err") so far."""
         try:
-            with open(os.path.join(self.work, f"{name}.err")) as f:
-                return "".join(f.readlines()[-lines:])
+            with open(os.path.join(self.work, f"{name}.{kind}")) as f:
+                return f.read()
         except OSError:
             return ""
+
+    def log_tail(self, name, lines=8):
+        return "".join(self.log(name, "err").splitlines(keepends=True)[-lines:])
 
     def close(self):
         for p in self.procs:

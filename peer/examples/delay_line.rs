@@ -13,7 +13,8 @@
 //! delay_line DELAY_US IF_A:IF_B [IF_A:IF_B ...]
 //! ```
 //!
-//! Linux only, as root, in the interfaces' network namespace. It runs until killed.
+//! Linux only, as root, in the interfaces' network namespace. It prints `delay_line: ready`
+//! once every interface is joined, and runs until killed.
 
 // Raw sockets and epoll through libc: a bench tool, not part of the peer.
 #![allow(unsafe_code)]
@@ -99,6 +100,9 @@ mod line {
             })
             .map_err(|e| format!("epoll: {e}"))?;
         }
+
+        // Every socket is bound: frames are being held from here on.
+        println!("delay_line: ready");
 
         let mut queue: VecDeque<Held> = VecDeque::new();
         let mut held = 0usize;
