@@ -102,8 +102,8 @@ struct State {
     /// Bytes written per second while every turn was wanted, smoothed, since the number of
     /// turns last changed.
     rate: Option<f64>,
-    /// Whether a fast upload's turns are in use where TCP restarts idle connections: from the
-    /// start, until the rate says otherwise.
+    /// Whether a fast upload's turns are in use: where TCP restarts idle connections from the
+    /// start, until the rate says otherwise; elsewhere never.
     fast: bool,
 }
 
@@ -257,11 +257,7 @@ impl Turns {
 impl State {
     /// Chunks written at once now (see [`SENDERS_FAST`]).
     fn senders(&self) -> usize {
-        if self.restarts_after_idle && self.fast {
-            SENDERS_FAST
-        } else {
-            SENDERS
-        }
+        if self.fast { SENDERS_FAST } else { SENDERS }
     }
 
     /// Counts `bytes` written within a turn that ended at `now` while a backlog lasts, and

@@ -3,10 +3,10 @@
 //! each leecher 20 Mbit/s up and 100 Mbit/s down), real `p2p-tracker` and `p2p-peer` processes,
 //! all leechers starting together; once on the links as they are and once 20 ms apart
 //! (`--rtt-ms`: the delay line of `peer/examples/delay_line.rs` on every port). It checks what
-//! must hold on any machine, not how fast: every leecher ends with a byte-identical copy, the leechers' uploads carried part
-//! of the swarm (the seeder sent less than all of the bytes delivered; the seeder alone would
-//! have had to send 4 copies), and a round trip through the delay lines takes at least the
-//! delay they add.
+//! must hold on any machine, not how fast: every leecher ends with a byte-identical copy, the
+//! leechers' uploads carried part of the swarm (the seeder sent less than all of the bytes
+//! delivered; the seeder alone would have had to send 4 copies), and a round trip through the
+//! delay lines takes at least the delay they add.
 //!
 //! Needs root, `ip` and `tc` (iproute2), `curl` and python3; without them it prints
 //! `SKIPPED: swarm lab: …`, a failure under `P2P_REQUIRE_ALL=1`.
