@@ -9,6 +9,7 @@
 #               kubectl, kubernetes-validate, yamllint); the NixOS module tests need NIXPKGS_LIB,
 #               a copy of nixpkgs' lib (.ci/run points it at ../shared/nixpkgs-lib).
 #   NAT lab     peer/tests/nat.rs: root, iproute2, iptables, procps (sysctl) and curl.
+#   Swarm lab   peer/tests/swarm_lab.rs: root, iproute2, ethtool, curl and python3.
 # With P2P_REQUIRE_ALL=1 (as in CI) a skip is a failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -10,7 +10,9 @@ loss: what is emulated is bandwidth and the queue in front of it (bench/README.m
 `--rtt-ms R` adds a round trip of R ms between two peers (R/2 to the tracker): a delay line in
 user space (peer/examples/delay_line.rs, built as an example) joins each peer's port to the
 switch and holds every frame R/4 each way; the lab prints the measured round trip to the
-tracker. Loss is still not emulated.
+tracker. `--loss-pct P` has the same delay line drop packets at random, P % between two peers
+each way, with segmentation offload off so that each frame is one packet (needs ethtool); the
+lab prints what the lines counted.
 
 For each scenario (N leechers, all starting together or joining over JOIN seconds) it runs our
 peers (`p2p-tracker`, one `p2p-peer --daemon` seeder, N `p2p-peer` shells each told to
@@ -45,6 +47,7 @@ afterwards (`allow_congestion`). Nothing talks to the outside world: addresses a
 import argparse
 import hashlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -71,12 +74,14 @@ def sh(*args, check=True, **kw):
     return subprocess.run(args, check=check, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
-def preflight():
+def preflight(args):
     if os.geteuid() != 0:
         return "needs root (network namespaces)"
     for tool in ("ip", "tc", "curl"):
         if shutil.which(tool) is None:
             return f"needs `{tool}` (Debian: iproute2, curl)"
+    if args.loss_pct and shutil.which("ethtool") is None:
+        return "--loss-pct needs `ethtool` (Debian: ethtool) to turn segmentation offload off"
     probe = f"p2pswprobe{os.getpid()}"
     try:
         sh("ip", "netns", "add", probe)
@@ -176,17 +181,23 @@ class Lab:
     def build(self):
         self.add_ns(self.hub)
         sh("ip", "-n", self.hub, "link", "add", "name", "br0", "type", "bridge")
+        if self.args.loss_pct:
+            no_offload(self.hub, "br0")
         sh("ip", "-n", self.hub, "addr", "add", f"{TRACKER_IP}/16", "dev", "br0")
         sh("ip", "-n", self.hub, "link", "set", "br0", "up")
         sh("ip", "-n", self.hub, "link", "set", "lo", "up")
         self.link("s", "10.77.1.1", self.args.seed_up, self.args.seed_down)
         for i in range(1, self.n + 1):
             self.link(f"l{i}", f"10.77.2.{i}", self.args.leech_up, self.args.leech_down)
-        if self.args.rtt_ms:
+        if uses_delay_line(self.args):
             # One delay line joins every peer's port to its switch port, each way: a round trip
-            # between two peers crosses four of them.
+            # between two peers crosses four of them, a packet from one peer to another two (so
+            # each drops a packet with the probability that makes the loss between two peers
+            # --loss-pct; between a peer and the tracker it is about half that).
             pairs = [f"p{role}:q{role}" for role in ["s", *(f"l{i}" for i in range(1, self.n + 1))]]
-            d = self.spawn("delay_line", self.hub, [self.args.delay_line, str(round(self.args.rtt_ms * 250)), *pairs])
+            loss = 1 - math.sqrt(1 - self.args.loss_pct / 100)
+            d = self.spawn("delay_line", self.hub, [self.args.delay_line, "--loss", f"{loss:.9f}",
+                                                    str(round(self.args.rtt_ms * 250)), *pairs])
             d.must_live = True
             wait_until("the delay line is ready", 30, lambda: "ready" in self.log("delay_line", "out"), self)
 
@@ -199,7 +210,7 @@ class Lab:
         self.add_ns(ns)
         port = f"p{role}"
         sh("ip", "-n", self.hub, "link", "add", "name", port, "type", "veth", "peer", "name", "eth0", "netns", ns)
-        if self.args.rtt_ms:
+        if uses_delay_line(self.args):
             # The peer's port and a second pair's end (q) are joined by the delay line; the
             # pair's other end (r) is on the switch. Neither joined end has an address or
             # answers ARP, so frames cross only through the delay line.
@@ -211,6 +222,8 @@ class Lab:
                 sh("ip", "-n", self.hub, "link", "set", dev, "arp", "off", "up")
         else:
             sh("ip", "-n", self.hub, "link", "set", port, "master", "br0", "up")
+        if self.args.loss_pct:
+            no_offload(ns, "eth0")
         sh("ip", "-n", ns, "addr", "add", f"{ip}/16", "dev", "eth0")
         sh("ip", "-n", ns, "link", "set", "eth0", "up")
         sh("ip", "-n", ns, "link", "set", "lo", "up")
@@ -254,6 +267,16 @@ class Lab:
         except OSError:
             return ""
 
+    def line_counts(self):
+        """What the delay line has counted so far (see delay_line.rs), or None without one."""
+        last = None
+        for l in self.log("delay_line", "out").splitlines():
+            if l.startswith("delay_line: frames="):
+                last = l
+        if last is None:
+            return None
+        return {k: int(v) for k, v in (kv.split("=") for kv in last.split(": ", 1)[1].split())}
+
     def log_tail(self, name, lines=8):
         return "".join(self.log(name, "err").splitlines(keepends=True)[-lines:])
 
@@ -278,6 +301,16 @@ class Lab:
                 except (ProcessLookupError, ValueError):
                     pass
             sh("ip", "netns", "del", ns, check=False)
+
+
+def uses_delay_line(args):
+    return bool(args.rtt_ms or args.loss_pct)
+
+
+def no_offload(ns, dev):
+    """Frames leave `dev` one packet each, so that the delay line's loss drops packets, not TSO
+    bursts of up to 45 of them."""
+    sh("ip", "netns", "exec", ns, "ethtool", "-K", dev, "tso", "off", "gso", "off")
 
 
 def shape(ns, dev, mbit):
@@ -686,6 +719,9 @@ def main():
                     help="round trip to add between two peers (half of it to the tracker): a delay line "
                          "(peer/examples/delay_line.rs) holds every frame for a quarter of it at each peer's "
                          "port, each way; default 0, none")
+    ap.add_argument("--loss-pct", type=float, default=0,
+                    help="packets lost at random between two peers, each way, in percent: the delay line "
+                         "drops them, with segmentation offload off so that a frame is one packet; default 0")
     ap.add_argument("--delay-line", help="the delay_line binary (default: BIN_DIR/examples/delay_line)")
     ap.add_argument("--slow-start-after-idle", type=int, choices=(0, 1),
                     help="every peer's net.ipv4.tcp_slow_start_after_idle (default: the kernel's, 1): with 1, "
@@ -695,17 +731,19 @@ def main():
     args = ap.parse_args()
     if args.rtt_ms < 0:
         die("--rtt-ms must not be negative")
-    if args.rtt_ms:
+    if not 0 <= args.loss_pct < 50:
+        die("--loss-pct must be at least 0 and under 50")
+    if uses_delay_line(args):
         args.delay_line = args.delay_line or os.path.join(args.bin_dir, "examples", "delay_line")
         if not os.access(args.delay_line, os.X_OK):
-            die(f"--rtt-ms needs the delay line at {args.delay_line}: build it with "
+            die(f"--rtt-ms and --loss-pct need the delay line at {args.delay_line}: build it with "
                 "`cargo build --release -p p2p-peer --example delay_line`, or pass --delay-line")
     # A killed lab (SIGTERM, SIGHUP) unwinds like Ctrl-C: every `finally` removes its
     # namespaces, links and processes.
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda signum, _frame: sys.exit(128 + signum))
 
-    why = preflight()
+    why = preflight(args)
     if why:
         die(f"SKIPPED: {why}", SKIP)
     clients = args.clients.split(",")
@@ -727,7 +765,8 @@ def main():
     name = "swarm.bin"
     print(f"swarm lab: {args.size_mib} MiB, seeder {args.seed_up:g}/{args.seed_down:g} Mbit/s up/down, "
           f"leechers {args.leech_up:g}/{args.leech_down:g} Mbit/s, "
-          f"{f'a {args.rtt_ms:g} ms round trip between peers' if args.rtt_ms else 'no added latency'}, no loss, "
+          f"{f'a {args.rtt_ms:g} ms round trip between peers' if args.rtt_ms else 'no added latency'}, "
+          f"{f'{args.loss_pct:g} % of packets lost between two peers' if args.loss_pct else 'no loss'}, "
           f"TCP {args.congestion or sh('sysctl', '-n', 'net.ipv4.tcp_congestion_control').stdout.strip()}"
           f"{'' if args.slow_start_after_idle is None else f' (slow start after idle {args.slow_start_after_idle})'}, "
           f"{os.cpu_count()} cores", flush=True)
@@ -754,6 +793,7 @@ def main():
                             row[client] = run_ours(lab, args, n, pattern, original, size, name, file_id)
                         else:
                             row[client] = run_rqbit(lab, args, n, pattern, original, size, name)
+                        row[client]["delay_line"] = lab.line_counts()
                     except (LabError, subprocess.CalledProcessError) as e:
                         detail = e.stderr if isinstance(e, subprocess.CalledProcessError) else ""
                         print(f"swarm lab: {client} N={n} {pattern}: FAILED: {e} {detail}", file=sys.stderr)
@@ -809,6 +849,16 @@ def report(row, clients, timeline=False):
         if r and "leechers" in r:
             done = " ".join(f"{l[2]:.1f}" for l in sorted(r["leechers"], key=lambda l: l[2]))
             print(f"        {client} completions (s): {done}", flush=True)
+        counts = r.get("delay_line") if r else None
+        if counts:
+            frames = max(1, counts["frames"])
+            line = (f"        {client} delay lines: {counts['lost']} of {counts['frames']} frames lost at random "
+                    f"({counts['lost'] / frames:.2%}), {counts['refused']} refused by a full shaper queue")
+            if counts["full"]:
+                line += f", {counts['full']} dropped past the line's own limit"
+            if counts["gso"]:
+                line += f", {counts['gso']} frames of several packets (TSO/GSO)"
+            print(line, flush=True)
         usage = r.get("usage") if r else None
         if usage:
             print(f"        {client} uploads used: leechers {usage['leech_use']:.0%} of their capacity, "

@@ -11,8 +11,9 @@
 # LEECHERS (default 8,16,32), PATTERNS (together,joining), SIZE_MIB (64), SEED_UP / SEED_DOWN /
 # LEECH_UP / LEECH_DOWN in Mbit/s (100/100/20/100), JOIN_SECS (10). Other arguments go to
 # lab.py, e.g. `--congestion cubic` (the default of users' systems; the host's otherwise),
-# `--rtt-ms 40` (a round trip between peers, made by peer/examples/delay_line.rs) or
-# `--timeline`. Exits non-zero if any run fails (a leecher times out, a copy differs, a
+# `--rtt-ms 40` (a round trip between peers, made by peer/examples/delay_line.rs),
+# `--loss-pct 1` (packets lost at random between two peers, by the same delay line; needs
+# ethtool) or `--timeline`. Exits non-zero if any run fails (a leecher times out, a copy differs, a
 # process dies).
 set -euo pipefail
 cd "$(dirname "$0")/../.."

@@ -9,12 +9,21 @@
 //! the interface's qdisc, so a `tbf` there still shapes them, and what it drops is dropped.
 //! Past [`MAX_HELD`] bytes held at once, frames are dropped as a full link would.
 //!
+//! `--loss P` drops each frame that arrives with probability P (0 ≤ P < 1), independently of
+//! the others, from a pseudo-random sequence that `--seed` fixes. A frame is a packet only
+//! where the interfaces do no segmentation offload (`ethtool -K … tso off gso off`, as the lab
+//! sets when it asks for loss): one lost TSO frame would be a burst of up to 45 packets lost
+//! together. Frames that arrive segmented anyway are counted (`gso=`).
+//!
 //! ```text
-//! delay_line DELAY_US IF_A:IF_B [IF_A:IF_B ...]
+//! delay_line [--loss P] [--seed N] DELAY_US IF_A:IF_B [IF_A:IF_B ...]
 //! ```
 //!
 //! Linux only, as root, in the interfaces' network namespace. It prints `delay_line: ready`
-//! once every interface is joined, and runs until killed.
+//! once every interface is joined, then, at most once a second while frames cross, what it
+//! has counted since it started: `delay_line: frames=… lost=… full=… refused=… gso=…` (frames
+//! that arrived, dropped at random, dropped past [`MAX_HELD`] or too long, refused by the
+//! outgoing interface's qdisc, and segmented); it runs until killed.
 
 // Raw sockets and epoll through libc: a bench tool, not part of the peer.
 #![allow(unsafe_code)]
@@ -51,6 +60,31 @@ mod line {
     /// (64 KiB), with room to spare; a longer one (BIG TCP) is dropped, not cut short.
     const BUF: usize = 10 + (64 << 10) + 256;
 
+    /// What the line has done with the frames that arrived (see the module's documentation).
+    #[derive(Clone, Copy, Default, PartialEq)]
+    struct Counts {
+        frames: u64,
+        lost: u64,
+        full: u64,
+        refused: u64,
+        gso: u64,
+    }
+
+    /// SplitMix64: a fixed sequence of uniform 64-bit values for a seed.
+    struct Random(u64);
+
+    impl Random {
+        /// A value uniform in [0, 1).
+        fn next_f64(&mut self) -> f64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            (z >> 11) as f64 / (1u64 << 53) as f64
+        }
+    }
+
     /// A frame on its way out.
     struct Held {
         due_ns: u64,
@@ -59,8 +93,31 @@ mod line {
     }
 
     pub fn run(args: Vec<String>) -> Result<(), String> {
-        let usage = "usage: delay_line DELAY_US IF_A:IF_B [IF_A:IF_B ...]";
-        let (delay, pairs) = args.split_first().ok_or(usage)?;
+        let usage = "usage: delay_line [--loss P] [--seed N] DELAY_US IF_A:IF_B [IF_A:IF_B ...]";
+        let mut loss = 0.0f64;
+        let mut seed = 1u64;
+        let mut rest = args.as_slice();
+        while let [flag, value, tail @ ..] = rest {
+            match flag.as_str() {
+                "--loss" => {
+                    loss = value
+                        .parse()
+                        .map_err(|e| format!("--loss {value:?}: {e}; {usage}"))?;
+                    if !(0.0..1.0).contains(&loss) {
+                        return Err(format!("--loss {value}: must be at least 0 and under 1"));
+                    }
+                }
+                "--seed" => {
+                    seed = value
+                        .parse()
+                        .map_err(|e| format!("--seed {value:?}: {e}; {usage}"))?;
+                }
+                _ => break,
+            }
+            rest = tail;
+        }
+        let mut random = Random(seed);
+        let (delay, pairs) = rest.split_first().ok_or(usage)?;
         let delay_ns = delay
             .parse::<u64>()
             .map_err(|e| format!("delay {delay:?}: {e}; {usage}"))?
@@ -106,11 +163,19 @@ mod line {
 
         let mut queue: VecDeque<Held> = VecDeque::new();
         let mut held = 0usize;
+        let mut counts = Counts::default();
+        let mut reported = (Counts::default(), now_ns());
         let mut buf = vec![0u8; BUF];
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; sockets.len()];
         loop {
-            let timeout = queue.front().map(|h| {
-                let left = h.due_ns.saturating_sub(now_ns());
+            // Wake for the next frame due, and to report counts that changed.
+            let report_due = (counts != reported.0).then_some(reported.1 + 1_000_000_000);
+            let due = match (queue.front().map(|h| h.due_ns), report_due) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let timeout = due.map(|due| {
+                let left = due.saturating_sub(now_ns());
                 libc::timespec {
                     tv_sec: (left / 1_000_000_000) as libc::time_t,
                     tv_nsec: (left % 1_000_000_000) as libc::c_long,
@@ -163,7 +228,17 @@ mod line {
                         }
                     }
                     let len = len as usize;
+                    counts.frames += 1;
+                    // The virtio-net header's second byte: the frame's segmentation type.
+                    if buf[1] != 0 {
+                        counts.gso += 1;
+                    }
                     if len > buf.len() || held + len > MAX_HELD {
+                        counts.full += 1;
+                        continue;
+                    }
+                    if loss > 0.0 && random.next_f64() < loss {
+                        counts.lost += 1;
                         continue;
                     }
                     let now = now_ns();
@@ -182,7 +257,7 @@ mod line {
                 // A full qdisc (the shaper's queue) refuses the frame: it is lost, as on the
                 // link it emulates.
                 // SAFETY: `h.frame` is readable for its length.
-                unsafe {
+                let sent = unsafe {
                     libc::send(
                         sockets[h.out].as_raw_fd(),
                         h.frame.as_ptr().cast(),
@@ -190,6 +265,17 @@ mod line {
                         libc::MSG_DONTWAIT,
                     )
                 };
+                if sent < 0 {
+                    counts.refused += 1;
+                }
+            }
+            if counts != reported.0 && now >= reported.1 + 1_000_000_000 {
+                let c = counts;
+                println!(
+                    "delay_line: frames={} lost={} full={} refused={} gso={}",
+                    c.frames, c.lost, c.full, c.refused, c.gso
+                );
+                reported = (counts, now);
             }
         }
     }

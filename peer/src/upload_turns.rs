@@ -5,8 +5,8 @@
 //! into the socket's buffer, and the split of a slow upload among the peers follows the
 //! connections' congestion windows (in the swarm lab a seeder's connections each held
 //! 0.1-1.5 MB unsent, and one leecher got four times another's share; `bench/README.md`).
-//! With them at most [`SENDERS`] chunks ([`SENDERS_FAST`] at a fast upload, below) are
-//! being written at once, and each accepted TCP socket keeps little unsent
+//! With them only a few chunks ([`SENDERS`] to [`MOST`], below) are being written at once,
+//! and each accepted TCP socket keeps little unsent
 //! ([`crate::net::accept::NOT_SENT_LOW_WATER`]), so the order of turns is the order the
 //! bytes leave in. The next turn goes to the waiting connection
 //! whose peer this peer has sent the fewest bytes so far: peers share the upload evenly, and
@@ -17,16 +17,31 @@
 //! chunk takes: a peer that reads slowly, or not at all, keeps its own chunk but not the
 //! turn, so it never holds the others up.
 //!
-//! A fast upload with many peers asking gets [`SENDERS_FAST`] turns where the host's TCP
-//! restarts idle connections (cubic or reno, the default of users' systems, see
-//! [`crate::net::accept::tcp_restarts_after_idle`]): each connection then waits for its
-//! next turn longer than TCP's retransmission timeout, and starts each chunk from a small
-//! window again, so three flows left a 100 Mbit/s seeder of 32 leechers 59-87 % used in the
-//! swarm lab, and 36-38 % of 16 leechers 40 ms away. Such an upload starts with six, and
-//! measures its own rate: the chunks whose writes finished within their turns, while some
-//! connection waited for a turn. Measured slow with six ([`SLOW_UPLOAD`]), it keeps three
-//! (a leecher's 20 Mbit/s, which lets the least served peers, those that joined late, hold
-//! every turn between them); measured fast with three ([`FAST_UPLOAD`]), six again.
+//! How many chunks go out at once follows what fills the link: as few as do, since fewer
+//! split the upload by need more finely and keep less queued in the kernel, but more where
+//! each flow alone is slow: with packet loss (in the swarm lab with 1 % lost between peers 40
+//! ms apart, three turns left the leechers' uploads 57-83 % used), or where TCP restarts idle
+//! connections from a small window (cubic or reno, the default of users' systems, see
+//! [`crate::net::accept::tcp_restarts_after_idle`]: a connection waiting for its next turn
+//! longer than the retransmission timeout starts each chunk slowly again). The uploader
+//! measures its own rate, the chunks written (each counted when its write ends, within its
+//! turn or after) while some connection waited for a turn, and tries other numbers of turns
+//! against it, each judged on its second window of a second (the first, while windows open,
+//! is not judged):
+//! - at its first judgment an upload that started with [`SENDERS_FAST`] goes to [`SENDERS`]
+//!   if slower than [`SLOW_UPLOAD`], and keeps six otherwise; what it has then is the fewest
+//!   it will try;
+//! - then twice as many ([`MOST`] at most), kept if [`MORE_GAIN`] times as fast (a margin
+//!   over the rise of a swarm's first seconds), and then twice as many again; if not faster,
+//!   tried again after a pause that doubles from [`MORE_PAUSE`] to [`MORE_PAUSE_MAX`];
+//! - half as many, down to the fewest, [`FEWER_EVERY`] after more were kept or fewer were
+//!   slower, kept if at least [`FEWER_KEEP`] as fast.
+//!
+//! A try that cannot be judged within [`TRIAL_LONGEST`] (no connection waited long enough
+//! to measure) ends: more turns were not needed, fewer were enough.
+//!
+//! It starts with [`SENDERS_FAST`] where TCP restarts idle connections (three took the lab's
+//! seeder 40 ms from its leechers to 4.5-4.8 of its 12.5 MB/s at the start), else [`SENDERS`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -42,31 +57,36 @@ use tokio::time::Instant;
 /// side on loopback; with two, the swarm lab's seeder idled 9 % of the time (BBR paces each
 /// of the few flows at its own estimate), with three 5-7 % (`bench/README.md`).
 pub const SENDERS: usize = 3;
-/// Chunks written at once by a fast upload on a host whose TCP restarts idle connections
-/// (see the module's documentation): in the swarm lab with cubic, a 100 Mbit/s seeder of 32
-/// leechers was used 94-95 % with six instead of 59-87 %, and the run took 1.14-1.15 T* instead
-/// of 1.15-1.21 (median 1.20; `bench/README.md`).
+/// Chunks written at once at the start on a host whose TCP restarts idle connections (see the
+/// module's documentation): in the swarm lab with cubic, a 100 Mbit/s seeder of 32 leechers
+/// was used 94-95 % with six instead of 59-87 %, and the run took 1.14-1.15 T* instead of
+/// 1.15-1.21 (median 1.20; `bench/README.md`).
 pub const SENDERS_FAST: usize = 6;
-/// Bytes a second, measured while every turn is wanted, from which an upload is fast: between
-/// the swarm lab's 20 Mbit/s leechers (2.5 MB/s) and its 100 Mbit/s seeder (12.5 MB/s). It is
-/// judged on the rate reached with the turns of the moment. Idle restarts lower the rate
-/// reached with three: with a 40 ms round trip the lab's seeder sent 4.5-4.8 MB/s with three
-/// and was never judged fast when it started with three (1.35-1.40 T*; `bench/README.md`).
-/// This is the rate at which an upload with three goes to six; see [`SLOW_UPLOAD`] for the way
-/// back.
-pub const FAST_UPLOAD: f64 = 6e6;
-/// Bytes a second, measured with six turns, under which an upload goes to three: below
-/// [`FAST_UPLOAD`], so that a rate between the two keeps the turns it was measured with. With
-/// both at 6 MB/s, the lab's seeder 40 ms from its leechers was measured under it with six
-/// early in one of two runs, went to three, and stayed there (1.35 T*). Three turns suffice
-/// below it (an upload limit under 3 MB/s too): each connection's next chunk needs a small
-/// window. The first window after the start or a change is not judged: connections are
-/// still opening their windows then, and turns that pass on before their chunk is written
-/// count nothing. An upload that goes to three stays there until measured fast with three,
-/// which a fast link with a long round trip may never be; more than [`SENDERS_FAST`]
-/// connections must be waiting for the rate to be measured at all, and with fewer, six
-/// turns stay however slow the upload is.
+/// The most chunks written at once.
+pub const MOST: usize = 16;
+/// Twice the turns are kept if the rate with them is at least this many times the rate
+/// before.
+pub const MORE_GAIN: f64 = 1.25;
+/// Half the turns are kept if the rate with them is at least this share of the rate before.
+pub const FEWER_KEEP: f64 = 0.95;
+/// The pause before twice the turns are tried again after they were not faster, doubling
+/// each time up to [`MORE_PAUSE_MAX`].
+pub const MORE_PAUSE: Duration = Duration::from_secs(10);
+/// The longest pause before twice the turns are tried again.
+pub const MORE_PAUSE_MAX: Duration = Duration::from_secs(80);
+/// How long after the turns last went up half as many are tried, and again after that try
+/// was slower.
+pub const FEWER_EVERY: Duration = Duration::from_secs(30);
+/// Bytes a second under which an upload that started with [`SENDERS_FAST`] goes to
+/// [`SENDERS`] at its first judgment (a 20 Mbit/s leecher's upload, 2.5 MB/s, which three
+/// fill where there is no loss); at or above it, it keeps six, and never tries fewer. Half as
+/// many would be tried and found slower otherwise, and a fast upload on a host that restarts
+/// idle connections loses most of its rate meanwhile: with a 40 ms round trip the lab's
+/// seeder fell to 10-16 Mbit/s of its 100 for the two seconds of such a try.
 pub const SLOW_UPLOAD: f64 = 3e6;
+/// A try not judged within this long (no connection waited for a turn long enough to measure
+/// the rate) ends: more turns were not needed, fewer were enough.
+pub const TRIAL_LONGEST: Duration = Duration::from_secs(4);
 /// The rate is measured over windows at least this long in which every turn was wanted.
 const RATE_WINDOW: Duration = Duration::from_secs(1);
 /// A turn lasts at most this many times the smoothed time a chunk took to write.
@@ -78,13 +98,13 @@ const TURN_MAX: Duration = Duration::from_secs(1);
 const TURN_FIRST: Duration = Duration::from_millis(100);
 
 /// The turns of one uploader (one per node), shared by all its connections. `default()` is
-/// for a host whose TCP does not restart idle connections: never more than [`SENDERS`].
+/// for a host whose TCP does not restart idle connections: [`SENDERS`] at the start.
 #[derive(Debug, Default)]
 pub struct Turns {
     state: Mutex<State>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State {
     /// Turns held.
     held: usize,
@@ -94,17 +114,53 @@ struct State {
     served: HashMap<PeerId, Served>,
     /// The smoothed time a chunk took to write.
     write_time: Option<Duration>,
-    /// Whether this host's TCP restarts idle connections (see [`SENDERS_FAST`]).
-    restarts_after_idle: bool,
     /// Since when some connection has been waiting for a turn without pause, and the bytes
-    /// of the chunks written within their turns since then (or since the last rate sample).
+    /// of the chunks written since then (or since the last rate sample), each counted when
+    /// its write ended.
     backlog: Option<(Instant, u64)>,
     /// Bytes written per second while every turn was wanted, smoothed, since the number of
     /// turns last changed.
     rate: Option<f64>,
-    /// Whether a fast upload's turns are in use: where TCP restarts idle connections from the
-    /// start, until the rate says otherwise; elsewhere never.
-    fast: bool,
+    /// Chunks written at once now.
+    senders: usize,
+    /// Other turns being tried: the turns before and the rate measured with them.
+    trial: Option<Trial>,
+    /// When twice the turns may be tried next (now if `None`), and the pause after the next
+    /// try that is not faster.
+    more_after: Option<Instant>,
+    more_pause: Duration,
+    /// When half the turns may be tried next (now if `None`).
+    fewer_after: Option<Instant>,
+    /// The fewest turns tried, set by the first judgment (see [`SLOW_UPLOAD`]); `None` until
+    /// then.
+    floor: Option<usize>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            held: 0,
+            waiting: Vec::new(),
+            served: HashMap::new(),
+            write_time: None,
+            backlog: None,
+            rate: None,
+            senders: SENDERS,
+            trial: None,
+            more_after: None,
+            more_pause: MORE_PAUSE,
+            fewer_after: None,
+            floor: None,
+        }
+    }
+}
+
+/// A number of turns being tried against the rate measured before.
+#[derive(Debug, Clone, Copy)]
+struct Trial {
+    from: usize,
+    rate: f64,
+    since: Instant,
 }
 
 #[derive(Debug)]
@@ -125,8 +181,11 @@ impl Turns {
     pub fn new(restarts_after_idle: bool) -> Self {
         Self {
             state: Mutex::new(State {
-                restarts_after_idle,
-                fast: restarts_after_idle,
+                senders: if restarts_after_idle {
+                    SENDERS_FAST
+                } else {
+                    SENDERS
+                },
                 ..State::default()
             }),
         }
@@ -188,7 +247,8 @@ impl Turns {
     }
 
     /// A turn ended after `took`, having written `written` bytes within it (none when it
-    /// passed on before its chunk was written): the next ones are granted.
+    /// passed on before its chunk was written, counted by [`Turns::wrote`] when the write
+    /// ends): the next ones are granted.
     fn release(self: &Arc<Self>, took: Duration, written: u64) {
         {
             let mut s = self.state.lock();
@@ -248,6 +308,11 @@ impl Turns {
         }
     }
 
+    /// A chunk of `bytes` whose write outlasted its turn is written.
+    fn wrote(&self, bytes: u64) {
+        self.state.lock().count_backlog(bytes, Instant::now());
+    }
+
     /// Bytes granted to `peer` so far (for tests and reports).
     pub fn served(&self, peer: &PeerId) -> u64 {
         self.state.lock().served_to(peer)
@@ -255,14 +320,15 @@ impl Turns {
 }
 
 impl State {
-    /// Chunks written at once now (see [`SENDERS_FAST`]).
+    /// Chunks written at once now (see the module's documentation).
     fn senders(&self) -> usize {
-        if self.fast { SENDERS_FAST } else { SENDERS }
+        self.senders
     }
 
-    /// Counts `bytes` written within a turn that ended at `now` while a backlog lasts, and
+    /// Counts `bytes` of a chunk whose write ended at `now` while a backlog lasts, and
     /// samples the rate once it has lasted [`RATE_WINDOW`].
     fn count_backlog(&mut self, bytes: u64, now: Instant) {
+        self.end_stale_trial(now);
         let Some((since, granted)) = self.backlog.as_mut() else {
             return;
         };
@@ -274,19 +340,109 @@ impl State {
             let rate = self.rate.map_or(sample, |r| (r + sample) / 2.0);
             self.backlog = Some((now, 0));
             self.rate = Some(rate);
-            if first {
-                return;
+            if !first {
+                self.judge(rate, now);
             }
-            // Judged with the turns it was measured with; measured anew with new ones.
-            let change = if self.fast {
-                rate < SLOW_UPLOAD
+        }
+    }
+
+    /// Ends a try that could not be judged within [`TRIAL_LONGEST`]: no connection waited for
+    /// a turn long enough, so more turns were not needed (back to those before) and fewer
+    /// were enough (kept).
+    fn end_stale_trial(&mut self, now: Instant) {
+        let Some(t) = self.trial else { return };
+        if now < t.since + TRIAL_LONGEST {
+            return;
+        }
+        self.trial = None;
+        if self.senders > t.from {
+            self.more_after = Some(now + self.more_pause);
+            self.more_pause = (self.more_pause * 2).min(MORE_PAUSE_MAX);
+            tracing::debug!(
+                from = self.senders,
+                turns = t.from,
+                "upload turns changed: not needed"
+            );
+            self.senders = t.from;
+            self.rate = None;
+        }
+    }
+
+    /// Weighs `rate`, measured with the turns of the moment over two windows at least, and
+    /// changes them or tries others (see the module's documentation).
+    fn judge(&mut self, rate: f64, now: Instant) {
+        let senders = self.senders;
+        let Some(floor) = self.floor else {
+            // The first judgment: a slow upload that started with more goes to the fewest.
+            let next = if senders > SENDERS && rate < SLOW_UPLOAD {
+                SENDERS
             } else {
-                rate >= FAST_UPLOAD
+                senders
             };
-            if self.restarts_after_idle && change {
-                self.fast = !self.fast;
+            self.floor = Some(next);
+            if next != senders {
+                tracing::debug!(
+                    bytes_per_sec = rate as u64,
+                    from = senders,
+                    turns = next,
+                    "upload turns changed"
+                );
+                self.senders = next;
                 self.rate = None;
             }
+            return;
+        };
+        let next = match self.trial.take() {
+            // More turns: kept if faster, and more tried at once; else back, tried later.
+            // Nothing written is never faster than nothing.
+            Some(t) if senders > t.from => {
+                if rate > 0.0 && rate >= t.rate * MORE_GAIN {
+                    self.more_pause = MORE_PAUSE;
+                    self.fewer_after = Some(now + FEWER_EVERY);
+                    None
+                } else {
+                    self.more_after = Some(now + self.more_pause);
+                    self.more_pause = (self.more_pause * 2).min(MORE_PAUSE_MAX);
+                    Some(t.from)
+                }
+            }
+            // Fewer turns: kept unless slower, and fewer tried at once; else back.
+            Some(t) => {
+                if rate >= t.rate * FEWER_KEEP {
+                    None
+                } else {
+                    self.fewer_after = Some(now + FEWER_EVERY);
+                    Some(t.from)
+                }
+            }
+            None => {
+                let due = |after: Option<Instant>| after.is_none_or(|t| now >= t);
+                let next = if senders > floor && due(self.fewer_after) {
+                    (senders / 2).max(floor)
+                } else if senders < MOST && due(self.more_after) {
+                    (senders * 2).min(MOST)
+                } else {
+                    return;
+                };
+                self.trial = Some(Trial {
+                    from: senders,
+                    rate,
+                    since: now,
+                });
+                Some(next)
+            }
+        };
+        if let Some(next) = next {
+            tracing::debug!(
+                bytes_per_sec = rate as u64,
+                from = senders,
+                turns = next,
+                trying = self.trial.is_some(),
+                "upload turns changed"
+            );
+            // Measured anew with the new turns.
+            self.senders = next;
+            self.rate = None;
         }
     }
 
@@ -350,8 +506,13 @@ impl Connected {
                 sent
             }
             () = tokio::time::sleep(limit) => {
+                let bytes = turn.bytes;
                 drop(turn);
-                send.await
+                let sent = send.await;
+                // A write that outlasted its turn carried its bytes all the same (a slow flow
+                // on a lossy link): they count when it ends.
+                self.turns.wrote(bytes);
+                sent
             }
         }
     }
@@ -467,40 +628,75 @@ mod tests {
         most.load(Ordering::SeqCst)
     }
 
+    /// `n` peers that write chunks of `chunk` bytes in their turns for `secs` seconds, on a
+    /// link of `link` bytes a second shared evenly by the chunks being written, none of which
+    /// goes faster than `flow` (as loss or small windows bound a TCP flow). Returns the most
+    /// turns held at once and the turns at the end.
+    async fn on_link(
+        turns: &Arc<Turns>,
+        n: u8,
+        chunk: u64,
+        link: f64,
+        flow: f64,
+        secs: u64,
+    ) -> (usize, usize) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let (now, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let end = Instant::now() + Duration::from_secs(secs);
+        let peers: Vec<_> = (1..=n)
+            .map(|p| {
+                let (turns, now, most) = (turns.clone(), now.clone(), most.clone());
+                tokio::spawn(async move {
+                    let conn = turns.connect(peer(p));
+                    while Instant::now() < end {
+                        let writing = async {
+                            let at_once = now.fetch_add(1, Ordering::SeqCst) + 1;
+                            most.fetch_max(at_once, Ordering::SeqCst);
+                            let rate = (link / at_once as f64).min(flow);
+                            tokio::time::sleep(Duration::from_secs_f64(chunk as f64 / rate)).await;
+                            now.fetch_sub(1, Ordering::SeqCst);
+                        };
+                        conn.in_turn(chunk, writing).await;
+                    }
+                })
+            })
+            .collect();
+        for p in peers {
+            p.await.unwrap();
+        }
+        let senders = turns.state.lock().senders();
+        (most.load(Ordering::SeqCst), senders)
+    }
+
     #[tokio::test(start_paused = true)]
-    async fn a_fast_upload_gets_more_turns_only_where_tcp_restarts_idle_connections() {
+    async fn the_turns_follow_what_fills_the_link() {
         let senders = |turns: &Turns| turns.state.lock().senders();
         // Where TCP restarts idle connections an upload starts with six; elsewhere (BBR) three.
         assert_eq!(senders(&Turns::new(true)), SENDERS_FAST);
         assert_eq!(senders(&Turns::new(false)), SENDERS);
-        // Eight peers keep every turn wanted, each chunk's write taking 50 ms (under any
-        // turn's limit), until `rounds` chunks each are written: the most turns held at once,
-        // the turns at the end, and the rate then.
-        let after = |restarts: bool, chunk: u64, rounds: usize| async move {
+        let chunk = 16 << 10;
+        // A 2.5 MB/s link that any flow fills (a leecher's, without loss): six are no faster
+        // than three, so three, from either start.
+        for restarts in [false, true] {
             let turns = Arc::new(Turns::new(restarts));
-            let write = Duration::from_millis(50);
-            let most = writers(&turns, 8, chunk, rounds, write, Duration::ZERO).await;
-            let s = turns.state.lock();
-            (most, s.senders(), s.rate)
-        };
-        // 6 chunks of 1 MiB every 50 ms (126 MB/s) is fast, and six stay.
-        let (most, now, _) = after(true, 1 << 20, 20).await;
-        assert_eq!((most, now), (SENDERS_FAST, SENDERS_FAST));
-        // The same where TCP does not restart idle connections (BBR): three.
-        let (most, now, _) = after(false, 1 << 20, 20).await;
-        assert_eq!((most, now), (SENDERS, SENDERS));
-        // Chunks of 64 KiB: 7.9 MB/s with six at once, 3.9 with three (as idle restarts slow
-        // a link with a long round trip). Judged with the six it is measured with: six stay.
-        let (most, now, _) = after(true, 64 << 10, 40).await;
-        assert_eq!((most, now), (SENDERS_FAST, SENDERS_FAST));
-        // Chunks of 32 KiB: 3.9 MB/s with six, neither slow nor fast: six stay.
-        let (most, now, _) = after(true, 32 << 10, 80).await;
-        assert_eq!((most, now), (SENDERS_FAST, SENDERS_FAST));
-        // Chunks of 16 KiB, a leecher's upload: 2 MB/s with six is slow, so three, and 1 MB/s
-        // with three keeps them.
-        let (most, now, rate) = after(true, 16 << 10, 80).await;
-        assert_eq!((most, now), (SENDERS_FAST, SENDERS));
-        assert!(rate.is_some_and(|r| r < FAST_UPLOAD));
+            let (_, end) = on_link(&turns, 24, chunk, 2.5e6, f64::INFINITY, 60).await;
+            assert_eq!(end, SENDERS, "restarts {restarts}");
+        }
+        // Flows of at most a fifth of the link (a seeder whose connections restart slowly):
+        // three are slower than six, and twelve no faster, so six.
+        let turns = Arc::new(Turns::new(true));
+        let (most, end) = on_link(&turns, 24, chunk, 12.5e6, 12.5e6 / 5.0, 60).await;
+        assert_eq!(end, SENDERS_FAST);
+        assert!(most >= 2 * SENDERS_FAST, "twelve were tried: {most}");
+        // Flows of a tenth of the link (packet loss): up from three to twelve, which fill it,
+        // and not sixteen, which are no faster.
+        let turns = Arc::new(Turns::new(false));
+        let (_, end) = on_link(&turns, 24, chunk, 2.5e6, 2.5e6 / 10.0, 60).await;
+        assert_eq!(end, 12);
+        // Flows of a fortieth: up to the most, and never more.
+        let turns = Arc::new(Turns::new(false));
+        let (most, end) = on_link(&turns, 24, chunk, 2.5e6, 2.5e6 / 40.0, 60).await;
+        assert_eq!((most, end), (MOST, MOST));
     }
 
     #[test]
@@ -512,27 +708,75 @@ mod tests {
             (s.senders(), s.rate)
         }
         let mut s = State {
-            restarts_after_idle: true,
-            fast: true,
             backlog: Some((Instant::now(), 0)),
             ..State::default()
         };
-        // Six, 2 MB/s: the first window is not judged, the second is slow: three, measured
-        // anew.
-        assert_eq!(window(&mut s, 2_000_000), (SENDERS_FAST, Some(2e6)));
-        assert_eq!(window(&mut s, 2_000_000), (SENDERS, None));
-        // Three, 4 MB/s: neither slow nor fast, so three stay.
-        assert_eq!(window(&mut s, 4_000_000), (SENDERS, Some(4e6)));
-        assert_eq!(window(&mut s, 4_000_000), (SENDERS, Some(4e6)));
-        // Three, then 8 MB/s: the smoothed rate reaches 6 MB/s, fast: six, measured anew.
-        assert_eq!(window(&mut s, 8_000_000), (SENDERS_FAST, None));
-        // Where TCP does not restart idle connections, three whatever the rate.
+        // Three, 2 MB/s: the first window is not judged, the second keeps three as the
+        // fewest, and after the third six are tried, measured anew.
+        assert_eq!(window(&mut s, 2_000_000), (SENDERS, Some(2e6)));
+        assert_eq!(window(&mut s, 2_000_000), (SENDERS, Some(2e6)));
+        assert_eq!(window(&mut s, 2_000_000), (2 * SENDERS, None));
+        // 2.1 MB/s with six is not 25 % faster: back to three, and six are not tried again
+        // for ten seconds.
+        assert_eq!(window(&mut s, 2_100_000), (2 * SENDERS, Some(2.1e6)));
+        assert_eq!(window(&mut s, 2_100_000), (SENDERS, None));
+        for _ in 0..9 {
+            assert_eq!(window(&mut s, 2_000_000).0, SENDERS);
+        }
+        // Then six again, and 3 MB/s with them is faster: kept, and twelve tried on the next
+        // window.
+        assert_eq!(window(&mut s, 2_000_000), (2 * SENDERS, None));
+        assert_eq!(window(&mut s, 3_000_000).0, 2 * SENDERS);
+        assert_eq!(window(&mut s, 3_000_000), (2 * SENDERS, Some(3e6)));
+        assert_eq!(window(&mut s, 3_000_000), (4 * SENDERS, None));
+        // Twelve no faster: back to six; twelve are tried again in ten seconds, and after
+        // twenty if they are no faster then.
+        window(&mut s, 3_000_000);
+        assert_eq!(window(&mut s, 3_000_000), (2 * SENDERS, None));
+        assert_eq!(s.more_pause, MORE_PAUSE * 2);
+        // Thirty seconds after six were kept, three are tried, and kept when no slower.
+        let mut windows = 0;
+        while s.senders() != SENDERS {
+            window(&mut s, 3_000_000);
+            windows += 1;
+            assert!(windows < 40, "three never tried");
+        }
+        window(&mut s, 2_900_000);
+        assert_eq!(window(&mut s, 2_900_000), (SENDERS, Some(2.9e6)));
+
+        // Starting with six where TCP restarts idle connections: under 3 MB/s at the first
+        // judgment, three, the fewest from then on.
         let mut s = State {
+            senders: SENDERS_FAST,
             backlog: Some((Instant::now(), 0)),
             ..State::default()
         };
-        for _ in 0..3 {
-            assert_eq!(window(&mut s, 20_000_000).0, SENDERS);
+        window(&mut s, 2_000_000);
+        assert_eq!(window(&mut s, 2_000_000), (SENDERS, None));
+        // Six are tried next; then no connection waits long enough to judge them: after
+        // four seconds they were not needed, and three come back.
+        window(&mut s, 2_000_000);
+        assert_eq!(window(&mut s, 2_000_000), (SENDERS_FAST, None));
+        let tried = s.trial.expect("a try").since;
+        s.backlog = None;
+        s.count_backlog(0, tried + TRIAL_LONGEST - Duration::from_millis(1));
+        assert_eq!(s.senders(), SENDERS_FAST);
+        s.count_backlog(0, tried + TRIAL_LONGEST);
+        assert_eq!((s.senders(), s.trial.is_none()), (SENDERS, true));
+        assert_eq!(s.more_after, Some(tried + TRIAL_LONGEST + MORE_PAUSE));
+        // At 8 MB/s six stay, and are the fewest: twelve are tried next, three never.
+        let mut s = State {
+            senders: SENDERS_FAST,
+            backlog: Some((Instant::now(), 0)),
+            ..State::default()
+        };
+        window(&mut s, 8_000_000);
+        assert_eq!(window(&mut s, 8_000_000), (SENDERS_FAST, Some(8e6)));
+        assert_eq!(window(&mut s, 8_000_000), (2 * SENDERS_FAST, None));
+        window(&mut s, 8_100_000);
+        assert_eq!(window(&mut s, 8_100_000), (SENDERS_FAST, None));
+        for _ in 0..60 {
+            assert!(window(&mut s, 8_000_000).0 >= SENDERS_FAST);
         }
     }
 
@@ -553,21 +797,29 @@ mod tests {
         let turns = Arc::new(Turns::new(true));
         writers(&turns, 8, 4 << 10, 30, write, Duration::from_millis(200)).await;
         assert_eq!(measured(&turns), (None, None, SENDERS_FAST));
-        // A turn that passes on before its chunk is written counts nothing: 32 peers whose
-        // writes never finish within their turns (10 s each; a turn lasts at most 1 s) keep
-        // some waiting for seconds, and the upload, measured at nothing twice, is slow.
-        let turns = Arc::new(Turns::new(true));
-        writers(
-            &turns,
-            32,
-            8 << 20,
-            4,
-            Duration::from_secs(10),
-            Duration::ZERO,
-        )
-        .await;
-        assert!(turns.state.lock().rate.is_none_or(|r| r == 0.0));
-        assert_eq!(turns.state.lock().senders(), SENDERS);
+        // A write that outlasts its turn counts when it ends: twelve peers with a chunk of 1000
+        // bytes each, whose writes take 150 ms where a first turn lasts 100 ms. At 100 ms the
+        // first three pass their turns on, counting nothing; at 150 ms their writes end, while
+        // six still wait, and count then.
+        let turns = Arc::new(Turns::default());
+        assert_eq!(turns.limit(), TURN_FIRST);
+        let writes: Vec<_> = (1..=12)
+            .map(|p| {
+                let turns = turns.clone();
+                tokio::spawn(async move {
+                    let conn = turns.connect(peer(p));
+                    let write = async { tokio::time::sleep(Duration::from_millis(150)).await };
+                    conn.in_turn(1000, write).await;
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert_eq!(turns.state.lock().backlog.map(|(_, b)| b), Some(0));
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        assert_eq!(turns.state.lock().backlog.map(|(_, b)| b), Some(3000));
+        for w in writes {
+            w.await.unwrap();
+        }
     }
 
     #[tokio::test]
