@@ -268,14 +268,18 @@ class Lab:
             return ""
 
     def line_counts(self):
-        """What the delay line has counted so far (see delay_line.rs), or None without one."""
-        last = None
-        for l in self.log("delay_line", "out").splitlines():
-            if l.startswith("delay_line: frames="):
-                last = l
-        if last is None:
+        """What the delay line has counted until now (see delay_line.rs), or None without one."""
+        if not uses_delay_line(self.args):
             return None
-        return {k: int(v) for k, v in (kv.split("=") for kv in last.split(": ", 1)[1].split())}
+        time.sleep(1.2)  # it reports at most once a second
+        counts = None
+        for l in self.log("delay_line", "out").splitlines(keepends=True):
+            if l.startswith("delay_line: frames=") and l.endswith("\n"):
+                try:
+                    counts = {k: int(v) for k, v in (kv.split("=") for kv in l.split(": ", 1)[1].split())}
+                except ValueError:
+                    pass
+        return counts
 
     def log_tail(self, name, lines=8):
         return "".join(self.log(name, "err").splitlines(keepends=True)[-lines:])

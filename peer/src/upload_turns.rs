@@ -26,8 +26,8 @@
 //! longer than the retransmission timeout starts each chunk slowly again). The uploader
 //! measures its own rate, the chunks written (each counted when its write ends, within its
 //! turn or after) while some connection waited for a turn, and tries other numbers of turns
-//! against it, each judged on its second window of a second (the first, while windows open,
-//! is not judged):
+//! against it, each judged after its second window of a second, on the mean of the two (not
+//! after the first alone, while windows are still opening):
 //! - at its first judgment an upload that started with [`SENDERS_FAST`] goes to [`SENDERS`]
 //!   if slower than [`SLOW_UPLOAD`], and keeps six otherwise; what it has then is the fewest
 //!   it will try;
@@ -308,9 +308,11 @@ impl Turns {
         }
     }
 
-    /// A chunk of `bytes` whose write outlasted its turn is written.
-    fn wrote(&self, bytes: u64) {
+    /// A chunk of `bytes` whose write outlasted its turn is written; the turns may have grown
+    /// with it, and are granted.
+    fn wrote(self: &Arc<Self>, bytes: u64) {
         self.state.lock().count_backlog(bytes, Instant::now());
+        self.grant();
     }
 
     /// Bytes granted to `peer` so far (for tests and reports).
@@ -365,6 +367,10 @@ impl State {
             );
             self.senders = t.from;
             self.rate = None;
+            // What the tried turns wrote is not the old turns' rate.
+            if self.backlog.is_some() {
+                self.backlog = Some((now, 0));
+            }
         }
     }
 
@@ -536,8 +542,9 @@ pub struct Turn {
     /// `None` once passed on (or never held).
     turns: Option<Arc<Turns>>,
     started: Instant,
-    /// The chunk's bytes, and whether its write finished within the turn (the upload's rate
-    /// counts only those).
+    /// The chunk's bytes, and whether its write finished within the turn (counted in the
+    /// upload's rate when the turn ends; a write that outlasts it is counted when it ends,
+    /// [`Turns::wrote`]).
     bytes: u64,
     written: bool,
 }
@@ -664,8 +671,12 @@ mod tests {
         for p in peers {
             p.await.unwrap();
         }
-        let senders = turns.state.lock().senders();
-        (most.load(Ordering::SeqCst), senders)
+        // The turns settled on: those a try under way would go back to.
+        let settled = {
+            let s = turns.state.lock();
+            s.trial.map_or(s.senders(), |t| t.from)
+        };
+        (most.load(Ordering::SeqCst), settled)
     }
 
     #[tokio::test(start_paused = true)]
@@ -683,7 +694,7 @@ mod tests {
             assert_eq!(end, SENDERS, "restarts {restarts}");
         }
         // Flows of at most a fifth of the link (a seeder whose connections restart slowly):
-        // three are slower than six, and twelve no faster, so six.
+        // fast at the first judgment, so six are the fewest; twelve are no faster, so six.
         let turns = Arc::new(Turns::new(true));
         let (most, end) = on_link(&turns, 24, chunk, 12.5e6, 12.5e6 / 5.0, 60).await;
         assert_eq!(end, SENDERS_FAST);
