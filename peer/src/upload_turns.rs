@@ -360,17 +360,24 @@ impl State {
         if self.senders > t.from {
             self.more_after = Some(now + self.more_pause);
             self.more_pause = (self.more_pause * 2).min(MORE_PAUSE_MAX);
-            tracing::debug!(
-                from = self.senders,
-                turns = t.from,
-                "upload turns changed: not needed"
-            );
-            self.senders = t.from;
-            self.rate = None;
-            // What the tried turns wrote is not the old turns' rate.
-            if self.backlog.is_some() {
-                self.backlog = Some((now, 0));
-            }
+            self.switch(t.from, now, "more were not needed");
+        }
+    }
+
+    /// Writes `next` chunks at once from `now` on, their rate measured anew: what the turns
+    /// before wrote is not theirs.
+    fn switch(&mut self, next: usize, now: Instant, why: &'static str) {
+        tracing::debug!(
+            bytes_per_sec = self.rate.map(|r| r as u64),
+            from = self.senders,
+            turns = next,
+            why,
+            "upload turns changed"
+        );
+        self.senders = next;
+        self.rate = None;
+        if self.backlog.is_some() {
+            self.backlog = Some((now, 0));
         }
     }
 
@@ -387,14 +394,7 @@ impl State {
             };
             self.floor = Some(next);
             if next != senders {
-                tracing::debug!(
-                    bytes_per_sec = rate as u64,
-                    from = senders,
-                    turns = next,
-                    "upload turns changed"
-                );
-                self.senders = next;
-                self.rate = None;
+                self.switch(next, now, "slow at the first judgment");
             }
             return;
         };
@@ -439,16 +439,12 @@ impl State {
             }
         };
         if let Some(next) = next {
-            tracing::debug!(
-                bytes_per_sec = rate as u64,
-                from = senders,
-                turns = next,
-                trying = self.trial.is_some(),
-                "upload turns changed"
-            );
-            // Measured anew with the new turns.
-            self.senders = next;
-            self.rate = None;
+            let why = if self.trial.is_some() {
+                "trying"
+            } else {
+                "back"
+            };
+            self.switch(next, now, why);
         }
     }
 
