@@ -9,7 +9,8 @@
 //!   resume state).
 //! - [`worker`]: one connection to one peer: connect → open (manifest, bitfield) → pump
 //!   (requests out, chunks in) → drain; [`opening`] holds its first two steps, [`requests`]
-//!   the requests it has out, [`lane`] what a peer's connections share.
+//!   the requests it has out, [`lane`] what a peer's connections share, and [`grow`] when a
+//!   peer gets more connections (where one alone is slow, as with packet loss).
 //! - [`scheduler`]: which chunk to ask for next (rarest first, the endgame).
 //! - [`retry`]: which peers are tried, and when one whose workers ended is tried again.
 //! - [`score`]: each peer's throughput, latency and failures, and its share of the pipeline.
@@ -34,6 +35,7 @@ use crate::net::transport::ConnectionPath;
 use crate::storage::{LockError, PartialError};
 use crate::throttle::Throttle;
 
+pub mod grow;
 mod lane;
 mod ongoing;
 mod opening;
@@ -70,7 +72,8 @@ pub struct DownloadOptions {
     pub contributions: Arc<Contributions>,
     /// How peers are reached (direct TCP, then the relay when one is configured).
     pub connector: Arc<Connector>,
-    /// Connections per directly reachable peer; `None` chooses (see [`connections_per_peer`]).
+    /// Connections per directly reachable peer; `None` chooses (see [`connections_per_peer`])
+    /// and adds more to a peer while that makes the download faster (see [`grow`]).
     pub connections_per_peer: Option<u8>,
     /// The tracker's admissions of this peer to files: the one for the file is sent to each
     /// peer before asking it for the file, and again, renewed, before it expires.
@@ -104,7 +107,8 @@ impl Default for DownloadOptions {
 }
 
 /// Connections a download opens to each directly reachable peer when the caller does not say:
-/// two while it has fewer peers than this machine has cores, else one.
+/// two while it has fewer peers than this machine has cores, else one. More may follow where
+/// they make the download faster (see [`grow`]).
 ///
 /// A connection's chunks are received and decrypted by its link's reader task and hashed and
 /// written by its download worker; those two tasks hand chunks to each other and so tend to

@@ -13,8 +13,10 @@ use p2p_proto::{Manifest, PeerId};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio::task::{JoinError, JoinSet};
+use tokio_util::sync::CancellationToken;
 
-use super::lane::Lane;
+use super::grow::{GROW_BELOW, Growth, MOST_CONNECTIONS, MOST_LANES, Sample, Step};
+use super::lane::{Lane, LaneGroup};
 use super::ongoing;
 use super::retry::{Ending, Retries};
 use super::scheduler::{Order, Scheduler};
@@ -139,6 +141,9 @@ type WorkerEnd = (PeerReport, bool, u8);
 #[derive(Debug, Default)]
 struct Try {
     running: usize,
+    /// What the try's lanes share, the peer's address and the lanes started, while it runs:
+    /// more may be added (see [`super::grow`]).
+    group: Option<(LaneGroup, PeerAddr, u8)>,
     /// The reports of the workers that ended, with their lanes.
     lanes: Vec<(u8, PeerReport)>,
     /// Whether any worker that ended found the peer never to be tried again.
@@ -160,6 +165,7 @@ impl Try {
         }
         let mut lanes = std::mem::take(&mut self.lanes);
         let never = std::mem::take(&mut self.never);
+        self.group = None;
         // In the order they were started, whatever the order they ended in.
         lanes.sort_by_key(|(lane, _)| *lane);
         let lanes = lanes.into_iter().map(|(_, report)| report).collect();
@@ -192,6 +198,10 @@ struct Workers<'a> {
     tries: HashMap<PeerId, Try>,
     /// One report per peer tried, over all its tries, in the order they were first tried.
     reports: Vec<PeerReport>,
+    /// The connections being tried (see [`super::grow`]): their peer and how to stop them.
+    trial: Option<(PeerId, Vec<CancellationToken>)>,
+    /// Whether a peer's workers started since the last measurement (see [`super::grow`]).
+    new_peer: bool,
 }
 
 impl<'a> Workers<'a> {
@@ -205,6 +215,8 @@ impl<'a> Workers<'a> {
             peer_of: HashMap::new(),
             tries: HashMap::new(),
             reports: Vec::new(),
+            trial: None,
+            new_peer: false,
         }
     }
 
@@ -234,13 +246,104 @@ impl<'a> Workers<'a> {
             // Its place in the reports, filled in as its tries end.
             self.reports.push(PeerReport::new(peer.peer_id));
         }
-        let lanes = self
+        let count = self
             .opts
             .connections_per_peer
             .unwrap_or_else(|| connections_per_peer(self.retries.known()));
-        for lane in Lane::for_peer(lanes) {
+        let (group, lanes) = LaneGroup::new(count);
+        let started = lanes.len() as u8;
+        for lane in lanes {
             self.spawn(peer.clone(), lane);
         }
+        let id = peer.peer_id;
+        self.tries.entry(id).or_default().group = Some((group, peer, started));
+        self.new_peer = true;
+    }
+
+    /// The peer that may get more connections (see [`super::grow`]): the one delivering most
+    /// among those with room for more ([`Workers::room`]). None when the caller fixed the
+    /// connections.
+    fn may_grow(&self) -> Option<PeerId> {
+        let received = |peer: &PeerId| self.shared.scores.get(peer).throughput.unwrap_or(0.0);
+        self.tries
+            .keys()
+            .filter(|peer| self.room(peer) > 0)
+            .max_by(|a, b| received(a).total_cmp(&received(b)))
+            .copied()
+    }
+
+    /// How many more connections `peer` may get: as many as it has, if it is reached directly
+    /// and each of them carries less than [`GROW_BELOW`], within [`MOST_LANES`] to it and
+    /// [`MOST_CONNECTIONS`] in all; none when the caller fixed the connections.
+    fn room(&self, peer: &PeerId) -> u8 {
+        let Some((group, _, lanes)) = self.tries.get(peer).and_then(|t| t.group.as_ref()) else {
+            return 0;
+        };
+        if self.opts.connections_per_peer.is_some() || !group.direct() {
+            return 0;
+        }
+        let per_lane = self.shared.scores.get(peer).throughput.unwrap_or(0.0) / f64::from(*lanes);
+        if per_lane >= GROW_BELOW {
+            return 0;
+        }
+        let left = MOST_CONNECTIONS.saturating_sub(self.connections());
+        (*lanes)
+            .min(MOST_LANES.saturating_sub(*lanes))
+            .min(u8::try_from(left).unwrap_or(u8::MAX))
+    }
+
+    /// The connections started to the peers being tried now.
+    fn connections(&self) -> usize {
+        self.tries
+            .values()
+            .filter_map(|t| t.group.as_ref())
+            .map(|(_, _, lanes)| usize::from(*lanes))
+            .sum()
+    }
+
+    /// Starts `more` further connections to `peer`, as a try that [`Workers::back`] undoes.
+    fn grow(&mut self, peer: PeerId, more: u8) {
+        if more == 0 {
+            return;
+        }
+        let Some((group, addr, lanes)) = self.tries.get_mut(&peer).and_then(|t| t.group.as_mut())
+        else {
+            return;
+        };
+        let first = *lanes;
+        *lanes += more;
+        let (addr, mut new) = (addr.clone(), Vec::new());
+        for index in first..first + more {
+            let stop = CancellationToken::new();
+            new.push(group.lane(index, stop.clone()));
+            self.trial
+                .get_or_insert_with(|| (peer, Vec::new()))
+                .1
+                .push(stop);
+        }
+        tracing::debug!(%peer, lanes = first + more, "trying more connections to a peer");
+        for lane in new {
+            self.spawn(addr.clone(), lane);
+        }
+    }
+
+    /// Stops the connections of the try under way (they were not faster).
+    fn back(&mut self) {
+        let Some((peer, stops)) = self.trial.take() else {
+            return;
+        };
+        for stop in &stops {
+            stop.cancel();
+        }
+        if let Some((_, _, lanes)) = self.tries.get_mut(&peer).and_then(|t| t.group.as_mut()) {
+            *lanes = lanes.saturating_sub(stops.len() as u8);
+            tracing::debug!(%peer, lanes = *lanes, "more connections stopped: not faster, or a new peer came");
+        }
+    }
+
+    /// A try of more connections was kept (or ended unjudged): they stay.
+    fn kept(&mut self) {
+        self.trial = None;
     }
 
     fn spawn(&mut self, peer: PeerAddr, lane: Lane) {
@@ -282,6 +385,9 @@ impl<'a> Workers<'a> {
         let Some((how, this_try)) = tried.ended(ended) else {
             return;
         };
+        if self.trial.as_ref().is_some_and(|(p, _)| *p == peer) {
+            self.trial = None;
+        }
         let Some(this_try) = this_try else {
             // Its workers panicked: not tried again.
             self.retries.ended(&peer, how, Instant::now());
@@ -314,6 +420,10 @@ async fn wait(
 ) -> Vec<PeerReport> {
     let mut fetched = shared.fetched.load(Ordering::Relaxed);
     let mut progress_at = Instant::now();
+    let mut growth = Growth::default();
+    let mut measure = tokio::time::interval(GROWTH_TICK);
+    measure.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let grows = workers.opts.connections_per_peer.is_none();
     loop {
         if shared.sched.lock().complete() {
             break;
@@ -345,6 +455,7 @@ async fn wait(
             },
             () = tokio::time::sleep_until(wake.map_or_else(tokio::time::Instant::now, Into::into)),
                 if wake.is_some() => {}
+            _ = measure.tick(), if grows => workers.measure(&mut growth),
         }
     }
     shared.stop.cancel();
@@ -352,6 +463,39 @@ async fn wait(
         workers.ended(ended);
     }
     workers.reports
+}
+
+/// How often a download measures what it receives, to judge more connections by.
+const GROWTH_TICK: Duration = Duration::from_millis(250);
+
+impl Workers<'_> {
+    /// One measurement for [`Growth`], and the step it says to take.
+    fn measure(&mut self, growth: &mut Growth) {
+        let chunk = u64::from(self.shared.manifest.chunk_size);
+        let peer = match &self.trial {
+            Some((peer, _)) => Some(*peer),
+            None => self.may_grow(),
+        };
+        let room = peer.map_or(0, |peer| self.room(&peer));
+        let sample = Sample {
+            received: self.shared.fetched.load(Ordering::Relaxed) * chunk,
+            peer: peer.map(|peer| (peer, self.shared.scores.get(&peer).received)),
+            may_grow: room > 0,
+            measurable: self.shared.sched.lock().unasked() > 0,
+            new_peer: std::mem::take(&mut self.new_peer),
+        };
+        match growth.tick(Instant::now(), chunk, sample) {
+            // More to the peer measured (after a try, the same one again).
+            Some(Step::More) => {
+                self.kept();
+                if let Some(peer) = peer {
+                    self.grow(peer, room);
+                }
+            }
+            Some(Step::Back) => self.back(),
+            None => {}
+        }
+    }
 }
 
 /// The next message of `more`; never, without one.

@@ -262,6 +262,11 @@ impl Scheduler {
         self.have.is_complete()
     }
 
+    /// Chunks no peer has been asked for yet (none left: the endgame).
+    pub(super) fn unasked(&self) -> usize {
+        self.queue.len()
+    }
+
     /// Chunks not yet verified and written.
     pub(super) fn missing(&self) -> u64 {
         self.have.len() - self.have.count_ones()

@@ -94,6 +94,8 @@ pub struct PeerScore {
     pub base_latency: Option<Duration>,
     /// Timeouts, refusals and bad chunks.
     pub failures: u32,
+    /// Verified bytes received from the peer in all.
+    pub received: u64,
     window_start: Option<Instant>,
     window_bytes: u64,
 }
@@ -106,6 +108,7 @@ impl PeerScore {
         });
         self.base_latency = Some(self.base_latency.map_or(latency, |b| b.min(latency)));
         let start = *self.window_start.get_or_insert(now - latency);
+        self.received += bytes;
         self.window_bytes += bytes;
         let elapsed = now.saturating_duration_since(start);
         if elapsed >= WINDOW {

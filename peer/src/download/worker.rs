@@ -36,19 +36,41 @@ pub(super) async fn run(
     opts: &DownloadOptions,
     report: &mut PeerReport,
 ) -> Result<(), WorkerError> {
-    if !lane.may_connect().await {
-        return Ok(());
-    }
-    let file = shared.manifest.id;
-    let Some(mut sub) = connect(identity, peer, &lane, opts, report, file).await? else {
+    // A lane stopped before it asked for anything ends here (nothing to give back).
+    let stop = lane.stop.clone();
+    let opened = tokio::select! {
+        () = stop.cancelled() => return Ok(()),
+        opened = connect_and_open(shared, identity, peer, &lane, opts, report) => opened?,
+    };
+    let Some((sub, peer_has, admission_sent)) = opened else {
         return Ok(()); // only direct peers get further connections
     };
-    let (peer_has, admission_sent) = open(shared, opts, &mut sub).await?;
     let mut worker = Worker::new(shared, opts, report, sub, peer_has, lane);
     worker.admission_sent = admission_sent;
     let result = worker.pump().await;
     worker.drain().await;
     result
+}
+
+/// The subscription to the file over `lane`, the chunks the peer has and the admission sent;
+/// `None` for a further lane that may not connect.
+async fn connect_and_open(
+    shared: &Shared,
+    identity: &Identity,
+    peer: &PeerAddr,
+    lane: &Lane,
+    opts: &DownloadOptions,
+    report: &mut PeerReport,
+) -> Result<Option<(Subscription, Bitfield, Option<u64>)>, WorkerError> {
+    if !lane.may_connect().await {
+        return Ok(None);
+    }
+    let file = shared.manifest.id;
+    let Some(mut sub) = connect(identity, peer, lane, opts, report, file).await? else {
+        return Ok(None);
+    };
+    let (peer_has, admission_sent) = open(shared, opts, &mut sub).await?;
+    Ok(Some((sub, peer_has, admission_sent)))
 }
 
 /// Frames a worker takes at once when they have already arrived, at most (chunks stop at
@@ -82,6 +104,8 @@ struct Worker<'a> {
     cancels: watch::Receiver<u64>,
     /// In the endgame, when a chunk this peer may not duplicate yet becomes late.
     late_at: Option<Instant>,
+    /// Cancelled when this connection alone is to end (see [`super::grow`]).
+    stop: tokio_util::sync::CancellationToken,
 }
 
 /// What woke a worker up.
@@ -132,6 +156,7 @@ impl<'a> Worker<'a> {
                 by_id: HashMap::new(),
                 asked: lane.asked,
             },
+            stop: lane.stop,
             stores: JoinSet::new(),
             storing: 0,
             admission_sent: None,
@@ -206,6 +231,7 @@ impl<'a> Worker<'a> {
         let late_at = self.late_at.map(tokio::time::Instant::from_std);
         tokio::select! {
             _ = self.shared.stop.cancelled() => Wake::Stop,
+            _ = self.stop.cancelled() => Wake::Stop,
             _ = tokio::time::sleep_until(late_at.unwrap_or_else(tokio::time::Instant::now)),
                 if late_at.is_some() => Wake::Late,
             Some(stored) = stores.join_next(), if !stores.is_empty() => Wake::Stored(stored),
@@ -424,8 +450,17 @@ impl<'a> Worker<'a> {
             sub,
             mut stores,
             inflight,
+            stop,
             ..
         } = self;
+        // A connection stopped alone gives its chunks back to the peer's other connections
+        // too: they may ask the peer for them again, also as endgame duplicates.
+        if stop.is_cancelled() {
+            let mut asked = inflight.asked.lock();
+            for (index, _) in inflight.by_id.values() {
+                asked.remove(index);
+            }
+        }
         // The peer is told at once that nothing still asked of it is wanted from here: it skips
         // what it has not begun to send, and its upload goes to someone who still needs it (a
         // download that completed would otherwise still get every chunk it had asked for).
