@@ -19,7 +19,7 @@ use p2p_peer::net::accept::Acceptor;
 use p2p_peer::net::connector::Connector;
 use p2p_peer::net::secure::{self, Role};
 use p2p_peer::net::session;
-use p2p_peer::storage::{Library, PartialDownload, manifest_for_file};
+use p2p_peer::storage::{Library, PartialDownload, manifest_with_chunk_size};
 use p2p_peer::throttle::Throttle;
 use p2p_peer::upload::Uploader;
 use p2p_proto::wire::Frame;
@@ -64,6 +64,13 @@ enum Misbehaviour {
         delay: Duration,
         stall_after: Option<usize>,
     },
+    /// Serves every chunk, each `per_chunk` after its request is read, one at a time per
+    /// connection (each connection slow by itself, as with packet loss) or, `one_at_a_time`,
+    /// one at a time over all its connections (its upload the bound).
+    Paced {
+        per_chunk: Duration,
+        one_at_a_time: bool,
+    },
 }
 
 /// What a [`rogue`] peer was sent: chunk requests and their withdrawals (`Cancel`).
@@ -71,6 +78,8 @@ enum Misbehaviour {
 struct Asked {
     requests: AtomicUsize,
     cancels: AtomicUsize,
+    /// Connections accepted.
+    connections: AtomicUsize,
 }
 
 async fn rogue(
@@ -84,14 +93,16 @@ async fn rogue(
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr: SocketAddr = listener.local_addr().unwrap();
     let id = identity.clone();
+    let upload = Arc::new(tokio::sync::Mutex::new(()));
     tokio::spawn(async move {
         loop {
             let (stream, _) = tokio::select! {
                 _ = stop.cancelled() => return,
                 a = listener.accept() => a.unwrap(),
             };
+            asked.connections.fetch_add(1, Ordering::SeqCst);
             let (id, m, data) = (id.clone(), m.clone(), data.clone());
-            let asked = asked.clone();
+            let (asked, upload) = (asked.clone(), upload.clone());
             tokio::spawn(async move {
                 let (mut rx, mut tx, _) =
                     secure::handshake(stream, &id, Role::Responder, None).await?;
@@ -145,6 +156,17 @@ async fn rogue(
                                     tokio::time::sleep(delay).await;
                                     Bytes::copy_from_slice(&data[start..start + len])
                                 }
+                                Misbehaviour::Paced {
+                                    per_chunk,
+                                    one_at_a_time,
+                                } => {
+                                    let _turn = match one_at_a_time {
+                                        true => Some(upload.lock().await),
+                                        false => None,
+                                    };
+                                    tokio::time::sleep(per_chunk).await;
+                                    Bytes::copy_from_slice(&data[start..start + len])
+                                }
                                 Misbehaviour::Faithful | Misbehaviour::Silent => {
                                     Bytes::copy_from_slice(&data[start..start + len])
                                 }
@@ -196,11 +218,16 @@ struct Fixture {
 }
 
 fn fixture(len: usize) -> Fixture {
+    fixture_chunked(len, p2p_proto::CHUNK_SIZE)
+}
+
+/// A file of `len` bytes in chunks of `chunk` bytes.
+fn fixture_chunked(len: usize, chunk: u32) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let data = content(len, 42);
     let path = dir.path().join("video.bin");
     std::fs::write(&path, &data).unwrap();
-    let manifest = manifest_for_file(&path, "video.bin").unwrap();
+    let manifest = manifest_with_chunk_size(&path, "video.bin", chunk).unwrap();
     Fixture {
         dir,
         data: Arc::new(data),
@@ -755,5 +782,66 @@ async fn withdrawn_requests_are_not_sent_and_stray_cancels_change_nothing() {
         "{withdrawn_sent} of {} withdrawn chunks sent",
         chunks - 1
     );
+    f.stop.cancel();
+}
+
+/// Where each connection to a peer is slow by itself (as a TCP connection under packet loss
+/// is, whatever the link), the download opens more to it and keeps them while they make it
+/// faster: twice as many, then twice as many again. Every chunk arrives once, intact.
+#[tokio::test]
+async fn a_peer_whose_every_connection_is_slow_gets_more_of_them() {
+    // 440 chunks of 16 KiB, twenty a second per connection.
+    let f = fixture_chunked(440 * 16_384 - 5, 16_384);
+    let paced = Misbehaviour::Paced {
+        per_chunk: Duration::from_millis(50),
+        one_at_a_time: false,
+    };
+    let (source, asked) = rogue_counted(&f, paced).await;
+    let (report, _out) = leech(&f, &[source], DownloadOptions::default()).await;
+    assert_eq!(report.fetched_chunks, f.manifest.chunk_count());
+    assert_eq!(report.peers[0].bytes, f.data.len() as u64);
+    let start = usize::from(p2p_peer::download::connections_per_peer(1));
+    let opened = asked.connections.load(Ordering::SeqCst);
+    assert!(
+        opened >= 4 * start,
+        "twice the {start} connections kept and twice as many again tried: {opened} opened"
+    );
+    f.stop.cancel();
+}
+
+/// Where the peer's upload, not each connection, is the bound, the connections tried stop
+/// again and give back what they had asked for: the download completes, every chunk once.
+#[tokio::test]
+async fn more_connections_that_are_not_faster_stop_and_the_download_completes() {
+    // 300 chunks of 16 KiB, forty a second over all connections.
+    let f = fixture_chunked(300 * 16_384 - 5, 16_384);
+    let paced = Misbehaviour::Paced {
+        per_chunk: Duration::from_millis(25),
+        one_at_a_time: true,
+    };
+    let (source, asked) = rogue_counted(&f, paced).await;
+    let (report, _out) = leech(&f, &[source], DownloadOptions::default()).await;
+    assert_eq!(report.fetched_chunks, f.manifest.chunk_count());
+    let start = usize::from(p2p_peer::download::connections_per_peer(1));
+    // One try of twice as many, stopped; a later try would reuse their sessions.
+    assert_eq!(asked.connections.load(Ordering::SeqCst), 2 * start);
+    f.stop.cancel();
+}
+
+/// A caller that fixes the connections per peer gets no more, however slow each is.
+#[tokio::test]
+async fn fixed_connections_per_peer_do_not_grow() {
+    let f = fixture_chunked(96 * 16_384, 16_384);
+    let paced = Misbehaviour::Paced {
+        per_chunk: Duration::from_millis(50),
+        one_at_a_time: false,
+    };
+    let (source, asked) = rogue_counted(&f, paced).await;
+    let opts = DownloadOptions {
+        connections_per_peer: Some(1),
+        ..DownloadOptions::default()
+    };
+    leech(&f, &[source], opts).await;
+    assert_eq!(asked.connections.load(Ordering::SeqCst), 1);
     f.stop.cancel();
 }
