@@ -790,8 +790,9 @@ async fn withdrawn_requests_are_not_sent_and_stray_cancels_change_nothing() {
 /// faster: twice as many, then twice as many again. Every chunk arrives once, intact.
 #[tokio::test]
 async fn a_peer_whose_every_connection_is_slow_gets_more_of_them() {
-    // 440 chunks of 16 KiB, twenty a second per connection.
-    let f = fixture_chunked(440 * 16_384 - 5, 16_384);
+    // 800 chunks of 16 KiB, twenty a second per connection: a try of twice as many starts
+    // after some 3 s and is judged 3 s later, long before the endgame.
+    let f = fixture_chunked(800 * 16_384 - 5, 16_384);
     let paced = Misbehaviour::Paced {
         per_chunk: Duration::from_millis(50),
         one_at_a_time: false,
@@ -813,18 +814,28 @@ async fn a_peer_whose_every_connection_is_slow_gets_more_of_them() {
 /// again and give back what they had asked for: the download completes, every chunk once.
 #[tokio::test]
 async fn more_connections_that_are_not_faster_stop_and_the_download_completes() {
-    // 300 chunks of 16 KiB, forty a second over all connections.
-    let f = fixture_chunked(300 * 16_384 - 5, 16_384);
+    // 800 chunks of 16 KiB, some eighty a second over all connections.
+    let f = fixture_chunked(800 * 16_384 - 5, 16_384);
     let paced = Misbehaviour::Paced {
-        per_chunk: Duration::from_millis(25),
+        per_chunk: Duration::from_millis(12),
         one_at_a_time: true,
     };
     let (source, asked) = rogue_counted(&f, paced).await;
     let (report, _out) = leech(&f, &[source], DownloadOptions::default()).await;
     assert_eq!(report.fetched_chunks, f.manifest.chunk_count());
     let start = usize::from(p2p_peer::download::connections_per_peer(1));
-    // One try of twice as many, stopped; a later try would reuse their sessions.
+    // One try of twice as many; a later try would reuse their sessions.
     assert_eq!(asked.connections.load(Ordering::SeqCst), 2 * start);
+    // Stopped: they withdrew what they had asked for (a download that completes has nothing
+    // out, and the peer reads a withdrawal only after the requests before it).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while asked.cancels.load(Ordering::SeqCst) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the connections tried were never stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     f.stop.cancel();
 }
 

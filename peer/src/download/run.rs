@@ -137,13 +137,20 @@ async fn open_partial(
 /// How a worker ended: its report, whether its peer is never to be tried again, and its lane.
 type WorkerEnd = (PeerReport, bool, u8);
 
+/// The lanes of a peer's try: what they share, the peer's address, and how many were started.
+#[derive(Debug)]
+struct Lanes {
+    group: LaneGroup,
+    addr: PeerAddr,
+    started: u8,
+}
+
 /// One try of a peer: its workers still running, and what those that ended said.
 #[derive(Debug, Default)]
 struct Try {
     running: usize,
-    /// What the try's lanes share, the peer's address and the lanes started, while it runs:
-    /// more may be added (see [`super::grow`]).
-    group: Option<(LaneGroup, PeerAddr, u8)>,
+    /// The try's lanes while it runs: more may be added (see [`super::grow`]).
+    group: Option<Lanes>,
     /// The reports of the workers that ended, with their lanes.
     lanes: Vec<(u8, PeerReport)>,
     /// Whether any worker that ended found the peer never to be tried again.
@@ -256,7 +263,11 @@ impl<'a> Workers<'a> {
             self.spawn(peer.clone(), lane);
         }
         let id = peer.peer_id;
-        self.tries.entry(id).or_default().group = Some((group, peer, started));
+        self.tries.entry(id).or_default().group = Some(Lanes {
+            group,
+            addr: peer,
+            started,
+        });
         self.new_peer = true;
     }
 
@@ -276,19 +287,20 @@ impl<'a> Workers<'a> {
     /// and each of them carries less than [`GROW_BELOW`], within [`MOST_LANES`] to it and
     /// [`MOST_CONNECTIONS`] in all; none when the caller fixed the connections.
     fn room(&self, peer: &PeerId) -> u8 {
-        let Some((group, _, lanes)) = self.tries.get(peer).and_then(|t| t.group.as_ref()) else {
+        let Some(lanes) = self.tries.get(peer).and_then(|t| t.group.as_ref()) else {
             return 0;
         };
-        if self.opts.connections_per_peer.is_some() || !group.direct() {
+        if self.opts.connections_per_peer.is_some() || !lanes.group.direct() {
             return 0;
         }
-        let per_lane = self.shared.scores.get(peer).throughput.unwrap_or(0.0) / f64::from(*lanes);
+        let started = lanes.started;
+        let per_lane = self.shared.scores.get(peer).throughput.unwrap_or(0.0) / f64::from(started);
         if per_lane >= GROW_BELOW {
             return 0;
         }
         let left = MOST_CONNECTIONS.saturating_sub(self.connections());
-        (*lanes)
-            .min(MOST_LANES.saturating_sub(*lanes))
+        started
+            .min(MOST_LANES.saturating_sub(started))
             .min(u8::try_from(left).unwrap_or(u8::MAX))
     }
 
@@ -297,7 +309,7 @@ impl<'a> Workers<'a> {
         self.tries
             .values()
             .filter_map(|t| t.group.as_ref())
-            .map(|(_, _, lanes)| usize::from(*lanes))
+            .map(|lanes| usize::from(lanes.started))
             .sum()
     }
 
@@ -306,16 +318,15 @@ impl<'a> Workers<'a> {
         if more == 0 {
             return;
         }
-        let Some((group, addr, lanes)) = self.tries.get_mut(&peer).and_then(|t| t.group.as_mut())
-        else {
+        let Some(lanes) = self.tries.get_mut(&peer).and_then(|t| t.group.as_mut()) else {
             return;
         };
-        let first = *lanes;
-        *lanes += more;
-        let (addr, mut new) = (addr.clone(), Vec::new());
+        let first = lanes.started;
+        lanes.started += more;
+        let (addr, mut new) = (lanes.addr.clone(), Vec::new());
         for index in first..first + more {
             let stop = CancellationToken::new();
-            new.push(group.lane(index, stop.clone()));
+            new.push(lanes.group.lane(index, stop.clone()));
             self.trial
                 .get_or_insert_with(|| (peer, Vec::new()))
                 .1
@@ -335,9 +346,9 @@ impl<'a> Workers<'a> {
         for stop in &stops {
             stop.cancel();
         }
-        if let Some((_, _, lanes)) = self.tries.get_mut(&peer).and_then(|t| t.group.as_mut()) {
-            *lanes = lanes.saturating_sub(stops.len() as u8);
-            tracing::debug!(%peer, lanes = *lanes, "more connections stopped: not faster, or a new peer came");
+        if let Some(lanes) = self.tries.get_mut(&peer).and_then(|t| t.group.as_mut()) {
+            lanes.started = lanes.started.saturating_sub(stops.len() as u8);
+            tracing::debug!(%peer, lanes = lanes.started, "more connections stopped: not faster, or a new peer came");
         }
     }
 
