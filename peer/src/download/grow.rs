@@ -100,12 +100,14 @@ struct Rates {
 /// The measurements and tries of one download.
 #[derive(Debug)]
 pub struct Growth {
+    /// The download's chunk size.
+    chunk: u64,
     /// The window being measured: when it started and what had been received by then.
     window: Option<(Instant, Sample)>,
     /// Windows still to be left uncounted after the last change.
     settle: u8,
-    /// The rates of the counted windows since the last change, the latest last.
-    rates: Vec<Rates>,
+    /// The rates of the first of the two windows counted since the last change, once it is.
+    first: Option<Rates>,
     /// The rates before the try under way, if one is.
     trial: Option<Rates>,
     /// When more may be tried next, and the pause after the next try that is not faster.
@@ -113,36 +115,32 @@ pub struct Growth {
     pause: Duration,
 }
 
-impl Default for Growth {
-    fn default() -> Self {
+impl Growth {
+    /// The measurements of a download in chunks of `chunk` bytes.
+    pub fn new(chunk: u64) -> Self {
         Self {
+            chunk: chunk.max(1),
             window: None,
             settle: 1,
-            rates: Vec::new(),
+            first: None,
             trial: None,
             more_after: None,
             pause: MORE_PAUSE,
         }
     }
-}
 
-impl Growth {
-    /// Takes a measurement (in chunks of `chunk` bytes); says what to do, if anything: more
-    /// connections to the sample's peer, or back to those before the try.
-    pub fn tick(&mut self, now: Instant, chunk: u64, sample: Sample) -> Option<Step> {
+    /// Takes a measurement; says what to do, if anything: more connections to the sample's
+    /// peer, or back to those before the try.
+    pub fn tick(&mut self, now: Instant, sample: Sample) -> Option<Step> {
         if !sample.measurable {
             // The endgame: what more connections hold is in flight; they stay, untried.
-            self.window = None;
             self.trial = None;
-            self.rates.clear();
-            self.settle = 1;
+            self.afresh(None);
             return None;
         }
         if sample.new_peer {
             // Measured afresh; a try under way ends unjudged, without a pause.
-            self.window = Some((now, sample));
-            self.rates.clear();
-            self.settle = 1;
+            self.afresh(Some((now, sample)));
             return self.trial.take().map(|_| Step::Back);
         }
         let Some((start, at_start)) = self.window else {
@@ -150,7 +148,7 @@ impl Growth {
             return None;
         };
         let elapsed = now.saturating_duration_since(start);
-        let chunks = sample.received.saturating_sub(at_start.received) / chunk.max(1);
+        let chunks = sample.received.saturating_sub(at_start.received) / self.chunk;
         if elapsed < WINDOW || (chunks < WINDOW_CHUNKS && elapsed < WINDOW_LONGEST) {
             return None;
         }
@@ -166,16 +164,16 @@ impl Growth {
             }
             _ => None,
         };
-        self.rates.push(Rates {
+        let rates = Rates {
             total: per_sec(sample.received.saturating_sub(at_start.received)),
             peer,
-        });
-        if self.rates.len() < 2 {
+        };
+        let Some(first) = self.first.take() else {
+            self.first = Some(rates);
             return None;
-        }
-        let mean = mean(&self.rates);
+        };
+        let mean = mean(first, rates);
         tracing::trace!(?mean, before = ?self.trial, "download rates measured");
-        self.rates.clear();
         match self.trial.take() {
             Some(before) if gained(before, mean) => {
                 // Kept; these rates are the ones the next try is judged against.
@@ -185,7 +183,7 @@ impl Growth {
             Some(_) => {
                 self.more_after = Some(now + self.pause);
                 self.pause = (self.pause * 2).min(MORE_PAUSE_MAX);
-                self.settle = 1;
+                self.afresh(self.window);
                 Some(Step::Back)
             }
             None => self.next(now, mean, sample.may_grow),
@@ -200,31 +198,28 @@ impl Growth {
             return None;
         }
         self.trial = Some(rates);
-        self.settle = 1;
+        self.afresh(self.window);
         Some(Step::More)
+    }
+
+    /// Measures afresh from `window` on, its first window not counted.
+    fn afresh(&mut self, window: Option<(Instant, Sample)>) {
+        self.window = window;
+        self.first = None;
+        self.settle = 1;
     }
 }
 
-/// The mean of two windows' rates (the peer's only if both windows measured the same one).
-fn mean(rates: &[Rates]) -> Rates {
-    let n = rates.len() as f64;
-    let total = rates.iter().map(|r| r.total).sum::<f64>() / n;
-    let first = rates.first().and_then(|r| r.peer);
-    let peer = first.and_then(|(id, _)| {
-        let same = rates.iter().all(|r| r.peer.is_some_and(|(p, _)| p == id));
-        same.then(|| {
-            (
-                id,
-                rates
-                    .iter()
-                    .filter_map(|r| r.peer)
-                    .map(|(_, r)| r)
-                    .sum::<f64>()
-                    / n,
-            )
-        })
-    });
-    Rates { total, peer }
+/// The mean of two windows' rates (the peer's only if both measured the same one).
+fn mean(a: Rates, b: Rates) -> Rates {
+    let peer = match (a.peer, b.peer) {
+        (Some((p, x)), Some((q, y))) if p == q => Some((p, (x + y) / 2.0)),
+        _ => None,
+    };
+    Rates {
+        total: (a.total + b.total) / 2.0,
+        peer,
+    }
 }
 
 /// Whether the rates `after` a try show it worth keeping against those `before`.
@@ -258,7 +253,7 @@ mod tests {
     impl Feed {
         fn new() -> Self {
             Self {
-                g: Growth::default(),
+                g: Growth::new(CHUNK),
                 origin: Instant::now(),
                 ms: 0,
                 received: 0,
@@ -291,7 +286,7 @@ mod tests {
                     new_peer: new_peer && i == 0,
                 };
                 let now = self.origin + Duration::from_millis(self.ms);
-                if let Some(step) = self.g.tick(now, CHUNK, sample) {
+                if let Some(step) = self.g.tick(now, sample) {
                     steps.push((self.ms, step));
                 }
             }

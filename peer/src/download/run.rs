@@ -272,49 +272,51 @@ impl<'a> Workers<'a> {
     }
 
     /// The peer that may get more connections (see [`super::grow`]): the one delivering most
-    /// among those with room for more ([`Workers::room`]). None when the caller fixed the
-    /// connections.
+    /// among those with room for more ([`Workers::room`]).
     fn may_grow(&self) -> Option<PeerId> {
-        let received = |peer: &PeerId| self.shared.scores.get(peer).throughput.unwrap_or(0.0);
+        let left = self.connections_left();
         self.tries
             .keys()
-            .filter(|peer| self.room(peer) > 0)
-            .max_by(|a, b| received(a).total_cmp(&received(b)))
-            .copied()
+            .filter_map(|peer| {
+                let throughput = self.shared.scores.get(peer).throughput.unwrap_or(0.0);
+                (self.room(peer, throughput, left) > 0).then_some((*peer, throughput))
+            })
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(peer, _)| peer)
     }
 
-    /// How many more connections `peer` may get: as many as it has, if it is reached directly
-    /// and each of them carries less than [`GROW_BELOW`], within [`MOST_LANES`] to it and
-    /// [`MOST_CONNECTIONS`] in all; none when the caller fixed the connections.
-    fn room(&self, peer: &PeerId) -> u8 {
+    /// How many more connections `peer`, delivering `throughput`, may get with `left` more
+    /// allowed in all: as many as it has, if it is reached directly and each of them carries
+    /// less than [`GROW_BELOW`], within [`MOST_LANES`] to it.
+    fn room(&self, peer: &PeerId, throughput: f64, left: usize) -> u8 {
         let Some(lanes) = self.tries.get(peer).and_then(|t| t.group.as_ref()) else {
             return 0;
         };
-        if self.opts.connections_per_peer.is_some() || !lanes.group.direct() {
-            return 0;
-        }
         let started = lanes.started;
-        let per_lane = self.shared.scores.get(peer).throughput.unwrap_or(0.0) / f64::from(started);
-        if per_lane >= GROW_BELOW {
+        if !lanes.group.direct() || throughput / f64::from(started) >= GROW_BELOW {
             return 0;
         }
-        let left = MOST_CONNECTIONS.saturating_sub(self.connections());
         started
             .min(MOST_LANES.saturating_sub(started))
             .min(u8::try_from(left).unwrap_or(u8::MAX))
     }
 
-    /// The connections started to the peers being tried now.
-    fn connections(&self) -> usize {
-        self.tries
+    /// The connections a download may still add within [`MOST_CONNECTIONS`], over those
+    /// started to the peers being tried now.
+    fn connections_left(&self) -> usize {
+        let started: usize = self
+            .tries
             .values()
             .filter_map(|t| t.group.as_ref())
             .map(|lanes| usize::from(lanes.started))
-            .sum()
+            .sum();
+        MOST_CONNECTIONS.saturating_sub(started)
     }
 
-    /// Starts `more` further connections to `peer`, as a try that [`Workers::back`] undoes.
+    /// Starts `more` further connections to `peer`, as a try that [`Workers::back`] undoes
+    /// (the try before, if any, was kept).
     fn grow(&mut self, peer: PeerId, more: u8) {
+        self.trial = None;
         if more == 0 {
             return;
         }
@@ -323,19 +325,17 @@ impl<'a> Workers<'a> {
         };
         let first = lanes.started;
         lanes.started += more;
-        let (addr, mut new) = (lanes.addr.clone(), Vec::new());
-        for index in first..first + more {
-            let stop = CancellationToken::new();
-            new.push(lanes.group.lane(index, stop.clone()));
-            self.trial
-                .get_or_insert_with(|| (peer, Vec::new()))
-                .1
-                .push(stop);
-        }
+        let stops: Vec<CancellationToken> = (0..more).map(|_| CancellationToken::new()).collect();
+        let new: Vec<Lane> = (first..first + more)
+            .zip(&stops)
+            .map(|(index, stop)| lanes.group.lane(index, stop.clone()))
+            .collect();
+        let addr = lanes.addr.clone();
         tracing::debug!(%peer, lanes = first + more, "trying more connections to a peer");
         for lane in new {
             self.spawn(addr.clone(), lane);
         }
+        self.trial = Some((peer, stops));
     }
 
     /// Stops the connections of the try under way (they were not faster).
@@ -350,11 +350,6 @@ impl<'a> Workers<'a> {
             lanes.started = lanes.started.saturating_sub(stops.len() as u8);
             tracing::debug!(%peer, lanes = lanes.started, "more connections stopped: not faster, or a new peer came");
         }
-    }
-
-    /// A try of more connections was kept (or ended unjudged): they stay.
-    fn kept(&mut self) {
-        self.trial = None;
     }
 
     fn spawn(&mut self, peer: PeerAddr, lane: Lane) {
@@ -431,7 +426,7 @@ async fn wait(
 ) -> Vec<PeerReport> {
     let mut fetched = shared.fetched.load(Ordering::Relaxed);
     let mut progress_at = Instant::now();
-    let mut growth = Growth::default();
+    let mut growth = Growth::new(u64::from(shared.manifest.chunk_size));
     let mut measure = tokio::time::interval(GROWTH_TICK);
     measure.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let grows = workers.opts.connections_per_peer.is_none();
@@ -482,23 +477,26 @@ const GROWTH_TICK: Duration = Duration::from_millis(250);
 impl Workers<'_> {
     /// One measurement for [`Growth`], and the step it says to take.
     fn measure(&mut self, growth: &mut Growth) {
-        let chunk = u64::from(self.shared.manifest.chunk_size);
         let peer = match &self.trial {
             Some((peer, _)) => Some(*peer),
             None => self.may_grow(),
         };
-        let room = peer.map_or(0, |peer| self.room(&peer));
+        let score = peer.map(|peer| (peer, self.shared.scores.get(&peer)));
+        let room = score.as_ref().map_or(0, |(peer, score)| {
+            let throughput = score.throughput.unwrap_or(0.0);
+            self.room(peer, throughput, self.connections_left())
+        });
+        let chunk = u64::from(self.shared.manifest.chunk_size);
         let sample = Sample {
             received: self.shared.fetched.load(Ordering::Relaxed) * chunk,
-            peer: peer.map(|peer| (peer, self.shared.scores.get(&peer).received)),
+            peer: score.map(|(peer, score)| (peer, score.received)),
             may_grow: room > 0,
             measurable: self.shared.sched.lock().unasked() > 0,
             new_peer: std::mem::take(&mut self.new_peer),
         };
-        match growth.tick(Instant::now(), chunk, sample) {
-            // More to the peer measured (after a try, the same one again).
+        match growth.tick(Instant::now(), sample) {
+            // More to the peer measured (after a try, the same one again; that one was kept).
             Some(Step::More) => {
-                self.kept();
                 if let Some(peer) = peer {
                     self.grow(peer, room);
                 }
